@@ -1,0 +1,269 @@
+using System.Globalization;
+using System.IO.Compression;
+
+namespace DistributedBackprop.Data;
+
+/// <summary>How to read a CSV file.</summary>
+public sealed record CsvOptions
+{
+    /// <summary>
+    /// The label column: a header name, or an integer index (0-based; negative counts from the end, −1 is
+    /// the last column). Null: the last column.
+    /// </summary>
+    public string? LabelColumn { get; init; }
+
+    /// <summary>
+    /// The class list labels must belong to (test data, evaluation). Null: classes are collected in the
+    /// order they first appear.
+    /// </summary>
+    public IReadOnlyList<string>? Classes { get; init; }
+
+    /// <summary>
+    /// With <see cref="ExpectedFeatures"/>: a file with exactly that many columns has no label column
+    /// (prediction input). Otherwise the label column is required.
+    /// </summary>
+    public bool LabelOptional { get; init; }
+
+    /// <summary>The number of features the model expects, checked against the file.</summary>
+    public int? ExpectedFeatures { get; init; }
+}
+
+/// <summary>
+/// Reads a CSV file with a header row (optionally gzip-compressed, detected by its magic bytes):
+/// numeric features, one label column whose values may be any strings. RFC 4180 quoting is honoured.
+/// Completely empty lines are skipped. Every problem is reported as file:line:column.
+/// </summary>
+public static class CsvReader
+{
+    public static Dataset Read(string path, CsvOptions options)
+    {
+        using Stream stream = DataFiles.OpenMaybeGzip(path);
+        using var reader = new StreamReader(stream);
+        return Read(reader, path, options);
+    }
+
+    public static Dataset Read(TextReader reader, string file, CsvOptions options)
+    {
+        string? header;
+        try
+        {
+            header = reader.ReadLine();
+        }
+        catch (InvalidDataException e)
+        {
+            throw DataException.InFile(file, $"corrupt gzip stream ({e.Message})");
+        }
+        if (header is null)
+        {
+            throw DataException.InFile(file, "empty file: expected a header row and at least one data row");
+        }
+        var fields = new List<string>();
+        SplitFields(header, fields, file, 1);
+        string[] names = fields.Select(f => f.Trim()).ToArray();
+        int columns = names.Length;
+
+        int labelIndex;
+        bool hasLabel = true;
+        if (options.LabelOptional && options.ExpectedFeatures == columns)
+        {
+            hasLabel = false;
+            labelIndex = -1;
+        }
+        else
+        {
+            labelIndex = ResolveLabelColumn(options.LabelColumn, names, file);
+        }
+        int features = hasLabel ? columns - 1 : columns;
+        if (features < 1)
+        {
+            throw DataException.AtLine(file, 1, $"the header has {columns} column(s); at least one feature column besides the label is needed");
+        }
+        if (options.ExpectedFeatures is int expected && expected != features)
+        {
+            throw DataException.AtLine(file, 1, $"{features} feature columns, the model expects {expected}");
+        }
+
+        var classIndex = new Dictionary<string, int>(StringComparer.Ordinal);
+        var classes = new List<string>();
+        if (options.Classes is not null)
+        {
+            foreach (string name in options.Classes)
+            {
+                classIndex[name] = classes.Count;
+                classes.Add(name);
+            }
+        }
+
+        var values = new List<float>();
+        var labels = new List<int>();
+        long lineNumber = 1;
+        string? line;
+        while (true)
+        {
+            try
+            {
+                line = reader.ReadLine();
+            }
+            catch (InvalidDataException e)
+            {
+                throw DataException.AtLine(file, lineNumber + 1, $"corrupt or truncated gzip stream ({e.Message})");
+            }
+            if (line is null)
+            {
+                break;
+            }
+            lineNumber++;
+            if (line.Length == 0 || (line.Length == 1 && line[0] == '\r'))
+            {
+                continue;
+            }
+            SplitFields(line, fields, file, lineNumber);
+            if (fields.Count != columns)
+            {
+                throw DataException.AtLine(file, lineNumber, $"{fields.Count} fields, the header has {columns}");
+            }
+            for (int c = 0; c < columns; c++)
+            {
+                string cell = fields[c];
+                if (c == labelIndex)
+                {
+                    string label = cell.Trim();
+                    if (label.Length == 0)
+                    {
+                        throw DataException.At(file, lineNumber, c + 1, $"empty label in column '{names[c]}'");
+                    }
+                    if (!classIndex.TryGetValue(label, out int index))
+                    {
+                        if (options.Classes is not null)
+                        {
+                            throw DataException.At(file, lineNumber, c + 1,
+                                $"label '{label}' is not in the class list ({string.Join(", ", options.Classes)})");
+                        }
+                        index = classes.Count;
+                        classIndex[label] = index;
+                        classes.Add(label);
+                    }
+                    labels.Add(index);
+                    continue;
+                }
+                ReadOnlySpan<char> text = cell.AsSpan().Trim();
+                if (text.IsEmpty)
+                {
+                    throw DataException.At(file, lineNumber, c + 1, $"empty cell in feature column '{names[c]}'");
+                }
+                if (!float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out float value))
+                {
+                    throw DataException.At(file, lineNumber, c + 1, $"'{cell.Trim()}' in column '{names[c]}' is not a number");
+                }
+                if (!float.IsFinite(value))
+                {
+                    throw DataException.At(file, lineNumber, c + 1, $"'{cell.Trim()}' in column '{names[c]}' is not a finite number (NaN and infinity are not allowed)");
+                }
+                values.Add(value);
+            }
+            if (!hasLabel)
+            {
+                labels.Add(-1);
+            }
+        }
+        if (labels.Count == 0)
+        {
+            throw DataException.InFile(file, "no data rows after the header");
+        }
+        return new Dataset(file, features, values.ToArray(), labels.ToArray(), classes, DataKind.Table);
+    }
+
+    private static int ResolveLabelColumn(string? spec, string[] names, string file)
+    {
+        if (string.IsNullOrWhiteSpace(spec))
+        {
+            return names.Length - 1;
+        }
+        int byName = Array.FindIndex(names, n => string.Equals(n, spec.Trim(), StringComparison.Ordinal));
+        if (byName >= 0)
+        {
+            return byName;
+        }
+        if (int.TryParse(spec, NumberStyles.Integer, CultureInfo.InvariantCulture, out int index))
+        {
+            int resolved = index < 0 ? names.Length + index : index;
+            if (resolved >= 0 && resolved < names.Length)
+            {
+                return resolved;
+            }
+            throw DataException.AtLine(file, 1, $"label column index {index} is outside the {names.Length} columns");
+        }
+        throw DataException.AtLine(file, 1, $"no column named '{spec}' (columns: {Abbreviate(names)})");
+    }
+
+    private static string Abbreviate(string[] names) =>
+        names.Length <= 8 ? string.Join(", ", names) : string.Join(", ", names.Take(4)) + ", …, " + string.Join(", ", names.TakeLast(2));
+
+    /// <summary>Splits one line into fields, honouring double quotes ("" inside quotes is a quote).</summary>
+    private static void SplitFields(string line, List<string> into, string file, long lineNumber)
+    {
+        into.Clear();
+        if (line.EndsWith('\r'))
+        {
+            line = line[..^1];
+        }
+        if (line.IndexOf('"') < 0)
+        {
+            int start = 0;
+            while (true)
+            {
+                int comma = line.IndexOf(',', start);
+                if (comma < 0)
+                {
+                    into.Add(line[start..]);
+                    return;
+                }
+                into.Add(line[start..comma]);
+                start = comma + 1;
+            }
+        }
+        var field = new System.Text.StringBuilder();
+        bool quoted = false;
+        for (int i = 0; i < line.Length; i++)
+        {
+            char ch = line[i];
+            if (quoted)
+            {
+                if (ch == '"')
+                {
+                    if (i + 1 < line.Length && line[i + 1] == '"')
+                    {
+                        field.Append('"');
+                        i++;
+                    }
+                    else
+                    {
+                        quoted = false;
+                    }
+                }
+                else
+                {
+                    field.Append(ch);
+                }
+            }
+            else if (ch == '"')
+            {
+                quoted = true;
+            }
+            else if (ch == ',')
+            {
+                into.Add(field.ToString());
+                field.Clear();
+            }
+            else
+            {
+                field.Append(ch);
+            }
+        }
+        if (quoted)
+        {
+            throw DataException.AtLine(file, lineNumber, "unterminated quoted field");
+        }
+        into.Add(field.ToString());
+    }
+}

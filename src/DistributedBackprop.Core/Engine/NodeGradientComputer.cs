@@ -1,0 +1,80 @@
+using DistributedBackprop.Data;
+using DistributedBackprop.Network;
+
+namespace DistributedBackprop.Engine;
+
+/// <summary>
+/// Computes the gradient of one node of a step's chunk tree: gathers the node's rows of the global batch
+/// into the network's input, runs forward and backward with J normalised by the global batch size, and
+/// writes the node's gradient (the canonical tree sum of its chunks' gradients). Whoever computes a node —
+/// the plain trainer, a thread, a worker actor on another machine — gets the same bits.
+/// One instance per thread; allocation-free after the first step of the largest batch.
+/// </summary>
+public sealed class NodeGradientComputer
+{
+    private readonly Network<float> _network;
+    private readonly Dataset _data;
+    private int[] _chunkStarts = [];
+
+    public NodeGradientComputer(Architecture architecture, Dataset trainingData)
+    {
+        if (trainingData.Features != architecture.Inputs)
+        {
+            throw new ArgumentException($"the data has {trainingData.Features} features, the network {architecture.Inputs} inputs");
+        }
+        _network = new Network<float>(architecture);
+        _data = trainingData;
+    }
+
+    public Architecture Architecture => _network.Architecture;
+
+    /// <param name="parameters">θ of this step.</param>
+    /// <param name="batchRows">training-set indices of the whole global batch, in batch order.</param>
+    /// <param name="chunks">C, the number of chunks every batch is cut into.</param>
+    /// <param name="node">the canonical tree node to compute.</param>
+    /// <param name="gradient">receives ∂J/∂θ of the node (J normalised by the whole batch).</param>
+    public BatchResult Compute(ReadOnlySpan<float> parameters, ReadOnlySpan<int> batchRows, int chunks, TreeNode node, Span<float> gradient)
+    {
+        if (!ChunkTree.IsCanonical(node, chunks))
+        {
+            throw new ArgumentException($"{node} is not a node of the chunk tree over {chunks} chunks");
+        }
+        int firstChunk = node.Lo, endChunk = node.Lo + ChunkTree.CoveredChunks(node, chunks);
+        int rowStart = ChunkTree.ChunkStart(batchRows.Length, chunks, firstChunk);
+        int rowEnd = ChunkTree.ChunkStart(batchRows.Length, chunks, endChunk);
+        int rows = rowEnd - rowStart;
+
+        int count = endChunk - firstChunk;
+        if (_chunkStarts.Length < count + 1)
+        {
+            _chunkStarts = new int[count + 1];
+        }
+        for (int c = 0; c <= count; c++)
+        {
+            _chunkStarts[c] = ChunkTree.ChunkStart(batchRows.Length, chunks, firstChunk + c) - rowStart;
+        }
+
+        Span<float> input = _network.Input(rows);
+        Span<int> labels = LabelBuffer(rows);
+        int features = _data.Features;
+        for (int r = 0; r < rows; r++)
+        {
+            int row = batchRows[rowStart + r];
+            _data.Row(row).CopyTo(input.Slice(r * features, features));
+            labels[r] = _data.Labels[row];
+        }
+        _network.Forward(parameters, rows);
+        return _network.Backward(parameters, labels, _chunkStarts.AsSpan(0, count + 1), batchRows.Length, gradient);
+    }
+
+    private int[] _labelBuffer = [];
+
+    private Span<int> LabelBuffer(int rows)
+    {
+        if (_labelBuffer.Length < rows)
+        {
+            _labelBuffer = new int[Math.Max(rows, _labelBuffer.Length * 2)];
+        }
+        return _labelBuffer.AsSpan(0, rows);
+    }
+}

@@ -1,0 +1,46 @@
+namespace DistributedBackprop.Engine;
+
+/// <summary>Reported after every step (cheap; observers throttle their own output).</summary>
+public readonly record struct StepReport(long GlobalStep, int Epoch, int StepInEpoch, int StepsPerEpoch, long TotalSteps, double Loss, int Rows, TimeSpan Elapsed);
+
+/// <summary>Reported at the end of every epoch; one line of the --metrics file.</summary>
+public sealed record EpochReport
+{
+    /// <summary>1-based epoch number.</summary>
+    public required int Epoch { get; init; }
+    /// <summary>Global steps done so far.</summary>
+    public required long Step { get; init; }
+    public required double TrainLoss { get; init; }
+    public required double TrainAccuracy { get; init; }
+    public double? TestLoss { get; init; }
+    public double? TestAccuracy { get; init; }
+    public required double SamplesPerSecond { get; init; }
+    public required TimeSpan EpochTime { get; init; }
+    public required TimeSpan Elapsed { get; init; }
+    public required float LearningRate { get; init; }
+    /// <summary>Gradient producers that took part (threads, or worker actors).</summary>
+    public int Workers { get; init; } = 1;
+    /// <summary>Time the step's combiner spent waiting for the slowest producer, summed over the epoch.</summary>
+    public TimeSpan? WaitingForSlowest { get; init; }
+    /// <summary>Time in reduce + optimizer update + broadcast, summed over the epoch.</summary>
+    public TimeSpan? ServerTime { get; init; }
+    /// <summary>Gradients dropped as stale or duplicate during the epoch.</summary>
+    public long? DroppedGradients { get; init; }
+    /// <summary>Per-worker steps/s (worker name → rate), when workers are actors.</summary>
+    public IReadOnlyDictionary<string, double>? WorkerStepsPerSecond { get; init; }
+}
+
+/// <summary>Receives progress from a trainer.</summary>
+public interface ITrainingObserver
+{
+    void StepCompleted(StepReport report);
+    void EpochCompleted(EpochReport report);
+}
+
+/// <summary>An observer that ignores everything.</summary>
+public sealed class NullObserver : ITrainingObserver
+{
+    public static readonly NullObserver Instance = new();
+    public void StepCompleted(StepReport report) { }
+    public void EpochCompleted(EpochReport report) { }
+}

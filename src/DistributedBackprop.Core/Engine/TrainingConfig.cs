@@ -1,0 +1,60 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+
+namespace DistributedBackprop.Engine;
+
+/// <summary>
+/// Everything besides the data that determines the trained model. The invariant: the final parameters
+/// are a pure function of (data, this config); the number of workers or threads is deliberately absent.
+/// </summary>
+public sealed record TrainingConfig
+{
+    /// <summary>Widths of the hidden layers (may be empty: a single-layer network).</summary>
+    public IReadOnlyList<int> HiddenLayers { get; init; } = [128];
+    public Activation HiddenActivation { get; init; } = Activation.Relu;
+    public Activation OutputActivation { get; init; } = Activation.Softmax;
+    public Loss Loss { get; init; } = Loss.CrossEntropy;
+    public int Epochs { get; init; } = 30;
+    /// <summary>Rows per global batch: the n of J = 1/n Σ.</summary>
+    public int BatchSize { get; init; } = 32;
+    /// <summary>
+    /// C: every global batch is cut into this many chunks, whose gradients are combined along a fixed tree
+    /// (<see cref="ChunkTree"/>). At most C workers or threads can share a step.
+    /// </summary>
+    public int Chunks { get; init; } = 8;
+    public ulong Seed { get; init; } = 1;
+    public OptimizerSettings Optimizer { get; init; } = new() { Kind = OptimizerKind.Momentum, LearningRate = 0.05f };
+
+    public Architecture BuildArchitecture(int inputs, int outputs) =>
+        Architecture.Create(inputs, HiddenLayers, outputs, HiddenActivation, OutputActivation, Loss);
+
+    /// <summary>The first problem, as "--option: reason", or null.</summary>
+    public string? Validate()
+    {
+        if (HiddenLayers.Any(w => w < 1)) return "--layers: every layer width must be at least 1";
+        if (HiddenActivation == Activation.Softmax) return "--activation: softmax is only allowed on the output layer (--output-activation)";
+        if (Loss == Loss.CrossEntropy && OutputActivation != Activation.Softmax)
+            return $"--loss: cross_entropy needs --output-activation softmax, not {OutputActivation.Name()}";
+        if (Epochs < 1) return $"--epochs: must be at least 1, got {Epochs}";
+        if (BatchSize < 1) return $"--batch-size: must be at least 1, got {BatchSize}";
+        if (Chunks < 1 || Chunks > 1024) return $"--chunks: must be between 1 and 1024, got {Chunks}";
+        return Optimizer.Validate();
+    }
+
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        WriteIndented = false,
+    };
+
+    /// <summary>Canonical JSON, stored in checkpoints and sent to cluster workers.</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+
+    public static TrainingConfig FromJson(string json) =>
+        JsonSerializer.Deserialize<TrainingConfig>(json, JsonOptions) ?? throw new FormatException("empty training configuration");
+
+    public bool SameAs(TrainingConfig other) => ToJson() == other.ToJson();
+}

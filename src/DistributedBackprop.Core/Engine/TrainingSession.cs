@@ -1,0 +1,157 @@
+using System.Globalization;
+using DistributedBackprop.Data;
+using DistributedBackprop.Models;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+
+namespace DistributedBackprop.Engine;
+
+/// <summary>
+/// A prepared training run: the config, the preprocessed training and test data, the architecture, and
+/// the mutable training state (parameters, optimizer state, global step). The plain trainer and the
+/// actor system's parameter server both drive one of these, which is why they produce the same bits.
+/// Position: global step g ↦ epoch ⌊g / S⌋, step g mod S, with S steps per epoch.
+/// </summary>
+public sealed class TrainingSession
+{
+    private TrainingSession(TrainingConfig config, Dataset train, Dataset? test, Preprocessing preprocessing, string dataHash)
+    {
+        Config = config;
+        Train = train;
+        Test = test;
+        Preprocessing = preprocessing;
+        DataHash = dataHash;
+        Architecture = config.BuildArchitecture(train.Features, train.Classes.Count);
+        Parameters = Initialisation.Create(Architecture, config.Seed);
+        Optimizer = new Optimizer(Architecture, config.Optimizer);
+        StepsPerEpoch = EpochPlan.StepsPerEpoch(train.Rows, config.BatchSize);
+    }
+
+    public TrainingConfig Config { get; }
+    public Architecture Architecture { get; }
+    /// <summary>Training rows after preprocessing.</summary>
+    public Dataset Train { get; }
+    /// <summary>Test rows after preprocessing, if any.</summary>
+    public Dataset? Test { get; }
+    public Preprocessing Preprocessing { get; }
+    public IReadOnlyList<string> Classes => Train.Classes;
+    /// <summary>Content hash of the raw training data (before preprocessing).</summary>
+    public string DataHash { get; }
+    public float[] Parameters { get; }
+    public Optimizer Optimizer { get; }
+    public long GlobalStep { get; set; }
+    public int StepsPerEpoch { get; }
+    public long TotalSteps => (long)StepsPerEpoch * Config.Epochs;
+    public int Epoch => (int)(GlobalStep / StepsPerEpoch);
+    public int StepInEpoch => (int)(GlobalStep % StepsPerEpoch);
+    public bool IsFinished => GlobalStep >= TotalSteps;
+
+    /// <summary>
+    /// Prepares a run from raw data: the test set is <paramref name="test"/>, else a seeded split of
+    /// <paramref name="testFraction"/> of the data, else none; preprocessing is fitted on the training rows.
+    /// </summary>
+    public static TrainingSession Prepare(TrainingConfig config, Dataset data, Dataset? test, double testFraction)
+    {
+        if (config.Validate() is string problem)
+        {
+            throw new ArgumentException(problem);
+        }
+        if (data.Classes.Count < 2)
+        {
+            throw new DataException($"{data.Source}: {data.Classes.Count} class(es); classification needs at least two");
+        }
+        Dataset train = data;
+        if (test is null && testFraction > 0)
+        {
+            (train, test) = DataSources.Split(data, testFraction, config.Seed);
+        }
+        if (test is not null && test.Features != train.Features)
+        {
+            throw new DataException($"{test.Source}: {test.Features} features, the training data has {train.Features}");
+        }
+        Preprocessing preprocessing = Preprocessing.Fit(train);
+        return new TrainingSession(config, preprocessing.Apply(train), test is null ? null : preprocessing.Apply(test), preprocessing, data.ContentHash());
+    }
+
+    /// <summary>Applies one step's gradient: w ← update(w, g) with the schedule's γ for this step.</summary>
+    public float ApplyStep(ReadOnlySpan<float> gradient)
+    {
+        if (IsFinished)
+        {
+            throw new InvalidOperationException("training is already finished");
+        }
+        float learningRate = Config.Optimizer.LearningRateAt(GlobalStep, Epoch, TotalSteps);
+        Optimizer.Apply(Parameters, gradient, learningRate);
+        GlobalStep++;
+        return learningRate;
+    }
+
+    public ModelFile ToModel() => new(Architecture, (float[])Parameters.Clone(), Preprocessing, Classes, ModelMetadata());
+
+    private Dictionary<string, string> ModelMetadata() => new()
+    {
+        ["config"] = Config.ToJson(),
+        ["data_hash"] = DataHash,
+        ["steps"] = GlobalStep.ToString(CultureInfo.InvariantCulture),
+    };
+
+    /// <summary>
+    /// Writes a checkpoint: the model file plus the optimizer state tensors and the position
+    /// (global step, optimizer steps) in the metadata; the epoch order is a function of (seed, epoch), so
+    /// the position is all the random state there is. Atomic.
+    /// </summary>
+    public void SaveCheckpoint(string path)
+    {
+        var model = new ModelFile(Architecture, Parameters, Preprocessing, Classes, new Dictionary<string, string>(ModelMetadata())
+        {
+            ["checkpoint"] = "1",
+            ["global_step"] = GlobalStep.ToString(CultureInfo.InvariantCulture),
+            ["optimizer_steps"] = Optimizer.Steps.ToString(CultureInfo.InvariantCulture),
+        });
+        model.Save(path, Optimizer.StateTensors().Select(s => new Tensor(s.Name, [s.Values.Length], s.Values)));
+    }
+
+    /// <summary>
+    /// Restores the state saved by <see cref="SaveCheckpoint"/> into this freshly prepared session. The
+    /// checkpoint must come from the same config and data (compared exactly), or resuming would silently
+    /// train a different model.
+    /// </summary>
+    public void RestoreCheckpoint(string path)
+    {
+        var file = SafeTensors.Read(path);
+        var (tensors, metadata) = file;
+        if (!metadata.TryGetValue("checkpoint", out _) || !metadata.TryGetValue("global_step", out string? stepText)
+            || !metadata.TryGetValue("optimizer_steps", out string? optimizerStepsText))
+        {
+            throw new ModelFileException($"{path}: not a training checkpoint (a model file has no optimizer state; train anew)");
+        }
+        if (metadata.TryGetValue("config", out string? configJson) && configJson != Config.ToJson())
+        {
+            throw new ModelFileException($"{path}: the checkpoint was trained with a different configuration: {configJson}");
+        }
+        if (metadata.TryGetValue("data_hash", out string? hash) && hash != DataHash)
+        {
+            throw new ModelFileException($"{path}: the checkpoint was trained on different data (hash {hash[..12]}…, this data {DataHash[..12]}…)");
+        }
+        ModelFile model = ModelFile.FromTensors(file, path);
+        if (!model.Architecture.Equals(Architecture))
+        {
+            throw new ModelFileException($"{path}: architecture {model.Architecture.Describe()} differs from {Architecture.Describe()}");
+        }
+        model.Parameters.CopyTo(Parameters, 0);
+        foreach (var (name, values) in Optimizer.StateTensors())
+        {
+            if (!tensors.TryGetValue(name, out Tensor? saved) || saved.Data.Length != values.Length)
+            {
+                throw new ModelFileException($"{path}: optimizer state tensor {name} is missing or has the wrong size");
+            }
+            saved.Data.CopyTo(values, 0);
+        }
+        GlobalStep = long.Parse(stepText, CultureInfo.InvariantCulture);
+        Optimizer.Steps = long.Parse(optimizerStepsText, CultureInfo.InvariantCulture);
+        if (GlobalStep < 0 || GlobalStep > TotalSteps)
+        {
+            throw new ModelFileException($"{path}: global step {GlobalStep} is outside this run's {TotalSteps} steps");
+        }
+    }
+}

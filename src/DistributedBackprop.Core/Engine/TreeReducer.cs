@@ -1,0 +1,113 @@
+using System.Numerics.Tensors;
+using DistributedBackprop.Network;
+
+namespace DistributedBackprop.Engine;
+
+/// <summary>
+/// Collects the node gradients of one step and reduces them to the step's gradient along the canonical
+/// chunk tree (<see cref="ChunkTree"/>), whatever decomposition they arrived in. Tracks coverage chunk by
+/// chunk, so a node that overlaps one already received (a duplicate or a stale reassignment) is refused
+/// rather than counted twice. Reduction adds in place into the received buffers (left += right), so it
+/// allocates nothing; the root's buffer holds the result.
+/// </summary>
+public sealed class TreeReducer
+{
+    private readonly int _chunks;
+    private readonly int _parameterCount;
+    private readonly float[]?[] _gradients;
+    private readonly BatchResult[] _results;
+    private readonly bool[] _covered;
+    private int _coveredCount;
+
+    public TreeReducer(int chunks, int parameterCount)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(chunks, 1);
+        _chunks = chunks;
+        _parameterCount = parameterCount;
+        _gradients = new float[2 * ChunkTree.RootSize(chunks)][];
+        _results = new BatchResult[_gradients.Length];
+        _covered = new bool[chunks];
+    }
+
+    public int Chunks => _chunks;
+
+    public bool IsComplete => _coveredCount == _chunks;
+
+    public int CoveredChunks => _coveredCount;
+
+    public bool IsCovered(int chunk) => _covered[chunk];
+
+    public void Reset()
+    {
+        Array.Clear(_gradients);
+        Array.Clear(_results);
+        Array.Clear(_covered);
+        _coveredCount = 0;
+    }
+
+    /// <summary>
+    /// Accepts a node's gradient, or refuses it (returns false) when any of its chunks is already covered.
+    /// The reducer borrows <paramref name="gradient"/> until <see cref="Reset"/>; it may write into it.
+    /// </summary>
+    public bool TryAdd(TreeNode node, float[] gradient, BatchResult result)
+    {
+        if (!ChunkTree.IsCanonical(node, _chunks))
+        {
+            throw new ArgumentException($"{node} is not a node of the chunk tree over {_chunks} chunks");
+        }
+        if (gradient.Length != _parameterCount)
+        {
+            throw new ArgumentException($"gradient of {node} has {gradient.Length} elements, expected {_parameterCount}");
+        }
+        int end = node.Lo + ChunkTree.CoveredChunks(node, _chunks);
+        for (int c = node.Lo; c < end; c++)
+        {
+            if (_covered[c])
+            {
+                return false;
+            }
+        }
+        for (int c = node.Lo; c < end; c++)
+        {
+            _covered[c] = true;
+        }
+        _coveredCount += end - node.Lo;
+        int index = ChunkTree.HeapIndex(node, _chunks);
+        _gradients[index] = gradient;
+        _results[index] = result;
+        return true;
+    }
+
+    /// <summary>Reduces a complete step: returns the buffer holding the root gradient and the step's totals.</summary>
+    public (float[] Gradient, BatchResult Result) Reduce()
+    {
+        if (!IsComplete)
+        {
+            throw new InvalidOperationException($"only {_coveredCount} of {_chunks} chunks have arrived");
+        }
+        return ReduceNode(ChunkTree.Root(_chunks));
+    }
+
+    private (float[] Gradient, BatchResult Result) ReduceNode(TreeNode node)
+    {
+        int index = ChunkTree.HeapIndex(node, _chunks);
+        if (_gradients[index] is float[] received)
+        {
+            return (received, _results[index]);
+        }
+        if (node.Size == 1)
+        {
+            throw new InvalidOperationException($"chunk {node.Lo} is covered but its node was not found");
+        }
+        int half = node.Size / 2;
+        var left = ReduceNode(new TreeNode(node.Lo, half));
+        if (node.Lo + half >= _chunks)
+        {
+            return left;
+        }
+        var right = ReduceNode(new TreeNode(node.Lo + half, half));
+        TensorPrimitives.Add(left.Gradient, right.Gradient, left.Gradient);
+        var total = new BatchResult(left.Result.LossSum + right.Result.LossSum, left.Result.Correct + right.Result.Correct, left.Result.Rows + right.Result.Rows);
+        return (left.Gradient, total);
+    }
+}

@@ -1,0 +1,326 @@
+using System.Numerics.Tensors;
+
+namespace DistributedBackprop.Kernels;
+
+/// <summary>
+/// Single-precision matrix products in the BLIS shape (Goto &amp; van de Geijn 2008; van Zee &amp; van de
+/// Geijn 2015): cache blocks around a register-tiled micro-kernel over packed panels. Edges are padded
+/// with zeros while packing so the micro-kernel only ever sees full MR×NR tiles.
+///
+/// Numerical contract (what <see cref="NaiveGemm"/> defines): every output element is ONE chain of
+/// fused multiply-adds over k in increasing order. Blocking, tiling and SIMD width therefore never change
+/// a result, only its speed; and the product of a batch is row-for-row identical to the products of its
+/// parts, which is what makes data-parallel training reproducible.
+/// The products never split k across threads; callers parallelise over independent outputs.
+/// </summary>
+public static unsafe class Gemm
+{
+    [ThreadStatic] private static PackBuffer? t_packA;
+    [ThreadStatic] private static PackBuffer? t_packB;
+    [ThreadStatic] private static PackBuffer? t_tiles;
+
+    /// <summary>
+    /// C (m×n, row stride ldc) ← C + A·B, where A is m×k and B is k×n: c[i,j] = fma-chain over p of
+    /// a[i,p]·b[p,j] starting from the current c[i,j]. Initialise C to zero for a plain product, or to
+    /// the bias row for z = x·Wᵀ + b.
+    /// </summary>
+    public static void MultiplyAdd(StridedMatrix<float> a, StridedMatrix<float> b, Span<float> c, int ldc) =>
+        MultiplyAdd(a, b, c, ldc, SimdTiers.Best);
+
+    public static void MultiplyAdd(StridedMatrix<float> a, StridedMatrix<float> b, Span<float> c, int ldc, SimdTier tier)
+    {
+        int m = a.Rows, k = a.Cols, n = b.Cols;
+        CheckShapes(a, b, c, ldc);
+        if (m == 0 || n == 0 || k == 0)
+        {
+            return;
+        }
+        GemmBlocking blk = GemmBlocking.For(tier);
+        int mr = blk.MR, nr = blk.NR;
+        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(blk.MC, m), mr) * Math.Min(blk.KC, k));
+        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(blk.NC, n), nr) * Math.Min(blk.KC, k));
+        float* tile = (t_tiles ??= new()).Ensure(mr * nr);
+
+        fixed (float* pa = a.Data, pb = b.Data, pc = c)
+        {
+            // Loop 5 (jc): NC-wide column blocks of B and C.
+            for (int jc = 0; jc < n; jc += blk.NC)
+            {
+                int nc = Math.Min(blk.NC, n - jc);
+                // Loop 4 (pc): KC-deep slabs of the shared dimension; C carries the chain between slabs.
+                for (int pcIdx = 0; pcIdx < k; pcIdx += blk.KC)
+                {
+                    int kc = Math.Min(blk.KC, k - pcIdx);
+                    PackB(pb, b.RowStride, b.ColStride, pcIdx, kc, jc, nc, nr, packB);
+                    // Loop 3 (ic): MC-tall row blocks of A and C.
+                    for (int ic = 0; ic < m; ic += blk.MC)
+                    {
+                        int mc = Math.Min(blk.MC, m - ic);
+                        PackA(pa, a.RowStride, a.ColStride, ic, mc, pcIdx, kc, mr, packA);
+                        // Loops 2 and 1 (jr, ir): micro-tiles.
+                        for (int jr = 0; jr < nc; jr += nr)
+                        {
+                            int cols = Math.Min(nr, nc - jr);
+                            for (int ir = 0; ir < mc; ir += mr)
+                            {
+                                int rows = Math.Min(mr, mc - ir);
+                                float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
+                                float* aSliver = packA + (long)ir * kc;
+                                float* bSliver = packB + (long)jr * kc;
+                                if (rows == mr && cols == nr)
+                                {
+                                    MicroKernels.Run(tier, kc, aSliver, bSliver, cTile, ldc, TileMode.Continue);
+                                }
+                                else
+                                {
+                                    CopyTile(cTile, ldc, tile, nr, rows, cols, zeroPad: true, mr, nr);
+                                    MicroKernels.Run(tier, kc, aSliver, bSliver, tile, nr, TileMode.Continue);
+                                    CopyTile(tile, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// C (m×n) ← the chunk-tree sum over chunks c of A[:, K_c]·B[K_c, :], where chunk c covers the
+    /// shared-dimension range [chunkStarts[c], chunkStarts[c+1]). Each chunk's product is an FMA chain
+    /// from +0; chunk products are then added pairwise along the canonical tree of
+    /// <see cref="Engine.ChunkTree"/> (left subtree + right subtree, a missing right subtree passing the left
+    /// one through). This is ∂J/∂W of a batch as the sum of fixed chunks' ∂J/∂W in one fixed order,
+    /// computed without materialising one gradient matrix per chunk: the partial sums live in per-tile
+    /// scratch while the tile is in registers/L1.
+    /// </summary>
+    public static void ChunkTreeProduct(StridedMatrix<float> a, StridedMatrix<float> b, ReadOnlySpan<int> chunkStarts, Span<float> c, int ldc) =>
+        ChunkTreeProduct(a, b, chunkStarts, c, ldc, SimdTiers.Best);
+
+    public static void ChunkTreeProduct(StridedMatrix<float> a, StridedMatrix<float> b, ReadOnlySpan<int> chunkStarts, Span<float> c, int ldc, SimdTier tier)
+    {
+        int m = a.Rows, k = a.Cols, n = b.Cols;
+        CheckShapes(a, b, c, ldc);
+        CheckChunkStarts(chunkStarts, k);
+        if (m == 0 || n == 0)
+        {
+            return;
+        }
+        int chunks = chunkStarts.Length - 1;
+        GemmBlocking blk = GemmBlocking.For(tier);
+        int mr = blk.MR, nr = blk.NR, tileSize = mr * nr;
+        if (chunks == 0 || k == 0)
+        {
+            for (int i = 0; i < m; i++)
+            {
+                c.Slice(i * ldc, n).Clear();
+            }
+            return;
+        }
+        // The whole k extent must be packed at once (chunks are not split), so block sizes shrink as k grows.
+        int perK = Math.Max(1, GemmBlocking.ChunkTreeBlockBytes / (k * sizeof(float)));
+        int mcBlock = Math.Clamp(perK / mr * mr, mr, blk.MC);
+        int ncBlock = Math.Clamp(perK / nr * nr, nr, blk.NC);
+        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(mcBlock, m), mr) * k);
+        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(ncBlock, n), nr) * k);
+        int maxDepth = Engine.ChunkTree.MaxStackDepth(chunks);
+        float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
+        Span<int> levels = stackalloc int[maxDepth];
+
+        fixed (float* pa = a.Data, pb = b.Data, pc = c)
+        fixed (int* starts = chunkStarts)
+        {
+            for (int jc = 0; jc < n; jc += ncBlock)
+            {
+                int nc = Math.Min(ncBlock, n - jc);
+                PackB(pb, b.RowStride, b.ColStride, 0, k, jc, nc, nr, packB);
+                for (int ic = 0; ic < m; ic += mcBlock)
+                {
+                    int mc = Math.Min(mcBlock, m - ic);
+                    PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, packA);
+                    for (int jr = 0; jr < nc; jr += nr)
+                    {
+                        int cols = Math.Min(nr, nc - jr);
+                        for (int ir = 0; ir < mc; ir += mr)
+                        {
+                            int rows = Math.Min(mr, mc - ir);
+                            float* aSliver = packA + (long)ir * k;
+                            float* bSliver = packB + (long)jr * k;
+                            // Binary-counter walk of the canonical tree: push each chunk's tile, merge
+                            // equal-level neighbours (left + right), fold what remains from the right.
+                            int top = 0;
+                            for (int chunk = 0; chunk < chunks; chunk++)
+                            {
+                                int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
+                                float* aChunk = aSliver + (long)k0 * mr, bChunk = bSliver + (long)k0 * nr;
+                                if (top > 0 && levels[top - 1] == 0)
+                                {
+                                    // A right leaf: add it straight into its left sibling from registers.
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + (top - 1) * tileSize, nr, TileMode.AddResult);
+                                    levels[top - 1] = 1;
+                                }
+                                else
+                                {
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + top * tileSize, nr, TileMode.Overwrite);
+                                    levels[top++] = 0;
+                                }
+                                while (top >= 2 && levels[top - 1] == levels[top - 2])
+                                {
+                                    AddTile(stack + (top - 2) * tileSize, stack + (top - 1) * tileSize, tileSize);
+                                    levels[top - 2]++;
+                                    top--;
+                                }
+                            }
+                            while (top >= 2)
+                            {
+                                AddTile(stack + (top - 2) * tileSize, stack + (top - 1) * tileSize, tileSize);
+                                top--;
+                            }
+                            CopyTile(stack, nr, pc + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols, zeroPad: false, mr, nr);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private static void AddTile(float* left, float* right, int count) =>
+        TensorPrimitives.Add(new ReadOnlySpan<float>(left, count), new ReadOnlySpan<float>(right, count), new Span<float>(left, count));
+
+    /// <summary>Packs rows [i0, i0+mc) × cols [p0, p0+kc) of A into MR-row slivers, p-major, zero-padded.</summary>
+    private static void PackA(float* a, int rs, int cs, int i0, int mc, int p0, int kc, int mr, float* dst)
+    {
+        for (int ir = 0; ir < mc; ir += mr)
+        {
+            int rows = Math.Min(mr, mc - ir);
+            float* sliver = dst + (long)ir * kc;
+            float* src = a + (long)(i0 + ir) * rs + (long)p0 * cs;
+            if (rs == 1)
+            {
+                // A is stored column-major here (e.g. δᵀ): each p reads `rows` consecutive floats.
+                for (int p = 0; p < kc; p++)
+                {
+                    float* s = src + (long)p * cs;
+                    float* d = sliver + (long)p * mr;
+                    int r = 0;
+                    for (; r < rows; r++) d[r] = s[r];
+                    for (; r < mr; r++) d[r] = 0f;
+                }
+            }
+            else
+            {
+                // Row-major A: walk each row contiguously, scatter into the sliver.
+                for (int r = 0; r < rows; r++)
+                {
+                    float* s = src + (long)r * rs;
+                    float* d = sliver + r;
+                    for (int p = 0; p < kc; p++) d[(long)p * mr] = s[(long)p * cs];
+                }
+                for (int r = rows; r < mr; r++)
+                {
+                    for (int p = 0; p < kc; p++) sliver[(long)p * mr + r] = 0f;
+                }
+            }
+        }
+    }
+
+    /// <summary>Packs rows [p0, p0+kc) × cols [j0, j0+nc) of B into NR-column slivers, p-major, zero-padded.</summary>
+    private static void PackB(float* b, int rs, int cs, int p0, int kc, int j0, int nc, int nr, float* dst)
+    {
+        for (int jr = 0; jr < nc; jr += nr)
+        {
+            int cols = Math.Min(nr, nc - jr);
+            float* sliver = dst + (long)jr * kc;
+            float* src = b + (long)p0 * rs + (long)(j0 + jr) * cs;
+            if (cs == 1)
+            {
+                // Row-major B: NR consecutive floats per p.
+                for (int p = 0; p < kc; p++)
+                {
+                    float* s = src + (long)p * rs;
+                    float* d = sliver + (long)p * nr;
+                    if (cols == nr)
+                    {
+                        new ReadOnlySpan<float>(s, nr).CopyTo(new Span<float>(d, nr));
+                    }
+                    else
+                    {
+                        int j = 0;
+                        for (; j < cols; j++) d[j] = s[j];
+                        for (; j < nr; j++) d[j] = 0f;
+                    }
+                }
+            }
+            else
+            {
+                // B = Wᵀ with W row-major: each column of B is a contiguous row of W.
+                for (int j = 0; j < cols; j++)
+                {
+                    float* s = src + (long)j * cs;
+                    float* d = sliver + j;
+                    for (int p = 0; p < kc; p++) d[(long)p * nr] = s[(long)p * rs];
+                }
+                for (int j = cols; j < nr; j++)
+                {
+                    for (int p = 0; p < kc; p++) sliver[(long)p * nr + j] = 0f;
+                }
+            }
+        }
+    }
+
+    private static void CopyTile(float* src, long lds, float* dst, long ldd, int rows, int cols, bool zeroPad, int mr, int nr)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            new ReadOnlySpan<float>(src + r * lds, cols).CopyTo(new Span<float>(dst + r * ldd, cols));
+            if (zeroPad)
+            {
+                new Span<float>(dst + r * ldd + cols, nr - cols).Clear();
+            }
+        }
+        if (zeroPad)
+        {
+            for (int r = rows; r < mr; r++)
+            {
+                new Span<float>(dst + r * ldd, nr).Clear();
+            }
+        }
+    }
+
+    private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
+
+    internal static void CheckShapes<T>(StridedMatrix<T> a, StridedMatrix<T> b, Span<T> c, int ldc)
+    {
+        if (a.Cols != b.Rows)
+        {
+            throw new ArgumentException($"inner dimensions differ: A is {a.Rows}×{a.Cols}, B is {b.Rows}×{b.Cols}");
+        }
+        if (a.Rows > 0 && b.Cols > 0)
+        {
+            if (ldc < b.Cols)
+            {
+                throw new ArgumentException($"ldc {ldc} is smaller than the {b.Cols} columns of C");
+            }
+            long needed = (long)(a.Rows - 1) * ldc + b.Cols;
+            if (c.Length < needed)
+            {
+                throw new ArgumentException($"C needs {needed} elements for {a.Rows}×{b.Cols} with ldc {ldc}, has {c.Length}");
+            }
+        }
+    }
+
+    internal static void CheckChunkStarts(ReadOnlySpan<int> chunkStarts, int k)
+    {
+        if (chunkStarts.Length < 1 || chunkStarts[0] != 0 || chunkStarts[^1] != k)
+        {
+            throw new ArgumentException($"chunk starts must run from 0 to k = {k}");
+        }
+        for (int i = 1; i < chunkStarts.Length; i++)
+        {
+            if (chunkStarts[i] < chunkStarts[i - 1])
+            {
+                throw new ArgumentException("chunk starts must not decrease");
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+namespace DistributedBackprop.Kernels;
+
+/// <summary>
+/// Every blocking constant of the GEMM, in one place (BLIS naming, van Zee &amp; van de Geijn 2015):
+/// the micro-kernel computes an MR×NR tile of C from an MR×kc sliver of packed A and a kc×NR sliver of
+/// packed B; KC bounds the depth of one pass so a B sliver stays in L1 while A slivers stream from L2;
+/// MC bounds the packed A block (L2); NC bounds the packed B block (L3).
+/// Blocking never changes results: the micro-kernel carries each element's FMA chain across KC blocks
+/// by reloading C, so a result depends only on the k order, not on where the blocks fall.
+/// </summary>
+public readonly record struct GemmBlocking(int MR, int NR, int KC, int MC, int NC)
+{
+    /// <summary>AVX-512: 6×32 tile = 12 zmm accumulators + 2 B vectors + 1 broadcast.</summary>
+    public static readonly GemmBlocking Vector512 = new(MR: 6, NR: 32, KC: 256, MC: 96, NC: 2048);
+
+    /// <summary>AVX2: 6×16 tile = 12 ymm accumulators + 2 B vectors + 1 broadcast (15 of 16 registers).</summary>
+    public static readonly GemmBlocking Vector256 = new(MR: 6, NR: 16, KC: 256, MC: 96, NC: 2048);
+
+    /// <summary>Portable fallback; same panel shapes as AVX2 so packing code is shared.</summary>
+    public static readonly GemmBlocking Scalar = new(MR: 6, NR: 16, KC: 256, MC: 96, NC: 2048);
+
+    /// <summary>
+    /// Bytes of packed operands the chunk-tree GEMM (which cannot split k) keeps per block: the whole
+    /// k extent of an A block (≈ L2) and of a B block (≈ L2, streamed once per A block).
+    /// </summary>
+    public const int ChunkTreeBlockBytes = 512 * 1024;
+
+    public static GemmBlocking For(SimdTier tier) => tier switch
+    {
+        SimdTier.Vector512 => Vector512,
+        SimdTier.Vector256 => Vector256,
+        _ => Scalar,
+    };
+}

@@ -1,0 +1,43 @@
+namespace DistributedBackprop.Kernels;
+
+/// <summary>
+/// A read-only matrix view over a flat span: element (i, j) lives at
+/// <c>Data[i * RowStride + j * ColStride]</c>. A transpose is a view with the strides swapped,
+/// so the kernels read W as Wᵀ or δ as δᵀ without copying.
+/// </summary>
+public readonly ref struct StridedMatrix<T>
+{
+    public readonly ReadOnlySpan<T> Data;
+    public readonly int Rows;
+    public readonly int Cols;
+    public readonly int RowStride;
+    public readonly int ColStride;
+
+    public StridedMatrix(ReadOnlySpan<T> data, int rows, int cols, int rowStride, int colStride)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        ArgumentOutOfRangeException.ThrowIfNegative(cols);
+        if (rows > 0 && cols > 0)
+        {
+            long last = (long)(rows - 1) * rowStride + (long)(cols - 1) * colStride;
+            if (rowStride < 0 || colStride < 0 || last >= data.Length)
+            {
+                throw new ArgumentException(
+                    $"a {rows}×{cols} view with strides ({rowStride}, {colStride}) needs {last + 1} elements, the span has {data.Length}");
+            }
+        }
+        Data = data;
+        Rows = rows;
+        Cols = cols;
+        RowStride = rowStride;
+        ColStride = colStride;
+    }
+
+    /// <summary>A row-major rows×cols matrix stored densely.</summary>
+    public static StridedMatrix<T> RowMajor(ReadOnlySpan<T> data, int rows, int cols) =>
+        new(data, rows, cols, cols, 1);
+
+    public StridedMatrix<T> Transposed() => new(Data, Cols, Rows, ColStride, RowStride);
+
+    public T this[int row, int col] => Data[row * RowStride + col * ColStride];
+}

@@ -1,0 +1,160 @@
+using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
+
+namespace DistributedBackprop.Tests;
+
+/// <summary>
+/// The fast GEMM against its naive twin. The contract is bit-for-bit equality (each element is the same
+/// FMA chain), on every tier, for shapes around every blocking edge, every transpose, with guard values
+/// around the output to catch writes outside it.
+/// </summary>
+public class GemmTests
+{
+    private const float Guard = -12345.5f;
+
+    public static TheoryData<SimdTier> Tiers() => new(Enum.GetValues<SimdTier>());
+
+    private static float[] Random(int n, int seed)
+    {
+        var random = new Randomness.Xoshiro256((ulong)seed);
+        var values = new float[n];
+        for (int i = 0; i < n; i++)
+        {
+            values[i] = random.NextSingle() * 2 - 1;
+        }
+        return values;
+    }
+
+    /// <summary>Sizes around the MR, NR, KC, MC and NC edges of every tier, plus odd and prime ones.</summary>
+    private static IEnumerable<int> EdgeSizes(int block) => new[] { 1, block - 1, block, block + 1 }.Where(s => s > 0);
+
+    public static IEnumerable<object[]> Shapes()
+    {
+        var shapes = new HashSet<(int, int, int)>();
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            GemmBlocking b = GemmBlocking.For(tier);
+            foreach (int m in EdgeSizes(b.MR).Concat([7, 13]))
+                foreach (int n in EdgeSizes(b.NR).Concat([3, 37]))
+                    foreach (int k in new[] { 1, 2, 5, 31 })
+                        shapes.Add((m, n, k));
+            foreach (int k in EdgeSizes(b.KC)) shapes.Add((b.MR + 1, b.NR + 3, k));
+            foreach (int m in EdgeSizes(b.MC)) shapes.Add((m, 17, 9));
+            foreach (int n in EdgeSizes(b.NC)) shapes.Add((2, n, 3));
+        }
+        shapes.Add((0, 5, 3));
+        shapes.Add((4, 0, 3));
+        shapes.Add((4, 5, 0));
+        shapes.Add((97, 101, 103));
+        return shapes.Select(s => new object[] { s.Item1, s.Item2, s.Item3 });
+    }
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void MultiplyAdd_EqualsNaiveBitForBit_OnEveryTierAndTranspose(int m, int n, int k)
+    {
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            foreach (bool transA in new[] { false, true })
+            {
+                foreach (bool transB in new[] { false, true })
+                {
+                    float[] a = Random(m * k, m * 31 + k), b = Random(k * n, n * 17 + k);
+                    var am = transA ? StridedMatrix<float>.RowMajor(a, k, m).Transposed() : StridedMatrix<float>.RowMajor(a, m, k);
+                    var bm = transB ? StridedMatrix<float>.RowMajor(b, n, k).Transposed() : StridedMatrix<float>.RowMajor(b, k, n);
+                    int ldc = n + 3;
+                    float[] expected = GuardedOutput(m, ldc, seed: 5);
+                    float[] actual = (float[])expected.Clone();
+                    NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), ldc);
+                    Gemm.MultiplyAdd(am, bm, actual.AsSpan(8), ldc, tier);
+                    AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} transA={transA} transB={transB}");
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void ChunkTreeProduct_EqualsNaiveTreeOfChunkProducts(int m, int n, int k)
+    {
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            foreach (int chunks in new[] { 1, 2, 3, 5, 8 })
+            {
+                float[] a = Random(m * k, m + 7 * k), b = Random(k * n, n + 11 * k);
+                // As in ∂J/∂W = δᵀ·a: A is stored transposed.
+                var am = StridedMatrix<float>.RowMajor(a, k, m).Transposed();
+                var bm = StridedMatrix<float>.RowMajor(b, k, n);
+                int[] starts = Enumerable.Range(0, chunks + 1).Select(c => ChunkTree.ChunkStart(k, chunks, c)).ToArray();
+                int ldc = n + 1;
+                float[] expected = GuardedOutput(m, ldc, seed: 9);
+                float[] actual = (float[])expected.Clone();
+                NaiveGemm.ChunkTreeProduct(am, bm, starts, expected.AsSpan(8), ldc);
+                Gemm.ChunkTreeProduct(am, bm, starts, actual.AsSpan(8), ldc, tier);
+                AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} chunks={chunks}");
+            }
+        }
+    }
+
+    [Fact]
+    public void ChunkTreeProduct_WithOneChunk_IsThePlainProduct()
+    {
+        float[] a = Random(40 * 70, 1), b = Random(70 * 50, 2);
+        var am = StridedMatrix<float>.RowMajor(a, 40, 70);
+        var bm = StridedMatrix<float>.RowMajor(b, 70, 50);
+        var plain = new float[40 * 50];
+        var tree = new float[40 * 50];
+        tree.AsSpan().Fill(float.NaN);
+        Gemm.MultiplyAdd(am, bm, plain, 50);
+        Gemm.ChunkTreeProduct(am, bm, [0, 70], tree, 50);
+        Assert.Equal(plain, tree);
+    }
+
+    [Fact]
+    public void ChunkTreeProduct_DiffersFromASingleChain_SoTheTreeIsReallyUsed()
+    {
+        // Guards against a kernel that ignores chunk boundaries: with many chunks some elements must round differently.
+        float[] a = Random(16 * 256, 3), b = Random(256 * 64, 4);
+        var am = StridedMatrix<float>.RowMajor(a, 16, 256);
+        var bm = StridedMatrix<float>.RowMajor(b, 256, 64);
+        var plain = new float[16 * 64];
+        var tree = new float[16 * 64];
+        Gemm.MultiplyAdd(am, bm, plain, 64);
+        Gemm.ChunkTreeProduct(am, bm, Enumerable.Range(0, 9).Select(c => c * 32).ToArray(), tree, 64);
+        Assert.NotEqual(plain, tree);
+        for (int i = 0; i < plain.Length; i++)
+        {
+            Assert.True(Math.Abs(plain[i] - tree[i]) <= 1e-4f * (1 + Math.Abs(plain[i])), $"element {i}: {plain[i]} vs {tree[i]}");
+        }
+    }
+
+    [Fact]
+    public void MultiplyAdd_RejectsMismatchedShapes()
+    {
+        Assert.Throws<ArgumentException>(() => Gemm.MultiplyAdd(
+            StridedMatrix<float>.RowMajor(new float[6], 2, 3), StridedMatrix<float>.RowMajor(new float[8], 4, 2), new float[4], 2));
+        Assert.Throws<ArgumentException>(() => Gemm.MultiplyAdd(
+            StridedMatrix<float>.RowMajor(new float[6], 2, 3), StridedMatrix<float>.RowMajor(new float[6], 3, 2), new float[3], 2));
+    }
+
+    private static float[] GuardedOutput(int m, int ldc, int seed)
+    {
+        // 8 guard values before and after; the gaps between rows (ldc > n) are guards too.
+        float[] c = Random(8 + Math.Max(0, m * ldc) + 8, seed);
+        c.AsSpan(0, 8).Fill(Guard);
+        c.AsSpan(c.Length - 8).Fill(Guard);
+        return c;
+    }
+
+    internal static void AssertBitwise(float[] expected, float[] actual, string context)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+            {
+                Assert.Fail($"{context}: element {i} differs: expected {expected[i]:R}, got {actual[i]:R}");
+            }
+        }
+    }
+}
