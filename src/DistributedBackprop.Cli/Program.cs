@@ -1,1 +1,45 @@
-﻿Console.WriteLine("Hello, World!");
+using System.CommandLine;
+using DistributedBackprop.Cli.Commands;
+
+namespace DistributedBackprop.Cli;
+
+public static class Program
+{
+    public static int Main(string[] args) => Run(args);
+
+    /// <summary>Parses and runs a command line; returns the process exit code (see <see cref="ExitCodes"/>).</summary>
+    public static int Run(string[] args)
+    {
+        var root = new RootCommand("dbp — train neural networks by backpropagation, on one machine or many (DistributedBackprop).");
+        root.Subcommands.Add(TrainCommand.Create());
+        root.Subcommands.Add(EvaluateCommand.Create());
+        root.Subcommands.Add(PredictCommand.Create());
+        root.Subcommands.Add(GradientsCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+
+        ParseResult parse = root.Parse(args);
+        bool wantsHelp = args.Any(a => a is "-h" or "--help" or "-?");
+        if (parse.Errors.Count > 0 && !wantsHelp)
+        {
+            // One line per problem, naming the option, then a hint; exit code 2 like other usage errors.
+            string command = parse.CommandResult.Command.Name;
+            foreach (var error in parse.Errors)
+            {
+                Console.Error.WriteLine($"dbp {command}: {error.Message}");
+            }
+            Console.Error.WriteLine($"(see: dbp {(command == root.Name ? "" : command + " ")}--help)");
+            return ExitCodes.BadInput;
+        }
+        return parse.Invoke();
+    }
+}
+
+/// <summary>Process exit codes.</summary>
+public static class ExitCodes
+{
+    public const int Success = 0;
+    /// <summary>Anything unexpected (a bug, an I/O failure writing output).</summary>
+    public const int Failure = 1;
+    /// <summary>Bad options, bad data, bad model file: the user can fix the input.</summary>
+    public const int BadInput = 2;
+}

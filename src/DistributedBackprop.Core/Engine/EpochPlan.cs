@@ -24,11 +24,13 @@ public sealed class EpochPlan
     public int Steps { get; }
     public int Rows => _order.Length;
 
-    public static EpochPlan Create(int trainRows, int batchSize, ulong seed, int epoch)
+    /// <param name="recycle">a plan nobody reads any more, whose order array may be reused (keeps a long
+    /// run of short epochs allocation-free).</param>
+    public static EpochPlan Create(int trainRows, int batchSize, ulong seed, int epoch, EpochPlan? recycle = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(trainRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
-        int[] order = new int[trainRows];
+        int[] order = recycle is not null && recycle._order.Length == trainRows ? recycle._order : new int[trainRows];
         for (int i = 0; i < order.Length; i++)
         {
             order[i] = i;

@@ -19,7 +19,11 @@ public sealed class Trainer : IDisposable
     private readonly TreeReducer _reducer;
     private readonly LaneRunner _runner;
     private readonly Evaluator _evaluator;
+    private readonly Action<int> _computeLane;
+    private readonly Action<int> _updateLane;
     private EpochPlan? _plan;
+    private float[]? _stepGradient;
+    private float _stepLearningRate;
 
     public Trainer(TrainingSession session, int threads = 1)
     {
@@ -34,7 +38,9 @@ public sealed class Trainer : IDisposable
             _lanes[i] = new Lane(new NodeGradientComputer(session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, chunks), session.Architecture.ParameterCount);
         }
         _reducer = new TreeReducer(chunks, session.Architecture.ParameterCount);
-        _runner = new LaneRunner(lanes, RunLane, "dbp-lane");
+        _runner = new LaneRunner(lanes, "dbp-lane");
+        _computeLane = ComputeLane;
+        _updateLane = UpdateLane;
         _evaluator = new Evaluator(session.Architecture);
     }
 
@@ -92,14 +98,18 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    /// <summary>One step: gradient of the current global batch (chunk tree over all lanes), then the update.</summary>
+    /// <summary>
+    /// One step: every lane computes its nodes, the reducer plans the tree additions, then every lane adds
+    /// and applies the optimizer on its own slice of the parameters (element-wise work, so slicing does not
+    /// change a bit).
+    /// </summary>
     public BatchResult Step(out float learningRate)
     {
         if (_plan is null || _plan.Epoch != _session.Epoch)
         {
-            _plan = EpochPlan.Create(_session.Train.Rows, _session.Config.BatchSize, _session.Config.Seed, _session.Epoch);
+            _plan = EpochPlan.Create(_session.Train.Rows, _session.Config.BatchSize, _session.Config.Seed, _session.Epoch, recycle: _plan);
         }
-        _runner.Run();
+        _runner.Run(_computeLane);
         _reducer.Reset();
         foreach (Lane lane in _lanes)
         {
@@ -108,14 +118,17 @@ public sealed class Trainer : IDisposable
                 _reducer.TryAdd(lane.Nodes[i], lane.Gradients[i], lane.Results[i]);
             }
         }
-        var (gradient, result) = _reducer.Reduce();
-        learningRate = _session.ApplyStep(gradient);
+        var (gradient, result) = _reducer.Plan();
+        _stepGradient = gradient;
+        _stepLearningRate = learningRate = _session.BeginStep();
+        _runner.Run(_updateLane);
+        _session.EndStep();
         return result;
     }
 
     public EvaluationResult Evaluate(Data.Dataset data) => _evaluator.Evaluate(_session.Parameters, data);
 
-    private void RunLane(int index)
+    private void ComputeLane(int index)
     {
         Lane lane = _lanes[index];
         ReadOnlySpan<int> batch = _plan!.BatchRows(_session.StepInEpoch);
@@ -123,6 +136,14 @@ public sealed class Trainer : IDisposable
         {
             lane.Results[i] = lane.Computer.Compute(_session.Parameters, batch, _session.Config.Chunks, lane.Nodes[i], lane.Gradients[i]);
         }
+    }
+
+    private void UpdateLane(int index)
+    {
+        int count = _session.Parameters.Length;
+        int start = (int)((long)index * count / _lanes.Length), end = (int)((long)(index + 1) * count / _lanes.Length);
+        _reducer.AddRange(start, end - start);
+        _session.Optimizer.ApplyRange(_session.Parameters, _stepGradient, _stepLearningRate, start, end - start);
     }
 
     public void Dispose() => _runner.Dispose();

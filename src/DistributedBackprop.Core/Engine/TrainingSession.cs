@@ -76,15 +76,24 @@ public sealed class TrainingSession
     /// <summary>Applies one step's gradient: w ← update(w, g) with the schedule's γ for this step.</summary>
     public float ApplyStep(ReadOnlySpan<float> gradient)
     {
+        float learningRate = BeginStep();
+        Optimizer.ApplyRange(Parameters, gradient, learningRate, 0, Parameters.Length);
+        EndStep();
+        return learningRate;
+    }
+
+    /// <summary>Starts an update in parts: returns γ; then <see cref="Optimizers.Optimizer.ApplyRange"/> over all parameters, then <see cref="EndStep"/>.</summary>
+    public float BeginStep()
+    {
         if (IsFinished)
         {
             throw new InvalidOperationException("training is already finished");
         }
-        float learningRate = Config.Optimizer.LearningRateAt(GlobalStep, Epoch, TotalSteps);
-        Optimizer.Apply(Parameters, gradient, learningRate);
-        GlobalStep++;
-        return learningRate;
+        Optimizer.BeginStep();
+        return Config.Optimizer.LearningRateAt(GlobalStep, Epoch, TotalSteps);
     }
+
+    public void EndStep() => GlobalStep++;
 
     public ModelFile ToModel() => new(Architecture, (float[])Parameters.Clone(), Preprocessing, Classes, ModelMetadata());
 
@@ -125,7 +134,14 @@ public sealed class TrainingSession
         {
             throw new ModelFileException($"{path}: not a training checkpoint (a model file has no optimizer state; train anew)");
         }
-        if (metadata.TryGetValue("config", out string? configJson) && configJson != Config.ToJson())
+        if (!metadata.TryGetValue("config", out string? configJson))
+        {
+            throw new ModelFileException($"{path}: the checkpoint has no training configuration");
+        }
+        TrainingConfig savedConfig = TrainingConfig.FromJson(configJson);
+        // More (or fewer) epochs may follow unless the schedule depends on the total length (cosine).
+        bool lengthMatters = Config.Optimizer.Schedule == ScheduleKind.Cosine;
+        if (!(lengthMatters ? savedConfig : savedConfig with { Epochs = Config.Epochs }).SameAs(Config))
         {
             throw new ModelFileException($"{path}: the checkpoint was trained with a different configuration: {configJson}");
         }

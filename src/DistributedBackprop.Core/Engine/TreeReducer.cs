@@ -17,7 +17,9 @@ public sealed class TreeReducer
     private readonly float[]?[] _gradients;
     private readonly BatchResult[] _results;
     private readonly bool[] _covered;
+    private readonly (float[] Left, float[] Right)[] _additions;
     private int _coveredCount;
+    private int _additionCount;
 
     public TreeReducer(int chunks, int parameterCount)
     {
@@ -27,6 +29,7 @@ public sealed class TreeReducer
         _gradients = new float[2 * ChunkTree.RootSize(chunks)][];
         _results = new BatchResult[_gradients.Length];
         _covered = new bool[chunks];
+        _additions = new (float[], float[])[chunks];
     }
 
     public int Chunks => _chunks;
@@ -42,7 +45,9 @@ public sealed class TreeReducer
         Array.Clear(_gradients);
         Array.Clear(_results);
         Array.Clear(_covered);
+        Array.Clear(_additions);
         _coveredCount = 0;
+        _additionCount = 0;
     }
 
     /// <summary>
@@ -81,14 +86,38 @@ public sealed class TreeReducer
     /// <summary>Reduces a complete step: returns the buffer holding the root gradient and the step's totals.</summary>
     public (float[] Gradient, BatchResult Result) Reduce()
     {
+        var root = Plan();
+        AddRange(0, _parameterCount);
+        return root;
+    }
+
+    /// <summary>
+    /// Works out, without touching gradient values, which buffer ends up holding the root and the
+    /// additions (left += right, in tree order) that put it there. Follow with <see cref="AddRange"/> over
+    /// every element once; the additions are element-wise, so disjoint ranges may run in parallel.
+    /// </summary>
+    public (float[] Gradient, BatchResult Result) Plan()
+    {
         if (!IsComplete)
         {
             throw new InvalidOperationException($"only {_coveredCount} of {_chunks} chunks have arrived");
         }
-        return ReduceNode(ChunkTree.Root(_chunks));
+        _additionCount = 0;
+        return PlanNode(ChunkTree.Root(_chunks));
     }
 
-    private (float[] Gradient, BatchResult Result) ReduceNode(TreeNode node)
+    /// <summary>Performs the planned additions on elements [start, start + count).</summary>
+    public void AddRange(int start, int count)
+    {
+        for (int i = 0; i < _additionCount; i++)
+        {
+            var (left, right) = _additions[i];
+            Span<float> target = left.AsSpan(start, count);
+            TensorPrimitives.Add(target, right.AsSpan(start, count), target);
+        }
+    }
+
+    private (float[] Gradient, BatchResult Result) PlanNode(TreeNode node)
     {
         int index = ChunkTree.HeapIndex(node, _chunks);
         if (_gradients[index] is float[] received)
@@ -100,13 +129,13 @@ public sealed class TreeReducer
             throw new InvalidOperationException($"chunk {node.Lo} is covered but its node was not found");
         }
         int half = node.Size / 2;
-        var left = ReduceNode(new TreeNode(node.Lo, half));
+        var left = PlanNode(new TreeNode(node.Lo, half));
         if (node.Lo + half >= _chunks)
         {
             return left;
         }
-        var right = ReduceNode(new TreeNode(node.Lo + half, half));
-        TensorPrimitives.Add(left.Gradient, right.Gradient, left.Gradient);
+        var right = PlanNode(new TreeNode(node.Lo + half, half));
+        _additions[_additionCount++] = (left.Gradient, right.Gradient);
         var total = new BatchResult(left.Result.LossSum + right.Result.LossSum, left.Result.Correct + right.Result.Correct, left.Result.Rows + right.Result.Rows);
         return (left.Gradient, total);
     }

@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace DistributedBackprop.Kernels;
 
@@ -253,19 +255,68 @@ public static unsafe class Gemm
             }
             else
             {
-                // B = Wᵀ with W row-major: each column of B is a contiguous row of W.
+                // B = Wᵀ with W row-major: each column of B is a contiguous row of W. Full 8×8 blocks are
+                // transposed in registers; the ragged rest element by element.
+                int fullP = 0;
+                if (rs == 1 && Avx2.IsSupported)
+                {
+                    fullP = kc / 8 * 8;
+                    int fullJ = cols / 8 * 8;
+                    for (int p = 0; p < fullP; p += 8)
+                    {
+                        for (int j = 0; j < fullJ; j += 8)
+                        {
+                            Transpose8x8(src + (long)j * cs + p, cs, sliver + (long)p * nr + j, nr);
+                        }
+                        for (int j = fullJ; j < cols; j++)
+                        {
+                            float* s = src + (long)j * cs + p;
+                            for (int q = 0; q < 8; q++) sliver[(long)(p + q) * nr + j] = s[q];
+                        }
+                        for (int j = cols; j < nr; j++)
+                        {
+                            for (int q = 0; q < 8; q++) sliver[(long)(p + q) * nr + j] = 0f;
+                        }
+                    }
+                }
                 for (int j = 0; j < cols; j++)
                 {
                     float* s = src + (long)j * cs;
                     float* d = sliver + j;
-                    for (int p = 0; p < kc; p++) d[(long)p * nr] = s[(long)p * rs];
+                    for (int p = fullP; p < kc; p++) d[(long)p * nr] = s[(long)p * rs];
                 }
                 for (int j = cols; j < nr; j++)
                 {
-                    for (int p = 0; p < kc; p++) sliver[(long)p * nr + j] = 0f;
+                    for (int p = fullP; p < kc; p++) sliver[(long)p * nr + j] = 0f;
                 }
             }
         }
+    }
+
+    /// <summary>dst[q, r] = src[r, q] for an 8×8 block (rows srcStride / dstStride floats apart): the classic
+    /// unpack / shuffle / permute transpose, 24 shuffles instead of 64 strided stores.</summary>
+    private static void Transpose8x8(float* src, long srcStride, float* dst, long dstStride)
+    {
+        Vector256<float> r0 = Avx.LoadVector256(src), r1 = Avx.LoadVector256(src + srcStride);
+        Vector256<float> r2 = Avx.LoadVector256(src + 2 * srcStride), r3 = Avx.LoadVector256(src + 3 * srcStride);
+        Vector256<float> r4 = Avx.LoadVector256(src + 4 * srcStride), r5 = Avx.LoadVector256(src + 5 * srcStride);
+        Vector256<float> r6 = Avx.LoadVector256(src + 6 * srcStride), r7 = Avx.LoadVector256(src + 7 * srcStride);
+        Vector256<float> t0 = Avx.UnpackLow(r0, r1), t1 = Avx.UnpackHigh(r0, r1);
+        Vector256<float> t2 = Avx.UnpackLow(r2, r3), t3 = Avx.UnpackHigh(r2, r3);
+        Vector256<float> t4 = Avx.UnpackLow(r4, r5), t5 = Avx.UnpackHigh(r4, r5);
+        Vector256<float> t6 = Avx.UnpackLow(r6, r7), t7 = Avx.UnpackHigh(r6, r7);
+        Vector256<float> u0 = Avx.Shuffle(t0, t2, 0x44), u1 = Avx.Shuffle(t0, t2, 0xEE);
+        Vector256<float> u2 = Avx.Shuffle(t1, t3, 0x44), u3 = Avx.Shuffle(t1, t3, 0xEE);
+        Vector256<float> u4 = Avx.Shuffle(t4, t6, 0x44), u5 = Avx.Shuffle(t4, t6, 0xEE);
+        Vector256<float> u6 = Avx.Shuffle(t5, t7, 0x44), u7 = Avx.Shuffle(t5, t7, 0xEE);
+        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
+        Avx.Store(dst + dstStride, Avx.Permute2x128(u1, u5, 0x20));
+        Avx.Store(dst + 2 * dstStride, Avx.Permute2x128(u2, u6, 0x20));
+        Avx.Store(dst + 3 * dstStride, Avx.Permute2x128(u3, u7, 0x20));
+        Avx.Store(dst + 4 * dstStride, Avx.Permute2x128(u0, u4, 0x31));
+        Avx.Store(dst + 5 * dstStride, Avx.Permute2x128(u1, u5, 0x31));
+        Avx.Store(dst + 6 * dstStride, Avx.Permute2x128(u2, u6, 0x31));
+        Avx.Store(dst + 7 * dstStride, Avx.Permute2x128(u3, u7, 0x31));
     }
 
     private static void CopyTile(float* src, long lds, float* dst, long ldd, int rows, int cols, bool zeroPad, int mr, int nr)

@@ -75,18 +75,43 @@ public sealed class Optimizer
     /// <summary>w ← update(w, g) with learning rate γ = <paramref name="learningRate"/>.</summary>
     public void Apply(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate)
     {
+        BeginStep();
+        ApplyRange(parameters, gradient, learningRate, 0, _arch.ParameterCount);
+    }
+
+    /// <summary>Starts an update (advances t); follow with <see cref="ApplyRange"/> over every parameter once.</summary>
+    public void BeginStep()
+    {
+        _steps++;
+        _beta1Power *= Settings.Beta1;
+        _beta2Power *= Settings.Beta2;
+    }
+
+    /// <summary>
+    /// Updates parameters [start, start + count) of the step begun by <see cref="BeginStep"/>. The update is
+    /// element-wise, so disjoint ranges may run on different threads and give the same bits as one call.
+    /// </summary>
+    public void ApplyRange(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start, int count)
+    {
         if (parameters.Length != _arch.ParameterCount || gradient.Length != _arch.ParameterCount)
         {
             throw new ArgumentException($"expected {_arch.ParameterCount} parameters and gradients, got {parameters.Length} and {gradient.Length}");
         }
-        _steps++;
-        _beta1Power *= Settings.Beta1;
-        _beta2Power *= Settings.Beta2;
+        int end = start + count;
         for (int l = 0; l < _arch.Layers.Count; l++)
         {
             // Weights then biases of layer l; weight decay on the weights only.
-            ApplySection(parameters, gradient, _arch.WeightOffset(l), _arch.WeightCount(l), learningRate, Settings.WeightDecay);
-            ApplySection(parameters, gradient, _arch.BiasOffset(l), _arch.Layers[l].Outputs, learningRate, 0f);
+            ApplyIntersection(parameters, gradient, _arch.WeightOffset(l), _arch.WeightCount(l), start, end, learningRate, Settings.WeightDecay);
+            ApplyIntersection(parameters, gradient, _arch.BiasOffset(l), _arch.Layers[l].Outputs, start, end, learningRate, 0f);
+        }
+    }
+
+    private void ApplyIntersection(Span<float> parameters, ReadOnlySpan<float> gradient, int offset, int count, int start, int end, float lr, float decay)
+    {
+        int from = Math.Max(offset, start), to = Math.Min(offset + count, end);
+        if (from < to)
+        {
+            ApplySection(parameters, gradient, from, to - from, lr, decay);
         }
     }
 

@@ -1,0 +1,39 @@
+using DistributedBackprop.Data;
+using DistributedBackprop.Models;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>Runs a command body and maps failures to one line on stderr plus an exit code.</summary>
+internal static class CommandRunner
+{
+    public static int Run(string command, Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (Exception e) when (e is DataException or ModelFileException or UsageException)
+        {
+            Console.Error.WriteLine($"dbp {command}: {e.Message}");
+            return ExitCodes.BadInput;
+        }
+        catch (ArgumentException e)
+        {
+            Console.Error.WriteLine($"dbp {command}: {e.Message}");
+            return ExitCodes.BadInput;
+        }
+        catch (IOException e)
+        {
+            Console.Error.WriteLine($"dbp {command}: {e.Message}");
+            return ExitCodes.Failure;
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine($"dbp {command}: cancelled");
+            return 130;
+        }
+    }
+}
+
+/// <summary>An option combination that parses but makes no sense; reported like a parse error.</summary>
+internal sealed class UsageException(string message) : Exception(message);

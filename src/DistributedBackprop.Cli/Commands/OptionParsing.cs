@@ -1,0 +1,163 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Globalization;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>Option factories with validation, so every command reports bad values the same way.</summary>
+internal static class OptionParsing
+{
+    public static Option<int> PositiveInt(string name, string description, int defaultValue)
+    {
+        var option = new Option<int>(name) { Description = description, DefaultValueFactory = _ => defaultValue };
+        option.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() < 1)
+            {
+                r.AddError($"{name}: must be at least 1, got {r.GetValueOrDefault<int>()}");
+            }
+        });
+        return option;
+    }
+
+    public static Option<float> PositiveFloat(string name, string description, float? defaultValue)
+    {
+        var option = new Option<float>(name) { Description = description };
+        if (defaultValue is float value)
+        {
+            option.DefaultValueFactory = _ => value;
+        }
+        option.Validators.Add(r =>
+        {
+            float v = r.GetValueOrDefault<float>();
+            if (!(v > 0) || !float.IsFinite(v))
+            {
+                r.AddError($"{name}: must be a positive number, got {v.ToString(CultureInfo.InvariantCulture)}");
+            }
+        });
+        return option;
+    }
+
+    public static Option<float> FloatInRange(string name, string description, float defaultValue, float min, float max, bool maxExclusive)
+    {
+        var option = new Option<float>(name) { Description = description, DefaultValueFactory = _ => defaultValue };
+        option.Validators.Add(r =>
+        {
+            float v = r.GetValueOrDefault<float>();
+            if (!(v >= min) || (maxExclusive ? !(v < max) : !(v <= max)))
+            {
+                r.AddError($"{name}: must be in [{min.ToString(CultureInfo.InvariantCulture)}, {max.ToString(CultureInfo.InvariantCulture)}{(maxExclusive ? ")" : "]")}, got {v.ToString(CultureInfo.InvariantCulture)}");
+            }
+        });
+        return option;
+    }
+
+    public static Option<Activation> ActivationOption(string name, string description, Activation defaultValue, bool allowSoftmax)
+    {
+        return new Option<Activation>(name)
+        {
+            Description = description,
+            DefaultValueFactory = _ => defaultValue,
+            HelpName = allowSoftmax ? "identity|sigmoid|tanh|relu|softmax" : "identity|sigmoid|tanh|relu",
+            CustomParser = r =>
+            {
+                string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+                if (!Activations.TryParse(text, out Activation activation))
+                {
+                    r.AddError($"{name}: unknown activation '{text}' (expected identity, sigmoid, tanh, relu{(allowSoftmax ? " or softmax" : "")})");
+                    return default;
+                }
+                if (activation == Activation.Softmax && !allowSoftmax)
+                {
+                    r.AddError($"{name}: softmax is only allowed on the output layer (--output-activation)");
+                }
+                return activation;
+            },
+        };
+    }
+
+    public static Option<Loss> LossOption(Loss defaultValue) => new("--loss")
+    {
+        Description = "Cost function: mse (J = 1/n Σ ½‖a − y‖², the lecture's) or cross_entropy (J = −1/n Σ log a[label], needs softmax output).",
+        DefaultValueFactory = _ => defaultValue,
+        HelpName = "mse|cross_entropy",
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!Losses.TryParse(text, out Loss loss))
+            {
+                r.AddError($"--loss: unknown loss '{text}' (expected mse or cross_entropy)");
+            }
+            return loss;
+        },
+    };
+
+    public static Option<OptimizerKind> OptimizerOption(OptimizerKind defaultValue) => new("--optimizer")
+    {
+        Description = "sgd (w ← w − γ∂J/∂w), momentum (heavy ball; --nesterov for Nesterov) or adam (with decoupled weight decay).",
+        DefaultValueFactory = _ => defaultValue,
+        HelpName = "sgd|momentum|adam",
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!OptimizerSettings.TryParse(text, out OptimizerKind kind))
+            {
+                r.AddError($"--optimizer: unknown optimizer '{text}' (expected sgd, momentum or adam)");
+            }
+            return kind;
+        },
+    };
+
+    public static Option<ScheduleKind> ScheduleOption() => new("--schedule")
+    {
+        Description = "Learning-rate schedule: constant, step (× --decay-factor every --decay-every epochs) or cosine (to --min-lr).",
+        DefaultValueFactory = _ => ScheduleKind.Constant,
+        HelpName = "constant|step|cosine",
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!OptimizerSettings.TryParse(text, out ScheduleKind kind))
+            {
+                r.AddError($"--schedule: unknown schedule '{text}' (expected constant, step or cosine)");
+            }
+            return kind;
+        },
+    };
+
+    /// <summary>Comma-separated layer widths, e.g. "256,128"; "none" (or "") for no hidden layer.</summary>
+    public static Option<int[]> LayersOption(string name, string description, int[] defaultValue) => new(name)
+    {
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        HelpName = "W1,W2,…",
+        CustomParser = r => ParseWidths(r, name),
+    };
+
+    private static int[] ParseWidths(ArgumentResult r, string name)
+    {
+        string text = r.Tokens.Count > 0 ? r.Tokens[0].Value.Trim() : "";
+        if (text.Length == 0 || text.Equals("none", StringComparison.OrdinalIgnoreCase))
+        {
+            return [];
+        }
+        var widths = new List<int>();
+        foreach (string part in text.Split(','))
+        {
+            if (!int.TryParse(part.Trim(), NumberStyles.Integer, CultureInfo.InvariantCulture, out int width) || width < 1)
+            {
+                r.AddError($"{name}: '{part.Trim()}' is not a positive layer width (expected e.g. 256,128)");
+                return [];
+            }
+            widths.Add(width);
+        }
+        return widths.ToArray();
+    }
+
+    public static Option<ulong> SeedOption() => new("--seed")
+    {
+        Description = "Seed of every random choice (initial weights, split, epoch order). Same data + options + seed → same model bits.",
+        DefaultValueFactory = _ => 1UL,
+    };
+}

@@ -1,0 +1,94 @@
+using System.CommandLine;
+using DistributedBackprop.Cli.Output;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>`dbp train`: trains a network and prints its test accuracy.</summary>
+internal static class TrainCommand
+{
+    public static Command Create()
+    {
+        var training = new TrainingOptionSet();
+        var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
+        var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
+        var workers = OptionParsing.PositiveInt("--workers", "Worker count. Only 1 (this process) until the actor layer lands.", 1);
+        var threads = OptionParsing.PositiveInt("--threads", "Threads computing each step's chunks (results do not depend on it).", 1);
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Also checkpoint every N steps (0 = only at epoch ends).", DefaultValueFactory = _ => 0 };
+        var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint written with the same data and options; the result equals an uninterrupted run.", HelpName = "FILE" };
+        var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto (bar on a terminal, plain lines otherwise), bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
+
+        var command = new Command("train", "Train a network by backpropagation. With no options: the embedded UCI digits, a 64-128-10 ReLU/softmax network.");
+        training.AddTo(command);
+        foreach (Option option in new Option[] { output, metrics, workers, threads, checkpoint, checkpointEvery, resume, progress })
+        {
+            command.Options.Add(option);
+        }
+        workers.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() != 1)
+            {
+                r.AddError("--workers: only 1 is supported so far (use --threads to parallelise one process)");
+            }
+        });
+        checkpointEvery.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() < 0)
+            {
+                r.AddError("--checkpoint-every: must be ≥ 0");
+            }
+        });
+
+        command.SetAction(parse => CommandRunner.Run("train", () =>
+        {
+            TrainingConfig config = training.Config(parse);
+            TrainingSession session = training.PrepareSession(parse, config);
+            string? resumeFrom = parse.GetValue(resume);
+            if (resumeFrom is not null)
+            {
+                session.RestoreCheckpoint(resumeFrom);
+            }
+            string? checkpointPath = parse.GetValue(checkpoint);
+            string? metricsPath = parse.GetValue(metrics);
+            string? modelPath = parse.GetValue(output);
+            CheckWritable(modelPath, "--out");
+            CheckWritable(metricsPath, "--metrics");
+            CheckWritable(checkpointPath, "--checkpoint");
+
+            var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath));
+            using var trainer = new Trainer(session, parse.GetValue(threads));
+            string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, "
+                + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize})";
+            display.Run(title, session.TotalSteps, session.GlobalStep, () =>
+                trainer.Run(display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery))));
+
+            EvaluationResult? test = session.Test is null ? null : trainer.Evaluate(session.Test);
+            if (modelPath is not null)
+            {
+                session.ToModel().Save(modelPath);
+            }
+            display.PrintSummary(modelPath, test);
+            return ExitCodes.Success;
+        }));
+        return command;
+    }
+
+    /// <summary>Fails before training, not after an hour of it, when an output cannot be written.</summary>
+    internal static void CheckWritable(string? path, string option)
+    {
+        if (path is null)
+        {
+            return;
+        }
+        string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (directory is not null && !Directory.Exists(directory))
+        {
+            throw new UsageException($"{option}: directory {directory} does not exist");
+        }
+        if (Directory.Exists(path))
+        {
+            throw new UsageException($"{option}: {path} is a directory");
+        }
+    }
+}

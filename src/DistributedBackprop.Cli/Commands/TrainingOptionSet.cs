@@ -1,0 +1,133 @@
+using System.CommandLine;
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>
+/// The options that define a training run (data, network, optimizer, schedule, seed), shared by every
+/// command that trains, so `dbp train` and the cluster server accept the very same flags.
+/// </summary>
+internal sealed class TrainingOptionSet
+{
+    public Option<string?> Data { get; } = new("--data") { Description = "Training data: a CSV file (header row, .gz ok), an IDX images file, or a directory with the MNIST-style IDX files. Default: the embedded UCI digits.", HelpName = "PATH" };
+    public Option<string?> Label { get; } = new("--label") { Description = "CSV label column: a header name or a 0-based index (−1 = last). Default: the last column.", HelpName = "COLUMN" };
+    public Option<string?> TestData { get; } = new("--test-data") { Description = "Test data (same format and classes as the training data).", HelpName = "PATH" };
+    public Option<double?> TestFraction { get; } = new("--test-fraction") { Description = "Hold out this fraction of the data for testing (seeded split). Default 0.2 unless test data is given or bundled (IDX t10k files).", HelpName = "F" };
+    public Option<int[]> Layers { get; } = OptionParsing.LayersOption("--layers", "Hidden layer widths, comma-separated; 'none' for no hidden layer.", [128]);
+    public Option<Activation> Activation { get; } = OptionParsing.ActivationOption("--activation", "Activation of the hidden layers.", Network.Activation.Relu, allowSoftmax: false);
+    public Option<Activation> OutputActivation { get; } = OptionParsing.ActivationOption("--output-activation", "Activation of the output layer.", Network.Activation.Softmax, allowSoftmax: true);
+    public Option<Loss> Loss { get; } = OptionParsing.LossOption(Network.Loss.CrossEntropy);
+    public Option<int> Epochs { get; } = OptionParsing.PositiveInt("--epochs", "Passes over the training data.", 30);
+    public Option<int> BatchSize { get; } = OptionParsing.PositiveInt("--batch-size", "Rows per global batch (the n of J = 1/n Σ), whatever the number of workers.", 32);
+    public Option<int> Chunks { get; } = OptionParsing.PositiveInt("--chunks", "Each batch is cut into this many chunks whose gradients add up along a fixed tree; at most this many workers share a step. Part of the model's definition.", 8);
+    public Option<float> LearningRate { get; } = OptionParsing.PositiveFloat("--lr", "Learning rate γ.", 0.05f);
+    public Option<OptimizerKind> Optimizer { get; } = OptionParsing.OptimizerOption(OptimizerKind.Momentum);
+    public Option<float> Momentum { get; } = OptionParsing.FloatInRange("--momentum", "Momentum μ (momentum optimizer).", 0.9f, 0f, 1f, maxExclusive: true);
+    public Option<bool> Nesterov { get; } = new("--nesterov") { Description = "Nesterov momentum." };
+    public Option<float> Beta1 { get; } = OptionParsing.FloatInRange("--beta1", "Adam β1.", 0.9f, 0f, 1f, maxExclusive: true);
+    public Option<float> Beta2 { get; } = OptionParsing.FloatInRange("--beta2", "Adam β2.", 0.999f, 0f, 1f, maxExclusive: true);
+    public Option<float> WeightDecay { get; } = OptionParsing.FloatInRange("--weight-decay", "Weight decay λ on weights (not biases): L2 for sgd/momentum, decoupled for adam.", 0f, 0f, float.MaxValue, maxExclusive: false);
+    public Option<ScheduleKind> Schedule { get; } = OptionParsing.ScheduleOption();
+    public Option<int> DecayEvery { get; } = OptionParsing.PositiveInt("--decay-every", "Step schedule: epochs between decays.", 10);
+    public Option<float> DecayFactor { get; } = OptionParsing.FloatInRange("--decay-factor", "Step schedule: factor per decay.", 0.1f, 0f, 1f, maxExclusive: false);
+    public Option<float> MinLearningRate { get; } = OptionParsing.FloatInRange("--min-lr", "Cosine schedule: final learning rate.", 0f, 0f, float.MaxValue, maxExclusive: false);
+    public Option<int> WarmupSteps { get; } = new("--warmup-steps") { Description = "Linear learning-rate warm-up over this many steps.", DefaultValueFactory = _ => 0 };
+    public Option<ulong> Seed { get; } = OptionParsing.SeedOption();
+
+    public TrainingOptionSet()
+    {
+        TestFraction.Validators.Add(r =>
+        {
+            double? f = r.GetValueOrDefault<double?>();
+            if (f is double value && !(value >= 0 && value < 1))
+            {
+                r.AddError($"--test-fraction: must be in [0, 1), got {value}");
+            }
+        });
+        WarmupSteps.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() < 0)
+            {
+                r.AddError("--warmup-steps: must be ≥ 0");
+            }
+        });
+    }
+
+    public IEnumerable<Option> All() =>
+    [
+        Data, Label, TestData, TestFraction, Layers, Activation, OutputActivation, Loss, Epochs, BatchSize, Chunks,
+        LearningRate, Optimizer, Momentum, Nesterov, Beta1, Beta2, WeightDecay, Schedule, DecayEvery, DecayFactor,
+        MinLearningRate, WarmupSteps, Seed,
+    ];
+
+    public void AddTo(Command command)
+    {
+        foreach (Option option in All())
+        {
+            command.Options.Add(option);
+        }
+    }
+
+    public TrainingConfig Config(ParseResult parse)
+    {
+        var config = new TrainingConfig
+        {
+            HiddenLayers = parse.GetValue(Layers) ?? [],
+            HiddenActivation = parse.GetValue(Activation),
+            OutputActivation = parse.GetValue(OutputActivation),
+            Loss = parse.GetValue(Loss),
+            Epochs = parse.GetValue(Epochs),
+            BatchSize = parse.GetValue(BatchSize),
+            Chunks = parse.GetValue(Chunks),
+            Seed = parse.GetValue(Seed),
+            Optimizer = new OptimizerSettings
+            {
+                Kind = parse.GetValue(Optimizer),
+                LearningRate = parse.GetValue(LearningRate),
+                Momentum = parse.GetValue(Momentum),
+                Nesterov = parse.GetValue(Nesterov),
+                Beta1 = parse.GetValue(Beta1),
+                Beta2 = parse.GetValue(Beta2),
+                WeightDecay = parse.GetValue(WeightDecay),
+                Schedule = parse.GetValue(Schedule),
+                DecayEvery = parse.GetValue(DecayEvery),
+                DecayFactor = parse.GetValue(DecayFactor),
+                MinLearningRate = parse.GetValue(MinLearningRate),
+                WarmupSteps = parse.GetValue(WarmupSteps),
+            },
+        };
+        if (config.Validate() is string problem)
+        {
+            throw new UsageException(problem);
+        }
+        return config;
+    }
+
+    /// <summary>Loads the data the options name and prepares the session (split, preprocessing).</summary>
+    public TrainingSession PrepareSession(ParseResult parse, TrainingConfig config, string? dataOverride = null)
+    {
+        string? dataPath = dataOverride ?? parse.GetValue(Data);
+        string? label = parse.GetValue(Label);
+        LoadedData loaded = DataSources.Load(dataPath, label);
+        Dataset? test = null;
+        string? testPath = parse.GetValue(TestData);
+        double? fraction = parse.GetValue(TestFraction);
+        if (testPath is not null)
+        {
+            if (fraction is > 0)
+            {
+                throw new UsageException("--test-data and --test-fraction exclude each other");
+            }
+            test = DataSources.LoadWithClasses(testPath, label, loaded.Train.Classes, loaded.Train.Features);
+        }
+        else if (fraction is null)
+        {
+            test = loaded.BundledTest;
+        }
+        double split = test is null ? fraction ?? 0.2 : 0;
+        return TrainingSession.Prepare(config, loaded.Train, test, split);
+    }
+}

@@ -1,0 +1,62 @@
+using System.Text;
+using System.Text.Json;
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Cli.Output;
+
+/// <summary>
+/// The --metrics file: JSON lines, one object per epoch. The whole file is rewritten atomically after each
+/// epoch, so a reader (or a crash) never sees a half-written line.
+/// </summary>
+internal sealed class MetricsWriter
+{
+    private readonly string _path;
+    private readonly StringBuilder _lines = new();
+
+    public MetricsWriter(string path)
+    {
+        _path = path;
+    }
+
+    public void Append(EpochReport report)
+    {
+        _lines.Append(ToJson(report)).Append('\n');
+        string content = _lines.ToString();
+        DataFiles.WriteAtomically(_path, stream => stream.Write(Encoding.UTF8.GetBytes(content)));
+    }
+
+    public static string ToJson(EpochReport r)
+    {
+        using var buffer = new MemoryStream();
+        using (var json = new Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            json.WriteNumber("epoch", r.Epoch);
+            json.WriteNumber("step", r.Step);
+            json.WriteNumber("train_loss", r.TrainLoss);
+            json.WriteNumber("train_accuracy", r.TrainAccuracy);
+            if (r.TestLoss is double testLoss) json.WriteNumber("test_loss", testLoss); else json.WriteNull("test_loss");
+            if (r.TestAccuracy is double testAccuracy) json.WriteNumber("test_accuracy", testAccuracy); else json.WriteNull("test_accuracy");
+            json.WriteNumber("samples_per_second", Math.Round(r.SamplesPerSecond, 1));
+            json.WriteNumber("epoch_seconds", Math.Round(r.EpochTime.TotalSeconds, 4));
+            json.WriteNumber("elapsed_seconds", Math.Round(r.Elapsed.TotalSeconds, 4));
+            json.WriteNumber("learning_rate", r.LearningRate);
+            json.WriteNumber("workers", r.Workers);
+            if (r.WaitingForSlowest is TimeSpan wait) json.WriteNumber("wait_for_slowest_seconds", Math.Round(wait.TotalSeconds, 4));
+            if (r.ServerTime is TimeSpan server) json.WriteNumber("server_seconds", Math.Round(server.TotalSeconds, 4));
+            if (r.DroppedGradients is long dropped) json.WriteNumber("dropped_gradients", dropped);
+            if (r.WorkerStepsPerSecond is { } rates)
+            {
+                json.WriteStartObject("worker_steps_per_second");
+                foreach (var (worker, rate) in rates.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                {
+                    json.WriteNumber(worker, Math.Round(rate, 2));
+                }
+                json.WriteEndObject();
+            }
+            json.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(buffer.ToArray());
+    }
+}

@@ -1,0 +1,147 @@
+using System.Diagnostics;
+using System.Globalization;
+using DistributedBackprop.Engine;
+using Spectre.Console;
+
+namespace DistributedBackprop.Cli.Output;
+
+/// <summary>How progress is shown: a live bar on a terminal, plain lines otherwise (CI, pipes).</summary>
+internal enum ProgressMode
+{
+    Auto,
+    Bar,
+    Plain,
+    None,
+}
+
+/// <summary>
+/// Shows training progress and keeps the epoch reports for the final summary. On a terminal: a live
+/// progress bar (epoch, step, loss, samples/s, ETA). Otherwise: one plain line per epoch.
+/// </summary>
+internal sealed class TrainingDisplay : ITrainingObserver
+{
+    private readonly ProgressMode _mode;
+    private readonly MetricsWriter? _metrics;
+    private readonly List<EpochReport> _epochs = [];
+    private readonly Stopwatch _sinceRefresh = Stopwatch.StartNew();
+    private ProgressTask? _task;
+    private double _recentLoss = double.NaN;
+    private long _rowsSinceRefresh;
+
+    public TrainingDisplay(ProgressMode mode, MetricsWriter? metrics)
+    {
+        _mode = mode == ProgressMode.Auto
+            ? (AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected ? ProgressMode.Bar : ProgressMode.Plain)
+            : mode;
+        _metrics = metrics;
+    }
+
+    public IReadOnlyList<EpochReport> Epochs => _epochs;
+
+    /// <summary>Extra text after the rate (e.g. per-worker steps/s), refreshed by the caller.</summary>
+    public Func<string>? Detail { get; set; }
+
+    /// <summary>Runs <paramref name="training"/> under the chosen display.</summary>
+    public void Run(string title, long totalSteps, long startStep, Action training)
+    {
+        if (_mode != ProgressMode.Bar)
+        {
+            if (_mode == ProgressMode.Plain)
+            {
+                Console.WriteLine(title);
+            }
+            training();
+            return;
+        }
+        AnsiConsole.MarkupLine(Markup.Escape(title));
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .HideCompleted(false)
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Start(context =>
+            {
+                _task = context.AddTask("starting", maxValue: totalSteps);
+                _task.Value = startStep;
+                training();
+                _task.Value = totalSteps;
+                _task.StopTask();
+            });
+    }
+
+    public void StepCompleted(StepReport report)
+    {
+        _rowsSinceRefresh += report.Rows;
+        _recentLoss = double.IsNaN(_recentLoss) ? report.Loss : 0.9 * _recentLoss + 0.1 * report.Loss;
+        if (_task is null || _sinceRefresh.ElapsedMilliseconds < 100)
+        {
+            return;
+        }
+        double rate = _rowsSinceRefresh / _sinceRefresh.Elapsed.TotalSeconds;
+        _rowsSinceRefresh = 0;
+        _sinceRefresh.Restart();
+        string detail = Detail?.Invoke() ?? "";
+        _task.Description = Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+            $"epoch {report.Epoch + 1} step {report.StepInEpoch + 1}/{report.StepsPerEpoch}  loss {_recentLoss:F4}  {rate:N0} samples/s{detail}"));
+        _task.Value = report.GlobalStep;
+    }
+
+    public void EpochCompleted(EpochReport report)
+    {
+        _epochs.Add(report);
+        _metrics?.Append(report);
+        if (_mode == ProgressMode.Plain)
+        {
+            Console.WriteLine(FormatEpoch(report));
+        }
+    }
+
+    public static string FormatEpoch(EpochReport r)
+    {
+        string test = r.TestAccuracy is double accuracy
+            ? FormattableString.Invariant($"test loss {r.TestLoss:F4}  test acc {accuracy:P2}  ")
+            : "";
+        return FormattableString.Invariant($"epoch {r.Epoch,3}  step {r.Step,7}  train loss {r.TrainLoss:F4}  train acc {r.TrainAccuracy:P2}  ")
+            + test + FormattableString.Invariant($"{r.SamplesPerSecond:N0} samples/s  {r.Elapsed.TotalSeconds:F1}s");
+    }
+
+    /// <summary>The final table: a few epochs (first, last, best) and the totals.</summary>
+    public void PrintSummary(string? modelPath, EvaluationResult? finalTest)
+    {
+        if (_mode == ProgressMode.None || _epochs.Count == 0)
+        {
+            return;
+        }
+        var table = new Table().Border(TableBorder.Rounded).Title("training summary");
+        table.AddColumns("epoch", "step", "train loss", "train acc", "test loss", "test acc", "samples/s", "elapsed");
+        foreach (int column in Enumerable.Range(0, 8))
+        {
+            table.Columns[column].RightAligned();
+        }
+        IEnumerable<EpochReport> shown = _epochs.Count <= 12 ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5));
+        EpochReport? previous = null;
+        foreach (EpochReport r in shown)
+        {
+            if (previous is not null && r.Epoch != previous.Epoch + 1)
+            {
+                table.AddRow("…", "", "", "", "", "", "", "");
+            }
+            table.AddRow(
+                r.Epoch.ToString(CultureInfo.InvariantCulture),
+                r.Step.ToString(CultureInfo.InvariantCulture),
+                r.TrainLoss.ToString("F4", CultureInfo.InvariantCulture),
+                r.TrainAccuracy.ToString("P2", CultureInfo.InvariantCulture),
+                r.TestLoss?.ToString("F4", CultureInfo.InvariantCulture) ?? "–",
+                r.TestAccuracy?.ToString("P2", CultureInfo.InvariantCulture) ?? "–",
+                r.SamplesPerSecond.ToString("N0", CultureInfo.InvariantCulture),
+                r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture) + "s");
+            previous = r;
+        }
+        AnsiConsole.Write(table);
+        if (finalTest is not null)
+        {
+            int correct = (int)Math.Round(finalTest.Accuracy * finalTest.Rows);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"test accuracy: {finalTest.Accuracy:P2} ({correct}/{finalTest.Rows}), test loss {finalTest.Loss:F4}"));
+        }
+        Console.WriteLine(modelPath is null ? "model not saved (use --out FILE to save it)" : $"model written to {modelPath}");
+    }
+}

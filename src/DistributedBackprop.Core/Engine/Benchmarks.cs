@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using DistributedBackprop.Kernels;
+using DistributedBackprop.Network;
+
+namespace DistributedBackprop.Engine;
+
+/// <summary>Throughput of timed windows after a warm-up: the median is the figure to report.</summary>
+public sealed record ThroughputResult(double MedianSamplesPerSecond, double MinSamplesPerSecond, double MaxSamplesPerSecond, IReadOnlyList<double> Windows, long Steps, double AllocatedBytesPerStep);
+
+/// <summary>One matrix product of a training step, timed alone.</summary>
+public sealed record GemmMeasurement(int Layer, string Product, int M, int N, int K, double GigaflopsPerSecond);
+
+public static class Benchmarks
+{
+    /// <summary>
+    /// Runs <paramref name="step"/> (one training step of <paramref name="samplesPerStep"/> rows) for a
+    /// warm-up period, then for <paramref name="windows"/> timed windows, and reports samples/s per window
+    /// and the bytes allocated per step during the timed part (all threads).
+    /// </summary>
+    public static ThroughputResult MeasureSteps(Action step, int samplesPerStep, TimeSpan warmup, int windows, TimeSpan window)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < warmup)
+        {
+            step();
+        }
+        var rates = new List<double>();
+        long steps = 0;
+        long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
+        for (int w = 0; w < windows; w++)
+        {
+            long windowSteps = 0;
+            clock.Restart();
+            while (clock.Elapsed < window)
+            {
+                step();
+                windowSteps++;
+            }
+            rates.Add(windowSteps * samplesPerStep / clock.Elapsed.TotalSeconds);
+            steps += windowSteps;
+        }
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
+        double[] sorted = rates.Order().ToArray();
+        double median = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+        return new ThroughputResult(median, sorted[0], sorted[^1], rates, steps, steps == 0 ? 0 : (double)allocated / steps);
+    }
+
+    /// <summary>
+    /// GFLOP/s of each product of a training step for <paramref name="rows"/> rows: forward x·Wᵀ, the
+    /// input gradient δ·W (not needed for layer 0) and the weight gradient δᵀ·a as a chunk tree.
+    /// </summary>
+    public static List<GemmMeasurement> MeasureGemms(Architecture arch, int rows, int chunks, TimeSpan perProduct)
+    {
+        var results = new List<GemmMeasurement>();
+        var random = new Randomness.Xoshiro256(7);
+        float[] Fill(int n)
+        {
+            var values = new float[n];
+            for (int i = 0; i < n; i++) values[i] = random.NextSingle() - 0.5f;
+            return values;
+        }
+        int[] starts = Enumerable.Range(0, chunks + 1).Select(c => ChunkTree.ChunkStart(rows, chunks, c)).ToArray();
+        for (int l = 0; l < arch.Layers.Count; l++)
+        {
+            LayerSpec layer = arch.Layers[l];
+            int inputs = layer.Inputs, outputs = layer.Outputs;
+            float[] x = Fill(rows * inputs), w = Fill(outputs * inputs), delta = Fill(rows * outputs);
+            float[] z = new float[rows * outputs], dx = new float[rows * inputs], dw = new float[outputs * inputs];
+            double flops = 2.0 * rows * inputs * outputs;
+            results.Add(new GemmMeasurement(l, "forward x·Wᵀ", rows, outputs, inputs, flops / Time(() =>
+                Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(x, rows, inputs), StridedMatrix<float>.RowMajor(w, outputs, inputs).Transposed(), z, outputs), perProduct) / 1e9));
+            if (l > 0)
+            {
+                results.Add(new GemmMeasurement(l, "input gradient δ·W", rows, inputs, outputs, flops / Time(() =>
+                    Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(delta, rows, outputs), StridedMatrix<float>.RowMajor(w, outputs, inputs), dx, inputs), perProduct) / 1e9));
+            }
+            results.Add(new GemmMeasurement(l, $"weight gradient δᵀ·a ({chunks} chunks)", outputs, inputs, rows, flops / Time(() =>
+                Gemm.ChunkTreeProduct(StridedMatrix<float>.RowMajor(delta, rows, outputs).Transposed(), StridedMatrix<float>.RowMajor(x, rows, inputs), starts, dw, inputs), perProduct) / 1e9));
+        }
+        return results;
+    }
+
+    /// <summary>Seconds per call: median of five windows after a warm-up.</summary>
+    private static double Time(Action action, TimeSpan budget)
+    {
+        for (int i = 0; i < 20; i++) action();
+        var perCall = new List<double>();
+        var clock = new Stopwatch();
+        for (int w = 0; w < 5; w++)
+        {
+            long calls = 0;
+            clock.Restart();
+            while (clock.Elapsed.TotalSeconds < budget.TotalSeconds / 5)
+            {
+                action();
+                calls++;
+            }
+            perCall.Add(clock.Elapsed.TotalSeconds / calls);
+        }
+        return perCall.Order().ElementAt(2);
+    }
+}

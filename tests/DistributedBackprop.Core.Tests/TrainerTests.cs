@@ -1,0 +1,146 @@
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+
+namespace DistributedBackprop.Tests;
+
+public class TrainerTests
+{
+    private static TrainingConfig SmallConfig => new()
+    {
+        HiddenLayers = [16],
+        Epochs = 3,
+        BatchSize = 20,
+        Chunks = 6,
+        Seed = 4,
+        Optimizer = new OptimizerSettings { Kind = OptimizerKind.Adam, LearningRate = 0.01f, WeightDecay = 0.01f },
+    };
+
+    private static float[] Train(TrainingConfig config, Dataset data, int threads)
+    {
+        TrainingSession session = TrainingSession.Prepare(config, data, null, 0.25);
+        using var trainer = new Trainer(session, threads);
+        trainer.Run(NullObserver.Instance);
+        return session.Parameters;
+    }
+
+    [Fact]
+    public void TheLecturesNetwork_LearnsXor()
+    {
+        // Sigmoid layers and the quadratic cost, as in the lecture, on the four XOR points.
+        float[] values = [0, 0, 0, 1, 1, 0, 1, 1];
+        int[] labels = [0, 1, 1, 0];
+        var xor = new Dataset("xor", 2, values, labels, ["false", "true"], DataKind.Table);
+        var config = new TrainingConfig
+        {
+            HiddenLayers = [4],
+            HiddenActivation = Activation.Sigmoid,
+            OutputActivation = Activation.Sigmoid,
+            Loss = Loss.MeanSquaredError,
+            Epochs = 3000,
+            BatchSize = 4,
+            Chunks = 1,
+            Seed = 3,
+            Optimizer = new OptimizerSettings { Kind = OptimizerKind.Sgd, LearningRate = 2f },
+        };
+        TrainingSession session = TrainingSession.Prepare(config, xor, null, 0);
+        using var trainer = new Trainer(session);
+        trainer.Run(NullObserver.Instance);
+        EvaluationResult result = trainer.Evaluate(session.Train);
+        Assert.Equal(1.0, result.Accuracy);
+        Assert.True(result.Loss < 0.05, $"XOR loss {result.Loss}");
+    }
+
+    [Fact]
+    public void DefaultRunOnEmbeddedDigits_ReachesAtLeast95Percent()
+    {
+        TrainingSession session = TrainingSession.Prepare(new TrainingConfig(), DataSources.EmbeddedDigits(), null, 0.2);
+        using var trainer = new Trainer(session);
+        trainer.Run(NullObserver.Instance);
+        EvaluationResult test = trainer.Evaluate(session.Test!);
+        Assert.True(test.Accuracy >= 0.95, $"test accuracy {test.Accuracy:P2} on {test.Rows} rows");
+    }
+
+    [Fact]
+    public void SameSeed_GivesIdenticalBits_AnyThreadCount()
+    {
+        var data = TestNetworks.RandomDataset(150, 10, 3, 1);
+        float[] reference = Train(SmallConfig, data, threads: 1);
+        foreach (int threads in new[] { 1, 2, 3, 5, 6, 9 })
+        {
+            GemmTests.AssertBitwise(reference, Train(SmallConfig, data, threads), $"{threads} threads");
+        }
+        float[] otherSeed = Train(SmallConfig with { Seed = 5 }, data, threads: 1);
+        Assert.NotEqual(reference, otherSeed);
+    }
+
+    [Fact]
+    public void ResumingFromACheckpoint_GivesTheBitsOfAnUninterruptedRun()
+    {
+        var data = TestNetworks.RandomDataset(150, 10, 3, 2);
+        foreach (OptimizerKind kind in Enum.GetValues<OptimizerKind>())
+        {
+            TrainingConfig config = SmallConfig with { Optimizer = SmallConfig.Optimizer with { Kind = kind, Schedule = ScheduleKind.Cosine, WarmupSteps = 3 } };
+            float[] uninterrupted = Train(config, data, threads: 1);
+
+            string path = Path.Combine(Path.GetTempPath(), $"dbp-resume-{Guid.NewGuid():N}.safetensors");
+            try
+            {
+                TrainingSession first = TrainingSession.Prepare(config, data, null, 0.25);
+                using (var trainer = new Trainer(first))
+                {
+                    for (int i = 0; i < 7; i++) // stop mid-epoch
+                    {
+                        trainer.Step(out _);
+                    }
+                }
+                first.SaveCheckpoint(path);
+
+                TrainingSession resumed = TrainingSession.Prepare(config, data, null, 0.25);
+                resumed.RestoreCheckpoint(path);
+                Assert.Equal(7, resumed.GlobalStep);
+                using (var trainer = new Trainer(resumed, threads: 2))
+                {
+                    trainer.Run(NullObserver.Instance);
+                }
+                GemmTests.AssertBitwise(uninterrupted, resumed.Parameters, $"{kind} resumed after 7 steps");
+            }
+            finally
+            {
+                File.Delete(path);
+            }
+        }
+    }
+
+    [Fact]
+    public void RestoringACheckpointOfAnotherConfiguration_IsRefused()
+    {
+        var data = TestNetworks.RandomDataset(60, 10, 3, 2);
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-ck-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession.Prepare(SmallConfig, data, null, 0.25).SaveCheckpoint(path);
+            var other = TrainingSession.Prepare(SmallConfig with { BatchSize = 10 }, data, null, 0.25);
+            var error = Assert.Throws<Models.ModelFileException>(() => other.RestoreCheckpoint(path));
+            Assert.Contains("different configuration", error.Message);
+            var otherData = TrainingSession.Prepare(SmallConfig, TestNetworks.RandomDataset(60, 10, 3, 3), null, 0.25);
+            Assert.Contains("different data", Assert.Throws<Models.ModelFileException>(() => otherData.RestoreCheckpoint(path)).Message);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void EpochPlan_IsASeededPermutation_WithAShortLastBatch()
+    {
+        EpochPlan plan = EpochPlan.Create(10, 4, seed: 1, epoch: 0);
+        Assert.Equal(3, plan.Steps);
+        Assert.Equal(2, plan.BatchRows(2).Length);
+        var all = Enumerable.Range(0, 3).SelectMany(s => plan.BatchRows(s).ToArray()).ToArray();
+        Assert.Equal(Enumerable.Range(0, 10), all.Order());
+        Assert.NotEqual(all, Enumerable.Range(0, 3).SelectMany(s => EpochPlan.Create(10, 4, 1, 1).BatchRows(s).ToArray()).ToArray());
+    }
+}
