@@ -9,49 +9,70 @@ namespace DistributedBackprop.Cli.Commands;
 /// <summary>Option factories with validation, so every command reports bad values the same way.</summary>
 internal static class OptionParsing
 {
-    public static Option<int> PositiveInt(string name, string description, int defaultValue)
-    {
-        var option = new Option<int>(name) { Description = description, DefaultValueFactory = _ => defaultValue };
-        option.Validators.Add(r =>
-        {
-            if (r.GetValueOrDefault<int>() < 1)
-            {
-                r.AddError($"{name}: must be at least 1, got {r.GetValueOrDefault<int>()}");
-            }
-        });
-        return option;
-    }
+    public static Option<int> PositiveInt(string name, string description, int defaultValue) =>
+        IntInRange(name, description, defaultValue, 1);
 
-    public static Option<float> PositiveFloat(string name, string description, float? defaultValue)
+    /// <summary>An integer option ≥ <paramref name="min"/>; unparsable text and out-of-range values are parse errors naming the option.</summary>
+    public static Option<int> IntInRange(string name, string description, int defaultValue, int min) => new(name)
     {
-        var option = new Option<float>(name) { Description = description };
-        if (defaultValue is float value)
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        CustomParser = r =>
         {
-            option.DefaultValueFactory = _ => value;
-        }
-        option.Validators.Add(r =>
-        {
-            float v = r.GetValueOrDefault<float>();
-            if (!(v > 0) || !float.IsFinite(v))
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value))
             {
-                r.AddError($"{name}: must be a positive number, got {v.ToString(CultureInfo.InvariantCulture)}");
+                r.AddError($"{name}: '{text}' is not an integer");
+                return defaultValue;
             }
-        });
-        return option;
-    }
+            if (value < min)
+            {
+                r.AddError($"{name}: must be at least {min}, got {value}");
+            }
+            return value;
+        },
+    };
 
-    public static Option<float> FloatInRange(string name, string description, float defaultValue, float min, float max, bool maxExclusive)
+    public static Option<float> PositiveFloat(string name, string description, float defaultValue) => new(name)
     {
-        var option = new Option<float>(name) { Description = description, DefaultValueFactory = _ => defaultValue };
-        option.Validators.Add(r =>
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        CustomParser = r =>
         {
-            float v = r.GetValueOrDefault<float>();
+            float value = ParseFloat(r, name, defaultValue);
+            if (!(value > 0) || !float.IsFinite(value))
+            {
+                r.AddError($"{name}: must be a positive number, got {r.Tokens[0].Value}");
+            }
+            return value;
+        },
+    };
+
+    public static Option<float> FloatInRange(string name, string description, float defaultValue, float min, float max, bool maxExclusive) => new(name)
+    {
+        Description = description,
+        DefaultValueFactory = _ => defaultValue,
+        CustomParser = r =>
+        {
+            float v = ParseFloat(r, name, defaultValue);
             if (!(v >= min) || (maxExclusive ? !(v < max) : !(v <= max)))
             {
-                r.AddError($"{name}: must be in [{min.ToString(CultureInfo.InvariantCulture)}, {max.ToString(CultureInfo.InvariantCulture)}{(maxExclusive ? ")" : "]")}, got {v.ToString(CultureInfo.InvariantCulture)}");
+                string upper = max == float.MaxValue ? "∞)" : max.ToString(CultureInfo.InvariantCulture) + (maxExclusive ? ")" : "]");
+                r.AddError($"{name}: must be in [{min.ToString(CultureInfo.InvariantCulture)}, {upper}, got {r.Tokens[0].Value}");
             }
-        });
-        return option;
+            return v;
+        },
+    };
+
+    private static float ParseFloat(ArgumentResult r, string name, float fallback)
+    {
+        string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+        if (!float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out float value))
+        {
+            r.AddError($"{name}: '{text}' is not a number");
+            return fallback;
+        }
+        return value;
     }
 
     public static Option<Activation> ActivationOption(string name, string description, Activation defaultValue, bool allowSoftmax)

@@ -15,7 +15,7 @@ internal static class TrainCommand
         var workers = OptionParsing.PositiveInt("--workers", "Worker count. Only 1 (this process) until the actor layer lands.", 1);
         var threads = OptionParsing.PositiveInt("--threads", "Threads computing each step's chunks (results do not depend on it).", 1);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
-        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Also checkpoint every N steps (0 = only at epoch ends).", DefaultValueFactory = _ => 0 };
+        var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint written with the same data and options; the result equals an uninterrupted run.", HelpName = "FILE" };
         var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto (bar on a terminal, plain lines otherwise), bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
 
@@ -30,13 +30,6 @@ internal static class TrainCommand
             if (r.GetValueOrDefault<int>() != 1)
             {
                 r.AddError("--workers: only 1 is supported so far (use --threads to parallelise one process)");
-            }
-        });
-        checkpointEvery.Validators.Add(r =>
-        {
-            if (r.GetValueOrDefault<int>() < 0)
-            {
-                r.AddError("--checkpoint-every: must be ≥ 0");
             }
         });
 

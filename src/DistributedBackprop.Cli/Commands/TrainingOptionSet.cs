@@ -15,7 +15,25 @@ internal sealed class TrainingOptionSet
     public Option<string?> Data { get; } = new("--data") { Description = "Training data: a CSV file (header row, .gz ok), an IDX images file, or a directory with the MNIST-style IDX files. Default: the embedded UCI digits.", HelpName = "PATH" };
     public Option<string?> Label { get; } = new("--label") { Description = "CSV label column: a header name or a 0-based index (−1 = last). Default: the last column.", HelpName = "COLUMN" };
     public Option<string?> TestData { get; } = new("--test-data") { Description = "Test data (same format and classes as the training data).", HelpName = "PATH" };
-    public Option<double?> TestFraction { get; } = new("--test-fraction") { Description = "Hold out this fraction of the data for testing (seeded split). Default 0.2 unless test data is given or bundled (IDX t10k files).", HelpName = "F" };
+    public Option<double?> TestFraction { get; } = new("--test-fraction")
+    {
+        Description = "Hold out this fraction of the data for testing (seeded split). Default 0.2 unless test data is given or bundled (IDX t10k files).",
+        HelpName = "F",
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double value))
+            {
+                r.AddError($"--test-fraction: '{text}' is not a number");
+                return null;
+            }
+            if (!(value >= 0 && value < 1))
+            {
+                r.AddError($"--test-fraction: must be in [0, 1), got {text}");
+            }
+            return value;
+        },
+    };
     public Option<int[]> Layers { get; } = OptionParsing.LayersOption("--layers", "Hidden layer widths, comma-separated; 'none' for no hidden layer.", [128]);
     public Option<Activation> Activation { get; } = OptionParsing.ActivationOption("--activation", "Activation of the hidden layers.", Network.Activation.Relu, allowSoftmax: false);
     public Option<Activation> OutputActivation { get; } = OptionParsing.ActivationOption("--output-activation", "Activation of the output layer.", Network.Activation.Softmax, allowSoftmax: true);
@@ -34,27 +52,8 @@ internal sealed class TrainingOptionSet
     public Option<int> DecayEvery { get; } = OptionParsing.PositiveInt("--decay-every", "Step schedule: epochs between decays.", 10);
     public Option<float> DecayFactor { get; } = OptionParsing.FloatInRange("--decay-factor", "Step schedule: factor per decay.", 0.1f, 0f, 1f, maxExclusive: false);
     public Option<float> MinLearningRate { get; } = OptionParsing.FloatInRange("--min-lr", "Cosine schedule: final learning rate.", 0f, 0f, float.MaxValue, maxExclusive: false);
-    public Option<int> WarmupSteps { get; } = new("--warmup-steps") { Description = "Linear learning-rate warm-up over this many steps.", DefaultValueFactory = _ => 0 };
+    public Option<int> WarmupSteps { get; } = OptionParsing.IntInRange("--warmup-steps", "Linear learning-rate warm-up over this many steps.", 0, 0);
     public Option<ulong> Seed { get; } = OptionParsing.SeedOption();
-
-    public TrainingOptionSet()
-    {
-        TestFraction.Validators.Add(r =>
-        {
-            double? f = r.GetValueOrDefault<double?>();
-            if (f is double value && !(value >= 0 && value < 1))
-            {
-                r.AddError($"--test-fraction: must be in [0, 1), got {value}");
-            }
-        });
-        WarmupSteps.Validators.Add(r =>
-        {
-            if (r.GetValueOrDefault<int>() < 0)
-            {
-                r.AddError("--warmup-steps: must be ≥ 0");
-            }
-        });
-    }
 
     public IEnumerable<Option> All() =>
     [

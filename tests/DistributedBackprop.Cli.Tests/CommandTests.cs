@@ -1,0 +1,216 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace DistributedBackprop.Cli.Tests;
+
+/// <summary>The `dbp` commands end to end, as a user runs them: exit codes, outputs, error lines.</summary>
+public sealed partial class CommandTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("dbp-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private DbpResult Dbp(params string[] args) => DbpProcess.Run(_dir, args);
+
+    private string Write(string name, string content)
+    {
+        string path = Path.Combine(_dir, name);
+        File.WriteAllText(path, content);
+        return path;
+    }
+
+    /// <summary>A small learnable CSV: two numeric features, string labels.</summary>
+    private string BlobsCsv(string name = "blobs.csv", int rows = 120)
+    {
+        var lines = new List<string> { "x1,x2,kind" };
+        var random = new Random(3);
+        for (int i = 0; i < rows; i++)
+        {
+            string kind = (i % 3) switch { 0 => "red", 1 => "green", _ => "blue" };
+            double cx = i % 3 * 4.0, cy = i % 3 == 1 ? 3.0 : 0.0;
+            lines.Add(string.Create(CultureInfo.InvariantCulture, $"{cx + random.NextDouble():F3},{cy + random.NextDouble():F3},{kind}"));
+        }
+        return Write(name, string.Join('\n', lines) + "\n");
+    }
+
+    [Fact]
+    public void TrainWithNoOptions_LearnsTheEmbeddedDigits()
+    {
+        DbpResult result = Dbp("train");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Match match = AccuracyLine().Match(result.Stdout);
+        Assert.True(match.Success, result.Stdout);
+        double accuracy = double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.True(accuracy >= 95.0, $"test accuracy {accuracy}%");
+        Assert.Contains("digits (embedded)", result.Stdout);
+        // Not a terminal: plain lines per epoch, no progress-bar escape codes.
+        Assert.Contains("epoch  30", result.Stdout);
+        Assert.DoesNotContain("\u001b[", result.Stdout);
+    }
+
+    [Fact]
+    public void TrainEvaluatePredictGradients_WorkTogether()
+    {
+        string data = BlobsCsv();
+        string model = Path.Combine(_dir, "model.safetensors");
+        string metrics = Path.Combine(_dir, "metrics.jsonl");
+        DbpResult train = Dbp("train", "--data", data, "--layers", "8", "--epochs", "5", "--batch-size", "16", "--out", model, "--metrics", metrics, "--test-fraction", "0.25");
+        Assert.True(train.ExitCode == 0, train.Stderr);
+        Assert.True(File.Exists(model));
+
+        string[] lines = File.ReadAllLines(metrics);
+        Assert.Equal(5, lines.Length);
+        foreach (string line in lines)
+        {
+            using var json = JsonDocument.Parse(line);
+            foreach (string field in new[] { "epoch", "step", "train_loss", "test_loss", "test_accuracy", "samples_per_second", "elapsed_seconds" })
+            {
+                Assert.True(json.RootElement.TryGetProperty(field, out _), $"metrics line lacks {field}: {line}");
+            }
+        }
+
+        DbpResult evaluate = Dbp("evaluate", "--model", model, "--data", data, "--json");
+        Assert.True(evaluate.ExitCode == 0, evaluate.Stderr);
+        using (var json = JsonDocument.Parse(evaluate.Stdout))
+        {
+            Assert.Equal(120, json.RootElement.GetProperty("n").GetInt32());
+            Assert.True(json.RootElement.GetProperty("accuracy").GetDouble() > 0.9, evaluate.Stdout);
+            Assert.True(json.RootElement.GetProperty("loss").GetDouble() > 0);
+            Assert.Equal(["red", "green", "blue"], json.RootElement.GetProperty("classes").EnumerateArray().Select(e => e.GetString()));
+        }
+        DbpResult table = Dbp("evaluate", "--model", model, "--data", data);
+        Assert.Contains("confusion matrix", table.Stdout);
+
+        string predictions = Path.Combine(_dir, "predictions.csv");
+        DbpResult predict = Dbp("predict", "--model", model, "--data", data, "--out", predictions);
+        Assert.True(predict.ExitCode == 0, predict.Stderr);
+        string[] rows = File.ReadAllLines(predictions);
+        Assert.Equal("row,predicted,prob_red,prob_green,prob_blue", rows[0]);
+        Assert.Equal(121, rows.Length);
+        double[] probabilities = rows[1].Split(',')[2..].Select(p => double.Parse(p, CultureInfo.InvariantCulture)).ToArray();
+        Assert.Equal(1.0, probabilities.Sum(), 5);
+
+        string unlabelled = Write("unlabelled.csv", "x1,x2\n0.5,0.5\n8.5,0.2\n");
+        DbpResult predictStdout = Dbp("predict", "--model", model, "--data", unlabelled);
+        Assert.True(predictStdout.ExitCode == 0, predictStdout.Stderr);
+        Assert.Equal(["0,red", "1,blue"], predictStdout.Stdout.Trim().Split('\n').Skip(1).Select(l => string.Join(',', l.Split(',')[..2])));
+
+        string gradients = Path.Combine(_dir, "grad.safetensors");
+        DbpResult grad = Dbp("gradients", "--model", model, "--data", data, "--out", gradients);
+        Assert.True(grad.ExitCode == 0, grad.Stderr);
+        Assert.True(new FileInfo(gradients).Length > 100);
+    }
+
+    [Theory]
+    [InlineData("--lr", "-1", "--lr: must be a positive number")]
+    [InlineData("--batch-size", "0", "--batch-size: must be at least 1")]
+    [InlineData("--layers", "64,x", "--layers: 'x' is not a positive layer width")]
+    [InlineData("--loss", "hinge", "--loss: unknown loss 'hinge'")]
+    [InlineData("--activation", "softmax", "--activation: softmax is only allowed on the output layer")]
+    [InlineData("--epochs", "abc", "--epochs: 'abc' is not an integer")]
+    [InlineData("--momentum", "1.5", "--momentum: must be in [0, 1)")]
+    [InlineData("--test-fraction", "1", "--test-fraction: must be in [0, 1)")]
+    public void BadOptions_GiveOneLineNamingTheOption_AndExitCode2(string option, string value, string expected)
+    {
+        DbpResult result = option == "--epochs" ? Dbp("train", option, value) : Dbp("train", option, value, "--epochs", "1");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(expected, result.Stderr);
+        Assert.Empty(result.Stdout.Trim());
+    }
+
+    [Fact]
+    public void IncompatibleLossAndOutput_IsAUsageError()
+    {
+        DbpResult result = Dbp("train", "--loss", "cross_entropy", "--output-activation", "sigmoid");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("cross_entropy needs --output-activation softmax", result.Stderr);
+    }
+
+    [Theory]
+    [InlineData("x1,x2,kind\n1,2,a\n3,b\n", "bad.csv:3: 2 fields, the header has 3")]
+    [InlineData("x1,x2,kind\n1,2,a\n3,four,b\n", "bad.csv:3:2: 'four' in column 'x2' is not a number")]
+    [InlineData("x1,x2,kind\n1,NaN,a\n", "bad.csv:2:2: 'NaN' in column 'x2' is not a finite number")]
+    [InlineData("x1,x2,kind\n1,,a\n", "bad.csv:2:2: empty cell in feature column 'x2'")]
+    public void BadData_GivesOneLineWithFileAndLine_ExitCode2_AndNoOutputFiles(string content, string expected)
+    {
+        string data = Write("bad.csv", content);
+        DbpResult result = Dbp("train", "--data", data, "--out", "model.safetensors", "--metrics", "metrics.jsonl");
+        Assert.Equal(2, result.ExitCode);
+        string[] lines = result.Stderr.Trim().Split('\n');
+        Assert.Single(lines);
+        Assert.Contains(expected, lines[0]);
+        Assert.Equal(["bad.csv"], Directory.GetFiles(_dir).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public void UnknownLabelColumn_IsReported()
+    {
+        string data = BlobsCsv();
+        DbpResult result = Dbp("train", "--data", data, "--label", "colour");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("no column named 'colour'", result.Stderr);
+    }
+
+    [Fact]
+    public void CorruptModel_IsAClearError()
+    {
+        string model = Write("model.safetensors", "garbage that is not a model");
+        DbpResult result = Dbp("evaluate", "--model", model, "--data", BlobsCsv());
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("model.safetensors: not a safetensors file", result.Stderr);
+    }
+
+    [Fact]
+    public void EvaluateWithUnknownClass_NamesTheRow()
+    {
+        string data = BlobsCsv();
+        string model = Path.Combine(_dir, "m.safetensors");
+        Assert.Equal(0, Dbp("train", "--data", data, "--layers", "none", "--epochs", "1", "--out", model).ExitCode);
+        string other = Write("other.csv", "x1,x2,kind\n1,2,red\n3,4,purple\n");
+        DbpResult result = Dbp("evaluate", "--model", model, "--data", other);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("other.csv:3:3: label 'purple' is not in the class list", result.Stderr);
+    }
+
+    [Fact]
+    public void SameSeed_SameModelBytes_AndThreadsDoNotMatter()
+    {
+        string data = BlobsCsv();
+        string a = Path.Combine(_dir, "a.safetensors"), b = Path.Combine(_dir, "b.safetensors"), c = Path.Combine(_dir, "c.safetensors");
+        string[] common = ["train", "--data", data, "--layers", "6,5", "--epochs", "3", "--optimizer", "adam", "--lr", "0.01"];
+        foreach (string[] args in new string[][] { [.. common, "--seed", "9", "--out", a], [.. common, "--seed", "9", "--out", b, "--threads", "3"], [.. common, "--seed", "10", "--out", c] })
+        {
+            DbpResult run = Dbp(args);
+            Assert.True(run.ExitCode == 0, run.Stderr);
+        }
+        Assert.Equal(File.ReadAllBytes(a), File.ReadAllBytes(b));
+        Assert.NotEqual(File.ReadAllBytes(a), File.ReadAllBytes(c));
+    }
+
+    [Fact]
+    public void Bench_Json_ReportsThroughputAndGemm()
+    {
+        DbpResult result = Dbp("bench", "--inputs", "32", "--layers", "16", "--outputs", "4", "--batch-size", "32", "--seconds", "0.2", "--windows", "2", "--warmup", "0.2", "--json");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        using var json = JsonDocument.Parse(result.Stdout);
+        Assert.True(json.RootElement.GetProperty("samples_per_second").GetDouble() > 0);
+        Assert.Equal(32, json.RootElement.GetProperty("config").GetProperty("batch_size").GetInt32());
+        // Layer 0: forward and weight gradient; layer 1 also the input gradient.
+        Assert.Equal(5, json.RootElement.GetProperty("gemm").GetArrayLength());
+    }
+
+    [Fact]
+    public void Help_IsAvailableOnEveryCommand()
+    {
+        foreach (string command in new[] { "train", "evaluate", "predict", "gradients", "bench" })
+        {
+            DbpResult result = Dbp(command, "--help");
+            Assert.Equal(0, result.ExitCode);
+            Assert.Contains("Usage:", result.Stdout);
+        }
+    }
+
+    [GeneratedRegex(@"test accuracy: ([0-9.]+) %")]
+    private static partial Regex AccuracyLine();
+}

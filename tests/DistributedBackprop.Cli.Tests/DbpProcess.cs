@@ -1,0 +1,38 @@
+using System.Diagnostics;
+
+namespace DistributedBackprop.Cli.Tests;
+
+/// <summary>Result of one `dbp` run.</summary>
+public sealed record DbpResult(int ExitCode, string Stdout, string Stderr);
+
+/// <summary>Runs the real `dbp` (the built dbp.dll beside the tests) as a child process.</summary>
+public static class DbpProcess
+{
+    public static string DllPath => Path.Combine(AppContext.BaseDirectory, "dbp.dll");
+
+    public static DbpResult Run(string workingDirectory, params string[] args)
+    {
+        var info = new ProcessStartInfo("dotnet")
+        {
+            WorkingDirectory = workingDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        info.ArgumentList.Add(DllPath);
+        foreach (string arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        info.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        using Process process = Process.Start(info)!;
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(TimeSpan.FromMinutes(5)))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"dbp {string.Join(' ', args)} did not finish in 5 minutes");
+        }
+        return new DbpResult(process.ExitCode, stdout.Result, stderr.Result);
+    }
+}
