@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using DistributedBackprop.Actors;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Kernels;
@@ -31,9 +32,25 @@ internal static class BenchCommand
         var warmup = OptionParsing.PositiveFloat("--warmup", "Warm-up time before timing, in seconds.", 2.0f);
         var noGemm = new Option<bool>("--no-gemm") { Description = "Skip the per-product GEMM measurements." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
+        var workers = OptionParsing.IntInRange("--workers", "Measure the actor path with this many worker actors (local mode); 0 (default): the plain trainer with --threads.", 0, 0);
+        var data = new Option<string?>("--data") { Description = "Use this data set's training rows (and its feature/class counts) instead of synthetic data.", HelpName = "PATH" };
+        var gemmShapes = new Option<string?>("--gemm-shapes")
+        {
+            Description = "Also time plain row-major products (m×k)·(k×n), e.g. 128x784x256,128x256x128 (the shapes numpy peers use).",
+            HelpName = "MxKxN,…",
+            CustomParser = r =>
+            {
+                string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+                if (ParseShapes(text) is null)
+                {
+                    r.AddError($"--gemm-shapes: '{text}' is not a list like 128x784x256,128x256x128");
+                }
+                return text;
+            },
+        };
         var command = new Command("bench", "Measure training-step throughput on synthetic data (warm-up, then timed windows).")
         {
-            inputs, layers, outputs, activation, outputActivation, loss, batch, chunks, threads, optimizer, lr, seconds, windows, warmup, noGemm, json,
+            inputs, layers, outputs, activation, outputActivation, loss, batch, chunks, threads, optimizer, lr, seconds, windows, warmup, noGemm, gemmShapes, workers, data, json,
         };
         command.SetAction(parse => CommandRunner.Run("bench", () =>
         {
@@ -53,30 +70,72 @@ internal static class BenchCommand
                 throw new UsageException(problem);
             }
             int batchSize = config.BatchSize;
-            Dataset data = SyntheticData.Create(Math.Max(batchSize * 16, 4096), parse.GetValue(inputs), parse.GetValue(outputs), seed: 1);
-            TrainingSession session = TrainingSession.Prepare(config, data, test: null, testFraction: 0);
-            using var trainer = new Trainer(session, parse.GetValue(threads));
-            ThroughputResult result = Benchmarks.MeasureSteps(() => trainer.Step(out _), batchSize,
-                TimeSpan.FromSeconds(parse.GetValue(warmup)), parse.GetValue(windows), TimeSpan.FromSeconds(parse.GetValue(seconds)));
+            string? dataPath = parse.GetValue(data);
+            Dataset rows = dataPath is null
+                ? SyntheticData.Create(Math.Max(batchSize * 16, 4096), parse.GetValue(inputs), parse.GetValue(outputs), seed: 1)
+                : DataSources.Load(dataPath, null).Train;
+            TrainingSession session = TrainingSession.Prepare(config, rows, test: null, testFraction: 0);
+            int workerCount = parse.GetValue(workers);
+            var warm = TimeSpan.FromSeconds(parse.GetValue(warmup));
+            var window = TimeSpan.FromSeconds(parse.GetValue(seconds));
+            ThroughputResult result;
+            ActorThroughput? actors = null;
+            int threadCount = 0;
+            if (workerCount == 0)
+            {
+                using var trainer = new Trainer(session, parse.GetValue(threads));
+                threadCount = trainer.Threads;
+                result = Benchmarks.MeasureSteps(() => trainer.Step(out _), batchSize, warm, parse.GetValue(windows), window);
+            }
+            else
+            {
+                actors = ActorBenchmark.Measure(session, workerCount, warm, parse.GetValue(windows), window);
+                result = actors.Throughput;
+            }
             List<GemmMeasurement> gemms = parse.GetValue(noGemm) ? [] : Benchmarks.MeasureGemms(session.Architecture, batchSize, config.Chunks, TimeSpan.FromSeconds(0.5));
-            Report(parse.GetValue(json), session, trainer.Threads, result, gemms);
+            if (parse.GetValue(gemmShapes) is string shapes)
+            {
+                gemms.AddRange(Benchmarks.MeasurePlainGemms(ParseShapes(shapes)!, TimeSpan.FromSeconds(1)));
+            }
+            Report(parse.GetValue(json), session, threadCount, workerCount, dataPath, result, actors, gemms);
             return ExitCodes.Success;
         }));
         return command;
     }
 
-    private static void Report(bool asJson, TrainingSession session, int threads, ThroughputResult result, List<GemmMeasurement> gemms)
+    private static List<(int M, int K, int N)>? ParseShapes(string text)
+    {
+        var shapes = new List<(int, int, int)>();
+        foreach (string item in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            string[] parts = item.Split('x');
+            if (parts.Length != 3 || !parts.All(p => int.TryParse(p, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) && v > 0))
+            {
+                return null;
+            }
+            shapes.Add((int.Parse(parts[0], CultureInfo.InvariantCulture), int.Parse(parts[1], CultureInfo.InvariantCulture), int.Parse(parts[2], CultureInfo.InvariantCulture)));
+        }
+        return shapes.Count > 0 ? shapes : null;
+    }
+
+    private static void Report(bool asJson, TrainingSession session, int threads, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms)
     {
         TrainingConfig config = session.Config;
         if (!asJson)
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {threads} thread(s), {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best}"));
+                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s)")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best}, data {dataPath ?? "synthetic"}"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"samples/s: median {result.MedianSamplesPerSecond:N0} (min {result.MinSamplesPerSecond:N0}, max {result.MaxSamplesPerSecond:N0}) over {result.Windows.Count} windows, {result.Steps} steps; allocated {result.AllocatedBytesPerStep:N1} bytes/step"));
+            if (actors is not null)
+            {
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"parameter server: {actors.ServerTimeFraction:P1} of the time (reduce + update + broadcast); waiting for the slowest worker: {actors.WaitForSlowestFraction:P1}; per worker: {string.Join(", ", actors.WorkerStepsPerSecond.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value:F1} steps/s"))}"));
+            }
             foreach (GemmMeasurement g in gemms)
             {
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  layer {g.Layer} {g.Product,-34} ({g.M}×{g.K})·({g.K}×{g.N}): {g.GigaflopsPerSecond:F1} GFLOP/s"));
+                string where = g.Layer >= 0 ? $"layer {g.Layer}" : "shape  ";
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {where} {g.Product,-34} ({g.M}×{g.K})·({g.K}×{g.N}): {g.GigaflopsPerSecond:F1} GFLOP/s"));
             }
             return;
         }
@@ -104,11 +163,23 @@ internal static class BenchCommand
             json.WriteNumber("batch_size", config.BatchSize);
             json.WriteNumber("chunks", config.Chunks);
             json.WriteNumber("threads", threads);
-            json.WriteNumber("workers", 0);
+            json.WriteNumber("workers", workers);
+            json.WriteString("data", dataPath ?? "synthetic");
             json.WriteString("optimizer", OptimizerSettings.Name(config.Optimizer.Kind));
             json.WriteString("simd", SimdTiers.Best.ToString());
             json.WriteNumber("processors", Environment.ProcessorCount);
             json.WriteEndObject();
+            if (actors is not null)
+            {
+                json.WriteNumber("server_time_fraction", Math.Round(actors.ServerTimeFraction, 4));
+                json.WriteNumber("wait_for_slowest_fraction", Math.Round(actors.WaitForSlowestFraction, 4));
+                json.WriteStartObject("worker_steps_per_second");
+                foreach (var (name, rate) in actors.WorkerStepsPerSecond.OrderBy(k => k.Key, StringComparer.Ordinal))
+                {
+                    json.WriteNumber(name, Math.Round(rate, 2));
+                }
+                json.WriteEndObject();
+            }
             json.WriteStartArray("gemm");
             foreach (GemmMeasurement g in gemms)
             {

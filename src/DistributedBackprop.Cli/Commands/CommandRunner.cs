@@ -22,6 +22,11 @@ internal static class CommandRunner
             Console.Error.WriteLine($"dbp {command}: {e.Message}");
             return ExitCodes.BadInput;
         }
+        catch (TrainingStoppedException e)
+        {
+            Console.Error.WriteLine($"dbp {command}: training stopped: {e.Message}");
+            return ExitCodes.Failure;
+        }
         catch (IOException e)
         {
             Console.Error.WriteLine($"dbp {command}: {e.Message}");
@@ -34,6 +39,9 @@ internal static class CommandRunner
         }
     }
 }
+
+/// <summary>Training could not continue (e.g. a worker sent a non-finite gradient).</summary>
+internal sealed class TrainingStoppedException(string message) : Exception(message);
 
 /// <summary>An option combination that parses but makes no sense; reported like a parse error.</summary>
 internal sealed class UsageException(string message) : Exception(message);

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using DistributedBackprop.Cli.Output;
+using DistributedBackprop.Actors;
 using DistributedBackprop.Engine;
 
 namespace DistributedBackprop.Cli.Commands;
@@ -12,8 +13,8 @@ internal static class TrainCommand
         var training = new TrainingOptionSet();
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
-        var workers = OptionParsing.PositiveInt("--workers", "Worker count. Only 1 (this process) until the actor layer lands.", 1);
-        var threads = OptionParsing.PositiveInt("--threads", "Threads computing each step's chunks (results do not depend on it).", 1);
+        var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server). 0: the plain trainer, no actors. The model is the same for any value.", Environment.ProcessorCount, 0);
+        var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: threads computing each step's chunks (results do not depend on it).", 1);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint written with the same data and options; the result equals an uninterrupted run.", HelpName = "FILE" };
@@ -25,13 +26,6 @@ internal static class TrainCommand
         {
             command.Options.Add(option);
         }
-        workers.Validators.Add(r =>
-        {
-            if (r.GetValueOrDefault<int>() != 1)
-            {
-                r.AddError("--workers: only 1 is supported so far (use --threads to parallelise one process)");
-            }
-        });
 
         command.SetAction(parse => CommandRunner.Run("train", () =>
         {
@@ -50,13 +44,35 @@ internal static class TrainCommand
             CheckWritable(checkpointPath, "--checkpoint");
 
             var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath));
-            using var trainer = new Trainer(session, parse.GetValue(threads));
+            CheckpointPolicy? checkpoints = checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery));
+            int workerCount = parse.GetValue(workers);
+            string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, "
-                + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize})";
-            display.Run(title, session.TotalSteps, session.GlobalStep, () =>
-                trainer.Run(display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery))));
+                + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), {mode}";
+            if (workerCount == 0)
+            {
+                using var trainer = new Trainer(session, parse.GetValue(threads));
+                display.Run(title, session.TotalSteps, session.GlobalStep, () => trainer.Run(display, checkpoints));
+            }
+            else
+            {
+                display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates
+                    ? ""
+                    : "  " + string.Join(' ', rates.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => FormattableString.Invariant($"{r.Key}:{r.Value:F0}/s")));
+                display.Run(title, session.TotalSteps, session.GlobalStep, () =>
+                {
+                    try
+                    {
+                        LocalTraining.RunAsync(session, workerCount, display, checkpoints).GetAwaiter().GetResult();
+                    }
+                    catch (TrainingFailedException e)
+                    {
+                        throw new TrainingStoppedException(e.Message);
+                    }
+                });
+            }
 
-            EvaluationResult? test = session.Test is null ? null : trainer.Evaluate(session.Test);
+            EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
             if (modelPath is not null)
             {
                 session.ToModel().Save(modelPath);

@@ -107,12 +107,22 @@ internal sealed class TrainingDisplay : ITrainingObserver
     /// <summary>The final table: a few epochs (first, last, best) and the totals.</summary>
     public void PrintSummary(string? modelPath, EvaluationResult? finalTest)
     {
-        if (_mode == ProgressMode.None || _epochs.Count == 0)
+        if (_mode != ProgressMode.None && _epochs.Count > 0)
         {
-            return;
+            PrintTable();
         }
+        if (finalTest is not null)
+        {
+            int correct = (int)Math.Round(finalTest.Accuracy * finalTest.Rows);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"test accuracy: {finalTest.Accuracy:P2} ({correct}/{finalTest.Rows}), test loss {finalTest.Loss:F4}"));
+        }
+        Console.WriteLine(modelPath is null ? "model not saved (use --out FILE to save it)" : $"model written to {modelPath}");
+    }
+
+    private void PrintTable()
+    {
         var table = new Table().Border(TableBorder.Rounded).Title("training summary");
-        table.AddColumns("epoch", "step", "train loss", "train acc", "test loss", "test acc", "samples/s", "elapsed");
+        table.AddColumns("epoch", "step", "loss", "acc", "test loss", "test acc", "samples/s", "time");
         foreach (int column in Enumerable.Range(0, 8))
         {
             table.Columns[column].RightAligned();
@@ -137,11 +147,5 @@ internal sealed class TrainingDisplay : ITrainingObserver
             previous = r;
         }
         AnsiConsole.Write(table);
-        if (finalTest is not null)
-        {
-            int correct = (int)Math.Round(finalTest.Accuracy * finalTest.Rows);
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"test accuracy: {finalTest.Accuracy:P2} ({correct}/{finalTest.Rows}), test loss {finalTest.Loss:F4}"));
-        }
-        Console.WriteLine(modelPath is null ? "model not saved (use --out FILE to save it)" : $"model written to {modelPath}");
     }
 }

@@ -80,6 +80,22 @@ public static class Benchmarks
         return results;
     }
 
+    /// <summary>GFLOP/s of plain row-major products (m×k)·(k×n), the shapes numpy/OpenBLAS peers time.</summary>
+    public static List<GemmMeasurement> MeasurePlainGemms(IEnumerable<(int M, int K, int N)> shapes, TimeSpan perProduct)
+    {
+        var results = new List<GemmMeasurement>();
+        var random = new Randomness.Xoshiro256(11);
+        foreach (var (m, k, n) in shapes)
+        {
+            float[] a = new float[m * k], b = new float[k * n], c = new float[m * n];
+            for (int i = 0; i < a.Length; i++) a[i] = random.NextSingle() - 0.5f;
+            for (int i = 0; i < b.Length; i++) b[i] = random.NextSingle() - 0.5f;
+            double seconds = Time(() => Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(a, m, k), StridedMatrix<float>.RowMajor(b, k, n), c, n), perProduct);
+            results.Add(new GemmMeasurement(-1, "A·B row-major", m, n, k, 2.0 * m * n * k / seconds / 1e9));
+        }
+        return results;
+    }
+
     /// <summary>Seconds per call: median of five windows after a warm-up.</summary>
     private static double Time(Action action, TimeSpan budget)
     {

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Interleaved comparison of `dbp bench` with the reference systems of ../shared/peers, same machine,
+same moment: for each round, each configuration runs ours, then PyTorch, back to back. Ratios are
+computed per round and the median reported, because absolute figures drift on a shared machine.
+
+    /usr/bin/python3 bench/peers/compare.py training [--rounds 3] [--batches 32,128,512] [--threads 1,2]
+    /usr/bin/python3 bench/peers/compare.py gemm [--rounds 3]
+
+PyTorch is Debian's python3-torch with OpenBLAS (apt: python3-torch python3-threadpoolctl
+libopenblas0-pthread). OpenBLAS 0.3.21 does not recognise every CPU: where it falls back to a generic
+kernel ("Prescott"), the peer is measured twice, as detected and with OPENBLAS_CORETYPE forced to the
+best kernel the CPU runs (--coretype, default SkylakeX when the CPU has AVX-512, else Haswell), and the
+faster of the two is the one ratios are taken against.
+"""
+import argparse, json, os, re, statistics, subprocess, sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+PEERS = os.path.join(os.path.dirname(REPO), "shared", "peers")
+DBP = os.path.join(REPO, "src", "DistributedBackprop.Cli", "bin", "Release", "net10.0", "dbp")
+
+
+def default_coretype():
+    flags = open("/proc/cpuinfo").read()
+    return "SkylakeX" if "avx512f" in flags else "Haswell"
+
+
+def ours(batch, threads, extra=()):
+    out = subprocess.run([DBP, "bench", "--batch-size", str(batch), "--threads", str(threads), "--no-gemm", "--json", *extra],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def torch(batch, threads, coretype):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    out = subprocess.run(["/usr/bin/python3", os.path.join(PEERS, "torch_mlp.py"), "throughput", "--arch", "relu",
+                          "--batches", str(batch), "--threads", str(threads)], check=True, capture_output=True, text=True, env=env).stdout
+    m = re.search(r"median\s+([0-9.]+) samples/s", out)
+    kernel = re.search(r"'openblas', '[^']*', '([^']*)'", out)
+    return float(m.group(1)), kernel.group(1) if kernel else "?"
+
+
+def numpy_gemm(coretype):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    out = subprocess.run(["/usr/bin/python3", os.path.join(PEERS, "gemm_bench.py")], check=True, capture_output=True, text=True, env=env).stdout
+    return {f"{m}x{k}x{n}": float(g) for m, k, _, n, g in re.findall(r"GEMM (\d+)x(\d+) @ (\d+)x(\d+): median\s+([0-9.]+)", out)}
+
+
+def training(args):
+    rows = {}
+    for r in range(args.rounds):
+        for threads in args.threads:
+            for batch in args.batches:
+                o = ours(batch, threads)["samples_per_second"]
+                detected, kernel = torch(batch, threads, None)
+                forced, forced_kernel = torch(batch, threads, args.coretype)
+                best = max(detected, forced)
+                key = (threads, batch)
+                rows.setdefault(key, []).append((o, detected, forced, best, kernel, forced_kernel))
+                print(f"round {r + 1} threads {threads} batch {batch}: ours {o:,.0f}  torch[{kernel}] {detected:,.0f}  torch[{forced_kernel}] {forced:,.0f}  ratio {o / best:.2f}", file=sys.stderr)
+    print("| threads | batch | ours samples/s | PyTorch (OpenBLAS as detected) | PyTorch (OpenBLAS forced) | ours / best PyTorch |")
+    print("|---|---|---|---|---|---|")
+    for (threads, batch), runs in sorted(rows.items()):
+        med = lambda i: statistics.median(x[i] for x in runs)
+        ratio = statistics.median(x[0] / x[3] for x in runs)
+        print(f"| {threads} | {batch} | {med(0):,.0f} | {med(1):,.0f} ({runs[0][4]}) | {med(2):,.0f} ({runs[0][5]}) | {ratio:.2f} (min {min(x[0] / x[3] for x in runs):.2f}, n={len(runs)}) |")
+
+
+def gemm(args):
+    shapes = ["128x784x256", "128x256x128", "128x128x10", "784x128x256", "128x256x784", "32x784x256", "512x784x256"]
+    rows = {}
+    for r in range(args.rounds):
+        out = subprocess.run([DBP, "bench", "--inputs", "16", "--layers", "none", "--outputs", "2", "--seconds", "0.1", "--windows", "1",
+                              "--warmup", "0.1", "--no-gemm", "--gemm-shapes", ",".join(shapes), "--json"], check=True, capture_output=True, text=True).stdout
+        mine = {f"{g['m']}x{g['k']}x{g['n']}": g["gflops"] for g in json.loads(out)["gemm"]}
+        detected = numpy_gemm(None)
+        forced = numpy_gemm(args.coretype)
+        for s in shapes:
+            rows.setdefault(s, []).append((mine[s], detected.get(s, float("nan")), forced.get(s, float("nan"))))
+        print(f"round {r + 1} done", file=sys.stderr)
+    print(f"| (m×k)·(k×n) | ours GFLOP/s | OpenBLAS as detected | OpenBLAS {args.coretype} | ours / best OpenBLAS |")
+    print("|---|---|---|---|---|")
+    for s in shapes:
+        runs = rows[s]
+        m, k, n = s.split("x")
+        med = lambda i: statistics.median(x[i] for x in runs)
+        ratio = statistics.median(x[0] / max(x[1], x[2]) for x in runs)
+        print(f"| ({m}×{k})·({k}×{n}) | {med(0):.1f} | {med(1):.1f} | {med(2):.1f} | {ratio:.2f} (n={len(runs)}) |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["training", "gemm"])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batches", default="32,128,512")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--coretype", default=default_coretype())
+    args = p.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.threads = [int(t) for t in args.threads.split(",")]
+    if not os.path.exists(DBP):
+        sys.exit(f"build first: dotnet build -c Release src/DistributedBackprop.Cli  ({DBP} is missing)")
+    if not os.path.isdir(PEERS):
+        sys.exit(f"the peer scripts are expected in {PEERS}")
+    {"training": training, "gemm": gemm}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

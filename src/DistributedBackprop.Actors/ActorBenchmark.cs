@@ -1,0 +1,90 @@
+using System.Diagnostics;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>Throughput of the actor path plus where a step's time goes.</summary>
+public sealed record ActorThroughput(ThroughputResult Throughput, double ServerTimeFraction, double WaitForSlowestFraction, IReadOnlyDictionary<string, double> WorkerStepsPerSecond);
+
+/// <summary>
+/// Measures local-mode training (coordinator, parameter server, N workers) the way
+/// <see cref="Benchmarks.MeasureSteps"/> measures the plain trainer: a warm-up, then timed windows over
+/// the steps the parameter server applies.
+/// </summary>
+public static class ActorBenchmark
+{
+    public static ActorThroughput Measure(TrainingSession session, int workers, TimeSpan warmup, int windows, TimeSpan window)
+    {
+        var counter = new CountingObserver();
+        LocalTraining run = LocalTraining.Start(session, workers, counter);
+        try
+        {
+            Thread.Sleep(warmup);
+            counter.StartTiming();
+            long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
+            long firstStep = counter.Steps;
+            var rates = new List<double>();
+            for (int w = 0; w < windows; w++)
+            {
+                long start = counter.Steps;
+                var clock = Stopwatch.StartNew();
+                Thread.Sleep(window);
+                rates.Add((counter.Steps - start) * session.Config.BatchSize / clock.Elapsed.TotalSeconds);
+            }
+            long steps = counter.Steps - firstStep;
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
+            if (run.Completion.IsFaulted)
+            {
+                run.Completion.GetAwaiter().GetResult();
+            }
+            double[] sorted = rates.Order().ToArray();
+            double median = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+            var (server, wait, perWorker) = counter.Breakdown();
+            return new ActorThroughput(new ThroughputResult(median, sorted[0], sorted[^1], rates, steps, steps == 0 ? 0 : (double)allocated / steps), server, wait, perWorker);
+        }
+        finally
+        {
+            run.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    private sealed class CountingObserver : ITrainingObserver
+    {
+        private readonly object _gate = new();
+        private readonly List<EpochReport> _timed = [];
+        private long _steps;
+        private volatile bool _timing;
+
+        public long Steps => Interlocked.Read(ref _steps);
+
+        public void StartTiming() => _timing = true;
+
+        public void StepCompleted(StepReport report) => Interlocked.Increment(ref _steps);
+
+        public void EpochCompleted(EpochReport report)
+        {
+            if (_timing)
+            {
+                lock (_gate)
+                {
+                    _timed.Add(report);
+                }
+            }
+        }
+
+        public (double Server, double Wait, IReadOnlyDictionary<string, double> PerWorker) Breakdown()
+        {
+            lock (_gate)
+            {
+                double total = _timed.Sum(r => r.EpochTime.TotalSeconds);
+                if (total == 0)
+                {
+                    return (0, 0, new Dictionary<string, double>());
+                }
+                var perWorker = _timed.SelectMany(r => r.WorkerStepsPerSecond ?? new Dictionary<string, double>())
+                    .GroupBy(kv => kv.Key).ToDictionary(g => g.Key, g => g.Average(kv => kv.Value));
+                return (_timed.Sum(r => r.ServerTime?.TotalSeconds ?? 0) / total, _timed.Sum(r => r.WaitingForSlowest?.TotalSeconds ?? 0) / total, perWorker);
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+using Akka.Actor;
+using Akka.Configuration;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>
+/// Single-node local mode: one ActorSystem holding the coordinator, the parameter server and N workers.
+/// Configuration comes from cluster-config/local.hocon (embedded in this assembly), with
+/// <paramref name="overrides"/> on top.
+/// </summary>
+public sealed class LocalTraining : IAsyncDisposable
+{
+    private readonly TaskCompletionSource<TrainingOutcome> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private LocalTraining(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, Config? overrides)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(workers, 1);
+        Config config = overrides is null ? LoadConfig() : overrides.WithFallback(LoadConfig());
+        System = ActorSystem.Create("dbp", config);
+        Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion), "coordinator");
+    }
+
+    public ActorSystem System { get; }
+
+    public IActorRef Coordinator { get; }
+
+    /// <summary>Completes when the session has run all its steps, or fails with <see cref="TrainingFailedException"/>.</summary>
+    public Task<TrainingOutcome> Completion => _completion.Task;
+
+    public static LocalTraining Start(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints = null, Config? overrides = null) =>
+        new(session, workers, observer, checkpoints, overrides);
+
+    /// <summary>Runs a whole session and shuts the actor system down.</summary>
+    public static async Task<TrainingOutcome> RunAsync(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints = null, CancellationToken cancellation = default)
+    {
+        await using LocalTraining run = Start(session, workers, observer, checkpoints);
+        return await run.Completion.WaitAsync(cancellation).ConfigureAwait(false);
+    }
+
+    /// <summary>The embedded cluster-config/local.hocon.</summary>
+    public static Config LoadConfig()
+    {
+        using Stream stream = typeof(LocalTraining).Assembly.GetManifestResourceStream("DistributedBackprop.Actors.local.hocon")
+            ?? throw new InvalidOperationException("local.hocon is missing from the assembly");
+        using var reader = new StreamReader(stream);
+        return ConfigurationFactory.ParseString(reader.ReadToEnd());
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await System.Terminate().ConfigureAwait(false);
+    }
+}

@@ -1,0 +1,76 @@
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>
+/// Marker for every message that may cross a process boundary; all of them are bound to the project's
+/// binary serializer. Messages are immutable after Tell. Arrays inside them are passed by reference in
+/// one process, so ownership rules are stated on each message.
+/// </summary>
+public interface IWireMessage;
+
+/// <summary>A worker asks the parameter server to be given work. Sender: the worker.</summary>
+public sealed record RegisterWorker(string WorkerName) : IWireMessage;
+
+/// <summary>The parameter server's answer to <see cref="RegisterWorker"/>: work arrives from the next step on.</summary>
+public sealed record WorkerAccepted(string WorkerName, long NextStep) : IWireMessage;
+
+/// <summary>
+/// Parameter server → worker: compute the gradients of chunks [ChunkLo, ChunkHi) of global step
+/// <see cref="Step"/> (epoch <see cref="Epoch"/>, batch <see cref="StepInEpoch"/> of that epoch's order),
+/// on exactly these parameters. The worker answers with one <see cref="GradientsComputed"/> per canonical
+/// node of the range. <see cref="Parameters"/> is shared read-only: the server does not write it until the
+/// step is complete, and the worker never writes it.
+/// </summary>
+public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int ChunkLo, int ChunkHi, float[] Parameters) : IWireMessage;
+
+/// <summary>
+/// Worker → parameter server: the gradient of one canonical node of a step's chunk tree, with the node's
+/// loss sum, correct predictions and rows. Ownership of <see cref="Gradient"/> passes to the server, which
+/// may add into it while reducing; it returns to the worker implicitly with the next step's
+/// <see cref="ComputeGradients"/> (the server has finished with it before it starts another step).
+/// </summary>
+public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Result, float[] Gradient, double ComputeSeconds) : IWireMessage;
+
+/// <summary>Coordinator → parameter server: run every step of this epoch, then report <see cref="EpochTrained"/>.</summary>
+public sealed record TrainEpoch(int Epoch) : IWireMessage;
+
+/// <summary>Parameter server → coordinator after each applied update.</summary>
+public sealed record StepApplied(long GlobalStep, int Epoch, int StepInEpoch, BatchResult Result, int Workers) : IWireMessage;
+
+/// <summary>
+/// Parameter server → coordinator when an epoch's steps are applied. <see cref="Parameters"/> is a copy the
+/// coordinator owns (for evaluation and checkpoints).
+/// </summary>
+public sealed record EpochTrained(
+    int Epoch,
+    long GlobalStep,
+    double LossSum,
+    long Correct,
+    long Rows,
+    float LearningRate,
+    double Seconds,
+    double WaitingForSlowestSeconds,
+    double ServerSeconds,
+    long DroppedGradients,
+    int Workers,
+    IReadOnlyDictionary<string, double> WorkerStepsPerSecond,
+    float[] Parameters) : IWireMessage;
+
+/// <summary>Parameter server → coordinator: training cannot continue; the last good parameters are kept.</summary>
+public sealed record TrainingFailed(string Reason) : IWireMessage;
+
+/// <summary>Coordinator → parameter server: write a checkpoint of the current state; answered by <see cref="CheckpointSaved"/>.</summary>
+public sealed record SaveCheckpoint(string Path) : IWireMessage;
+
+public sealed record CheckpointSaved(string Path, long GlobalStep) : IWireMessage;
+
+/// <summary>Anyone → parameter server: report counters (answered with <see cref="ServerStatistics"/>).</summary>
+public sealed record GetStatistics : IWireMessage
+{
+    public static readonly GetStatistics Instance = new();
+}
+
+/// <summary>Counters of a parameter server, for tests and monitoring.</summary>
+public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, bool Failed) : IWireMessage;

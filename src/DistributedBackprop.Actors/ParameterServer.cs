@@ -1,0 +1,338 @@
+using System.Diagnostics;
+using System.Numerics.Tensors;
+using Akka.Actor;
+using Akka.Event;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>
+/// The parameter server. Owns the flat parameter buffer, the optimizer state and the step counter (the
+/// <see cref="TrainingSession"/>).
+///
+/// Protocol. Workers send <see cref="RegisterWorker"/> (answered by <see cref="WorkerAccepted"/>; work starts
+/// with the next step). The coordinator sends <see cref="TrainEpoch"/>; for each step of that epoch the
+/// server deals the C chunks to the registered workers in contiguous runs and sends each its
+/// <see cref="ComputeGradients"/> with the step's parameters. Workers answer with one
+/// <see cref="GradientsComputed"/> per canonical tree node. When every chunk is covered the server reduces
+/// the nodes along the fixed chunk tree, applies the optimizer, tells the coordinator
+/// <see cref="StepApplied"/>, and starts the next step; after the epoch's last step it sends
+/// <see cref="EpochTrained"/> and waits for the next <see cref="TrainEpoch"/>.
+///
+/// Stale (wrong step) and duplicate (overlapping an already covered chunk) gradients are dropped and
+/// counted; messages from unregistered senders are ignored. A gradient of the wrong length or with NaN/Inf
+/// stops training with <see cref="TrainingFailed"/>, keeping the last good parameters. A worker that dies
+/// (DeathWatch) has its uncovered chunks dealt to the survivors, so the step completes with the same bits.
+/// The server never blocks: reduction and update are a few element-wise passes over the parameters.
+/// </summary>
+public sealed class ParameterServer : ReceiveActor
+{
+    private readonly TrainingSession _session;
+    private readonly IActorRef _coordinator;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly List<WorkerSlot> _workers = [];
+    private readonly TreeReducer _reducer;
+    private readonly float[][] _snapshots;
+    private readonly int _chunks;
+    private int _snapshotIndex;
+    private int _epochInProgress = -1;
+    private StepInProgress? _step;
+    private bool _failed;
+    private readonly EpochCounters _epoch = new();
+    private long _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments;
+
+    public ParameterServer(TrainingSession session, IActorRef coordinator)
+    {
+        _session = session;
+        _coordinator = coordinator;
+        _chunks = session.Config.Chunks;
+        _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
+        // Two read-only snapshots, alternating: workers read step s's while the server fills step s+1's.
+        _snapshots = [new float[session.Parameters.Length], new float[session.Parameters.Length]];
+
+        Receive<RegisterWorker>(Register);
+        Receive<TrainEpoch>(Train);
+        Receive<GradientsComputed>(Accept);
+        Receive<Terminated>(t => WorkerDied(t.ActorRef));
+        Receive<SaveCheckpoint>(Checkpoint);
+        Receive<GetStatistics>(_ => Sender.Tell(new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _failed)));
+    }
+
+    public static Props Props(TrainingSession session, IActorRef coordinator) =>
+        Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator));
+
+    private void Register(RegisterWorker message)
+    {
+        if (_workers.Any(w => w.Ref.Equals(Sender)))
+        {
+            Sender.Tell(new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1));
+            return;
+        }
+        var slot = new WorkerSlot(Sender, message.WorkerName);
+        _workers.Add(slot);
+        Context.Watch(Sender);
+        _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _workers.Count);
+        Sender.Tell(new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + 1));
+        if (_step is { Orphaned.Count: > 0 })
+        {
+            // Every worker had died mid-step: the newcomer takes over the chunks nobody holds.
+            var orphaned = _step.Orphaned.ToList();
+            _step.Orphaned.Clear();
+            foreach (var (lo, hi) in orphaned)
+            {
+                Assign(slot, lo, hi);
+            }
+        }
+        else if (_step is null && _epochInProgress >= 0 && !_failed)
+        {
+            StartStep();
+        }
+    }
+
+    private void Train(TrainEpoch message)
+    {
+        if (_failed)
+        {
+            Sender.Tell(new TrainingFailed("training has already failed"));
+            return;
+        }
+        if (_session.IsFinished || message.Epoch != _session.Epoch || _epochInProgress >= 0)
+        {
+            _coordinator.Tell(new TrainingFailed($"asked to train epoch {message.Epoch}, but the server is at epoch {_session.Epoch} (step {_session.GlobalStep} of {_session.TotalSteps})"));
+            return;
+        }
+        _epochInProgress = message.Epoch;
+        _epoch.Reset();
+        foreach (WorkerSlot worker in _workers)
+        {
+            worker.StepsThisEpoch = 0;
+        }
+        StartStep();
+    }
+
+    private void StartStep()
+    {
+        if (_workers.Count == 0)
+        {
+            _log.Warning("no workers registered; step {0} waits for one", _session.GlobalStep);
+            return;
+        }
+        float[] snapshot = _snapshots[_snapshotIndex ^= 1];
+        _session.Parameters.CopyTo(snapshot, 0);
+        _reducer.Reset();
+        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, snapshot, Stopwatch.GetTimestamp());
+        int active = Math.Min(_workers.Count, _chunks);
+        for (int i = 0; i < _workers.Count; i++)
+        {
+            _workers[i].Assigned.Clear();
+            _workers[i].DeliveredThisStep = false;
+            if (i < active)
+            {
+                var (lo, hi) = ChunkTree.Share(_chunks, active, i);
+                Assign(_workers[i], lo, hi);
+            }
+        }
+    }
+
+    private void Assign(WorkerSlot worker, int lo, int hi)
+    {
+        StepInProgress step = _step!;
+        worker.Assigned.Add((lo, hi));
+        worker.Ref.Tell(new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, step.Parameters));
+    }
+
+    private void Accept(GradientsComputed message)
+    {
+        WorkerSlot? worker = _workers.Find(w => w.Ref.Equals(Sender));
+        if (worker is null)
+        {
+            _unregisteredIgnored++;
+            _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
+            return;
+        }
+        if (_failed || _step is null || message.Step != _step.Step)
+        {
+            _staleDropped++;
+            _epoch.Dropped++;
+            return;
+        }
+        if (message.Gradient.Length != _session.Parameters.Length)
+        {
+            Fail($"{worker.Name} sent a gradient of {message.Gradient.Length} values for step {message.Step}; the model has {_session.Parameters.Length} parameters");
+            return;
+        }
+        if (!ChunkTree.IsCanonical(message.Node, _chunks))
+        {
+            Fail($"{worker.Name} sent node {message.Node} for step {message.Step}, which is not a node of the chunk tree over {_chunks} chunks");
+            return;
+        }
+        if (!float.IsFinite(TensorPrimitives.MaxMagnitude(message.Gradient)) || !double.IsFinite(message.Result.LossSum))
+        {
+            Fail($"{worker.Name} sent a non-finite gradient (NaN or infinity) for step {message.Step}, chunks {message.Node}; training stopped, the parameters after step {_session.GlobalStep} are kept");
+            return;
+        }
+        if (!_reducer.TryAdd(message.Node, message.Gradient, message.Result))
+        {
+            _duplicatesDropped++;
+            _epoch.Dropped++;
+            return;
+        }
+        long now = Stopwatch.GetTimestamp();
+        _step.FirstArrival ??= now;
+        if (!worker.DeliveredThisStep)
+        {
+            worker.DeliveredThisStep = true;
+            worker.StepsThisEpoch++;
+        }
+        if (_reducer.IsComplete)
+        {
+            _epoch.WaitingForSlowest += Stopwatch.GetElapsedTime(_step.FirstArrival.Value, now).TotalSeconds;
+            FinishStep(now);
+        }
+    }
+
+    private void FinishStep(long start)
+    {
+        StepInProgress step = _step!;
+        var (gradient, result) = _reducer.Reduce();
+        float learningRate = _session.ApplyStep(gradient);
+        _epoch.Add(result, learningRate);
+        _step = null;
+        int workers = _workers.Count(w => w.DeliveredThisStep);
+        _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, result, workers));
+        bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
+        if (!epochDone)
+        {
+            StartStep();
+        }
+        _epoch.ServerSeconds += Stopwatch.GetElapsedTime(start).TotalSeconds;
+        if (epochDone)
+        {
+            double seconds = _epoch.Clock.Elapsed.TotalSeconds;
+            _coordinator.Tell(new EpochTrained(
+                step.Epoch, _session.GlobalStep, _epoch.LossSum, _epoch.Correct, _epoch.Rows, _epoch.LearningRate, seconds,
+                _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _workers.Count,
+                _workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
+                (float[])_session.Parameters.Clone()));
+            _epochInProgress = -1;
+        }
+    }
+
+    private void WorkerDied(IActorRef reference)
+    {
+        WorkerSlot? worker = _workers.Find(w => w.Ref.Equals(reference));
+        if (worker is null)
+        {
+            return;
+        }
+        _workers.Remove(worker);
+        _log.Warning("worker {0} died ({1} left)", worker.Name, _workers.Count);
+        if (_step is null)
+        {
+            return;
+        }
+        // The chunks it held that have not arrived go to the survivors (contiguous runs, dealt evenly).
+        var uncovered = new List<(int Lo, int Hi)>();
+        foreach (var (lo, hi) in worker.Assigned)
+        {
+            int c = lo;
+            while (c < hi)
+            {
+                while (c < hi && _reducer.IsCovered(c)) c++;
+                int start = c;
+                while (c < hi && !_reducer.IsCovered(c)) c++;
+                if (c > start) uncovered.Add((start, c));
+            }
+        }
+        if (uncovered.Count == 0)
+        {
+            return;
+        }
+        _reassignments++;
+        if (_workers.Count == 0)
+        {
+            _log.Warning("no workers left; step {0} waits for one to register", _step.Step);
+            _step.Orphaned.AddRange(uncovered);
+            return;
+        }
+        foreach (var (lo, hi) in uncovered)
+        {
+            int parts = Math.Min(_workers.Count, hi - lo);
+            for (int i = 0; i < parts; i++)
+            {
+                var (a, b) = ChunkTree.Share(hi - lo, parts, i);
+                Assign(_workers[i], lo + a, lo + b);
+            }
+        }
+    }
+
+    private void Checkpoint(SaveCheckpoint message)
+    {
+        try
+        {
+            _session.SaveCheckpoint(message.Path);
+            Sender.Tell(new CheckpointSaved(message.Path, _session.GlobalStep));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Sender.Tell(new TrainingFailed($"{message.Path}: cannot write the checkpoint: {e.Message}"));
+        }
+    }
+
+    private void Fail(string reason)
+    {
+        _failed = true;
+        _step = null;
+        _epochInProgress = -1;
+        _log.Error("training stopped: {0}", reason);
+        _coordinator.Tell(new TrainingFailed(reason));
+    }
+
+    private sealed class WorkerSlot(IActorRef reference, string name)
+    {
+        public IActorRef Ref { get; } = reference;
+        public string Name { get; } = name;
+        public List<(int Lo, int Hi)> Assigned { get; } = [];
+        public bool DeliveredThisStep { get; set; }
+        public long StepsThisEpoch { get; set; }
+    }
+
+    private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters, long started)
+    {
+        public long Step { get; } = step;
+        public int Epoch { get; } = epoch;
+        public int StepInEpoch { get; } = stepInEpoch;
+        public float[] Parameters { get; } = parameters;
+        public long Started { get; } = started;
+        public long? FirstArrival { get; set; }
+        public List<(int Lo, int Hi)> Orphaned { get; } = [];
+    }
+
+    private sealed class EpochCounters
+    {
+        public Stopwatch Clock { get; } = new();
+        public double LossSum { get; private set; }
+        public long Correct { get; private set; }
+        public long Rows { get; private set; }
+        public float LearningRate { get; private set; }
+        public double WaitingForSlowest { get; set; }
+        public double ServerSeconds { get; set; }
+        public long Dropped { get; set; }
+
+        public void Reset()
+        {
+            Clock.Restart();
+            LossSum = 0;
+            Correct = Rows = Dropped = 0;
+            WaitingForSlowest = ServerSeconds = 0;
+        }
+
+        public void Add(Network.BatchResult result, float learningRate)
+        {
+            LossSum += result.LossSum;
+            Correct += result.Correct;
+            Rows += result.Rows;
+            LearningRate = learningRate;
+        }
+    }
+}

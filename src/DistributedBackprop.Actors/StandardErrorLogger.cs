@@ -1,0 +1,32 @@
+using Akka.Actor;
+using Akka.Dispatch;
+using Akka.Event;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>
+/// Akka's logger for dbp: one line per event on standard error ("dbp [warning] source: message"), so
+/// actor-system diagnostics never mix with a command's standard output (CSV, JSON).
+/// </summary>
+public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<ILoggerMessageQueueSemantics>
+{
+    public StandardErrorLogger()
+    {
+        Receive<InitializeLogger>(_ => Sender.Tell(new LoggerInitialized()));
+        Receive<LogEvent>(Write);
+    }
+
+    private static void Write(LogEvent e)
+    {
+        string level = e.LogLevel() switch
+        {
+            LogLevel.ErrorLevel => "error",
+            LogLevel.WarningLevel => "warning",
+            LogLevel.InfoLevel => "info",
+            _ => "debug",
+        };
+        string source = e.LogSource.Split('/').LastOrDefault() ?? e.LogSource;
+        string line = $"dbp [{level}] {source}: {e.Message}{(e is Error { Cause: { } cause } ? ": " + cause.Message : "")}";
+        Console.Error.WriteLine(line);
+    }
+}

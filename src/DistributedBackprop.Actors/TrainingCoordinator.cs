@@ -1,0 +1,192 @@
+using Akka.Actor;
+using Akka.Event;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>How a run ended.</summary>
+public sealed record TrainingOutcome(long Steps, IReadOnlyList<EpochReport> Epochs);
+
+/// <summary>Raised when the parameter server stops training (bad gradient, lost state).</summary>
+public sealed class TrainingFailedException(string message) : Exception(message);
+
+/// <summary>Tells the coordinator to start one more local worker (it joins from the next step).</summary>
+public sealed record AddWorker;
+
+/// <summary>
+/// The training run's coordinator (local mode). Creates the parameter server and the workers, runs the
+/// epochs one after another (<see cref="TrainEpoch"/> → <see cref="EpochTrained"/>), evaluates the test set
+/// off the actor after each epoch (Task + PipeTo), writes checkpoints through the server, reports progress
+/// to an <see cref="ITrainingObserver"/>, and completes <paramref name="completion"/> when the session is
+/// finished or has failed. Supervision: a failing worker is stopped, which the server sees as a death and
+/// answers by handing the worker's chunks to the others.
+/// </summary>
+public sealed class TrainingCoordinator : ReceiveActor
+{
+    private readonly TrainingSession _session;
+    private readonly int _initialWorkers;
+    private readonly ITrainingObserver _observer;
+    private readonly CheckpointPolicy? _checkpoints;
+    private readonly TaskCompletionSource<TrainingOutcome> _completion;
+    private readonly Evaluator _evaluator;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly List<EpochReport> _reports = [];
+    private readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
+    private IActorRef _server = ActorRefs.Nobody;
+    private int _workersStarted;
+    private long _lastStep;
+    private int? _pendingNextEpoch;
+
+    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion)
+    {
+        _session = session;
+        _initialWorkers = workers;
+        _observer = observer;
+        _checkpoints = checkpoints;
+        _completion = completion;
+        _evaluator = new Evaluator(session.Architecture);
+
+        Receive<StepApplied>(OnStep);
+        Receive<EpochTrained>(OnEpoch);
+        Receive<EpochEvaluated>(OnEvaluated);
+        Receive<CheckpointSaved>(OnCheckpointSaved);
+        Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason)));
+        Receive<AddWorker>(_ => StartWorker());
+        Receive<Status.Failure>(f => Finish(f.Cause));
+        Receive<Terminated>(t =>
+        {
+            if (t.ActorRef.Equals(_server))
+            {
+                Finish(new TrainingFailedException("the parameter server stopped"));
+            }
+        });
+    }
+
+    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion) =>
+        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion));
+
+    /// <summary>The parameter server's name under the coordinator.</summary>
+    public const string ServerName = "parameter-server";
+
+    protected override void PreStart()
+    {
+        _server = Context.ActorOf(ParameterServer.Props(_session, Self), ServerName);
+        Context.Watch(_server);
+        _lastStep = _session.GlobalStep;
+        for (int i = 0; i < _initialWorkers; i++)
+        {
+            StartWorker();
+        }
+        if (_session.IsFinished)
+        {
+            Finish(null);
+            return;
+        }
+        _server.Tell(new TrainEpoch(_session.Epoch));
+    }
+
+    /// <summary>Whatever stops the coordinator, the caller waiting on the run learns of it.</summary>
+    protected override void PostStop() =>
+        _completion.TrySetException(new TrainingFailedException("the training coordinator stopped before the run finished"));
+
+    protected override SupervisorStrategy SupervisorStrategy() =>
+        new OneForOneStrategy(e =>
+        {
+            _log.Error(e, "a training actor failed");
+            return Directive.Stop;
+        });
+
+    private void StartWorker()
+    {
+        string name = $"worker-{++_workersStarted}";
+        Context.ActorOf(Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config)), name);
+    }
+
+    private void OnStep(StepApplied step)
+    {
+        _lastStep = step.GlobalStep;
+        _observer.StepCompleted(new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
+            step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed));
+        if (_checkpoints is { EverySteps: > 0 } && step.GlobalStep % _checkpoints.EverySteps == 0)
+        {
+            _server.Tell(new SaveCheckpoint(_checkpoints.Path));
+        }
+    }
+
+    private void OnEpoch(EpochTrained epoch)
+    {
+        // Evaluation reads only the coordinator's copy of the parameters, off the actor's thread.
+        Evaluator evaluator = _evaluator;
+        var test = _session.Test;
+        Task.Run(() => new EpochEvaluated(epoch, test is null ? null : evaluator.Evaluate(epoch.Parameters, test))).PipeTo(Self);
+    }
+
+    private void OnEvaluated(EpochEvaluated evaluated)
+    {
+        EpochTrained e = evaluated.Epoch;
+        var report = new EpochReport
+        {
+            Epoch = e.Epoch + 1,
+            Step = e.GlobalStep,
+            TrainLoss = e.LossSum / e.Rows,
+            TrainAccuracy = (double)e.Correct / e.Rows,
+            TestLoss = evaluated.Test?.Loss,
+            TestAccuracy = evaluated.Test?.Accuracy,
+            SamplesPerSecond = e.Rows / e.Seconds,
+            EpochTime = TimeSpan.FromSeconds(e.Seconds),
+            Elapsed = _clock.Elapsed,
+            LearningRate = e.LearningRate,
+            Workers = e.Workers,
+            WaitingForSlowest = TimeSpan.FromSeconds(e.WaitingForSlowestSeconds),
+            ServerTime = TimeSpan.FromSeconds(e.ServerSeconds),
+            DroppedGradients = e.DroppedGradients,
+            WorkerStepsPerSecond = e.WorkerStepsPerSecond,
+        };
+        _reports.Add(report);
+        _observer.EpochCompleted(report);
+        int? next = e.GlobalStep >= _session.TotalSteps ? null : e.Epoch + 1;
+        if (_checkpoints is not null)
+        {
+            // Continue only once the checkpoint is on disk, so the last one is never lost at shutdown.
+            _pendingNextEpoch = next ?? -1;
+            _server.Tell(new SaveCheckpoint(_checkpoints.Path));
+            return;
+        }
+        Continue(next);
+    }
+
+    private void OnCheckpointSaved(CheckpointSaved saved)
+    {
+        if (_pendingNextEpoch is int next)
+        {
+            _pendingNextEpoch = null;
+            Continue(next < 0 ? null : next);
+        }
+    }
+
+    private void Continue(int? nextEpoch)
+    {
+        if (nextEpoch is int epoch)
+        {
+            _server.Tell(new TrainEpoch(epoch));
+        }
+        else
+        {
+            Finish(null);
+        }
+    }
+
+    private void Finish(Exception? error)
+    {
+        if (error is null)
+        {
+            _completion.TrySetResult(new TrainingOutcome(_lastStep, _reports));
+        }
+        else
+        {
+            _completion.TrySetException(error);
+        }
+    }
+
+    private sealed record EpochEvaluated(EpochTrained Epoch, EvaluationResult? Test);
+}

@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using Akka.Actor;
+using Akka.Event;
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+
+namespace DistributedBackprop.Actors;
+
+/// <summary>What a worker needs to compute gradients: the network shape, its (preprocessed) training rows and the run's config.</summary>
+public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config);
+
+/// <summary>
+/// A worker. Registers with the parameter server on start (<see cref="RegisterWorker"/>), then answers each
+/// <see cref="ComputeGradients"/> with one <see cref="GradientsComputed"/> per canonical node of its chunk
+/// range, computed on exactly the parameters of that step. It derives the step's rows itself from
+/// (seed, epoch, step), so a step message carries no data.
+///
+/// Gradients are computed synchronously in the message handler, so the worker must run on the dedicated
+/// compute dispatcher (<see cref="DispatcherId"/>): one pinned thread per worker, away from Akka's default
+/// dispatcher and the thread pool. Gradient buffers are pooled: a buffer lent for step s is lent again only
+/// for a later step, by which time the server has finished with it.
+/// </summary>
+public sealed class Worker : ReceiveActor
+{
+    public const string DispatcherId = "dbp.compute-dispatcher";
+
+    private readonly IActorRef _server;
+    private readonly string _name;
+    private readonly WorkerSetup _setup;
+    private readonly NodeGradientComputer _computer;
+    private readonly List<TreeNode> _nodes = [];
+    private readonly List<(float[] Buffer, long LentForStep)> _pool = [];
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private EpochPlan? _plan;
+
+    public Worker(IActorRef server, string name, WorkerSetup setup)
+    {
+        _server = server;
+        _name = name;
+        _setup = setup;
+        _computer = new NodeGradientComputer(setup.Architecture, setup.Train);
+        Receive<WorkerAccepted>(m => _log.Debug("{0} accepted; work from step {1}", _name, m.NextStep));
+        Receive<ComputeGradients>(Compute);
+    }
+
+    public static Props Props(IActorRef server, string name, WorkerSetup setup) =>
+        Akka.Actor.Props.Create(() => new Worker(server, name, setup)).WithDispatcher(DispatcherId);
+
+    protected override void PreStart() => _server.Tell(new RegisterWorker(_name));
+
+    private void Compute(ComputeGradients message)
+    {
+        TrainingConfig config = _setup.Config;
+        if (_plan is null || _plan.Epoch != message.Epoch)
+        {
+            _plan = EpochPlan.Create(_setup.Train.Rows, config.BatchSize, config.Seed, message.Epoch, recycle: _plan);
+        }
+        ReadOnlySpan<int> batch = _plan.BatchRows(message.StepInEpoch);
+        _nodes.Clear();
+        ChunkTree.Decompose(message.ChunkLo, message.ChunkHi, config.Chunks, _nodes);
+        foreach (TreeNode node in _nodes)
+        {
+            long start = Stopwatch.GetTimestamp();
+            float[] gradient = Rent(message.Step);
+            BatchResult result = _computer.Compute(message.Parameters, batch, config.Chunks, node, gradient);
+            _server.Tell(new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds));
+        }
+    }
+
+    private float[] Rent(long step)
+    {
+        for (int i = 0; i < _pool.Count; i++)
+        {
+            if (_pool[i].LentForStep < step)
+            {
+                _pool[i] = (_pool[i].Buffer, step);
+                return _pool[i].Buffer;
+            }
+        }
+        var buffer = new float[_setup.Architecture.ParameterCount];
+        _pool.Add((buffer, step));
+        return buffer;
+    }
+}

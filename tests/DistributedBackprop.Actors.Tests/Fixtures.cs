@@ -1,0 +1,60 @@
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Optimizers;
+using DistributedBackprop.Randomness;
+
+namespace DistributedBackprop.Actors.Tests;
+
+internal static class Fixtures
+{
+    /// <summary>A learnable random data set: the class shifts a third of the features.</summary>
+    public static Dataset Blobs(int rows, int features = 12, int classes = 4, ulong seed = 1)
+    {
+        var random = new Xoshiro256(seed);
+        var values = new float[rows * features];
+        var labels = new int[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            labels[r] = random.NextInt(classes);
+            for (int j = 0; j < features; j++)
+            {
+                values[r * features + j] = random.NextSingle() + (j % classes == labels[r] ? 1.2f : 0f);
+            }
+        }
+        return new Dataset("blobs", features, values, labels, Enumerable.Range(0, classes).Select(c => $"class{c}").ToArray(), DataKind.Table);
+    }
+
+    public static TrainingConfig Config(int epochs = 3, int chunks = 8, OptimizerKind optimizer = OptimizerKind.Adam) => new()
+    {
+        HiddenLayers = [16, 8],
+        Epochs = epochs,
+        BatchSize = 24,
+        Chunks = chunks,
+        Seed = 11,
+        Optimizer = new OptimizerSettings { Kind = optimizer, LearningRate = 0.01f, WeightDecay = 0.001f, Schedule = ScheduleKind.Cosine },
+    };
+
+    public static TrainingSession Session(TrainingConfig? config = null, int rows = 200) =>
+        TrainingSession.Prepare(config ?? Config(), Blobs(rows), null, 0.2);
+
+    /// <summary>The plain single-process trainer's final parameters: the oracle.</summary>
+    public static float[] PlainTrainer(TrainingConfig? config = null, int rows = 200)
+    {
+        TrainingSession session = Session(config, rows);
+        using var trainer = new Trainer(session);
+        trainer.Run(NullObserver.Instance);
+        return session.Parameters;
+    }
+
+    public static void AssertSameBits(float[] expected, float[] actual, string context)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+            {
+                Assert.Fail($"{context}: parameter {i} differs: expected {expected[i]:R}, got {actual[i]:R}");
+            }
+        }
+    }
+}

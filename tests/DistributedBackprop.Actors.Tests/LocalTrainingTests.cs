@@ -1,0 +1,139 @@
+using Akka.Actor;
+using Akka.Configuration;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors.Tests;
+
+/// <summary>
+/// End to end in one process: N worker actors and a parameter server produce the plain trainer's bits,
+/// for any N, with messages passed by reference or forced through the serializer, with workers dying and
+/// joining mid-epoch.
+/// </summary>
+public sealed class LocalTrainingTests
+{
+    private static readonly float[] Oracle = Fixtures.PlainTrainer();
+
+    private static async Task<TrainingSession> TrainWithActors(int workers, ITrainingObserver? observer = null, Config? overrides = null, Func<LocalTraining, ITrainingObserver>? observerFactory = null)
+    {
+        TrainingSession session = Fixtures.Session();
+        var relay = new RelayObserver();
+        await using LocalTraining run = LocalTraining.Start(session, workers, relay, overrides: overrides);
+        relay.Inner = observerFactory?.Invoke(run) ?? observer ?? NullObserver.Instance;
+        await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+        return session;
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(7)]
+    public async Task AnyNumberOfWorkers_GivesThePlainTrainersBits(int workers)
+    {
+        TrainingSession session = await TrainWithActors(workers);
+        Assert.Equal(session.TotalSteps, session.GlobalStep);
+        Fixtures.AssertSameBits(Oracle, session.Parameters, $"{workers} workers");
+    }
+
+    [Fact]
+    public async Task EveryMessageThroughTheSerializer_GivesTheSameBits()
+    {
+        // serialize-messages makes Akka serialize and deserialize every message it delivers, as a remote
+        // hop would; any type without the binary serializer would fail or fall back here.
+        Config verify = ConfigurationFactory.ParseString("akka.actor.serialize-messages = on\nakka.actor.serialize-creators = off");
+        TrainingSession session = await TrainWithActors(3, overrides: verify);
+        Fixtures.AssertSameBits(Oracle, session.Parameters, "3 workers, serialize-messages = on");
+    }
+
+    [Fact]
+    public async Task WorkerKilledMidEpoch_AndOneAddedMidEpoch_GivesTheSameBits()
+    {
+        var recorder = new RecordingObserver();
+        TrainingSession session = await TrainWithActors(3, observerFactory: run => new ChaosObserver(run, recorder, killAtStep: 10, addAtStep: 15));
+        Fixtures.AssertSameBits(Oracle, session.Parameters, "worker-2 killed at step 10, worker-4 added at step 15");
+        Assert.Equal(3, recorder.Epochs[0].Workers); // epoch 1: worker-2 died mid-epoch, worker-4 joined
+        Assert.Equal(3, recorder.Epochs[^1].Workers);
+        Assert.Contains("worker-4", recorder.Epochs[^1].WorkerStepsPerSecond!.Keys);
+        Assert.DoesNotContain("worker-2", recorder.Epochs[^1].WorkerStepsPerSecond!.Keys);
+    }
+
+    [Fact]
+    public async Task EpochReports_CarryWorkerCountAndTiming()
+    {
+        var recorder = new RecordingObserver();
+        TrainingSession session = await TrainWithActors(2, recorder);
+        Assert.Equal(session.Config.Epochs, recorder.Epochs.Count);
+        EpochReport last = recorder.Epochs[^1];
+        Assert.Equal(2, last.Workers);
+        Assert.NotNull(last.WaitingForSlowest);
+        Assert.True(last.ServerTime > TimeSpan.Zero);
+        Assert.Equal(0, last.DroppedGradients);
+        Assert.NotNull(last.TestAccuracy);
+        Assert.Equal(session.TotalSteps, recorder.Steps);
+    }
+
+    [Fact]
+    public async Task ResumingFromACheckpointWithActors_GivesTheSameBits()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-actor-ck-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession first = Fixtures.Session(Fixtures.Config());
+            using (var trainer = new Trainer(first))
+            {
+                for (int i = 0; i < 9; i++)
+                {
+                    trainer.Step(out _);
+                }
+            }
+            first.SaveCheckpoint(path);
+            TrainingSession resumed = Fixtures.Session(Fixtures.Config());
+            resumed.RestoreCheckpoint(path);
+            await using (LocalTraining run = LocalTraining.Start(resumed, 2, NullObserver.Instance))
+            {
+                await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+            }
+            Fixtures.AssertSameBits(Oracle, resumed.Parameters, "resumed at step 9 with 2 workers");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>Forwards to an observer chosen once the run (and so its actor system) exists.</summary>
+    private sealed class RelayObserver : ITrainingObserver
+    {
+        public ITrainingObserver Inner { get; set; } = NullObserver.Instance;
+        public void StepCompleted(StepReport report) => Inner.StepCompleted(report);
+        public void EpochCompleted(EpochReport report) => Inner.EpochCompleted(report);
+    }
+
+    private sealed class RecordingObserver : ITrainingObserver
+    {
+        public List<EpochReport> Epochs { get; } = [];
+        public long Steps { get; private set; }
+        public void StepCompleted(StepReport report) => Steps++;
+        public void EpochCompleted(EpochReport report) => Epochs.Add(report);
+    }
+
+    /// <summary>Kills worker-2 once step <paramref name="killAtStep"/> is applied and adds a worker at <paramref name="addAtStep"/>.</summary>
+    private sealed class ChaosObserver(LocalTraining run, ITrainingObserver inner, long killAtStep, long addAtStep) : ITrainingObserver
+    {
+        public void StepCompleted(StepReport report)
+        {
+            if (report.GlobalStep == killAtStep)
+            {
+                run.System.ActorSelection("/user/coordinator/worker-2").Tell(Kill.Instance);
+            }
+            if (report.GlobalStep == addAtStep)
+            {
+                run.Coordinator.Tell(new AddWorker());
+            }
+            inner.StepCompleted(report);
+        }
+
+        public void EpochCompleted(EpochReport report) => inner.EpochCompleted(report);
+    }
+}

@@ -1,0 +1,218 @@
+using Akka.Actor;
+using Akka.TestKit;
+using Akka.TestKit.Xunit2;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using Xunit.Abstractions;
+
+namespace DistributedBackprop.Actors.Tests;
+
+/// <summary>
+/// The parameter server's protocol, driven by TestProbes standing in for the coordinator and workers.
+/// The probes compute real gradients with the engine, so the server's arithmetic is checked too.
+/// </summary>
+public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : TestKit(LocalTraining.LoadConfig(), output: output)
+{
+    private static readonly TimeSpan Quiet = TimeSpan.FromMilliseconds(300);
+
+    private sealed class Harness
+    {
+        public required TrainingSession Session { get; init; }
+        public required TestProbe Coordinator { get; init; }
+        public required IActorRef Server { get; init; }
+        public required NodeGradientComputer Computer { get; init; }
+
+        /// <summary>What an honest worker would answer to <paramref name="work"/>.</summary>
+        public List<GradientsComputed> Answer(ComputeGradients work)
+        {
+            TrainingConfig config = Session.Config;
+            ReadOnlySpan<int> batch = EpochPlan.Create(Session.Train.Rows, config.BatchSize, config.Seed, work.Epoch).BatchRows(work.StepInEpoch);
+            var answers = new List<GradientsComputed>();
+            foreach (TreeNode node in ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, config.Chunks))
+            {
+                var gradient = new float[Session.Architecture.ParameterCount];
+                BatchResult result = Computer.Compute(work.Parameters, batch, config.Chunks, node, gradient);
+                answers.Add(new GradientsComputed(work.Step, node, result, gradient, 0));
+            }
+            return answers;
+        }
+    }
+
+    private Harness Start(params TestProbe[] workers)
+    {
+        TrainingSession session = Fixtures.Session();
+        TestProbe coordinator = CreateTestProbe("coordinator");
+        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref), "parameter-server");
+        for (int i = 0; i < workers.Length; i++)
+        {
+            server.Tell(new RegisterWorker($"worker-{i + 1}"), workers[i].Ref);
+            workers[i].ExpectMsg<WorkerAccepted>(a => a.WorkerName == $"worker-{i + 1}");
+        }
+        return new Harness { Session = session, Coordinator = coordinator, Server = server, Computer = new NodeGradientComputer(session.Architecture, session.Train) };
+    }
+
+    private static float[] PlainTrainerAfter(int steps)
+    {
+        TrainingSession session = Fixtures.Session();
+        using var trainer = new Trainer(session);
+        for (int i = 0; i < steps; i++)
+        {
+            trainer.Step(out _);
+        }
+        return session.Parameters;
+    }
+
+    private void Deliver(Harness h, TestProbe worker, ComputeGradients work)
+    {
+        foreach (GradientsComputed answer in h.Answer(work))
+        {
+            h.Server.Tell(answer, worker.Ref);
+        }
+    }
+
+    [Fact]
+    public void Server_WaitsForEveryChunk_ThenReducesUpdatesAndBroadcastsToAllWorkers()
+    {
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(w1, w2);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>();
+        Assert.Equal((0L, 0, 4), (a.Step, a.ChunkLo, a.ChunkHi));
+        Assert.Equal((0L, 4, 8), (b.Step, b.ChunkLo, b.ChunkHi));
+        Assert.Same(a.Parameters, b.Parameters);
+
+        Deliver(h, w1, a);
+        h.Coordinator.ExpectNoMsg(Quiet); // the server must wait for worker-2's chunks 4–8 of step 0
+        w1.ExpectNoMsg(TimeSpan.Zero);
+
+        Deliver(h, w2, b);
+        StepApplied applied = h.Coordinator.ExpectMsg<StepApplied>();
+        Assert.Equal((1L, 0, 2), (applied.GlobalStep, applied.StepInEpoch, applied.Workers));
+        ComputeGradients next1 = w1.ExpectMsg<ComputeGradients>(), next2 = w2.ExpectMsg<ComputeGradients>();
+        Assert.Equal(1, next1.Step);
+        Assert.Equal(1, next2.Step);
+        Fixtures.AssertSameBits(PlainTrainerAfter(1), next1.Parameters, "parameters broadcast after step 0");
+    }
+
+    [Fact]
+    public async Task StaleAndDuplicateGradients_AreDroppedAndCounted_NeverAppliedTwice()
+    {
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(w1, w2);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>();
+        List<GradientsComputed> first = h.Answer(a);
+        h.Server.Tell(first[0], w1.Ref);
+        h.Server.Tell(first[0], w1.Ref); // duplicate within the step
+        Deliver(h, w2, b);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+        w1.ExpectMsg<ComputeGradients>(m => m.Step == 1);
+        ComputeGradients step1 = w2.ExpectMsg<ComputeGradients>(m => m.Step == 1);
+
+        h.Server.Tell(first[0], w1.Ref); // stale: step 0 is over
+        Deliver(h, w2, step1);
+        h.Coordinator.ExpectNoMsg(Quiet); // step 1 still lacks worker-1's chunks; a stale step-0 gradient must not complete it
+
+        var stats = await h.Server.Ask<ServerStatistics>(GetStatistics.Instance);
+        Assert.Equal(1, stats.DuplicatesDropped);
+        Assert.Equal(1, stats.StaleDropped);
+        Assert.Equal(1, stats.GlobalStep);
+        Fixtures.AssertSameBits(PlainTrainerAfter(1), step1.Parameters, "after dropping stale and duplicate gradients");
+    }
+
+    [Fact]
+    public async Task GradientOfWrongLength_StopsTraining_AndKeepsTheLastGoodParameters()
+    {
+        TestProbe w1 = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients work = w1.ExpectMsg<ComputeGradients>();
+        float[] before = (float[])h.Session.Parameters.Clone();
+        h.Server.Tell(new GradientsComputed(0, new TreeNode(0, 8), new BatchResult(1, 0, 24), new float[5], 0), w1.Ref);
+        TrainingFailed failure = h.Coordinator.ExpectMsg<TrainingFailed>();
+        Assert.Contains("worker-1 sent a gradient of 5 values for step 0", failure.Reason);
+        // Honest gradients arriving afterwards change nothing.
+        Deliver(h, w1, work);
+        h.Coordinator.ExpectNoMsg(Quiet);
+        Assert.True((await h.Server.Ask<ServerStatistics>(GetStatistics.Instance)).Failed);
+        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a rejected gradient");
+    }
+
+    [Theory]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    public void NonFiniteGradient_StopsTraining_WithAClearReason(float poison)
+    {
+        TestProbe w1 = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients work = w1.ExpectMsg<ComputeGradients>();
+        GradientsComputed honest = h.Answer(work).Single();
+        float[] poisoned = (float[])honest.Gradient.Clone();
+        poisoned[17] = poison;
+        float[] before = (float[])h.Session.Parameters.Clone();
+        h.Server.Tell(honest with { Gradient = poisoned }, w1.Ref);
+        Assert.Contains("non-finite gradient", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
+        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a non-finite gradient");
+    }
+
+    [Fact]
+    public async Task UnregisteredSender_IsIgnored()
+    {
+        TestProbe w1 = CreateTestProbe(), intruder = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients work = w1.ExpectMsg<ComputeGradients>();
+        foreach (GradientsComputed answer in h.Answer(work))
+        {
+            h.Server.Tell(answer, intruder.Ref);
+        }
+        h.Coordinator.ExpectNoMsg(Quiet); // gradients from an unregistered sender must not complete a step
+        Assert.Equal(1, (await h.Server.Ask<ServerStatistics>(GetStatistics.Instance)).UnregisteredIgnored);
+        Deliver(h, w1, work);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+    }
+
+    [Fact]
+    public async Task WorkerDeath_HandsItsUncoveredChunksToTheSurvivors_AndTheStepKeepsItsBits()
+    {
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe(), w3 = CreateTestProbe();
+        Harness h = Start(w1, w2, w3);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>(), c = w3.ExpectMsg<ComputeGradients>();
+        Assert.Equal((2, 5), (b.ChunkLo, b.ChunkHi));
+        // worker-2 delivers its first node (chunks 2–4) and dies before the second (chunk 4).
+        List<GradientsComputed> partial = h.Answer(b);
+        Assert.Equal([new TreeNode(2, 2), new TreeNode(4, 1)], partial.Select(p => p.Node));
+        h.Server.Tell(partial[0], w2.Ref);
+        Deliver(h, w1, a);
+        Deliver(h, w3, c);
+        Watch(w2.Ref);
+        Sys.Stop(w2.Ref);
+        ExpectTerminated(w2.Ref);
+
+        ComputeGradients reassigned = w1.ExpectMsg<ComputeGradients>();
+        Assert.Equal((0L, 4, 5), (reassigned.Step, reassigned.ChunkLo, reassigned.ChunkHi));
+        Deliver(h, w1, reassigned);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1 && s.Workers == 2);
+        ComputeGradients next = w1.ExpectMsg<ComputeGradients>(m => m.Step == 1);
+        Assert.Equal((0, 4), (next.ChunkLo, next.ChunkHi));
+        w3.ExpectMsg<ComputeGradients>(m => m.Step == 1 && m.ChunkLo == 4 && m.ChunkHi == 8);
+        Fixtures.AssertSameBits(PlainTrainerAfter(1), next.Parameters, "step completed after worker-2 died");
+        Assert.Equal(1, (await h.Server.Ask<ServerStatistics>(GetStatistics.Instance)).Reassignments);
+    }
+
+    [Fact]
+    public void WorkerRegisteringMidStep_GetsWorkFromTheNextStep()
+    {
+        TestProbe w1 = CreateTestProbe(), late = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients work = w1.ExpectMsg<ComputeGradients>();
+        h.Server.Tell(new RegisterWorker("late"), late.Ref);
+        Assert.Equal(1, late.ExpectMsg<WorkerAccepted>().NextStep);
+        late.ExpectNoMsg(TimeSpan.FromMilliseconds(100));
+        Deliver(h, w1, work);
+        Assert.Equal((1L, 4, 8), late.ExpectMsg<ComputeGradients>() is var m ? (m.Step, m.ChunkLo, m.ChunkHi) : default);
+    }
+}

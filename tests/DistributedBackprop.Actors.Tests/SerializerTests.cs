@@ -1,0 +1,120 @@
+using System.Runtime.Serialization;
+using Akka.Serialization;
+using Akka.TestKit.Xunit2;
+using DistributedBackprop.Actors.Serialization;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using FsCheck;
+using FsCheck.Fluent;
+using FsCheck.Xunit;
+using Xunit.Abstractions;
+
+namespace DistributedBackprop.Actors.Tests;
+
+public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTraining.LoadConfig(), output: output)
+{
+    /// <summary>One instance of every wire message type, with awkward values.</summary>
+    public static IEnumerable<object> Samples() =>
+    [
+        new RegisterWorker("worker-ü-1"),
+        new WorkerAccepted("w", long.MaxValue),
+        new ComputeGradients(7, 2, 3, 1, 5, [1.5f, -0f, float.Epsilon, float.MaxValue]),
+        new GradientsComputed(9, new TreeNode(4, 4), new BatchResult(1.25, 3, 17), [0.1f, float.NegativeInfinity], 0.003),
+        new TrainEpoch(4),
+        new StepApplied(10, 1, 2, new BatchResult(-2, 0, 1), 3),
+        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, [1, 2, 3]),
+        new TrainingFailed("worker-1 sent a gradient of 5 values"),
+        new SaveCheckpoint("/tmp/x.safetensors"),
+        new CheckpointSaved("/tmp/x.safetensors", 42),
+        GetStatistics.Instance,
+        new ServerStatistics(1, 2, 3, 4, 5, 6, true),
+    ];
+
+    [Fact]
+    public void EveryWireMessageType_IsBoundToTheBinarySerializer_AndHasASample()
+    {
+        var sampleTypes = Samples().Select(s => s.GetType()).ToHashSet();
+        Assert.Equal(WireSerializer.MessageTypes.ToHashSet(), sampleTypes);
+        var wireTypes = typeof(IWireMessage).Assembly.GetTypes().Where(t => typeof(IWireMessage).IsAssignableFrom(t) && !t.IsInterface).ToHashSet();
+        Assert.Equal(wireTypes, sampleTypes);
+        foreach (object sample in Samples())
+        {
+            Serializer serializer = Sys.Serialization.FindSerializerFor(sample);
+            Assert.IsType<WireSerializer>(serializer);
+        }
+    }
+
+    [Fact]
+    public void EveryWireMessage_RoundTrips()
+    {
+        foreach (object sample in Samples())
+        {
+            object back = RoundTrip(sample);
+            Assert.Equal(sample.GetType(), back.GetType());
+            Assert.Equal(Describe(sample), Describe(back));
+        }
+    }
+
+    [Property(MaxTest = 200)]
+    public Property GradientMessages_RoundTripBitForBit(long step, int lo, int size, double loss, float[] values)
+    {
+        values ??= [];
+        var message = new GradientsComputed(step, new TreeNode(lo, size), new BatchResult(loss, size, lo), values, loss);
+        var back = (GradientsComputed)RoundTrip(message);
+        bool same = back.Step == step && back.Node == message.Node && BitConverter.DoubleToInt64Bits(back.Result.LossSum) == BitConverter.DoubleToInt64Bits(loss)
+            && back.Gradient.Select(BitConverter.SingleToInt32Bits).SequenceEqual(values.Select(BitConverter.SingleToInt32Bits));
+        return same.Label($"{values.Length} values");
+    }
+
+    [Fact]
+    public void GradientPayload_IsRawFloat32_FourBytesPerValue()
+    {
+        var serializer = (SerializerWithStringManifest)Sys.Serialization.FindSerializerFor(new TrainEpoch(0));
+        byte[] bytes = serializer.ToBinary(new GradientsComputed(1, new TreeNode(0, 1), default, new float[1000], 0));
+        Assert.InRange(bytes.Length, 4000, 4000 + 64);
+    }
+
+    [Theory]
+    [InlineData("GC", 0)]
+    [InlineData("GC", 10)]
+    [InlineData("CG", 30)]
+    [InlineData("ET", 50)]
+    [InlineData("RW", 2)]
+    public void TruncatedPayload_IsRejectedWithAnError(string manifest, int keep)
+    {
+        var serializer = (SerializerWithStringManifest)Sys.Serialization.FindSerializerFor(new TrainEpoch(0));
+        object sample = Samples().First(s => serializer.Manifest(s) == manifest);
+        byte[] whole = serializer.ToBinary(sample);
+        var error = Assert.Throws<SerializationException>(() => serializer.FromBinary(whole[..Math.Min(keep, whole.Length - 1)], manifest));
+        Assert.Contains(manifest, error.Message);
+    }
+
+    [Fact]
+    public void MalformedPayloads_AreRejectedWithAnError()
+    {
+        var serializer = (SerializerWithStringManifest)Sys.Serialization.FindSerializerFor(new TrainEpoch(0));
+        Assert.Contains("unknown wire message manifest", Assert.Throws<SerializationException>(() => serializer.FromBinary([1, 2, 3], "System.Diagnostics.Process")).Message);
+        byte[] ok = serializer.ToBinary(new TrainEpoch(3));
+        Assert.Contains("unexpected bytes", Assert.Throws<SerializationException>(() => serializer.FromBinary([.. ok, 9], "TE")).Message);
+        // A gradient whose length prefix claims more floats than the payload holds.
+        byte[] lying = serializer.ToBinary(new GradientsComputed(1, new TreeNode(0, 1), default, [1f, 2f], 0));
+        BitConverter.GetBytes(1_000_000).CopyTo(lying, lying.Length - 12);
+        Assert.Throws<SerializationException>(() => serializer.FromBinary(lying, "GC"));
+        Assert.Throws<SerializationException>(() => serializer.ToBinary("not a wire message"));
+    }
+
+    private object RoundTrip(object message)
+    {
+        var serializer = (SerializerWithStringManifest)Sys.Serialization.FindSerializerFor(message);
+        return serializer.FromBinary(serializer.ToBinary(message), serializer.Manifest(message));
+    }
+
+    /// <summary>Contents as text (records compare arrays by reference, so arrays are spelled out).</summary>
+    private static string Describe(object message) => message switch
+    {
+        ComputeGradients m => $"{m with { Parameters = [] }} [{string.Join(',', m.Parameters.Select(BitConverter.SingleToInt32Bits))}]",
+        GradientsComputed m => $"{m with { Gradient = [] }} [{string.Join(',', m.Gradient.Select(BitConverter.SingleToInt32Bits))}]",
+        EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = new Dictionary<string, double>() }} [{string.Join(',', m.Parameters)}] {string.Join(',', m.WorkerStepsPerSecond.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value:R}"))}",
+        _ => message.ToString()!,
+    };
+}

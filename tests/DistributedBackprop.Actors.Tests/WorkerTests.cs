@@ -1,0 +1,62 @@
+using Akka.Actor;
+using Akka.TestKit.Xunit2;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using Xunit.Abstractions;
+
+namespace DistributedBackprop.Actors.Tests;
+
+public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTraining.LoadConfig(), output: output)
+{
+    [Fact]
+    public void Worker_RegistersThenComputesTheEnginesGradientForEachNodeOfItsRange()
+    {
+        TrainingSession session = Fixtures.Session();
+        var server = CreateTestProbe();
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config)), "worker-1");
+        Assert.Equal("worker-1", server.ExpectMsg<RegisterWorker>().WorkerName);
+
+        float[] parameters = (float[])session.Parameters.Clone();
+        worker.Tell(new ComputeGradients(5, 0, 5, 0, 3, parameters), server.Ref);
+        GradientsComputed first = server.ExpectMsg<GradientsComputed>(), second = server.ExpectMsg<GradientsComputed>();
+        Assert.Equal([new TreeNode(0, 2), new TreeNode(2, 1)], new[] { first.Node, second.Node });
+        Assert.All(new[] { first, second }, g => Assert.Equal(5, g.Step));
+
+        var engine = new NodeGradientComputer(session.Architecture, session.Train);
+        ReadOnlySpan<int> batch = EpochPlan.Create(session.Train.Rows, session.Config.BatchSize, session.Config.Seed, 0).BatchRows(5);
+        foreach (GradientsComputed answer in new[] { first, second })
+        {
+            var expected = new float[session.Architecture.ParameterCount];
+            BatchResult result = engine.Compute(parameters, batch, session.Config.Chunks, answer.Node, expected);
+            Fixtures.AssertSameBits(expected, answer.Gradient, $"worker gradient of node {answer.Node}");
+            Assert.Equal(result, answer.Result);
+        }
+    }
+
+    [Fact]
+    public void Worker_ReusesGradientBuffersOnlyForLaterSteps()
+    {
+        TrainingSession session = Fixtures.Session();
+        var server = CreateTestProbe();
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config)));
+        server.ExpectMsg<RegisterWorker>();
+        float[] parameters = (float[])session.Parameters.Clone();
+        worker.Tell(new ComputeGradients(0, 0, 0, 0, 8, parameters), server.Ref);
+        float[] step0 = server.ExpectMsg<GradientsComputed>().Gradient;
+        // A reassignment within the same step must not overwrite the buffer the server still holds.
+        worker.Tell(new ComputeGradients(0, 0, 0, 0, 8, parameters), server.Ref);
+        float[] again = server.ExpectMsg<GradientsComputed>().Gradient;
+        Assert.NotSame(step0, again);
+        worker.Tell(new ComputeGradients(1, 0, 1, 0, 8, parameters), server.Ref);
+        Assert.Same(step0, server.ExpectMsg<GradientsComputed>().Gradient);
+    }
+
+    [Fact]
+    public void Worker_RunsOnTheComputeDispatcher()
+    {
+        TrainingSession session = Fixtures.Session();
+        Props props = Worker.Props(CreateTestProbe().Ref, "w", new WorkerSetup(session.Architecture, session.Train, session.Config));
+        Assert.Equal(Worker.DispatcherId, props.Dispatcher);
+        Assert.True(Sys.Dispatchers.HasDispatcher(Worker.DispatcherId));
+    }
+}
