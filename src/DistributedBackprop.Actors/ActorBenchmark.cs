@@ -4,7 +4,7 @@ using DistributedBackprop.Engine;
 namespace DistributedBackprop.Actors;
 
 /// <summary>Throughput of the actor path plus where a step's time goes.</summary>
-public sealed record ActorThroughput(ThroughputResult Throughput, double ServerTimeFraction, double WaitForSlowestFraction, IReadOnlyDictionary<string, double> WorkerStepsPerSecond);
+public sealed record ActorThroughput(ThroughputResult Throughput, double ServerTimeFraction, double WaitForSlowestFraction, IReadOnlyDictionary<string, double> WorkerStepsPerSecond, IReadOnlyDictionary<string, double> WorkerBusyFraction);
 
 /// <summary>
 /// Measures local-mode training (coordinator, parameter server, N workers) the way
@@ -39,8 +39,8 @@ public static class ActorBenchmark
             }
             double[] sorted = rates.Order().ToArray();
             double median = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-            var (server, wait, perWorker) = counter.Breakdown();
-            return new ActorThroughput(new ThroughputResult(median, sorted[0], sorted[^1], rates, steps, steps == 0 ? 0 : (double)allocated / steps), server, wait, perWorker);
+            var (server, wait, perWorker, busy) = counter.Breakdown();
+            return new ActorThroughput(new ThroughputResult(median, sorted[0], sorted[^1], rates, steps, steps == 0 ? 0 : (double)allocated / steps), server, wait, perWorker, busy);
         }
         finally
         {
@@ -72,18 +72,19 @@ public static class ActorBenchmark
             }
         }
 
-        public (double Server, double Wait, IReadOnlyDictionary<string, double> PerWorker) Breakdown()
+        public (double Server, double Wait, IReadOnlyDictionary<string, double> PerWorker, IReadOnlyDictionary<string, double> Busy) Breakdown()
         {
             lock (_gate)
             {
                 double total = _timed.Sum(r => r.EpochTime.TotalSeconds);
                 if (total == 0)
                 {
-                    return (0, 0, new Dictionary<string, double>());
+                    return (0, 0, new Dictionary<string, double>(), new Dictionary<string, double>());
                 }
-                var perWorker = _timed.SelectMany(r => r.WorkerStepsPerSecond ?? new Dictionary<string, double>())
-                    .GroupBy(kv => kv.Key).ToDictionary(g => g.Key, g => g.Average(kv => kv.Value));
-                return (_timed.Sum(r => r.ServerTime?.TotalSeconds ?? 0) / total, _timed.Sum(r => r.WaitingForSlowest?.TotalSeconds ?? 0) / total, perWorker);
+                static Dictionary<string, double> Mean(IEnumerable<IReadOnlyDictionary<string, double>?> maps) =>
+                    maps.SelectMany(m => m ?? new Dictionary<string, double>()).GroupBy(kv => kv.Key).ToDictionary(g => g.Key, g => g.Average(kv => kv.Value));
+                return (_timed.Sum(r => r.ServerTime?.TotalSeconds ?? 0) / total, _timed.Sum(r => r.WaitingForSlowest?.TotalSeconds ?? 0) / total,
+                    Mean(_timed.Select(r => r.WorkerStepsPerSecond)), Mean(_timed.Select(r => r.WorkerBusyFraction)));
             }
         }
     }

@@ -49,6 +49,15 @@ public sealed class LocalTraining : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // Stop the whole tree at once (the server then does not mourn each worker), then the system.
+        try
+        {
+            await Coordinator.GracefulStop(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (TaskCanceledException)
+        {
+            // Timed out: terminating the system below stops everything anyway.
+        }
         await System.Terminate().ConfigureAwait(false);
     }
 }

@@ -33,15 +33,19 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
 /// </summary>
 public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Result, float[] Gradient, double ComputeSeconds) : IWireMessage;
 
-/// <summary>Coordinator → parameter server: run every step of this epoch, then report <see cref="EpochTrained"/>.</summary>
-public sealed record TrainEpoch(int Epoch) : IWireMessage;
+/// <summary>
+/// Coordinator → parameter server: run every step of this epoch, then report <see cref="EpochTrained"/>,
+/// with a copy of the parameters if <see cref="ReturnParameters"/> (for evaluation).
+/// </summary>
+public sealed record TrainEpoch(int Epoch, bool ReturnParameters = true) : IWireMessage;
 
 /// <summary>Parameter server → coordinator after each applied update.</summary>
 public sealed record StepApplied(long GlobalStep, int Epoch, int StepInEpoch, BatchResult Result, int Workers) : IWireMessage;
 
 /// <summary>
-/// Parameter server → coordinator when an epoch's steps are applied. <see cref="Parameters"/> is a copy the
-/// coordinator owns (for evaluation and checkpoints).
+/// Parameter server → coordinator when an epoch's steps are applied: totals, timing (time waiting for the
+/// slowest worker, time in reduce + update + broadcast), per-worker steps/s and the fraction of the epoch
+/// each worker spent computing. <see cref="Parameters"/> is a copy the coordinator owns (empty unless asked for).
 /// </summary>
 public sealed record EpochTrained(
     int Epoch,
@@ -56,6 +60,7 @@ public sealed record EpochTrained(
     long DroppedGradients,
     int Workers,
     IReadOnlyDictionary<string, double> WorkerStepsPerSecond,
+    IReadOnlyDictionary<string, double> WorkerBusyFraction,
     float[] Parameters) : IWireMessage;
 
 /// <summary>Parameter server → coordinator: training cannot continue; the last good parameters are kept.</summary>

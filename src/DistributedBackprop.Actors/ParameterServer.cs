@@ -25,16 +25,17 @@ namespace DistributedBackprop.Actors;
 /// (DeathWatch) has its uncovered chunks dealt to the survivors, so the step completes with the same bits.
 /// The server never blocks: reduction and update are a few element-wise passes over the parameters.
 /// </summary>
-public sealed class ParameterServer : ReceiveActor
+public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
 {
     private readonly TrainingSession _session;
     private readonly IActorRef _coordinator;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly List<WorkerSlot> _workers = [];
     private readonly TreeReducer _reducer;
-    private readonly float[][] _snapshots;
     private readonly int _chunks;
-    private int _snapshotIndex;
+    private readonly int _updateLanes;
+    private bool _updating;
+    private bool _returnParameters;
     private int _epochInProgress = -1;
     private StepInProgress? _step;
     private bool _failed;
@@ -47,16 +48,20 @@ public sealed class ParameterServer : ReceiveActor
         _coordinator = coordinator;
         _chunks = session.Config.Chunks;
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
-        // Two read-only snapshots, alternating: workers read step s's while the server fills step s+1's.
-        _snapshots = [new float[session.Parameters.Length], new float[session.Parameters.Length]];
+        // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
+        // during the update every worker is idle, waiting for the next step.
+        _updateLanes = Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536));
 
         Receive<RegisterWorker>(Register);
         Receive<TrainEpoch>(Train);
         Receive<GradientsComputed>(Accept);
+        Receive<UpdateApplied>(Applied);
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
         Receive<SaveCheckpoint>(Checkpoint);
         Receive<GetStatistics>(_ => Sender.Tell(new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _failed)));
     }
+
+    public IStash Stash { get; set; } = null!;
 
     public static Props Props(TrainingSession session, IActorRef coordinator) =>
         Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator));
@@ -102,10 +107,12 @@ public sealed class ParameterServer : ReceiveActor
             return;
         }
         _epochInProgress = message.Epoch;
+        _returnParameters = message.ReturnParameters;
         _epoch.Reset();
         foreach (WorkerSlot worker in _workers)
         {
             worker.StepsThisEpoch = 0;
+            worker.ComputeSeconds = 0;
         }
         StartStep();
     }
@@ -114,13 +121,15 @@ public sealed class ParameterServer : ReceiveActor
     {
         if (_workers.Count == 0)
         {
-            _log.Warning("no workers registered; step {0} waits for one", _session.GlobalStep);
+            _log.Info("no workers registered; step {0} waits for one", _session.GlobalStep);
             return;
         }
-        float[] snapshot = _snapshots[_snapshotIndex ^= 1];
-        _session.Parameters.CopyTo(snapshot, 0);
+        // The parameters are lent to the workers for the step, not copied: the server writes them again only
+        // after every chunk of the step has arrived, i.e. after every worker has finished reading them (a
+        // worker that died has stopped reading before its Terminated arrives). Across processes they are
+        // serialized anyway.
         _reducer.Reset();
-        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, snapshot, Stopwatch.GetTimestamp());
+        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters, Stopwatch.GetTimestamp());
         int active = Math.Min(_workers.Count, _chunks);
         for (int i = 0; i < _workers.Count; i++)
         {
@@ -150,7 +159,7 @@ public sealed class ParameterServer : ReceiveActor
             _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
             return;
         }
-        if (_failed || _step is null || message.Step != _step.Step)
+        if (_failed || _step is null || message.Step != _step.Step || _updating)
         {
             _staleDropped++;
             _epoch.Dropped++;
@@ -179,6 +188,8 @@ public sealed class ParameterServer : ReceiveActor
         }
         long now = Stopwatch.GetTimestamp();
         _step.FirstArrival ??= now;
+        worker.ComputeSeconds += message.ComputeSeconds;
+
         if (!worker.DeliveredThisStep)
         {
             worker.DeliveredThisStep = true;
@@ -191,21 +202,48 @@ public sealed class ParameterServer : ReceiveActor
         }
     }
 
+    /// <summary>
+    /// All chunks are in: plan the tree additions, then add and apply the optimizer off the actor, in
+    /// parallel slices, and come back with <see cref="UpdateApplied"/>. Nothing touches the session until then.
+    /// </summary>
     private void FinishStep(long start)
     {
         StepInProgress step = _step!;
-        var (gradient, result) = _reducer.Reduce();
-        float learningRate = _session.ApplyStep(gradient);
-        _epoch.Add(result, learningRate);
+        var (gradient, result) = _reducer.Plan();
+        float learningRate = _session.BeginStep();
+        _updating = true;
+        TrainingSession session = _session;
+        TreeReducer reducer = _reducer;
+        int lanes = _updateLanes;
+        Task.Run(() =>
+        {
+            int count = session.Parameters.Length;
+            Parallel.For(0, lanes, lane =>
+            {
+                int from = (int)((long)lane * count / lanes), to = (int)((long)(lane + 1) * count / lanes);
+                reducer.AddRange(from, to - from);
+                session.Optimizer.ApplyRange(session.Parameters, gradient, learningRate, from, to - from);
+            });
+            return new UpdateApplied(step.Step, result, learningRate, start);
+        }).PipeTo(Self);
+    }
+
+    private void Applied(UpdateApplied applied)
+    {
+        _updating = false;
+        Stash.UnstashAll();
+        _session.EndStep();
+        StepInProgress step = _step!;
+        _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
         int workers = _workers.Count(w => w.DeliveredThisStep);
-        _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, result, workers));
+        _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers));
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
         if (!epochDone)
         {
             StartStep();
         }
-        _epoch.ServerSeconds += Stopwatch.GetElapsedTime(start).TotalSeconds;
+        _epoch.ServerSeconds += Stopwatch.GetElapsedTime(applied.Started).TotalSeconds;
         if (epochDone)
         {
             double seconds = _epoch.Clock.Elapsed.TotalSeconds;
@@ -213,7 +251,8 @@ public sealed class ParameterServer : ReceiveActor
                 step.Epoch, _session.GlobalStep, _epoch.LossSum, _epoch.Correct, _epoch.Rows, _epoch.LearningRate, seconds,
                 _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _workers.Count,
                 _workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
-                (float[])_session.Parameters.Clone()));
+                _workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
+                _returnParameters ? (float[])_session.Parameters.Clone() : []));
             _epochInProgress = -1;
         }
     }
@@ -268,6 +307,12 @@ public sealed class ParameterServer : ReceiveActor
 
     private void Checkpoint(SaveCheckpoint message)
     {
+        if (_updating)
+        {
+            // The session is being written off the actor; take the checkpoint once the update is in.
+            Stash.Stash();
+            return;
+        }
         try
         {
             _session.SaveCheckpoint(message.Path);
@@ -288,6 +333,9 @@ public sealed class ParameterServer : ReceiveActor
         _coordinator.Tell(new TrainingFailed(reason));
     }
 
+    /// <summary>The off-actor reduce + update of step <paramref name="Step"/> is done.</summary>
+    private sealed record UpdateApplied(long Step, Network.BatchResult Result, float LearningRate, long Started) : INoSerializationVerificationNeeded;
+
     private sealed class WorkerSlot(IActorRef reference, string name)
     {
         public IActorRef Ref { get; } = reference;
@@ -295,6 +343,7 @@ public sealed class ParameterServer : ReceiveActor
         public List<(int Lo, int Hi)> Assigned { get; } = [];
         public bool DeliveredThisStep { get; set; }
         public long StepsThisEpoch { get; set; }
+        public double ComputeSeconds { get; set; }
     }
 
     private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters, long started)

@@ -11,7 +11,7 @@ public sealed record TrainingOutcome(long Steps, IReadOnlyList<EpochReport> Epoc
 public sealed class TrainingFailedException(string message) : Exception(message);
 
 /// <summary>Tells the coordinator to start one more local worker (it joins from the next step).</summary>
-public sealed record AddWorker;
+public sealed record AddWorker : INoSerializationVerificationNeeded;
 
 /// <summary>
 /// The training run's coordinator (local mode). Creates the parameter server and the workers, runs the
@@ -82,7 +82,7 @@ public sealed class TrainingCoordinator : ReceiveActor
             Finish(null);
             return;
         }
-        _server.Tell(new TrainEpoch(_session.Epoch));
+        _server.Tell(new TrainEpoch(_session.Epoch, NeedParameters));
     }
 
     /// <summary>Whatever stops the coordinator, the caller waiting on the run learns of it.</summary>
@@ -113,12 +113,20 @@ public sealed class TrainingCoordinator : ReceiveActor
         }
     }
 
+    /// <summary>Only evaluation needs the parameters after each epoch (checkpoints are written by the server).</summary>
+    private bool NeedParameters => _session.Test is not null;
+
     private void OnEpoch(EpochTrained epoch)
     {
         // Evaluation reads only the coordinator's copy of the parameters, off the actor's thread.
         Evaluator evaluator = _evaluator;
         var test = _session.Test;
-        Task.Run(() => new EpochEvaluated(epoch, test is null ? null : evaluator.Evaluate(epoch.Parameters, test))).PipeTo(Self);
+        if (test is null)
+        {
+            Self.Tell(new EpochEvaluated(epoch, null));
+            return;
+        }
+        Task.Run(() => new EpochEvaluated(epoch, evaluator.Evaluate(epoch.Parameters, test))).PipeTo(Self);
     }
 
     private void OnEvaluated(EpochEvaluated evaluated)
@@ -141,6 +149,7 @@ public sealed class TrainingCoordinator : ReceiveActor
             ServerTime = TimeSpan.FromSeconds(e.ServerSeconds),
             DroppedGradients = e.DroppedGradients,
             WorkerStepsPerSecond = e.WorkerStepsPerSecond,
+            WorkerBusyFraction = e.WorkerBusyFraction,
         };
         _reports.Add(report);
         _observer.EpochCompleted(report);
@@ -168,7 +177,7 @@ public sealed class TrainingCoordinator : ReceiveActor
     {
         if (nextEpoch is int epoch)
         {
-            _server.Tell(new TrainEpoch(epoch));
+            _server.Tell(new TrainEpoch(epoch, NeedParameters));
         }
         else
         {
@@ -188,5 +197,5 @@ public sealed class TrainingCoordinator : ReceiveActor
         }
     }
 
-    private sealed record EpochEvaluated(EpochTrained Epoch, EvaluationResult? Test);
+    private sealed record EpochEvaluated(EpochTrained Epoch, EvaluationResult? Test) : INoSerializationVerificationNeeded;
 }

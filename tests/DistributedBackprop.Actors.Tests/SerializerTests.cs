@@ -20,9 +20,9 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new WorkerAccepted("w", long.MaxValue),
         new ComputeGradients(7, 2, 3, 1, 5, [1.5f, -0f, float.Epsilon, float.MaxValue]),
         new GradientsComputed(9, new TreeNode(4, 4), new BatchResult(1.25, 3, 17), [0.1f, float.NegativeInfinity], 0.003),
-        new TrainEpoch(4),
+        new TrainEpoch(4, false),
         new StepApplied(10, 1, 2, new BatchResult(-2, 0, 1), 3),
-        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, [1, 2, 3]),
+        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, [1, 2, 3]),
         new TrainingFailed("worker-1 sent a gradient of 5 values"),
         new SaveCheckpoint("/tmp/x.safetensors"),
         new CheckpointSaved("/tmp/x.safetensors", 42),
@@ -103,6 +103,10 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         Assert.Throws<SerializationException>(() => serializer.ToBinary("not a wire message"));
     }
 
+    private static readonly Dictionary<string, double> Empty = [];
+
+    private static string Spell(IReadOnlyDictionary<string, double> map) => string.Join(',', map.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value:R}"));
+
     private object RoundTrip(object message)
     {
         var serializer = (SerializerWithStringManifest)Sys.Serialization.FindSerializerFor(message);
@@ -114,7 +118,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
     {
         ComputeGradients m => $"{m with { Parameters = [] }} [{string.Join(',', m.Parameters.Select(BitConverter.SingleToInt32Bits))}]",
         GradientsComputed m => $"{m with { Gradient = [] }} [{string.Join(',', m.Gradient.Select(BitConverter.SingleToInt32Bits))}]",
-        EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = new Dictionary<string, double>() }} [{string.Join(',', m.Parameters)}] {string.Join(',', m.WorkerStepsPerSecond.OrderBy(k => k.Key).Select(k => $"{k.Key}={k.Value:R}"))}",
+        EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = Empty, WorkerBusyFraction = Empty }} [{string.Join(',', m.Parameters)}] {Spell(m.WorkerStepsPerSecond)} {Spell(m.WorkerBusyFraction)}",
         _ => message.ToString()!,
     };
 }

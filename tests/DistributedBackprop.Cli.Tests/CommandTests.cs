@@ -174,17 +174,27 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Fact]
-    public void SameSeed_SameModelBytes_AndThreadsDoNotMatter()
+    public void SameSeed_SameModelBytes_WhateverTheThreadsOrWorkers()
     {
         string data = BlobsCsv();
         string a = Path.Combine(_dir, "a.safetensors"), b = Path.Combine(_dir, "b.safetensors"), c = Path.Combine(_dir, "c.safetensors");
         string[] common = ["train", "--data", data, "--layers", "6,5", "--epochs", "3", "--optimizer", "adam", "--lr", "0.01"];
-        foreach (string[] args in new string[][] { [.. common, "--seed", "9", "--out", a], [.. common, "--seed", "9", "--out", b, "--threads", "3"], [.. common, "--seed", "10", "--out", c] })
+        string d = Path.Combine(_dir, "d.safetensors"), e = Path.Combine(_dir, "e.safetensors");
+        foreach (string[] args in new string[][]
+        {
+            [.. common, "--seed", "9", "--out", a, "--workers", "0"],
+            [.. common, "--seed", "9", "--out", b, "--workers", "0", "--threads", "3"],
+            [.. common, "--seed", "10", "--out", c],
+            [.. common, "--seed", "9", "--out", d, "--workers", "1"],
+            [.. common, "--seed", "9", "--out", e, "--workers", "3"],
+        })
         {
             DbpResult run = Dbp(args);
             Assert.True(run.ExitCode == 0, run.Stderr);
         }
         Assert.Equal(File.ReadAllBytes(a), File.ReadAllBytes(b));
+        Assert.Equal(File.ReadAllBytes(a), File.ReadAllBytes(d));
+        Assert.Equal(File.ReadAllBytes(a), File.ReadAllBytes(e));
         Assert.NotEqual(File.ReadAllBytes(a), File.ReadAllBytes(c));
     }
 
@@ -198,6 +208,30 @@ public sealed partial class CommandTests : IDisposable
         Assert.Equal(32, json.RootElement.GetProperty("config").GetProperty("batch_size").GetInt32());
         // Layer 0: forward and weight gradient; layer 1 also the input gradient.
         Assert.Equal(5, json.RootElement.GetProperty("gemm").GetArrayLength());
+    }
+
+    [Fact]
+    public void TrainWithWorkers_WritesActorMetrics()
+    {
+        string metrics = Path.Combine(_dir, "m.jsonl");
+        DbpResult result = Dbp("train", "--data", BlobsCsv(), "--layers", "8", "--epochs", "2", "--workers", "2", "--metrics", metrics);
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Assert.Contains("2 worker actor(s), local mode", result.Stdout);
+        using var json = JsonDocument.Parse(File.ReadAllLines(metrics)[^1]);
+        Assert.Equal(2, json.RootElement.GetProperty("workers").GetInt32());
+        Assert.True(json.RootElement.TryGetProperty("wait_for_slowest_seconds", out _));
+        Assert.Equal(2, json.RootElement.GetProperty("worker_steps_per_second").EnumerateObject().Count());
+    }
+
+    [Fact]
+    public void BenchWithWorkers_MeasuresTheActorPath()
+    {
+        DbpResult result = Dbp("bench", "--inputs", "32", "--layers", "16", "--outputs", "4", "--batch-size", "64", "--workers", "2", "--seconds", "0.3", "--windows", "2", "--warmup", "0.3", "--no-gemm", "--json");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        using var json = JsonDocument.Parse(result.Stdout);
+        Assert.True(json.RootElement.GetProperty("samples_per_second").GetDouble() > 0);
+        Assert.Equal(2, json.RootElement.GetProperty("config").GetProperty("workers").GetInt32());
+        Assert.True(json.RootElement.TryGetProperty("server_time_fraction", out _));
     }
 
     [Fact]

@@ -57,17 +57,13 @@ public sealed class WireSerializer(ExtendedActorSystem system) : SerializerWithS
             case WorkerAccepted m: w.String(m.WorkerName); w.Long(m.NextStep); break;
             case ComputeGradients m: w.Long(m.Step); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Int(m.ChunkLo); w.Int(m.ChunkHi); w.Floats(m.Parameters); break;
             case GradientsComputed m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Result(m.Result); w.Double(m.ComputeSeconds); w.Floats(m.Gradient); break;
-            case TrainEpoch m: w.Int(m.Epoch); break;
+            case TrainEpoch m: w.Int(m.Epoch); w.Bool(m.ReturnParameters); break;
             case StepApplied m: w.Long(m.GlobalStep); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Result(m.Result); w.Int(m.Workers); break;
             case EpochTrained m:
                 w.Int(m.Epoch); w.Long(m.GlobalStep); w.Double(m.LossSum); w.Long(m.Correct); w.Long(m.Rows); w.Float(m.LearningRate);
                 w.Double(m.Seconds); w.Double(m.WaitingForSlowestSeconds); w.Double(m.ServerSeconds); w.Long(m.DroppedGradients); w.Int(m.Workers);
-                w.Int(m.WorkerStepsPerSecond.Count);
-                foreach (var (name, rate) in m.WorkerStepsPerSecond.OrderBy(kv => kv.Key, StringComparer.Ordinal))
-                {
-                    w.String(name);
-                    w.Double(rate);
-                }
+                w.Map(m.WorkerStepsPerSecond);
+                w.Map(m.WorkerBusyFraction);
                 w.Floats(m.Parameters);
                 break;
             case TrainingFailed m: w.String(m.Reason); break;
@@ -92,7 +88,7 @@ public sealed class WireSerializer(ExtendedActorSystem system) : SerializerWithS
             "WA" => new WorkerAccepted(r.String(), r.Long()),
             "CG" => new ComputeGradients(r.Long(), r.Int(), r.Int(), r.Int(), r.Int(), r.Floats()),
             "GC" => ReadGradients(r),
-            "TE" => new TrainEpoch(r.Int()),
+            "TE" => new TrainEpoch(r.Int(), r.Bool()),
             "SA" => new StepApplied(r.Long(), r.Int(), r.Int(), r.Result(), r.Int()),
             "ET" => ReadEpochTrained(r),
             "TF" => new TrainingFailed(r.String()),
@@ -126,13 +122,8 @@ public sealed class WireSerializer(ExtendedActorSystem system) : SerializerWithS
         double seconds = r.Double(), waiting = r.Double(), server = r.Double();
         long dropped = r.Long();
         int workers = r.Int();
-        int count = r.Count(minimumBytesEach: 12);
-        var rates = new Dictionary<string, double>(count);
-        for (int i = 0; i < count; i++)
-        {
-            rates[r.String()] = r.Double();
-        }
-        return new EpochTrained(epoch, step, loss, correct, rows, lr, seconds, waiting, server, dropped, workers, rates, r.Floats());
+        Dictionary<string, double> rates = r.Map(), busy = r.Map();
+        return new EpochTrained(epoch, step, loss, correct, rows, lr, seconds, waiting, server, dropped, workers, rates, busy, r.Floats());
     }
 
     private sealed class Writer
@@ -162,6 +153,16 @@ public sealed class WireSerializer(ExtendedActorSystem system) : SerializerWithS
             int count = Encoding.UTF8.GetByteCount(v);
             Int(count);
             Encoding.UTF8.GetBytes(v, Take(count));
+        }
+
+        public void Map(IReadOnlyDictionary<string, double> map)
+        {
+            Int(map.Count);
+            foreach (var (key, value) in map.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            {
+                String(key);
+                Double(value);
+            }
         }
 
         public void Result(BatchResult v)
@@ -242,6 +243,17 @@ public sealed class WireSerializer(ExtendedActorSystem system) : SerializerWithS
         }
 
         public BatchResult Result() => new(Double(), Int(), Int());
+
+        public Dictionary<string, double> Map()
+        {
+            int count = Count(minimumBytesEach: 12);
+            var map = new Dictionary<string, double>(count);
+            for (int i = 0; i < count; i++)
+            {
+                map[String()] = Double();
+            }
+            return map;
+        }
 
         public float[] Floats()
         {

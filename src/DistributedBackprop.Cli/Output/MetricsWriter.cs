@@ -55,6 +55,15 @@ internal sealed class MetricsWriter
                 }
                 json.WriteEndObject();
             }
+            if (r.WorkerBusyFraction is { } busy)
+            {
+                json.WriteStartObject("worker_busy_fraction");
+                foreach (var (worker, fraction) in busy.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                {
+                    json.WriteNumber(worker, Math.Round(fraction, 4));
+                }
+                json.WriteEndObject();
+            }
             json.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray());

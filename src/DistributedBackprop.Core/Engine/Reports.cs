@@ -28,6 +28,8 @@ public sealed record EpochReport
     public long? DroppedGradients { get; init; }
     /// <summary>Per-worker steps/s (worker name → rate), when workers are actors.</summary>
     public IReadOnlyDictionary<string, double>? WorkerStepsPerSecond { get; init; }
+    /// <summary>Fraction of the epoch each worker spent computing gradients, when workers are actors.</summary>
+    public IReadOnlyDictionary<string, double>? WorkerBusyFraction { get; init; }
 }
 
 /// <summary>Receives progress from a trainer.</summary>
