@@ -5,6 +5,7 @@ computed per round and the median reported, because absolute figures drift on a 
 
     /usr/bin/python3 bench/peers/compare.py training [--rounds 3] [--batches 32,128,512] [--threads 1,2]
     /usr/bin/python3 bench/peers/compare.py gemm [--rounds 3]
+    /usr/bin/python3 bench/peers/compare.py actors [--rounds 3]
 
 PyTorch is Debian's python3-torch with OpenBLAS (apt: python3-torch python3-threadpoolctl
 libopenblas0-pthread). OpenBLAS 0.3.21 does not recognise every CPU: where it falls back to a generic
@@ -29,6 +30,15 @@ def ours(batch, threads, extra=()):
     out = subprocess.run([DBP, "bench", "--batch-size", str(batch), "--threads", str(threads), "--no-gemm", "--json", *extra],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def ddp(coretype):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    out = subprocess.run(["/usr/bin/python3", os.path.join(PEERS, "torch_ddp.py")], check=True, capture_output=True, text=True, env=env, cwd=PEERS).stdout
+    return {name: float(v) for name, v in re.findall(r"^(\w+)\s+world=\d+ batch/proc=\d+ ddp=\w+: median\s+([0-9.]+)", out, re.M)}
 
 
 def torch(batch, threads, coretype):
@@ -72,6 +82,41 @@ def training(args):
         print(f"| {threads} | {batch} | {med(0):,.0f} | {med(1):,.0f} ({runs[0][4]}) | {med(2):,.0f} ({runs[0][5]}) | {ratio:.2f} (min {min(x[0] / x[3] for x in runs):.2f}, n={len(runs)}) |")
 
 
+def actors(args):
+    """Local mode (issue: actors): batch 256 on Fashion-MNIST rows; plain trainer, 1 and 2 worker actors,
+    PyTorch 2 threads (batch 256) and PyTorch DDP (2 gloo processes, 128 each)."""
+    data = os.path.join(os.path.dirname(REPO), "shared", "datasets", "fashion-mnist")
+    runs = []
+    for r in range(args.rounds):
+        row = {}
+        for name, threads, extra in [("plain_1t", 1, []), ("workers_1", 1, ["--workers", "1"]), ("workers_2", 1, ["--workers", "2"]), ("plain_2t", 2, [])]:
+            res = ours(256, threads, ["--data", data, *extra])
+            row[name] = res["samples_per_second"]
+            if name == "workers_2":
+                row["server_fraction"] = res.get("server_time_fraction", float("nan"))
+                row["wait_fraction"] = res.get("wait_for_slowest_fraction", float("nan"))
+        row["torch_2t"] = max(torch(256, 2, None)[0], torch(256, 2, args.coretype)[0])
+        d = ddp(args.coretype)
+        row["ddp_2"] = d.get("ddp2", float("nan"))
+        row["ddp_base"] = d.get("base", float("nan"))
+        runs.append(row)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v:,.3f}" if v < 10 else f"{k} {v:,.0f}" for k, v in row.items()), file=sys.stderr)
+    med = lambda k: statistics.median(x[k] for x in runs)
+    ratio = lambda a, b: statistics.median(x[a] / x[b] for x in runs)
+    print("| configuration (batch 256, Fashion-MNIST rows) | samples/s (median) |")
+    print("|---|---|")
+    for k, label in [("plain_1t", "plain trainer, 1 thread"), ("plain_2t", "plain trainer, 2 threads"), ("workers_1", "local mode, 1 worker actor"),
+                     ("workers_2", "local mode, 2 worker actors"), ("torch_2t", "PyTorch, 2 threads (best OpenBLAS kernel)"),
+                     ("ddp_2", "PyTorch DDP, 2 gloo processes × 128"), ("ddp_base", "PyTorch 1 process, no DDP, batch 128")]:
+        print(f"| {label} | {med(k):,.0f} |")
+    print()
+    print(f"- scaling, 2 workers / 1 worker: {ratio('workers_2', 'workers_1'):.2f}")
+    print(f"- actor overhead, 1 worker / plain trainer: {ratio('workers_1', 'plain_1t'):.2f}")
+    print(f"- 2 workers / PyTorch 2 threads: {ratio('workers_2', 'torch_2t'):.2f}; 2 workers / PyTorch DDP: {ratio('workers_2', 'ddp_2'):.2f}")
+    print(f"- parameter server share of the step with 2 workers: {med('server_fraction'):.1%}; waiting for the slower worker: {med('wait_fraction'):.1%}")
+    print(f"- rounds: {len(runs)}")
+
+
 def gemm(args):
     shapes = ["128x784x256", "128x256x128", "128x128x10", "784x128x256", "128x256x784", "32x784x256", "512x784x256"]
     rows = {}
@@ -96,7 +141,7 @@ def gemm(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["training", "gemm"])
+    p.add_argument("what", choices=["training", "gemm", "actors"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batches", default="32,128,512")
     p.add_argument("--threads", default="1,2")
@@ -108,7 +153,7 @@ def main():
         sys.exit(f"build first: dotnet build -c Release src/DistributedBackprop.Cli  ({DBP} is missing)")
     if not os.path.isdir(PEERS):
         sys.exit(f"the peer scripts are expected in {PEERS}")
-    {"training": training, "gemm": gemm}[args.what](args)
+    {"training": training, "gemm": gemm, "actors": actors}[args.what](args)
 
 
 if __name__ == "__main__":
