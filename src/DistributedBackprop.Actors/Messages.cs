@@ -10,8 +10,19 @@ namespace DistributedBackprop.Actors;
 /// </summary>
 public interface IWireMessage;
 
-/// <summary>A worker asks the parameter server to be given work. Sender: the worker.</summary>
-public sealed record RegisterWorker(string WorkerName) : IWireMessage;
+/// <summary>
+/// A worker asks the parameter server to be given work. Sender: the worker. It states what it will compute
+/// with, so the server can refuse a worker that would not reproduce its bits: the protocol version, the
+/// content hash of the raw training data it loaded, the network it built, and a fingerprint of the
+/// floating-point results its CPU and runtime give (<see cref="NumericFingerprint"/>).
+/// </summary>
+public sealed record RegisterWorker(string WorkerName, int ProtocolVersion, string DataHash, string Architecture, string NumericFingerprint) : IWireMessage;
+
+/// <summary>Parameter server → coordinator: a worker registered; <see cref="Workers"/> are now registered.</summary>
+public sealed record WorkerJoined(string WorkerName, int Workers) : IWireMessage;
+
+/// <summary>The parameter server refuses a worker (<see cref="Reason"/> says why); the worker stops.</summary>
+public sealed record WorkerRefused(string WorkerName, string Reason) : IWireMessage;
 
 /// <summary>The parameter server's answer to <see cref="RegisterWorker"/>: work arrives from the next step on.</summary>
 public sealed record WorkerAccepted(string WorkerName, long NextStep) : IWireMessage;
@@ -23,7 +34,11 @@ public sealed record WorkerAccepted(string WorkerName, long NextStep) : IWireMes
 /// node of the range. <see cref="Parameters"/> is shared read-only: the server does not write it until the
 /// step is complete, and the worker never writes it.
 /// </summary>
-public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int ChunkLo, int ChunkHi, float[] Parameters) : IWireMessage;
+public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int ChunkLo, int ChunkHi, float[] Parameters) : IWireMessage
+{
+    /// <summary>Set by the bulk channel when <see cref="Parameters"/> came from its pool: the worker returns it after the step. Not sent.</summary>
+    public Transport.FloatArrayPool? Pool { get; init; }
+}
 
 /// <summary>
 /// Worker → parameter server: the gradient of one canonical node of a step's chunk tree, with the node's
@@ -31,7 +46,11 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
 /// may add into it while reducing; it returns to the worker implicitly with the next step's
 /// <see cref="ComputeGradients"/> (the server has finished with it before it starts another step).
 /// </summary>
-public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Result, float[] Gradient, double ComputeSeconds) : IWireMessage;
+public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Result, float[] Gradient, double ComputeSeconds) : IWireMessage
+{
+    /// <summary>Set by the bulk channel when <see cref="Gradient"/> came from its pool: the server returns it once the step is applied. Not sent.</summary>
+    public Transport.FloatArrayPool? Pool { get; init; }
+}
 
 /// <summary>
 /// Coordinator → parameter server: run every step of this epoch, then report <see cref="EpochTrained"/>,

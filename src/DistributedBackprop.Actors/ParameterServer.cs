@@ -2,6 +2,8 @@ using System.Diagnostics;
 using System.Numerics.Tensors;
 using Akka.Actor;
 using Akka.Event;
+using DistributedBackprop.Actors.Serialization;
+using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
 
 namespace DistributedBackprop.Actors;
@@ -30,6 +32,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
     private readonly TrainingSession _session;
     private readonly IActorRef _coordinator;
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly Courier _courier = Courier.Get(Context.System);
+    private readonly string _architecture;
     private readonly List<WorkerSlot> _workers = [];
     private readonly TreeReducer _reducer;
     private readonly int _chunks;
@@ -47,6 +51,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         _session = session;
         _coordinator = coordinator;
         _chunks = session.Config.Chunks;
+        _architecture = session.Architecture.Describe();
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
@@ -73,10 +78,17 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             Sender.Tell(new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1));
             return;
         }
+        if (Refusal(message) is string reason)
+        {
+            _log.Error("refused {0}: {1}", message.WorkerName, reason);
+            Sender.Tell(new WorkerRefused(message.WorkerName, reason));
+            return;
+        }
         var slot = new WorkerSlot(Sender, message.WorkerName);
         _workers.Add(slot);
         Context.Watch(Sender);
         _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _workers.Count);
+        _coordinator.Tell(new WorkerJoined(message.WorkerName, _workers.Count));
         Sender.Tell(new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + 1));
         if (_step is { Orphaned.Count: > 0 })
         {
@@ -93,6 +105,30 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             StartStep();
         }
     }
+
+    /// <summary>Why a worker would not reproduce this server's bits, or null if it would.</summary>
+    private string? Refusal(RegisterWorker m)
+    {
+        if (m.ProtocolVersion != WireFormat.ProtocolVersion)
+        {
+            return $"protocol version {m.ProtocolVersion}, the server speaks {WireFormat.ProtocolVersion}";
+        }
+        if (m.DataHash != _session.DataHash)
+        {
+            return $"it loaded different training data (content hash {Short(m.DataHash)}, the server's is {Short(_session.DataHash)})";
+        }
+        if (m.Architecture != _architecture)
+        {
+            return $"it built the network {m.Architecture}, the server trains {_architecture}";
+        }
+        if (m.NumericFingerprint != NumericFingerprint.Value)
+        {
+            return $"its CPU/runtime computes different floating-point results (fingerprint {m.NumericFingerprint}, the server's is {NumericFingerprint.Value}), so it could not reproduce the server's bits";
+        }
+        return null;
+    }
+
+    private static string Short(string hash) => hash.Length > 12 ? hash[..12] + "…" : hash;
 
     private void Train(TrainEpoch message)
     {
@@ -147,7 +183,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
     {
         StepInProgress step = _step!;
         worker.Assigned.Add((lo, hi));
-        worker.Ref.Tell(new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, step.Parameters));
+        _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, step.Parameters), Self);
     }
 
     private void Accept(GradientsComputed message)
@@ -155,12 +191,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         WorkerSlot? worker = _workers.Find(w => w.Ref.Equals(Sender));
         if (worker is null)
         {
+            message.Pool?.Return(message.Gradient);
             _unregisteredIgnored++;
             _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
             return;
         }
         if (_failed || _step is null || message.Step != _step.Step || _updating)
         {
+            message.Pool?.Return(message.Gradient);
             _staleDropped++;
             _epoch.Dropped++;
             return;
@@ -182,9 +220,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         }
         if (!_reducer.TryAdd(message.Node, message.Gradient, message.Result))
         {
+            message.Pool?.Return(message.Gradient);
             _duplicatesDropped++;
             _epoch.Dropped++;
             return;
+        }
+        if (message.Pool is not null)
+        {
+            _step.Pooled.Add((message.Gradient, message.Pool));
         }
         long now = Stopwatch.GetTimestamp();
         _step.FirstArrival ??= now;
@@ -234,6 +277,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         Stash.UnstashAll();
         _session.EndStep();
         StepInProgress step = _step!;
+        foreach (var (array, pool) in step.Pooled)
+        {
+            pool.Return(array);
+        }
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
         int workers = _workers.Count(w => w.DeliveredThisStep);
@@ -355,6 +402,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         public long Started { get; } = started;
         public long? FirstArrival { get; set; }
         public List<(int Lo, int Hi)> Orphaned { get; } = [];
+        public List<(float[] Array, FloatArrayPool Pool)> Pooled { get; } = [];
     }
 
     private sealed class EpochCounters

@@ -25,6 +25,8 @@ public sealed class TrainingCoordinator : ReceiveActor
 {
     private readonly TrainingSession _session;
     private readonly int _initialWorkers;
+    private readonly int _minimumWorkers;
+    private bool _started;
     private readonly ITrainingObserver _observer;
     private readonly CheckpointPolicy? _checkpoints;
     private readonly TaskCompletionSource<TrainingOutcome> _completion;
@@ -37,10 +39,11 @@ public sealed class TrainingCoordinator : ReceiveActor
     private long _lastStep;
     private int? _pendingNextEpoch;
 
-    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion)
+    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1)
     {
         _session = session;
         _initialWorkers = workers;
+        _minimumWorkers = minimumWorkers < 0 ? workers : minimumWorkers;
         _observer = observer;
         _checkpoints = checkpoints;
         _completion = completion;
@@ -52,6 +55,15 @@ public sealed class TrainingCoordinator : ReceiveActor
         Receive<CheckpointSaved>(OnCheckpointSaved);
         Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason)));
         Receive<AddWorker>(_ => StartWorker());
+        Receive<WorkerJoined>(j =>
+        {
+            _log.Info("{0} joined: {1} of at least {2} workers", j.WorkerName, j.Workers, _minimumWorkers);
+            if (!_started && j.Workers >= _minimumWorkers)
+            {
+                StartTraining();
+            }
+        });
+        Receive<WorkerRefused>(r => Finish(new TrainingFailedException($"{r.WorkerName} was refused: {r.Reason}")));
         Receive<Status.Failure>(f => Finish(f.Cause));
         Receive<Terminated>(t =>
         {
@@ -62,8 +74,10 @@ public sealed class TrainingCoordinator : ReceiveActor
         });
     }
 
-    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion) =>
-        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion));
+    /// <param name="workers">local worker actors to start.</param>
+    /// <param name="minimumWorkers">training starts once this many workers have registered (local and remote); default: <paramref name="workers"/>.</param>
+    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1) =>
+        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers));
 
     /// <summary>The parameter server's name under the coordinator.</summary>
     public const string ServerName = "parameter-server";
@@ -82,6 +96,16 @@ public sealed class TrainingCoordinator : ReceiveActor
             Finish(null);
             return;
         }
+        if (_minimumWorkers == 0)
+        {
+            StartTraining();
+        }
+    }
+
+    private void StartTraining()
+    {
+        _started = true;
+        _clock.Restart();
         _server.Tell(new TrainEpoch(_session.Epoch, NeedParameters));
     }
 
@@ -99,7 +123,7 @@ public sealed class TrainingCoordinator : ReceiveActor
     private void StartWorker()
     {
         string name = $"worker-{++_workersStarted}";
-        Context.ActorOf(Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config)), name);
+        Context.ActorOf(Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config, _session.DataHash)), name);
     }
 
     private void OnStep(StepApplied step)

@@ -1,14 +1,19 @@
 using System.Diagnostics;
 using Akka.Actor;
 using Akka.Event;
+using DistributedBackprop.Actors.Serialization;
+using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 
 namespace DistributedBackprop.Actors;
 
-/// <summary>What a worker needs to compute gradients: the network shape, its (preprocessed) training rows and the run's config.</summary>
-public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config);
+/// <summary>
+/// What a worker needs to compute gradients: the network shape, its (preprocessed) training rows, the run's
+/// config, and the content hash of the raw data the rows came from (checked by the server).
+/// </summary>
+public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config, string DataHash);
 
 /// <summary>
 /// A worker. Registers with the parameter server on start (<see cref="RegisterWorker"/>), then answers each
@@ -19,7 +24,8 @@ public sealed record WorkerSetup(Architecture Architecture, Dataset Train, Train
 /// Gradients are computed synchronously in the message handler, so the worker must run on the dedicated
 /// compute dispatcher (<see cref="DispatcherId"/>): one pinned thread per worker, away from Akka's default
 /// dispatcher and the thread pool. Gradient buffers are pooled: a buffer lent for step s is lent again only
-/// for a later step, by which time the server has finished with it.
+/// for a later step, by which time the server has finished with it. A <see cref="WorkerRefused"/> (data,
+/// network or floating-point results differ from the server's) stops the worker and is passed to its parent.
 /// </summary>
 public sealed class Worker : ReceiveActor
 {
@@ -32,6 +38,7 @@ public sealed class Worker : ReceiveActor
     private readonly List<TreeNode> _nodes = [];
     private readonly List<(float[] Buffer, long LentForStep)> _pool = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly Courier _courier = Courier.Get(Context.System);
     private EpochPlan? _plan;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
@@ -41,13 +48,20 @@ public sealed class Worker : ReceiveActor
         _setup = setup;
         _computer = new NodeGradientComputer(setup.Architecture, setup.Train);
         Receive<WorkerAccepted>(m => _log.Debug("{0} accepted; work from step {1}", _name, m.NextStep));
+        Receive<WorkerRefused>(m =>
+        {
+            _log.Error("{0} was refused by the parameter server: {1}", _name, m.Reason);
+            Context.Parent.Tell(m);
+            Context.Stop(Self);
+        });
         Receive<ComputeGradients>(Compute);
     }
 
     public static Props Props(IActorRef server, string name, WorkerSetup setup) =>
         Akka.Actor.Props.Create(() => new Worker(server, name, setup)).WithDispatcher(DispatcherId);
 
-    protected override void PreStart() => _server.Tell(new RegisterWorker(_name));
+    protected override void PreStart() =>
+        _server.Tell(new RegisterWorker(_name, WireFormat.ProtocolVersion, _setup.DataHash, _setup.Architecture.Describe(), NumericFingerprint.Value));
 
     private void Compute(ComputeGradients message)
     {
@@ -64,8 +78,9 @@ public sealed class Worker : ReceiveActor
             long start = Stopwatch.GetTimestamp();
             float[] gradient = Rent(message.Step);
             BatchResult result = _computer.Compute(message.Parameters, batch, config.Chunks, node, gradient);
-            _server.Tell(new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds));
+            _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds), Self);
         }
+        message.Pool?.Return(message.Parameters);
     }
 
     private float[] Rent(long step)

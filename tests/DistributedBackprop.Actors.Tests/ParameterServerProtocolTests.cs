@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.TestKit;
 using Akka.TestKit.Xunit2;
+using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
@@ -38,6 +39,10 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         }
     }
 
+    /// <summary>A registration that states exactly what the server computes with.</summary>
+    private static RegisterWorker Credentials(TrainingSession session, string name) =>
+        new(name, WireFormat.ProtocolVersion, session.DataHash, session.Architecture.Describe(), NumericFingerprint.Value);
+
     private Harness Start(params TestProbe[] workers)
     {
         TrainingSession session = Fixtures.Session();
@@ -45,8 +50,9 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref), "parameter-server");
         for (int i = 0; i < workers.Length; i++)
         {
-            server.Tell(new RegisterWorker($"worker-{i + 1}"), workers[i].Ref);
+            server.Tell(Credentials(session, $"worker-{i + 1}"), workers[i].Ref);
             workers[i].ExpectMsg<WorkerAccepted>(a => a.WorkerName == $"worker-{i + 1}");
+            coordinator.ExpectMsg<WorkerJoined>(j => j.Workers == i + 1);
         }
         return new Harness { Session = session, Coordinator = coordinator, Server = server, Computer = new NodeGradientComputer(session.Architecture, session.Train) };
     }
@@ -209,10 +215,39 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Harness h = Start(w1);
         h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
         ComputeGradients work = w1.ExpectMsg<ComputeGradients>();
-        h.Server.Tell(new RegisterWorker("late"), late.Ref);
+        h.Server.Tell(Credentials(h.Session, "late"), late.Ref);
         Assert.Equal(1, late.ExpectMsg<WorkerAccepted>().NextStep);
         late.ExpectNoMsg(TimeSpan.FromMilliseconds(100));
         Deliver(h, w1, work);
         Assert.Equal((1L, 4, 8), late.ExpectMsg<ComputeGradients>() is var m ? (m.Step, m.ChunkLo, m.ChunkHi) : default);
+    }
+
+    [Theory]
+    [InlineData("protocol")]
+    [InlineData("data")]
+    [InlineData("network")]
+    [InlineData("fingerprint")]
+    public void WorkerThatWouldNotReproduceTheBits_IsRefused(string difference)
+    {
+        TestProbe candidate = CreateTestProbe();
+        Harness h = Start();
+        RegisterWorker honest = Credentials(h.Session, "odd-one");
+        RegisterWorker odd = difference switch
+        {
+            "protocol" => honest with { ProtocolVersion = 99 },
+            "data" => honest with { DataHash = "0123456789abcdef" },
+            "network" => honest with { Architecture = "12-99-4 relu,softmax cross_entropy" },
+            _ => honest with { NumericFingerprint = "ffffffffffffffff" },
+        };
+        h.Server.Tell(odd, candidate.Ref);
+        WorkerRefused refused = candidate.ExpectMsg<WorkerRefused>();
+        Assert.Contains(difference switch
+        {
+            "protocol" => "protocol version 99",
+            "data" => "different training data",
+            "network" => "it built the network 12-99-4",
+            _ => "different floating-point results",
+        }, refused.Reason);
+        h.Coordinator.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
     }
 }

@@ -16,7 +16,15 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
     /// <summary>One instance of every wire message type, with awkward values.</summary>
     public static IEnumerable<object> Samples() =>
     [
-        new RegisterWorker("worker-ü-1"),
+        new RegisterWorker("worker-ü-1", 1, "abc123", "64-128-10 relu,softmax cross_entropy", "0f1e2d3c"),
+        new WorkerRefused("worker-2", "different data"),
+        new WorkerJoined("worker-3", 3),
+        new Cluster.JoinRequest("node-a", 1, 128000, "10.0.0.2:4054", true),
+        new Cluster.JoinAccepted("{\"epochs\":3}", null, "label", 0.2, "hash", "4-3-2 relu,softmax cross_entropy", [0.5f, 1f], [2f, 3f], "10.0.0.1:4054"),
+        new Cluster.JoinRefused("protocol version 2"),
+        Cluster.RequestTrainingData.Instance,
+        new Cluster.TrainingDataChunk(4096, 60000, 2, [1f, 2f, 3f, 4f], [7, 8]),
+        new Cluster.TrainingFinished(7035, true, "done"),
         new WorkerAccepted("w", long.MaxValue),
         new ComputeGradients(7, 2, 3, 1, 5, [1.5f, -0f, float.Epsilon, float.MaxValue]),
         new GradientsComputed(9, new TreeNode(4, 4), new BatchResult(1.25, 3, 17), [0.1f, float.NegativeInfinity], 0.003),
@@ -119,6 +127,8 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         ComputeGradients m => $"{m with { Parameters = [] }} [{string.Join(',', m.Parameters.Select(BitConverter.SingleToInt32Bits))}]",
         GradientsComputed m => $"{m with { Gradient = [] }} [{string.Join(',', m.Gradient.Select(BitConverter.SingleToInt32Bits))}]",
         EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = Empty, WorkerBusyFraction = Empty }} [{string.Join(',', m.Parameters)}] {Spell(m.WorkerStepsPerSecond)} {Spell(m.WorkerBusyFraction)}",
+        Cluster.JoinAccepted m => $"{m with { PreprocessShift = [], PreprocessScale = [] }} [{string.Join(',', m.PreprocessShift)}] [{string.Join(',', m.PreprocessScale)}]",
+        Cluster.TrainingDataChunk m => $"{m with { Values = [], Labels = [] }} [{string.Join(',', m.Values)}] [{string.Join(',', m.Labels)}]",
         _ => message.ToString()!,
     };
 }

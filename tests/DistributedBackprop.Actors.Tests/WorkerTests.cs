@@ -13,8 +13,11 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
     {
         TrainingSession session = Fixtures.Session();
         var server = CreateTestProbe();
-        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config)), "worker-1");
-        Assert.Equal("worker-1", server.ExpectMsg<RegisterWorker>().WorkerName);
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config, session.DataHash)), "worker-1");
+        RegisterWorker registration = server.ExpectMsg<RegisterWorker>();
+        Assert.Equal("worker-1", registration.WorkerName);
+        Assert.Equal(session.DataHash, registration.DataHash);
+        Assert.Equal(session.Architecture.Describe(), registration.Architecture);
 
         float[] parameters = (float[])session.Parameters.Clone();
         worker.Tell(new ComputeGradients(5, 0, 5, 0, 3, parameters), server.Ref);
@@ -38,7 +41,7 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
     {
         TrainingSession session = Fixtures.Session();
         var server = CreateTestProbe();
-        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config)));
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config, session.DataHash)));
         server.ExpectMsg<RegisterWorker>();
         float[] parameters = (float[])session.Parameters.Clone();
         worker.Tell(new ComputeGradients(0, 0, 0, 0, 8, parameters), server.Ref);
@@ -55,7 +58,7 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
     public void Worker_RunsOnTheComputeDispatcher()
     {
         TrainingSession session = Fixtures.Session();
-        Props props = Worker.Props(CreateTestProbe().Ref, "w", new WorkerSetup(session.Architecture, session.Train, session.Config));
+        Props props = Worker.Props(CreateTestProbe().Ref, "w", new WorkerSetup(session.Architecture, session.Train, session.Config, session.DataHash));
         Assert.Equal(Worker.DispatcherId, props.Dispatcher);
         Assert.True(Sys.Dispatchers.HasDispatcher(Worker.DispatcherId));
     }

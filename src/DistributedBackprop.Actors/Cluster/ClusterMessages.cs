@@ -1,0 +1,39 @@
+namespace DistributedBackprop.Actors.Cluster;
+
+/// <summary>
+/// Worker node → server's gatekeeper, once the node is a cluster member: may it take part? States the
+/// protocol version and Akka frame size it runs with (all nodes must agree), where its bulk tensor channel
+/// listens (host:port), and whether it needs the training data streamed because it has no files.
+/// </summary>
+public sealed record JoinRequest(string NodeName, int ProtocolVersion, long MaximumFrameSize, string BulkEndpoint, bool WantsStreamedData) : IWireMessage;
+
+/// <summary>
+/// Gatekeeper → worker node: the run's configuration (JSON), where the server read its data and how it
+/// split it, the content hash and network it expects, the input preprocessing fitted on the server's
+/// training rows, and the server's bulk channel endpoint.
+/// </summary>
+public sealed record JoinAccepted(
+    string ConfigJson,
+    string? DataPath,
+    string? LabelColumn,
+    double TestFraction,
+    string DataHash,
+    string Architecture,
+    float[] PreprocessShift,
+    float[] PreprocessScale,
+    string ServerBulkEndpoint) : IWireMessage;
+
+/// <summary>Gatekeeper → worker node: it may not join; the node exits with this reason.</summary>
+public sealed record JoinRefused(string Reason) : IWireMessage;
+
+/// <summary>Worker node → gatekeeper: stream me the (preprocessed) training rows.</summary>
+public sealed record RequestTrainingData : IWireMessage
+{
+    public static readonly RequestTrainingData Instance = new();
+}
+
+/// <summary>Gatekeeper → worker node, over the bulk channel: rows [FirstRow, FirstRow + Labels.Length) of TotalRows.</summary>
+public sealed record TrainingDataChunk(int FirstRow, int TotalRows, int Features, float[] Values, int[] Labels) : IWireMessage;
+
+/// <summary>Server → every worker node: training is over (or failed); the node shuts down and its process exits.</summary>
+public sealed record TrainingFinished(long Steps, bool Succeeded, string Message) : IWireMessage;
