@@ -312,7 +312,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             return;
         }
         _workers.Remove(worker);
-        _log.Warning("worker {0} died ({1} left)", worker.Name, _workers.Count);
+        if (_session.IsFinished) _log.Info("worker {0} left after training ({1} left)", worker.Name, _workers.Count);
+        else _log.Warning("worker {0} died ({1} left)", worker.Name, _workers.Count);
         if (_step is null)
         {
             return;

@@ -69,7 +69,8 @@ public sealed class BulkChannel : IDisposable
     public void Send(string endpoint, IActorRef recipient, object message, IActorRef sender)
     {
         Outgoing connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e));
-        var frame = new Frame(recipient.Path.ToStringWithAddress(), sender.Path.ToStringWithAddress(_system.Provider.DefaultAddress), message);
+        // Full paths with the actors' UIDs: the receiver resolves them to refs equal to the ones it knows.
+        var frame = new Frame(Akka.Serialization.Serialization.SerializedActorPath(recipient), Akka.Serialization.Serialization.SerializedActorPath(sender), message);
         if (!connection.Queue.TryAdd(frame, TimeSpan.FromSeconds(30)))
         {
             _log.Warning("bulk channel to {0}: {1} frames in flight for 30 s; dropped a {2}", endpoint, MaxFramesInFlight, message.GetType().Name);

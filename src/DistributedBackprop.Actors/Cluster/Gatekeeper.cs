@@ -1,0 +1,95 @@
+using Akka.Actor;
+using Akka.Event;
+using DistributedBackprop.Actors.Serialization;
+using DistributedBackprop.Actors.Transport;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors.Cluster;
+
+/// <summary>Where the server found its data, so joining workers can load the same rows.</summary>
+public sealed record ServerData(string? DataPath, string? LabelColumn, double TestFraction);
+
+/// <summary>Local: tell every joined worker node that training is over; answered with <see cref="Status.Success"/>.</summary>
+public sealed record AnnounceFinish(TrainingFinished Message) : INoSerializationVerificationNeeded;
+
+/// <summary>
+/// The server node's door. A worker node's agent sends <see cref="JoinRequest"/>; the gatekeeper checks the
+/// protocol version and Akka frame size (all nodes must agree), records the node's bulk channel endpoint,
+/// and answers <see cref="JoinAccepted"/> (the run's configuration, the data to load, the preprocessing and
+/// hashes to match) or <see cref="JoinRefused"/>. It streams the training rows to nodes that ask
+/// (<see cref="RequestTrainingData"/>) and, at the end, tells every node <see cref="TrainingFinished"/>.
+/// Registration for work itself happens between the node's worker and the parameter server.
+/// </summary>
+public sealed class Gatekeeper : ReceiveActor
+{
+    private const int ChunkBytes = 1 << 20;
+    private readonly TrainingSession _session;
+    private readonly ServerData _data;
+    private readonly string _bulkEndpoint;
+    private readonly long _frameSize;
+    private readonly Courier _courier = Courier.Get(Context.System);
+    private readonly HashSet<IActorRef> _agents = [];
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+
+    public Gatekeeper(TrainingSession session, ServerData data, string bulkEndpoint, long frameSize)
+    {
+        _session = session;
+        _data = data;
+        _bulkEndpoint = bulkEndpoint;
+        _frameSize = frameSize;
+        Receive<JoinRequest>(Join);
+        Receive<RequestTrainingData>(_ => Stream(Sender));
+        Receive<AnnounceFinish>(Announce);
+        Receive<Terminated>(t => _agents.Remove(t.ActorRef));
+    }
+
+    public static Props Props(TrainingSession session, ServerData data, string bulkEndpoint, long frameSize) =>
+        Akka.Actor.Props.Create(() => new Gatekeeper(session, data, bulkEndpoint, frameSize));
+
+    private void Join(JoinRequest request)
+    {
+        string? problem = request.ProtocolVersion != WireFormat.ProtocolVersion
+            ? $"node {request.NodeName} speaks protocol version {request.ProtocolVersion}, the server {WireFormat.ProtocolVersion}"
+            : request.MaximumFrameSize != _frameSize
+            ? $"node {request.NodeName} runs with akka.remote.dot-netty.tcp.maximum-frame-size = {request.MaximumFrameSize}, the server with {_frameSize}; all nodes must agree"
+            : null;
+        if (problem is not null)
+        {
+            _log.Error("refused node {0}: {1}", request.NodeName, problem);
+            Sender.Tell(new JoinRefused(problem));
+            return;
+        }
+        _courier.RegisterPeer(Sender.Path.Address, request.BulkEndpoint);
+        if (_agents.Add(Sender))
+        {
+            Context.Watch(Sender);
+            _log.Info("node {0} joined from {1} (bulk channel {2})", request.NodeName, Sender.Path.Address, request.BulkEndpoint);
+        }
+        _courier.Send(Sender, new JoinAccepted(
+            _session.Config.ToJson(), _data.DataPath, _data.LabelColumn, _data.TestFraction, _session.DataHash,
+            _session.Architecture.Describe(), _session.Preprocessing.Shift, _session.Preprocessing.Scale, _bulkEndpoint), Self);
+    }
+
+    /// <summary>The preprocessed training rows, in chunks of about a megabyte, over the bulk channel.</summary>
+    private void Stream(IActorRef agent)
+    {
+        var train = _session.Train;
+        int rowsPerChunk = Math.Max(1, ChunkBytes / (train.Features * sizeof(float)));
+        for (int first = 0; first < train.Rows; first += rowsPerChunk)
+        {
+            int rows = Math.Min(rowsPerChunk, train.Rows - first);
+            _courier.Send(agent, new TrainingDataChunk(first, train.Rows, train.Features,
+                train.Values.AsSpan(first * train.Features, rows * train.Features).ToArray(), train.Labels.AsSpan(first, rows).ToArray()), Self);
+        }
+        _log.Info("streamed {0} training rows to {1}", train.Rows, agent.Path.Address);
+    }
+
+    private void Announce(AnnounceFinish finish)
+    {
+        foreach (IActorRef agent in _agents)
+        {
+            agent.Tell(finish.Message);
+        }
+        Sender.Tell(new Status.Success(_agents.Count));
+    }
+}

@@ -1,0 +1,174 @@
+using Akka.Actor;
+using Akka.Event;
+using DistributedBackprop.Actors.Serialization;
+using DistributedBackprop.Actors.Transport;
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using ClusterEvents = Akka.Cluster.ClusterEvent;
+
+namespace DistributedBackprop.Actors.Cluster;
+
+/// <summary>How a worker process ended: <see cref="ExitCode"/> 0 when training finished.</summary>
+public sealed record WorkerExit(int ExitCode, string Message);
+
+/// <summary>What a worker node was told on its command line.</summary>
+public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData);
+
+/// <summary>
+/// A worker node's agent. Once the node is a cluster member and the parameter-server node is up, it sends
+/// the server's gatekeeper a <see cref="JoinRequest"/> (repeated until answered), loads the training data
+/// the <see cref="JoinAccepted"/> describes (its own path with --data, or streamed from the server) off the
+/// actor, rebuilds exactly the server's training rows (same split, the server's preprocessing), and starts
+/// the node's <see cref="Worker"/>, which registers with the parameter server. It completes the process's
+/// exit when the server says <see cref="TrainingFinished"/>, refuses the worker, or disappears.
+/// </summary>
+public sealed class WorkerAgent : ReceiveActor, IWithTimers
+{
+    private readonly WorkerNodeOptions _options;
+    private readonly TaskCompletionSource<WorkerExit> _exit;
+    private readonly Akka.Cluster.Cluster _cluster = Akka.Cluster.Cluster.Get(Context.System);
+    private readonly Courier _courier = Courier.Get(Context.System);
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private Address? _server;
+    private JoinAccepted? _accepted;
+    private float[]? _streamedValues;
+    private int[]? _streamedLabels;
+    private int _streamedRows;
+
+    public WorkerAgent(WorkerNodeOptions options, TaskCompletionSource<WorkerExit> exit)
+    {
+        _options = options;
+        _exit = exit;
+        Receive<ClusterEvents.MemberUp>(m => ServerMaybeUp(m.Member));
+        Receive<ClusterEvents.MemberWeaklyUp>(m => ServerMaybeUp(m.Member));
+        Receive<ClusterEvents.MemberRemoved>(m => ServerMaybeGone(m.Member.Address, "was removed from the cluster"));
+        Receive<ClusterEvents.UnreachableMember>(m => _log.Warning("node {0} is unreachable", m.Member.Address));
+        Receive<ClusterEvents.IClusterDomainEvent>(_ => { });
+        Receive<RetryJoin>(_ => AskToJoin());
+        Receive<JoinAccepted>(Accepted);
+        Receive<JoinRefused>(r => Exit(2, $"the server refused this node: {r.Reason}"));
+        Receive<TrainingDataChunk>(Chunk);
+        Receive<DataReady>(Ready);
+        Receive<Status.Failure>(f => Exit(2, f.Cause is DataException or ArgumentException ? f.Cause.Message : f.Cause.ToString()));
+        Receive<WorkerRefused>(r => Exit(2, $"the parameter server refused {r.WorkerName}: {r.Reason}"));
+        Receive<TrainingFinished>(f => Exit(f.Succeeded ? 0 : 1, f.Succeeded ? $"training finished after {f.Steps} steps" : $"training failed on the server: {f.Message}"));
+        Receive<Terminated>(_ => Exit(1, "the worker actor stopped"));
+    }
+
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    public static Props Props(WorkerNodeOptions options, TaskCompletionSource<WorkerExit> exit) =>
+        Akka.Actor.Props.Create(() => new WorkerAgent(options, exit));
+
+    protected override void PreStart() =>
+        _cluster.Subscribe(Self, ClusterEvents.SubscriptionInitialStateMode.InitialStateAsEvents,
+            typeof(ClusterEvents.MemberUp), typeof(ClusterEvents.MemberWeaklyUp), typeof(ClusterEvents.MemberRemoved), typeof(ClusterEvents.UnreachableMember));
+
+    protected override void PostStop() => _cluster.Unsubscribe(Self);
+
+    private void ServerMaybeUp(Akka.Cluster.Member member)
+    {
+        if (_server is null && member.HasRole(ClusterNaming.ServerRole))
+        {
+            _server = member.Address;
+            _log.Info("parameter-server node is up at {0}", _server);
+            AskToJoin();
+        }
+    }
+
+    private void ServerMaybeGone(Address address, string what)
+    {
+        if (address.Equals(_server))
+        {
+            Exit(1, $"the parameter server at {address} {what} before training finished");
+        }
+    }
+
+    private void AskToJoin()
+    {
+        if (_accepted is not null || _server is null)
+        {
+            return;
+        }
+        long frameSize = Context.System.Settings.Config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
+        Context.ActorSelection(new RootActorPath(_server) / "user" / ClusterNaming.GatekeeperName)
+            .Tell(new JoinRequest(_options.Name, WireFormat.ProtocolVersion, frameSize, _courier.Channel!.Endpoint, _options.StreamData));
+        Timers.StartSingleTimer("join", RetryJoin.Instance, TimeSpan.FromSeconds(2));
+    }
+
+    private void Accepted(JoinAccepted accepted)
+    {
+        if (_accepted is not null)
+        {
+            return;
+        }
+        _accepted = accepted;
+        Timers.Cancel("join");
+        _courier.RegisterPeer(Sender.Path.Address, accepted.ServerBulkEndpoint);
+        _log.Info("joined; training {0}", accepted.Architecture);
+        if (_options.StreamData)
+        {
+            Sender.Tell(RequestTrainingData.Instance);
+            return;
+        }
+        string? path = _options.DataOverride ?? accepted.DataPath;
+        Task.Run(() => Load(path, accepted)).PipeTo(Self);
+    }
+
+    /// <summary>The server's training rows rebuilt from this node's copy of the data.</summary>
+    private static DataReady Load(string? path, JoinAccepted accepted)
+    {
+        TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
+        Dataset raw = DataSources.Load(path, accepted.LabelColumn).Train;
+        string hash = raw.ContentHash();
+        Dataset train = accepted.TestFraction > 0 ? DataSources.Split(raw, accepted.TestFraction, config.Seed).Train : raw;
+        return new DataReady(new Preprocessing(accepted.PreprocessShift, accepted.PreprocessScale).Apply(train), hash, config);
+    }
+
+    private void Chunk(TrainingDataChunk chunk)
+    {
+        if (_accepted is null)
+        {
+            return;
+        }
+        _streamedValues ??= new float[(long)chunk.TotalRows * chunk.Features];
+        _streamedLabels ??= new int[chunk.TotalRows];
+        chunk.Values.CopyTo(_streamedValues, (long)chunk.FirstRow * chunk.Features);
+        chunk.Labels.CopyTo(_streamedLabels, chunk.FirstRow);
+        _streamedRows += chunk.Labels.Length;
+        if (_streamedRows == chunk.TotalRows)
+        {
+            TrainingConfig config = TrainingConfig.FromJson(_accepted.ConfigJson);
+            int classes = int.Parse(_accepted.Architecture.Split(' ')[0].Split('-')[^1], System.Globalization.CultureInfo.InvariantCulture);
+            var rows = new Dataset("streamed from the server", chunk.Features, _streamedValues, _streamedLabels,
+                Enumerable.Range(0, classes).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), DataKind.Table);
+            // The rows are the server's own, already preprocessed: they match its hash by construction.
+            Self.Tell(new DataReady(rows, _accepted.DataHash, config));
+        }
+    }
+
+    private void Ready(DataReady data)
+    {
+        var architecture = data.Config.BuildArchitecture(data.Train.Features, data.Train.Classes.Count);
+        ActorPath path = new RootActorPath(_server!) / "user" / "coordinator" / TrainingCoordinator.ServerName;
+        IActorRef server = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);
+        IActorRef worker = Context.ActorOf(Worker.Props(server, _options.Name, new WorkerSetup(architecture, data.Train, data.Config, data.Hash)), "worker");
+        Context.Watch(worker);
+        _log.Info("worker {0} started with {1} training rows", _options.Name, data.Train.Rows);
+    }
+
+    private void Exit(int code, string message)
+    {
+        if (_exit.TrySetResult(new WorkerExit(code, message)))
+        {
+            if (code == 0) _log.Info(message); else _log.Error(message);
+        }
+    }
+
+    private sealed record RetryJoin : INoSerializationVerificationNeeded
+    {
+        public static readonly RetryJoin Instance = new();
+    }
+
+    private sealed record DataReady(Dataset Train, string Hash, TrainingConfig Config) : INoSerializationVerificationNeeded;
+}
