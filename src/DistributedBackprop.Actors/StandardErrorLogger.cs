@@ -5,7 +5,7 @@ using Akka.Event;
 namespace DistributedBackprop.Actors;
 
 /// <summary>
-/// Akka's logger for dbp: one line per event on standard error ("dbp [warning] source: message"), so
+/// Akka's logger for dbp: one line per event on standard error ("dbp 12:34:56.789 [warning] source: message"), so
 /// actor-system diagnostics never mix with a command's standard output (CSV, JSON).
 /// </summary>
 public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<ILoggerMessageQueueSemantics>
@@ -26,7 +26,8 @@ public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<IL
             _ => "debug",
         };
         string source = e.LogSource.Split('/').LastOrDefault() ?? e.LogSource;
-        string line = $"dbp [{level}] {source}: {e.Message}{(e is Error { Cause: { } cause } ? ": " + cause.Message : "")}";
+        string time = e.Timestamp.ToUniversalTime().ToString("HH:mm:ss.fff", System.Globalization.CultureInfo.InvariantCulture);
+        string line = $"dbp {time} [{level}] {source}: {e.Message}{(e is Error { Cause: { } cause } ? ": " + cause.Message : "")}";
         Console.Error.WriteLine(line);
     }
 }

@@ -16,6 +16,8 @@ public static class Program
         root.Subcommands.Add(PredictCommand.Create());
         root.Subcommands.Add(GradientsCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(WorkerCommand.Create());
 
         ParseResult parse = root.Parse(args);
         bool wantsHelp = args.Any(a => a is "-h" or "--help" or "-?");

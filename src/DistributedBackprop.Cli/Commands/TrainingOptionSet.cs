@@ -106,7 +106,11 @@ internal sealed class TrainingOptionSet
     }
 
     /// <summary>Loads the data the options name and prepares the session (split, preprocessing).</summary>
-    public TrainingSession PrepareSession(ParseResult parse, TrainingConfig config, string? dataOverride = null)
+    public TrainingSession PrepareSession(ParseResult parse, TrainingConfig config, string? dataOverride = null) =>
+        PrepareSessionWithSplit(parse, config, dataOverride).Session;
+
+    /// <summary>As <see cref="PrepareSession"/>, also returning the test fraction actually split off (0 when the test set came from elsewhere).</summary>
+    public (TrainingSession Session, double SplitFraction) PrepareSessionWithSplit(ParseResult parse, TrainingConfig config, string? dataOverride = null)
     {
         string? dataPath = dataOverride ?? parse.GetValue(Data);
         string? label = parse.GetValue(Label);
@@ -127,6 +131,6 @@ internal sealed class TrainingOptionSet
             test = loaded.BundledTest;
         }
         double split = test is null ? fraction ?? 0.2 : 0;
-        return TrainingSession.Prepare(config, loaded.Train, test, split);
+        return (TrainingSession.Prepare(config, loaded.Train, test, split), split);
     }
 }

@@ -1,0 +1,151 @@
+using System.CommandLine;
+using System.Globalization;
+using DistributedBackprop.Actors;
+using DistributedBackprop.Actors.Cluster;
+using DistributedBackprop.Cli.Output;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>`dbp serve`: the cluster's seed node, with the parameter server and the training coordinator.</summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var training = new TrainingOptionSet();
+        var node = new NodeOptionSet();
+        var port = OptionParsing.IntInRange("--port", "Akka port of this node, the seed workers join (0 = any free port). Env: DBP_PORT.", 4053, 0);
+        var minWorkers = OptionParsing.PositiveInt("--min-workers", "Training starts once this many workers have registered; later ones join from the next step.", 1);
+        var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
+        var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
+        var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint (the parameter server restarts from it; same bits as an uninterrupted run).", HelpName = "FILE" };
+        var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto, bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
+
+        var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
+        training.AddTo(command);
+        node.AddTo(command);
+        foreach (Option option in new Option[] { port, minWorkers, output, metrics, checkpoint, resume, progress })
+        {
+            command.Options.Add(option);
+        }
+        command.SetAction(parse => CommandRunner.Run("serve", () =>
+        {
+            int? givenPort = parse.GetResult(port) is { Implicit: false } ? parse.GetValue(port) : null;
+            NodeSettings settings = node.Settings(parse, givenPort, null);
+            settings = settings with { Port = settings.Port ?? 4053 };
+            if (parse.GetValue(node.ShowConfig))
+            {
+                return NodeOptionSet.Show(settings, ClusterNaming.ServerRole);
+            }
+            TrainingConfig config = training.Config(parse);
+            var (session, split) = training.PrepareSessionWithSplit(parse, config);
+            if (parse.GetValue(resume) is string resumeFrom)
+            {
+                session.RestoreCheckpoint(resumeFrom);
+            }
+            string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
+            TrainCommand.CheckWritable(modelPath, "--out");
+            TrainCommand.CheckWritable(metricsPath, "--metrics");
+            TrainCommand.CheckWritable(checkpointPath, "--checkpoint");
+            string? dataPath = parse.GetValue(training.Data) is string d ? Path.GetFullPath(d) : null;
+
+            var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath));
+            int wanted = parse.GetValue(minWorkers);
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath), new ServerData(dataPath, parse.GetValue(training.Label), split));
+            Console.Error.WriteLine($"dbp serve: listening at {server.Address} (bulk channel {server.Channel.Endpoint}); waiting for {wanted} worker(s): dbp worker --join {server.Address.Host}:{server.Address.Port}");
+            bool succeeded = false;
+            string message = "";
+            try
+            {
+                string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
+                display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates ? "" : $"  {rates.Count} workers";
+                display.Run(title, session.TotalSteps, session.GlobalStep, () =>
+                {
+                    try
+                    {
+                        server.Completion.GetAwaiter().GetResult();
+                    }
+                    catch (TrainingFailedException e)
+                    {
+                        throw new TrainingStoppedException(e.Message);
+                    }
+                });
+                EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
+                if (modelPath is not null)
+                {
+                    session.ToModel().Save(modelPath);
+                }
+                display.PrintSummary(modelPath, test);
+                succeeded = true;
+                message = $"training finished after {session.GlobalStep} steps";
+                long steps = Math.Max(1, session.GlobalStep);
+                double modelBytes = session.Parameters.Length * 4.0;
+                double perStep = (server.Channel.BytesSent + server.Channel.BytesReceived) / (double)steps;
+                int workers = display.Epochs.Count > 0 ? display.Epochs[^1].Workers : wanted;
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"cluster: first step {server.Formation.FirstStepAt?.TotalSeconds:F2} s after start; bulk channel {server.Channel.BytesSent / 1e6:F1} MB sent, {server.Channel.BytesReceived / 1e6:F1} MB received = {perStep / 1e6:F3} MB/step for {workers} worker(s) ({perStep / (2 * modelBytes * workers):F3} × the {modelBytes / 1e6:F3} MB model each way per worker)"));
+            }
+            catch (TrainingStoppedException e)
+            {
+                message = e.Message;
+                throw;
+            }
+            finally
+            {
+                server.AnnounceFinishAsync(new TrainingFinished(session.GlobalStep, succeeded, message)).GetAwaiter().GetResult();
+                server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+            return ExitCodes.Success;
+        }));
+        return command;
+    }
+}
+
+/// <summary>`dbp worker`: a worker node that joins a `dbp serve` cluster and computes gradients until training is over.</summary>
+internal static class WorkerCommand
+{
+    public static Command Create()
+    {
+        var node = new NodeOptionSet();
+        var join = new Option<string?>("--join") { Description = "The server's HOST:PORT (comma-separated for several seeds). Env: DBP_SEED_NODES.", HelpName = "HOST:PORT" };
+        var port = OptionParsing.IntInRange("--port", "Akka port of this node (0 = any free port). Env: DBP_PORT.", 0, 0);
+        var data = new Option<string?>("--data") { Description = "Where this node finds the training data (default: the path the server loaded). Its content must equal the server's.", HelpName = "PATH" };
+        var stream = new Option<bool>("--stream-data") { Description = "Receive the training rows from the server instead of reading files." };
+        var name = new Option<string?>("--name") { Description = "This worker's name (default: worker-HOST-PID).", HelpName = "NAME" };
+        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name };
+        node.AddTo(command);
+        command.SetAction(parse => CommandRunner.Run("worker", () =>
+        {
+            IReadOnlyList<string>? seeds = parse.GetValue(join)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            int? givenPort = parse.GetResult(port) is { Implicit: false } ? parse.GetValue(port) : null;
+            NodeSettings settings = node.Settings(parse, givenPort, seeds);
+            settings = settings with { Port = settings.Port ?? 0 };
+            if (parse.GetValue(node.ShowConfig))
+            {
+                return NodeOptionSet.Show(settings, ClusterNaming.WorkerRole);
+            }
+            if (settings.SeedNodes is not { Count: > 0 })
+            {
+                throw new UsageException("--join: the server's HOST:PORT is required (or set DBP_SEED_NODES)");
+            }
+            foreach (string seed in settings.SeedNodes)
+            {
+                settings.SeedAddress(seed); // validates HOST:PORT before anything starts
+            }
+            string workerName = parse.GetValue(name) ?? $"worker-{Sanitize(Environment.MachineName)}-{Environment.ProcessId}";
+            using var cancel = new CancellationTokenSource();
+            Console.CancelKeyPress += (_, e) =>
+            {
+                e.Cancel = true;
+                cancel.Cancel();
+            };
+            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream)), cancel.Token).GetAwaiter().GetResult();
+            (exit.ExitCode == 0 ? Console.Out : Console.Error).WriteLine($"dbp worker: {exit.Message}");
+            return exit.ExitCode;
+        }));
+        return command;
+    }
+
+    private static string Sanitize(string text) => new(text.Select(c => char.IsAsciiLetterOrDigit(c) || c == '-' ? c : '-').ToArray());
+}

@@ -1,0 +1,49 @@
+using System.CommandLine;
+using DistributedBackprop.Actors.Cluster;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>
+/// Where a cluster node listens and how it reaches the others; each option overrides the DBP_* variable of
+/// the same meaning, which overrides the HOCON file (cluster-config/README.md).
+/// </summary>
+internal sealed class NodeOptionSet
+{
+    public Option<string?> BindHost { get; } = new("--bind-host") { Description = "Address to bind (Akka and the bulk channel); 0.0.0.0 for all interfaces. Env: DBP_BIND_HOST. Default 127.0.0.1.", HelpName = "HOST" };
+    public Option<string?> PublicHostname { get; } = new("--public-hostname") { Description = "Address other nodes use to reach this one (a container's service name, a machine's IP). Env: DBP_PUBLIC_HOSTNAME. Default: the bind host, or this machine's first non-loopback IPv4 address when binding 0.0.0.0.", HelpName = "HOST" };
+    public Option<int?> BulkPort { get; } = new("--bulk-port") { Description = "Port of the bulk tensor channel (0 = any free port). Env: DBP_BULK_PORT.", HelpName = "PORT" };
+    public Option<string?> Config { get; } = new("--config") { Description = "HOCON file layered over the built-in cluster configuration. Env: DBP_CONFIG.", HelpName = "FILE" };
+    public Option<string?> TlsCertificate { get; } = new("--tls-certificate") { Description = "PKCS#12 certificate shared by all nodes: TLS for Akka (akka.ssl.tcp://) and the bulk channel. Env: DBP_TLS_CERTIFICATE.", HelpName = "FILE" };
+    public Option<string?> TlsPassword { get; } = new("--tls-password") { Description = "Password of the certificate. Env: DBP_TLS_PASSWORD.", HelpName = "PASSWORD" };
+    public Option<bool> ShowConfig { get; } = new("--show-config") { Description = "Print the resulting Akka configuration (remote, cluster) and exit." };
+
+    public void AddTo(Command command)
+    {
+        foreach (Option option in new Option[] { BindHost, PublicHostname, BulkPort, Config, TlsCertificate, TlsPassword, ShowConfig })
+        {
+            command.Options.Add(option);
+        }
+    }
+
+    public NodeSettings Settings(ParseResult parse, int? port, IReadOnlyList<string>? seeds) => new NodeSettings
+    {
+        BindHost = parse.GetValue(BindHost),
+        Port = port,
+        PublicHostname = parse.GetValue(PublicHostname),
+        SeedNodes = seeds,
+        BulkPort = parse.GetValue(BulkPort),
+        ConfigFile = parse.GetValue(Config),
+        TlsCertificate = parse.GetValue(TlsCertificate),
+        TlsPassword = parse.GetValue(TlsPassword),
+    }.Resolve();
+
+    /// <summary>--show-config: the parts of the configuration a user tunes.</summary>
+    public static int Show(NodeSettings settings, string role)
+    {
+        Akka.Configuration.Config config = settings.BuildConfig(role);
+        Console.WriteLine(config.GetConfig("akka.remote.dot-netty.tcp").ToString(includeFallback: true));
+        Console.WriteLine(config.GetConfig("akka.cluster").ToString(includeFallback: false));
+        Console.WriteLine($"# bulk channel: {settings.BindHost ?? "127.0.0.1"}:{settings.BulkPort ?? 0}, advertised as {settings.AdvertisedHost()}; seeds: {string.Join(", ", settings.SeedNodes ?? [])}");
+        return ExitCodes.Success;
+    }
+}

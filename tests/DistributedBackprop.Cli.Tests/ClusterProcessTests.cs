@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Xunit.Abstractions;
+
+namespace DistributedBackprop.Cli.Tests;
+
+/// <summary>
+/// Cluster mode with real processes on 127.0.0.1: `dbp serve` and `dbp worker` talking Akka.Remote over TCP
+/// and the bulk channel. Opt-in suite "multiprocess".
+/// </summary>
+[Trait("Category", "Integration")]
+public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("dbp-mp-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static readonly string[] Run = ["--epochs", "120", "--layers", "64", "--batch-size", "64", "--optimizer", "adam", "--lr", "0.002"];
+
+    [IntegrationFact("multiprocess")]
+    public void ServerAndThreeWorkerProcesses_WorkerKilledAndRestarted_GiveTheLocalModesBytes()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        DbpResult reference = DbpProcess.Run(_dir, ["train", .. Run, "--workers", "3", "--out", local, "--progress", "none"]);
+        Assert.True(reference.ExitCode == 0, reference.Stderr);
+
+        string metrics = Path.Combine(_dir, "metrics.jsonl");
+        using var server = new RunningDbp(_dir, ["serve", .. Run, "--port", "0", "--min-workers", "3", "--out", clustered, "--metrics", metrics, "--progress", "plain"]);
+        int port = int.Parse(server.WaitFor(@"listening at akka\.tcp://dbp@127\.0\.0\.1:(\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value, CultureInfo.InvariantCulture);
+        string seed = $"127.0.0.1:{port}";
+        using var w1 = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w1");
+        using var w2 = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w2");
+        using var w3 = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w3");
+
+        server.WaitFor(@"^epoch\s+10\b", TimeSpan.FromMinutes(2));
+        var clock = Stopwatch.StartNew();
+        w2.KillHard();
+        server.WaitFor(@"worker w2 died", TimeSpan.FromSeconds(30));
+        output.WriteLine($"SIGKILL of w2 noticed after {clock.Elapsed.TotalSeconds:F2} s");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"the dead worker was noticed only after {clock.Elapsed}");
+
+        using var restarted = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w2-restarted");
+        server.WaitFor(@"^epoch\s+120\b", TimeSpan.FromMinutes(3));
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(1)));
+        foreach (RunningDbp worker in new[] { w1, w3, restarted })
+        {
+            Assert.True(worker.WaitForExit(TimeSpan.FromSeconds(30)) == 0, worker.Output);
+            Assert.Contains("training finished after", worker.Output);
+        }
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
+        // The restarted worker got work: it has a step rate in the last epochs' metrics, the killed one has not.
+        using var last = System.Text.Json.JsonDocument.Parse(File.ReadAllLines(metrics)[^1]);
+        var rates = last.RootElement.GetProperty("worker_steps_per_second");
+        Assert.True(rates.TryGetProperty("w2-restarted", out var rate) && rate.GetDouble() > 0, rates.ToString());
+        Assert.False(rates.TryGetProperty("w2", out _), rates.ToString());
+        output.WriteLine(string.Join('\n', server.Lines.Where(l => l.StartsWith("cluster:", StringComparison.Ordinal))));
+    }
+
+    [IntegrationFact("multiprocess")]
+    public void WorkerWithoutFiles_StreamsTheData_AndTheServerRefusesDifferentData()
+    {
+        string csv = Path.Combine(_dir, "data.csv"), other = Path.Combine(_dir, "other.csv");
+        var lines = new List<string> { "a,b,c" };
+        for (int i = 0; i < 300; i++) lines.Add(string.Create(CultureInfo.InvariantCulture, $"{i % 7},{(i * 3) % 11},{(i % 3 == 0 ? "x" : "y")}"));
+        File.WriteAllLines(csv, lines);
+        lines[5] = "1,1,x";
+        File.WriteAllLines(other, lines);
+        string model = Path.Combine(_dir, "m.safetensors"), local = Path.Combine(_dir, "l.safetensors");
+        string[] run = ["--data", csv, "--epochs", "30", "--layers", "8"];
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. run, "--workers", "1", "--out", local, "--progress", "none"]).ExitCode);
+
+        using var server = new RunningDbp(_dir, ["serve", .. run, "--port", "0", "--min-workers", "1", "--out", model, "--progress", "none"]);
+        string seed = "127.0.0.1:" + server.WaitFor(@"listening at akka\.tcp://dbp@127\.0\.0\.1:(\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value;
+        using var odd = new RunningDbp(_dir, "worker", "--join", seed, "--data", other, "--name", "odd");
+        Assert.Equal(2, odd.WaitForExit(TimeSpan.FromMinutes(1)));
+        Assert.Contains("different training data", odd.Output);
+        server.WaitFor("refused odd: it loaded different training data", TimeSpan.FromSeconds(10));
+
+        using var streamed = new RunningDbp(_dir, "worker", "--join", seed, "--stream-data", "--name", "streamed");
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(2)));
+        Assert.Equal(0, streamed.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(model));
+    }
+}

@@ -1,0 +1,95 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+
+namespace DistributedBackprop.Cli.Tests;
+
+/// <summary>A dbp process running in the background, its output lines collected as they come.</summary>
+public sealed class RunningDbp : IDisposable
+{
+    private readonly Process _process;
+    private readonly ConcurrentQueue<string> _lines = new();
+
+    public RunningDbp(string workingDirectory, params string[] args)
+    {
+        var info = new ProcessStartInfo("dotnet")
+        {
+            WorkingDirectory = workingDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        info.ArgumentList.Add(DbpProcess.DllPath);
+        foreach (string arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        _process = new Process { StartInfo = info };
+        _process.OutputDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
+        _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
+        _process.Start();
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        Name = string.Join(' ', args.Take(3));
+    }
+
+    public string Name { get; }
+
+    public IEnumerable<string> Lines => _lines;
+
+    public string Output => string.Join('\n', _lines);
+
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>Waits for a line matching <paramref name="pattern"/>; returns its match.</summary>
+    public Match WaitFor(string pattern, TimeSpan timeout)
+    {
+        var regex = new Regex(pattern);
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < timeout)
+        {
+            foreach (string line in _lines)
+            {
+                Match match = regex.Match(line);
+                if (match.Success)
+                {
+                    return match;
+                }
+            }
+            if (_process.HasExited)
+            {
+                Thread.Sleep(100); // let the last lines arrive
+                foreach (string line in _lines)
+                {
+                    if (regex.Match(line) is { Success: true } last) return last;
+                }
+                throw new InvalidOperationException($"{Name} exited with {_process.ExitCode} before printing /{pattern}/:\n{Output}");
+            }
+            Thread.Sleep(20);
+        }
+        throw new TimeoutException($"{Name} did not print /{pattern}/ within {timeout}:\n{Output}");
+    }
+
+    public int WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit(timeout))
+        {
+            throw new TimeoutException($"{Name} did not exit within {timeout}:\n{Output}");
+        }
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
+
+    /// <summary>SIGKILL: no shutdown hooks, no goodbye to the cluster.</summary>
+    public void KillHard() => _process.Kill(entireProcessTree: true);
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            _process.WaitForExit();
+        }
+        _process.Dispose();
+    }
+}
