@@ -18,6 +18,13 @@ public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<IL
 
     private static void Write(LogEvent e)
     {
+        // A peer that leaves or dies closes its association; the cluster's own events (a worker "died",
+        // "left") already say so in words, so the transport's stack traces about it are dropped.
+        if (e.LogLevel() != LogLevel.DebugLevel && e.LogSource.Contains("ndpointWriter", StringComparison.Ordinal)
+            && e.Message?.ToString()?.Contains("Disassociated", StringComparison.Ordinal) == true)
+        {
+            return;
+        }
         string level = e.LogLevel() switch
         {
             LogLevel.ErrorLevel => "error",

@@ -56,8 +56,29 @@ public sealed class ClusterServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Akka.Cluster.Cluster.Get(System).LeaveAsync(new CancellationTokenSource(TimeSpan.FromSeconds(5)).Token).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+        // Let the workers leave first (they do on TrainingFinished), so nobody logs a lost association.
+        var cluster = Akka.Cluster.Cluster.Get(System);
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromSeconds(5) && cluster.State.Members.Any(m => m.HasRole(ClusterNaming.WorkerRole)))
+        {
+            await Task.Delay(100).ConfigureAwait(false);
+        }
+        await Leave(System).ConfigureAwait(false);
         await System.Terminate().ConfigureAwait(false);
+    }
+
+    /// <summary>Leaves the cluster gracefully, giving up after a few seconds.</summary>
+    internal static async Task Leave(ActorSystem system)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(3));
+        try
+        {
+            await Akka.Cluster.Cluster.Get(system).LeaveAsync(timeout.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // The cluster is gone already; terminating is all that is left.
+        }
     }
 
     /// <summary>Passes progress on and notes when training really started (cluster formation time).</summary>
@@ -97,6 +118,7 @@ public static class ClusterWorker
         }
         finally
         {
+            await ClusterServer.Leave(system).ConfigureAwait(false);
             await system.Terminate().ConfigureAwait(false);
         }
     }

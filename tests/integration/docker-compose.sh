@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# docker-compose suite: real daemon, real images, real network.
+#  1. `docker-compose up --scale worker=2` trains the default data set; the model in the output volume must
+#     equal local mode's (`dbp train --workers 2`) byte for byte; `down` removes everything.
+#  2. The same with more epochs, a worker `docker kill`ed mid-run: training completes, same bytes.
+# Needs: a running dockerd, docker-compose (v1) or `docker compose` (v2), the .NET base images
+# (../shared/tools/offline-base-images.sh builds local stand-ins when no registry is reachable).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+if docker compose version >/dev/null 2>&1; then compose() { docker compose "$@"; }; else compose() { docker-compose "$@"; }; fi
+project=dbp-it-$$
+work=$(mktemp -d)
+cleanup() { compose -p "$project" down -v --remove-orphans >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+say() { echo "[docker-compose test] $*"; }
+
+say "publishing dbp and building the image"
+dotnet publish src/DistributedBackprop.Cli -c Release -o out/dbp >/dev/null
+compose build >/dev/null
+
+say "reference: local mode, 2 workers"
+out/dbp/dbp train --workers 2 --out "$work/local.safetensors" --progress none >/dev/null
+out/dbp/dbp train --workers 2 --epochs 200 --out "$work/local-long.safetensors" --progress none >/dev/null
+
+say "run 1: up --scale worker=2"
+mkdir -p "$work/out1"
+start=$(date +%s.%N)
+DBP_OUTPUT_DIR="$work/out1" compose -p "$project" up --scale worker=2 --exit-code-from server >"$work/run1.log" 2>&1 \
+  || { cat "$work/run1.log"; say "FAIL: compose run exited non-zero"; exit 1; }
+say "run 1 took $(echo "$(date +%s.%N) - $start" | bc) s"
+cmp "$work/local.safetensors" "$work/out1/model.safetensors" || { say "FAIL: model differs from local mode"; exit 1; }
+test "$(wc -l < "$work/out1/metrics.jsonl")" -eq 30 || { say "FAIL: expected 30 metrics lines"; exit 1; }
+compose -p "$project" down -v >/dev/null 2>&1
+test -z "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" || { say "FAIL: containers left after down"; exit 1; }
+say "run 1: model equals local mode, down left nothing"
+
+say "run 2: a worker is killed mid-run"
+mkdir -p "$work/out2"
+DBP_OUTPUT_DIR="$work/out2" DBP_MIN_WORKERS=3 DBP_TRAIN_ARGS="--epochs 200" compose -p "$project" up -d --scale worker=3 >/dev/null 2>&1
+for _ in $(seq 1 300); do
+  [ -f "$work/out2/metrics.jsonl" ] && [ "$(wc -l < "$work/out2/metrics.jsonl")" -ge 20 ] && break
+  sleep 0.2
+done
+victim=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=worker" | head -1)
+docker kill "$victim" >/dev/null
+killed_at=$(date +%s.%N)
+server=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=server")
+code=$(docker wait "$server")
+compose -p "$project" logs server > "$work/run2.log" 2>&1
+[ "$code" = 0 ] || { cat "$work/run2.log"; say "FAIL: server exited with $code"; exit 1; }
+grep -q "died" "$work/run2.log" || { say "FAIL: the server did not notice the killed worker"; exit 1; }
+cmp "$work/local-long.safetensors" "$work/out2/model.safetensors" || { say "FAIL: model differs after docker kill"; exit 1; }
+say "run 2: worker killed at $(date -d @"${killed_at%.*}" +%T), training completed, model equals local mode"
+compose -p "$project" down -v >/dev/null 2>&1
+say "PASS"
