@@ -18,6 +18,7 @@ public static class Program
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(WorkerCommand.Create());
+        root.Subcommands.Add(TransferCommand.Create());
 
         ParseResult parse = root.Parse(args);
         bool wantsHelp = args.Any(a => a is "-h" or "--help" or "-?");

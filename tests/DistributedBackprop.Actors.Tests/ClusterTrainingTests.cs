@@ -65,6 +65,32 @@ public sealed class ClusterTrainingTests : IDisposable
     }
 
     [Fact]
+    public async Task WithTls_AkkaAndTheBulkChannelAreEncrypted_AndTheBitsAreTheSame()
+    {
+        // A self-signed cluster certificate shared by both nodes (PKCS#12, as --tls-certificate takes).
+        using var key = System.Security.Cryptography.RSA.Create(2048);
+        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=dbp-cluster", key,
+            System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
+        string pfx = Path.Combine(_dir, "cluster.pfx");
+        File.WriteAllBytes(pfx, certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "secret"));
+
+        string path = WriteCsv(Fixtures.Blobs(160));
+        Dataset data = CsvReader.Read(path, new CsvOptions());
+        float[] oracle = Fixtures.PlainTrainer(Fixtures.Config(), data);
+        TrainingSession session = TrainingSession.Prepare(Fixtures.Config(), data, null, 0.2);
+        NodeSettings Tls(params string[] seeds) => Loopback(seeds) with { TlsCertificate = pfx, TlsPassword = "secret" };
+        await using ClusterServer server = ClusterServer.Start(session, Tls(), minimumWorkers: 1, NullObserver.Instance, null, new ServerData(path, null, 0.2));
+        Assert.Equal("akka.ssl.tcp", server.Address.Protocol);
+        Task<WorkerExit> worker = ClusterWorker.RunAsync(Tls($"127.0.0.1:{server.Address.Port}"), new WorkerNodeOptions("tls-node", null, false));
+        TrainingOutcome outcome = await server.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+        await server.AnnounceFinishAsync(new TrainingFinished(outcome.Steps, true, "done"));
+        Assert.Equal(0, (await worker.WaitAsync(TimeSpan.FromSeconds(30))).ExitCode);
+        Fixtures.AssertSameBits(oracle, session.Parameters, "TLS cluster");
+        Assert.True(server.Channel.BytesReceived > 0);
+    }
+
+    [Fact]
     public async Task WorkerWithDifferentData_IsRefused_WithAClearErrorOnItsSide()
     {
         string path = WriteCsv(Fixtures.Blobs(120));

@@ -38,9 +38,11 @@ internal static class Fixtures
         TrainingSession.Prepare(config ?? Config(), Blobs(rows), null, 0.2);
 
     /// <summary>The plain single-process trainer's final parameters: the oracle.</summary>
-    public static float[] PlainTrainer(TrainingConfig? config = null, int rows = 200)
+    public static float[] PlainTrainer(TrainingConfig? config = null, int rows = 200) => PlainTrainer(config ?? Config(), Blobs(rows));
+
+    public static float[] PlainTrainer(TrainingConfig config, Dataset data)
     {
-        TrainingSession session = Session(config, rows);
+        TrainingSession session = TrainingSession.Prepare(config, data, null, 0.2);
         using var trainer = new Trainer(session);
         trainer.Run(NullObserver.Instance);
         return session.Parameters;

@@ -57,6 +57,30 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         output.WriteLine(string.Join('\n', server.Lines.Where(l => l.StartsWith("cluster:", StringComparison.Ordinal))));
     }
 
+    /// <summary>
+    /// With one server and one worker, the worker's death leaves the server alone in the cluster. The
+    /// default split-brain strategy (keep-majority) could down the server here; keep-oldest with
+    /// down-if-alone off must keep it, and a new worker must be able to finish the run.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void OnlyWorkerKilled_TheServerSurvives_AndANewWorkerFinishesTheRun()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "1", "--out", local, "--progress", "none"]).ExitCode);
+        using var server = new RunningDbp(_dir, ["serve", .. Run, "--port", "0", "--min-workers", "1", "--out", clustered, "--progress", "plain"]);
+        string seed = "127.0.0.1:" + server.WaitFor(@"listening at akka\.tcp://dbp@127\.0\.0\.1:(\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value;
+        using var only = new RunningDbp(_dir, "worker", "--join", seed, "--name", "only");
+        server.WaitFor(@"^epoch\s+5\b", TimeSpan.FromMinutes(2));
+        only.KillHard();
+        server.WaitFor("worker only died", TimeSpan.FromSeconds(30));
+        Thread.Sleep(2000); // the resolver has decided by now; the server must still be up
+        Assert.False(server.HasExited, server.Output);
+        using var replacement = new RunningDbp(_dir, "worker", "--join", seed, "--name", "replacement");
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(3)));
+        Assert.Equal(0, replacement.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
+    }
+
     [IntegrationFact("multiprocess")]
     public void WorkerWithoutFiles_StreamsTheData_AndTheServerRefusesDifferentData()
     {
