@@ -107,7 +107,8 @@ public sealed class BulkChannel : IDisposable
         {
             Configure(client);
             using Stream stream = Wrap(client.GetStream(), server: true, peer);
-            using var buffered = new BufferedStream(stream, 1 << 20);
+            // Small buffer: frame headers are batched, tensor payloads (larger) bypass it and go socket → array.
+            using var buffered = new BufferedStream(stream, 1 << 16);
             var header = new byte[8];
             while (!_stop.IsCancellationRequested)
             {
@@ -232,7 +233,7 @@ public sealed class BulkChannel : IDisposable
                         client = new TcpClient();
                         Configure(client);
                         client.Connect(parts[0], int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture));
-                        stream = new BufferedStream(_channel.Wrap(client.GetStream(), server: false, _endpoint), 1 << 20);
+                        stream = new BufferedStream(_channel.Wrap(client.GetStream(), server: false, _endpoint), 1 << 16);
                     }
                     stream.Write(Magic);
                     WriteString(stream, frame.Recipient, scratch);

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Cluster mode against local mode on this machine: `dbp serve` + 2 `dbp worker` processes over loopback
+# versus `dbp train --workers 2`, 784-256-128-10 on Fashion-MNIST, global batch 256, interleaved rounds.
+# Reports the median samples/s of epochs 2.. (epoch 1 includes JIT warm-up) and the cluster's summary line
+# (first-step time, bytes on the bulk channel per step).
+#   bash bench/cluster-vs-local.sh [rounds] [epochs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}; epochs=${2:-4}
+data=${DBP_FMNIST:-../shared/datasets/fashion-mnist}
+dbp=src/DistributedBackprop.Cli/bin/Release/net10.0/dbp
+[ -x "$dbp" ] || dotnet build -c Release src/DistributedBackprop.Cli >/dev/null
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+args=(--data "$data" --layers 256,128 --batch-size ${DBP_BATCH:-256} --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none)
+median() { python3 -c "import json,statistics,sys; r=[json.loads(l)['samples_per_second'] for l in open(sys.argv[1])][1:]; print(round(statistics.median(r)))" "$1"; }
+for r in $(seq 1 "$rounds"); do
+  "$dbp" train "${args[@]}" --workers 2 --metrics "$work/local.jsonl" >/dev/null
+  "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" >"$work/serve.out" 2>"$work/serve.err" &
+  server=$!
+  for _ in $(seq 1 200); do grep -q "listening at" "$work/serve.err" && break; sleep 0.1; done
+  port=$(grep -o 'akka.tcp://dbp@127.0.0.1:[0-9]*' "$work/serve.err" | head -1 | sed 's/.*://')
+  "$dbp" worker --join "127.0.0.1:$port" >/dev/null 2>&1 &
+  "$dbp" worker --join "127.0.0.1:$port" >/dev/null 2>&1 &
+  wait "$server"
+  wait
+  l=$(median "$work/local.jsonl"); c=$(median "$work/cluster.jsonl")
+  echo "round $r: local mode $l samples/s, cluster (3 processes) $c samples/s, ratio $(python3 -c "print(round($c/$l, 3))")"
+  grep '^cluster:' "$work/serve.out"
+done
