@@ -98,3 +98,9 @@ public sealed record GetStatistics : IWireMessage
 
 /// <summary>Counters of a parameter server, for tests and monitoring.</summary>
 public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, bool Failed) : IWireMessage;
+
+/// <summary>
+/// Local: the bulk channel could not deliver <see cref="Message"/> to <see cref="Recipient"/> (sent to the
+/// message's sender, which decides what a lost message means for the protocol).
+/// </summary>
+public sealed record DeliveryFailed(Akka.Actor.IActorRef Recipient, object Message, string Reason) : Akka.Actor.INoSerializationVerificationNeeded;

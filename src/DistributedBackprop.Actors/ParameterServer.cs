@@ -61,6 +61,22 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         Receive<TrainEpoch>(Train);
         Receive<GradientsComputed>(Accept);
         Receive<UpdateApplied>(Applied);
+        Receive<Status.Failure>(f =>
+        {
+            _updating = false;
+            Stash.UnstashAll();
+            Fail($"the update of step {_session.GlobalStep} failed: {f.Cause.Message}");
+        });
+        Receive<DeliveryFailed>(f =>
+        {
+            // A step's work that cannot reach its worker would stall the step: treat the worker as gone.
+            if (f.Message is ComputeGradients && _workers.Find(w => w.Ref.Equals(f.Recipient)) is { } lost)
+            {
+                _log.Warning("cannot reach {0} ({1}); its chunks go to the others", lost.Name, f.Reason);
+                Context.Unwatch(lost.Ref);
+                WorkerDied(lost.Ref);
+            }
+        });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
         Receive<SaveCheckpoint>(Checkpoint);
         Receive<GetStatistics>(_ => Sender.Tell(new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _failed)));
@@ -78,7 +94,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             Sender.Tell(new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1));
             return;
         }
-        if (Refusal(message) is string reason)
+        string? reason = Refusal(message);
+        if (reason is null && _workers.Any(w => w.Name == message.WorkerName))
+        {
+            reason = $"a worker named {message.WorkerName} is already registered; give each worker its own --name";
+        }
+        if (reason is not null)
         {
             _log.Error("refused {0}: {1}", message.WorkerName, reason);
             Sender.Tell(new WorkerRefused(message.WorkerName, reason));

@@ -55,6 +55,13 @@ public sealed class Worker : ReceiveActor
             Context.Stop(Self);
         });
         Receive<ComputeGradients>(Compute);
+        Receive<DeliveryFailed>(f =>
+        {
+            // A gradient that cannot reach the server would stall its step; stopping makes the server's
+            // DeathWatch hand this worker's chunks to the others.
+            _log.Error("{0} cannot deliver gradients to the parameter server ({1}); stopping", _name, f.Reason);
+            Context.Stop(Self);
+        });
     }
 
     public static Props Props(IActorRef server, string name, WorkerSetup setup) =>

@@ -250,4 +250,29 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         }, refused.Reason);
         h.Coordinator.ExpectNoMsg(TimeSpan.FromMilliseconds(200));
     }
+
+    [Fact]
+    public void WorkUndeliverableOverTheBulkChannel_GoesToTheOthers()
+    {
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(w1, w2);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>();
+        // The channel reports that worker-2's work could not be delivered.
+        h.Server.Tell(new DeliveryFailed(w2.Ref, b, "connection refused"));
+        ComputeGradients rerouted = w1.ExpectMsg<ComputeGradients>();
+        Assert.Equal((0L, 4, 8), (rerouted.Step, rerouted.ChunkLo, rerouted.ChunkHi));
+        Deliver(h, w1, a);
+        Deliver(h, w1, rerouted);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+    }
+
+    [Fact]
+    public void SecondWorkerWithTheSameName_IsRefused()
+    {
+        TestProbe w1 = CreateTestProbe(), twin = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(Credentials(h.Session, "worker-1"), twin.Ref);
+        Assert.Contains("already registered", twin.ExpectMsg<WorkerRefused>().Reason);
+    }
 }

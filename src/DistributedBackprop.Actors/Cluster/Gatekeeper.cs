@@ -38,9 +38,19 @@ public sealed class Gatekeeper : ReceiveActor
         _bulkEndpoint = bulkEndpoint;
         _frameSize = frameSize;
         Receive<JoinRequest>(Join);
-        Receive<RequestTrainingData>(_ => Stream(Sender));
+        Receive<RequestTrainingData>(_ =>
+        {
+            // Streaming may wait on the channel's flow control: off the actor.
+            IActorRef agent = Sender, self = Self;
+            Task.Run(() => Stream(agent, self));
+        });
         Receive<AnnounceFinish>(Announce);
-        Receive<Terminated>(t => _agents.Remove(t.ActorRef));
+        Receive<DeliveryFailed>(f => _log.Error("cannot reach node {0} over its bulk channel: {1}", f.Recipient.Path.Address, f.Reason));
+        Receive<Terminated>(t =>
+        {
+            _agents.Remove(t.ActorRef);
+            _courier.ForgetPeer(t.ActorRef.Path.Address);
+        });
     }
 
     public static Props Props(TrainingSession session, ServerData data, string bulkEndpoint, long frameSize) =>
@@ -48,7 +58,9 @@ public sealed class Gatekeeper : ReceiveActor
 
     private void Join(JoinRequest request)
     {
-        string? problem = request.ProtocolVersion != WireFormat.ProtocolVersion
+        string? problem = !ValidEndpoint(request.BulkEndpoint)
+            ? $"node {request.NodeName} announced '{request.BulkEndpoint}', which is not a HOST:PORT bulk endpoint"
+            : request.ProtocolVersion != WireFormat.ProtocolVersion
             ? $"node {request.NodeName} speaks protocol version {request.ProtocolVersion}, the server {WireFormat.ProtocolVersion}"
             : request.MaximumFrameSize != _frameSize
             ? $"node {request.NodeName} runs with akka.remote.dot-netty.tcp.maximum-frame-size = {request.MaximumFrameSize}, the server with {_frameSize}; all nodes must agree"
@@ -70,8 +82,21 @@ public sealed class Gatekeeper : ReceiveActor
             _session.Architecture.Describe(), _session.Preprocessing.Shift, _session.Preprocessing.Scale, _bulkEndpoint), Self);
     }
 
+    private static bool ValidEndpoint(string endpoint)
+    {
+        try
+        {
+            BulkChannel.ParseEndpoint(endpoint);
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>The preprocessed training rows, in chunks of about a megabyte, over the bulk channel.</summary>
-    private void Stream(IActorRef agent)
+    private void Stream(IActorRef agent, IActorRef self)
     {
         var train = _session.Train;
         int rowsPerChunk = Math.Max(1, ChunkBytes / (train.Features * sizeof(float)));
@@ -79,9 +104,9 @@ public sealed class Gatekeeper : ReceiveActor
         {
             int rows = Math.Min(rowsPerChunk, train.Rows - first);
             _courier.Send(agent, new TrainingDataChunk(first, train.Rows, train.Features,
-                train.Values.AsSpan(first * train.Features, rows * train.Features).ToArray(), train.Labels.AsSpan(first, rows).ToArray()), Self);
+                train.Values.AsSpan(first * train.Features, rows * train.Features).ToArray(), train.Labels.AsSpan(first, rows).ToArray()), self);
         }
-        _log.Info("streamed {0} training rows to {1}", train.Rows, agent.Path.Address);
+        _log.Info("streamed {0} training rows to {1}", train.Rows, agent.Path.Address); // the adapter is thread-safe; Context is not used here
     }
 
     private void Announce(AnnounceFinish finish)

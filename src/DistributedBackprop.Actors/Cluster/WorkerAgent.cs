@@ -64,7 +64,15 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         _cluster.Subscribe(Self, ClusterEvents.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvents.MemberUp), typeof(ClusterEvents.MemberWeaklyUp), typeof(ClusterEvents.MemberRemoved), typeof(ClusterEvents.UnreachableMember));
 
-    protected override void PostStop() => _cluster.Unsubscribe(Self);
+    protected override void PostStop()
+    {
+        _cluster.Unsubscribe(Self);
+        // Downed by the cluster, or the system shut down some other way: the process must still exit.
+        Exit(1, "the worker node was shut down before training finished (downed by the cluster?)");
+    }
+
+    /// <summary>A worker whose computation throws is stopped, not restarted with its step's work lost; the server reassigns its chunks.</summary>
+    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(_ => Directive.Stop);
 
     private void ServerMaybeUp(Akka.Cluster.Member member)
     {

@@ -45,7 +45,12 @@ public sealed class BulkChannel : IDisposable
         _system = system;
         _log = Logging.GetLogger(system, "bulk-channel");
         _certificate = certificate;
-        IPAddress address = bindHost is "0.0.0.0" or "*" ? IPAddress.Any : Dns.GetHostAddresses(bindHost).First(a => a.AddressFamily == AddressFamily.InterNetwork);
+        IPAddress address = bindHost switch
+        {
+            "0.0.0.0" or "*" => IPAddress.Any,
+            "::" => IPAddress.IPv6Any,
+            _ => IPAddress.TryParse(bindHost, out IPAddress? literal) ? literal : Dns.GetHostAddresses(bindHost).First(a => a.AddressFamily == AddressFamily.InterNetwork),
+        };
         _listener = new TcpListener(address, port);
         // Two processes must never share a port silently.
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
@@ -65,16 +70,56 @@ public sealed class BulkChannel : IDisposable
     /// <summary>Pool the float arrays of received tensors come from.</summary>
     public FloatArrayPool Pool { get; } = new();
 
-    /// <summary>Queues <paramref name="message"/> for <paramref name="recipient"/> on the node listening at <paramref name="endpoint"/>.</summary>
+    /// <summary>
+    /// Queues <paramref name="message"/> for <paramref name="recipient"/> on the node listening at
+    /// <paramref name="endpoint"/>. If the frame cannot be delivered (the peer is unreachable even after one
+    /// reconnect, or <see cref="MaxFramesInFlight"/> frames stay queued for 5 s), <paramref name="sender"/>
+    /// receives <see cref="DeliveryFailed"/> — a frame is never lost silently.
+    /// </summary>
     public void Send(string endpoint, IActorRef recipient, object message, IActorRef sender)
     {
         Outgoing connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e));
         // Full paths with the actors' UIDs: the receiver resolves them to refs equal to the ones it knows.
-        var frame = new Frame(Akka.Serialization.Serialization.SerializedActorPath(recipient), Akka.Serialization.Serialization.SerializedActorPath(sender), message);
-        if (!connection.Queue.TryAdd(frame, TimeSpan.FromSeconds(30)))
+        var frame = new Frame(Akka.Serialization.Serialization.SerializedActorPath(recipient), Akka.Serialization.Serialization.SerializedActorPath(sender), message, recipient, sender);
+        bool queued;
+        try
         {
-            _log.Warning("bulk channel to {0}: {1} frames in flight for 30 s; dropped a {2}", endpoint, MaxFramesInFlight, message.GetType().Name);
+            queued = connection.Queue.TryAdd(frame, TimeSpan.FromSeconds(5));
         }
+        catch (InvalidOperationException)
+        {
+            queued = false; // the connection was closed (peer forgotten, channel disposed)
+        }
+        if (!queued)
+        {
+            Dropped(frame, $"{MaxFramesInFlight} frames queued for 5 s or the connection is closed");
+        }
+    }
+
+    /// <summary>Closes the connection to a peer that left the cluster.</summary>
+    public void Forget(string endpoint)
+    {
+        if (_outgoing.TryRemove(endpoint, out Outgoing? connection))
+        {
+            connection.Queue.CompleteAdding();
+        }
+    }
+
+    private void Dropped(Frame frame, string reason)
+    {
+        _log.Warning("bulk channel: could not deliver a {0} to {1}: {2}", frame.Message.GetType().Name, frame.Recipient, reason);
+        frame.SenderRef.Tell(new DeliveryFailed(frame.RecipientRef, frame.Message, reason));
+    }
+
+    /// <summary>host:port → (host, port); the host may be an IPv6 literal.</summary>
+    internal static (string Host, int Port) ParseEndpoint(string endpoint)
+    {
+        int colon = endpoint.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(endpoint.AsSpan(colon + 1), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int port) || port is <= 0 or > 65535)
+        {
+            throw new ArgumentException($"'{endpoint}' is not a HOST:PORT endpoint");
+        }
+        return (endpoint[..colon].Trim('[', ']'), port);
     }
 
     private async Task AcceptLoop()
@@ -140,8 +185,10 @@ public sealed class BulkChannel : IDisposable
                 Resolve(recipient).Tell(message, Resolve(sender));
             }
         }
-        catch (Exception e) when (e is IOException or SocketException or System.Runtime.Serialization.SerializationException or ObjectDisposedException or EndOfStreamException or AuthenticationException)
+        catch (Exception e)
         {
+            // Whatever went wrong with this connection (a malformed frame, a reset), the process lives on:
+            // the sender learns of undelivered frames, and the cluster of dead peers.
             if (!_stop.IsCancellationRequested)
             {
                 _log.Warning("bulk channel from {0} closed: {1}", peer, e.Message);
@@ -201,7 +248,7 @@ public sealed class BulkChannel : IDisposable
         }
     }
 
-    private sealed record Frame(string Recipient, string Sender, object Message);
+    private sealed record Frame(string Recipient, string Sender, object Message, IActorRef RecipientRef, IActorRef SenderRef);
 
     /// <summary>One peer's queue and its writer thread; (re)connects lazily, drops frames while the peer is unreachable.</summary>
     private sealed class Outgoing
@@ -225,48 +272,62 @@ public sealed class BulkChannel : IDisposable
             var scratch = new byte[8];
             foreach (Frame frame in Queue.GetConsumingEnumerable())
             {
-                try
+                // One retry on a fresh connection: a reset between steps must not cost a frame.
+                for (int attempt = 0; ; attempt++)
                 {
-                    if (stream is null)
+                    try
                     {
-                        string[] parts = _endpoint.Split(':');
-                        client = new TcpClient();
-                        Configure(client);
-                        client.Connect(parts[0], int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture));
-                        stream = new BufferedStream(_channel.Wrap(client.GetStream(), server: false, _endpoint), 1 << 16);
+                        if (stream is null)
+                        {
+                            var (host, port) = ParseEndpoint(_endpoint);
+                            client = new TcpClient();
+                            Configure(client);
+                            client.Connect(host, port);
+                            stream = new BufferedStream(_channel.Wrap(client.GetStream(), server: false, _endpoint), 1 << 16);
+                        }
+                        Write(stream, frame, scratch);
+                        break;
                     }
-                    stream.Write(Magic);
-                    WriteString(stream, frame.Recipient, scratch);
-                    WriteString(stream, frame.Sender, scratch);
-                    stream.Write(Encoding.ASCII.GetBytes(WireFormat.Manifest(frame.Message)));
-                    var counting = new CountingStream(stream);
-                    // The length goes before the payload; counting it costs no copy (arrays are measured, not written).
-                    long length = PayloadLength(frame.Message);
-                    BinaryPrimitives.WriteInt64LittleEndian(scratch, length);
-                    stream.Write(scratch, 0, 8);
-                    WireFormat.Write(counting, frame.Message);
-                    if (counting.Written != length)
+                    catch (Exception e)
                     {
-                        throw new InvalidOperationException($"payload of {frame.Message.GetType().Name} is {counting.Written} bytes, expected {length}");
+                        stream?.Dispose();
+                        client?.Dispose();
+                        stream = null;
+                        client = null;
+                        if (attempt >= 1)
+                        {
+                            _channel.Dropped(frame, e.Message);
+                            break;
+                        }
                     }
-                    if (Queue.Count == 0)
-                    {
-                        stream.Flush();
-                    }
-                    Interlocked.Add(ref _channel._bytesSent, length + 16 + frame.Recipient.Length + frame.Sender.Length);
-                    Interlocked.Increment(ref _channel._framesSent);
-                }
-                catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or AuthenticationException)
-                {
-                    _channel._log.Warning("bulk channel to {0}: {1}; dropped a {2}", _endpoint, e.Message, frame.Message.GetType().Name);
-                    stream?.Dispose();
-                    client?.Dispose();
-                    stream = null;
-                    client = null;
                 }
             }
             stream?.Dispose();
             client?.Dispose();
+        }
+
+        private void Write(Stream stream, Frame frame, byte[] scratch)
+        {
+            stream.Write(Magic);
+            WriteString(stream, frame.Recipient, scratch);
+            WriteString(stream, frame.Sender, scratch);
+            stream.Write(Encoding.ASCII.GetBytes(WireFormat.Manifest(frame.Message)));
+            var counting = new CountingStream(stream);
+            // The length goes before the payload; counting it costs no copy (arrays are measured, not written).
+            long length = PayloadLength(frame.Message);
+            BinaryPrimitives.WriteInt64LittleEndian(scratch, length);
+            stream.Write(scratch, 0, 8);
+            WireFormat.Write(counting, frame.Message);
+            if (counting.Written != length)
+            {
+                throw new InvalidOperationException($"payload of {frame.Message.GetType().Name} is {counting.Written} bytes, expected {length}");
+            }
+            if (Queue.Count == 0)
+            {
+                stream.Flush();
+            }
+            Interlocked.Add(ref _channel._bytesSent, length + 16 + frame.Recipient.Length + frame.Sender.Length);
+            Interlocked.Increment(ref _channel._framesSent);
         }
 
         private static void WriteString(Stream stream, string value, byte[] scratch)

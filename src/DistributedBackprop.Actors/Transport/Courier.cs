@@ -35,7 +35,13 @@ public sealed class Courier : IExtension
     /// <summary>Records where <paramref name="node"/>'s bulk channel listens.</summary>
     public void RegisterPeer(Address node, string endpoint) => _endpoints[node] = endpoint;
 
-    public void ForgetPeer(Address node) => _endpoints.TryRemove(node, out _);
+    public void ForgetPeer(Address node)
+    {
+        if (_endpoints.TryRemove(node, out string? endpoint))
+        {
+            Channel?.Forget(endpoint);
+        }
+    }
 
     /// <summary>Messages whose size grows with the model or the data.</summary>
     public static bool IsBulk(object message) => message is ComputeGradients or GradientsComputed or Cluster.TrainingDataChunk or Cluster.JoinAccepted;
