@@ -60,23 +60,8 @@ internal static class ServeCommand
             {
                 string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
                 display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates ? "" : $"  {rates.Count} workers";
-                display.Run(title, session.TotalSteps, session.GlobalStep, () =>
-                {
-                    try
-                    {
-                        server.Completion.GetAwaiter().GetResult();
-                    }
-                    catch (TrainingFailedException e)
-                    {
-                        throw new TrainingStoppedException(e.Message);
-                    }
-                });
-                EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
-                if (modelPath is not null)
-                {
-                    session.ToModel().Save(modelPath);
-                }
-                display.PrintSummary(modelPath, test);
+                TrainCommand.RunActors(display, title, session, () => server.Completion);
+                TrainCommand.Finish(session, display, modelPath);
                 succeeded = true;
                 message = $"training finished after {session.GlobalStep} steps";
                 long steps = Math.Max(1, session.GlobalStep);

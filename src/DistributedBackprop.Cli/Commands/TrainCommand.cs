@@ -59,28 +59,37 @@ internal static class TrainCommand
                 display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates
                     ? ""
                     : "  " + string.Join(' ', rates.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => FormattableString.Invariant($"{r.Key}:{r.Value:F0}/s")));
-                display.Run(title, session.TotalSteps, session.GlobalStep, () =>
-                {
-                    try
-                    {
-                        LocalTraining.RunAsync(session, workerCount, display, checkpoints).GetAwaiter().GetResult();
-                    }
-                    catch (TrainingFailedException e)
-                    {
-                        throw new TrainingStoppedException(e.Message);
-                    }
-                });
+                RunActors(display, title, session, () => LocalTraining.RunAsync(session, workerCount, display, checkpoints));
             }
-
-            EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
-            if (modelPath is not null)
-            {
-                session.ToModel().Save(modelPath);
-            }
-            display.PrintSummary(modelPath, test);
+            Finish(session, display, modelPath);
             return ExitCodes.Success;
         }));
         return command;
+    }
+
+    /// <summary>Shows progress while an actor run completes; a run the server stopped becomes a one-line error.</summary>
+    internal static void RunActors(TrainingDisplay display, string title, TrainingSession session, Func<Task> run) =>
+        display.Run(title, session.TotalSteps, session.GlobalStep, () =>
+        {
+            try
+            {
+                run().GetAwaiter().GetResult();
+            }
+            catch (TrainingFailedException e)
+            {
+                throw new TrainingStoppedException(e.Message);
+            }
+        });
+
+    /// <summary>After training: test accuracy, the model file, the summary table.</summary>
+    internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath)
+    {
+        EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
+        if (modelPath is not null)
+        {
+            session.ToModel().Save(modelPath);
+        }
+        display.PrintSummary(modelPath, test);
     }
 
     /// <summary>Fails before training, not after an hour of it, when an output cannot be written.</summary>
