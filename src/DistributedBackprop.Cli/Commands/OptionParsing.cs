@@ -99,53 +99,36 @@ internal static class OptionParsing
         };
     }
 
-    public static Option<Loss> LossOption(Loss defaultValue) => new("--loss")
+    private delegate bool TryParse<T>(string text, out T value);
+
+    /// <summary>An option whose value is one of a few names; an unknown name is a parse error listing them.</summary>
+    private static Option<T> Choice<T>(string name, string description, T defaultValue, string choices, TryParse<T> tryParse) => new(name)
     {
-        Description = "Cost function: mse (J = 1/n Σ ½‖a − y‖², the lecture's) or cross_entropy (J = −1/n Σ log a[label], needs softmax output).",
+        Description = description,
         DefaultValueFactory = _ => defaultValue,
-        HelpName = "mse|cross_entropy",
+        HelpName = choices,
         CustomParser = r =>
         {
             string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            if (!Losses.TryParse(text, out Loss loss))
+            if (!tryParse(text, out T value))
             {
-                r.AddError($"--loss: unknown loss '{text}' (expected mse or cross_entropy)");
+                r.AddError($"{name}: unknown value '{text}' (expected {choices.Replace("|", ", ", StringComparison.Ordinal)})");
             }
-            return loss;
+            return value;
         },
     };
 
-    public static Option<OptimizerKind> OptimizerOption(OptimizerKind defaultValue) => new("--optimizer")
-    {
-        Description = "sgd (w ← w − γ∂J/∂w), momentum (heavy ball; --nesterov for Nesterov) or adam (with decoupled weight decay).",
-        DefaultValueFactory = _ => defaultValue,
-        HelpName = "sgd|momentum|adam",
-        CustomParser = r =>
-        {
-            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            if (!OptimizerSettings.TryParse(text, out OptimizerKind kind))
-            {
-                r.AddError($"--optimizer: unknown optimizer '{text}' (expected sgd, momentum or adam)");
-            }
-            return kind;
-        },
-    };
+    public static Option<Loss> LossOption(Loss defaultValue) => Choice("--loss",
+        "Cost function: mse (J = 1/n Σ ½‖a − y‖², the lecture's) or cross_entropy (J = −1/n Σ log a[label], needs softmax output).",
+        defaultValue, "mse|cross_entropy", Losses.TryParse);
 
-    public static Option<ScheduleKind> ScheduleOption() => new("--schedule")
-    {
-        Description = "Learning-rate schedule: constant, step (× --decay-factor every --decay-every epochs) or cosine (to --min-lr).",
-        DefaultValueFactory = _ => ScheduleKind.Constant,
-        HelpName = "constant|step|cosine",
-        CustomParser = r =>
-        {
-            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            if (!OptimizerSettings.TryParse(text, out ScheduleKind kind))
-            {
-                r.AddError($"--schedule: unknown schedule '{text}' (expected constant, step or cosine)");
-            }
-            return kind;
-        },
-    };
+    public static Option<OptimizerKind> OptimizerOption(OptimizerKind defaultValue) => Choice<OptimizerKind>("--optimizer",
+        "sgd (w ← w − γ∂J/∂w), momentum (heavy ball; --nesterov for Nesterov) or adam (with decoupled weight decay).",
+        defaultValue, "sgd|momentum|adam", OptimizerSettings.TryParse);
+
+    public static Option<ScheduleKind> ScheduleOption() => Choice<ScheduleKind>("--schedule",
+        "Learning-rate schedule: constant, step (× --decay-factor every --decay-every epochs) or cosine (to --min-lr).",
+        ScheduleKind.Constant, "constant|step|cosine", OptimizerSettings.TryParse);
 
     /// <summary>Comma-separated layer widths, e.g. "256,128"; "none" (or "") for no hidden layer.</summary>
     public static Option<int[]> LayersOption(string name, string description, int[] defaultValue) => new(name)
