@@ -2,7 +2,7 @@
 # Cluster mode against local mode on this machine: `dbp serve` + 2 `dbp worker` processes over loopback
 # versus `dbp train --workers 2`, 784-256-128-10 on Fashion-MNIST, global batch 256, interleaved rounds.
 # Reports the median samples/s of epochs 2.. (epoch 1 includes JIT warm-up) and the cluster's summary line
-# (first-step time, bytes on the bulk channel per step).
+# (first-step time, bytes on the bulk channel per step) and how busy the workers were.
 #   bash bench/cluster-vs-local.sh [rounds] [epochs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,10 @@ dbp=src/DistributedBackprop.Cli/bin/Release/net10.0/dbp
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 args=(--data "$data" --layers 256,128 --batch-size ${DBP_BATCH:-256} --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none)
 median() { python3 -c "import json,statistics,sys; r=[json.loads(l)['samples_per_second'] for l in open(sys.argv[1])][1:]; print(round(statistics.median(r)))" "$1"; }
+busy() { python3 -c "
+import json,statistics,sys
+rows=[json.loads(l).get('worker_busy_fraction') or {} for l in open(sys.argv[1])][1:]
+print(', '.join(f'{w} {statistics.median(r[w] for r in rows if w in r):.2f}' for w in sorted(rows[-1])))" "$1"; }
 for r in $(seq 1 "$rounds"); do
   "$dbp" train "${args[@]}" --workers 2 --metrics "$work/local.jsonl" >/dev/null
   "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" >"$work/serve.out" 2>"$work/serve.err" &
@@ -26,4 +30,5 @@ for r in $(seq 1 "$rounds"); do
   l=$(median "$work/local.jsonl"); c=$(median "$work/cluster.jsonl")
   echo "round $r: local mode $l samples/s, cluster (3 processes) $c samples/s, ratio $(python3 -c "print(round($c/$l, 3))")"
   grep '^cluster:' "$work/serve.out"
+  echo "  workers busy (median fraction of epochs 2..): cluster $(busy "$work/cluster.jsonl"); local $(busy "$work/local.jsonl")"
 done

@@ -70,7 +70,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         Receive<DeliveryFailed>(f =>
         {
             // A step's work that cannot reach its worker would stall the step: treat the worker as gone.
-            if (f.Message is ComputeGradients && _workers.Find(w => w.Ref.Equals(f.Recipient)) is { } lost)
+            if (f.Message is ComputeGradients && FindWorker(f.Recipient) is { } lost)
             {
                 _log.Warning("cannot reach {0} ({1}); its chunks go to the others", lost.Name, f.Reason);
                 Context.Unwatch(lost.Ref);
@@ -89,7 +89,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
 
     private void Register(RegisterWorker message)
     {
-        if (_workers.Any(w => w.Ref.Equals(Sender)))
+        if (FindWorker(Sender) is not null)
         {
             Sender.Tell(new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1));
             return;
@@ -186,7 +186,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         // worker that died has stopped reading before its Terminated arrives). Across processes they are
         // serialized anyway.
         _reducer.Reset();
-        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters, Stopwatch.GetTimestamp());
+        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters);
         int active = Math.Min(_workers.Count, _chunks);
         for (int i = 0; i < _workers.Count; i++)
         {
@@ -209,7 +209,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
 
     private void Accept(GradientsComputed message)
     {
-        WorkerSlot? worker = _workers.Find(w => w.Ref.Equals(Sender));
+        WorkerSlot? worker = FindWorker(Sender);
         if (worker is null)
         {
             message.Pool?.Return(message.Gradient);
@@ -327,7 +327,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
 
     private void WorkerDied(IActorRef reference)
     {
-        WorkerSlot? worker = _workers.Find(w => w.Ref.Equals(reference));
+        WorkerSlot? worker = FindWorker(reference);
         if (worker is null)
         {
             return;
@@ -393,6 +393,19 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         }
     }
 
+    /// <summary>The registered worker behind an actor ref (a plain loop: this runs for every gradient message).</summary>
+    private WorkerSlot? FindWorker(IActorRef reference)
+    {
+        foreach (WorkerSlot worker in _workers)
+        {
+            if (worker.Ref.Equals(reference))
+            {
+                return worker;
+            }
+        }
+        return null;
+    }
+
     private void Fail(string reason)
     {
         _failed = true;
@@ -415,13 +428,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         public double ComputeSeconds { get; set; }
     }
 
-    private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters, long started)
+    private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters)
     {
         public long Step { get; } = step;
         public int Epoch { get; } = epoch;
         public int StepInEpoch { get; } = stepInEpoch;
         public float[] Parameters { get; } = parameters;
-        public long Started { get; } = started;
         public long? FirstArrival { get; set; }
         public List<(int Lo, int Hi)> Orphaned { get; } = [];
         public List<(float[] Array, FloatArrayPool Pool)> Pooled { get; } = [];

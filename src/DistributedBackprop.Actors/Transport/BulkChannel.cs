@@ -38,7 +38,7 @@ public sealed class BulkChannel : IDisposable
     private readonly ConcurrentDictionary<string, Outgoing> _outgoing = new();
     private readonly ConcurrentDictionary<string, IActorRef> _resolved = new();
     private readonly CancellationTokenSource _stop = new();
-    private long _bytesSent, _bytesReceived, _framesSent, _framesReceived;
+    private long _bytesSent, _bytesReceived;
 
     public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, X509Certificate2? certificate)
     {
@@ -64,8 +64,6 @@ public sealed class BulkChannel : IDisposable
 
     public long BytesSent => Interlocked.Read(ref _bytesSent);
     public long BytesReceived => Interlocked.Read(ref _bytesReceived);
-    public long FramesSent => Interlocked.Read(ref _framesSent);
-    public long FramesReceived => Interlocked.Read(ref _framesReceived);
 
     /// <summary>Pool the float arrays of received tensors come from.</summary>
     public FloatArrayPool Pool { get; } = new();
@@ -181,7 +179,6 @@ public sealed class BulkChannel : IDisposable
                     _ => message,
                 };
                 Interlocked.Add(ref _bytesReceived, length + 16 + recipient.Length + sender.Length);
-                Interlocked.Increment(ref _framesReceived);
                 Resolve(recipient).Tell(message, Resolve(sender));
             }
         }
@@ -327,7 +324,6 @@ public sealed class BulkChannel : IDisposable
                 stream.Flush();
             }
             Interlocked.Add(ref _channel._bytesSent, length + 16 + frame.Recipient.Length + frame.Sender.Length);
-            Interlocked.Increment(ref _channel._framesSent);
         }
 
         private static void WriteString(Stream stream, string value, byte[] scratch)

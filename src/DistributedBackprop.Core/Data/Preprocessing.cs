@@ -22,13 +22,6 @@ public sealed class Preprocessing
     public float[] Scale { get; }
     public int Features => Shift.Length;
 
-    public static Preprocessing Identity(int features)
-    {
-        var scale = new float[features];
-        scale.AsSpan().Fill(1f);
-        return new Preprocessing(new float[features], scale);
-    }
-
     /// <summary>Images: x' = x / 255.</summary>
     public static Preprocessing UnitRange(int features)
     {

@@ -44,8 +44,6 @@ public sealed class Trainer : IDisposable
         _evaluator = new Evaluator(session.Architecture);
     }
 
-    public TrainingSession Session => _session;
-
     public int Threads => _lanes.Length;
 
     /// <summary>Runs every remaining step of the session; reports each step and epoch.</summary>

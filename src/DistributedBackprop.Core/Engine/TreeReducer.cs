@@ -32,11 +32,7 @@ public sealed class TreeReducer
         _additions = new (float[], float[])[chunks];
     }
 
-    public int Chunks => _chunks;
-
     public bool IsComplete => _coveredCount == _chunks;
-
-    public int CoveredChunks => _coveredCount;
 
     public bool IsCovered(int chunk) => _covered[chunk];
 

@@ -25,7 +25,4 @@ public static class SimdTiers
         Vector512.IsHardwareAccelerated ? SimdTier.Vector512
         : Vector256.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Fma.IsSupported ? SimdTier.Vector256
         : SimdTier.Scalar;
-
-    /// <summary>Tiers that run at hardware speed here (Scalar always; the others when accelerated).</summary>
-    public static IReadOnlyList<SimdTier> Supported { get; } = Enum.GetValues<SimdTier>().Where(t => t <= Best).ToArray();
 }

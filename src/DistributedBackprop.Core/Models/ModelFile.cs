@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using DistributedBackprop.Data;
 using DistributedBackprop.Network;
@@ -158,8 +157,6 @@ public sealed class ModelFile
             .ToDictionary(kv => kv.Key, kv => kv.Value);
         return new ModelFile(architecture, parameters, new Preprocessing(shift.Data, scale.Data), classes, extra);
     }
-
-    public static string Format(double value) => value.ToString("R", CultureInfo.InvariantCulture);
 }
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(string[]))]

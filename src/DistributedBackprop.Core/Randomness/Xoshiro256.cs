@@ -6,7 +6,7 @@ namespace DistributedBackprop.Randomness;
 /// <see cref="System.Random"/>, whose algorithm is an implementation detail that changed between .NET
 /// versions: a seed must give the same numbers on every machine and runtime, forever.
 /// Everything below is integer arithmetic plus exact power-of-two scaling, so results are bit-identical
-/// everywhere. A value type: copying it forks the stream, which is how a checkpoint stores its position.
+/// everywhere. Streams are derived from (seed, purpose, index), so a checkpoint needs no generator state.
 /// </summary>
 public struct Xoshiro256
 {
@@ -87,9 +87,6 @@ public struct Xoshiro256
             (items[i], items[j]) = (items[j], items[i]);
         }
     }
-
-    /// <summary>The four state words, for tests and checkpoints.</summary>
-    public readonly (ulong, ulong, ulong, ulong) State => (_s0, _s1, _s2, _s3);
 
     private static ulong RotateLeft(ulong x, int k) => (x << k) | (x >> (64 - k));
 }
