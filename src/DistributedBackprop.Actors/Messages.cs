@@ -90,14 +90,14 @@ public sealed record SaveCheckpoint(string Path) : IWireMessage;
 
 public sealed record CheckpointSaved(string Path, long GlobalStep) : IWireMessage;
 
-/// <summary>Anyone → parameter server: report counters (answered with <see cref="ServerStatistics"/>).</summary>
+/// <summary>Anyone in the server's process → parameter server: report counters (answered with <see cref="ServerStatistics"/>).</summary>
 public sealed record GetStatistics : IWireMessage
 {
     public static readonly GetStatistics Instance = new();
 }
 
-/// <summary>Counters of a parameter server, for tests and monitoring.</summary>
-public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, bool Failed) : IWireMessage;
+/// <summary>Counters of a parameter server, for tests and monitoring; <see cref="Unauthorized"/> counts messages refused for their sender.</summary>
+public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, long Unauthorized, bool Failed) : IWireMessage;
 
 /// <summary>
 /// Local: the bulk channel could not deliver <see cref="Message"/> to <see cref="Recipient"/> (sent to the

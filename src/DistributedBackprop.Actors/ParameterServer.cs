@@ -21,8 +21,11 @@ namespace DistributedBackprop.Actors;
 /// <see cref="StepApplied"/>, and starts the next step; after the epoch's last step it sends
 /// <see cref="EpochTrained"/> and waits for the next <see cref="TrainEpoch"/>.
 ///
-/// Stale (wrong step) and duplicate (overlapping an already covered chunk) gradients are dropped and
-/// counted; messages from unregistered senders are ignored. A gradient of the wrong length or with NaN/Inf
+/// Authority comes from the protocol, not from what a message says: <see cref="TrainEpoch"/> and
+/// <see cref="SaveCheckpoint"/> are obeyed only from the coordinator, a remote <see cref="RegisterWorker"/>
+/// only from a node the gatekeeper admitted, gradients only from registered workers; anything else is
+/// refused, counted and logged. Stale (wrong step) and duplicate (overlapping an already covered chunk)
+/// gradients are dropped and counted. A gradient of the wrong length or with NaN/Inf
 /// stops training with <see cref="TrainingFailed"/>, keeping the last good parameters. A worker that dies
 /// (DeathWatch) has its uncovered chunks dealt to the survivors, so the step completes with the same bits.
 /// The server never blocks: reduction and update are a few element-wise passes over the parameters.
@@ -44,7 +47,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
     private StepInProgress? _step;
     private bool _failed;
     private readonly EpochCounters _epoch = new();
-    private long _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments;
+    private long _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized;
 
     public ParameterServer(TrainingSession session, IActorRef coordinator)
     {
@@ -58,7 +61,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         _updateLanes = Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536));
 
         Receive<RegisterWorker>(Register);
-        Receive<TrainEpoch>(Train);
+        Receive<TrainEpoch>(m => { if (FromCoordinator(m)) Train(m); });
         Receive<GradientsComputed>(Accept);
         Receive<UpdateApplied>(Applied);
         Receive<Status.Failure>(f =>
@@ -78,8 +81,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             }
         });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
-        Receive<SaveCheckpoint>(Checkpoint);
-        Receive<GetStatistics>(_ => Sender.Tell(new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _failed)));
+        Receive<SaveCheckpoint>(m => { if (FromCoordinator(m)) Checkpoint(m); });
+        Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _failed), Self));
     }
 
     public IStash Stash { get; set; } = null!;
@@ -87,11 +90,29 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
     public static Props Props(TrainingSession session, IActorRef coordinator) =>
         Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator));
 
+    /// <summary>Only the coordinator runs epochs and names checkpoint files; from anyone else such a message is refused.</summary>
+    private bool FromCoordinator(object message)
+    {
+        if (Sender.Equals(_coordinator))
+        {
+            return true;
+        }
+        _unauthorized++;
+        _log.Warning("refused {0} from {1}: only the coordinator may send it", message.GetType().Name, Sender.Path);
+        return false;
+    }
+
     private void Register(RegisterWorker message)
     {
+        if (!_courier.IsAdmitted(Sender.Path.Address))
+        {
+            _unauthorized++;
+            _log.Warning("refused registration of {0} from {1}: its node was not admitted by the gatekeeper", message.WorkerName, Sender.Path.Address);
+            return;
+        }
         if (FindWorker(Sender) is not null)
         {
-            Sender.Tell(new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1));
+            _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1), Self);
             return;
         }
         string? reason = Refusal(message);
@@ -102,7 +123,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         if (reason is not null)
         {
             _log.Error("refused {0}: {1}", message.WorkerName, reason);
-            Sender.Tell(new WorkerRefused(message.WorkerName, reason));
+            _courier.Send(Sender, new WorkerRefused(message.WorkerName, reason), Self);
             return;
         }
         var slot = new WorkerSlot(Sender, message.WorkerName);
@@ -110,7 +131,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         Context.Watch(Sender);
         _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _workers.Count);
         _coordinator.Tell(new WorkerJoined(message.WorkerName, _workers.Count));
-        Sender.Tell(new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + 1));
+        _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + 1), Self);
         if (_step is { Orphaned.Count: > 0 })
         {
             // Every worker had died mid-step: the newcomer takes over the chunks nobody holds.

@@ -47,14 +47,16 @@ public sealed class Worker : ReceiveActor
         _name = name;
         _setup = setup;
         _computer = new NodeGradientComputer(setup.Architecture, setup.Train);
-        Receive<WorkerAccepted>(m => _log.Debug("{0} accepted; work from step {1}", _name, m.NextStep));
-        Receive<WorkerRefused>(m =>
+        // Only the parameter server gives work or refuses it; from anyone else these are dropped.
+        Receive<WorkerAccepted>(m => Sender.Path.Equals(_server.Path), m => _log.Debug("{0} accepted; work from step {1}", _name, m.NextStep));
+        Receive<WorkerRefused>(m => Sender.Path.Equals(_server.Path), m =>
         {
             _log.Error("{0} was refused by the parameter server: {1}", _name, m.Reason);
             Context.Parent.Tell(m);
             Context.Stop(Self);
         });
-        Receive<ComputeGradients>(Compute);
+        Receive<ComputeGradients>(m => Sender.Path.Equals(_server.Path), Compute);
+        Receive<IWireMessage>(m => _log.Warning("{0} dropped a {1} from {2}: only the parameter server may send it", _name, m.GetType().Name, Sender.Path));
         Receive<DeliveryFailed>(f =>
         {
             // A gradient that cannot reach the server would stall its step; stopping makes the server's
@@ -68,7 +70,7 @@ public sealed class Worker : ReceiveActor
         Akka.Actor.Props.Create(() => new Worker(server, name, setup)).WithDispatcher(DispatcherId);
 
     protected override void PreStart() =>
-        _server.Tell(new RegisterWorker(_name, WireFormat.ProtocolVersion, _setup.DataHash, _setup.Architecture.Describe(), NumericFingerprint.Value));
+        _courier.Send(_server, new RegisterWorker(_name, WireFormat.ProtocolVersion, _setup.DataHash, _setup.Architecture.Describe(), NumericFingerprint.Value), Self);
 
     private void Compute(ComputeGradients message)
     {

@@ -29,7 +29,9 @@ public sealed class ClusterTrainingTests : IDisposable
         return path;
     }
 
-    private static NodeSettings Loopback(params string[] seeds) => new() { BindHost = "127.0.0.1", Port = 0, BulkPort = 0, SeedNodes = seeds };
+    private NodeSettings ServerSettings() => Loopback.Server(_dir);
+
+    private static NodeSettings WorkerSettings(ClusterServer server) => Loopback.Worker(server);
 
     [Fact]
     public async Task ServerAndThreeWorkerNodes_GiveTheBitsOfLocalMode()
@@ -46,13 +48,13 @@ public sealed class ClusterTrainingTests : IDisposable
         }
 
         TrainingSession session = TrainingSession.Prepare(config, data, null, 0.2);
-        await using ClusterServer server = ClusterServer.Start(session, Loopback(), minimumWorkers: 3, NullObserver.Instance, null, new ServerData(path, null, 0.2));
-        string seed = $"127.0.0.1:{server.Address.Port}";
+        await using ClusterServer server = ClusterServer.Start(session, ServerSettings(), minimumWorkers: 3, NullObserver.Instance, null, new ServerData(path, null, 0.2));
+        Assert.Equal("akka.ssl.tcp", server.Address.Protocol);
         Task<WorkerExit>[] workers =
         [
-            ClusterWorker.RunAsync(Loopback(seed), new WorkerNodeOptions("node-1", null, StreamData: false)),
-            ClusterWorker.RunAsync(Loopback(seed), new WorkerNodeOptions("node-2", path, StreamData: false)),
-            ClusterWorker.RunAsync(Loopback(seed), new WorkerNodeOptions("node-3", null, StreamData: true)),
+            ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("node-1", null, StreamData: false)),
+            ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("node-2", path, StreamData: false)),
+            ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("node-3", null, StreamData: true)),
         ];
         TrainingOutcome outcome = await server.Completion.WaitAsync(TimeSpan.FromMinutes(2));
         await server.AnnounceFinishAsync(new TrainingFinished(outcome.Steps, true, "done"));
@@ -62,32 +64,25 @@ public sealed class ClusterTrainingTests : IDisposable
         Assert.All(exits, e => Assert.Equal(0, e.ExitCode));
         Assert.Equal(3, outcome.Epochs[^1].Workers);
         Assert.True(server.Channel.BytesSent > 0 && server.Channel.BytesReceived > 0, "tensors must travel on the bulk channel");
+        Assert.Equal(3, server.Desk.Issued);
+        Assert.Equal(0, server.Channel.Refusals);
     }
 
     [Fact]
-    public async Task WithTls_AkkaAndTheBulkChannelAreEncrypted_AndTheBitsAreTheSame()
+    public async Task Insecure_PlainTcpWithoutToken_GivesTheSameBits()
     {
-        // A self-signed cluster certificate shared by both nodes (PKCS#12, as --tls-certificate takes).
-        using var key = System.Security.Cryptography.RSA.Create(2048);
-        var request = new System.Security.Cryptography.X509Certificates.CertificateRequest("CN=dbp-cluster", key,
-            System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
-        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(1));
-        string pfx = Path.Combine(_dir, "cluster.pfx");
-        File.WriteAllBytes(pfx, certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "secret"));
-
         string path = WriteCsv(Fixtures.Blobs(160));
         Dataset data = CsvReader.Read(path, new CsvOptions());
         float[] oracle = Fixtures.PlainTrainer(Fixtures.Config(), data);
         TrainingSession session = TrainingSession.Prepare(Fixtures.Config(), data, null, 0.2);
-        NodeSettings Tls(params string[] seeds) => Loopback(seeds) with { TlsCertificate = pfx, TlsPassword = "secret" };
-        await using ClusterServer server = ClusterServer.Start(session, Tls(), minimumWorkers: 1, NullObserver.Instance, null, new ServerData(path, null, 0.2));
-        Assert.Equal("akka.ssl.tcp", server.Address.Protocol);
-        Task<WorkerExit> worker = ClusterWorker.RunAsync(Tls($"127.0.0.1:{server.Address.Port}"), new WorkerNodeOptions("tls-node", null, false));
+        await using ClusterServer server = ClusterServer.Start(session, ServerSettings() with { Insecure = true }, minimumWorkers: 1, NullObserver.Instance, null, new ServerData(path, null, 0.2));
+        Assert.Equal("akka.tcp", server.Address.Protocol);
+        Assert.Null(server.Authority);
+        Task<WorkerExit> worker = ClusterWorker.RunAsync(WorkerSettings(server) with { Insecure = true, Token = null }, new WorkerNodeOptions("plain-node", null, false));
         TrainingOutcome outcome = await server.Completion.WaitAsync(TimeSpan.FromMinutes(2));
         await server.AnnounceFinishAsync(new TrainingFinished(outcome.Steps, true, "done"));
         Assert.Equal(0, (await worker.WaitAsync(TimeSpan.FromSeconds(30))).ExitCode);
-        Fixtures.AssertSameBits(oracle, session.Parameters, "TLS cluster");
-        Assert.True(server.Channel.BytesReceived > 0);
+        Fixtures.AssertSameBits(oracle, session.Parameters, "insecure cluster");
     }
 
     [Fact]
@@ -97,8 +92,8 @@ public sealed class ClusterTrainingTests : IDisposable
         string other = Path.Combine(_dir, "other.csv");
         File.WriteAllText(other, File.ReadAllText(path).Replace("class1", "class2", StringComparison.Ordinal));
         TrainingSession session = TrainingSession.Prepare(Fixtures.Config(), CsvReader.Read(path, new CsvOptions()), null, 0.2);
-        await using ClusterServer server = ClusterServer.Start(session, Loopback(), minimumWorkers: 1, NullObserver.Instance, null, new ServerData(path, null, 0.2));
-        WorkerExit exit = await ClusterWorker.RunAsync(Loopback($"127.0.0.1:{server.Address.Port}"), new WorkerNodeOptions("odd", other, false)).WaitAsync(TimeSpan.FromMinutes(1));
+        await using ClusterServer server = ClusterServer.Start(session, ServerSettings(), minimumWorkers: 1, NullObserver.Instance, null, new ServerData(path, null, 0.2));
+        WorkerExit exit = await ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("odd", other, false)).WaitAsync(TimeSpan.FromMinutes(1));
         Assert.Equal(2, exit.ExitCode);
         Assert.Contains("different training data", exit.Message);
     }

@@ -275,4 +275,26 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         h.Server.Tell(Credentials(h.Session, "worker-1"), twin.Ref);
         Assert.Contains("already registered", twin.ExpectMsg<WorkerRefused>().Reason);
     }
+
+    [Fact]
+    public void CoordinatorOnlyMessages_FromAWorker_AreRefusedAndCounted_AndChangeNothing()
+    {
+        TestProbe w1 = CreateTestProbe();
+        Harness h = Start(w1);
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-not-written-{Guid.NewGuid():N}.safetensors");
+        // A registered worker tries to run an epoch and to make the server write a file of its choosing.
+        h.Server.Tell(new TrainEpoch(0), w1.Ref);
+        h.Server.Tell(new SaveCheckpoint(path), w1.Ref);
+        // The statistics answer comes after both were handled (one mailbox, in order).
+        h.Server.Tell(GetStatistics.Instance, TestActor);
+        ServerStatistics stats = ExpectMsg<ServerStatistics>();
+        Assert.Equal(2, stats.Unauthorized);
+        Assert.Equal(0, stats.GlobalStep);
+        Assert.False(File.Exists(path), "a checkpoint was written on a worker's say-so");
+        // Work would have been told to worker-1 (a local probe: enqueued at once) before the statistics.
+        Assert.False(w1.HasMessages, "the server dealt work on a worker's TrainEpoch");
+        // The coordinator's own TrainEpoch still works.
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        Assert.Equal(0L, w1.ExpectMsg<ComputeGradients>().Step);
+    }
 }

@@ -2,15 +2,16 @@ namespace DistributedBackprop.Actors.Cluster;
 
 /// <summary>
 /// Worker node → server's gatekeeper, once the node is a cluster member: may it take part? States the
-/// protocol version and Akka frame size it runs with (all nodes must agree), where its bulk tensor channel
-/// listens (host:port), and whether it needs the training data streamed because it has no files.
+/// protocol version and Akka frame size it runs with (all nodes must agree), where its bulk channel
+/// listens (host:port; the host must be the node's own Akka host, so a join request cannot point the
+/// server at a third machine), and whether it needs the training data streamed because it has no files.
 /// </summary>
 public sealed record JoinRequest(string NodeName, int ProtocolVersion, long MaximumFrameSize, string BulkEndpoint, bool WantsStreamedData) : IWireMessage;
 
 /// <summary>
 /// Gatekeeper → worker node: the run's configuration (JSON), where the server read its data and how it
-/// split it, the content hash and network it expects, the input preprocessing fitted on the server's
-/// training rows, and the server's bulk channel endpoint.
+/// split it, the content hash and network it expects, and the input preprocessing fitted on the server's
+/// training rows. (The server's bulk endpoint is not in it: the worker knows it from the join handshake.)
 /// </summary>
 public sealed record JoinAccepted(
     string ConfigJson,
@@ -20,8 +21,7 @@ public sealed record JoinAccepted(
     string DataHash,
     string Architecture,
     float[] PreprocessShift,
-    float[] PreprocessScale,
-    string ServerBulkEndpoint) : IWireMessage;
+    float[] PreprocessScale) : IWireMessage;
 
 /// <summary>Gatekeeper → worker node: it may not join; the node exits with this reason.</summary>
 public sealed record JoinRefused(string Reason) : IWireMessage;

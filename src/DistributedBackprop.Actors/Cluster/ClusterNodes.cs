@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using System.Net.Sockets;
 using Akka.Actor;
+using DistributedBackprop.Actors.Security;
 using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
 
@@ -7,7 +9,9 @@ namespace DistributedBackprop.Actors.Cluster;
 
 /// <summary>
 /// The server node of cluster mode (`dbp serve`): an ActorSystem with role parameter-server that is its own
-/// seed, holding the coordinator, the parameter server and the gatekeeper. Training starts once
+/// seed, holding the coordinator, the parameter server and the gatekeeper. Unless insecure, it loads (or
+/// creates) the cluster CA and join token from its state directory, issues itself a certificate for its
+/// Akka address, and enrolls workers at its bulk channel port. Training starts once
 /// <c>minimumWorkers</c> workers have registered.
 /// </summary>
 public sealed class ClusterServer : IAsyncDisposable
@@ -18,18 +22,40 @@ public sealed class ClusterServer : IAsyncDisposable
     private ClusterServer(TrainingSession session, NodeSettings settings, int minimumWorkers, ITrainingObserver observer, CheckpointPolicy? checkpoints, ServerData data)
     {
         var clock = Stopwatch.StartNew();
-        Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.ServerRole);
-        System = ActorSystem.Create(ClusterNaming.SystemName, settings.BuildSetup(config));
+        Authority = settings.Tls
+            ? ClusterAuthority.LoadOrCreate(settings.StateDirectory ?? ClusterAuthority.DefaultStateDirectory(), settings.NewToken, settings.TokenFile)
+            : null;
+        int port = settings.ChoosePort();
+        Address address = settings.NodeAddress(port);
+        NodeIdentity? identity = Authority?.IssueOwn(ClusterNaming.ServerRole, ClusterNaming.ServerRole, address.ToString());
+        Akka.Configuration.Config config = (settings with { Port = port }).BuildConfig(ClusterNaming.ServerRole);
+        System = ActorSystem.Create(ClusterNaming.SystemName, NodeSettings.BuildSetup(config, identity));
         var cluster = Akka.Cluster.Cluster.Get(System);
         Address = cluster.SelfAddress;
+        if (!Address.Equals(address))
+        {
+            throw new InvalidOperationException($"the node started at {Address}, not at {address} as its certificate says");
+        }
         cluster.Join(Address);
-        Channel = Courier.Get(System).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), settings.LoadCertificate());
+        var policy = InboundPolicy.ServerNode();
+        policy.SetRun(session.Parameters.Length, session.Train.Features);
+        BulkChannel? channel = null;
+        Desk = new EnrollmentDesk(Authority, Address.ToString(), () => channel!.Endpoint,
+            claimed => cluster.State.Members.Any(m => Enrollment.SameAddress(m.Address.ToString(), claimed)), Akka.Event.Logging.GetLogger(System, "enrollment"));
+        channel = Courier.Get(System).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), identity, policy, Desk);
+        Channel = channel;
         long frameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
         var relay = new FormationObserver(observer, clock);
         Formation = relay;
         System.ActorOf(TrainingCoordinator.Props(session, 0, relay, checkpoints, _completion, minimumWorkers), "coordinator");
-        _gatekeeper = System.ActorOf(Gatekeeper.Props(session, data, Channel.Endpoint, frameSize), ClusterNaming.GatekeeperName);
+        _gatekeeper = System.ActorOf(Gatekeeper.Props(session, data, frameSize), ClusterNaming.GatekeeperName);
     }
+
+    /// <summary>The cluster CA and join token; null with --insecure.</summary>
+    public ClusterAuthority? Authority { get; }
+
+    /// <summary>The join handshake's counters (certificates issued, nodes refused).</summary>
+    public EnrollmentDesk Desk { get; }
 
     public ActorSystem System { get; }
 
@@ -96,30 +122,120 @@ public sealed class ClusterServer : IAsyncDisposable
     }
 }
 
-/// <summary>A worker node of cluster mode (`dbp worker`): joins the seed nodes, and runs until the server says training is over.</summary>
+/// <summary>
+/// A worker node of cluster mode (`dbp worker`): enrolls at the server's door (its bulk channel port) with
+/// the join token, receiving a certificate for the Akka address it will use, then starts its ActorSystem
+/// with it, joins the server, and runs until the server says training is over.
+/// </summary>
 public static class ClusterWorker
 {
+    /// <summary>How long a worker keeps knocking while the server's port does not answer (it may still be starting).</summary>
+    public static readonly TimeSpan JoinPatience = TimeSpan.FromSeconds(60);
+
     public static async Task<WorkerExit> RunAsync(NodeSettings settings, WorkerNodeOptions options, CancellationToken cancellation = default)
     {
         if (settings.SeedNodes is not { Count: > 0 } seeds)
         {
             throw new ArgumentException("--join: the server's HOST:PORT is required (or DBP_SEED_NODES)");
         }
-        Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.WorkerRole);
-        List<Address> seedAddresses = seeds.Select(settings.SeedAddress).ToList();
-        ActorSystem system = ActorSystem.Create(ClusterNaming.SystemName, settings.BuildSetup(config));
+        JoinToken? token = null;
+        if (settings.Tls)
+        {
+            token = settings.Token is { } text ? ParseToken(text, "--token")
+                : settings.TokenFile is { } file ? JoinToken.ReadFile(file)
+                : throw new ArgumentException("--token: a join token is required (--token, --token-file or DBP_JOIN_TOKEN; `dbp serve` prints it), or --insecure on a trusted network");
+        }
+        int port = settings.ChoosePort();
+        Address self = settings.NodeAddress(port);
+        (EnrollmentResult enrolled, ServerContact contact)? joined;
         try
         {
-            Courier.Get(system).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), settings.LoadCertificate());
+            joined = await EnrollAsync(settings, seeds, token, options.Name, self, cancellation).ConfigureAwait(false);
+        }
+        catch (EnrollmentRefusedException e)
+        {
+            return new WorkerExit(2, e.Message);
+        }
+        if (joined is not var (enrolled, contact))
+        {
+            return new WorkerExit(1, $"no server answered at {string.Join(", ", seeds)} within {JoinPatience.TotalSeconds:0} s");
+        }
+        Akka.Configuration.Config config = (settings with { Port = port }).BuildConfig(ClusterNaming.WorkerRole);
+        ActorSystem system = ActorSystem.Create(ClusterNaming.SystemName, NodeSettings.BuildSetup(config, enrolled.Identity));
+        try
+        {
+            Courier.Get(system).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), enrolled.Identity, InboundPolicy.WorkerNode());
             var exit = new TaskCompletionSource<WorkerExit>(TaskCreationOptions.RunContinuationsAsynchronously);
-            system.ActorOf(WorkerAgent.Props(options, exit), ClusterNaming.WorkerAgentName);
-            await Akka.Cluster.Cluster.Get(system).JoinSeedNodesAsync(seedAddresses, cancellation).ConfigureAwait(false);
+            system.ActorOf(WorkerAgent.Props(options, contact, exit), ClusterNaming.WorkerAgentName);
+            await Akka.Cluster.Cluster.Get(system).JoinSeedNodesAsync([contact.Address], cancellation).ConfigureAwait(false);
             return await exit.Task.WaitAsync(cancellation).ConfigureAwait(false);
         }
         finally
         {
             await ClusterServer.Leave(system).ConfigureAwait(false);
             await system.Terminate().ConfigureAwait(false);
+        }
+    }
+
+    private static JoinToken ParseToken(string text, string where)
+    {
+        try
+        {
+            return JoinToken.Parse(text);
+        }
+        catch (FormatException e)
+        {
+            throw new ArgumentException($"{where}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// The join handshake with the first seed that answers, retried while no server listens (it may be
+    /// starting); null if none answered in <see cref="JoinPatience"/>. A refusal is final.
+    /// </summary>
+    private static async Task<(EnrollmentResult, ServerContact)?> EnrollAsync(NodeSettings settings, IReadOnlyList<string> seeds, JoinToken? token, string name, Address self, CancellationToken cancellation)
+    {
+        var clock = Stopwatch.StartNew();
+        int closedHandshakes = 0;
+        while (true)
+        {
+            foreach (string seed in seeds)
+            {
+                Address seedAddress = settings.SeedAddress(seed);
+                string host = seedAddress.Host!;
+                int bulkPort = settings.ServerBulkPort ?? seedAddress.Port!.Value + 1;
+                try
+                {
+                    EnrollmentResult result = await Enrollment.EnrollAsync(host, bulkPort, token, name, self.ToString(), cancellation).ConfigureAwait(false);
+                    Address server;
+                    try
+                    {
+                        server = Address.Parse(result.ServerAkkaAddress);
+                    }
+                    catch (Exception e) when (e is UriFormatException or ArgumentException or FormatException)
+                    {
+                        throw new EnrollmentRefusedException($"the server at {host}:{bulkPort} gave an invalid Akka address");
+                    }
+                    return (result, new ServerContact(server, $"{(host.Contains(':') ? $"[{host}]" : host)}:{bulkPort}"));
+                }
+                catch (Exception e) when (e is SocketException or OperationCanceledException && !cancellation.IsCancellationRequested)
+                {
+                    // Nobody listening yet, or no answer in time: knock again.
+                }
+                catch (Exception e) when (e is IOException or InvalidDataException)
+                {
+                    // Connected, then closed mid-handshake: a server of the other kind (TLS or --insecure) does that.
+                    if (++closedHandshakes >= 3)
+                    {
+                        throw new EnrollmentRefusedException($"the server at {host}:{bulkPort} closed the join handshake {closedHandshakes} times ({e.Message}); {(token is null ? "does it require a join token (started without --insecure)?" : "is it running with --insecure?")}");
+                    }
+                }
+            }
+            if (clock.Elapsed > JoinPatience)
+            {
+                return null;
+            }
+            await Task.Delay(TimeSpan.FromMilliseconds(500), cancellation).ConfigureAwait(false);
         }
     }
 }

@@ -16,30 +16,37 @@ public sealed record AnnounceFinish(TrainingFinished Message) : INoSerialization
 /// The server node's door. A worker node's agent sends <see cref="JoinRequest"/>; the gatekeeper checks the
 /// protocol version and Akka frame size (all nodes must agree), records the node's bulk channel endpoint,
 /// and answers <see cref="JoinAccepted"/> (the run's configuration, the data to load, the preprocessing and
-/// hashes to match) or <see cref="JoinRefused"/>. It streams the training rows to nodes that ask
-/// (<see cref="RequestTrainingData"/>) and, at the end, tells every node <see cref="TrainingFinished"/>.
+/// hashes to match) or <see cref="JoinRefused"/>. It streams the training rows to admitted nodes that
+/// said they need them (<see cref="RequestTrainingData"/>) and, at the end, tells every node
+/// <see cref="TrainingFinished"/>. Every answer travels on the bulk channel (<see cref="Courier"/>), whose
+/// connections are authenticated; a node's bulk endpoint must be on its own Akka host.
 /// Registration for work itself happens between the node's worker and the parameter server.
 /// </summary>
 public sealed class Gatekeeper : ReceiveActor
 {
-    private const int ChunkBytes = 1 << 20;
+    /// <summary>Bytes of rows per streamed chunk (the receiving side's frame limit follows from it).</summary>
+    public const int ChunkBytes = 1 << 20;
     private readonly TrainingSession _session;
     private readonly ServerData _data;
-    private readonly string _bulkEndpoint;
     private readonly long _frameSize;
     private readonly Courier _courier = Courier.Get(Context.System);
     private readonly HashSet<IActorRef> _agents = [];
+    private readonly HashSet<IActorRef> _streamed = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public Gatekeeper(TrainingSession session, ServerData data, string bulkEndpoint, long frameSize)
+    public Gatekeeper(TrainingSession session, ServerData data, long frameSize)
     {
         _session = session;
         _data = data;
-        _bulkEndpoint = bulkEndpoint;
         _frameSize = frameSize;
         Receive<JoinRequest>(Join);
         Receive<RequestTrainingData>(_ =>
         {
+            if (!_agents.Contains(Sender) || !_streamed.Remove(Sender))
+            {
+                _log.Warning("refused to stream the training data to {0}: not an admitted node that asked for it at join", Sender.Path);
+                return;
+            }
             // Streaming may wait on the channel's flow control: off the actor.
             IActorRef agent = Sender, self = Self;
             Task.Run(() => Stream(agent, self));
@@ -49,17 +56,18 @@ public sealed class Gatekeeper : ReceiveActor
         Receive<Terminated>(t =>
         {
             _agents.Remove(t.ActorRef);
+            _streamed.Remove(t.ActorRef);
             _courier.ForgetPeer(t.ActorRef.Path.Address);
         });
     }
 
-    public static Props Props(TrainingSession session, ServerData data, string bulkEndpoint, long frameSize) =>
-        Akka.Actor.Props.Create(() => new Gatekeeper(session, data, bulkEndpoint, frameSize));
+    public static Props Props(TrainingSession session, ServerData data, long frameSize) =>
+        Akka.Actor.Props.Create(() => new Gatekeeper(session, data, frameSize));
 
     private void Join(JoinRequest request)
     {
-        string? problem = !ValidEndpoint(request.BulkEndpoint)
-            ? $"node {request.NodeName} announced '{request.BulkEndpoint}', which is not a HOST:PORT bulk endpoint"
+        string? problem = !ValidEndpoint(request.BulkEndpoint, Sender.Path.Address)
+            ? $"node {request.NodeName} announced '{request.BulkEndpoint}', which is not a HOST:PORT bulk endpoint on its own host {Sender.Path.Address.Host}"
             : request.ProtocolVersion != WireFormat.ProtocolVersion
             ? $"node {request.NodeName} speaks protocol version {request.ProtocolVersion}, the server {WireFormat.ProtocolVersion}"
             : request.MaximumFrameSize != _frameSize
@@ -68,10 +76,21 @@ public sealed class Gatekeeper : ReceiveActor
         if (problem is not null)
         {
             _log.Error("refused node {0}: {1}", request.NodeName, problem);
-            Sender.Tell(new JoinRefused(problem));
+            // The answer must travel on the bulk channel: the endpoint is known just long enough to say no
+            // (a queued frame is still written after the peer is forgotten), so the node is never admitted.
+            if (ValidEndpoint(request.BulkEndpoint, Sender.Path.Address))
+            {
+                _courier.RegisterPeer(Sender.Path.Address, request.BulkEndpoint);
+                _courier.Send(Sender, new JoinRefused(problem), Self);
+                _courier.ForgetPeer(Sender.Path.Address);
+            }
             return;
         }
         _courier.RegisterPeer(Sender.Path.Address, request.BulkEndpoint);
+        if (request.WantsStreamedData)
+        {
+            _streamed.Add(Sender);
+        }
         if (_agents.Add(Sender))
         {
             Context.Watch(Sender);
@@ -79,15 +98,14 @@ public sealed class Gatekeeper : ReceiveActor
         }
         _courier.Send(Sender, new JoinAccepted(
             _session.Config.ToJson(), _data.DataPath, _data.LabelColumn, _data.TestFraction, _session.DataHash,
-            _session.Architecture.Describe(), _session.Preprocessing.Shift, _session.Preprocessing.Scale, _bulkEndpoint), Self);
+            _session.Architecture.Describe(), _session.Preprocessing.Shift, _session.Preprocessing.Scale), Self);
     }
 
-    private static bool ValidEndpoint(string endpoint)
+    private static bool ValidEndpoint(string endpoint, Address node)
     {
         try
         {
-            BulkChannel.ParseEndpoint(endpoint);
-            return true;
+            return string.Equals(BulkChannel.ParseEndpoint(endpoint).Host, node.Host?.Trim('[', ']'), StringComparison.OrdinalIgnoreCase);
         }
         catch (ArgumentException)
         {
@@ -113,7 +131,7 @@ public sealed class Gatekeeper : ReceiveActor
     {
         foreach (IActorRef agent in _agents)
         {
-            agent.Tell(finish.Message);
+            _courier.Send(agent, finish.Message, Self);
         }
         Sender.Tell(new Status.Success(_agents.Count));
     }

@@ -2,11 +2,12 @@ using System.Globalization;
 using System.Net;
 using System.Net.NetworkInformation;
 using System.Net.Sockets;
-using System.Security.Cryptography.X509Certificates;
 using Akka.Actor;
 using Akka.Actor.Setup;
 using Akka.Configuration;
+using Akka.Event;
 using Akka.Remote.Transport.DotNetty;
+using DistributedBackprop.Actors.Security;
 
 namespace DistributedBackprop.Actors.Cluster;
 
@@ -22,9 +23,25 @@ public sealed record NodeSettings
     public string? PublicHostname { get; init; }
     public IReadOnlyList<string>? SeedNodes { get; init; }
     public int? BulkPort { get; init; }
-    public string? TlsCertificate { get; init; }
-    public string? TlsPassword { get; init; }
     public string? ConfigFile { get; init; }
+
+    /// <summary>--insecure: no TLS, no token, no certificates (a trusted lab network only).</summary>
+    public bool? Insecure { get; init; }
+
+    /// <summary>Worker: the join token (or read from <see cref="TokenFile"/>).</summary>
+    public string? Token { get; init; }
+
+    /// <summary>Server: where the token is written (0600, reused if present); worker: where it is read.</summary>
+    public string? TokenFile { get; init; }
+
+    /// <summary>Server: replace the join token's secret (the CA, and certificates already issued, stay).</summary>
+    public bool NewToken { get; init; }
+
+    /// <summary>Server: where the cluster CA and token live between runs.</summary>
+    public string? StateDirectory { get; init; }
+
+    /// <summary>Worker: the server's bulk channel port, where the join handshake happens (default: the seed's port + 1).</summary>
+    public int? ServerBulkPort { get; init; }
 
     /// <summary>Fills unset fields from DBP_* environment variables.</summary>
     public NodeSettings Resolve(Func<string, string?>? environment = null)
@@ -41,15 +58,19 @@ public sealed record NodeSettings
             PublicHostname = PublicHostname ?? environment("DBP_PUBLIC_HOSTNAME"),
             SeedNodes = SeedNodes ?? environment("DBP_SEED_NODES")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             BulkPort = BulkPort ?? Int(environment("DBP_BULK_PORT"), "DBP_BULK_PORT"),
-            TlsCertificate = TlsCertificate ?? environment("DBP_TLS_CERTIFICATE"),
-            TlsPassword = TlsPassword ?? environment("DBP_TLS_PASSWORD"),
             ConfigFile = ConfigFile ?? environment("DBP_CONFIG"),
+            Insecure = Insecure ?? (environment("DBP_INSECURE") is { } insecure ? insecure is "1" or "true" or "yes" : null),
+            Token = Token ?? environment("DBP_JOIN_TOKEN"),
+            TokenFile = TokenFile ?? environment("DBP_TOKEN_FILE"),
+            StateDirectory = StateDirectory ?? environment("DBP_STATE_DIR"),
+            ServerBulkPort = ServerBulkPort ?? Int(environment("DBP_SERVER_BULK_PORT"), "DBP_SERVER_BULK_PORT"),
         };
     }
 
-    public bool Tls => TlsCertificate is not null;
+    /// <summary>Secure unless --insecure: mutual TLS on every connection, certificates from the cluster CA.</summary>
+    public bool Tls => Insecure != true;
 
-    /// <summary>akka.tcp, or akka.ssl.tcp with TLS: every address of the cluster must use the same scheme.</summary>
+    /// <summary>akka.ssl.tcp, or akka.tcp with --insecure: every address of the cluster must use the same scheme.</summary>
     public string Scheme => Tls ? "akka.ssl.tcp" : "akka.tcp";
 
     /// <summary>Parses "host:port" into an Akka address of system "dbp".</summary>
@@ -63,21 +84,28 @@ public sealed record NodeSettings
         return new Address(Scheme, ClusterNaming.SystemName, hostPort[..colon], port);
     }
 
-    public X509Certificate2? LoadCertificate()
+    /// <summary>
+    /// This node's Akka port: the one configured, or — for port 0 — a free one picked now, because a node's
+    /// certificate names its Akka address, so the address must be known before the node starts.
+    /// </summary>
+    public int ChoosePort()
     {
-        if (TlsCertificate is null)
+        if (Port is int port and > 0)
         {
-            return null;
+            return port;
         }
-        try
-        {
-            return X509CertificateLoader.LoadPkcs12FromFile(TlsCertificate, TlsPassword);
-        }
-        catch (Exception e) when (e is System.Security.Cryptography.CryptographicException or IOException)
-        {
-            throw new ArgumentException($"{TlsCertificate}: cannot load the TLS certificate: {e.Message}", e);
-        }
+        string bind = BindHost ?? "127.0.0.1";
+        IPAddress address = bind is "0.0.0.0" or "*" ? IPAddress.Any : bind is "::" ? IPAddress.IPv6Any
+            : IPAddress.TryParse(bind, out IPAddress? literal) ? literal : Dns.GetHostAddresses(bind).First(a => a.AddressFamily == AddressFamily.InterNetwork);
+        var probe = new TcpListener(address, 0);
+        probe.Start();
+        int chosen = ((IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        return chosen;
     }
+
+    /// <summary>The Akka address this node will have: scheme, system, advertised host, port.</summary>
+    public Address NodeAddress(int port) => new(Scheme, ClusterNaming.SystemName, AdvertisedHost(), port);
 
     /// <summary>The host other nodes should use: the public hostname, else the bind host, else this machine's first non-loopback IPv4 address.</summary>
     public string AdvertisedHost()
@@ -121,21 +149,33 @@ public sealed record NodeSettings
         {
             overrides.Add($"akka.remote.dot-netty.tcp.public-hostname = \"{AdvertisedHost()}\"");
         }
-        if (Tls)
-        {
-            overrides.Add("akka.remote.dot-netty.tcp.enable-ssl = true");
-        }
+        overrides.Add($"akka.remote.dot-netty.tcp.enable-ssl = {(Tls ? "true" : "false")}");
         return ConfigurationFactory.ParseString(string.Join('\n', overrides)).WithFallback(config);
     }
 
-    /// <summary>ActorSystem setup: the config, plus the TLS certificate for Akka's DotNetty transport.</summary>
-    public ActorSystemSetup BuildSetup(Config config)
+    /// <summary>
+    /// ActorSystem setup: the config, plus this node's certificate for Akka's DotNetty transport — mutual
+    /// TLS, and a peer is accepted only if its certificate chains to the cluster CA (hostnames are not
+    /// checked: the CA, not DNS, says who belongs to the cluster).
+    /// </summary>
+    public static ActorSystemSetup BuildSetup(Config config, NodeIdentity? identity)
     {
         BootstrapSetup bootstrap = BootstrapSetup.Create().WithConfig(config);
-        X509Certificate2? certificate = LoadCertificate();
-        // Peers are pinned by certificate on the bulk channel; Akka's transport encrypts with the same
-        // certificate (a self-signed cluster certificate would not pass chain validation).
-        return certificate is null ? ActorSystemSetup.Create(bootstrap) : ActorSystemSetup.Create(bootstrap, new DotNettySslSetup(certificate, suppressValidation: true));
+        if (identity is null)
+        {
+            return ActorSystemSetup.Create(bootstrap);
+        }
+        var tls = new DotNettySslSetup(identity.Certificate, suppressValidation: false, requireMutualAuthentication: true, validateCertificateHostname: false,
+            (certificate, _, peer, _, log) =>
+            {
+                if (identity.Validate(certificate, out string problem) is not null)
+                {
+                    return true;
+                }
+                log.Warning("refused a TLS connection with {0}: {1}", peer, problem);
+                return false;
+            });
+        return ActorSystemSetup.Create(bootstrap, tls);
     }
 
     internal static Config Embedded(string name)
@@ -158,4 +198,7 @@ public static class ClusterNaming
 
     /// <summary>The parameter server's path on the server node.</summary>
     public const string ParameterServerPath = "/user/coordinator/" + TrainingCoordinator.ServerName;
+
+    /// <summary>The worker actor's path on a worker node.</summary>
+    public const string WorkerActorPath = "/user/" + WorkerAgentName + "/worker";
 }

@@ -14,17 +14,23 @@ public sealed record WorkerExit(int ExitCode, string Message);
 /// <summary>What a worker node was told on its command line.</summary>
 public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData);
 
+/// <summary>Where the server is, as the join handshake said (its Akka address and bulk channel endpoint).</summary>
+public sealed record ServerContact(Address Address, string BulkEndpoint);
+
 /// <summary>
-/// A worker node's agent. Once the node is a cluster member and the parameter-server node is up, it sends
-/// the server's gatekeeper a <see cref="JoinRequest"/> (repeated until answered), loads the training data
+/// A worker node's agent. Once the node is a cluster member and the parameter-server node the join
+/// handshake named is up, it sends the server's gatekeeper a <see cref="JoinRequest"/> over the bulk
+/// channel (repeated until answered), loads the training data
 /// the <see cref="JoinAccepted"/> describes (its own path with --data, or streamed from the server) off the
 /// actor, rebuilds exactly the server's training rows (same split, the server's preprocessing), and starts
 /// the node's <see cref="Worker"/>, which registers with the parameter server. It completes the process's
-/// exit when the server says <see cref="TrainingFinished"/>, refuses the worker, or disappears.
+/// exit when the server says <see cref="TrainingFinished"/>, refuses the worker, or disappears. Messages
+/// that only the server may send are dropped from anyone else.
 /// </summary>
 public sealed class WorkerAgent : ReceiveActor, IWithTimers
 {
     private readonly WorkerNodeOptions _options;
+    private readonly ServerContact _contact;
     private readonly TaskCompletionSource<WorkerExit> _exit;
     private readonly Akka.Cluster.Cluster _cluster = Akka.Cluster.Cluster.Get(Context.System);
     private readonly Courier _courier = Courier.Get(Context.System);
@@ -35,30 +41,37 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     private int[]? _streamedLabels;
     private int _streamedRows;
 
-    public WorkerAgent(WorkerNodeOptions options, TaskCompletionSource<WorkerExit> exit)
+    public WorkerAgent(WorkerNodeOptions options, ServerContact contact, TaskCompletionSource<WorkerExit> exit)
     {
         _options = options;
+        _contact = contact;
         _exit = exit;
+        _courier.RegisterPeer(contact.Address, contact.BulkEndpoint);
         Receive<ClusterEvents.MemberUp>(m => ServerMaybeUp(m.Member));
         Receive<ClusterEvents.MemberWeaklyUp>(m => ServerMaybeUp(m.Member));
         Receive<ClusterEvents.MemberRemoved>(m => ServerMaybeGone(m.Member.Address, "was removed from the cluster"));
         Receive<ClusterEvents.UnreachableMember>(m => _log.Warning("node {0} is unreachable", m.Member.Address));
         Receive<ClusterEvents.IClusterDomainEvent>(_ => { });
         Receive<RetryJoin>(_ => AskToJoin());
-        Receive<JoinAccepted>(Accepted);
-        Receive<JoinRefused>(r => Exit(2, $"the server refused this node: {r.Reason}"));
-        Receive<TrainingDataChunk>(Chunk);
+        Receive<JoinAccepted>(_ => FromServer(), Accepted);
+        Receive<JoinRefused>(_ => FromServer(), r => Exit(2, $"the server refused this node: {r.Reason}"));
+        Receive<TrainingDataChunk>(_ => FromServer(), Chunk);
+        Receive<TrainingFinished>(_ => FromServer(), f => Exit(f.Succeeded ? 0 : 1, f.Succeeded ? $"training finished after {f.Steps} steps" : $"training failed on the server: {f.Message}"));
+        // From this node's own worker actor, which checked that the server sent it.
+        Receive<WorkerRefused>(_ => Sender.Path.Parent.Equals(Self.Path), r => Exit(2, $"the parameter server refused {r.WorkerName}: {r.Reason}"));
+        Receive<IWireMessage>(m => _log.Warning("dropped a {0} from {1}: only the parameter server may send it", m.GetType().Name, Sender.Path));
+        Receive<DeliveryFailed>(f => _log.Warning("cannot reach the server's bulk channel ({0}); retrying", f.Reason));
         Receive<DataReady>(Ready);
         Receive<Status.Failure>(f => Exit(2, f.Cause is DataException or ArgumentException ? f.Cause.Message : f.Cause.ToString()));
-        Receive<WorkerRefused>(r => Exit(2, $"the parameter server refused {r.WorkerName}: {r.Reason}"));
-        Receive<TrainingFinished>(f => Exit(f.Succeeded ? 0 : 1, f.Succeeded ? $"training finished after {f.Steps} steps" : $"training failed on the server: {f.Message}"));
         Receive<Terminated>(_ => Exit(1, "the worker actor stopped"));
     }
 
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public static Props Props(WorkerNodeOptions options, TaskCompletionSource<WorkerExit> exit) =>
-        Akka.Actor.Props.Create(() => new WorkerAgent(options, exit));
+    public static Props Props(WorkerNodeOptions options, ServerContact contact, TaskCompletionSource<WorkerExit> exit) =>
+        Akka.Actor.Props.Create(() => new WorkerAgent(options, contact, exit));
+
+    private bool FromServer() => Sender.Path.Address.Equals(_contact.Address);
 
     protected override void PreStart() =>
         _cluster.Subscribe(Self, ClusterEvents.SubscriptionInitialStateMode.InitialStateAsEvents,
@@ -76,7 +89,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
 
     private void ServerMaybeUp(Akka.Cluster.Member member)
     {
-        if (_server is null && member.HasRole(ClusterNaming.ServerRole))
+        if (_server is null && member.HasRole(ClusterNaming.ServerRole) && member.Address.Equals(_contact.Address))
         {
             _server = member.Address;
             _log.Info("parameter-server node is up at {0}", _server);
@@ -99,8 +112,8 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
             return;
         }
         long frameSize = Context.System.Settings.Config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
-        Context.ActorSelection(new RootActorPath(_server) / "user" / ClusterNaming.GatekeeperName)
-            .Tell(new JoinRequest(_options.Name, WireFormat.ProtocolVersion, frameSize, _courier.Channel!.Endpoint, _options.StreamData));
+        IActorRef gatekeeper = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(new RootActorPath(_server) / "user" / ClusterNaming.GatekeeperName);
+        _courier.Send(gatekeeper, new JoinRequest(_options.Name, WireFormat.ProtocolVersion, frameSize, _courier.Channel!.Endpoint, _options.StreamData), Self);
         Timers.StartSingleTimer("join", RetryJoin.Instance, TimeSpan.FromSeconds(2));
     }
 
@@ -112,11 +125,14 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         }
         _accepted = accepted;
         Timers.Cancel("join");
-        _courier.RegisterPeer(Sender.Path.Address, accepted.ServerBulkEndpoint);
+        // From now on tensors of this run's size may arrive, and no larger.
+        TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
+        int features = accepted.PreprocessShift.Length;
+        _courier.Channel!.Policy.SetRun(config.BuildArchitecture(features, Classes(accepted)).ParameterCount, features);
         _log.Info("joined; training {0}", accepted.Architecture);
         if (_options.StreamData)
         {
-            Sender.Tell(RequestTrainingData.Instance);
+            _courier.Send(Sender, RequestTrainingData.Instance, Self);
             return;
         }
         string? path = _options.DataOverride ?? accepted.DataPath;
@@ -139,6 +155,15 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         {
             return;
         }
+        // Sizes come from the server's (authenticated) chunks; still, check them before allocating or copying.
+        int features = _accepted.PreprocessShift.Length;
+        if (chunk.Features != features || chunk.TotalRows <= 0 || chunk.FirstRow < 0 || (long)chunk.TotalRows * features > Array.MaxLength
+            || chunk.Labels.Length == 0 || (long)chunk.FirstRow + chunk.Labels.Length > chunk.TotalRows || chunk.Values.Length != (long)chunk.Labels.Length * features
+            || (_streamedLabels is not null && _streamedLabels.Length != chunk.TotalRows))
+        {
+            Exit(1, $"the server streamed a malformed data chunk (rows {chunk.FirstRow}+{chunk.Labels.Length} of {chunk.TotalRows}, {chunk.Features} features)");
+            return;
+        }
         _streamedValues ??= new float[(long)chunk.TotalRows * chunk.Features];
         _streamedLabels ??= new int[chunk.TotalRows];
         chunk.Values.CopyTo(_streamedValues, (long)chunk.FirstRow * chunk.Features);
@@ -147,13 +172,17 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         if (_streamedRows == chunk.TotalRows)
         {
             TrainingConfig config = TrainingConfig.FromJson(_accepted.ConfigJson);
-            int classes = int.Parse(_accepted.Architecture.Split(' ')[0].Split('-')[^1], System.Globalization.CultureInfo.InvariantCulture);
+            int classes = Classes(_accepted);
             var rows = new Dataset("streamed from the server", chunk.Features, _streamedValues, _streamedLabels,
                 Enumerable.Range(0, classes).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), DataKind.Table);
             // The rows are the server's own, already preprocessed: they match its hash by construction.
             Self.Tell(new DataReady(rows, _accepted.DataHash, config));
         }
     }
+
+    /// <summary>The number of classes: the output width of the architecture the server trains ("64-128-10 …").</summary>
+    private static int Classes(JoinAccepted accepted) =>
+        int.Parse(accepted.Architecture.Split(' ')[0].Split('-')[^1], System.Globalization.CultureInfo.InvariantCulture);
 
     private void Ready(DataReady data)
     {

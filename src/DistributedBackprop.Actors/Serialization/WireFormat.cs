@@ -20,7 +20,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 1;
+    public const int ProtocolVersion = 2;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -77,12 +77,12 @@ public static class WireFormat
             case CheckpointSaved m: w.String(m.Path); w.Long(m.GlobalStep); break;
             case GetStatistics: break;
             case ServerStatistics m:
-                w.Long(m.GlobalStep); w.Int(m.Workers); w.Long(m.StaleDropped); w.Long(m.DuplicatesDropped); w.Long(m.UnregisteredIgnored); w.Long(m.Reassignments); w.Bool(m.Failed);
+                w.Long(m.GlobalStep); w.Int(m.Workers); w.Long(m.StaleDropped); w.Long(m.DuplicatesDropped); w.Long(m.UnregisteredIgnored); w.Long(m.Reassignments); w.Long(m.Unauthorized); w.Bool(m.Failed);
                 break;
             case JoinRequest m: w.String(m.NodeName); w.Int(m.ProtocolVersion); w.Long(m.MaximumFrameSize); w.String(m.BulkEndpoint); w.Bool(m.WantsStreamedData); break;
             case JoinAccepted m:
                 w.String(m.ConfigJson); w.NullableString(m.DataPath); w.NullableString(m.LabelColumn); w.Double(m.TestFraction);
-                w.String(m.DataHash); w.String(m.Architecture); w.Floats(m.PreprocessShift); w.Floats(m.PreprocessScale); w.String(m.ServerBulkEndpoint);
+                w.String(m.DataHash); w.String(m.Architecture); w.Floats(m.PreprocessShift); w.Floats(m.PreprocessScale);
                 break;
             case JoinRefused m: w.String(m.Reason); break;
             case RequestTrainingData: break;
@@ -112,9 +112,9 @@ public static class WireFormat
             "SC" => new SaveCheckpoint(r.String()),
             "CS" => new CheckpointSaved(r.String(), r.Long()),
             "GS" => GetStatistics.Instance,
-            "SS" => new ServerStatistics(r.Long(), r.Int(), r.Long(), r.Long(), r.Long(), r.Long(), r.Bool()),
+            "SS" => new ServerStatistics(r.Long(), r.Int(), r.Long(), r.Long(), r.Long(), r.Long(), r.Long(), r.Bool()),
             "JQ" => new JoinRequest(r.String(), r.Int(), r.Long(), r.String(), r.Bool()),
-            "JA" => new JoinAccepted(r.String(), r.NullableString(), r.NullableString(), r.Double(), r.String(), r.String(), r.Floats(), r.Floats(), r.String()),
+            "JA" => new JoinAccepted(r.String(), r.NullableString(), r.NullableString(), r.Double(), r.String(), r.String(), r.Floats(), r.Floats()),
             "JR" => new JoinRefused(r.String()),
             "RD" => RequestTrainingData.Instance,
             "DC" => ReadDataChunk(r),

@@ -8,43 +8,72 @@ using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Akka.Actor;
 using Akka.Event;
+using DistributedBackprop.Actors.Security;
 using DistributedBackprop.Actors.Serialization;
 
 namespace DistributedBackprop.Actors.Transport;
 
+/// <summary>Limits of the bulk channel, read once from the HOCON block <c>dbp.bulk-channel</c>.</summary>
+public sealed record BulkChannelSettings(int MaxConnections, int MaxPendingHandshakes, TimeSpan HandshakeTimeout, TimeSpan IdleTimeout,
+    int MaxFramesInFlight, TimeSpan SendTimeout, TimeSpan ConnectTimeout, int MaxPathBytes)
+{
+    public static BulkChannelSettings From(Akka.Configuration.Config config)
+    {
+        Akka.Configuration.Config c = config.GetConfig("dbp.bulk-channel") ?? throw new InvalidOperationException("dbp.bulk-channel is missing from the configuration");
+        return new BulkChannelSettings(c.GetInt("max-connections"), c.GetInt("max-pending-handshakes"), c.GetTimeSpan("handshake-timeout"),
+            c.GetTimeSpan("idle-timeout"), c.GetInt("max-frames-in-flight"), c.GetTimeSpan("send-timeout"), c.GetTimeSpan("connect-timeout"), c.GetInt("max-path-bytes"));
+    }
+}
+
 /// <summary>
-/// The bulk tensor channel: plain TCP (TLS when configured) between nodes, beside Akka.Remote, for the
-/// messages that carry parameter or gradient vectors. Akka.Remote keeps the control messages and the
-/// cluster heartbeats, so megabytes of tensors never delay a heartbeat, never hit Akka's maximum frame
-/// size, and travel as raw float32 at socket speed.
+/// The bulk channel: TCP between nodes, beside Akka.Remote, for every protocol message between nodes
+/// (tensors and control alike). Akka.Remote keeps membership, heartbeats and DeathWatch, so megabytes
+/// of tensors never delay a heartbeat nor hit Akka's frame size, and travel as raw float32.
+///
+/// Security (docs/architecture.md, "Security"). With a <see cref="NodeIdentity"/> every connection is
+/// mutual TLS against the cluster CA, and the identity of a frame's sender is the certificate of the
+/// connection it came on: a frame whose sender path is not at the certificate's Akka address is refused.
+/// A connection without a client certificate may only run the join handshake (<see cref="Enrollment"/>),
+/// and only where an <see cref="EnrollmentDesk"/> is given (the server). What may arrive is a closed list
+/// (<see cref="InboundPolicy"/>: manifest, recipient, peer role, size limit checked before allocating);
+/// anything else, a malformed frame, a stalled handshake or an idle connection closes that one connection,
+/// is counted and logged, and the node goes on. Connections and pending handshakes are capped.
 ///
 /// Frame: "DBPB", recipient actor path, sender actor path (UTF-8, 16-bit length each), two-letter
 /// manifest, 64-bit payload length, then the <see cref="WireFormat"/> payload, streamed straight from and
 /// into the float arrays. One outgoing connection per peer, written by one thread from a bounded queue
-/// (<see cref="MaxFramesInFlight"/> per peer: a sender that gets further ahead waits — the flow control).
-/// Received messages are delivered with <c>recipient.Tell(message, sender)</c> as if Akka had carried
-/// them, so actors see one protocol whichever way a message travelled.
+/// (max-frames-in-flight per peer: a sender that gets further ahead waits — the flow control).
+/// Received messages are delivered with <c>recipient.Tell(message, sender)</c>.
 /// </summary>
 public sealed class BulkChannel : IDisposable
 {
-    public const int MaxFramesInFlight = 8;
     private static readonly byte[] Magic = "DBPB"u8.ToArray();
     private const int SocketBuffer = 4 << 20;
+    private const int MaxResolvedPaths = 1024;
 
     private readonly ExtendedActorSystem _system;
     private readonly ILoggingAdapter _log;
-    private readonly X509Certificate2? _certificate;
+    private readonly NodeIdentity? _identity;
+    private readonly SslStreamCertificateContext? _certificateContext;
+    private readonly InboundPolicy _policy;
+    private readonly EnrollmentDesk? _desk;
+    private readonly BulkChannelSettings _settings;
     private readonly TcpListener _listener;
     private readonly ConcurrentDictionary<string, Outgoing> _outgoing = new();
     private readonly ConcurrentDictionary<string, IActorRef> _resolved = new();
     private readonly CancellationTokenSource _stop = new();
-    private long _bytesSent, _bytesReceived;
+    private long _bytesSent, _bytesReceived, _refusals;
+    private int _open, _pending;
 
-    public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, X509Certificate2? certificate)
+    public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null)
     {
         _system = system;
         _log = Logging.GetLogger(system, "bulk-channel");
-        _certificate = certificate;
+        _identity = identity;
+        _certificateContext = identity is null ? null : SslStreamCertificateContext.Create(identity.Certificate, additionalCertificates: null, offline: true);
+        _policy = policy;
+        _desk = desk;
+        _settings = BulkChannelSettings.From(system.Settings.Config);
         IPAddress address = bindHost switch
         {
             "0.0.0.0" or "*" => IPAddress.Any,
@@ -54,7 +83,7 @@ public sealed class BulkChannel : IDisposable
         _listener = new TcpListener(address, port);
         // Two processes must never share a port silently.
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
-        _listener.Start();
+        _listener.Start(backlog: 128);
         Endpoint = $"{publicHost}:{((IPEndPoint)_listener.LocalEndpoint).Port}";
         _ = Task.Run(AcceptLoop);
     }
@@ -62,8 +91,16 @@ public sealed class BulkChannel : IDisposable
     /// <summary>host:port where peers reach this node's channel.</summary>
     public string Endpoint { get; }
 
+    public bool Secure => _identity is not null;
+    public InboundPolicy Policy => _policy;
     public long BytesSent => Interlocked.Read(ref _bytesSent);
     public long BytesReceived => Interlocked.Read(ref _bytesReceived);
+
+    /// <summary>Connections closed and frames refused for what a peer sent (or failed to send in time).</summary>
+    public long Refusals => Interlocked.Read(ref _refusals);
+
+    /// <summary>Inbound connections open now (authenticated or still handshaking).</summary>
+    public int OpenConnections => Volatile.Read(ref _open);
 
     /// <summary>Pool the float arrays of received tensors come from.</summary>
     public FloatArrayPool Pool { get; } = new();
@@ -71,18 +108,25 @@ public sealed class BulkChannel : IDisposable
     /// <summary>
     /// Queues <paramref name="message"/> for <paramref name="recipient"/> on the node listening at
     /// <paramref name="endpoint"/>. If the frame cannot be delivered (the peer is unreachable even after one
-    /// reconnect, or <see cref="MaxFramesInFlight"/> frames stay queued for 5 s), <paramref name="sender"/>
-    /// receives <see cref="DeliveryFailed"/> — a frame is never lost silently.
+    /// reconnect, its certificate is not the recipient node's, or the queue stays full for send-timeout),
+    /// <paramref name="sender"/> receives <see cref="DeliveryFailed"/> — a frame is never lost silently.
     /// </summary>
     public void Send(string endpoint, IActorRef recipient, object message, IActorRef sender)
     {
-        Outgoing connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e));
+        Address peer = recipient.Path.Address;
+        Outgoing connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e, peer));
+        if (!connection.Peer.Equals(peer))
+        {
+            // The endpoint now belongs to another node (a restarted worker): a fresh connection, checked for that node.
+            Forget(endpoint);
+            connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e, peer));
+        }
         // Full paths with the actors' UIDs: the receiver resolves them to refs equal to the ones it knows.
         var frame = new Frame(Akka.Serialization.Serialization.SerializedActorPath(recipient), Akka.Serialization.Serialization.SerializedActorPath(sender), message, recipient, sender);
         bool queued;
         try
         {
-            queued = connection.Queue.TryAdd(frame, TimeSpan.FromSeconds(5));
+            queued = connection.Queue.TryAdd(frame, _settings.SendTimeout);
         }
         catch (InvalidOperationException)
         {
@@ -90,7 +134,7 @@ public sealed class BulkChannel : IDisposable
         }
         if (!queued)
         {
-            Dropped(frame, $"{MaxFramesInFlight} frames queued for 5 s or the connection is closed");
+            Dropped(frame, $"{_settings.MaxFramesInFlight} frames queued for {_settings.SendTimeout.TotalSeconds:0.#} s or the connection is closed");
         }
     }
 
@@ -109,8 +153,18 @@ public sealed class BulkChannel : IDisposable
         frame.SenderRef.Tell(new DeliveryFailed(frame.RecipientRef, frame.Message, reason));
     }
 
+    /// <summary>Counts and logs what a peer did wrong; after the first few, one line per hundred (a flood must not flood the log).</summary>
+    private void Refused(string peer, string reason)
+    {
+        long count = Interlocked.Increment(ref _refusals);
+        if (count <= 20 || count % 100 == 0)
+        {
+            _log.Warning("bulk channel: closed the connection from {0}: {1} ({2} refused so far)", peer, reason, count);
+        }
+    }
+
     /// <summary>host:port → (host, port); the host may be an IPv6 literal.</summary>
-    internal static (string Host, int Port) ParseEndpoint(string endpoint)
+    public static (string Host, int Port) ParseEndpoint(string endpoint)
     {
         int colon = endpoint.LastIndexOf(':');
         if (colon <= 0 || !int.TryParse(endpoint.AsSpan(colon + 1), System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int port) || port is <= 0 or > 65535)
@@ -138,39 +192,133 @@ public sealed class BulkChannel : IDisposable
                 _log.Warning("bulk channel accept failed: {0}", e.Message);
                 continue;
             }
-            var thread = new Thread(() => ReceiveLoop(client)) { IsBackground = true, Name = "dbp-bulk-receive" };
-            thread.Start();
+            string peer = client.Client.RemoteEndPoint?.ToString() ?? "?";
+            if (Interlocked.Increment(ref _open) > _settings.MaxConnections)
+            {
+                Interlocked.Decrement(ref _open);
+                client.Dispose();
+                Refused(peer, $"more than {_settings.MaxConnections} open connections");
+                continue;
+            }
+            if (Interlocked.Increment(ref _pending) > _settings.MaxPendingHandshakes)
+            {
+                Interlocked.Decrement(ref _pending);
+                Interlocked.Decrement(ref _open);
+                client.Dispose();
+                Refused(peer, $"more than {_settings.MaxPendingHandshakes} connections are still handshaking");
+                continue;
+            }
+            _ = Task.Run(() => Admit(client, peer));
         }
     }
 
-    private void ReceiveLoop(TcpClient client)
+    /// <summary>Authenticates a new connection within the handshake deadline, then hands it to the join desk or to a receive thread.</summary>
+    private async Task Admit(TcpClient client, string peer)
     {
-        string peer = client.Client.RemoteEndPoint?.ToString() ?? "?";
+        bool receiving = false;
         try
         {
+            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            deadline.CancelAfter(_settings.HandshakeTimeout);
             Configure(client);
-            using Stream stream = Wrap(client.GetStream(), server: true, peer);
+            Stream stream = client.GetStream();
+            PeerIdentity? identity = null;
+            if (_identity is not null)
+            {
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                {
+                    ServerCertificateContext = _certificateContext,
+                    ClientCertificateRequired = true,
+                    // No certificate: a node that has yet to enroll (checked below: it may only run the join handshake).
+                    RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is null || _identity.Validate(certificate, out _) is not null,
+                    EnabledSslProtocols = SslProtocols.Tls13 | SslProtocols.Tls12,
+                    CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+                }, deadline.Token).ConfigureAwait(false);
+                identity = ssl.RemoteCertificate is { } presented ? _identity.Validate(presented, out _) : null;
+                stream = ssl;
+            }
+            byte[] magic = new byte[4];
+            await stream.ReadExactlyAsync(magic, deadline.Token).ConfigureAwait(false);
+            if (magic.AsSpan().SequenceEqual(Enrollment.Magic))
+            {
+                if (_desk is null)
+                {
+                    Refused(peer, "join handshake on a node that does not enroll others");
+                    return;
+                }
+                await _desk.ServeAsync(stream, peer, deadline.Token).ConfigureAwait(false);
+                return;
+            }
+            if (!magic.AsSpan().SequenceEqual(Magic))
+            {
+                Refused(peer, "bad frame magic");
+                return;
+            }
+            if (_identity is not null && identity is null)
+            {
+                Refused(peer, "frames need a certificate of this cluster");
+                return;
+            }
+            receiving = true;
+            new Thread(() => ReceiveLoop(client, stream, identity, peer)) { IsBackground = true, Name = "dbp-bulk-receive" }.Start();
+        }
+        catch (Exception e)
+        {
+            if (!_stop.IsCancellationRequested)
+            {
+                Refused(peer, e is OperationCanceledException ? $"no handshake within {_settings.HandshakeTimeout.TotalSeconds:0.#} s" : $"handshake failed: {e.Message}");
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _pending);
+            if (!receiving)
+            {
+                client.Dispose();
+                Interlocked.Decrement(ref _open);
+            }
+        }
+    }
+
+    private void ReceiveLoop(TcpClient client, Stream stream, PeerIdentity? identity, string peer)
+    {
+        string who = identity is null ? peer : $"{identity} at {peer}";
+        try
+        {
+            client.ReceiveTimeout = (int)_settings.IdleTimeout.TotalMilliseconds;
             // Small buffer: frame headers are batched, tensor payloads (larger) bypass it and go socket → array.
             using var buffered = new BufferedStream(stream, 1 << 16);
             var header = new byte[8];
+            bool first = true;
             while (!_stop.IsCancellationRequested)
             {
-                int first = buffered.ReadAtLeast(header.AsSpan(0, 4), 4, throwOnEndOfStream: false);
-                if (first == 0)
+                // The connection's first magic was read during the handshake.
+                if (!first)
                 {
-                    return; // the peer closed the connection
+                    int got = buffered.ReadAtLeast(header.AsSpan(0, 4), 4, throwOnEndOfStream: false);
+                    if (got == 0)
+                    {
+                        return; // the peer closed the connection
+                    }
+                    if (got < 4 || !header.AsSpan(0, 4).SequenceEqual(Magic))
+                    {
+                        Refused(who, "bad frame magic");
+                        return;
+                    }
                 }
-                if (first < 4 || !header.AsSpan(0, 4).SequenceEqual(Magic))
-                {
-                    _log.Warning("bulk channel from {0}: bad frame magic, closing", peer);
-                    return;
-                }
-                string recipient = ReadString(buffered, header);
-                string sender = ReadString(buffered, header);
+                first = false;
+                string recipient = ReadPath(buffered, header);
+                string sender = ReadPath(buffered, header);
                 buffered.ReadExactly(header.AsSpan(0, 2));
                 string manifest = Encoding.ASCII.GetString(header, 0, 2);
                 buffered.ReadExactly(header.AsSpan(0, 8));
                 long length = BinaryPrimitives.ReadInt64LittleEndian(header);
+                if (Problem(recipient, sender, manifest, length, identity) is string problem)
+                {
+                    Refused(who, problem);
+                    return;
+                }
                 object message = WireFormat.Read(buffered, manifest, length, Pool.Rent);
                 message = message switch
                 {
@@ -184,28 +332,73 @@ public sealed class BulkChannel : IDisposable
         }
         catch (Exception e)
         {
-            // Whatever went wrong with this connection (a malformed frame, a reset), the process lives on:
-            // the sender learns of undelivered frames, and the cluster of dead peers.
+            // Whatever went wrong with this connection (a malformed frame, a reset, an idle peer), the process
+            // lives on: the sender learns of undelivered frames, and the cluster of dead peers.
             if (!_stop.IsCancellationRequested)
             {
-                _log.Warning("bulk channel from {0} closed: {1}", peer, e.Message);
+                if (e is System.Runtime.Serialization.SerializationException or InvalidDataException)
+                {
+                    Refused(who, e.Message);
+                }
+                else
+                {
+                    _log.Info("bulk channel from {0} closed: {1}", who, e.Message);
+                }
             }
         }
         finally
         {
+            stream.Dispose();
             client.Dispose();
+            Interlocked.Decrement(ref _open);
         }
     }
 
-    private IActorRef Resolve(string path) => _resolved.GetOrAdd(path, p => _system.Provider.ResolveActorRef(p));
+    /// <summary>Why a frame header is refused before its payload is read, or null: recipient here and listed, sender at the certificate's address, size within the limit.</summary>
+    private string? Problem(string recipient, string sender, string manifest, long length, PeerIdentity? identity)
+    {
+        if (!ActorPath.TryParse(recipient, out ActorPath? to) || !ActorPath.TryParse(sender, out ActorPath? from))
+        {
+            return "a frame names an actor path that does not parse";
+        }
+        if (!to.Address.Equals(_system.Provider.DefaultAddress))
+        {
+            return $"a frame for {to.Address}, which is not this node";
+        }
+        if (identity is not null && !Enrollment.SameAddress(from.Address.ToString(), identity.AkkaAddress))
+        {
+            return $"a frame claims to come from {from.Address}, but the connection's certificate is for {identity.AkkaAddress}";
+        }
+        return _policy.Check(manifest, to.ToStringWithoutAddress(), identity?.Role, length);
+    }
 
-    private static string ReadString(Stream stream, byte[] scratch)
+    private IActorRef Resolve(string path)
+    {
+        if (_resolved.Count >= MaxResolvedPaths)
+        {
+            _resolved.Clear(); // peers choose paths: the cache must not grow with them
+        }
+        return _resolved.GetOrAdd(path, p => _system.Provider.ResolveActorRef(p));
+    }
+
+    private string ReadPath(Stream stream, byte[] scratch)
     {
         stream.ReadExactly(scratch.AsSpan(0, 2));
         int length = BinaryPrimitives.ReadUInt16LittleEndian(scratch);
+        if (length > _settings.MaxPathBytes)
+        {
+            throw new InvalidDataException($"an actor path of {length} bytes exceeds {_settings.MaxPathBytes}");
+        }
         var bytes = new byte[length];
         stream.ReadExactly(bytes);
-        return Encoding.UTF8.GetString(bytes);
+        try
+        {
+            return new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes);
+        }
+        catch (DecoderFallbackException)
+        {
+            throw new InvalidDataException("an actor path is not UTF-8");
+        }
     }
 
     private static void Configure(TcpClient client)
@@ -215,22 +408,46 @@ public sealed class BulkChannel : IDisposable
         client.ReceiveBufferSize = SocketBuffer;
     }
 
-    /// <summary>TLS when a certificate is configured: both ends present the cluster certificate and accept only a peer with the same one.</summary>
-    private Stream Wrap(NetworkStream stream, bool server, string peer)
+    /// <summary>The client side of a connection: mutual TLS with a server whose certificate is the <paramref name="peer"/> node's.</summary>
+    private Stream Connect(TcpClient client, string endpoint, Address peer)
     {
-        if (_certificate is null)
+        var (host, port) = ParseEndpoint(endpoint);
+        using (var connect = new CancellationTokenSource(_settings.ConnectTimeout))
+        {
+            client.ConnectAsync(host, port, connect.Token).AsTask().GetAwaiter().GetResult();
+        }
+        Stream stream = client.GetStream();
+        if (_identity is null)
         {
             return stream;
         }
-        var ssl = new SslStream(stream, leaveInnerStreamOpen: false, (_, certificate, _, _) =>
-            certificate is not null && certificate.GetCertHashString() == _certificate.GetCertHashString());
-        if (server)
+        string? problem = null;
+        var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+        using var deadline = new CancellationTokenSource(_settings.HandshakeTimeout);
+        try
         {
-            ssl.AuthenticateAsServer(_certificate, clientCertificateRequired: true, checkCertificateRevocation: false);
+            ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+            {
+                TargetHost = "dbp",
+                ClientCertificateContext = _certificateContext,
+                RemoteCertificateValidationCallback = (_, certificate, _, _) =>
+                {
+                    PeerIdentity? identity = _identity.Validate(certificate, out problem);
+                    if (identity is not null && !Enrollment.SameAddress(identity.AkkaAddress, peer.ToString()))
+                    {
+                        problem = $"the certificate at {endpoint} is {identity}, not node {peer}";
+                        return false;
+                    }
+                    return identity is not null;
+                },
+                EnabledSslProtocols = SslProtocols.Tls13 | SslProtocols.Tls12,
+                CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+            }, deadline.Token).GetAwaiter().GetResult();
         }
-        else
+        catch (AuthenticationException e) when (problem is not null)
         {
-            ssl.AuthenticateAsClient(peer.Split(':')[0], new X509CertificateCollection { _certificate }, checkCertificateRevocation: false);
+            ssl.Dispose();
+            throw new AuthenticationException(problem, e);
         }
         return ssl;
     }
@@ -253,14 +470,19 @@ public sealed class BulkChannel : IDisposable
         private readonly BulkChannel _channel;
         private readonly string _endpoint;
 
-        public Outgoing(BulkChannel channel, string endpoint)
+        public Outgoing(BulkChannel channel, string endpoint, Address peer)
         {
             _channel = channel;
             _endpoint = endpoint;
+            Peer = peer;
+            Queue = new BlockingCollection<Frame>(channel._settings.MaxFramesInFlight);
             new Thread(WriteLoop) { IsBackground = true, Name = $"dbp-bulk-send-{endpoint}" }.Start();
         }
 
-        public BlockingCollection<Frame> Queue { get; } = new(MaxFramesInFlight);
+        /// <summary>The node this connection must reach: the server's certificate must name it.</summary>
+        public Address Peer { get; }
+
+        public BlockingCollection<Frame> Queue { get; }
 
         private void WriteLoop()
         {
@@ -276,11 +498,9 @@ public sealed class BulkChannel : IDisposable
                     {
                         if (stream is null)
                         {
-                            var (host, port) = ParseEndpoint(_endpoint);
                             client = new TcpClient();
                             Configure(client);
-                            client.Connect(host, port);
-                            stream = new BufferedStream(_channel.Wrap(client.GetStream(), server: false, _endpoint), 1 << 16);
+                            stream = new BufferedStream(_channel.Connect(client, _endpoint, Peer), 1 << 16);
                         }
                         Write(stream, frame, scratch);
                         break;
@@ -291,7 +511,7 @@ public sealed class BulkChannel : IDisposable
                         client?.Dispose();
                         stream = null;
                         client = null;
-                        if (attempt >= 1)
+                        if (attempt >= 1 || e is AuthenticationException)
                         {
                             _channel.Dropped(frame, e.Message);
                             break;

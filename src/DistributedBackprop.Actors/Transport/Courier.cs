@@ -1,14 +1,18 @@
 using System.Collections.Concurrent;
-using System.Security.Cryptography.X509Certificates;
 using Akka.Actor;
+using DistributedBackprop.Actors.Security;
 
 namespace DistributedBackprop.Actors.Transport;
 
 /// <summary>
 /// Delivers the protocol's messages by the right road: to an actor in this process, a plain Tell (arrays
-/// passed by reference, see docs/architecture.md); to an actor on another node, tensor-carrying messages
-/// (<see cref="IsBulk"/>) over the <see cref="BulkChannel"/> when that node's channel endpoint is known,
-/// and everything else through Akka.Remote. An ActorSystem extension: one per node.
+/// passed by reference, see docs/architecture.md); to an actor on another node, over the
+/// <see cref="BulkChannel"/> — every protocol message, so each is authenticated by the connection it
+/// arrives on (Akka.Remote carries only membership, heartbeats and DeathWatch, and refuses protocol
+/// messages: see <see cref="Serialization.WireSerializer"/>). A node's channel endpoint is known from the
+/// join handshake (the server's) or from the gatekeeper's admission (a worker's); a message for a node
+/// whose endpoint is unknown is reported to its sender as <see cref="DeliveryFailed"/>. An ActorSystem
+/// extension: one per node.
 /// </summary>
 public sealed class Courier : IExtension
 {
@@ -25,9 +29,9 @@ public sealed class Courier : IExtension
     /// <summary>The node's bulk channel, once started.</summary>
     public BulkChannel? Channel { get; private set; }
 
-    public BulkChannel StartChannel(string bindHost, int port, string publicHost, X509Certificate2? certificate)
+    public BulkChannel StartChannel(string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null)
     {
-        Channel ??= new BulkChannel(_system, bindHost, port, publicHost, certificate);
+        Channel ??= new BulkChannel(_system, bindHost, port, publicHost, identity, policy, desk);
         _system.RegisterOnTermination(() => Channel.Dispose());
         return Channel;
     }
@@ -43,19 +47,26 @@ public sealed class Courier : IExtension
         }
     }
 
-    /// <summary>Messages whose size grows with the model or the data.</summary>
-    public static bool IsBulk(object message) => message is ComputeGradients or GradientsComputed or Cluster.TrainingDataChunk or Cluster.JoinAccepted;
+    /// <summary>Whether <paramref name="node"/> is this node, or a node admitted with a bulk channel endpoint.</summary>
+    public bool IsAdmitted(Address node) => IsLocal(node) || _endpoints.ContainsKey(node);
+
+    private bool IsLocal(Address address) => address.HasLocalScope || address.Equals(_system.Provider.DefaultAddress);
 
     public void Send(IActorRef target, object message, IActorRef sender)
     {
         Address address = target.Path.Address;
-        bool local = address.HasLocalScope || address.Equals(_system.Provider.DefaultAddress);
-        if (!local && Channel is not null && IsBulk(message) && _endpoints.TryGetValue(address, out string? endpoint))
+        if (IsLocal(address) || Channel is null)
+        {
+            target.Tell(message, sender);
+        }
+        else if (_endpoints.TryGetValue(address, out string? endpoint))
         {
             Channel.Send(endpoint, target, message, sender);
-            return;
         }
-        target.Tell(message, sender);
+        else
+        {
+            sender.Tell(new DeliveryFailed(target, message, $"no bulk channel endpoint is known for node {address}"));
+        }
     }
 
     private sealed class CourierProvider : ExtensionIdProvider<Courier>

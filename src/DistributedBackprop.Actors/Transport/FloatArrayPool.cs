@@ -11,6 +11,9 @@ namespace DistributedBackprop.Actors.Transport;
 public sealed class FloatArrayPool
 {
     private const int KeptPerSize = 16;
+    // Lengths come from peers' frames: keep arrays of a few sizes only (a run uses one or two), so a peer
+    // cannot make the pool hold arrays of every length it likes.
+    private const int MaxSizes = 8;
     private readonly ConcurrentDictionary<int, ConcurrentBag<float[]>> _free = new();
 
     public float[] Rent(int length)
@@ -28,7 +31,14 @@ public sealed class FloatArrayPool
         {
             return;
         }
-        var bag = _free.GetOrAdd(array.Length, _ => []);
+        if (!_free.TryGetValue(array.Length, out var bag))
+        {
+            if (_free.Count >= MaxSizes)
+            {
+                return;
+            }
+            bag = _free.GetOrAdd(array.Length, _ => []);
+        }
         if (bag.Count < KeptPerSize)
         {
             bag.Add(array);

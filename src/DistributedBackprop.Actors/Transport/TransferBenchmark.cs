@@ -16,7 +16,9 @@ public sealed record TransferResult(long Messages, long Bytes, double Seconds)
 /// Measures the bulk tensor channel between two processes: the receiving side runs
 /// <see cref="Receive"/> (prints its endpoint and the sink's path), the sending side <see cref="Send"/>
 /// streams <c>messages</c> gradient messages of <c>floats</c> values to it and waits for the sink's
-/// acknowledgement of the last one, so the time covers delivery, not just queueing.
+/// acknowledgement of the last one, so the time covers delivery, not just queueing. With a state
+/// directory both ends get certificates from one CA kept there and the channel runs mutual TLS, as in a
+/// cluster; without one it is plain TCP (--insecure).
 /// </summary>
 public static class TransferBenchmark
 {
@@ -26,10 +28,12 @@ public static class TransferBenchmark
         """).WithFallback(LocalTraining.LoadConfig());
 
     /// <summary>Receiver: runs until <paramref name="expected"/> messages have arrived; writes "ready ENDPOINT PATH" first.</summary>
-    public static void Receive(long expected, TextWriter announce)
+    public static void Receive(long expected, int floats, string? stateDirectory, TextWriter announce)
     {
         using ActorSystem system = ActorSystem.Create("dbp", RemoteConfig());
-        BulkChannel channel = Courier.Get(system).StartChannel("127.0.0.1", 0, "127.0.0.1", null);
+        var policy = InboundPolicy.Single("GC", "/user/sink", "bench");
+        policy.SetRun(floats, 0);
+        BulkChannel channel = Courier.Get(system).StartChannel("127.0.0.1", 0, "127.0.0.1", Identity(system, stateDirectory, "receiver"), policy);
         var done = new TaskCompletionSource();
         IActorRef sink = system.ActorOf(Props.Create(() => new Sink(expected, channel.Pool, done)), "sink");
         announce.WriteLine($"ready {channel.Endpoint} {Akka.Serialization.Serialization.SerializedActorPath(sink)}");
@@ -41,10 +45,10 @@ public static class TransferBenchmark
     }
 
     /// <summary>Sender: connects to a receiver and streams gradient messages to its sink.</summary>
-    public static TransferResult Send(string endpoint, string sinkPath, long messages, int floats)
+    public static TransferResult Send(string endpoint, string sinkPath, long messages, int floats, string? stateDirectory)
     {
         using ActorSystem system = ActorSystem.Create("dbp", RemoteConfig());
-        BulkChannel channel = Courier.Get(system).StartChannel("127.0.0.1", 0, "127.0.0.1", null);
+        BulkChannel channel = Courier.Get(system).StartChannel("127.0.0.1", 0, "127.0.0.1", Identity(system, stateDirectory, "sender"), InboundPolicy.None());
         var provider = ((ExtendedActorSystem)system).Provider;
         IActorRef sink = provider.ResolveActorRef(sinkPath);
         var warmed = new TaskCompletionSource();
@@ -74,6 +78,10 @@ public static class TransferBenchmark
         system.Terminate().Wait(TimeSpan.FromSeconds(10));
         return new TransferResult(messages, bytes, seconds);
     }
+
+    private static Security.NodeIdentity? Identity(ActorSystem system, string? stateDirectory, string name) =>
+        stateDirectory is null ? null
+            : Security.ClusterAuthority.LoadOrCreate(stateDirectory).IssueOwn("bench", name, ((ExtendedActorSystem)system).Provider.DefaultAddress.ToString());
 
     private sealed class Sink : ReceiveActor
     {

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using DistributedBackprop.Actors;
 using DistributedBackprop.Actors.Cluster;
+using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Engine;
 
@@ -21,19 +22,29 @@ internal static class ServeCommand
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint (the parameter server restarts from it; same bits as an uninterrupted run).", HelpName = "FILE" };
         var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto, bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
+        var stateDir = new Option<string?>("--state-dir") { Description = "Where the cluster CA and join token are kept between runs (created if missing). Env: DBP_STATE_DIR. Default ~/.dbp/cluster.", HelpName = "DIR" };
+        var tokenFile = new Option<string?>("--token-file") { Description = "Write the join token to FILE (mode 0600; a valid token already there is reused), for `dbp worker --token-file FILE`. Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
+        var newToken = new Option<bool>("--new-token") { Description = "Rotate the join token: workers need the new one to join (certificates already issued stay valid until they expire)." };
 
         var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
         training.AddTo(command);
         node.AddTo(command);
-        foreach (Option option in new Option[] { port, minWorkers, output, metrics, checkpoint, resume, progress })
+        foreach (Option option in new Option[] { port, minWorkers, output, metrics, checkpoint, resume, progress, stateDir, tokenFile, newToken })
         {
             command.Options.Add(option);
         }
         command.SetAction(parse => CommandRunner.Run("serve", () =>
         {
             int? givenPort = parse.GetResult(port) is { Implicit: false } ? parse.GetValue(port) : null;
-            NodeSettings settings = node.Settings(parse, givenPort, null);
-            settings = settings with { Port = settings.Port ?? 4053 };
+            NodeSettings settings = node.Settings(parse, givenPort, null) with { NewToken = parse.GetValue(newToken) };
+            settings = settings with
+            {
+                Port = settings.Port ?? 4053,
+                StateDirectory = parse.GetValue(stateDir) ?? settings.StateDirectory,
+                TokenFile = parse.GetValue(tokenFile) ?? settings.TokenFile,
+            };
+            // The join handshake happens at the bulk port; by default it is the next port, where workers look for it.
+            settings = settings with { BulkPort = settings.BulkPort ?? (settings.Port == 0 ? 0 : settings.Port + 1) };
             if (parse.GetValue(node.ShowConfig))
             {
                 return NodeOptionSet.Show(settings, ClusterNaming.ServerRole);
@@ -53,7 +64,7 @@ internal static class ServeCommand
             var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath));
             int wanted = parse.GetValue(minWorkers);
             ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath), new ServerData(dataPath, parse.GetValue(training.Label), split));
-            Console.Error.WriteLine($"dbp serve: listening at {server.Address} (bulk channel {server.Channel.Endpoint}); waiting for {wanted} worker(s): dbp worker --join {server.Address.Host}:{server.Address.Port}");
+            AnnounceJoin(server, settings, wanted);
             bool succeeded = false;
             string message = "";
             try
@@ -85,6 +96,26 @@ internal static class ServeCommand
         }));
         return command;
     }
+
+    /// <summary>Where the server listens, and the exact command line a worker joins with (the token itself only when no token file holds it).</summary>
+    private static void AnnounceJoin(ClusterServer server, NodeSettings settings, int wanted)
+    {
+        int bulkPort = BulkChannel.ParseEndpoint(server.Channel.Endpoint).Port;
+        string join = $"dbp worker --join {server.Address.Host}:{server.Address.Port}" + (bulkPort == server.Address.Port + 1 ? "" : $" --server-bulk-port {bulkPort}");
+        if (server.Authority is { } authority)
+        {
+            Console.Error.WriteLine($"dbp serve: cluster CA and join token in {authority.StateDirectory}" + (settings.TokenFile is { } file ? $"; token written to {file} (mode 0600)" : ""));
+            join += settings.TokenFile is { } tokenFile ? $" --token-file {tokenFile}" : $" --token {authority.Token}";
+        }
+        else
+        {
+            Console.Error.WriteLine("dbp serve: WARNING --insecure: no TLS, no join token; anyone who can reach ports " +
+                $"{server.Address.Port} and {bulkPort} can join, read the data and model, and poison or stop this run");
+            join += " --insecure";
+        }
+        Console.Error.WriteLine($"dbp serve: listening at {server.Address} (bulk channel {server.Channel.Endpoint}); waiting for {wanted} worker(s)");
+        Console.Error.WriteLine($"dbp serve: workers join with: {join}");
+    }
 }
 
 /// <summary>`dbp worker`: a worker node that joins a `dbp serve` cluster and computes gradients until training is over.</summary>
@@ -98,14 +129,23 @@ internal static class WorkerCommand
         var data = new Option<string?>("--data") { Description = "Where this node finds the training data (default: the path the server loaded). Its content must equal the server's.", HelpName = "PATH" };
         var stream = new Option<bool>("--stream-data") { Description = "Receive the training rows from the server instead of reading files." };
         var name = new Option<string?>("--name") { Description = "This worker's name (default: worker-HOST-PID).", HelpName = "NAME" };
-        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name };
+        var token = new Option<string?>("--token") { Description = "The join token `dbp serve` printed. Env: DBP_JOIN_TOKEN. (Visible in the process list: prefer --token-file.)", HelpName = "TOKEN" };
+        var tokenFile = new Option<string?>("--token-file") { Description = "Read the join token from FILE (as written by `dbp serve --token-file`). Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
+        var serverBulkPort = OptionParsing.IntInRange("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
+        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort };
         node.AddTo(command);
         command.SetAction(parse => CommandRunner.Run("worker", () =>
         {
             IReadOnlyList<string>? seeds = parse.GetValue(join)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             int? givenPort = parse.GetResult(port) is { Implicit: false } ? parse.GetValue(port) : null;
             NodeSettings settings = node.Settings(parse, givenPort, seeds);
-            settings = settings with { Port = settings.Port ?? 0 };
+            settings = settings with
+            {
+                Port = settings.Port ?? 0,
+                Token = parse.GetValue(token) ?? (parse.GetValue(tokenFile) is null ? settings.Token : null),
+                TokenFile = parse.GetValue(tokenFile) ?? settings.TokenFile,
+                ServerBulkPort = parse.GetResult(serverBulkPort) is { Implicit: false } ? parse.GetValue(serverBulkPort) : settings.ServerBulkPort,
+            };
             if (parse.GetValue(node.ShowConfig))
             {
                 return NodeOptionSet.Show(settings, ClusterNaming.WorkerRole);

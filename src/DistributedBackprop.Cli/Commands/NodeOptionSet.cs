@@ -13,13 +13,12 @@ internal sealed class NodeOptionSet
     public Option<string?> PublicHostname { get; } = new("--public-hostname") { Description = "Address other nodes use to reach this one (a container's service name, a machine's IP). Env: DBP_PUBLIC_HOSTNAME. Default: the bind host, or this machine's first non-loopback IPv4 address when binding 0.0.0.0.", HelpName = "HOST" };
     public Option<int?> BulkPort { get; } = new("--bulk-port") { Description = "Port of the bulk tensor channel (0 = any free port). Env: DBP_BULK_PORT.", HelpName = "PORT" };
     public Option<string?> Config { get; } = new("--config") { Description = "HOCON file layered over the built-in cluster configuration. Env: DBP_CONFIG.", HelpName = "FILE" };
-    public Option<string?> TlsCertificate { get; } = new("--tls-certificate") { Description = "PKCS#12 certificate shared by all nodes: TLS for Akka (akka.ssl.tcp://) and the bulk channel. Env: DBP_TLS_CERTIFICATE.", HelpName = "FILE" };
-    public Option<string?> TlsPassword { get; } = new("--tls-password") { Description = "Password of the certificate. Env: DBP_TLS_PASSWORD.", HelpName = "PASSWORD" };
+    public Option<bool> Insecure { get; } = new("--insecure") { Description = "No TLS, no join token, no certificates: anyone who can reach this node's ports can join, read and poison the run. Only for a trusted, isolated network; every node of the cluster must use it. Env: DBP_INSECURE=1." };
     public Option<bool> ShowConfig { get; } = new("--show-config") { Description = "Print the resulting Akka configuration (remote, cluster) and exit." };
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { BindHost, PublicHostname, BulkPort, Config, TlsCertificate, TlsPassword, ShowConfig })
+        foreach (Option option in new Option[] { BindHost, PublicHostname, BulkPort, Config, Insecure, ShowConfig })
         {
             command.Options.Add(option);
         }
@@ -33,8 +32,7 @@ internal sealed class NodeOptionSet
         SeedNodes = seeds,
         BulkPort = parse.GetValue(BulkPort),
         ConfigFile = parse.GetValue(Config),
-        TlsCertificate = parse.GetValue(TlsCertificate),
-        TlsPassword = parse.GetValue(TlsPassword),
+        Insecure = parse.GetValue(Insecure) ? true : null,
     }.Resolve();
 
     /// <summary>--show-config: the parts of the configuration a user tunes.</summary>
