@@ -22,6 +22,7 @@ public sealed class ClusterServer : IAsyncDisposable
     private ClusterServer(TrainingSession session, NodeSettings settings, int minimumWorkers, ITrainingObserver observer, CheckpointPolicy? checkpoints, ServerData data)
     {
         var clock = Stopwatch.StartNew();
+        Session = session;
         Authority = settings.Tls
             ? ClusterAuthority.LoadOrCreate(settings.StateDirectory ?? ClusterAuthority.DefaultStateDirectory(), settings.NewToken, settings.TokenFile)
             : null;
@@ -50,6 +51,9 @@ public sealed class ClusterServer : IAsyncDisposable
         System.ActorOf(TrainingCoordinator.Props(session, 0, relay, checkpoints, _completion, minimumWorkers), "coordinator");
         _gatekeeper = System.ActorOf(Gatekeeper.Props(session, data, frameSize), ClusterNaming.GatekeeperName);
     }
+
+    /// <summary>The run the parameter server trains (read it once <see cref="Completion"/> has completed).</summary>
+    public TrainingSession Session { get; }
 
     /// <summary>The cluster CA and join token; null with --insecure.</summary>
     public ClusterAuthority? Authority { get; }

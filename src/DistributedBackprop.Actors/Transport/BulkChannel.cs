@@ -62,8 +62,9 @@ public sealed class BulkChannel : IDisposable
     private readonly ConcurrentDictionary<string, Outgoing> _outgoing = new();
     private readonly ConcurrentDictionary<string, IActorRef> _resolved = new();
     private readonly CancellationTokenSource _stop = new();
+    private readonly LinkedList<CancellationTokenSource> _handshaking = new();
     private long _bytesSent, _bytesReceived, _refusals;
-    private int _open, _pending;
+    private int _open;
 
     public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null)
     {
@@ -200,26 +201,33 @@ public sealed class BulkChannel : IDisposable
                 Refused(peer, $"more than {_settings.MaxConnections} open connections");
                 continue;
             }
-            if (Interlocked.Increment(ref _pending) > _settings.MaxPendingHandshakes)
+            // At most max-pending-handshakes connections may be unauthenticated at once. When full, the oldest
+            // is dropped, not the newcomer: a flood of idle sockets cannot lock out a node that completes its
+            // handshake promptly.
+            var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            deadline.CancelAfter(_settings.HandshakeTimeout);
+            LinkedListNode<CancellationTokenSource> slot;
+            lock (_handshaking)
             {
-                Interlocked.Decrement(ref _pending);
-                Interlocked.Decrement(ref _open);
-                client.Dispose();
-                Refused(peer, $"more than {_settings.MaxPendingHandshakes} connections are still handshaking");
-                continue;
+                slot = _handshaking.AddLast(deadline);
+                if (_handshaking.Count > _settings.MaxPendingHandshakes)
+                {
+                    CancellationTokenSource oldest = _handshaking.First!.Value;
+                    _handshaking.RemoveFirst();
+                    oldest.Cancel();
+                }
             }
-            _ = Task.Run(() => Admit(client, peer));
+            _ = Task.Run(() => Admit(client, peer, slot));
         }
     }
 
     /// <summary>Authenticates a new connection within the handshake deadline, then hands it to the join desk or to a receive thread.</summary>
-    private async Task Admit(TcpClient client, string peer)
+    private async Task Admit(TcpClient client, string peer, LinkedListNode<CancellationTokenSource> slot)
     {
         bool receiving = false;
+        CancellationTokenSource deadline = slot.Value;
         try
         {
-            using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-            deadline.CancelAfter(_settings.HandshakeTimeout);
             Configure(client);
             Stream stream = client.GetStream();
             PeerIdentity? identity = null;
@@ -267,12 +275,19 @@ public sealed class BulkChannel : IDisposable
         {
             if (!_stop.IsCancellationRequested)
             {
-                Refused(peer, e is OperationCanceledException ? $"no handshake within {_settings.HandshakeTimeout.TotalSeconds:0.#} s" : $"handshake failed: {e.Message}");
+                Refused(peer, e is OperationCanceledException ? $"no handshake within {_settings.HandshakeTimeout.TotalSeconds:0.#} s, or evicted by newer connections ({_settings.MaxPendingHandshakes} may handshake at once)" : $"handshake failed: {e.Message}");
             }
         }
         finally
         {
-            Interlocked.Decrement(ref _pending);
+            lock (_handshaking)
+            {
+                if (slot.List is not null)
+                {
+                    _handshaking.Remove(slot);
+                }
+            }
+            deadline.Dispose();
             if (!receiving)
             {
                 client.Dispose();
@@ -348,7 +363,14 @@ public sealed class BulkChannel : IDisposable
         }
         finally
         {
-            stream.Dispose();
+            try
+            {
+                stream.Dispose();
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException)
+            {
+                // a reset connection: nothing to flush
+            }
             client.Dispose();
             Interlocked.Decrement(ref _open);
         }
@@ -507,8 +529,7 @@ public sealed class BulkChannel : IDisposable
                     }
                     catch (Exception e)
                     {
-                        stream?.Dispose();
-                        client?.Dispose();
+                        Close(stream, client);
                         stream = null;
                         client = null;
                         if (attempt >= 1 || e is AuthenticationException)
@@ -519,7 +540,20 @@ public sealed class BulkChannel : IDisposable
                     }
                 }
             }
-            stream?.Dispose();
+            Close(stream, client);
+        }
+
+        /// <summary>Closing flushes what is buffered, which fails on a connection the peer closed: nothing more to do then.</summary>
+        private static void Close(Stream? stream, TcpClient? client)
+        {
+            try
+            {
+                stream?.Dispose();
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+            {
+                // the peer is gone; the frames in the buffer are reported by the caller
+            }
             client?.Dispose();
         }
 
