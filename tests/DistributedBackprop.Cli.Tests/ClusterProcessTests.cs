@@ -18,6 +18,15 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
 
     private static readonly string[] Run = ["--epochs", "120", "--layers", "64", "--batch-size", "64", "--optimizer", "adam", "--lr", "0.002"];
 
+    private string TokenFile => Path.Combine(_dir, "join-token");
+
+    /// <summary>`dbp serve` with the run's options, its cluster state in this test's directory, the token written to <see cref="TokenFile"/>.</summary>
+    private string[] Serve(params string[] args) => ["serve", .. args, "--port", "0", "--state-dir", Path.Combine(_dir, "state"), "--token-file", TokenFile];
+
+    /// <summary>The worker command line the server prints (join address, bulk port, token file).</summary>
+    private static string[] JoinCommand(RunningDbp server) =>
+        server.WaitFor(@"workers join with: dbp (worker .*)$", TimeSpan.FromSeconds(60)).Groups[1].Value.Split(' ');
+
     [IntegrationFact("multiprocess")]
     public void ServerAndThreeWorkerProcesses_WorkerKilledAndRestarted_GiveTheLocalModesBytes()
     {
@@ -26,12 +35,11 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         Assert.True(reference.ExitCode == 0, reference.Stderr);
 
         string metrics = Path.Combine(_dir, "metrics.jsonl");
-        using var server = new RunningDbp(_dir, ["serve", .. Run, "--port", "0", "--min-workers", "3", "--out", clustered, "--metrics", metrics, "--progress", "plain"]);
-        int port = int.Parse(server.WaitFor(@"listening at akka\.tcp://dbp@127\.0\.0\.1:(\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value, CultureInfo.InvariantCulture);
-        string seed = $"127.0.0.1:{port}";
-        using var w1 = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w1");
-        using var w2 = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w2");
-        using var w3 = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w3");
+        using var server = new RunningDbp(_dir, Serve([.. Run, "--min-workers", "3", "--out", clustered, "--metrics", metrics, "--progress", "plain"]));
+        string[] join = JoinCommand(server);
+        using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
+        using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
+        using var w3 = new RunningDbp(_dir, [.. join, "--name", "w3"]);
 
         server.WaitFor(@"^epoch\s+10\b", TimeSpan.FromMinutes(2));
         var clock = Stopwatch.StartNew();
@@ -40,7 +48,7 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         output.WriteLine($"SIGKILL of w2 noticed after {clock.Elapsed.TotalSeconds:F2} s");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"the dead worker was noticed only after {clock.Elapsed}");
 
-        using var restarted = new RunningDbp(_dir, "worker", "--join", seed, "--name", "w2-restarted");
+        using var restarted = new RunningDbp(_dir, [.. join, "--name", "w2-restarted"]);
         server.WaitFor(@"^epoch\s+120\b", TimeSpan.FromMinutes(3));
         Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(1)));
         foreach (RunningDbp worker in new[] { w1, w3, restarted })
@@ -67,15 +75,15 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     {
         string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
         Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "1", "--out", local, "--progress", "none"]).ExitCode);
-        using var server = new RunningDbp(_dir, ["serve", .. Run, "--port", "0", "--min-workers", "1", "--out", clustered, "--progress", "plain"]);
-        string seed = "127.0.0.1:" + server.WaitFor(@"listening at akka\.tcp://dbp@127\.0\.0\.1:(\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value;
-        using var only = new RunningDbp(_dir, "worker", "--join", seed, "--name", "only");
+        using var server = new RunningDbp(_dir, Serve([.. Run, "--min-workers", "1", "--out", clustered, "--progress", "plain"]));
+        string[] join = JoinCommand(server);
+        using var only = new RunningDbp(_dir, [.. join, "--name", "only"]);
         server.WaitFor(@"^epoch\s+5\b", TimeSpan.FromMinutes(2));
         only.KillHard();
         server.WaitFor("worker only died", TimeSpan.FromSeconds(30));
         Thread.Sleep(2000); // the resolver has decided by now; the server must still be up
         Assert.False(server.HasExited, server.Output);
-        using var replacement = new RunningDbp(_dir, "worker", "--join", seed, "--name", "replacement");
+        using var replacement = new RunningDbp(_dir, [.. join, "--name", "replacement"]);
         Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(3)));
         Assert.Equal(0, replacement.WaitForExit(TimeSpan.FromSeconds(30)));
         Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
@@ -94,16 +102,60 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         string[] run = ["--data", csv, "--epochs", "30", "--layers", "8"];
         Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. run, "--workers", "1", "--out", local, "--progress", "none"]).ExitCode);
 
-        using var server = new RunningDbp(_dir, ["serve", .. run, "--port", "0", "--min-workers", "1", "--out", model, "--progress", "none"]);
-        string seed = "127.0.0.1:" + server.WaitFor(@"listening at akka\.tcp://dbp@127\.0\.0\.1:(\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value;
-        using var odd = new RunningDbp(_dir, "worker", "--join", seed, "--data", other, "--name", "odd");
+        using var server = new RunningDbp(_dir, Serve([.. run, "--min-workers", "1", "--out", model, "--progress", "none"]));
+        string[] join = JoinCommand(server);
+        using var odd = new RunningDbp(_dir, [.. join, "--data", other, "--name", "odd"]);
         Assert.Equal(2, odd.WaitForExit(TimeSpan.FromMinutes(1)));
         Assert.Contains("different training data", odd.Output);
         server.WaitFor("refused odd: it loaded different training data", TimeSpan.FromSeconds(10));
 
-        using var streamed = new RunningDbp(_dir, "worker", "--join", seed, "--stream-data", "--name", "streamed");
+        using var streamed = new RunningDbp(_dir, [.. join, "--stream-data", "--name", "streamed"]);
         Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(2)));
         Assert.Equal(0, streamed.WaitForExit(TimeSpan.FromSeconds(30)));
         Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(model));
+    }
+
+    /// <summary>
+    /// The token flow end to end: wrong and absent tokens are refused with one line on both sides (exit 2 for
+    /// the worker); the token file `dbp serve --token-file` wrote lets a worker join; a second server start
+    /// with the same state directory keeps the token. Reports the time from `dbp worker` start to training.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void TokenFlow_RightTokenJoins_WrongOrMissingTokenIsRefusedOnBothSides()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        string[] run = ["--epochs", "20", "--layers", "32"];
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. run, "--workers", "1", "--out", local, "--progress", "none"]).ExitCode);
+        using var server = new RunningDbp(_dir, Serve([.. run, "--min-workers", "1", "--out", clustered, "--progress", "plain"]));
+        string[] join = JoinCommand(server);
+        string token = File.ReadAllText(TokenFile).Trim();
+        if (!OperatingSystem.IsWindows())
+        {
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(TokenFile));
+        }
+        Assert.DoesNotContain(token, server.Output); // with --token-file the secret stays out of the log
+
+        string[] bare = join.TakeWhile(a => a != "--token-file").ToArray();
+        string wrong = token[..^64] + new string('0', 64);
+        DbpResult refused = DbpProcess.Run(_dir, [.. bare, "--token", wrong, "--name", "mallory"]);
+        Assert.Equal(2, refused.ExitCode);
+        Assert.Contains("the server refused this node: wrong join token", refused.Stderr);
+        server.WaitFor("refused to enroll a node from 127.0.0.1:[0-9]+: wrong join token", TimeSpan.FromSeconds(10));
+        DbpResult missing = DbpProcess.Run(_dir, [.. bare, "--name", "nobody"]);
+        Assert.Equal(2, missing.ExitCode);
+        Assert.Contains("a join token is required", missing.Stderr);
+
+        var clock = Stopwatch.StartNew();
+        using var worker = new RunningDbp(_dir, [.. join, "--name", "invited"]);
+        server.WaitFor(@"^epoch\s+1\b", TimeSpan.FromMinutes(1));
+        output.WriteLine($"dbp worker --token-file start to the end of epoch 1 (upper bound for its first computed step): {clock.Elapsed.TotalSeconds:F2} s");
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(2)));
+        Assert.Equal(0, worker.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
+
+        // A restart with the same state directory reuses the CA and the token.
+        using var again = new RunningDbp(_dir, Serve([.. run, "--min-workers", "1", "--progress", "none"]));
+        JoinCommand(again);
+        Assert.Equal(token, File.ReadAllText(TokenFile).Trim());
     }
 }

@@ -120,6 +120,20 @@ public sealed partial class CommandTests : IDisposable
         Assert.Empty(result.Stdout.Trim());
     }
 
+    [Theory]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9" }, "--token: a join token is required")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--token", "letmein" }, "--token: not a dbp join token")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--token", "DBPTKN-1-abc-def" }, "--token: malformed dbp join token")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--token-file", "/nonexistent/token" }, "/nonexistent/token: join token file not found")]
+    public void WorkerWithoutAUsableToken_IsRefusedBeforeConnecting_InOneLine(string[] args, string expected)
+    {
+        DbpResult result = Dbp(args);
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains(expected, result.Stderr);
+        Assert.Single(result.Stderr.Trim().Split('\n'));
+        Assert.DoesNotContain("letmein", result.Stderr); // a secret is never echoed
+    }
+
     [Fact]
     public void IncompatibleLossAndOutput_IsAUsageError()
     {
