@@ -3,7 +3,8 @@
 # versus `dbp train --workers 2`, 784-256-128-10 on Fashion-MNIST, global batch 256, interleaved rounds.
 # Reports the median samples/s of epochs 2.. (epoch 1 includes JIT warm-up) and the cluster's summary line
 # (first-step time, bytes on the bulk channel per step) and how busy the workers were.
-#   bash bench/cluster-vs-local.sh [rounds] [epochs]
+#   bash bench/cluster-vs-local.sh [rounds] [epochs]          (secure: mutual TLS, join token)
+#   DBP_INSECURE=1 bash bench/cluster-vs-local.sh [rounds] [epochs]   (plain TCP, --insecure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; epochs=${2:-4}
@@ -19,12 +20,14 @@ rows=[json.loads(l).get('worker_busy_fraction') or {} for l in open(sys.argv[1])
 print(', '.join(f'{w} {statistics.median(r[w] for r in rows if w in r):.2f}' for w in sorted(rows[-1])))" "$1"; }
 for r in $(seq 1 "$rounds"); do
   "$dbp" train "${args[@]}" --workers 2 --metrics "$work/local.jsonl" >/dev/null
-  "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" >"$work/serve.out" 2>"$work/serve.err" &
+  "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" ${DBP_INSECURE:+--insecure} \
+    --state-dir "$work/state" --token-file "$work/token" >"$work/serve.out" 2>"$work/serve.err" &
   server=$!
-  for _ in $(seq 1 200); do grep -q "listening at" "$work/serve.err" && break; sleep 0.1; done
-  port=$(grep -o 'akka.tcp://dbp@127.0.0.1:[0-9]*' "$work/serve.err" | head -1 | sed 's/.*://')
-  "$dbp" worker --join "127.0.0.1:$port" >/dev/null 2>&1 &
-  "$dbp" worker --join "127.0.0.1:$port" >/dev/null 2>&1 &
+  for _ in $(seq 1 200); do grep -q "workers join with" "$work/serve.err" && break; sleep 0.1; done
+  # The exact worker command line the server printed (join address, bulk port, token file or --insecure).
+  read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$work/serve.err" | head -1 | sed 's/.*dbp //')"
+  "$dbp" "${join[@]}" >/dev/null 2>&1 &
+  "$dbp" "${join[@]}" >/dev/null 2>&1 &
   wait "$server"
   wait
   l=$(median "$work/local.jsonl"); c=$(median "$work/cluster.jsonl")

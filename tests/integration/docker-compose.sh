@@ -2,7 +2,9 @@
 # docker-compose suite: real daemon, real images, real network.
 #  1. `docker-compose up --scale worker=2` trains the default data set; the model in the output volume must
 #     equal local mode's (`dbp train --workers 2`) byte for byte; `down` removes everything.
-#  2. The same with more epochs, a worker `docker kill`ed mid-run: training completes, same bytes.
+#  2. The same with more epochs, a worker `docker kill`ed mid-run: training completes, same bytes. Meanwhile
+#     a stranger container on the compose network tries to join with a wrong token (refused, exit 2), and the
+#     join token must not appear in any container's environment.
 # Needs: a running dockerd, docker-compose (v1) or `docker compose` (v2), the .NET base images
 # (../shared/tools/offline-base-images.sh builds local stand-ins when no registry is reachable).
 set -euo pipefail
@@ -42,6 +44,21 @@ for _ in $(seq 1 300); do
   [ -f "$work/out2/metrics.jsonl" ] && [ "$(wc -l < "$work/out2/metrics.jsonl")" -ge 20 ] && break
   sleep 0.2
 done
+image=distributedbackprop/dbp:local
+token=$(docker run --rm --entrypoint cat -v "${project}_dbp-join:/j:ro" "$image" /j/token)
+case "$token" in DBPTKN-1-*) ;; *) say "FAIL: no join token in the dbp-join volume"; exit 1 ;; esac
+for c in $(docker ps -q --filter "label=com.docker.compose.project=$project"); do
+  if docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}{{range .Config.Cmd}}{{println .}}{{end}}' "$c" | grep -q DBPTKN; then
+    say "FAIL: the join token is visible in docker inspect of $c"; exit 1
+  fi
+done
+set +e
+stranger=$(docker run --rm --network "${project}_default" "$image" worker --join server:4053 --token "${token%-*}-$(printf '0%.0s' $(seq 64))" 2>&1)
+stranger_code=$?
+set -e
+[ "$stranger_code" = 2 ] && echo "$stranger" | grep -q "wrong join token" \
+  || { echo "$stranger"; say "FAIL: a worker with a wrong token was not refused with exit 2 (got $stranger_code)"; exit 1; }
+say "stranger with a wrong token refused: $(echo "$stranger" | tail -1)"
 victim=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=worker" | head -1)
 docker kill "$victim" >/dev/null
 killed_at=$(date +%s.%N)
@@ -50,6 +67,7 @@ code=$(docker wait "$server")
 compose -p "$project" logs server > "$work/run2.log" 2>&1
 [ "$code" = 0 ] || { cat "$work/run2.log"; say "FAIL: server exited with $code"; exit 1; }
 grep -q "died" "$work/run2.log" || { say "FAIL: the server did not notice the killed worker"; exit 1; }
+grep -q "refused to enroll a node from .*: wrong join token" "$work/run2.log" || { say "FAIL: the server did not log the stranger's refusal"; exit 1; }
 cmp "$work/local-long.safetensors" "$work/out2/model.safetensors" || { say "FAIL: model differs after docker kill"; exit 1; }
 say "run 2: worker killed at $(date -d @"${killed_at%.*}" +%T), training completed, model equals local mode"
 compose -p "$project" down -v >/dev/null 2>&1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi-host suite on one machine: three network namespaces joined by a bridge, each node with its own
 # address (10.77.0.1 server, .2 and .3 workers), talking over veth pairs — no loopback shortcuts. The
-# cluster must train the local-mode model byte for byte, also after SIGKILL of one worker mid-run.
+# cluster must train the local-mode model byte for byte, also after SIGKILL of one worker mid-run. Secure by
+# default: the server writes the join token to a file the workers read; every connection is mutual TLS.
 # Needs root and iproute2. Run from the repository root or anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,21 +47,22 @@ args=(--epochs 150 --layers 64 --batch-size 64)
 "$dbp" train "${args[@]}" --workers 2 --out "$work/local.safetensors" --progress none >/dev/null
 
 ip netns exec "dbps$tag" timeout 300 "$dbp" serve "${args[@]}" --bind-host 10.77.0.1 --port 4053 --min-workers 2 \
+  --state-dir "$work/state" --token-file "$work/token" \
   --out "$work/cluster.safetensors" --metrics "$work/metrics.jsonl" --progress plain >"$work/server.log" 2>&1 &
 server=$!; pids+=("$server")
 for _ in $(seq 1 100); do grep -q "listening at" "$work/server.log" && break; sleep 0.1; done
-ip netns exec "dbpw1$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --bind-host 10.77.0.2 --name w1 >"$work/w1.log" 2>&1 & pids+=($!)
-ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --bind-host 10.77.0.3 --name w2 >"$work/w2.log" 2>&1 &
+ip netns exec "dbpw1$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.2 --name w1 >"$work/w1.log" 2>&1 & pids+=($!)
+ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.3 --name w2 >"$work/w2.log" 2>&1 &
 w2=$!; pids+=("$w2")
 
 for _ in $(seq 1 600); do [ -f "$work/metrics.jsonl" ] && [ "$(wc -l < "$work/metrics.jsonl")" -ge 10 ] && break; sleep 0.1; done
 [ -f "$work/metrics.jsonl" ] || { tail -5 "$work/server.log" "$work/w1.log"; say "FAIL: training did not start within 60 s"; exit 1; }
 pkill -9 -P "$w2" || true; kill -9 "$w2" 2>/dev/null || true
 say "SIGKILL of the worker at 10.77.0.3 after $(wc -l < "$work/metrics.jsonl") epochs"
-ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --bind-host 10.77.0.3 --name w2-restarted >"$work/w2b.log" 2>&1 & pids+=($!)
+ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.3 --name w2-restarted >"$work/w2b.log" 2>&1 & pids+=($!)
 
 if ! wait "$server"; then cat "$work/server.log"; say "FAIL: server exited non-zero"; exit 1; fi
-grep -q "akka.tcp://dbp@10.77.0.1:4053" "$work/server.log" || { say "FAIL: server did not bind its namespace address"; exit 1; }
+grep -q "akka.ssl.tcp://dbp@10.77.0.1:4053" "$work/server.log" || { say "FAIL: server did not bind its namespace address"; exit 1; }
 grep -q "worker w2 died" "$work/server.log" || { cat "$work/server.log"; say "FAIL: server did not notice the killed worker"; exit 1; }
 cmp "$work/local.safetensors" "$work/cluster.safetensors" || { say "FAIL: cluster model differs from local mode"; exit 1; }
 say "$(grep '^cluster:' "$work/server.log")"
