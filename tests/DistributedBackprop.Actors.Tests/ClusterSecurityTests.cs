@@ -147,11 +147,10 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
         BulkChannel channel = Courier.Get(mallory).StartChannel("127.0.0.1", 0, "127.0.0.1", enrolled.Identity, InboundPolicy.WorkerNode());
         await Akka.Cluster.Cluster.Get(mallory).JoinSeedNodesAsync([server.Address]).WaitAsync(TimeSpan.FromSeconds(30));
 
-        Task<WorkerExit> honest = StartWorker(server, "honest");
-        var serverCluster = Akka.Cluster.Cluster.Get(server.System);
-        Address honestAddress = await Eventually(() => serverCluster.State.Members
-            .Where(m => m.HasRole(ClusterNaming.WorkerRole) && !m.Address.Equals(self) && m.Status == Akka.Cluster.MemberStatus.Up)
-            .Select(m => m.Address).FirstOrDefault());
+        // The honest worker's address is fixed in advance, so Mallory can speak in its name from the start.
+        NodeSettings honestSettings = Loopback.Worker(server);
+        honestSettings = honestSettings with { Port = honestSettings.ChoosePort() };
+        Address honestAddress = honestSettings.NodeAddress(honestSettings.Port!.Value);
         var provider = ((ExtendedActorSystem)mallory).Provider;
         IActorRef parameterServer = provider.ResolveActorRef($"{server.Address}{ClusterNaming.ParameterServerPath}");
         IActorRef gatekeeper = provider.ResolveActorRef($"{server.Address}/user/{ClusterNaming.GatekeeperName}");
@@ -159,11 +158,20 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
         IActorRef me = mallory.ActorOf(Props.Create(() => new Sink()), ClusterNaming.WorkerAgentName);
         var poison = new GradientsComputed(0, new TreeNode(0, 8), new BatchResult(1e9, 0, 1), Enumerable.Repeat(1e6f, server.Session.Parameters.Length).ToArray(), 0);
 
+        // Well-formed requests she is not entitled to, first on a fresh connection (so they reach the actors):
+        // a registration from a node the gatekeeper never admitted, and a request for the training data.
+        channel.Send(server.Channel.Endpoint, parameterServer, new RegisterWorker("mallory", Serialization.WireFormat.ProtocolVersion, server.Session.DataHash, server.Session.Architecture.Describe(), NumericFingerprint.Value), me);
+        channel.Send(server.Channel.Endpoint, gatekeeper, RequestTrainingData.Instance, me);
         long refusalsBefore = server.Channel.Refusals;
+        Task<WorkerExit>? honest = null;
         int rounds = 0;
-        while (!server.Completion.IsCompleted && rounds < 200)
+        // Attack before the honest worker joins (the server holds the run, waiting for it), then while it trains.
+        while (rounds < 20 || !server.Completion.IsCompleted && rounds < 300)
         {
-            rounds++;
+            if (++rounds == 20)
+            {
+                honest = ClusterWorker.RunAsync(honestSettings, new WorkerNodeOptions("honest", null, false));
+            }
             // Over Akka.Remote: obeyed by nobody (untrusted mode drops PoisonPill and selections; the
             // serializer refuses protocol messages on that road).
             ActorSelection selection = mallory.ActorSelection($"{server.Address}{ClusterNaming.ParameterServerPath}");
@@ -172,11 +180,8 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
             selection.Tell(new SaveCheckpoint(checkpoint));
             parameterServer.Tell(new SaveCheckpoint(checkpoint), me);
             parameterServer.Tell(poison with { Step = server.Session.GlobalStep }, me);
-            // Over the bulk channel: a registration from a node the gatekeeper never admitted, a data request
-            // (both well-formed, so they reach the actors), then messages only the coordinator may send and
-            // gradients under the honest worker's name (each closes the connection; the next one reconnects).
-            channel.Send(server.Channel.Endpoint, parameterServer, new RegisterWorker("mallory", Serialization.WireFormat.ProtocolVersion, server.Session.DataHash, server.Session.Architecture.Describe(), NumericFingerprint.Value), me);
-            channel.Send(server.Channel.Endpoint, gatekeeper, RequestTrainingData.Instance, me);
+            // Over the bulk channel: messages only the coordinator may send, and gradients in the honest
+            // worker's name (each closes the connection; the next frame reconnects).
             channel.Send(server.Channel.Endpoint, parameterServer, new SaveCheckpoint(checkpoint), me);
             channel.Send(server.Channel.Endpoint, parameterServer, new TrainEpoch(0), me);
             channel.Send(server.Channel.Endpoint, parameterServer, poison with { Step = server.Session.GlobalStep }, spoofedWorker);
@@ -184,7 +189,7 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
         }
         output.WriteLine($"{rounds} rounds of attacks while training; the server's bulk channel refused {server.Channel.Refusals - refusalsBefore} connections");
 
-        float[] trained = await Finish(server, honest);
+        float[] trained = await Finish(server, honest!);
         Fixtures.AssertSameBits(run.Oracle, trained, "run attacked by a member");
         Assert.False(File.Exists(checkpoint), "the server wrote a checkpoint where a worker said");
         Assert.True(server.Channel.Refusals - refusalsBefore >= 3, $"refusals: {server.Channel.Refusals - refusalsBefore}");
