@@ -111,6 +111,13 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
             await raw.GetStream().WriteAsync("DBPB\u0010\u0000akka://dbp/user/x"u8.ToArray());
         }
 
+        // 4. TLS without a client certificate (what `openssl s_client` does): the Akka port refuses the
+        //    handshake, the bulk port allows only the join handshake, so a frame there closes the connection.
+        foreach (int port in new[] { server.Address.Port!.Value, bulkPort })
+        {
+            Assert.True(await ClosedAfterTlsWithoutCertificate(port), $"port {port} kept a TLS connection without a client certificate open");
+        }
+
         // The honest worker joins after all of that; the run it trains is the message that comes after.
         float[] trained = await Finish(server, StartWorker(server, "honest"));
         Fixtures.AssertSameBits(run.Oracle, trained, "run attacked by strangers");
@@ -124,6 +131,33 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
             Assert.NotEqual(Akka.Cluster.MemberStatus.Up, Akka.Cluster.Cluster.Get(rogue).SelfMember.Status);
         }
         await Task.WhenAll(plain.Terminate(), foreign.Terminate());
+    }
+
+    /// <summary>Connects with TLS and no certificate, sends a frame, and reports whether the server closed the connection (within 20 s).</summary>
+    private static async Task<bool> ClosedAfterTlsWithoutCertificate(int port)
+    {
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync("127.0.0.1", port);
+        // A stranger accepts any server: what matters here is what the server accepts.
+#pragma warning disable CA5359
+        using var ssl = new System.Net.Security.SslStream(tcp.GetStream(), false, (_, _, _, _) => true);
+#pragma warning restore CA5359
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        try
+        {
+            await ssl.AuthenticateAsClientAsync(new System.Net.Security.SslClientAuthenticationOptions { TargetHost = "dbp" }, timeout.Token);
+            await ssl.WriteAsync("DBPB\u0010\u0000akka://dbp/user/x"u8.ToArray(), timeout.Token);
+            await ssl.FlushAsync(timeout.Token);
+            return await ssl.ReadAsync(new byte[64], timeout.Token) == 0;
+        }
+        catch (OperationCanceledException)
+        {
+            return false; // still open after 20 s
+        }
+        catch (Exception e) when (e is IOException or System.Security.Authentication.AuthenticationException)
+        {
+            return true; // refused during or right after the handshake
+        }
     }
 
     private static Akka.Actor.Setup.ActorSystemSetup ActorSystemSetupFor(Config config, DotNettySslSetup tls) =>

@@ -518,6 +518,13 @@ public sealed class BulkChannel : IDisposable
                 {
                     try
                     {
+                        if (stream is not null && PeerClosed(client!))
+                        {
+                            // The receiver closed an idle connection (or refused a frame): a frame written now
+                            // would vanish into a dead socket. Reconnect first.
+                            Close(stream, client);
+                            stream = null;
+                        }
                         if (stream is null)
                         {
                             client = new TcpClient();
@@ -541,6 +548,19 @@ public sealed class BulkChannel : IDisposable
                 }
             }
             Close(stream, client);
+        }
+
+        /// <summary>This side never reads: a readable socket with nothing to read means the peer has closed it.</summary>
+        private static bool PeerClosed(TcpClient client)
+        {
+            try
+            {
+                return client.Client.Poll(0, SelectMode.SelectRead) && client.Client.Available == 0;
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                return true;
+            }
         }
 
         /// <summary>Closing flushes what is buffered, which fails on a connection the peer closed: nothing more to do then.</summary>
