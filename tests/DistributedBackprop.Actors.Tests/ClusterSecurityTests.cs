@@ -30,15 +30,7 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
     /// <summary>A run long enough (a few seconds) for attacks to land while it trains.</summary>
     private Run Prepare(int epochs)
     {
-        Dataset data = Fixtures.Blobs(200);
-        var csv = new StringBuilder();
-        csv.AppendLine(string.Join(',', Enumerable.Range(0, data.Features).Select(j => $"f{j}").Append("label")));
-        for (int r = 0; r < data.Rows; r++)
-        {
-            csv.AppendLine(string.Join(',', data.Row(r).ToArray().Select(v => v.ToString("R", CultureInfo.InvariantCulture)).Append(data.Classes[data.Labels[r]])));
-        }
-        string path = Path.Combine(_dir, "blobs.csv");
-        File.WriteAllText(path, csv.ToString());
+        string path = Fixtures.WriteCsv(Fixtures.Blobs(200), Path.Combine(_dir, "blobs.csv"));
         Dataset read = CsvReader.Read(path, new CsvOptions());
         TrainingConfig config = Fixtures.Config(epochs);
         return new Run(path, read, config, Fixtures.PlainTrainer(config, read));

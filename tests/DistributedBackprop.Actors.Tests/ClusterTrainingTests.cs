@@ -16,18 +16,7 @@ public sealed class ClusterTrainingTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private string WriteCsv(Dataset data)
-    {
-        var csv = new StringBuilder();
-        csv.AppendLine(string.Join(',', Enumerable.Range(0, data.Features).Select(j => $"f{j}").Append("label")));
-        for (int r = 0; r < data.Rows; r++)
-        {
-            csv.AppendLine(string.Join(',', data.Row(r).ToArray().Select(v => v.ToString("R", CultureInfo.InvariantCulture)).Append(data.Classes[data.Labels[r]])));
-        }
-        string path = Path.Combine(_dir, "blobs.csv");
-        File.WriteAllText(path, csv.ToString());
-        return path;
-    }
+    private string WriteCsv(Dataset data) => Fixtures.WriteCsv(data, Path.Combine(_dir, "blobs.csv"));
 
     private NodeSettings ServerSettings() => Loopback.Server(_dir);
 

@@ -24,6 +24,19 @@ internal static class Fixtures
         return new Dataset("blobs", features, values, labels, Enumerable.Range(0, classes).Select(c => $"class{c}").ToArray(), DataKind.Table);
     }
 
+    /// <summary>Writes <paramref name="data"/> as a CSV file with a header (features f0…, then label), floats round-tripped exactly.</summary>
+    public static string WriteCsv(Dataset data, string path)
+    {
+        var csv = new System.Text.StringBuilder();
+        csv.AppendLine(string.Join(',', Enumerable.Range(0, data.Features).Select(j => $"f{j}").Append("label")));
+        for (int r = 0; r < data.Rows; r++)
+        {
+            csv.AppendLine(string.Join(',', data.Row(r).ToArray().Select(v => v.ToString("R", System.Globalization.CultureInfo.InvariantCulture)).Append(data.Classes[data.Labels[r]])));
+        }
+        File.WriteAllText(path, csv.ToString());
+        return path;
+    }
+
     public static TrainingConfig Config(int epochs = 3, int chunks = 8, OptimizerKind optimizer = OptimizerKind.Adam) => new()
     {
         HiddenLayers = [16, 8],
