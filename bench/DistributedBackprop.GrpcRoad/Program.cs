@@ -124,7 +124,7 @@ static async Task Serve(string stateDirectory, int floats)
         kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
         kestrel.Limits.Http2.MaxFrameSize = (1 << 24) - 1;
         kestrel.Limits.Http2.KeepAlivePingDelay = TimeSpan.FromSeconds(30);
-        kestrel.ListenLocalhost(0, listen =>
+        kestrel.Listen(System.Net.IPAddress.Loopback, 0, listen =>
         {
             listen.Protocols = HttpProtocols.Http2;
             listen.UseHttps(new HttpsConnectionAdapterOptions
