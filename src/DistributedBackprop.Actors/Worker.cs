@@ -12,8 +12,9 @@ namespace DistributedBackprop.Actors;
 /// <summary>
 /// What a worker needs to compute gradients: the network shape, its (preprocessed) training rows, the run's
 /// config, and the content hash of the raw data the rows came from (checked by the server).
+/// <see cref="FirstWork"/>, if given, is called (on the worker's thread) with the step of its first work.
 /// </summary>
-public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config, string DataHash);
+public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config, string DataHash, Action<long>? FirstWork = null);
 
 /// <summary>
 /// A worker. Registers with the parameter server on start (<see cref="RegisterWorker"/>), then answers each
@@ -40,6 +41,7 @@ public sealed class Worker : ReceiveActor
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Courier _courier = Courier.Get(Context.System);
     private EpochPlan? _plan;
+    private bool _working;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
     {
@@ -74,6 +76,11 @@ public sealed class Worker : ReceiveActor
 
     private void Compute(ComputeGradients message)
     {
+        if (_setup.FirstWork is { } announce && !_working)
+        {
+            _working = true;
+            announce(message.Step);
+        }
         TrainingConfig config = _setup.Config;
         if (_plan is null || _plan.Epoch != message.Epoch)
         {

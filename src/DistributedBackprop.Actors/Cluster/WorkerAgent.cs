@@ -11,8 +11,8 @@ namespace DistributedBackprop.Actors.Cluster;
 /// <summary>How a worker process ended: <see cref="ExitCode"/> 0 when training finished.</summary>
 public sealed record WorkerExit(int ExitCode, string Message);
 
-/// <summary>What a worker node was told on its command line.</summary>
-public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData);
+/// <summary>What a worker node was told on its command line; <see cref="Announce"/> receives one-line progress news (the first step computed).</summary>
+public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData, Action<string>? Announce = null);
 
 /// <summary>Where the server is, as the join handshake said (its Akka address and bulk channel endpoint).</summary>
 public sealed record ServerContact(Address Address, string BulkEndpoint);
@@ -189,9 +189,19 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         var architecture = data.Config.BuildArchitecture(data.Train.Features, data.Train.Classes.Count);
         ActorPath path = new RootActorPath(_server!) / "user" / "coordinator" / TrainingCoordinator.ServerName;
         IActorRef server = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);
-        IActorRef worker = Context.ActorOf(Worker.Props(server, _options.Name, new WorkerSetup(architecture, data.Train, data.Config, data.Hash)), "worker");
+        IActorRef worker = Context.ActorOf(Worker.Props(server, _options.Name, new WorkerSetup(architecture, data.Train, data.Config, data.Hash, FirstWork)), "worker");
         Context.Watch(worker);
         _log.Info("worker {0} started with {1} training rows", _options.Name, data.Train.Rows);
+    }
+
+    /// <summary>Called on the worker's thread: only the options' callback and the process start time are touched.</summary>
+    private void FirstWork(long step)
+    {
+        if (_options.Announce is { } announce)
+        {
+            double seconds = (DateTime.Now - System.Diagnostics.Process.GetCurrentProcess().StartTime).TotalSeconds;
+            announce(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"first work (step {step}) {seconds:F2} s after this process started"));
+        }
     }
 
     private void Exit(int code, string message)

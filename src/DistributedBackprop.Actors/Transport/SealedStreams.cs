@@ -61,8 +61,14 @@ internal sealed class SealedWriter(Stream inner, byte[] key, IDisposable session
 
     public override void Write(ReadOnlySpan<byte> buffer)
     {
-        // Whole records straight from the caller's memory (a tensor's floats): sealed without a copy.
-        while (_filled == 0 && buffer.Length >= _plain.Length)
+        // Whole records straight from the caller's memory (a tensor's floats): sealed without a copy. What
+        // is pending (a frame header) goes first as a small record of its own, so the tensor's records align
+        // with it and the receiver, reading the tensor, can open them in place too.
+        if (buffer.Length >= _plain.Length)
+        {
+            Seal();
+        }
+        while (buffer.Length >= _plain.Length)
         {
             Seal(buffer[.._plain.Length]);
             buffer = buffer[_plain.Length..];

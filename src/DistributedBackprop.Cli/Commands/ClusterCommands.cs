@@ -158,6 +158,10 @@ internal static class WorkerCommand
             {
                 settings.SeedAddress(seed); // validates HOST:PORT before anything starts
             }
+            if (!settings.Tls)
+            {
+                Console.Error.WriteLine("dbp worker: WARNING --insecure: no TLS, no join token; whoever can reach this node or the server can read and alter what it computes");
+            }
             string workerName = parse.GetValue(name) ?? $"worker-{Sanitize(Environment.MachineName)}-{Environment.ProcessId}";
             using var cancel = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
@@ -165,7 +169,7 @@ internal static class WorkerCommand
                 e.Cancel = true;
                 cancel.Cancel();
             };
-            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream)), cancel.Token).GetAwaiter().GetResult();
+            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => Console.Error.WriteLine($"dbp worker: {line}")), cancel.Token).GetAwaiter().GetResult();
             (exit.ExitCode == 0 ? Console.Out : Console.Error).WriteLine($"dbp worker: {exit.Message}");
             return exit.ExitCode;
         }));
