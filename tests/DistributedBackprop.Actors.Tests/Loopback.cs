@@ -19,5 +19,7 @@ internal static class Loopback
         SeedNodes = [$"127.0.0.1:{server.Address.Port}"],
         ServerBulkPort = BulkChannel.ParseEndpoint(server.Channel.Endpoint).Port,
         Token = server.Authority?.Token.ToString(),
+        // A test whose server goes away must not leave workers knocking for minutes.
+        RejoinTimeout = TimeSpan.FromSeconds(10),
     };
 }

@@ -21,7 +21,10 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     private string TokenFile => Path.Combine(_dir, "join-token");
 
     /// <summary>`dbp serve` with the run's options, its cluster state in this test's directory, the token written to <see cref="TokenFile"/>.</summary>
-    private string[] Serve(params string[] args) => ["serve", .. args, "--port", "0", "--state-dir", Path.Combine(_dir, "state"), "--token-file", TokenFile];
+    private string[] Serve(params string[] args) => ServeOn(0, args);
+
+    private string[] ServeOn(int port, params string[] args) =>
+        ["serve", .. args, "--port", port.ToString(CultureInfo.InvariantCulture), "--state-dir", Path.Combine(_dir, "state"), "--token-file", TokenFile];
 
     /// <summary>The worker command line the server prints (join address, bulk port, token file).</summary>
     private static string[] JoinCommand(RunningDbp server) =>
@@ -156,5 +159,50 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         using var again = new RunningDbp(_dir, Serve([.. run, "--min-workers", "1", "--progress", "none"]));
         JoinCommand(again);
         Assert.Equal(token, File.ReadAllText(TokenFile).Trim());
+    }
+
+    /// <summary>
+    /// The server's process is SIGKILLed mid-run and started again with the very same command line (what a
+    /// supervisor does): it resumes from its --checkpoint, the workers rejoin by themselves, and the model
+    /// has the undisturbed run's bytes. Reports the time from the kill to the first step computed again.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void ServerKilledAndRestartedWithTheSameCommandLine_WorkersRejoin_SameBytes()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        string checkpoint = Path.Combine(_dir, "checkpoint.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "2", "--out", local, "--progress", "none"]).ExitCode);
+        // A fixed port: the workers knock at the same address after the restart.
+        var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        string[] serve = ServeOn(port, [.. Run, "--min-workers", "2", "--out", clustered, "--checkpoint", checkpoint, "--checkpoint-every", "50", "--progress", "plain"]);
+        using var first = new RunningDbp(_dir, serve);
+        string[] join = JoinCommand(first);
+        using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
+        using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
+        first.WaitFor(@"^epoch\s+10\b", TimeSpan.FromMinutes(2));
+        long stepBeforeKill = first.Lines.Select(l => System.Text.RegularExpressions.Regex.Match(l, @"^epoch\s+\d+\s+step\s+(\d+)"))
+            .Where(m => m.Success).Max(m => long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture));
+        first.KillHard();
+        var clock = Stopwatch.StartNew();
+        int firstWorkLines = w1.Lines.Count(l => l.Contains("first work", StringComparison.Ordinal));
+
+        using var second = new RunningDbp(_dir, serve);
+        long resumedAt = long.Parse(second.WaitFor(@"resuming from .* at step (\d+)", TimeSpan.FromSeconds(60)).Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.True(resumedAt >= stepBeforeKill && resumedAt <= stepBeforeKill + 50 + 10, $"resumed at step {resumedAt}; the last epoch printed before the kill ended at {stepBeforeKill}");
+        w1.WaitFor("rejoining when it answers again", TimeSpan.FromSeconds(30));
+        while (w1.Lines.Count(l => l.Contains("first work", StringComparison.Ordinal)) <= firstWorkLines && clock.Elapsed < TimeSpan.FromMinutes(1))
+        {
+            Thread.Sleep(20);
+        }
+        TimeSpan computingAgain = clock.Elapsed;
+        output.WriteLine($"server SIGKILL to w1 computing again for the restarted server: {computingAgain.TotalSeconds:F2} s (restart started at once); resumed at step {resumedAt}, last epoch end before the kill {stepBeforeKill}");
+        Assert.True(computingAgain < TimeSpan.FromMinutes(1), "w1 never computed for the restarted server");
+        Assert.Equal(0, second.WaitForExit(TimeSpan.FromMinutes(3)));
+        Assert.True(w1.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w1.Output);
+        Assert.True(w2.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w2.Output);
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
     }
 }

@@ -5,6 +5,9 @@
 #  2. The same with more epochs, a worker `docker kill`ed mid-run: training completes, same bytes. Meanwhile
 #     a stranger container on the compose network tries to join with a wrong token (refused, exit 2), and the
 #     join token must not appear in any container's environment.
+#  3. The server's process is SIGKILLed mid-run (a crash: Docker restarts it by its restart policy; a
+#     `docker kill` would count as a manual stop, which Docker never restarts): it resumes from its
+#     checkpoint, the workers rejoin by themselves, and the model equals local mode's bytes.
 # Needs: a running dockerd, docker-compose (v1) or `docker compose` (v2), the .NET base images
 # (../shared/tools/offline-base-images.sh builds local stand-ins when no registry is reachable).
 set -euo pipefail
@@ -70,5 +73,31 @@ grep -q "died" "$work/run2.log" || { say "FAIL: the server did not notice the ki
 grep -q "refused to enroll a node from .*: wrong join token" "$work/run2.log" || { say "FAIL: the server did not log the stranger's refusal"; exit 1; }
 cmp "$work/local-long.safetensors" "$work/out2/model.safetensors" || { say "FAIL: model differs after docker kill"; exit 1; }
 say "run 2: worker killed at $(date -d @"${killed_at%.*}" +%T), training completed, model equals local mode"
+compose -p "$project" down -v >/dev/null 2>&1
+
+say "run 3: the server process is killed mid-run; the restart policy starts it again"
+mkdir -p "$work/out3"
+DBP_OUTPUT_DIR="$work/out3" DBP_TRAIN_ARGS="--epochs 200" compose -p "$project" up -d --scale worker=2 >/dev/null 2>&1
+for _ in $(seq 1 300); do
+  [ -f "$work/out3/metrics.jsonl" ] && [ "$(wc -l < "$work/out3/metrics.jsonl")" -ge 30 ] && break
+  sleep 0.2
+done
+server=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=server")
+# The dotnet process running dbp (PID 1 is the container's init, which then exits with the crash's code).
+docker exec "$server" sh -c 'for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = dotnet ] && kill -9 "${p#/proc/}"; done; true'
+killed=$(date +%s.%N)
+state=""
+for _ in $(seq 1 600); do
+  state=$(docker inspect -f '{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}' "$server")
+  case "$state" in "exited "[1-9]*" 0") break ;; esac
+  sleep 0.5
+done
+compose -p "$project" logs server > "$work/run3.log" 2>&1
+compose -p "$project" logs worker > "$work/run3-workers.log" 2>&1
+case "$state" in "exited "[1-9]*" 0") ;; *) tail -30 "$work/run3.log"; say "FAIL: server state '$state' (want exited after a restart, code 0)"; exit 1 ;; esac
+grep -q "resuming from /var/lib/dbp/checkpoint.safetensors" "$work/run3.log" || { tail -30 "$work/run3.log"; say "FAIL: the restarted server did not resume from its checkpoint"; exit 1; }
+grep -q "rejoining when it answers again" "$work/run3-workers.log" || { tail -30 "$work/run3-workers.log"; say "FAIL: the workers did not rejoin"; exit 1; }
+cmp "$work/local-long.safetensors" "$work/out3/model.safetensors" || { say "FAIL: model differs after the server's restart"; exit 1; }
+say "run 3: server killed at $(date -d @"${killed%.*}" +%T), restarted by Docker ($state), $(grep -o 'resuming from .*' "$work/run3.log" | head -1 | sed 's/.*| //'), model equals local mode"
 compose -p "$project" down -v >/dev/null 2>&1
 say "PASS"

@@ -149,22 +149,47 @@ public static class ClusterWorker
                 : settings.TokenFile is { } file ? JoinToken.ReadFile(file)
                 : throw new ArgumentException("--token: a join token is required (--token, --token-file or DBP_JOIN_TOKEN; `dbp serve` prints it), or --insecure on a trusted network");
         }
-        int port = settings.ChoosePort();
-        Address self = settings.NodeAddress(port);
-        (EnrollmentResult enrolled, ServerContact contact)? joined;
-        try
+        TimeSpan rejoinFor = settings.RejoinTimeout ?? DefaultRejoinTimeout;
+        Stopwatch? lost = null;
+        while (true)
         {
-            joined = await EnrollAsync(settings, seeds, token, options.Name, self, cancellation).ConfigureAwait(false);
+            // Each incarnation gets its own address (a free port unless one is pinned) and certificate.
+            int port = settings.ChoosePort();
+            Address self = settings.NodeAddress(port);
+            TimeSpan patience = lost is null ? JoinPatience : rejoinFor - lost.Elapsed;
+            (EnrollmentResult enrolled, ServerContact contact)? joined;
+            try
+            {
+                joined = await EnrollAsync(settings, seeds, token, options.Name, self, patience, cancellation).ConfigureAwait(false);
+            }
+            catch (EnrollmentRefusedException e)
+            {
+                return new WorkerExit(2, e.Message);
+            }
+            if (joined is not var (enrolled, contact))
+            {
+                return new WorkerExit(1, lost is null
+                    ? $"no server answered at {string.Join(", ", seeds)} within {JoinPatience.TotalSeconds:0} s"
+                    : $"the server did not come back within {rejoinFor.TotalSeconds:0} s");
+            }
+            lost = null;
+            WorkerExit exit = await RunIncarnationAsync(settings with { Port = port }, options, enrolled, contact, cancellation).ConfigureAwait(false);
+            if (!exit.ServerLost || rejoinFor <= TimeSpan.Zero || cancellation.IsCancellationRequested)
+            {
+                return exit;
+            }
+            options.Announce?.Invoke($"{exit.Message}; rejoining when it answers again (for up to {rejoinFor.TotalSeconds:0} s)");
+            lost = Stopwatch.StartNew();
         }
-        catch (EnrollmentRefusedException e)
-        {
-            return new WorkerExit(2, e.Message);
-        }
-        if (joined is not var (enrolled, contact))
-        {
-            return new WorkerExit(1, $"no server answered at {string.Join(", ", seeds)} within {JoinPatience.TotalSeconds:0} s");
-        }
-        Akka.Configuration.Config config = (settings with { Port = port }).BuildConfig(ClusterNaming.WorkerRole);
+    }
+
+    /// <summary>How long a worker that lost its server keeps knocking (a supervisor restarts servers in seconds; minutes leave room).</summary>
+    public static readonly TimeSpan DefaultRejoinTimeout = TimeSpan.FromMinutes(5);
+
+    /// <summary>One life of the node: an ActorSystem with this enrollment's certificate, until the agent says how it ended.</summary>
+    private static async Task<WorkerExit> RunIncarnationAsync(NodeSettings settings, WorkerNodeOptions options, EnrollmentResult enrolled, ServerContact contact, CancellationToken cancellation)
+    {
+        Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.WorkerRole);
         ActorSystem system = ActorSystem.Create(ClusterNaming.SystemName, NodeSettings.BuildSetup(config, enrolled.Identity));
         try
         {
@@ -172,11 +197,16 @@ public static class ClusterWorker
             var exit = new TaskCompletionSource<WorkerExit>(TaskCreationOptions.RunContinuationsAsynchronously);
             system.ActorOf(WorkerAgent.Props(options, contact, exit), ClusterNaming.WorkerAgentName);
             await Akka.Cluster.Cluster.Get(system).JoinSeedNodesAsync([contact.Address], cancellation).ConfigureAwait(false);
-            return await exit.Task.WaitAsync(cancellation).ConfigureAwait(false);
+            WorkerExit result = await exit.Task.WaitAsync(cancellation).ConfigureAwait(false);
+            if (!result.ServerLost)
+            {
+                // A graceful leave needs the server; after losing it there is nobody to leave.
+                await ClusterServer.Leave(system).ConfigureAwait(false);
+            }
+            return result;
         }
         finally
         {
-            await ClusterServer.Leave(system).ConfigureAwait(false);
             await system.Terminate().ConfigureAwait(false);
         }
     }
@@ -195,9 +225,9 @@ public static class ClusterWorker
 
     /// <summary>
     /// The join handshake with the first seed that answers, retried while no server listens (it may be
-    /// starting); null if none answered in <see cref="JoinPatience"/>. A refusal is final.
+    /// starting, or restarting); null if none answered within <paramref name="patience"/>. A refusal is final.
     /// </summary>
-    private static async Task<(EnrollmentResult, ServerContact)?> EnrollAsync(NodeSettings settings, IReadOnlyList<string> seeds, JoinToken? token, string name, Address self, CancellationToken cancellation)
+    private static async Task<(EnrollmentResult, ServerContact)?> EnrollAsync(NodeSettings settings, IReadOnlyList<string> seeds, JoinToken? token, string name, Address self, TimeSpan patience, CancellationToken cancellation)
     {
         var clock = Stopwatch.StartNew();
         int closedHandshakes = 0;
@@ -235,7 +265,7 @@ public static class ClusterWorker
                     }
                 }
             }
-            if (clock.Elapsed > JoinPatience)
+            if (clock.Elapsed > patience)
             {
                 return null;
             }

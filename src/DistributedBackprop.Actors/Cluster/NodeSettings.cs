@@ -43,6 +43,9 @@ public sealed record NodeSettings
     /// <summary>Worker: the server's bulk channel port, where the join handshake happens (default: the seed's port + 1).</summary>
     public int? ServerBulkPort { get; init; }
 
+    /// <summary>Worker: how long to keep trying to rejoin after losing the server (0: exit at once). Default 5 minutes.</summary>
+    public TimeSpan? RejoinTimeout { get; init; }
+
     /// <summary>Fills unset fields from DBP_* environment variables.</summary>
     public NodeSettings Resolve(Func<string, string?>? environment = null)
     {
@@ -64,6 +67,11 @@ public sealed record NodeSettings
             TokenFile = TokenFile ?? environment("DBP_TOKEN_FILE"),
             StateDirectory = StateDirectory ?? environment("DBP_STATE_DIR"),
             ServerBulkPort = ServerBulkPort ?? Int(environment("DBP_SERVER_BULK_PORT"), "DBP_SERVER_BULK_PORT"),
+            RejoinTimeout = RejoinTimeout ?? (environment("DBP_REJOIN_TIMEOUT") is { } rejoin
+                ? double.TryParse(rejoin, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) && seconds >= 0 && seconds <= 7 * 86400
+                    ? TimeSpan.FromSeconds(seconds)
+                    : throw new ArgumentException($"DBP_REJOIN_TIMEOUT: '{rejoin}' is not a number of seconds")
+                : null),
         };
     }
 

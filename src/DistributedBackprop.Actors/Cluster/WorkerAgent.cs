@@ -8,8 +8,11 @@ using ClusterEvents = Akka.Cluster.ClusterEvent;
 
 namespace DistributedBackprop.Actors.Cluster;
 
-/// <summary>How a worker process ended: <see cref="ExitCode"/> 0 when training finished.</summary>
-public sealed record WorkerExit(int ExitCode, string Message);
+/// <summary>
+/// How a worker node ended: <see cref="ExitCode"/> 0 when training finished. <see cref="ServerLost"/>: the
+/// server disappeared (or this node was cut off and downed) before training finished — the node may rejoin.
+/// </summary>
+public sealed record WorkerExit(int ExitCode, string Message, bool ServerLost = false);
 
 /// <summary>What a worker node was told on its command line; <see cref="Announce"/> receives one-line progress news (the first step computed).</summary>
 public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData, Action<string>? Announce = null);
@@ -80,8 +83,9 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     protected override void PostStop()
     {
         _cluster.Unsubscribe(Self);
-        // Downed by the cluster, or the system shut down some other way: the process must still exit.
-        Exit(1, "the worker node was shut down before training finished (downed by the cluster?)");
+        // Downed by the cluster (cut off from the server, or the server is gone), or the system shut down
+        // some other way: this incarnation is over; the node may come back as a new one.
+        Exit(1, "the worker node was shut down before training finished (downed by the cluster: the server is gone or unreachable)", serverLost: true);
     }
 
     /// <summary>A worker whose computation throws is stopped, not restarted with its step's work lost; the server reassigns its chunks.</summary>
@@ -101,7 +105,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     {
         if (address.Equals(_server))
         {
-            Exit(1, $"the parameter server at {address} {what} before training finished");
+            Exit(1, $"the parameter server at {address} {what} before training finished", serverLost: true);
         }
     }
 
@@ -204,9 +208,9 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         }
     }
 
-    private void Exit(int code, string message)
+    private void Exit(int code, string message, bool serverLost = false)
     {
-        if (_exit.TrySetResult(new WorkerExit(code, message)))
+        if (_exit.TrySetResult(new WorkerExit(code, message, serverLost)))
         {
             if (code == 0) _log.Info(message); else _log.Error(message);
         }

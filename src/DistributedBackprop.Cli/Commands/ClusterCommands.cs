@@ -19,7 +19,8 @@ internal static class ServeCommand
         var minWorkers = OptionParsing.PositiveInt("--min-workers", "Training starts once this many workers have registered; later ones join from the next step.", 1);
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
-        var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch. If FILE exists when serve starts and belongs to this run, training resumes from it (a restart with the same command line continues the run).", HelpName = "FILE" };
+        var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint (the parameter server restarts from it; same bits as an uninterrupted run).", HelpName = "FILE" };
         var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto, bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
         var stateDir = new Option<string?>("--state-dir") { Description = "Where the cluster CA and join token are kept between runs (created if missing). Env: DBP_STATE_DIR. Default ~/.dbp/cluster.", HelpName = "DIR" };
@@ -29,7 +30,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
         training.AddTo(command);
         node.AddTo(command);
-        foreach (Option option in new Option[] { port, minWorkers, output, metrics, checkpoint, resume, progress, stateDir, tokenFile, newToken })
+        foreach (Option option in new Option[] { port, minWorkers, output, metrics, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
         {
             command.Options.Add(option);
         }
@@ -51,11 +52,25 @@ internal static class ServeCommand
             }
             TrainingConfig config = training.Config(parse);
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
+            string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
             if (parse.GetValue(resume) is string resumeFrom)
             {
                 session.RestoreCheckpoint(resumeFrom);
             }
-            string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
+            else if (checkpointPath is not null && File.Exists(checkpointPath))
+            {
+                // What a supervisor's restart does: the same command line again. The checkpoint it left is
+                // this run's only if configuration and data match (RestoreCheckpoint checks both).
+                try
+                {
+                    session.RestoreCheckpoint(checkpointPath);
+                }
+                catch (Models.ModelFileException e)
+                {
+                    throw new UsageException($"--checkpoint: {checkpointPath} exists but is not this run's checkpoint ({e.Message}); move it away, or pass it to --resume deliberately");
+                }
+                Console.Error.WriteLine($"dbp serve: resuming from {checkpointPath} at step {session.GlobalStep} of {session.TotalSteps}");
+            }
             TrainCommand.CheckWritable(modelPath, "--out");
             TrainCommand.CheckWritable(metricsPath, "--metrics");
             TrainCommand.CheckWritable(checkpointPath, "--checkpoint");
@@ -63,7 +78,7 @@ internal static class ServeCommand
 
             var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath));
             int wanted = parse.GetValue(minWorkers);
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath), new ServerData(dataPath, parse.GetValue(training.Label), split));
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split));
             AnnounceJoin(server, settings, wanted);
             bool succeeded = false;
             string message = "";
@@ -132,7 +147,8 @@ internal static class WorkerCommand
         var token = new Option<string?>("--token") { Description = "The join token `dbp serve` printed. Env: DBP_JOIN_TOKEN. (Visible in the process list: prefer --token-file.)", HelpName = "TOKEN" };
         var tokenFile = new Option<string?>("--token-file") { Description = "Read the join token from FILE (as written by `dbp serve --token-file`). Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
         var serverBulkPort = OptionParsing.IntInRange("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
-        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort };
+        var rejoinTimeout = OptionParsing.IntInRange("--rejoin-timeout", "When the server is lost (killed, restarting, unreachable), keep trying to rejoin it for this many seconds (0: exit at once). Env: DBP_REJOIN_TIMEOUT. Default 300.", 300, 0);
+        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort, rejoinTimeout };
         node.AddTo(command);
         command.SetAction(parse => CommandRunner.Run("worker", () =>
         {
@@ -145,6 +161,7 @@ internal static class WorkerCommand
                 Token = parse.GetValue(token) ?? (parse.GetValue(tokenFile) is null ? settings.Token : null),
                 TokenFile = parse.GetValue(tokenFile) ?? settings.TokenFile,
                 ServerBulkPort = parse.GetResult(serverBulkPort) is { Implicit: false } ? parse.GetValue(serverBulkPort) : settings.ServerBulkPort,
+                RejoinTimeout = parse.GetResult(rejoinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(rejoinTimeout)) : settings.RejoinTimeout,
             };
             if (parse.GetValue(node.ShowConfig))
             {
