@@ -177,7 +177,8 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         probe.Start();
         int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
         probe.Stop();
-        string[] serve = ServeOn(port, [.. Run, "--min-workers", "2", "--out", clustered, "--checkpoint", checkpoint, "--checkpoint-every", "50", "--progress", "plain"]);
+        string metrics = Path.Combine(_dir, "metrics.jsonl");
+        string[] serve = ServeOn(port, [.. Run, "--min-workers", "2", "--out", clustered, "--metrics", metrics, "--checkpoint", checkpoint, "--checkpoint-every", "50", "--progress", "plain"]);
         using var first = new RunningDbp(_dir, serve);
         string[] join = JoinCommand(first);
         using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
@@ -204,5 +205,7 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         Assert.True(w1.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w1.Output);
         Assert.True(w2.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w2.Output);
         Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
+        // The metrics keep the epochs from before the crash: one line per epoch, 1..120, in order.
+        Assert.Equal(Enumerable.Range(1, 120), File.ReadAllLines(metrics).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("epoch").GetInt32()));
     }
 }

@@ -98,6 +98,7 @@ case "$state" in "exited "[1-9]*" 0") ;; *) tail -30 "$work/run3.log"; say "FAIL
 grep -q "resuming from /var/lib/dbp/checkpoint.safetensors" "$work/run3.log" || { tail -30 "$work/run3.log"; say "FAIL: the restarted server did not resume from its checkpoint"; exit 1; }
 grep -q "rejoining when it answers again" "$work/run3-workers.log" || { tail -30 "$work/run3-workers.log"; say "FAIL: the workers did not rejoin"; exit 1; }
 cmp "$work/local-long.safetensors" "$work/out3/model.safetensors" || { say "FAIL: model differs after the server's restart"; exit 1; }
+test "$(wc -l < "$work/out3/metrics.jsonl")" -eq 200 || { say "FAIL: expected 200 metrics lines after the restart, got $(wc -l < "$work/out3/metrics.jsonl")"; exit 1; }
 say "run 3: server killed at $(date -d @"${killed%.*}" +%T), restarted by Docker ($state), $(grep -o 'resuming from .*' "$work/run3.log" | head -1 | sed 's/.*| //'), model equals local mode"
 compose -p "$project" down -v >/dev/null 2>&1
 say "PASS"

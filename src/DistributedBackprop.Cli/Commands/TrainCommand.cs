@@ -43,7 +43,7 @@ internal static class TrainCommand
             CheckWritable(metricsPath, "--metrics");
             CheckWritable(checkpointPath, "--checkpoint");
 
-            var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath));
+            var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             CheckpointPolicy? checkpoints = checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery));
             int workerCount = parse.GetValue(workers);
             string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";

@@ -14,9 +14,34 @@ internal sealed class MetricsWriter
     private readonly string _path;
     private readonly StringBuilder _lines = new();
 
-    public MetricsWriter(string path)
+    /// <param name="resumedEpochs">when a run resumes from a checkpoint, the epochs it had completed: their
+    /// lines in an existing file are kept (a restarted server must not lose the history before its crash).</param>
+    public MetricsWriter(string path, long resumedEpochs = 0)
     {
         _path = path;
+        if (resumedEpochs > 0 && File.Exists(path) && new FileInfo(path).Length < (64 << 20))
+        {
+            foreach (string line in File.ReadLines(path))
+            {
+                if (EpochOf(line) is long epoch && epoch <= resumedEpochs)
+                {
+                    _lines.Append(line).Append('\n');
+                }
+            }
+        }
+    }
+
+    private static long? EpochOf(string line)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(line);
+            return document.RootElement.TryGetProperty("epoch", out JsonElement epoch) && epoch.TryGetInt64(out long value) ? value : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
     }
 
     public void Append(EpochReport report)
