@@ -134,6 +134,20 @@ public sealed partial class CommandTests : IDisposable
         Assert.DoesNotContain("letmein", result.Stderr); // a secret is never echoed
     }
 
+    [Theory]
+    [InlineData("0")]
+    [InlineData("2")]
+    public void Divergence_StopsWithExit1_InEveryMode_AndWritesNoModelOrCheckpoint(string workers)
+    {
+        string model = Path.Combine(_dir, $"nan-{workers}.safetensors"), checkpoint = Path.Combine(_dir, $"nan-{workers}.ckpt");
+        DbpResult result = Dbp("train", "--lr", "1e6", "--workers", workers, "--out", model, "--checkpoint", checkpoint, "--progress", "none");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains("training stopped:", result.Stderr);
+        Assert.Contains("the parameters after step", result.Stderr);
+        Assert.False(File.Exists(model), "a diverged run wrote a model");
+        Assert.False(File.Exists(checkpoint), "a diverged run wrote a checkpoint");
+    }
+
     [Fact]
     public void IncompatibleLossAndOutput_IsAUsageError()
     {

@@ -22,6 +22,11 @@ internal static class CommandRunner
             Console.Error.WriteLine($"dbp {command}: {e.Message}");
             return ExitCodes.BadInput;
         }
+        catch (Engine.TrainingDivergedException e)
+        {
+            Console.Error.WriteLine($"dbp {command}: training stopped: {e.Message}");
+            return ExitCodes.Failure;
+        }
         catch (TrainingStoppedException e)
         {
             Console.Error.WriteLine($"dbp {command}: training stopped: {e.Message}");

@@ -117,6 +117,12 @@ public sealed class Trainer : IDisposable
             }
         }
         var (gradient, result) = _reducer.Plan();
+        if (!double.IsFinite(result.LossSum))
+        {
+            // Checked before the update, so the parameters stay those of the last good step (the actor
+            // path's parameter server refuses a non-finite gradient the same way).
+            throw new TrainingDivergedException($"training diverged at step {_session.GlobalStep}: the loss is {result.LossSum} (try a smaller --lr); the parameters after step {_session.GlobalStep} are kept, nothing more is written");
+        }
         _stepGradient = gradient;
         _stepLearningRate = learningRate = _session.BeginStep();
         _runner.Run(_updateLane);
@@ -162,3 +168,6 @@ public sealed class Trainer : IDisposable
         public BatchResult[] Results { get; }
     }
 }
+
+/// <summary>The loss became NaN or infinite: training cannot continue; nothing after the last good step is written.</summary>
+public sealed class TrainingDivergedException(string message) : Exception(message);
