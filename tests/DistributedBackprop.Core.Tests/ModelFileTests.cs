@@ -75,6 +75,26 @@ public sealed class ModelFileTests : IDisposable
     }
 
     [Fact]
+    public void AnyByteFlippedInTheTensors_IsRefusedAsCorrupted()
+    {
+        string path = Path.Combine(_dir, "flip.safetensors");
+        Sample().Save(path);
+        byte[] original = File.ReadAllBytes(path);
+        int dataStart = 8 + (int)BinaryPrimitives.ReadUInt64LittleEndian(original);
+        // Every byte of the data section: one flipped bit anywhere must be caught, not give another model.
+        for (int i = dataStart; i < original.Length; i += 7)
+        {
+            byte[] damaged = (byte[])original.Clone();
+            damaged[i] ^= 0x10;
+            File.WriteAllBytes(path, damaged);
+            var error = Assert.Throws<ModelFileException>(() => ModelFile.Load(path));
+            Assert.Contains("corrupted", error.Message);
+        }
+        File.WriteAllBytes(path, original);
+        Assert.Equal(Sample().Parameters, ModelFile.Load(path).Parameters);
+    }
+
+    [Fact]
     public void ForeignFiles_AreRejected()
     {
         string text = Path.Combine(_dir, "notes.txt");

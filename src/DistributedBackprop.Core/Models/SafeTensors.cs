@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text;
+using System.Security.Cryptography;
 using System.Text.Json;
 
 namespace DistributedBackprop.Models;
@@ -40,8 +41,17 @@ public static class SafeTensors
     /// <summary>Headers beyond this are not ours (the reference implementation caps at 100 MB too).</summary>
     private const long MaxHeaderBytes = 100L * 1024 * 1024;
 
+    /// <summary>
+    /// Metadata key holding the SHA-256 of the data section (every tensor's bytes, in file order): a file
+    /// damaged after it was written (a flipped bit, a truncated copy) is refused on reading instead of
+    /// silently giving another model. Files written elsewhere, without the key, are read as they are.
+    /// </summary>
+    public const string ChecksumKey = "data_sha256";
+
     public static void Write(Stream stream, IReadOnlyList<Tensor> tensors, IReadOnlyDictionary<string, string> metadata)
     {
+        var checksummed = new Dictionary<string, string>(metadata, StringComparer.Ordinal) { [ChecksumKey] = DataChecksum(tensors) };
+        metadata = checksummed;
         var header = new MemoryStream();
         using (var json = new Utf8JsonWriter(header))
         {
@@ -103,6 +113,26 @@ public static class SafeTensors
         }
     }
 
+    private static string DataChecksum(IReadOnlyList<Tensor> tensors)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        Span<byte> value = stackalloc byte[sizeof(float)];
+        foreach (Tensor tensor in tensors)
+        {
+            if (BitConverter.IsLittleEndian)
+            {
+                hash.AppendData(MemoryMarshal.AsBytes(tensor.Data.AsSpan()));
+                continue;
+            }
+            foreach (float v in tensor.Data)
+            {
+                BinaryPrimitives.WriteSingleLittleEndian(value, v);
+                hash.AppendData(value);
+            }
+        }
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+
     public static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) Read(string path)
     {
         byte[] bytes;
@@ -133,6 +163,20 @@ public static class SafeTensors
             throw new ModelFileException($"{path}: truncated: the header needs {headerLength} bytes after byte 8, the file has {bytes.Length - 8}");
         }
         ReadOnlySpan<byte> data = bytes[(8 + (int)headerLength)..];
+        (Dictionary<string, Tensor> tensors, Dictionary<string, string> metadata) = ReadEntries(bytes, headerLength, data, path);
+        if (metadata.TryGetValue(ChecksumKey, out string? expected))
+        {
+            string actual = Convert.ToHexStringLower(SHA256.HashData(data));
+            if (actual != expected)
+            {
+                throw new ModelFileException($"{path}: corrupted: the tensors' SHA-256 is {actual[..12]}…, the file says {(expected.Length > 12 ? expected[..12] : expected)}… (__metadata__.{ChecksumKey}); the file was damaged after it was written");
+            }
+        }
+        return (tensors, metadata);
+    }
+
+    private static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) ReadEntries(ReadOnlySpan<byte> bytes, ulong headerLength, ReadOnlySpan<byte> data, string path)
+    {
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
         JsonDocument document;
