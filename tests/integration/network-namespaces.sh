@@ -3,6 +3,8 @@
 # address (10.77.0.1 server, .2 and .3 workers), talking over veth pairs — no loopback shortcuts. The
 # cluster must train the local-mode model byte for byte, also after SIGKILL of one worker mid-run. Secure by
 # default: the server writes the join token to a file the workers read; every connection is mutual TLS.
+# Run 2 cuts a worker off (`ip link set down` in its namespace) for 8 s: its chunks go to the other worker,
+# it rejoins by itself when the link returns, and the model keeps its bytes.
 # Needs root and iproute2. Run from the repository root or anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -66,4 +68,42 @@ grep -q "akka.ssl.tcp://dbp@10.77.0.1:4053" "$work/server.log" || { say "FAIL: s
 grep -q "worker w2 died" "$work/server.log" || { cat "$work/server.log"; say "FAIL: server did not notice the killed worker"; exit 1; }
 cmp "$work/local.safetensors" "$work/cluster.safetensors" || { say "FAIL: cluster model differs from local mode"; exit 1; }
 say "$(grep '^cluster:' "$work/server.log")"
-say "PASS: model equals local mode byte for byte"
+say "run 1: model equals local mode byte for byte"
+
+# Run 2: a partition. The worker at 10.77.0.2 loses its link for 8 s, then gets it back.
+args2=(--epochs 400 --layers 64 --batch-size 64)
+"$dbp" train "${args2[@]}" --workers 2 --out "$work/local2.safetensors" --progress none >/dev/null
+ip netns exec "dbps$tag" timeout 300 "$dbp" serve "${args2[@]}" --bind-host 10.77.0.1 --port 4053 --min-workers 2 \
+  --state-dir "$work/state" --token-file "$work/token" \
+  --out "$work/cluster2.safetensors" --metrics "$work/metrics2.jsonl" --progress plain >"$work/server2.log" 2>&1 &
+server=$!; pids+=("$server")
+for _ in $(seq 1 100); do grep -q "listening at" "$work/server2.log" && break; sleep 0.1; done
+ip netns exec "dbpw1$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.2 --name w1 >"$work/p-w1.log" 2>&1 & pids+=($!)
+ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.3 --name w2 >"$work/p-w2.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 600); do [ -f "$work/metrics2.jsonl" ] && [ "$(wc -l < "$work/metrics2.jsonl")" -ge 10 ] && break; sleep 0.1; done
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
+ip -n "dbpw1$tag" link set eth0 down
+cut=$(now)
+say "partition: 10.77.0.2 cut off after $(wc -l < "$work/metrics2.jsonl") epochs"
+epochs_at_cut=$(wc -l < "$work/metrics2.jsonl")
+progress=""
+for _ in $(seq 1 300); do
+  if grep -q "worker w1 died" "$work/server2.log" && [ "$(wc -l < "$work/metrics2.jsonl")" -gt "$epochs_at_cut" ]; then progress=$(now); break; fi
+  sleep 0.05
+done
+[ -n "$progress" ] || { tail -20 "$work/server2.log"; say "FAIL: training did not go on without the cut-off worker"; exit 1; }
+while [ "$(since "$cut" "$(now)" | cut -d. -f1)" -lt 8 ]; do sleep 0.1; done
+ip -n "dbpw1$tag" link set eth0 up
+healed=$(now)
+back=""
+for _ in $(seq 1 600); do
+  [ "$(grep -c 'first work' "$work/p-w1.log")" -ge 2 ] && { back=$(now); break; }
+  sleep 0.05
+done
+[ -n "$back" ] || { tail -20 "$work/p-w1.log"; say "FAIL: the worker did not compute again after the link came back"; exit 1; }
+if ! wait "$server"; then tail -30 "$work/server2.log"; say "FAIL: server exited non-zero after the partition"; exit 1; fi
+grep -q "rejoining when it answers again" "$work/p-w1.log" || { say "FAIL: the cut-off worker did not rejoin"; exit 1; }
+cmp "$work/local2.safetensors" "$work/cluster2.safetensors" || { say "FAIL: model differs after the partition"; exit 1; }
+say "partition: progress resumed $(since "$cut" "$progress") s after the cut; the worker computed again $(since "$healed" "$back") s after the link came back"
+say "PASS: model equals local mode byte for byte, after a SIGKILL and after a partition"
