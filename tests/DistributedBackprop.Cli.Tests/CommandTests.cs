@@ -112,6 +112,8 @@ public sealed partial class CommandTests : IDisposable
     [InlineData("--epochs", "abc", "--epochs: 'abc' is not an integer")]
     [InlineData("--momentum", "1.5", "--momentum: must be in [0, 1)")]
     [InlineData("--test-fraction", "1", "--test-fraction: must be in [0, 1)")]
+    [InlineData("--layers", "100000000", "--layers: the network would have 7,500,000,010 parameters")]
+    [InlineData("--layers", "10000000", "--layers: training this network needs at least")]
     public void BadOptions_GiveOneLineNamingTheOption_AndExitCode2(string option, string value, string expected)
     {
         DbpResult result = option == "--epochs" ? Dbp("train", option, value) : Dbp("train", option, value, "--epochs", "1");

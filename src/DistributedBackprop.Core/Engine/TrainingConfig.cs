@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using DistributedBackprop.Network;
@@ -29,6 +30,35 @@ public sealed record TrainingConfig
 
     public Architecture BuildArchitecture(int inputs, int outputs) =>
         Architecture.Create(inputs, HiddenLayers, outputs, HiddenActivation, OutputActivation, Loss);
+
+    /// <summary>
+    /// Refuses, before anything is allocated, a network that cannot be trained here: one flat buffer holds at
+    /// most <see cref="Array.MaxLength"/> floats, and training holds several model-sized buffers (parameters,
+    /// gradient, up to two optimizer states, one gradient per lane) plus a batch's activations and deltas.
+    /// The estimate is a lower bound; it is compared with 80 % of the memory this process may use.
+    /// </summary>
+    public void CheckFits(int inputs, int outputs, long availableBytes)
+    {
+        long parameters = 0, previous = inputs, units = inputs;
+        foreach (long width in HiddenLayers.Select(w => (long)w).Append(outputs))
+        {
+            parameters += previous * width + width;
+            units += width;
+            previous = width;
+        }
+        if (parameters > Array.MaxLength)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                $"--layers: the network would have {parameters:N0} parameters; one parameter buffer holds at most {Array.MaxLength:N0}"));
+        }
+        int lanes = Math.Max(1, Math.Min(Chunks, Environment.ProcessorCount));
+        double bytes = 4.0 * (parameters * (4 + lanes) + 3.0 * BatchSize * units);
+        if (bytes > 0.8 * availableBytes)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                $"--layers: training this network needs at least {bytes / 1e9:F1} GB ({parameters:N0} parameters, batch {BatchSize}); this process can use {availableBytes / 1e9:F1} GB"));
+        }
+    }
 
     /// <summary>The first problem, as "--option: reason", or null.</summary>
     public string? Validate()

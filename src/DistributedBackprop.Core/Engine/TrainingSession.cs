@@ -69,6 +69,7 @@ public sealed class TrainingSession
         {
             throw new DataException($"{test.Source}: {test.Features} features, the training data has {train.Features}");
         }
+        config.CheckFits(train.Features, train.Classes.Count, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
         Preprocessing preprocessing = Preprocessing.Fit(train);
         return new TrainingSession(config, preprocessing.Apply(train), test is null ? null : preprocessing.Apply(test), preprocessing, data.ContentHash());
     }
