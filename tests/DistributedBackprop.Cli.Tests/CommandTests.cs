@@ -184,6 +184,18 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Fact]
+    public void LabelNamedByADuplicatedHeader_IsRefused_NotGuessed()
+    {
+        string data = Path.Combine(_dir, "twice.csv");
+        File.WriteAllLines(data, ["a,b,a", "1,2,x", "3,4,y", "5,6,x"]);
+        DbpResult result = Dbp("train", "--data", data, "--label", "a", "--epochs", "1");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("twice.csv:1: the label column 'a' appears twice in the header (columns 1 and 3)", result.Stderr);
+        // By index it is unambiguous.
+        Assert.Equal(0, Dbp("train", "--data", data, "--label", "2", "--epochs", "1", "--progress", "none").ExitCode);
+    }
+
+    [Fact]
     public void CorruptModel_IsAClearError()
     {
         string model = Write("model.safetensors", "garbage that is not a model");

@@ -182,6 +182,12 @@ public static class CsvReader
         int byName = Array.FindIndex(names, n => string.Equals(n, spec.Trim(), StringComparison.Ordinal));
         if (byName >= 0)
         {
+            int again = Array.FindIndex(names, byName + 1, n => string.Equals(n, spec.Trim(), StringComparison.Ordinal));
+            if (again >= 0)
+            {
+                // Picking one of two columns with the label's name would be a silent guess.
+                throw DataException.AtLine(file, 1, $"the label column '{spec.Trim()}' appears twice in the header (columns {byName + 1} and {again + 1}); rename one, or give --label the 0-based index");
+            }
             return byName;
         }
         if (int.TryParse(spec, NumberStyles.Integer, CultureInfo.InvariantCulture, out int index))
