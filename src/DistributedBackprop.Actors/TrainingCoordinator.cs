@@ -4,7 +4,7 @@ using DistributedBackprop.Engine;
 
 namespace DistributedBackprop.Actors;
 
-/// <summary>How a run ended.</summary>
+/// <summary>How a run ended: its steps, and the reports of its last epochs (at most <see cref="TrainingCoordinator.ReportsKept"/>).</summary>
 public sealed record TrainingOutcome(long Steps, IReadOnlyList<EpochReport> Epochs);
 
 /// <summary>Raised when the parameter server stops training (bad gradient, lost state).</summary>
@@ -32,6 +32,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     private readonly TaskCompletionSource<TrainingOutcome> _completion;
     private readonly Evaluator _evaluator;
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    /// <summary>Epoch reports kept for <see cref="TrainingOutcome"/> (the most recent ones).</summary>
+    public const int ReportsKept = 100;
     private readonly List<EpochReport> _reports = [];
     private readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
     private IActorRef _server = ActorRefs.Nobody;
@@ -176,6 +178,10 @@ public sealed class TrainingCoordinator : ReceiveActor
             WorkerBusyFraction = e.WorkerBusyFraction,
         };
         _reports.Add(report);
+        if (_reports.Count > ReportsKept)
+        {
+            _reports.RemoveAt(0); // a run of a billion epochs must not grow with them
+        }
         _observer.EpochCompleted(report);
         int? next = e.GlobalStep >= _session.TotalSteps ? null : e.Epoch + 1;
         if (_checkpoints is not null)

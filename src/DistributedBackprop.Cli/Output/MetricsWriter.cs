@@ -6,28 +6,34 @@ using DistributedBackprop.Engine;
 namespace DistributedBackprop.Cli.Output;
 
 /// <summary>
-/// The --metrics file: JSON lines, one object per epoch. The whole file is rewritten atomically after each
-/// epoch, so a reader (or a crash) never sees a half-written line.
+/// The --metrics file: JSON lines, one object per epoch. After each epoch the file is rewritten atomically
+/// (the lines so far streamed from the previous file, plus the new one, to a temporary name, then renamed),
+/// so a reader (or a crash) never sees a half-written line, and memory does not grow with the epochs.
 /// </summary>
 internal sealed class MetricsWriter
 {
     private readonly string _path;
-    private readonly StringBuilder _lines = new();
+    private bool _hasLines;
 
     /// <param name="resumedEpochs">when a run resumes from a checkpoint, the epochs it had completed: their
     /// lines in an existing file are kept (a restarted server must not lose the history before its crash).</param>
     public MetricsWriter(string path, long resumedEpochs = 0)
     {
         _path = path;
-        if (resumedEpochs > 0 && File.Exists(path) && new FileInfo(path).Length < (64 << 20))
+        if (resumedEpochs > 0 && File.Exists(path))
         {
-            foreach (string line in File.ReadLines(path))
+            DataFiles.WriteAtomically(path, stream =>
             {
-                if (EpochOf(line) is long epoch && epoch <= resumedEpochs)
+                using var writer = new StreamWriter(stream, new UTF8Encoding(false), leaveOpen: true) { NewLine = "\n" };
+                foreach (string line in File.ReadLines(path))
                 {
-                    _lines.Append(line).Append('\n');
+                    if (EpochOf(line) is long epoch && epoch <= resumedEpochs)
+                    {
+                        writer.WriteLine(line);
+                    }
                 }
-            }
+            });
+            _hasLines = true;
         }
     }
 
@@ -46,9 +52,18 @@ internal sealed class MetricsWriter
 
     public void Append(EpochReport report)
     {
-        _lines.Append(ToJson(report)).Append('\n');
-        string content = _lines.ToString();
-        DataFiles.WriteAtomically(_path, stream => stream.Write(Encoding.UTF8.GetBytes(content)));
+        byte[] line = Encoding.UTF8.GetBytes(ToJson(report) + "\n");
+        bool keep = _hasLines && File.Exists(_path);
+        DataFiles.WriteAtomically(_path, stream =>
+        {
+            if (keep)
+            {
+                using FileStream previous = File.OpenRead(_path);
+                previous.CopyTo(stream);
+            }
+            stream.Write(line);
+        });
+        _hasLines = true;
     }
 
     public static string ToJson(EpochReport r)

@@ -22,6 +22,7 @@ internal sealed class TrainingDisplay : ITrainingObserver
 {
     private readonly ProgressMode _mode;
     private readonly MetricsWriter? _metrics;
+    private const int TailKept = 9;
     private readonly List<EpochReport> _epochs = [];
     private readonly Stopwatch _sinceRefresh = Stopwatch.StartNew();
     private ProgressTask? _task;
@@ -88,6 +89,11 @@ internal sealed class TrainingDisplay : ITrainingObserver
     public void EpochCompleted(EpochReport report)
     {
         _epochs.Add(report);
+        if (_epochs.Count > 3 + TailKept)
+        {
+            // The summary shows the first three epochs and the last five: a long run keeps no more than that.
+            _epochs.RemoveAt(3);
+        }
         _metrics?.Append(report);
         if (_mode == ProgressMode.Plain)
         {
@@ -127,7 +133,7 @@ internal sealed class TrainingDisplay : ITrainingObserver
         {
             table.Columns[column].RightAligned();
         }
-        IEnumerable<EpochReport> shown = _epochs.Count <= 12 ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5));
+        IEnumerable<EpochReport> shown = _epochs.Count <= 12 && _epochs[^1].Epoch == _epochs.Count + _epochs[0].Epoch - 1 ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5));
         EpochReport? previous = null;
         foreach (EpochReport r in shown)
         {
