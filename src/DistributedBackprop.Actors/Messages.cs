@@ -96,8 +96,8 @@ public sealed record GetStatistics : IWireMessage
     public static readonly GetStatistics Instance = new();
 }
 
-/// <summary>Counters of a parameter server, for tests and monitoring; <see cref="Unauthorized"/> counts messages refused for their sender.</summary>
-public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, long Unauthorized, bool Failed) : IWireMessage;
+/// <summary>Counters of a parameter server, for tests and monitoring; <see cref="Unauthorized"/> counts messages refused for their sender, <see cref="Speculations"/> the times a step's missing chunks were dealt again after its deadline.</summary>
+public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, long Unauthorized, long Speculations, bool Failed) : IWireMessage;
 
 /// <summary>
 /// Local: the bulk channel could not deliver <see cref="Message"/> to <see cref="Recipient"/> (sent to the

@@ -28,9 +28,13 @@ namespace DistributedBackprop.Actors;
 /// gradients are dropped and counted. A gradient of the wrong length or with NaN/Inf
 /// stops training with <see cref="TrainingFailed"/>, keeping the last good parameters. A worker that dies
 /// (DeathWatch) has its uncovered chunks dealt to the survivors, so the step completes with the same bits.
+/// A worker that stays a member but does not answer within the step deadline (<see cref="StepDeadline"/>)
+/// has its missing chunks dealt again to workers that did answer; the first result for a chunk wins (all
+/// results are the same bits), a late one is dropped as a duplicate or stale, and the laggard gets no new
+/// work until something from it arrives.
 /// The server never blocks: reduction and update are a few element-wise passes over the parameters.
 /// </summary>
-public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
+public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     private readonly TrainingSession _session;
     private readonly IActorRef _coordinator;
@@ -48,11 +52,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
     private bool _failed;
     private readonly EpochCounters _epoch = new();
     private long _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized;
+    private readonly StepDeadline _deadline;
+    private long _speculations;
 
-    public ParameterServer(TrainingSession session, IActorRef coordinator)
+    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null)
     {
         _session = session;
         _coordinator = coordinator;
+        _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config);
         _chunks = session.Config.Chunks;
         _architecture = session.Architecture.Describe();
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
@@ -81,14 +88,20 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             }
         });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
+        Receive<CheckDeadline>(_ => CheckStepDeadline());
         Receive<SaveCheckpoint>(m => { if (FromCoordinator(m)) Checkpoint(m); });
-        Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _failed), Self));
+        Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _speculations, _failed), Self));
     }
 
     public IStash Stash { get; set; } = null!;
 
-    public static Props Props(TrainingSession session, IActorRef coordinator) =>
-        Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator));
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null) =>
+        Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline));
+
+    protected override void PreStart() =>
+        Timers.StartPeriodicTimer("deadline", CheckDeadline.Instance, TimeSpan.FromMilliseconds(Math.Clamp(_deadline.Floor.TotalMilliseconds / 4, 20, 250)));
 
     /// <summary>Only the coordinator runs epochs and names checkpoint files; from anyone else such a message is refused.</summary>
     private bool FromCoordinator(object message)
@@ -208,16 +221,22 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         // serialized anyway.
         _reducer.Reset();
         _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters);
-        int active = Math.Min(_workers.Count, _chunks);
-        for (int i = 0; i < _workers.Count; i++)
+        // Workers that missed a deadline get no new work until something from them arrives.
+        List<WorkerSlot> dealt = _workers.Where(w => !w.Suspect).ToList();
+        if (dealt.Count == 0)
         {
-            _workers[i].Assigned.Clear();
-            _workers[i].DeliveredThisStep = false;
-            if (i < active)
-            {
-                var (lo, hi) = ChunkTree.Share(_chunks, active, i);
-                Assign(_workers[i], lo, hi);
-            }
+            dealt = _workers;
+        }
+        int active = Math.Min(dealt.Count, _chunks);
+        foreach (WorkerSlot worker in _workers)
+        {
+            worker.Assigned.Clear();
+            worker.DeliveredThisStep = false;
+        }
+        for (int i = 0; i < active; i++)
+        {
+            var (lo, hi) = ChunkTree.Share(_chunks, active, i);
+            Assign(dealt[i], lo, hi);
         }
     }
 
@@ -237,6 +256,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             _unregisteredIgnored++;
             _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
             return;
+        }
+        if (worker.Suspect)
+        {
+            worker.Suspect = false;
+            _log.Info("{0} answers again (step {1}); it gets work from the next step", worker.Name, message.Step);
         }
         if (_failed || _step is null || message.Step != _step.Step || _updating)
         {
@@ -294,6 +318,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
     private void FinishStep(long start)
     {
         StepInProgress step = _step!;
+        _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, start));
         var (gradient, result) = _reducer.Plan();
         float learningRate = _session.BeginStep();
         _updating = true;
@@ -364,14 +389,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         var uncovered = new List<(int Lo, int Hi)>();
         foreach (var (lo, hi) in worker.Assigned)
         {
-            int c = lo;
-            while (c < hi)
-            {
-                while (c < hi && _reducer.IsCovered(c)) c++;
-                int start = c;
-                while (c < hi && !_reducer.IsCovered(c)) c++;
-                if (c > start) uncovered.Add((start, c));
-            }
+            Uncovered(lo, hi, uncovered);
         }
         if (uncovered.Count == 0)
         {
@@ -384,13 +402,82 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
             _step.Orphaned.AddRange(uncovered);
             return;
         }
-        foreach (var (lo, hi) in uncovered)
+        DealAmong(_workers, uncovered);
+    }
+
+    /// <summary>
+    /// The step has waited longer than the deadline: deal the chunks still missing again, to the workers
+    /// that have delivered this step (or, failing those, to any other worker), and mark the laggards.
+    /// </summary>
+    private void CheckStepDeadline()
+    {
+        if (_step is not { } step || _updating || _failed || _workers.Count < 2)
         {
-            int parts = Math.Min(_workers.Count, hi - lo);
+            return;
+        }
+        long now = Stopwatch.GetTimestamp();
+        if (Stopwatch.GetElapsedTime(step.DealtAt, now) < _deadline.Current)
+        {
+            return;
+        }
+        var laggards = new List<WorkerSlot>();
+        var missing = new List<(int Lo, int Hi)>();
+        foreach (WorkerSlot worker in _workers)
+        {
+            int before = missing.Count;
+            foreach (var (lo, hi) in worker.Assigned)
+            {
+                Uncovered(lo, hi, missing);
+            }
+            if (missing.Count > before)
+            {
+                laggards.Add(worker);
+            }
+        }
+        List<WorkerSlot> helpers = _workers.Where(w => w.DeliveredThisStep && !laggards.Contains(w)).ToList();
+        if (helpers.Count == 0)
+        {
+            helpers = _workers.Where(w => !laggards.Contains(w)).ToList();
+        }
+        if (missing.Count == 0 || helpers.Count == 0)
+        {
+            return;
+        }
+        foreach (WorkerSlot laggard in laggards)
+        {
+            laggard.Suspect = true;
+        }
+        _log.Warning("step {0} waited {1:F2} s (deadline {2:F2} s) for {3}; their chunks go to {4}", step.Step,
+            Stopwatch.GetElapsedTime(step.DealtAt, now).TotalSeconds, _deadline.Current.TotalSeconds,
+            string.Join(", ", laggards.Select(l => l.Name)), string.Join(", ", helpers.Select(h => h.Name)));
+        _speculations++;
+        step.DealtAt = now;
+        DealAmong(helpers, missing);
+    }
+
+    /// <summary>The runs of chunks in [lo, hi) whose gradients have not arrived.</summary>
+    private void Uncovered(int lo, int hi, List<(int Lo, int Hi)> runs)
+    {
+        int c = lo;
+        while (c < hi)
+        {
+            while (c < hi && _reducer.IsCovered(c)) c++;
+            int start = c;
+            while (c < hi && !_reducer.IsCovered(c)) c++;
+            if (c > start) runs.Add((start, c));
+        }
+    }
+
+    /// <summary>Each run split into contiguous parts among <paramref name="workers"/>.</summary>
+    private void DealAmong(List<WorkerSlot> workers, List<(int Lo, int Hi)> runs)
+    {
+        foreach (var (lo, hi) in runs)
+        {
+            int parts = Math.Min(workers.Count, hi - lo);
             for (int i = 0; i < parts; i++)
             {
                 var (a, b) = ChunkTree.Share(hi - lo, parts, i);
-                Assign(_workers[i], lo + a, lo + b);
+                Assign(workers[i], lo + a, lo + b);
             }
         }
     }
@@ -436,6 +523,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         _coordinator.Tell(new TrainingFailed(reason));
     }
 
+    /// <summary>Timer: has the step in progress waited past its deadline?</summary>
+    private sealed record CheckDeadline : INoSerializationVerificationNeeded
+    {
+        public static readonly CheckDeadline Instance = new();
+    }
+
     /// <summary>The off-actor reduce + update of step <paramref name="Step"/> is done.</summary>
     private sealed record UpdateApplied(long Step, Network.BatchResult Result, float LearningRate, long Started) : INoSerializationVerificationNeeded;
 
@@ -445,6 +538,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         public string Name { get; } = name;
         public List<(int Lo, int Hi)> Assigned { get; } = [];
         public bool DeliveredThisStep { get; set; }
+
+        /// <summary>Missed a step deadline and has not answered since: dealt no new work.</summary>
+        public bool Suspect { get; set; }
         public long StepsThisEpoch { get; set; }
         public double ComputeSeconds { get; set; }
     }
@@ -455,6 +551,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash
         public int Epoch { get; } = epoch;
         public int StepInEpoch { get; } = stepInEpoch;
         public float[] Parameters { get; } = parameters;
+        public long Started { get; } = Stopwatch.GetTimestamp();
+
+        /// <summary>When work was last dealt for this step (the deadline counts from here).</summary>
+        public long DealtAt { get; set; } = Stopwatch.GetTimestamp();
+
         public long? FirstArrival { get; set; }
         public List<(int Lo, int Hi)> Orphaned { get; } = [];
         public List<(float[] Array, FloatArrayPool Pool)> Pooled { get; } = [];

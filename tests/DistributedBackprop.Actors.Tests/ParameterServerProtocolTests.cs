@@ -43,11 +43,13 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     private static RegisterWorker Credentials(TrainingSession session, string name) =>
         new(name, WireFormat.ProtocolVersion, session.DataHash, session.Architecture.Describe(), NumericFingerprint.Value);
 
-    private Harness Start(params TestProbe[] workers)
+    private Harness Start(params TestProbe[] workers) => Start(null, workers);
+
+    private Harness Start(StepDeadline? deadline, params TestProbe[] workers)
     {
         TrainingSession session = Fixtures.Session();
         TestProbe coordinator = CreateTestProbe("coordinator");
-        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref), "parameter-server");
+        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref, deadline), "parameter-server");
         for (int i = 0; i < workers.Length; i++)
         {
             server.Tell(Credentials(session, $"worker-{i + 1}"), workers[i].Ref);
@@ -296,5 +298,52 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         // The coordinator's own TrainEpoch still works.
         h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
         Assert.Equal(0L, w1.ExpectMsg<ComputeGradients>().Step);
+    }
+
+    [Fact]
+    public void AWorkerThatNeverAnswers_HasItsChunksDealtToTheOthersAfterTheDeadline_AndTheBitsAreTheSame()
+    {
+        TestProbe w1 = CreateTestProbe(), silent = CreateTestProbe();
+        Harness h = Start(new StepDeadline(TimeSpan.FromMilliseconds(300)), w1, silent);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients mine = w1.ExpectMsg<ComputeGradients>(), theirs = silent.ExpectMsg<ComputeGradients>();
+        Deliver(h, w1, mine);
+        // silent stays a member (no Terminated) but never answers: after the deadline its run comes to w1.
+        ComputeGradients dealtAgain = w1.ExpectMsg<ComputeGradients>(TimeSpan.FromSeconds(5));
+        Assert.Equal((0L, theirs.ChunkLo, theirs.ChunkHi), (dealtAgain.Step, dealtAgain.ChunkLo, dealtAgain.ChunkHi));
+        Deliver(h, w1, dealtAgain);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+        // The laggard gets no new work until it answers: step 1 goes to w1 whole.
+        ComputeGradients step1 = w1.ExpectMsg<ComputeGradients>();
+        Assert.Equal((1L, 0, 8), (step1.Step, step1.ChunkLo, step1.ChunkHi));
+        // Its late answer for step 0 arrives: dropped (stale), and it is trusted with work again.
+        Deliver(h, silent, theirs);
+        Deliver(h, w1, step1);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 2);
+        Assert.Equal((2L, 0, 4), (w1.ExpectMsg<ComputeGradients>().Step, 0, 4));
+        ComputeGradients back = silent.ExpectMsg<ComputeGradients>();
+        Assert.Equal((2L, 4, 8), (back.Step, back.ChunkLo, back.ChunkHi));
+        Fixtures.AssertSameBits(PlainTrainerAfter(2), h.Session.Parameters, "after a deadline and a speculative re-deal");
+        h.Server.Tell(GetStatistics.Instance, TestActor);
+        ServerStatistics stats = ExpectMsg<ServerStatistics>();
+        Assert.Equal(1, stats.Speculations);
+        Assert.Equal(1, stats.StaleDropped); // chunks [4,8) are one node of the tree: one late message, dropped
+    }
+
+    [Fact]
+    public void StepDeadline_IsAMultipleOfTheMedianStep_NeverBelowItsFloor()
+    {
+        var deadline = new StepDeadline(TimeSpan.FromSeconds(2), multiple: 4, window: 5);
+        Assert.Equal(TimeSpan.FromSeconds(2), deadline.Current);
+        foreach (double seconds in new[] { 1.0, 1.0, 1.0, 30.0, 1.0 })
+        {
+            deadline.StepTook(TimeSpan.FromSeconds(seconds));
+        }
+        Assert.Equal(TimeSpan.FromSeconds(4), deadline.Current); // one slow step does not move the median
+        foreach (double seconds in new[] { 0.01, 0.01, 0.01, 0.01, 0.01 })
+        {
+            deadline.StepTook(TimeSpan.FromSeconds(seconds));
+        }
+        Assert.Equal(TimeSpan.FromSeconds(2), deadline.Current); // only the last five count; the floor holds
     }
 }

@@ -35,7 +35,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new SaveCheckpoint("/tmp/x.safetensors"),
         new CheckpointSaved("/tmp/x.safetensors", 42),
         GetStatistics.Instance,
-        new ServerStatistics(1, 2, 3, 4, 5, 6, 7, true),
+        new ServerStatistics(1, 2, 3, 4, 5, 6, 7, 8, true),
     ];
 
     [Fact]

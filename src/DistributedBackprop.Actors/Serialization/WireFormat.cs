@@ -77,7 +77,7 @@ public static class WireFormat
             case CheckpointSaved m: w.String(m.Path); w.Long(m.GlobalStep); break;
             case GetStatistics: break;
             case ServerStatistics m:
-                w.Long(m.GlobalStep); w.Int(m.Workers); w.Long(m.StaleDropped); w.Long(m.DuplicatesDropped); w.Long(m.UnregisteredIgnored); w.Long(m.Reassignments); w.Long(m.Unauthorized); w.Bool(m.Failed);
+                w.Long(m.GlobalStep); w.Int(m.Workers); w.Long(m.StaleDropped); w.Long(m.DuplicatesDropped); w.Long(m.UnregisteredIgnored); w.Long(m.Reassignments); w.Long(m.Unauthorized); w.Long(m.Speculations); w.Bool(m.Failed);
                 break;
             case JoinRequest m: w.String(m.NodeName); w.Int(m.ProtocolVersion); w.Long(m.MaximumFrameSize); w.String(m.BulkEndpoint); w.Bool(m.WantsStreamedData); break;
             case JoinAccepted m:
@@ -112,7 +112,7 @@ public static class WireFormat
             "SC" => new SaveCheckpoint(r.String()),
             "CS" => new CheckpointSaved(r.String(), r.Long()),
             "GS" => GetStatistics.Instance,
-            "SS" => new ServerStatistics(r.Long(), r.Int(), r.Long(), r.Long(), r.Long(), r.Long(), r.Long(), r.Bool()),
+            "SS" => new ServerStatistics(r.Long(), r.Int(), r.Long(), r.Long(), r.Long(), r.Long(), r.Long(), r.Long(), r.Bool()),
             "JQ" => new JoinRequest(r.String(), r.Int(), r.Long(), r.String(), r.Bool()),
             "JA" => new JoinAccepted(r.String(), r.NullableString(), r.NullableString(), r.Double(), r.String(), r.String(), r.Floats(), r.Floats()),
             "JR" => new JoinRefused(r.String()),

@@ -1,0 +1,44 @@
+namespace DistributedBackprop.Actors;
+
+/// <summary>
+/// How long a step may wait for its chunks before the parameter server deals the missing ones again to
+/// other workers: <see cref="Multiple"/> × the median of the last <see cref="Window"/> step times, never less
+/// than <see cref="Floor"/>. A worker that stays a cluster member but stops answering (a stuck compute
+/// thread, a frame lost in a dead connection) then costs one deadline, not the run. Plain class: the
+/// parameter server feeds it step times and asks it for the current deadline.
+/// </summary>
+public sealed class StepDeadline(TimeSpan floor, double multiple = 4, int window = 20)
+{
+    private readonly Queue<double> _recent = new();
+
+    public TimeSpan Floor { get; } = floor;
+    public double Multiple { get; } = multiple;
+    public int Window { get; } = window;
+
+    /// <summary>From the HOCON block <c>dbp.step-deadline</c> (floor, multiple).</summary>
+    public static StepDeadline From(Akka.Configuration.Config config) =>
+        new(config.GetTimeSpan("dbp.step-deadline.floor", TimeSpan.FromSeconds(2)), config.GetDouble("dbp.step-deadline.multiple", 4));
+
+    public void StepTook(TimeSpan duration)
+    {
+        _recent.Enqueue(duration.TotalSeconds);
+        if (_recent.Count > Window)
+        {
+            _recent.Dequeue();
+        }
+    }
+
+    public TimeSpan Current
+    {
+        get
+        {
+            if (_recent.Count == 0)
+            {
+                return Floor;
+            }
+            double[] sorted = _recent.Order().ToArray();
+            double median = sorted[sorted.Length / 2];
+            return TimeSpan.FromSeconds(Math.Max(Floor.TotalSeconds, Multiple * median));
+        }
+    }
+}
