@@ -45,17 +45,23 @@ for n in s w1 w2; do
 done
 say "three namespaces: server 10.77.0.1, workers 10.77.0.2 and 10.77.0.3"
 
+# start_cluster SUFFIX ARGS…: the server in its namespace (CA and token in $work), then both workers with the
+# token file; sets $server and $w2 (PIDs); logs server$SUFFIX.log, w1$SUFFIX.log, w2$SUFFIX.log.
+start_cluster() {
+  local suffix=$1; shift
+  ip netns exec "dbps$tag" timeout 300 "$dbp" serve "$@" --bind-host 10.77.0.1 --port 4053 --min-workers 2 \
+    --state-dir "$work/state" --token-file "$work/token" \
+    --out "$work/cluster$suffix.safetensors" --metrics "$work/metrics$suffix.jsonl" --progress plain >"$work/server$suffix.log" 2>&1 &
+  server=$!; pids+=("$server")
+  for _ in $(seq 1 100); do grep -q "listening at" "$work/server$suffix.log" && break; sleep 0.1; done
+  ip netns exec "dbpw1$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.2 --name w1 >"$work/w1$suffix.log" 2>&1 & pids+=($!)
+  ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.3 --name w2 >"$work/w2$suffix.log" 2>&1 &
+  w2=$!; pids+=("$w2")
+}
+
 args=(--epochs 150 --layers 64 --batch-size 64)
 "$dbp" train "${args[@]}" --workers 2 --out "$work/local.safetensors" --progress none >/dev/null
-
-ip netns exec "dbps$tag" timeout 300 "$dbp" serve "${args[@]}" --bind-host 10.77.0.1 --port 4053 --min-workers 2 \
-  --state-dir "$work/state" --token-file "$work/token" \
-  --out "$work/cluster.safetensors" --metrics "$work/metrics.jsonl" --progress plain >"$work/server.log" 2>&1 &
-server=$!; pids+=("$server")
-for _ in $(seq 1 100); do grep -q "listening at" "$work/server.log" && break; sleep 0.1; done
-ip netns exec "dbpw1$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.2 --name w1 >"$work/w1.log" 2>&1 & pids+=($!)
-ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.3 --name w2 >"$work/w2.log" 2>&1 &
-w2=$!; pids+=("$w2")
+start_cluster "" "${args[@]}"
 
 for _ in $(seq 1 600); do [ -f "$work/metrics.jsonl" ] && [ "$(wc -l < "$work/metrics.jsonl")" -ge 10 ] && break; sleep 0.1; done
 [ -f "$work/metrics.jsonl" ] || { tail -5 "$work/server.log" "$work/w1.log"; say "FAIL: training did not start within 60 s"; exit 1; }
@@ -73,13 +79,7 @@ say "run 1: model equals local mode byte for byte"
 # Run 2: a partition. The worker at 10.77.0.2 loses its link for 8 s, then gets it back.
 args2=(--epochs 400 --layers 64 --batch-size 64)
 "$dbp" train "${args2[@]}" --workers 2 --out "$work/local2.safetensors" --progress none >/dev/null
-ip netns exec "dbps$tag" timeout 300 "$dbp" serve "${args2[@]}" --bind-host 10.77.0.1 --port 4053 --min-workers 2 \
-  --state-dir "$work/state" --token-file "$work/token" \
-  --out "$work/cluster2.safetensors" --metrics "$work/metrics2.jsonl" --progress plain >"$work/server2.log" 2>&1 &
-server=$!; pids+=("$server")
-for _ in $(seq 1 100); do grep -q "listening at" "$work/server2.log" && break; sleep 0.1; done
-ip netns exec "dbpw1$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.2 --name w1 >"$work/p-w1.log" 2>&1 & pids+=($!)
-ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host 10.77.0.3 --name w2 >"$work/p-w2.log" 2>&1 & pids+=($!)
+start_cluster 2 "${args2[@]}"
 for _ in $(seq 1 600); do [ -f "$work/metrics2.jsonl" ] && [ "$(wc -l < "$work/metrics2.jsonl")" -ge 10 ] && break; sleep 0.1; done
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
@@ -98,12 +98,12 @@ ip -n "dbpw1$tag" link set eth0 up
 healed=$(now)
 back=""
 for _ in $(seq 1 600); do
-  [ "$(grep -c 'first work' "$work/p-w1.log")" -ge 2 ] && { back=$(now); break; }
+  [ "$(grep -c 'first work' "$work/w12.log")" -ge 2 ] && { back=$(now); break; }
   sleep 0.05
 done
-[ -n "$back" ] || { tail -20 "$work/p-w1.log"; say "FAIL: the worker did not compute again after the link came back"; exit 1; }
+[ -n "$back" ] || { tail -20 "$work/w12.log"; say "FAIL: the worker did not compute again after the link came back"; exit 1; }
 if ! wait "$server"; then tail -30 "$work/server2.log"; say "FAIL: server exited non-zero after the partition"; exit 1; fi
-grep -q "rejoining when it answers again" "$work/p-w1.log" || { say "FAIL: the cut-off worker did not rejoin"; exit 1; }
+grep -q "rejoining when it answers again" "$work/w12.log" || { say "FAIL: the cut-off worker did not rejoin"; exit 1; }
 cmp "$work/local2.safetensors" "$work/cluster2.safetensors" || { say "FAIL: model differs after the partition"; exit 1; }
 say "partition: progress resumed $(since "$cut" "$progress") s after the cut; the worker computed again $(since "$healed" "$back") s after the link came back"
 say "PASS: model equals local mode byte for byte, after a SIGKILL and after a partition"
