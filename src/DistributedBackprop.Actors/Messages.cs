@@ -63,8 +63,9 @@ public sealed record StepApplied(long GlobalStep, int Epoch, int StepInEpoch, Ba
 
 /// <summary>
 /// Parameter server → coordinator when an epoch's steps are applied: totals, timing (time waiting for the
-/// slowest worker, time in reduce + update + broadcast), per-worker steps/s and the fraction of the epoch
-/// each worker spent computing. <see cref="Parameters"/> is a copy the coordinator owns (empty unless asked for).
+/// slowest worker, time in reduce + update + broadcast), per-worker steps/s, the fraction of the epoch
+/// each worker spent computing, and the distribution of each worker's compute time per step (median, 90th
+/// percentile: a slow or straggling worker shows here). <see cref="Parameters"/> is a copy the coordinator owns (empty unless asked for).
 /// </summary>
 public sealed record EpochTrained(
     int Epoch,
@@ -80,6 +81,8 @@ public sealed record EpochTrained(
     int Workers,
     IReadOnlyDictionary<string, double> WorkerStepsPerSecond,
     IReadOnlyDictionary<string, double> WorkerBusyFraction,
+    IReadOnlyDictionary<string, double> WorkerStepSecondsMedian,
+    IReadOnlyDictionary<string, double> WorkerStepSecondsP90,
     float[] Parameters) : IWireMessage;
 
 /// <summary>Parameter server → coordinator: training cannot continue; the last good parameters are kept.</summary>

@@ -204,6 +204,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             worker.StepsThisEpoch = 0;
             worker.ComputeSeconds = 0;
+            worker.StepSeconds.Clear();
         }
         StartStep();
     }
@@ -298,6 +299,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         long now = Stopwatch.GetTimestamp();
         _step.FirstArrival ??= now;
         worker.ComputeSeconds += message.ComputeSeconds;
+        worker.ComputeThisStep += message.ComputeSeconds;
 
         if (!worker.DeliveredThisStep)
         {
@@ -350,6 +352,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
+        foreach (WorkerSlot worker in _workers)
+        {
+            if (worker.DeliveredThisStep)
+            {
+                worker.StepSeconds.Add(worker.ComputeThisStep);
+            }
+            worker.ComputeThisStep = 0;
+        }
         int workers = _workers.Count(w => w.DeliveredThisStep);
         _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers));
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
@@ -366,6 +376,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
                 _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _workers.Count,
                 _workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
                 _workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
+                _workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
+                _workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.9)),
                 _returnParameters ? (float[])_session.Parameters.Clone() : []));
             _epochInProgress = -1;
         }
@@ -501,6 +513,17 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
     }
 
+    /// <summary>The q-quantile of <paramref name="values"/> (nearest rank), 0 for none.</summary>
+    private static double Quantile(List<double> values, double q)
+    {
+        if (values.Count == 0)
+        {
+            return 0;
+        }
+        double[] sorted = values.Order().ToArray();
+        return sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
+    }
+
     /// <summary>The registered worker behind an actor ref (a plain loop: this runs for every gradient message).</summary>
     private WorkerSlot? FindWorker(IActorRef reference)
     {
@@ -543,6 +566,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public bool Suspect { get; set; }
         public long StepsThisEpoch { get; set; }
         public double ComputeSeconds { get; set; }
+
+        /// <summary>Compute seconds of the step in progress, and of each step this epoch (reset per epoch).</summary>
+        public double ComputeThisStep { get; set; }
+        public List<double> StepSeconds { get; } = [];
     }
 
     private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters)

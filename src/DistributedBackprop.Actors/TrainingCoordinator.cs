@@ -176,6 +176,8 @@ public sealed class TrainingCoordinator : ReceiveActor
             DroppedGradients = e.DroppedGradients,
             WorkerStepsPerSecond = e.WorkerStepsPerSecond,
             WorkerBusyFraction = e.WorkerBusyFraction,
+            WorkerStepSecondsMedian = e.WorkerStepSecondsMedian,
+            WorkerStepSecondsP90 = e.WorkerStepSecondsP90,
         };
         _reports.Add(report);
         if (_reports.Count > ReportsKept)

@@ -30,7 +30,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new GradientsComputed(9, new TreeNode(4, 4), new BatchResult(1.25, 3, 17), [0.1f, float.NegativeInfinity], 0.003),
         new TrainEpoch(4, false),
         new StepApplied(10, 1, 2, new BatchResult(-2, 0, 1), 3),
-        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, [1, 2, 3]),
+        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, new Dictionary<string, double> { ["worker-1"] = 0.002 }, new Dictionary<string, double> { ["worker-1"] = 0.004, ["worker-2"] = 0.5 }, [1, 2, 3]),
         new TrainingFailed("worker-1 sent a gradient of 5 values"),
         new SaveCheckpoint("/tmp/x.safetensors"),
         new CheckpointSaved("/tmp/x.safetensors", 42),
@@ -126,7 +126,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
     {
         ComputeGradients m => $"{m with { Parameters = [] }} [{string.Join(',', m.Parameters.Select(BitConverter.SingleToInt32Bits))}]",
         GradientsComputed m => $"{m with { Gradient = [] }} [{string.Join(',', m.Gradient.Select(BitConverter.SingleToInt32Bits))}]",
-        EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = Empty, WorkerBusyFraction = Empty }} [{string.Join(',', m.Parameters)}] {Spell(m.WorkerStepsPerSecond)} {Spell(m.WorkerBusyFraction)}",
+        EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = Empty, WorkerBusyFraction = Empty, WorkerStepSecondsMedian = Empty, WorkerStepSecondsP90 = Empty }} [{string.Join(',', m.Parameters)}] {Spell(m.WorkerStepsPerSecond)} {Spell(m.WorkerBusyFraction)} {Spell(m.WorkerStepSecondsMedian)} {Spell(m.WorkerStepSecondsP90)}",
         Cluster.JoinAccepted m => $"{m with { PreprocessShift = [], PreprocessScale = [] }} [{string.Join(',', m.PreprocessShift)}] [{string.Join(',', m.PreprocessScale)}]",
         Cluster.TrainingDataChunk m => $"{m with { Values = [], Labels = [] }} [{string.Join(',', m.Values)}] [{string.Join(',', m.Labels)}]",
         _ => message.ToString()!,

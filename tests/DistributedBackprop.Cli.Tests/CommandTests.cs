@@ -264,6 +264,12 @@ public sealed partial class CommandTests : IDisposable
         Assert.Equal(2, json.RootElement.GetProperty("workers").GetInt32());
         Assert.True(json.RootElement.TryGetProperty("wait_for_slowest_seconds", out _));
         Assert.Equal(2, json.RootElement.GetProperty("worker_steps_per_second").EnumerateObject().Count());
+        foreach (string quantile in new[] { "worker_step_seconds_median", "worker_step_seconds_p90" })
+        {
+            var perWorker = json.RootElement.GetProperty(quantile).EnumerateObject().ToList();
+            Assert.Equal(2, perWorker.Count);
+            Assert.All(perWorker, w => Assert.True(w.Value.GetDouble() > 0, $"{quantile}.{w.Name}"));
+        }
     }
 
     [Fact]

@@ -66,6 +66,20 @@ internal sealed class MetricsWriter
         _hasLines = true;
     }
 
+    private static void WriteMap(Utf8JsonWriter json, string name, IReadOnlyDictionary<string, double>? map, int digits)
+    {
+        if (map is null)
+        {
+            return;
+        }
+        json.WriteStartObject(name);
+        foreach (var (worker, value) in map.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            json.WriteNumber(worker, Math.Round(value, digits));
+        }
+        json.WriteEndObject();
+    }
+
     public static string ToJson(EpochReport r)
     {
         using var buffer = new MemoryStream();
@@ -95,15 +109,9 @@ internal sealed class MetricsWriter
                 }
                 json.WriteEndObject();
             }
-            if (r.WorkerBusyFraction is { } busy)
-            {
-                json.WriteStartObject("worker_busy_fraction");
-                foreach (var (worker, fraction) in busy.OrderBy(kv => kv.Key, StringComparer.Ordinal))
-                {
-                    json.WriteNumber(worker, Math.Round(fraction, 4));
-                }
-                json.WriteEndObject();
-            }
+            WriteMap(json, "worker_busy_fraction", r.WorkerBusyFraction, 4);
+            WriteMap(json, "worker_step_seconds_median", r.WorkerStepSecondsMedian, 6);
+            WriteMap(json, "worker_step_seconds_p90", r.WorkerStepSecondsP90, 6);
             json.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray());

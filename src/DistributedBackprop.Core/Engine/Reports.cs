@@ -30,6 +30,10 @@ public sealed record EpochReport
     public IReadOnlyDictionary<string, double>? WorkerStepsPerSecond { get; init; }
     /// <summary>Fraction of the epoch each worker spent computing gradients, when workers are actors.</summary>
     public IReadOnlyDictionary<string, double>? WorkerBusyFraction { get; init; }
+
+    /// <summary>Per worker: median and 90th percentile of its compute seconds per step this epoch (actor modes).</summary>
+    public IReadOnlyDictionary<string, double>? WorkerStepSecondsMedian { get; init; }
+    public IReadOnlyDictionary<string, double>? WorkerStepSecondsP90 { get; init; }
 }
 
 /// <summary>Receives progress from a trainer.</summary>
