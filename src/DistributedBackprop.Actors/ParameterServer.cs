@@ -53,6 +53,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly EpochCounters _epoch = new();
     private long _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized;
     private readonly StepDeadline _deadline;
+    private Task _checkpointWrites = Task.CompletedTask;
     private long _speculations;
 
     public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null)
@@ -502,15 +503,24 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Stash.Stash();
             return;
         }
-        try
+        // The state is copied here, between steps; the disk (and its fsync) is waited for off the actor, so
+        // heartbeats and DeathWatch never queue behind it. Writes run one after another, in order, so the file
+        // always ends up holding the newest checkpoint.
+        CheckpointSnapshot snapshot = _session.SnapshotCheckpoint();
+        IActorRef requester = Sender;
+        string path = message.Path;
+        _checkpointWrites = _checkpointWrites.ContinueWith(_ =>
         {
-            _session.SaveCheckpoint(message.Path);
-            Sender.Tell(new CheckpointSaved(message.Path, _session.GlobalStep));
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            Sender.Tell(new TrainingFailed($"{message.Path}: cannot write the checkpoint: {e.Message}"));
-        }
+            try
+            {
+                snapshot.Save(path);
+                requester.Tell(new CheckpointSaved(path, snapshot.GlobalStep));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                requester.Tell(new TrainingFailed($"{path}: cannot write the checkpoint: {e.Message}"));
+            }
+        }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
     }
 
     /// <summary>The q-quantile of <paramref name="values"/> (nearest rank), 0 for none.</summary>

@@ -110,15 +110,21 @@ public sealed class TrainingSession
     /// (global step, optimizer steps) in the metadata; the epoch order is a function of (seed, epoch), so
     /// the position is all the random state there is. Atomic.
     /// </summary>
-    public void SaveCheckpoint(string path)
+    public void SaveCheckpoint(string path) => SnapshotCheckpoint().Save(path);
+
+    /// <summary>
+    /// A copy of the resumable state as it is now (parameters, optimizer state, step): it can be written on
+    /// another thread while training goes on, so a parameter server never blocks on the disk.
+    /// </summary>
+    public CheckpointSnapshot SnapshotCheckpoint()
     {
-        var model = new ModelFile(Architecture, Parameters, Preprocessing, Classes, new Dictionary<string, string>(ModelMetadata())
+        var model = new ModelFile(Architecture, (float[])Parameters.Clone(), Preprocessing, Classes, new Dictionary<string, string>(ModelMetadata())
         {
             ["checkpoint"] = "1",
             ["global_step"] = GlobalStep.ToString(CultureInfo.InvariantCulture),
             ["optimizer_steps"] = Optimizer.Steps.ToString(CultureInfo.InvariantCulture),
         });
-        model.Save(path, Optimizer.StateTensors().Select(s => new Tensor(s.Name, [s.Values.Length], s.Values)));
+        return new CheckpointSnapshot(model, GlobalStep, Optimizer.StateTensors().Select(s => new Tensor(s.Name, [s.Values.Length], (float[])s.Values.Clone())).ToArray());
     }
 
     /// <summary>
@@ -171,4 +177,12 @@ public sealed class TrainingSession
             throw new ModelFileException($"{path}: global step {GlobalStep} is outside this run's {TotalSteps} steps");
         }
     }
+}
+
+/// <summary>A checkpoint taken at <see cref="GlobalStep"/>, to be written (atomically) wherever and whenever.</summary>
+public sealed class CheckpointSnapshot(ModelFile model, long globalStep, IReadOnlyList<Tensor> optimizerState)
+{
+    public long GlobalStep { get; } = globalStep;
+
+    public void Save(string path) => model.Save(path, optimizerState);
 }
