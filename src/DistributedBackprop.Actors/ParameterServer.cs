@@ -42,6 +42,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly Courier _courier = Courier.Get(Context.System);
     private readonly string _architecture;
     private readonly List<WorkerSlot> _workers = [];
+    private readonly List<WorkerSlot> _dealt = [];
     private readonly TreeReducer _reducer;
     private readonly int _chunks;
     private readonly int _updateLanes;
@@ -223,12 +224,17 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // serialized anyway.
         _reducer.Reset();
         _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters);
-        // Workers that missed a deadline get no new work until something from them arrives.
-        List<WorkerSlot> dealt = _workers.Where(w => !w.Suspect).ToList();
-        if (dealt.Count == 0)
+        // Workers that missed a deadline get no new work until something from them arrives (a list kept
+        // across steps: nothing is allocated per step).
+        _dealt.Clear();
+        foreach (WorkerSlot worker in _workers)
         {
-            dealt = _workers;
+            if (!worker.Suspect)
+            {
+                _dealt.Add(worker);
+            }
         }
+        List<WorkerSlot> dealt = _dealt.Count > 0 ? _dealt : _workers;
         int active = Math.Min(dealt.Count, _chunks);
         foreach (WorkerSlot worker in _workers)
         {

@@ -102,10 +102,7 @@ public sealed record NodeSettings
         {
             return port;
         }
-        string bind = BindHost ?? "127.0.0.1";
-        IPAddress address = bind is "0.0.0.0" or "*" ? IPAddress.Any : bind is "::" ? IPAddress.IPv6Any
-            : IPAddress.TryParse(bind, out IPAddress? literal) ? literal : Dns.GetHostAddresses(bind).First(a => a.AddressFamily == AddressFamily.InterNetwork);
-        var probe = new TcpListener(address, 0);
+        var probe = new TcpListener(Transport.BulkChannel.BindAddress(BindHost ?? "127.0.0.1"), 0);
         probe.Start();
         int chosen = ((IPEndPoint)probe.LocalEndpoint).Port;
         probe.Stop();

@@ -20,13 +20,8 @@ public sealed record PeerIdentity(string Role, string NodeName, string AkkaAddre
 /// </summary>
 public sealed class NodeIdentity(X509Certificate2 certificate, X509Certificate2 authority)
 {
-    /// <summary>Subject OU of a node certificate: the node's role, decided by the CA at issue.</summary>
-    public const string RoleField = "OU";
-
     public X509Certificate2 Certificate { get; } = certificate;
     public X509Certificate2 Authority { get; } = authority;
-
-    public PeerIdentity Self => Describe(Certificate) ?? throw new InvalidOperationException("this node's certificate carries no cluster identity");
 
     /// <summary>The peer's identity if its certificate chains to this cluster's CA and carries an identity; otherwise null and why.</summary>
     public PeerIdentity? Validate(X509Certificate? presented, out string problem)

@@ -78,13 +78,7 @@ public sealed class BulkChannel : IDisposable
         _policy = policy;
         _desk = desk;
         _settings = BulkChannelSettings.From(system.Settings.Config);
-        IPAddress address = bindHost switch
-        {
-            "0.0.0.0" or "*" => IPAddress.Any,
-            "::" => IPAddress.IPv6Any,
-            _ => IPAddress.TryParse(bindHost, out IPAddress? literal) ? literal : Dns.GetHostAddresses(bindHost).First(a => a.AddressFamily == AddressFamily.InterNetwork),
-        };
-        _listener = new TcpListener(address, port);
+        _listener = new TcpListener(BindAddress(bindHost), port);
         // Two processes must never share a port silently.
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
         _listener.Start(backlog: 128);
@@ -95,7 +89,6 @@ public sealed class BulkChannel : IDisposable
     /// <summary>host:port where peers reach this node's channel.</summary>
     public string Endpoint { get; }
 
-    public bool Secure => _identity is not null;
     public InboundPolicy Policy => _policy;
     public long BytesSent => Interlocked.Read(ref _bytesSent);
     public long BytesReceived => Interlocked.Read(ref _bytesReceived);
@@ -166,6 +159,14 @@ public sealed class BulkChannel : IDisposable
             _log.Warning("bulk channel: closed the connection from {0}: {1} ({2} refused so far)", peer, reason, count);
         }
     }
+
+    /// <summary>The address a bind host names: 0.0.0.0 or * for every IPv4 interface, :: for IPv6, a literal, or a host name's IPv4 address.</summary>
+    public static IPAddress BindAddress(string bindHost) => bindHost switch
+    {
+        "0.0.0.0" or "*" => IPAddress.Any,
+        "::" => IPAddress.IPv6Any,
+        _ => IPAddress.TryParse(bindHost, out IPAddress? literal) ? literal : Dns.GetHostAddresses(bindHost).First(a => a.AddressFamily == AddressFamily.InterNetwork),
+    };
 
     /// <summary>host:port → (host, port); the host may be an IPv6 literal.</summary>
     public static (string Host, int Port) ParseEndpoint(string endpoint)

@@ -133,7 +133,9 @@ internal sealed class TrainingDisplay : ITrainingObserver
         {
             table.Columns[column].RightAligned();
         }
-        IEnumerable<EpochReport> shown = _epochs.Count <= 12 && _epochs[^1].Epoch == _epochs.Count + _epochs[0].Epoch - 1 ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5));
+        // Epochs dropped from the middle (EpochCompleted keeps 3 + 9) show as a gap: then first three, last five.
+        bool complete = _epochs[^1].Epoch - _epochs[0].Epoch == _epochs.Count - 1;
+        IEnumerable<EpochReport> shown = complete ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5));
         EpochReport? previous = null;
         foreach (EpochReport r in shown)
         {
