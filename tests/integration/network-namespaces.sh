@@ -76,8 +76,10 @@ cmp "$work/local.safetensors" "$work/cluster.safetensors" || { say "FAIL: cluste
 say "$(grep '^cluster:' "$work/server.log")"
 say "run 1: model equals local mode byte for byte"
 
-# Run 2: a partition. The worker at 10.77.0.2 loses its link for 8 s, then gets it back.
-args2=(--epochs 400 --layers 64 --batch-size 64)
+# Run 2: a partition. The worker at 10.77.0.2 loses its link for 8 s, then gets it back. The run must outlast
+# the cut, its detection and the rejoin on a fast machine too (400 epochs took 16 s here and ended before the
+# worker was back on a faster one): 1500 epochs, and a run that ends first is reported as such.
+args2=(--epochs 1500 --layers 64 --batch-size 64)
 "$dbp" train "${args2[@]}" --workers 2 --out "$work/local2.safetensors" --progress none >/dev/null
 start_cluster 2 "${args2[@]}"
 for _ in $(seq 1 600); do [ -f "$work/metrics2.jsonl" ] && [ "$(wc -l < "$work/metrics2.jsonl")" -ge 10 ] && break; sleep 0.1; done
@@ -99,6 +101,7 @@ healed=$(now)
 back=""
 for _ in $(seq 1 600); do
   [ "$(grep -c 'first work' "$work/w12.log")" -ge 2 ] && { back=$(now); break; }
+  kill -0 "$server" 2>/dev/null || { tail -5 "$work/server2.log"; say "FAIL: the run ended $(since "$healed" "$(now)") s after the link came back, before the worker computed again (lengthen run 2)"; exit 1; }
   sleep 0.05
 done
 [ -n "$back" ] || { tail -20 "$work/w12.log"; say "FAIL: the worker did not compute again after the link came back"; exit 1; }
