@@ -45,7 +45,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly List<WorkerSlot> _dealt = [];
     private readonly TreeReducer _reducer;
     private readonly int _chunks;
-    private readonly int _updateLanes;
+    private readonly GuardedUpdate _update;
+    private readonly Action<Action<int>> _forEachUpdateLane;
     private bool _updating;
     private bool _returnParameters;
     private int _epochInProgress = -1;
@@ -67,7 +68,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
-        _updateLanes = Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536));
+        _update = new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536)));
+        _forEachUpdateLane = work => Parallel.For(0, _update.Lanes, work);
 
         Receive<RegisterWorker>(Register);
         Receive<TrainEpoch>(m => { if (FromCoordinator(m)) Train(m); });
@@ -321,29 +323,22 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     }
 
     /// <summary>
-    /// All chunks are in: plan the tree additions, then add and apply the optimizer off the actor, in
-    /// parallel slices, and come back with <see cref="UpdateApplied"/>. Nothing touches the session until then.
+    /// All chunks are in: plan the tree additions, then add, check and apply the optimizer off the actor, in
+    /// parallel slices (<see cref="GuardedUpdate"/>), and come back with <see cref="UpdateApplied"/>. The task
+    /// owns the session's parameters and optimizer until then; the actor stashes what would touch them.
     /// </summary>
     private void FinishStep(long start)
     {
         StepInProgress step = _step!;
         _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, start));
         var (gradient, result) = _reducer.Plan();
-        float learningRate = _session.BeginStep();
         _updating = true;
-        TrainingSession session = _session;
-        TreeReducer reducer = _reducer;
-        int lanes = _updateLanes;
+        GuardedUpdate update = _update;
+        Action<Action<int>> forEachLane = _forEachUpdateLane;
         Task.Run(() =>
         {
-            int count = session.Parameters.Length;
-            Parallel.For(0, lanes, lane =>
-            {
-                int from = (int)((long)lane * count / lanes), to = (int)((long)(lane + 1) * count / lanes);
-                reducer.AddRange(from, to - from);
-                session.Optimizer.ApplyRange(session.Parameters, gradient, learningRate, from, to - from);
-            });
-            return new UpdateApplied(step.Step, result, learningRate, start);
+            UpdateOutcome outcome = update.Apply(gradient, forEachLane, out float learningRate);
+            return new UpdateApplied(step.Step, result, learningRate, start, outcome);
         }).PipeTo(Self);
     }
 
@@ -351,12 +346,17 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     {
         _updating = false;
         Stash.UnstashAll();
-        _session.EndStep();
         StepInProgress step = _step!;
         foreach (var (array, pool) in step.Pooled)
         {
             pool.Return(array);
         }
+        if (applied.Outcome != UpdateOutcome.Applied)
+        {
+            Fail(GuardedUpdate.Describe(applied.Outcome, _session.GlobalStep));
+            return;
+        }
+        _session.EndStep();
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
         foreach (WorkerSlot worker in _workers)
@@ -569,7 +569,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     }
 
     /// <summary>The off-actor reduce + update of step <paramref name="Step"/> is done.</summary>
-    private sealed record UpdateApplied(long Step, Network.BatchResult Result, float LearningRate, long Started) : INoSerializationVerificationNeeded;
+    private sealed record UpdateApplied(long Step, Network.BatchResult Result, float LearningRate, long Started, UpdateOutcome Outcome) : INoSerializationVerificationNeeded;
 
     private sealed class WorkerSlot(IActorRef reference, string name)
     {

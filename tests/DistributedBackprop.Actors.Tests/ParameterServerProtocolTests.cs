@@ -165,6 +165,30 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     }
 
     [Fact]
+    public void FiniteGradientsWhoseSumOverflows_StopTraining_BeforeAnyParameterIsWritten()
+    {
+        // Each worker's gradient passes the per-message check; their sum at element 17 is +infinity. The
+        // update checks the summed gradient in every slice before writing any, so the parameters stay.
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(w1, w2);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>();
+        float[] before = (float[])h.Session.Parameters.Clone();
+        foreach (var (worker, work) in new[] { (w1, a), (w2, b) })
+        {
+            foreach (GradientsComputed answer in h.Answer(work))
+            {
+                float[] huge = (float[])answer.Gradient.Clone();
+                huge[17] = 3e38f;
+                h.Server.Tell(answer with { Gradient = huge }, worker.Ref);
+            }
+        }
+        Assert.Contains("the summed gradient is not finite", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
+        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a sum that overflowed");
+        Assert.Equal(0, h.Session.GlobalStep);
+    }
+
+    [Fact]
     public async Task UnregisteredSender_IsIgnored()
     {
         TestProbe w1 = CreateTestProbe(), intruder = CreateTestProbe();

@@ -150,6 +150,27 @@ public sealed partial class CommandTests : IDisposable
         Assert.False(File.Exists(checkpoint), "a diverged run wrote a checkpoint");
     }
 
+    [Theory]
+    [InlineData("0")]
+    [InlineData("2")]
+    public void DivergenceAfterACheckpoint_NamesTheLastGoodOne_AndLeavesItAsItWas(string workers)
+    {
+        // The warm-up raises γ by 0.1 per step: good for the first few dozen steps, then divergence.
+        string model = Path.Combine(_dir, $"late-{workers}.safetensors"), checkpoint = Path.Combine(_dir, $"late-{workers}.ckpt");
+        DbpResult result = Dbp("train", "--lr", "1e6", "--warmup-steps", "10000000", "--checkpoint", checkpoint, "--checkpoint-every", "5",
+            "--epochs", "50", "--workers", workers, "--out", model, "--progress", "none");
+        Assert.Equal(1, result.ExitCode);
+        Match named = Regex.Match(result.Stderr, $"the last good checkpoint is {Regex.Escape(checkpoint)} \\(after step (\\d+)\\)");
+        Assert.True(named.Success, result.Stderr);
+        Assert.Equal(0, int.Parse(named.Groups[1].Value, CultureInfo.InvariantCulture) % 5);
+        Assert.False(File.Exists(model), "a diverged run wrote a model");
+        Assert.Empty(Directory.GetFiles(_dir, "late-*.tmp*"));
+        // The checkpoint is whole and finite: it resumes (and diverges again at the same step).
+        DbpResult resumed = Dbp("train", "--lr", "1e6", "--warmup-steps", "10000000", "--resume", checkpoint, "--epochs", "50", "--workers", workers, "--progress", "none");
+        Assert.Equal(1, resumed.ExitCode);
+        Assert.Equal(Regex.Match(result.Stderr, "step (\\d+)").Value, Regex.Match(resumed.Stderr, "step (\\d+)").Value);
+    }
+
     [Fact]
     public void IncompatibleLossAndOutput_IsAUsageError()
     {

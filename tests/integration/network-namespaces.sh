@@ -8,41 +8,9 @@
 # Needs root and iproute2. Run from the repository root or anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ "$(id -u)" = 0 ] || { echo "network-namespaces test: needs root (ip netns)"; exit 1; }
-command -v ip >/dev/null || { echo "network-namespaces test: needs iproute2"; exit 1; }
-tag=$$
-bridge=dbpbr$((tag % 10000))
-work=$(mktemp -d)
-pids=()
-say() { echo "[netns test] $*"; }
-cleanup() {
-  for pid in "${pids[@]}"; do pkill -9 -P "$pid" 2>/dev/null || true; kill -9 "$pid" 2>/dev/null || true; done
-  iptables -D FORWARD -i "$bridge" -o "$bridge" -j ACCEPT 2>/dev/null || true
-  for n in s w1 w2; do ip netns del "dbp$n$tag" 2>/dev/null || true; done
-  ip link del "$bridge" 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"
-}
-trap cleanup EXIT
-
-dotnet publish src/DistributedBackprop.Cli -c Release -o out/dbp >/dev/null
-dbp="$PWD/out/dbp/dbp"
-
-ip link add "$bridge" type bridge
-ip link set "$bridge" up
-# With br_netfilter loaded (docker loads it), bridged frames traverse iptables' FORWARD chain, whose policy
-# docker sets to DROP: let our bridge's own traffic through.
-if command -v iptables >/dev/null; then iptables -I FORWARD -i "$bridge" -o "$bridge" -j ACCEPT 2>/dev/null || true; fi
-i=1
-for n in s w1 w2; do
-  ns="dbp$n$tag"
-  ip netns add "$ns"
-  ip link add "v$n$tag" type veth peer name eth0 netns "$ns"
-  ip link set "v$n$tag" master "$bridge" up
-  ip -n "$ns" addr add "10.77.0.$i/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
-  i=$((i + 1))
-done
+label="netns test"
+source tests/integration/netns-lib.sh
+netns_up s w1 w2
 say "three namespaces: server 10.77.0.1, workers 10.77.0.2 and 10.77.0.3"
 
 # start_cluster SUFFIX ARGS…: the server in its namespace (CA and token in $work), then both workers with the
@@ -83,8 +51,6 @@ args2=(--epochs 1500 --layers 64 --batch-size 64)
 "$dbp" train "${args2[@]}" --workers 2 --out "$work/local2.safetensors" --progress none >/dev/null
 start_cluster 2 "${args2[@]}"
 for _ in $(seq 1 600); do [ -f "$work/metrics2.jsonl" ] && [ "$(wc -l < "$work/metrics2.jsonl")" -ge 10 ] && break; sleep 0.1; done
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
 ip -n "dbpw1$tag" link set eth0 down
 cut=$(now)
 say "partition: 10.77.0.2 cut off after $(wc -l < "$work/metrics2.jsonl") epochs"

@@ -100,7 +100,7 @@ internal static class ServeCommand
             catch (TrainingStoppedException e)
             {
                 message = e.Message;
-                throw;
+                throw new TrainingStoppedException(TrainCommand.NamingLastCheckpoint(e.Message, checkpointPath));
             }
             finally
             {

@@ -2,6 +2,7 @@ using System.CommandLine;
 using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Actors;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Models;
 
 namespace DistributedBackprop.Cli.Commands;
 
@@ -49,17 +50,24 @@ internal static class TrainCommand
             string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, "
                 + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), {mode}";
-            if (workerCount == 0)
+            try
             {
-                using var trainer = new Trainer(session, parse.GetValue(threads));
-                display.Run(title, session.TotalSteps, session.GlobalStep, () => trainer.Run(display, checkpoints));
+                if (workerCount == 0)
+                {
+                    using var trainer = new Trainer(session, parse.GetValue(threads));
+                    display.Run(title, session.TotalSteps, session.GlobalStep, () => trainer.Run(display, checkpoints));
+                }
+                else
+                {
+                    display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates
+                        ? ""
+                        : "  " + string.Join(' ', rates.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => FormattableString.Invariant($"{r.Key}:{r.Value:F0}/s")));
+                    RunActors(display, title, session, () => LocalTraining.RunAsync(session, workerCount, display, checkpoints));
+                }
             }
-            else
+            catch (Exception e) when (e is TrainingDivergedException or TrainingStoppedException)
             {
-                display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates
-                    ? ""
-                    : "  " + string.Join(' ', rates.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => FormattableString.Invariant($"{r.Key}:{r.Value:F0}/s")));
-                RunActors(display, title, session, () => LocalTraining.RunAsync(session, workerCount, display, checkpoints));
+                throw new TrainingStoppedException(NamingLastCheckpoint(e.Message, checkpointPath));
             }
             Finish(session, display, modelPath);
             return ExitCodes.Success;
@@ -80,6 +88,27 @@ internal static class TrainCommand
                 throw new TrainingStoppedException(e.Message);
             }
         });
+
+    /// <summary>
+    /// A stopped run's line, naming the checkpoint it leaves (checkpoints are written only after good steps,
+    /// so the file on disk is the last good state) and how to go on from it.
+    /// </summary>
+    internal static string NamingLastCheckpoint(string message, string? checkpointPath)
+    {
+        if (checkpointPath is null || !File.Exists(checkpointPath))
+        {
+            return message;
+        }
+        try
+        {
+            string step = SafeTensors.Read(checkpointPath).Metadata.GetValueOrDefault("global_step", "?");
+            return $"{message}; the last good checkpoint is {checkpointPath} (after step {step})";
+        }
+        catch (Exception e) when (e is ModelFileException or IOException)
+        {
+            return $"{message}; the checkpoint {checkpointPath} cannot be read ({e.Message})";
+        }
+    }
 
     /// <summary>After training: test accuracy, the model file, the summary table.</summary>
     internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath)

@@ -20,10 +20,9 @@ public sealed class Trainer : IDisposable
     private readonly LaneRunner _runner;
     private readonly Evaluator _evaluator;
     private readonly Action<int> _computeLane;
-    private readonly Action<int> _updateLane;
+    private readonly GuardedUpdate _update;
+    private readonly Action<Action<int>> _forEachLane;
     private EpochPlan? _plan;
-    private float[]? _stepGradient;
-    private float _stepLearningRate;
 
     public Trainer(TrainingSession session, int threads = 1)
     {
@@ -40,7 +39,8 @@ public sealed class Trainer : IDisposable
         _reducer = new TreeReducer(chunks, session.Architecture.ParameterCount);
         _runner = new LaneRunner(lanes, "dbp-lane");
         _computeLane = ComputeLane;
-        _updateLane = UpdateLane;
+        _update = new GuardedUpdate(session, _reducer, lanes);
+        _forEachLane = _runner.Run;
         _evaluator = new Evaluator(session.Architecture);
     }
 
@@ -99,7 +99,7 @@ public sealed class Trainer : IDisposable
     /// <summary>
     /// One step: every lane computes its nodes, the reducer plans the tree additions, then every lane adds
     /// and applies the optimizer on its own slice of the parameters (element-wise work, so slicing does not
-    /// change a bit).
+    /// change a bit), checked so that a failed update leaves the last good step's parameters.
     /// </summary>
     public BatchResult Step(out float learningRate)
     {
@@ -123,9 +123,11 @@ public sealed class Trainer : IDisposable
             // path's parameter server refuses a non-finite gradient the same way).
             throw new TrainingDivergedException($"training diverged at step {_session.GlobalStep}: the loss is {result.LossSum} (try a smaller --lr); the parameters after step {_session.GlobalStep} are kept, nothing more is written");
         }
-        _stepGradient = gradient;
-        _stepLearningRate = learningRate = _session.BeginStep();
-        _runner.Run(_updateLane);
+        UpdateOutcome outcome = _update.Apply(gradient, _forEachLane, out learningRate);
+        if (outcome != UpdateOutcome.Applied)
+        {
+            throw new TrainingDivergedException(GuardedUpdate.Describe(outcome, _session.GlobalStep));
+        }
         _session.EndStep();
         return result;
     }
@@ -140,14 +142,6 @@ public sealed class Trainer : IDisposable
         {
             lane.Results[i] = lane.Computer.Compute(_session.Parameters, batch, _session.Config.Chunks, lane.Nodes[i], lane.Gradients[i]);
         }
-    }
-
-    private void UpdateLane(int index)
-    {
-        int count = _session.Parameters.Length;
-        int start = (int)((long)index * count / _lanes.Length), end = (int)((long)(index + 1) * count / _lanes.Length);
-        _reducer.AddRange(start, end - start);
-        _session.Optimizer.ApplyRange(_session.Parameters, _stepGradient, _stepLearningRate, start, end - start);
     }
 
     public void Dispose() => _runner.Dispose();
