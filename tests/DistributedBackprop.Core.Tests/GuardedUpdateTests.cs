@@ -116,4 +116,26 @@ public class GuardedUpdateTests
         Assert.Equal(UpdateOutcome.ParametersNotFinite, outcome);
         Assert.Contains("the update overflowed", GuardedUpdate.Describe(outcome, session.GlobalStep));
     }
+
+    [Fact]
+    public void FiniteCheck_AgreesWithTheNaiveOne_ForEveryPositionLengthAndSpecialValue()
+    {
+        float[] specials = [float.NaN, float.PositiveInfinity, float.NegativeInfinity, float.MaxValue, -float.MaxValue, float.Epsilon, -0f, 1e-40f,
+            BitConverter.Int32BitsToSingle(unchecked((int)0xFFC0_0001))]; // a negative NaN with payload
+        foreach (int length in new[] { 0, 1, 7, 8, 15, 16, 17, 33, 100 })
+        {
+            float[] values = Enumerable.Range(0, length).Select(i => MathF.Sin(i) * 1e30f).ToArray();
+            Assert.True(GuardedUpdate.IsFinite(values));
+            for (int at = 0; at < length; at++)
+            {
+                foreach (float special in specials)
+                {
+                    float kept = values[at];
+                    values[at] = special;
+                    Assert.Equal(values.All(float.IsFinite), GuardedUpdate.IsFinite(values));
+                    values[at] = kept;
+                }
+            }
+        }
+    }
 }

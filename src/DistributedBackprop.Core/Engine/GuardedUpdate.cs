@@ -1,4 +1,5 @@
-using System.Numerics.Tensors;
+using System.Numerics;
+using System.Runtime.InteropServices;
 
 namespace DistributedBackprop.Engine;
 
@@ -14,8 +15,9 @@ public enum UpdateOutcome
     /// <summary>
     /// The update itself overflowed (a finite gradient times a huge γ, or Adam's g² past float's range): the
     /// parameters in memory are no longer good. Undoing it would mean copying the parameters and optimizer
-    /// state aside every step (+40 % memory traffic for Adam's update, 25 % slower steps at batch 16); the
-    /// run stops instead and writes nothing, and the last checkpoint holds the last good state.
+    /// state aside every step (12 more bytes written per parameter on Adam's update of 28; measured 25 %
+    /// slower steps at batch 16); the run stops instead and writes nothing, and the last checkpoint holds the
+    /// last good state.
     /// </summary>
     ParametersNotFinite,
 }
@@ -33,7 +35,7 @@ public sealed class GuardedUpdate
     private readonly TreeReducer _reducer;
     private readonly int _lanes;
     private readonly bool[] _laneFinite;
-    private readonly float[][] _state;
+    private readonly float[]? _secondMoment;
     private readonly Action<int> _reduceLane, _applyLane;
     private float[] _gradient = [];
     private float _learningRate;
@@ -45,7 +47,7 @@ public sealed class GuardedUpdate
         _reducer = reducer;
         _lanes = lanes;
         _laneFinite = new bool[lanes];
-        _state = session.Optimizer.StateTensors().Select(s => s.Values).ToArray();
+        _secondMoment = session.Optimizer.SecondMoment;
         _reduceLane = ReduceLane;
         _applyLane = ApplyLane;
     }
@@ -117,15 +119,41 @@ public sealed class GuardedUpdate
         {
             int length = Math.Min(Block, end - from);
             _session.Optimizer.ApplyRange(parameters, _gradient, _learningRate, from, length);
+            // The parameters show any overflow of SGD's or momentum's update (w ← w − γv) and a NaN or infinite
+            // Adam m; Adam's v ← β2 v + (1 − β2) g² can overflow alone (the step m̂/(√v̂ + ε) is then 0, and
+            // stays 0 for ever), so it is checked too.
             finite &= IsFinite(parameters.AsSpan(from, length));
-            foreach (float[] state in _state)
+            if (_secondMoment is not null)
             {
-                finite &= IsFinite(state.AsSpan(from, length));
+                finite &= IsFinite(_secondMoment.AsSpan(from, length));
             }
         }
         _laneFinite[lane] = finite;
     }
 
-    // MaxMagnitude is NaN if any value is NaN and infinite if any is infinite: one vectorised pass.
-    private static bool IsFinite(ReadOnlySpan<float> values) => values.IsEmpty || float.IsFinite(TensorPrimitives.MaxMagnitude(values));
+    /// <summary>
+    /// No NaN and no infinity: no value has an exponent field of all ones (IEEE 754). Tests bits rather than
+    /// taking TensorPrimitives.MaxMagnitude: 0.19 µs per 4,096 values instead of 0.33 here, and this runs
+    /// over the gradient and the parameters every step.
+    /// </summary>
+    internal static bool IsFinite(ReadOnlySpan<float> values)
+    {
+        ReadOnlySpan<int> bits = MemoryMarshal.Cast<float, int>(values);
+        var exponent = new Vector<int>(ExponentMask);
+        Vector<int> seen0 = Vector<int>.Zero, seen1 = Vector<int>.Zero;
+        int i = 0, width = Vector<int>.Count;
+        for (; i <= bits.Length - 2 * width; i += 2 * width)
+        {
+            seen0 |= Vector.Equals(new Vector<int>(bits[i..]) & exponent, exponent);
+            seen1 |= Vector.Equals(new Vector<int>(bits[(i + width)..]) & exponent, exponent);
+        }
+        bool finite = (seen0 | seen1) == Vector<int>.Zero;
+        for (; i < bits.Length; i++)
+        {
+            finite &= (bits[i] & ExponentMask) != ExponentMask;
+        }
+        return finite;
+    }
+
+    private const int ExponentMask = 0x7F80_0000;
 }
