@@ -524,7 +524,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                requester.Tell(new TrainingFailed($"{path}: cannot write the checkpoint: {e.Message}"));
+                requester.Tell(new TrainingFailed(e.Message.StartsWith(path, StringComparison.Ordinal) ? e.Message : $"{path}: cannot write the checkpoint: {e.Message}"));
             }
         }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
     }

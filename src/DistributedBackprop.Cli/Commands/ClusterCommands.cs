@@ -71,9 +71,9 @@ internal static class ServeCommand
                 }
                 Console.Error.WriteLine($"dbp serve: resuming from {checkpointPath} at step {session.GlobalStep} of {session.TotalSteps}");
             }
-            TrainCommand.CheckWritable(modelPath, "--out");
+            TrainCommand.CheckWritable(modelPath, "--out", TrainCommand.ModelBytes(session));
             TrainCommand.CheckWritable(metricsPath, "--metrics");
-            TrainCommand.CheckWritable(checkpointPath, "--checkpoint");
+            TrainCommand.CheckWritable(checkpointPath, "--checkpoint", TrainCommand.CheckpointBytes(session));
             string? dataPath = parse.GetValue(training.Data) is string d ? Path.GetFullPath(d) : null;
 
             var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.CommandLine;
 using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Actors;
@@ -40,9 +41,9 @@ internal static class TrainCommand
             string? checkpointPath = parse.GetValue(checkpoint);
             string? metricsPath = parse.GetValue(metrics);
             string? modelPath = parse.GetValue(output);
-            CheckWritable(modelPath, "--out");
+            CheckWritable(modelPath, "--out", ModelBytes(session));
             CheckWritable(metricsPath, "--metrics");
-            CheckWritable(checkpointPath, "--checkpoint");
+            CheckWritable(checkpointPath, "--checkpoint", CheckpointBytes(session));
 
             var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             CheckpointPolicy? checkpoints = checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery));
@@ -121,15 +122,20 @@ internal static class TrainCommand
         display.PrintSummary(modelPath, test);
     }
 
-    /// <summary>Fails before training, not after an hour of it, when an output cannot be written.</summary>
-    internal static void CheckWritable(string? path, string option)
+    /// <summary>
+    /// Fails before training, not after an hour of it, when an output cannot be written: its directory must
+    /// exist, a file must be creatable there (a read-only file system or a directory without write permission
+    /// is found now), and the file system must have room for <paramref name="expectedBytes"/>.
+    /// </summary>
+    internal static void CheckWritable(string? path, string option, long expectedBytes = 0)
     {
         if (path is null)
         {
             return;
         }
-        string? directory = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (directory is not null && !Directory.Exists(directory))
+        string full = Path.GetFullPath(path);
+        string directory = Path.GetDirectoryName(full) ?? "/";
+        if (!Directory.Exists(directory))
         {
             throw new UsageException($"{option}: directory {directory} does not exist");
         }
@@ -137,5 +143,31 @@ internal static class TrainCommand
         {
             throw new UsageException($"{option}: {path} is a directory");
         }
+        string probe = Path.Combine(directory, $".{Path.GetFileName(full)}.{Environment.ProcessId}.probe.tmp");
+        try
+        {
+            using (new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose))
+            {
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"{option}: cannot write in {directory} ({e.Message.Replace($" : '{probe}'", "", StringComparison.Ordinal)})");
+        }
+        long free = new DriveInfo(directory).AvailableFreeSpace;
+        if (free < expectedBytes)
+        {
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+                $"{option}: {directory} has {free / 1e6:F2} MB free; {Path.GetFileName(full)} needs about {expectedBytes / 1e6:F2} MB"));
+        }
     }
+
+    /// <summary>About what a model file of this session takes on disk (parameters, plus room for the metadata).</summary>
+    internal static long ModelBytes(TrainingSession session) => session.Parameters.Length * 4L + MetadataAllowance;
+
+    /// <summary>About what a checkpoint takes: the model plus every optimizer state tensor.</summary>
+    internal static long CheckpointBytes(TrainingSession session) =>
+        session.Parameters.Length * 4L * (1 + session.Optimizer.StateTensors().Count()) + MetadataAllowance;
+
+    private const long MetadataAllowance = 64 * 1024;
 }

@@ -65,15 +65,21 @@ public static class DataFiles
             }
             File.Move(temporary, full, overwrite: true);
         }
-        catch
+        catch (Exception e)
         {
             try
             {
                 File.Delete(temporary);
             }
-            catch (IOException)
+            catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException)
             {
                 // The original error matters more than a leftover temporary file.
+            }
+            if (e is IOException or UnauthorizedAccessException)
+            {
+                // Named after the target, not the temporary file; a full disk or a read-only file system is
+                // one line for the user, and the previous file (if any) is untouched.
+                throw new IOException($"{path}: cannot write ({e.Message.Replace($" : '{temporary}'", "", StringComparison.Ordinal).Replace(temporary, "a temporary file", StringComparison.Ordinal)}); the previous file, if any, is unchanged", e);
             }
             throw;
         }
