@@ -27,11 +27,12 @@ public sealed class LongRunTests : IDisposable
     public void ThousandsOfEpochs_KeepABoundedSummary_AndEveryMetricsLine()
     {
         string metrics = Path.Combine(_dir, "m.jsonl");
-        var display = new TrainingDisplay(ProgressMode.None, new MetricsWriter(metrics));
+        using var display = new TrainingDisplay(ProgressMode.None, new MetricsWriter(metrics));
         for (int epoch = 1; epoch <= 2_000; epoch++)
         {
             display.EpochCompleted(Report(epoch));
         }
+        display.FlushMetrics();
         Assert.True(display.Epochs.Count <= 12, $"{display.Epochs.Count} epoch reports kept");
         Assert.Equal([1, 2, 3], display.Epochs.Take(3).Select(r => r.Epoch));
         Assert.Equal(2_000, display.Epochs[^1].Epoch);
@@ -44,11 +45,31 @@ public sealed class LongRunTests : IDisposable
     public void ResumedMetrics_KeepTheCompletedEpochs_AndDropTheRest()
     {
         string metrics = Path.Combine(_dir, "r.jsonl");
-        var first = new MetricsWriter(metrics);
-        for (int epoch = 1; epoch <= 7; epoch++) first.Append(Report(epoch));
+        using (var first = new MetricsWriter(metrics))
+        {
+            for (int epoch = 1; epoch <= 7; epoch++) first.Append(Report(epoch));
+            first.Flush();
+        }
         File.AppendAllText(metrics, "{\"epoch\":8,\"trunc"); // a line cut by a crash
-        var resumed = new MetricsWriter(metrics, resumedEpochs: 5);
+        using var resumed = new MetricsWriter(metrics, resumedEpochs: 5);
         resumed.Append(Report(6));
+        resumed.Flush();
         Assert.Equal([1, 2, 3, 4, 5, 6], File.ReadAllLines(metrics).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("epoch").GetInt32()));
+    }
+
+    [Fact]
+    public void AFailedMetricsWrite_IsReportedByFlushAndByTheNextAppend_NamingTheFile()
+    {
+        string directory = Path.Combine(_dir, "gone");
+        Directory.CreateDirectory(directory);
+        string metrics = Path.Combine(directory, "m.jsonl");
+        using var writer = new MetricsWriter(metrics);
+        writer.Append(Report(1));
+        writer.Flush();
+        Directory.Delete(directory, recursive: true);
+        writer.Append(Report(2));
+        var flushed = Assert.Throws<IOException>(writer.Flush);
+        Assert.Contains(metrics, flushed.Message, StringComparison.Ordinal);
+        Assert.Throws<IOException>(() => writer.Append(Report(3)));
     }
 }

@@ -76,7 +76,7 @@ internal static class ServeCommand
             TrainCommand.CheckWritable(checkpointPath, "--checkpoint", TrainCommand.CheckpointBytes(session));
             string? dataPath = parse.GetValue(training.Data) is string d ? Path.GetFullPath(d) : null;
 
-            var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
+            using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             int wanted = parse.GetValue(minWorkers);
             ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split));
             AnnounceJoin(server, settings, wanted);

@@ -45,7 +45,7 @@ internal static class TrainCommand
             CheckWritable(metricsPath, "--metrics");
             CheckWritable(checkpointPath, "--checkpoint", CheckpointBytes(session));
 
-            var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
+            using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             CheckpointPolicy? checkpoints = checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery));
             int workerCount = parse.GetValue(workers);
             string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";
@@ -114,6 +114,7 @@ internal static class TrainCommand
     /// <summary>After training: test accuracy, the model file, the summary table.</summary>
     internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath)
     {
+        display.FlushMetrics();
         EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
         if (modelPath is not null)
         {

@@ -6,14 +6,21 @@ using DistributedBackprop.Engine;
 namespace DistributedBackprop.Cli.Output;
 
 /// <summary>
-/// The --metrics file: JSON lines, one object per epoch. After each epoch the file is rewritten atomically
-/// (the lines so far streamed from the previous file, plus the new one, to a temporary name, then renamed),
-/// so a reader (or a crash) never sees a half-written line, and memory does not grow with the epochs.
+/// The --metrics file: JSON lines, one object per epoch. The file is rewritten atomically (the lines so far
+/// streamed from the previous file, plus the new ones, to a temporary name, fsynced, then renamed), so a
+/// reader (or a crash) never sees a half-written line, and memory does not grow with the epochs. The writing
+/// happens on a thread of its own: the caller (in actor mode, the coordinator actor) only queues a line and
+/// never waits for the disk; lines that queue up while a write is under way go out together in the next one.
+/// A write that fails is reported by the next <see cref="Append"/> or by <see cref="Flush"/>.
 /// </summary>
-internal sealed class MetricsWriter
+internal sealed class MetricsWriter : IDisposable
 {
     private readonly string _path;
-    private bool _hasLines;
+    private readonly object _gate = new();
+    private readonly List<byte[]> _queued = [];
+    private readonly Thread _writer;
+    private bool _writing, _closing, _hasLines;
+    private Exception? _failure;
 
     /// <param name="resumedEpochs">when a run resumes from a checkpoint, the epochs it had completed: their
     /// lines in an existing file are kept (a restarted server must not lose the history before its crash).</param>
@@ -35,6 +42,8 @@ internal sealed class MetricsWriter
             });
             _hasLines = true;
         }
+        _writer = new Thread(WriteQueued) { IsBackground = true, Name = "dbp-metrics" };
+        _writer.Start();
     }
 
     private static long? EpochOf(string line)
@@ -50,20 +59,98 @@ internal sealed class MetricsWriter
         }
     }
 
+    /// <summary>Queues the epoch's line; throws if an earlier write failed (the run stops rather than lose lines).</summary>
     public void Append(EpochReport report)
     {
         byte[] line = Encoding.UTF8.GetBytes(ToJson(report) + "\n");
-        bool keep = _hasLines && File.Exists(_path);
-        DataFiles.WriteAtomically(_path, stream =>
+        lock (_gate)
         {
-            if (keep)
+            ThrowIfFailed();
+            _queued.Add(line);
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <summary>Returns once every line queued so far is in the file; throws the error of a write that failed.</summary>
+    public void Flush()
+    {
+        lock (_gate)
+        {
+            while ((_queued.Count > 0 || _writing) && _failure is null)
             {
-                using FileStream previous = File.OpenRead(_path);
-                previous.CopyTo(stream);
+                Monitor.Wait(_gate);
             }
-            stream.Write(line);
-        });
-        _hasLines = true;
+            ThrowIfFailed();
+        }
+    }
+
+    /// <summary>Writes what is queued (errors go unreported: call <see cref="Flush"/> first when they matter) and stops the thread.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            _closing = true;
+            Monitor.PulseAll(_gate);
+        }
+        _writer.Join();
+    }
+
+    private void ThrowIfFailed()
+    {
+        if (_failure is not null)
+        {
+            throw new IOException(_failure.Message, _failure);
+        }
+    }
+
+    private void WriteQueued()
+    {
+        while (true)
+        {
+            byte[][] lines;
+            lock (_gate)
+            {
+                while (_queued.Count == 0 && !_closing)
+                {
+                    Monitor.Wait(_gate);
+                }
+                if (_queued.Count == 0 || _failure is not null)
+                {
+                    return;
+                }
+                lines = [.. _queued];
+                _queued.Clear();
+                _writing = true;
+            }
+            Exception? failure = null;
+            try
+            {
+                bool keep = _hasLines && File.Exists(_path);
+                DataFiles.WriteAtomically(_path, stream =>
+                {
+                    if (keep)
+                    {
+                        using FileStream previous = File.OpenRead(_path);
+                        previous.CopyTo(stream);
+                    }
+                    foreach (byte[] line in lines)
+                    {
+                        stream.Write(line);
+                    }
+                });
+                _hasLines = true;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                failure = e;
+            }
+            lock (_gate)
+            {
+                _failure ??= failure;
+                _writing = false;
+                Monitor.PulseAll(_gate);
+            }
+        }
     }
 
     private static void WriteMap(Utf8JsonWriter json, string name, IReadOnlyDictionary<string, double>? map, int digits)

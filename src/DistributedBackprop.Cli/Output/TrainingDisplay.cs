@@ -18,7 +18,7 @@ internal enum ProgressMode
 /// Shows training progress and keeps the epoch reports for the final summary. On a terminal: a live
 /// progress bar (epoch, step, loss, samples/s, ETA). Otherwise: one plain line per epoch.
 /// </summary>
-internal sealed class TrainingDisplay : ITrainingObserver
+internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
 {
     private readonly ProgressMode _mode;
     private readonly MetricsWriter? _metrics;
@@ -38,6 +38,11 @@ internal sealed class TrainingDisplay : ITrainingObserver
     }
 
     public IReadOnlyList<EpochReport> Epochs => _epochs;
+
+    /// <summary>Waits until every epoch's metrics line is in the file (throws if a write failed).</summary>
+    public void FlushMetrics() => _metrics?.Flush();
+
+    public void Dispose() => _metrics?.Dispose();
 
     /// <summary>Extra text after the rate (e.g. per-worker steps/s), refreshed by the caller.</summary>
     public Func<string>? Detail { get; set; }
