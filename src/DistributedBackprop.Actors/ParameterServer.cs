@@ -46,6 +46,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly TreeReducer _reducer;
     private readonly int _chunks;
     private readonly GuardedUpdate _update;
+    private double?[] _paces = [];
+    private int[] _counts = [];
     private readonly Action<Action<int>> _forEachUpdateLane;
     private bool _updating;
     private bool _returnParameters;
@@ -242,11 +244,53 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             worker.Assigned.Clear();
             worker.DeliveredThisStep = false;
+            worker.ChunksThisStep = 0;
+        }
+        // Runs in proportion to each worker's measured pace, so a slow one does not set everyone's (any split
+        // gives the same bits: the step is the chunk tree's sum).
+        if (_paces.Length < active)
+        {
+            _paces = new double?[_workers.Capacity];
+            _counts = new int[_workers.Capacity];
         }
         for (int i = 0; i < active; i++)
         {
-            var (lo, hi) = ChunkTree.Share(_chunks, active, i);
-            Assign(dealt[i], lo, hi);
+            _paces[i] = dealt[i].Pace.SecondsPerChunk;
+        }
+        ChunkDealing.Deal(_chunks, _paces.AsSpan(0, active), _counts.AsSpan(0, active));
+        (int Lo, int Hi) smallest = (0, _chunks);
+        for (int i = 0, lo = 0; i < active; lo += _counts[i], i++)
+        {
+            Assign(dealt[i], lo, lo + _counts[i]);
+            if (_counts[i] < smallest.Hi - smallest.Lo)
+            {
+                smallest = (lo, lo + _counts[i]);
+            }
+        }
+        ProbeSuspects(dealt, smallest);
+    }
+
+    /// <summary>
+    /// A suspect worker whose answer was lost for good (a connection that broke with its frames in the socket
+    /// buffers; they are never retransmitted) would otherwise never be dealt work again, and so never answer
+    /// again: once per step deadline it gets a copy of the smallest run dealt this step. Whichever answer
+    /// arrives first is used (the same bits either way), the other is dropped as a duplicate, and any answer
+    /// from the suspect lifts the suspicion.
+    /// </summary>
+    private void ProbeSuspects(List<WorkerSlot> dealt, (int Lo, int Hi) run)
+    {
+        if (ReferenceEquals(dealt, _workers))
+        {
+            return; // nobody was left out
+        }
+        long now = Stopwatch.GetTimestamp();
+        foreach (WorkerSlot worker in _workers)
+        {
+            if (worker.Suspect && Stopwatch.GetElapsedTime(worker.LastProbe, now) >= _deadline.Current)
+            {
+                worker.LastProbe = now;
+                Assign(worker, run.Lo, run.Hi);
+            }
         }
     }
 
@@ -309,6 +353,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _step.FirstArrival ??= now;
         worker.ComputeSeconds += message.ComputeSeconds;
         worker.ComputeThisStep += message.ComputeSeconds;
+        worker.ChunksThisStep += message.Node.Size;
 
         if (!worker.DeliveredThisStep)
         {
@@ -364,6 +409,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             if (worker.DeliveredThisStep)
             {
                 worker.StepSeconds.Add(worker.ComputeThisStep);
+                worker.Pace.Add(worker.ComputeThisStep, worker.ChunksThisStep);
             }
             worker.ComputeThisStep = 0;
         }
@@ -586,6 +632,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         /// <summary>Compute seconds of the step in progress, and of each step this epoch (reset per epoch).</summary>
         public double ComputeThisStep { get; set; }
         public List<double> StepSeconds { get; } = [];
+
+        /// <summary>Chunks whose gradients it delivered in the step in progress (accepted ones only).</summary>
+        public int ChunksThisStep { get; set; }
+
+        /// <summary>Its recent compute seconds per chunk: how many chunks it is dealt.</summary>
+        public ChunkPace Pace { get; } = new();
+
+        /// <summary>When it was last dealt a probe while suspect.</summary>
+        public long LastProbe { get; set; }
     }
 
     private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters)

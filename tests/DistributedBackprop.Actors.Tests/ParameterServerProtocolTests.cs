@@ -340,6 +340,9 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         // The laggard gets no new work until it answers: step 1 goes to w1 whole.
         ComputeGradients step1 = w1.ExpectMsg<ComputeGradients>();
         Assert.Equal((1L, 0, 8), (step1.Step, step1.ChunkLo, step1.ChunkHi));
+        // ... except a probe, once per deadline: a copy of the step's smallest run (here all of it).
+        ComputeGradients probe = silent.ExpectMsg<ComputeGradients>();
+        Assert.Equal((1L, 0, 8), (probe.Step, probe.ChunkLo, probe.ChunkHi));
         // Its late answer for step 0 arrives: dropped (stale), and it is trusted with work again.
         Deliver(h, silent, theirs);
         Deliver(h, w1, step1);
@@ -352,6 +355,59 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         ServerStatistics stats = ExpectMsg<ServerStatistics>();
         Assert.Equal(1, stats.Speculations);
         Assert.Equal(1, stats.StaleDropped); // chunks [4,8) are one node of the tree: one late message, dropped
+    }
+
+    [Fact]
+    public void AWorkerWhoseAnswerWasLost_IsProbed_AndItsAnswerToTheProbeIsUsed()
+    {
+        // A connection that breaks with the answer in its socket buffers loses it for good: without the probe
+        // the suspect would never be dealt work again, and so never answer again.
+        TestProbe w1 = CreateTestProbe(), lost = CreateTestProbe();
+        Harness h = Start(new StepDeadline(TimeSpan.FromMilliseconds(300)), w1, lost);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients mine = w1.ExpectMsg<ComputeGradients>();
+        lost.ExpectMsg<ComputeGradients>(); // its answer never arrives
+        Deliver(h, w1, mine);
+        Deliver(h, w1, w1.ExpectMsg<ComputeGradients>(TimeSpan.FromSeconds(5)));
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+        ComputeGradients step1 = w1.ExpectMsg<ComputeGradients>();
+        ComputeGradients probe = lost.ExpectMsg<ComputeGradients>();
+        Assert.Equal((1L, 0, 8), (probe.Step, probe.ChunkLo, probe.ChunkHi));
+
+        Deliver(h, lost, probe); // first: its answer completes step 1
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 2);
+        Deliver(h, w1, step1); // late: step 1 is over, dropped
+        ComputeGradients next = lost.ExpectMsg<ComputeGradients>();
+        Assert.Equal(2L, next.Step); // trusted again: dealt a share of step 2
+        Assert.Equal(2L, w1.ExpectMsg<ComputeGradients>().Step);
+        Fixtures.AssertSameBits(PlainTrainerAfter(2), next.Parameters, "after an answer lost and a probe answered");
+    }
+
+    [Fact]
+    public void ChunksAreDealtInProportionToMeasuredPace_WithTheSameBits()
+    {
+        TestProbe fast = CreateTestProbe(), slow = CreateTestProbe();
+        Harness h = Start(fast, slow);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        // Step 0 is split evenly (nothing measured yet); the answers say fast takes 10 ms per chunk, slow 30 ms.
+        foreach (var (worker, secondsPerChunk) in new[] { (fast, 0.010), (slow, 0.030) })
+        {
+            ComputeGradients work = worker.ExpectMsg<ComputeGradients>();
+            Assert.Equal(4, work.ChunkHi - work.ChunkLo);
+            foreach (GradientsComputed answer in h.Answer(work))
+            {
+                h.Server.Tell(answer with { ComputeSeconds = secondsPerChunk * answer.Node.Size }, worker.Ref);
+            }
+        }
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+        // Finishing time max(count × pace) is least with 6 and 2 (60 ms each; 4 and 4 would take 120 ms).
+        ComputeGradients toFast = fast.ExpectMsg<ComputeGradients>(), toSlow = slow.ExpectMsg<ComputeGradients>();
+        Assert.Equal((0, 6), (toFast.ChunkLo, toFast.ChunkHi));
+        Assert.Equal((6, 8), (toSlow.ChunkLo, toSlow.ChunkHi));
+        Deliver(h, fast, toFast);
+        Deliver(h, slow, toSlow);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 2);
+        Fixtures.AssertSameBits(PlainTrainerAfter(2), h.Session.Parameters, "after dealing in proportion to pace");
     }
 
     [Fact]

@@ -6,15 +6,19 @@
 #   3. SIGKILL of the server, restarted at once with the very same command line (what a supervisor does);
 #      the workers rejoin by themselves and it resumes from its --checkpoint;
 #   4. a partition: a worker's link down for 8 s, then back;
-#   5. SIGKILL of another worker, restarted.
+#   5. SIGKILL of another worker, restarted;
+#   6. a one-way cut: a worker's tensors to the server dropped (iptables DROP in its namespace) for 5 s while
+#      Akka's heartbeats go on — it stays a member and its frames, counted as sent, never arrive;
+#   7. a worker's bulk connection to the server broken mid-step (iptables REJECT with a TCP reset) for 3 s.
 # The finished model must equal local mode's bytes. Every failure's recovery time is printed, and the
 # resident memory of every process is sampled each second: the suite fails if one grows by more than
 # RSS_GROWTH_LIMIT_MB (default 150) between its first minute and its end. Victims and pauses come from
-# CHAOS_SEED (printed; set it to repeat a run's choices). Needs root and iproute2.
+# CHAOS_SEED (printed; set it to repeat a run's choices). Needs root, iproute2 and iptables.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 label="chaos"
 source tests/integration/netns-lib.sh
+command -v iptables >/dev/null || { echo "chaos: needs iptables"; exit 1; }
 netns_up s w1 w2 w3
 seed=${CHAOS_SEED:-$(( $(date +%s) % 100000 ))}
 RANDOM=$seed
@@ -52,6 +56,16 @@ wait_for() {
   done
 }
 pick_slot() { echo $(( RANDOM % 3 + 1 )); }
+# works_after NAME LINE: a metrics line from LINE on (1-based) shows NAME computing (steps/s above 0).
+works_after() {
+  python3 - "$work/metrics.jsonl" "$1" "$2" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()[int(sys.argv[3]) - 1:]
+sys.exit(0 if any(json.loads(l).get("worker_steps_per_second", {}).get(sys.argv[2], 0) > 0 for l in lines if l.strip()) else 1)
+PY
+}
+# bulk_rule SLOT -A|-D RULE…: adds or deletes an iptables rule on the worker's traffic to the server's bulk port.
+bulk_rule() { local slot=$1 op=$2; shift 2; ip netns exec "dbpw$slot$tag" iptables "$op" OUTPUT -p tcp -d 10.77.0.1 --dport 4054 "$@"; }
 
 # Resident memory of every dbp process, once a second: time, pid, kB, role/name.
 ( while true; do
@@ -127,12 +141,33 @@ start_worker "$slot" "$victim-r"
 wait_for 60 "the new worker $victim-r computes" computed_again "$victim-r" 0
 figures+=("5. SIGKILL of $victim: its replacement computed $(since "$t" "$(now)") s after the kill")
 
+# 6. A one-way cut: the step deadline, not the failure detector, must handle it.
+slot=$(pick_slot); victim=${slot_name[$slot]}; died=$(count "worker $victim died" "$work/server.log"); at=$(epochs)
+bulk_rule "$slot" -A -j DROP; t=$(now)
+wait_for 20 "training goes on while $victim's tensors are dropped" epochs_above $((at + 2))
+going_on=$(since "$t" "$(now)")
+while [ "$(since "$t" "$(now)" | cut -d. -f1)" -lt 5 ]; do sleep 0.1; done
+bulk_rule "$slot" -D -j DROP; t=$(now); at=$(epochs)
+wait_for 30 "$victim computes again after the one-way cut" works_after "$victim" $((at + 2))
+[ "$(count "worker $victim died" "$work/server.log")" = "$died" ] || fail "$victim was removed during the one-way cut: the step deadline should have dealt around it"
+figures+=("6. one-way cut of $victim's tensors (5 s, heartbeats flowing): training went on after $going_on s (2 epochs) without removing it; after the cut it computed again within $(since "$t" "$(now)") s (an epoch that began after it)")
+
+# 7. The bulk connection broken mid-step: frames in its socket buffers are lost.
+slot=$(pick_slot); victim=${slot_name[$slot]}; at=$(epochs)
+bulk_rule "$slot" -A -j REJECT --reject-with tcp-reset; t=$(now)
+wait_for 20 "training goes on after $victim's connection broke" epochs_above $((at + 2))
+going_on=$(since "$t" "$(now)")
+while [ "$(since "$t" "$(now)" | cut -d. -f1)" -lt 3 ]; do sleep 0.1; done
+bulk_rule "$slot" -D -j REJECT --reject-with tcp-reset; t=$(now); at=$(epochs)
+wait_for 30 "$victim computes again after its connection came back" works_after "$victim" $((at + 2))
+figures+=("7. $victim's bulk connection reset (refused for 3 s): training went on after $going_on s (2 epochs); it computed again within $(since "$t" "$(now)") s")
+
 say "all failures done at epoch $(epochs) of 2000; waiting for the end"
 wait "$server" || fail "the server exited non-zero"
 grep -q "^cluster:" "$work/server.log" || fail "no summary from the server"
 for f in "${figures[@]}"; do say "$f"; done
 cmp "$work/local.safetensors" "$work/cluster.safetensors" || fail "the model differs from local mode's"
-say "model equals local mode byte for byte after all five failures"
+say "model equals local mode byte for byte after all seven failures"
 
 python3 - "$work/rss.log" "${RSS_GROWTH_LIMIT_MB:-150}" <<'PY' || fail "resident memory grew (above)"
 import sys, collections

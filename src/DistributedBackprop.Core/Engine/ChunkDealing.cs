@@ -1,0 +1,116 @@
+namespace DistributedBackprop.Engine;
+
+/// <summary>
+/// One worker's measured pace: compute seconds per chunk over its recent steps (the median of the last few,
+/// so one slow step — a GC pause, a noisy neighbour — does not move its share).
+/// </summary>
+public sealed class ChunkPace
+{
+    private readonly double[] _recent;
+    private readonly double[] _sorted;
+    private int _count, _next;
+
+    public ChunkPace(int window = 9)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(window, 1);
+        _recent = new double[window];
+        _sorted = new double[window];
+    }
+
+    /// <summary>A step in which the worker computed <paramref name="chunks"/> chunks in <paramref name="seconds"/> of compute.</summary>
+    public void Add(double seconds, int chunks)
+    {
+        if (chunks <= 0 || !double.IsFinite(seconds) || seconds < 0)
+        {
+            return;
+        }
+        _recent[_next] = seconds / chunks;
+        _next = (_next + 1) % _recent.Length;
+        _count = Math.Min(_count + 1, _recent.Length);
+    }
+
+    /// <summary>Median seconds per chunk of the recent steps; null before the first.</summary>
+    public double? SecondsPerChunk
+    {
+        get
+        {
+            if (_count == 0)
+            {
+                return null;
+            }
+            Array.Copy(_recent, _sorted, _count);
+            Array.Sort(_sorted, 0, _count);
+            return _count % 2 == 1 ? _sorted[_count / 2] : (_sorted[_count / 2 - 1] + _sorted[_count / 2]) / 2;
+        }
+    }
+}
+
+/// <summary>
+/// How many of a step's C chunks each worker computes. Any split into contiguous runs gives the same bits
+/// (the step is the chunk tree's sum, whoever computes a node), so the split only decides the step's time:
+/// a worker at half speed given as many chunks as the others sets everyone's pace. Dealing in proportion to
+/// measured pace keeps it from doing so.
+/// </summary>
+public static class ChunkDealing
+{
+    /// <summary>
+    /// Below this compute time per chunk the measurements are mostly timer and scheduling noise (and the
+    /// step's time is mostly messaging): chunks are then split evenly.
+    /// </summary>
+    public const double MeaningfulSecondsPerChunk = 0.0005;
+
+    /// <summary>
+    /// Fills <paramref name="counts"/> (one per worker, in dealing order) with chunk counts summing to
+    /// <paramref name="chunks"/> that minimise the step's finishing time max(countᵢ × paceᵢ): every worker
+    /// gets one, then each further chunk goes to the worker that would finish it first (optimal for equal
+    /// chunks; on a tie, to the one with less work so far, then the earlier one). A worker with no measurement yet counts at the median pace of
+    /// the others; with no meaningful measurement at all, the split is even (<see cref="ChunkTree.Share"/>).
+    /// Needs chunks ≥ workers.
+    /// </summary>
+    public static void Deal(int chunks, ReadOnlySpan<double?> secondsPerChunk, Span<int> counts)
+    {
+        int workers = counts.Length;
+        if (workers == 0 || secondsPerChunk.Length != workers || chunks < workers)
+        {
+            throw new ArgumentException($"cannot deal {chunks} chunks to {workers} workers ({secondsPerChunk.Length} paces)");
+        }
+        Span<double> pace = workers <= 64 ? stackalloc double[workers] : new double[workers];
+        int measured = 0;
+        for (int i = 0; i < workers; i++)
+        {
+            if (secondsPerChunk[i] is double p && p >= MeaningfulSecondsPerChunk)
+            {
+                pace[measured++] = p;
+            }
+        }
+        if (measured == 0)
+        {
+            for (int i = 0; i < workers; i++)
+            {
+                var (lo, hi) = ChunkTree.Share(chunks, workers, i);
+                counts[i] = hi - lo;
+            }
+            return;
+        }
+        pace[..measured].Sort();
+        double typical = pace[measured / 2];
+        for (int i = 0; i < workers; i++)
+        {
+            pace[i] = secondsPerChunk[i] is double p ? Math.Max(p, MeaningfulSecondsPerChunk) : typical;
+            counts[i] = 1;
+        }
+        for (int dealt = workers; dealt < chunks; dealt++)
+        {
+            int best = 0;
+            for (int i = 1; i < workers; i++)
+            {
+                double finish = (counts[i] + 1) * pace[i], bestFinish = (counts[best] + 1) * pace[best];
+                if (finish < bestFinish || (finish == bestFinish && counts[i] * pace[i] < counts[best] * pace[best]))
+                {
+                    best = i;
+                }
+            }
+            counts[best]++;
+        }
+    }
+}
