@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Diagnostics;
 using System.Numerics.Tensors;
 using Akka.Actor;
@@ -46,6 +47,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly TreeReducer _reducer;
     private readonly int _chunks;
     private readonly GuardedUpdate _update;
+    private readonly bool _dealByPace;
     private double?[] _paces = [];
     private int[] _counts = [];
     private readonly Action<Action<int>> _forEachUpdateLane;
@@ -65,6 +67,13 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _session = session;
         _coordinator = coordinator;
         _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config);
+        string dealing = Context.System.Settings.Config.GetString("dbp.dealing", "proportional");
+        _dealByPace = dealing switch
+        {
+            "proportional" => true,
+            "even" => false,
+            _ => throw new ArgumentException($"dbp.dealing: '{dealing}' is neither proportional nor even"),
+        };
         _chunks = session.Config.Chunks;
         _architecture = session.Architecture.Describe();
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
@@ -85,12 +94,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         });
         Receive<DeliveryFailed>(f =>
         {
-            // A step's work that cannot reach its worker would stall the step: treat the worker as gone.
-            if (f.Message is ComputeGradients && FindWorker(f.Recipient) is { } lost)
+            // A step's work that cannot reach its worker would stall the step: its chunks go to the others at
+            // once, and it is probed like a worker that missed a deadline. Whether it is gone is for DeathWatch to
+            // say (a broken connection is not a dead node; removing it here would leave it idle for good).
+            if (f.Message is ComputeGradients work && FindWorker(f.Recipient) is { } unreachable && _step is { } step && work.Step == step.Step && !_updating)
             {
-                _log.Warning("cannot reach {0} ({1}); its chunks go to the others", lost.Name, f.Reason);
-                Context.Unwatch(lost.Ref);
-                WorkerDied(lost.Ref);
+                DealAround(unreachable, Stopwatch.GetTimestamp(), $"cannot deliver step {work.Step}'s work ({f.Reason})");
             }
         });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
@@ -255,7 +264,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         for (int i = 0; i < active; i++)
         {
-            _paces[i] = dealt[i].Pace.SecondsPerChunk;
+            _paces[i] = _dealByPace ? dealt[i].Pace.SecondsPerChunk : null;
         }
         ChunkDealing.Deal(_chunks, _paces.AsSpan(0, active), _counts.AsSpan(0, active));
         (int Lo, int Hi) smallest = (0, _chunks);
@@ -481,14 +490,30 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return;
         }
         long now = Stopwatch.GetTimestamp();
-        if (Stopwatch.GetElapsedTime(step.DealtAt, now) < _deadline.Current)
+        TimeSpan waited = Stopwatch.GetElapsedTime(step.DealtAt, now);
+        if (waited < _deadline.Current)
         {
             return;
         }
+        DealAround(null, now, string.Create(CultureInfo.InvariantCulture, $"step {step.Step} waited {waited.TotalSeconds:F2} s (deadline {_deadline.Current.TotalSeconds:F2} s)"));
+    }
+
+    /// <summary>
+    /// The chunks of the step in progress that <paramref name="only"/> (or, if null, any worker) was dealt and
+    /// has not delivered go to the workers that are not lagging; the laggards become suspect: no new work
+    /// but a probe per deadline, until something from them arrives.
+    /// </summary>
+    private void DealAround(WorkerSlot? only, long now, string why)
+    {
+        StepInProgress step = _step!;
         var laggards = new List<WorkerSlot>();
         var missing = new List<(int Lo, int Hi)>();
         foreach (WorkerSlot worker in _workers)
         {
+            if (only is not null && worker != only)
+            {
+                continue;
+            }
             int before = missing.Count;
             foreach (var (lo, hi) in worker.Assigned)
             {
@@ -512,8 +537,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             laggard.Suspect = true;
         }
-        _log.Warning("step {0} waited {1:F2} s (deadline {2:F2} s) for {3}; their chunks go to {4}", step.Step,
-            Stopwatch.GetElapsedTime(step.DealtAt, now).TotalSeconds, _deadline.Current.TotalSeconds,
+        _log.Warning("{0} for {1}; their chunks go to {2}", why,
             string.Join(", ", laggards.Select(l => l.Name)), string.Join(", ", helpers.Select(h => h.Name)));
         _speculations++;
         step.DealtAt = now;

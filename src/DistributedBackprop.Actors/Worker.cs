@@ -61,10 +61,10 @@ public sealed class Worker : ReceiveActor
         Receive<IWireMessage>(m => _log.Warning("{0} dropped a {1} from {2}: only the parameter server may send it", _name, m.GetType().Name, Sender.Path));
         Receive<DeliveryFailed>(f =>
         {
-            // A gradient that cannot reach the server would stall its step; stopping makes the server's
-            // DeathWatch hand this worker's chunks to the others.
-            _log.Error("{0} cannot deliver gradients to the parameter server ({1}); stopping", _name, f.Reason);
-            Context.Stop(Self);
+            // The server does not wait for it: past the step deadline it deals these chunks to the others,
+            // and it probes this worker with new work until an answer gets through (a connection that came
+            // back). Stopping here would turn a network hiccup into a lost worker.
+            _log.Warning("{0} could not deliver a {1} to the parameter server ({2}); the server deals those chunks to others and asks again", _name, f.Message.GetType().Name, f.Reason);
         });
     }
 

@@ -278,7 +278,7 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     }
 
     [Fact]
-    public void WorkUndeliverableOverTheBulkChannel_GoesToTheOthers()
+    public void WorkUndeliverableOverTheBulkChannel_GoesToTheOthers_AndTheWorkerStaysInTheRun()
     {
         TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
         Harness h = Start(w1, w2);
@@ -291,6 +291,10 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Deliver(h, w1, a);
         Deliver(h, w1, rerouted);
         h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+        // A broken connection is not a dead node: worker-2 stays in the run and is probed with step 1's work.
+        Assert.Equal(1L, w2.ExpectMsg<ComputeGradients>().Step);
+        h.Server.Tell(GetStatistics.Instance, TestActor);
+        Assert.Equal(2, ExpectMsg<ServerStatistics>().Workers);
     }
 
     [Fact]

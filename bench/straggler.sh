@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A worker at half speed among three. `dbp serve` + 3 `dbp worker` processes over loopback, each worker in a
+# cgroup (v1 cpu controller) with a CPU quota: healthy workers 0.5 CPU each, the slow one 0.25 (half speed);
+# the server has no quota. Three runs per round, interleaved: all healthy; one slow with even dealing
+# (dbp.dealing = even: equal shares whatever the speeds); one slow with proportional dealing (the default).
+# Reports the median samples/s of epochs 3.. (the first include JIT warm-up and the first pace measurements)
+# and each slow run's ratio to the healthy one. 784-inputs-like compute: 64-512-512-10 on the embedded digits,
+# global batch 256, 8 chunks.
+#   sudo bash bench/straggler.sh [rounds] [epochs]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}; epochs=${2:-12}
+[ "$(id -u)" = 0 ] || { echo "straggler bench: needs root (cgroups)"; exit 1; }
+cpu=/sys/fs/cgroup/cpu
+[ -f "$cpu/cpu.cfs_quota_us" ] || { echo "straggler bench: needs the cgroup v1 cpu controller at $cpu"; exit 1; }
+dbp=src/DistributedBackprop.Cli/bin/Release/net10.0/dbp
+[ -x "$dbp" ] || dotnet build -c Release src/DistributedBackprop.Cli >/dev/null
+work=$(mktemp -d)
+groups=()
+cleanup() {
+  pkill -9 -f "$work/state" 2>/dev/null || true
+  for g in "${groups[@]}"; do rmdir "$g" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# quota_group NAME QUOTA_US: a cgroup allowed QUOTA_US of CPU time per 100 ms.
+quota_group() {
+  local g="$cpu/dbp-straggler-$$-$1"
+  mkdir -p "$g"; echo 100000 > "$g/cpu.cfs_period_us"; echo "$2" > "$g/cpu.cfs_quota_us"; groups+=("$g"); echo "$g"
+}
+healthy=(); for i in 1 2 3; do healthy+=("$(quota_group "w$i" 50000)"); done
+slow=$(quota_group slow 25000)
+echo 'dbp.dealing = even' > "$work/even.hocon"
+echo 'dbp.dealing = proportional' > "$work/proportional.hocon"
+args=(--layers 512,512 --batch-size 256 --chunks 8 --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none)
+median() { python3 -c "import json,statistics,sys; r=[json.loads(l)['samples_per_second'] for l in open(sys.argv[1])][2:]; print(round(statistics.median(r)))" "$1"; }
+
+# run NAME DEALING SLOW(0|1): one cluster run; prints its median samples/s.
+run() {
+  local name=$1 dealing=$2 with_slow=$3
+  rm -rf "$work/state"
+  "$dbp" serve "${args[@]}" --port 0 --min-workers 3 --config "$work/$dealing.hocon" --metrics "$work/$name.jsonl" \
+    --state-dir "$work/state" --token-file "$work/state/token" >"$work/$name.out" 2>"$work/$name.err" &
+  local server=$!
+  for _ in $(seq 1 200); do grep -q "workers join with" "$work/$name.err" && break; sleep 0.1; done
+  read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$work/$name.err" | head -1 | sed 's/.*dbp //')"
+  for i in 0 1 2; do
+    "$dbp" "${join[@]}" --name "w$i" >/dev/null 2>&1 &
+    local group=${healthy[$i]}
+    [ "$with_slow" = 1 ] && [ "$i" = 2 ] && group=$slow
+    echo $! > "$group/cgroup.procs"
+  done
+  wait "$server"
+  wait
+  median "$work/$name.jsonl"
+}
+
+for r in $(seq 1 "$rounds"); do
+  h=$(run healthy proportional 0)
+  e=$(run slow-even even 1)
+  p=$(run slow-proportional proportional 1)
+  echo "round $r: all healthy $h samples/s; one at half speed: even dealing $e ($(python3 -c "print(round($e/$h, 3))")x), proportional dealing $p ($(python3 -c "print(round($p/$h, 3))")x)"
+done
