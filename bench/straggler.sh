@@ -23,13 +23,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-# quota_group NAME QUOTA_US: a cgroup allowed QUOTA_US of CPU time per 100 ms.
+# quota_group NAME QUOTA_US: a cgroup allowed QUOTA_US of CPU time per 4 ms. A short period makes the quota a
+# steady slow-down at the scale of a step (milliseconds): with the default 100 ms, a worker runs at full speed
+# for its quota and then stops for the rest of the period, which is not a slow worker but a stalling one.
 quota_group() {
   local g="$cpu/dbp-straggler-$$-$1"
-  mkdir -p "$g"; echo 100000 > "$g/cpu.cfs_period_us"; echo "$2" > "$g/cpu.cfs_quota_us"; groups+=("$g"); echo "$g"
+  mkdir -p "$g"; echo 4000 > "$g/cpu.cfs_period_us"; echo "$2" > "$g/cpu.cfs_quota_us"; groups+=("$g"); echo "$g"
 }
-healthy=(); for i in 1 2 3; do healthy+=("$(quota_group "w$i" 50000)"); done
-slow=$(quota_group slow 25000)
+healthy=(); for i in 1 2 3; do healthy+=("$(quota_group "w$i" 2000)"); done
+slow=$(quota_group slow 1000)
 echo 'dbp.dealing = even' > "$work/even.hocon"
 echo 'dbp.dealing = proportional' > "$work/proportional.hocon"
 args=(--layers 512,512 --batch-size 256 --chunks 8 --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none)
