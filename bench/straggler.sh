@@ -4,8 +4,10 @@
 # the server has no quota. Three runs per round, interleaved: all healthy; one slow with even dealing
 # (dbp.dealing = even: equal shares whatever the speeds); one slow with proportional dealing (the default).
 # Reports the median samples/s of epochs 3.. (the first include JIT warm-up and the first pace measurements)
-# and each slow run's ratio to the healthy one. 784-inputs-like compute: 64-512-512-10 on the embedded digits,
-# global batch 256, 8 chunks.
+# and each slow run's ratio to the healthy one. 784-256-128-10 on Fashion-MNIST, global batch 2048, so that a
+# step is mostly compute (with batch 256 the workers were busy 10-40 % of a step and a slow one hardly
+# mattered), 8 chunks (DBP_CHUNKS=16: finer shares; 3 workers with one at half speed can at best
+# reach 0.75x of the healthy rate with 8 chunks — 4 slow chunk-times against 3 — and 0.86x with 16).
 #   sudo bash bench/straggler.sh [rounds] [epochs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ groups=()
 cleanup() {
   pkill -9 -f "$work/state" 2>/dev/null || true
   for g in "${groups[@]}"; do rmdir "$g" 2>/dev/null || true; done
-  rm -rf "$work"
+  if [ -n "${KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 # quota_group NAME QUOTA_US: a cgroup allowed QUOTA_US of CPU time per 4 ms. A short period makes the quota a
@@ -34,7 +36,9 @@ healthy=(); for i in 1 2 3; do healthy+=("$(quota_group "w$i" 2000)"); done
 slow=$(quota_group slow 1000)
 echo 'dbp.dealing = even' > "$work/even.hocon"
 echo 'dbp.dealing = proportional' > "$work/proportional.hocon"
-args=(--layers 512,512 --batch-size 256 --chunks 8 --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none)
+chunks=${DBP_CHUNKS:-8}
+data=${DBP_FMNIST:-../shared/datasets/fashion-mnist}
+args=(--data "$data" --layers 256,128 --batch-size 2048 --chunks "$chunks" --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none)
 median() { python3 -c "import json,statistics,sys; r=[json.loads(l)['samples_per_second'] for l in open(sys.argv[1])][2:]; print(round(statistics.median(r)))" "$1"; }
 
 # run NAME DEALING SLOW(0|1): one cluster run; prints its median samples/s.
@@ -46,13 +50,22 @@ run() {
   local server=$!
   for _ in $(seq 1 200); do grep -q "workers join with" "$work/$name.err" && break; sleep 0.1; done
   read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$work/$name.err" | head -1 | sed 's/.*dbp //')"
+  local workers=()
   for i in 0 1 2; do
-    "$dbp" "${join[@]}" --name "w$i" >/dev/null 2>&1 &
+    "$dbp" "${join[@]}" --name "w$i" >"$work/$name-w$i.log" 2>&1 &
+    workers+=($!)
     local group=${healthy[$i]}
     [ "$with_slow" = 1 ] && [ "$i" = 2 ] && group=$slow
     echo $! > "$group/cgroup.procs"
   done
   wait "$server"
+  for _ in $(seq 1 150); do kill -0 "${workers[@]}" 2>/dev/null || break; sleep 0.1; done
+  for i in 0 1 2; do
+    if kill -0 "${workers[$i]}" 2>/dev/null; then
+      echo "straggler bench: worker w$i of run $name had not exited 15 s after the server (last lines below)" >&2
+      tail -3 "$work/$name-w$i.log" >&2; kill -9 "${workers[$i]}"
+    fi
+  done
   wait
   median "$work/$name.jsonl"
 }

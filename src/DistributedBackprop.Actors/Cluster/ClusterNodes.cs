@@ -86,10 +86,11 @@ public sealed class ClusterServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        // Let the workers leave first (they do on TrainingFinished), so nobody logs a lost association.
+        // Let the workers leave first (they do on TrainingFinished, which the gatekeeper repeats until they
+        // have), so nobody logs a lost association and none mistakes the server leaving for a crash.
         var cluster = Akka.Cluster.Cluster.Get(System);
         var clock = Stopwatch.StartNew();
-        while (clock.Elapsed < TimeSpan.FromSeconds(5) && cluster.State.Members.Any(m => m.HasRole(ClusterNaming.WorkerRole)))
+        while (clock.Elapsed < TimeSpan.FromSeconds(10) && cluster.State.Members.Any(m => m.HasRole(ClusterNaming.WorkerRole) && m.Status is Akka.Cluster.MemberStatus.Up or Akka.Cluster.MemberStatus.WeaklyUp or Akka.Cluster.MemberStatus.Joining or Akka.Cluster.MemberStatus.Leaving))
         {
             await Task.Delay(100).ConfigureAwait(false);
         }

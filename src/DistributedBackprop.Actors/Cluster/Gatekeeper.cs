@@ -22,7 +22,7 @@ public sealed record AnnounceFinish(TrainingFinished Message) : INoSerialization
 /// connections are authenticated; a node's bulk endpoint must be on its own Akka host.
 /// Registration for work itself happens between the node's worker and the parameter server.
 /// </summary>
-public sealed class Gatekeeper : ReceiveActor
+public sealed class Gatekeeper : ReceiveActor, IWithTimers
 {
     /// <summary>Bytes of rows per streamed chunk (the receiving side's frame limit follows from it).</summary>
     public const int ChunkBytes = 1 << 20;
@@ -33,6 +33,7 @@ public sealed class Gatekeeper : ReceiveActor
     private readonly HashSet<IActorRef> _agents = [];
     private readonly HashSet<IActorRef> _streamed = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private TrainingFinished? _finished;
 
     public Gatekeeper(TrainingSession session, ServerData data, long frameSize)
     {
@@ -52,6 +53,7 @@ public sealed class Gatekeeper : ReceiveActor
             Task.Run(() => Stream(agent, self));
         });
         Receive<AnnounceFinish>(Announce);
+        Receive<ResendFinish>(_ => TellFinished());
         Receive<DeliveryFailed>(f => _log.Error("cannot reach node {0} over its bulk channel: {1}", f.Recipient.Path.Address, f.Reason));
         Receive<Terminated>(t =>
         {
@@ -127,12 +129,32 @@ public sealed class Gatekeeper : ReceiveActor
         _log.Info("streamed {0} training rows to {1}", train.Rows, agent.Path.Address); // the adapter is thread-safe; Context is not used here
     }
 
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    /// <summary>
+    /// Tells every admitted node how training ended, and tells it again each second until the node has left
+    /// (its agent's Terminated removes it): a frame can queue behind a slow worker's tensors or be lost with a
+    /// connection, and a node that never hears it would take the server's leaving for a crash and knock at
+    /// its door for minutes. The server waits for the nodes to leave before it goes (ClusterServer).
+    /// </summary>
     private void Announce(AnnounceFinish finish)
+    {
+        _finished = finish.Message;
+        TellFinished();
+        Timers.StartPeriodicTimer("finish", ResendFinish.Instance, TimeSpan.FromSeconds(1));
+        Sender.Tell(new Status.Success(_agents.Count));
+    }
+
+    private void TellFinished()
     {
         foreach (IActorRef agent in _agents)
         {
-            _courier.Send(agent, finish.Message, Self);
+            _courier.Send(agent, _finished!, Self);
         }
-        Sender.Tell(new Status.Success(_agents.Count));
+    }
+
+    private sealed record ResendFinish : INoSerializationVerificationNeeded
+    {
+        public static readonly ResendFinish Instance = new();
     }
 }
