@@ -124,7 +124,7 @@ public sealed class Gatekeeper : ReceiveActor, IWithTimers
         {
             int rows = Math.Min(rowsPerChunk, train.Rows - first);
             _courier.Send(agent, new TrainingDataChunk(first, train.Rows, train.Features,
-                train.Values.AsSpan(first * train.Features, rows * train.Features).ToArray(), train.Labels.AsSpan(first, rows).ToArray()), self);
+                train.Values.AsSpan(first * train.Features, rows * train.Features).ToArray(), train.Labels.AsSpan(first, rows).ToArray()), self, waitForRoom: true);
         }
         _log.Info("streamed {0} training rows to {1}", train.Rows, agent.Path.Address); // the adapter is thread-safe; Context is not used here
     }

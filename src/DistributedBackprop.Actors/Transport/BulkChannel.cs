@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
@@ -104,11 +105,15 @@ public sealed class BulkChannel : IDisposable
 
     /// <summary>
     /// Queues <paramref name="message"/> for <paramref name="recipient"/> on the node listening at
-    /// <paramref name="endpoint"/>. If the frame cannot be delivered (the peer is unreachable even after one
-    /// reconnect, its certificate is not the recipient node's, or the queue stays full for send-timeout),
-    /// <paramref name="sender"/> receives <see cref="DeliveryFailed"/> — a frame is never lost silently.
+    /// <paramref name="endpoint"/>, without waiting: an actor must stay responsive whatever the network does.
+    /// When the connection's window (max-frames-in-flight) is full, the frame waits its turn in order beside it
+    /// (<see cref="Outgoing.Enqueue"/>). With <paramref name="waitForRoom"/> — for a loop off the actors that
+    /// streams many frames and wants the peer's pace (flow control) — the caller waits for room instead. If the
+    /// frame cannot be delivered (the peer is unreachable even after one reconnect, its certificate is not the
+    /// recipient node's, or no room came for send-timeout), <paramref name="sender"/> receives
+    /// <see cref="DeliveryFailed"/> — a frame is never lost silently.
     /// </summary>
-    public void Send(string endpoint, IActorRef recipient, object message, IActorRef sender)
+    public void Send(string endpoint, IActorRef recipient, object message, IActorRef sender, bool waitForRoom = false)
     {
         Address peer = recipient.Path.Address;
         Outgoing connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e, peer));
@@ -120,6 +125,11 @@ public sealed class BulkChannel : IDisposable
         }
         // Full paths with the actors' UIDs: the receiver resolves them to refs equal to the ones it knows.
         var frame = new Frame(Akka.Serialization.Serialization.SerializedActorPath(recipient), Akka.Serialization.Serialization.SerializedActorPath(sender), message, recipient, sender);
+        if (!waitForRoom)
+        {
+            connection.Enqueue(frame);
+            return;
+        }
         bool queued;
         try
         {
@@ -521,13 +531,87 @@ public sealed class BulkChannel : IDisposable
         private readonly BulkChannel _channel;
         private readonly string _endpoint;
 
+        private readonly object _gate = new();
+        private readonly Queue<(Frame Frame, long Since)> _waiting = new();
+        private readonly Timer _expiry;
+
         public Outgoing(BulkChannel channel, string endpoint, Address peer)
         {
             _channel = channel;
             _endpoint = endpoint;
             Peer = peer;
             Queue = new BlockingCollection<Frame>(channel._settings.MaxFramesInFlight);
+            // While the writer is stuck on a peer that does not read, frames waiting beside the window still
+            // have to be reported when their send-timeout passes.
+            _expiry = new Timer(_ => Refill(), null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
             new Thread(WriteLoop) { IsBackground = true, Name = $"dbp-bulk-send-{endpoint}" }.Start();
+        }
+
+        /// <summary>
+        /// Queues a frame without waiting: into the window if it has room and nothing waits before it, else
+        /// at the end of the frames waiting beside it (order kept), which move in as the writer frees room and
+        /// are reported undeliverable after send-timeout. Waiting frames are bounded by what the protocol
+        /// sends within send-timeout (a step's work or gradients per peer), not by the network.
+        /// </summary>
+        public void Enqueue(Frame frame)
+        {
+            lock (_gate)
+            {
+                if (_waiting.Count == 0 && TryAdd(frame, out bool closed))
+                {
+                    return;
+                }
+                if (!Queue.IsAddingCompleted)
+                {
+                    _waiting.Enqueue((frame, Stopwatch.GetTimestamp()));
+                    return;
+                }
+            }
+            _channel.Dropped(frame, "the connection is closed");
+        }
+
+        private bool TryAdd(Frame frame, out bool closed)
+        {
+            closed = false;
+            try
+            {
+                return Queue.TryAdd(frame);
+            }
+            catch (InvalidOperationException)
+            {
+                closed = true; // CompleteAdding: the peer was forgotten or the channel disposed
+                return false;
+            }
+        }
+
+        /// <summary>Moves waiting frames into the window while it has room; reports those past send-timeout, or all once closed.</summary>
+        private void Refill()
+        {
+            List<(Frame, string)>? failed = null;
+            lock (_gate)
+            {
+                while (_waiting.Count > 0)
+                {
+                    var (frame, since) = _waiting.Peek();
+                    if (Stopwatch.GetElapsedTime(since) > _channel._settings.SendTimeout)
+                    {
+                        (failed ??= []).Add((frame, $"no room among the {_channel._settings.MaxFramesInFlight} frames in flight for {_channel._settings.SendTimeout.TotalSeconds:0.#} s (the peer reads too slowly, or not at all)"));
+                    }
+                    else if (!TryAdd(frame, out bool closed))
+                    {
+                        if (!closed)
+                        {
+                            break;
+                        }
+                        (failed ??= []).Add((frame, "the connection is closed"));
+                    }
+                    _waiting.Dequeue();
+                }
+            }
+            foreach (var (frame, reason) in failed ?? [])
+            {
+                _channel.Dropped(frame, reason);
+            }
         }
 
         /// <summary>The node this connection must reach: the server's certificate must name it.</summary>
@@ -542,6 +626,7 @@ public sealed class BulkChannel : IDisposable
             var scratch = new byte[8];
             foreach (Frame frame in Queue.GetConsumingEnumerable())
             {
+                Refill(); // taking this frame made room in the window
                 // One retry on a fresh connection: a reset between steps must not cost a frame.
                 for (int attempt = 0; ; attempt++)
                 {
@@ -577,6 +662,9 @@ public sealed class BulkChannel : IDisposable
                 }
             }
             Close(stream, client);
+            // Closed: nothing more goes out; frames still waiting are reported.
+            _expiry.Dispose();
+            Refill();
         }
 
         /// <summary>This side never reads: a readable socket with nothing to read means the peer has closed it.</summary>

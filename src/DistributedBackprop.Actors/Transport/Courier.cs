@@ -52,7 +52,12 @@ public sealed class Courier : IExtension
 
     private bool IsLocal(Address address) => address.HasLocalScope || address.Equals(_system.Provider.DefaultAddress);
 
-    public void Send(IActorRef target, object message, IActorRef sender)
+    /// <summary>
+    /// Delivers <paramref name="message"/> to <paramref name="target"/>: locally by Tell, to another node on the
+    /// bulk channel without waiting (or, with <paramref name="waitForRoom"/>, waiting for the connection's flow
+    /// control: only off the actors).
+    /// </summary>
+    public void Send(IActorRef target, object message, IActorRef sender, bool waitForRoom = false)
     {
         Address address = target.Path.Address;
         if (IsLocal(address) || Channel is null)
@@ -61,7 +66,7 @@ public sealed class Courier : IExtension
         }
         else if (_endpoints.TryGetValue(address, out string? endpoint))
         {
-            Channel.Send(endpoint, target, message, sender);
+            Channel.Send(endpoint, target, message, sender, waitForRoom);
         }
         else
         {

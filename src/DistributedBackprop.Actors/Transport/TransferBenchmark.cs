@@ -58,7 +58,7 @@ public static class TransferBenchmark
         for (int i = 0; i < floats; i++) gradient[i] = i * 1e-3f;
         var message = new GradientsComputed(0, new TreeNode(0, 1), new BatchResult(1, 0, 1), gradient, 0);
         // Warm the connection and the JIT; timing starts once the receiver has the warm-up message.
-        channel.Send(endpoint, sink, message with { Step = -1 }, self);
+        channel.Send(endpoint, sink, message with { Step = -1 }, self, waitForRoom: true);
         if (!warmed.Task.Wait(TimeSpan.FromMinutes(1)))
         {
             throw new TimeoutException("the receiver did not acknowledge the warm-up message");
@@ -67,7 +67,7 @@ public static class TransferBenchmark
         var clock = Stopwatch.StartNew();
         for (long i = 0; i < messages; i++)
         {
-            channel.Send(endpoint, sink, message with { Step = i }, self);
+            channel.Send(endpoint, sink, message with { Step = i }, self, waitForRoom: true);
         }
         if (!acknowledged.Task.Wait(TimeSpan.FromMinutes(5)))
         {
