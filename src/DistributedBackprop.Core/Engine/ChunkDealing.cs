@@ -63,9 +63,10 @@ public static class ChunkDealing
     /// Fills <paramref name="counts"/> (one per worker, in dealing order) with chunk counts summing to
     /// <paramref name="chunks"/> that minimise the step's finishing time max(countᵢ × paceᵢ): every worker
     /// gets one, then each further chunk goes to the worker that would finish it first (optimal for equal
-    /// chunks; on a tie, to the one with less work so far, then the earlier one). A worker with no measurement yet counts at the median pace of
-    /// the others; with no meaningful measurement at all, the split is even (<see cref="ChunkTree.Share"/>).
-    /// Needs chunks ≥ workers.
+    /// chunks; on a tie, to the one with less work so far, then the earlier one). A worker with no
+    /// measurement yet counts at the median pace of the others. The split is even
+    /// (<see cref="ChunkTree.Share"/>) when nothing meaningful is measured, or when the split by pace would
+    /// not finish in at most <see cref="EvenUnlessFaster"/> of the even split's time. Needs chunks ≥ workers.
     /// </summary>
     public static void Deal(int chunks, ReadOnlySpan<double?> secondsPerChunk, Span<int> counts)
     {
@@ -94,9 +95,12 @@ public static class ChunkDealing
         }
         pace[..measured].Sort();
         double typical = pace[measured / 2];
+        double evenFinish = 0;
         for (int i = 0; i < workers; i++)
         {
             pace[i] = secondsPerChunk[i] is double p ? Math.Max(p, MeaningfulSecondsPerChunk) : typical;
+            var (lo, hi) = ChunkTree.Share(chunks, workers, i);
+            evenFinish = Math.Max(evenFinish, (hi - lo) * pace[i]);
             counts[i] = 1;
         }
         for (int dealt = workers; dealt < chunks; dealt++)
@@ -112,5 +116,23 @@ public static class ChunkDealing
             }
             counts[best]++;
         }
+        double paceFinish = 0;
+        for (int i = 0; i < workers; i++)
+        {
+            paceFinish = Math.Max(paceFinish, counts[i] * pace[i]);
+        }
+        if (paceFinish > EvenUnlessFaster * evenFinish)
+        {
+            // Not worth it: paces within measurement noise of each other. An uneven split also costs bytes
+            // (a run that is not one node of the tree sends one gradient per node it decomposes into).
+            for (int i = 0; i < workers; i++)
+            {
+                var (lo, hi) = ChunkTree.Share(chunks, workers, i);
+                counts[i] = hi - lo;
+            }
+        }
     }
+
+    /// <summary>The split by pace is used only if it finishes in at most this fraction of the even split's time.</summary>
+    public const double EvenUnlessFaster = 0.8;
 }
