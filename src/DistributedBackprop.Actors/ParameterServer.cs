@@ -32,7 +32,10 @@ namespace DistributedBackprop.Actors;
 /// A worker that stays a member but does not answer within the step deadline (<see cref="StepDeadline"/>)
 /// has its missing chunks dealt again to workers that did answer; the first result for a chunk wins (all
 /// results are the same bits), a late one is dropped as a duplicate or stale, and the laggard gets no new
-/// work until something from it arrives.
+/// work until something from it arrives, except a probe (a copy of the step's smallest run) once per
+/// deadline, so one whose answer was lost for good comes back. Work the bulk channel cannot deliver is
+/// dealt around at once the same way. Chunks are dealt in proportion to each worker's measured pace
+/// (<see cref="ChunkDealing"/>).
 /// The server never blocks: reduction and update are a few element-wise passes over the parameters.
 /// </summary>
 public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTimers
@@ -97,9 +100,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             // A step's work that cannot reach its worker would stall the step: its chunks go to the others at
             // once, and it is probed like a worker that missed a deadline. Whether it is gone is for DeathWatch to
             // say (a broken connection is not a dead node; removing it here would leave it idle for good).
-            if (f.Message is ComputeGradients work && FindWorker(f.Recipient) is { } unreachable && _step is { } step && work.Step == step.Step && !_updating)
+            // A probe that cannot be delivered changes nothing: its run is dealt to someone else already.
+            if (f.Message is ComputeGradients work && FindWorker(f.Recipient) is { Suspect: false } unreachable && _step is { } step && work.Step == step.Step && !_updating)
             {
-                DealAround(unreachable, Stopwatch.GetTimestamp(), $"cannot deliver step {work.Step}'s work ({f.Reason})");
+                DealAround(unreachable, (work.ChunkLo, work.ChunkHi), Stopwatch.GetTimestamp(), $"cannot deliver step {work.Step}'s work ({f.Reason})");
             }
         });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
@@ -293,9 +297,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return; // nobody was left out
         }
         long now = Stopwatch.GetTimestamp();
+        TimeSpan interval = TimeSpan.Zero;
         foreach (WorkerSlot worker in _workers)
         {
-            if (worker.Suspect && Stopwatch.GetElapsedTime(worker.LastProbe, now) >= _deadline.Current)
+            if (worker.Suspect && interval == TimeSpan.Zero)
+            {
+                interval = _deadline.Current;
+            }
+            if (worker.Suspect && Stopwatch.GetElapsedTime(worker.LastProbe, now) >= interval)
             {
                 worker.LastProbe = now;
                 Assign(worker, run.Lo, run.Hi);
@@ -485,7 +494,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// </summary>
     private void CheckStepDeadline()
     {
-        if (_step is not { } step || _updating || _failed || _workers.Count < 2)
+        if (_step is not { } step || _updating || _failed || _workers.Count == 0)
         {
             return;
         }
@@ -495,15 +504,16 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             return;
         }
-        DealAround(null, now, string.Create(CultureInfo.InvariantCulture, $"step {step.Step} waited {waited.TotalSeconds:F2} s (deadline {_deadline.Current.TotalSeconds:F2} s)"));
+        DealAround(null, null, now, string.Create(CultureInfo.InvariantCulture, $"step {step.Step} waited {waited.TotalSeconds:F2} s (deadline {_deadline.Current.TotalSeconds:F2} s)"));
     }
 
     /// <summary>
-    /// The chunks of the step in progress that <paramref name="only"/> (or, if null, any worker) was dealt and
-    /// has not delivered go to the workers that are not lagging; the laggards become suspect: no new work
-    /// but a probe per deadline, until something from them arrives.
+    /// The chunks of the step in progress that <paramref name="only"/> (or, if null, any worker) was dealt —
+    /// only <paramref name="run"/> if given — and has not delivered go to the workers that are not lagging
+    /// (with no other worker, to the laggard again: a lost frame must not stall a one-worker run); the laggards
+    /// become suspect: no new work but a probe per deadline, until something from them arrives.
     /// </summary>
-    private void DealAround(WorkerSlot? only, long now, string why)
+    private void DealAround(WorkerSlot? only, (int Lo, int Hi)? run, long now, string why)
     {
         StepInProgress step = _step!;
         var laggards = new List<WorkerSlot>();
@@ -515,9 +525,16 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
                 continue;
             }
             int before = missing.Count;
-            foreach (var (lo, hi) in worker.Assigned)
+            if (run is var (runLo, runHi))
             {
-                Uncovered(lo, hi, missing);
+                Uncovered(runLo, runHi, missing);
+            }
+            else
+            {
+                foreach (var (lo, hi) in worker.Assigned)
+                {
+                    Uncovered(lo, hi, missing);
+                }
             }
             if (missing.Count > before)
             {
@@ -528,6 +545,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         if (helpers.Count == 0)
         {
             helpers = _workers.Where(w => !laggards.Contains(w)).ToList();
+        }
+        if (helpers.Count == 0)
+        {
+            helpers = laggards;
         }
         if (missing.Count == 0 || helpers.Count == 0)
         {
@@ -573,6 +594,13 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     private void Checkpoint(SaveCheckpoint message)
     {
+        if (_failed)
+        {
+            // After a failed update the parameters may be those of no step at all (an overflow is not undone):
+            // the checkpoint on disk is the last good one and stays so.
+            Sender.Tell(new TrainingFailed($"training has failed; {message.Path} is left as it was"));
+            return;
+        }
         if (_updating)
         {
             // The session is being written off the actor; take the checkpoint once the update is in.

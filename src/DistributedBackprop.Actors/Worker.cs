@@ -28,7 +28,7 @@ public sealed record WorkerSetup(Architecture Architecture, Dataset Train, Train
 /// for a later step, by which time the server has finished with it. A <see cref="WorkerRefused"/> (data,
 /// network or floating-point results differ from the server's) stops the worker and is passed to its parent.
 /// </summary>
-public sealed class Worker : ReceiveActor
+public sealed class Worker : ReceiveActor, IWithTimers
 {
     public const string DispatcherId = "dbp.compute-dispatcher";
 
@@ -58,7 +58,15 @@ public sealed class Worker : ReceiveActor
             Context.Stop(Self);
         });
         Receive<ComputeGradients>(m => Sender.Path.Equals(_server.Path), Compute);
+        Receive<RetryRegistration>(_ => Register());
         Receive<IWireMessage>(m => _log.Warning("{0} dropped a {1} from {2}: only the parameter server may send it", _name, m.GetType().Name, Sender.Path));
+        Receive<DeliveryFailed>(f => f.Message is RegisterWorker, f =>
+        {
+            // Nothing else would send it again: try once a second until the server has it (it accepts a
+            // repeated registration).
+            _log.Warning("{0} could not register with the parameter server ({1}); trying again in 1 s", _name, f.Reason);
+            Timers.StartSingleTimer("register", RetryRegistration.Instance, TimeSpan.FromSeconds(1));
+        });
         Receive<DeliveryFailed>(f =>
         {
             // The server does not wait for it: past the step deadline it deals these chunks to the others,
@@ -68,11 +76,20 @@ public sealed class Worker : ReceiveActor
         });
     }
 
+    public ITimerScheduler Timers { get; set; } = null!;
+
     public static Props Props(IActorRef server, string name, WorkerSetup setup) =>
         Akka.Actor.Props.Create(() => new Worker(server, name, setup)).WithDispatcher(DispatcherId);
 
-    protected override void PreStart() =>
+    protected override void PreStart() => Register();
+
+    private void Register() =>
         _courier.Send(_server, new RegisterWorker(_name, WireFormat.ProtocolVersion, _setup.DataHash, _setup.Architecture.Describe(), NumericFingerprint.Value), Self);
+
+    private sealed record RetryRegistration : INoSerializationVerificationNeeded
+    {
+        public static readonly RetryRegistration Instance = new();
+    }
 
     private void Compute(ComputeGradients message)
     {

@@ -189,6 +189,37 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     }
 
     [Fact]
+    public void AfterAFailure_NoCheckpointIsWritten_TheLastGoodOneStays()
+    {
+        TestProbe w1 = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        GradientsComputed honest = h.Answer(w1.ExpectMsg<ComputeGradients>()).Single();
+        float[] poisoned = (float[])honest.Gradient.Clone();
+        poisoned[3] = float.NaN;
+        h.Server.Tell(honest with { Gradient = poisoned }, w1.Ref);
+        h.Coordinator.ExpectMsg<TrainingFailed>();
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-failed-{Guid.NewGuid():N}.ckpt");
+        h.Server.Tell(new SaveCheckpoint(path), h.Coordinator.Ref);
+        Assert.Contains("is left as it was", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
+        Assert.False(File.Exists(path));
+    }
+
+    [Fact]
+    public void AOneWorkerRun_WhoseWorkIsLost_GetsItAgainAfterTheDeadline()
+    {
+        TestProbe only = CreateTestProbe();
+        Harness h = Start(new StepDeadline(TimeSpan.FromMilliseconds(300)), only);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients lost = only.ExpectMsg<ComputeGradients>(); // its answer never arrives
+        ComputeGradients again = only.ExpectMsg<ComputeGradients>(TimeSpan.FromSeconds(5));
+        Assert.Equal((lost.Step, lost.ChunkLo, lost.ChunkHi), (again.Step, again.ChunkLo, again.ChunkHi));
+        Deliver(h, only, again);
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1);
+        Fixtures.AssertSameBits(PlainTrainerAfter(1), only.ExpectMsg<ComputeGradients>().Parameters, "after work sent again");
+    }
+
+    [Fact]
     public async Task UnregisteredSender_IsIgnored()
     {
         TestProbe w1 = CreateTestProbe(), intruder = CreateTestProbe();

@@ -147,6 +147,10 @@ public sealed class Gatekeeper : ReceiveActor, IWithTimers
 
     private void TellFinished()
     {
+        if (_agents.Count == 0)
+        {
+            Timers.Cancel("finish");
+        }
         foreach (IActorRef agent in _agents)
         {
             _courier.Send(agent, _finished!, Self);

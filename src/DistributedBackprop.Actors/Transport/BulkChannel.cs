@@ -44,7 +44,8 @@ public sealed record BulkChannelSettings(int MaxConnections, int MaxPendingHands
 /// Frame: "DBPB", recipient actor path, sender actor path (UTF-8, 16-bit length each), two-letter
 /// manifest, 64-bit payload length, then the <see cref="WireFormat"/> payload, streamed straight from and
 /// into the float arrays. One outgoing connection per peer, written by one thread from a bounded queue
-/// (max-frames-in-flight per peer: a sender that gets further ahead waits — the flow control).
+/// (max-frames-in-flight per peer, the flow control: frames beyond it wait beside the queue in order, and a
+/// streaming loop off the actors may wait for room instead; see <see cref="Send"/>).
 /// Received messages are delivered with <c>recipient.Tell(message, sender)</c>.
 /// </summary>
 public sealed class BulkChannel : IDisposable
@@ -532,6 +533,7 @@ public sealed class BulkChannel : IDisposable
         private readonly string _endpoint;
 
         private readonly object _gate = new();
+        private readonly object _refilling = new();
         private readonly Queue<(Frame Frame, long Since)> _waiting = new();
         private readonly Timer _expiry;
 
@@ -557,7 +559,7 @@ public sealed class BulkChannel : IDisposable
         {
             lock (_gate)
             {
-                if (_waiting.Count == 0 && TryAdd(frame, out bool closed))
+                if (_waiting.Count == 0 && TryAdd(frame, out _))
                 {
                     return;
                 }
@@ -584,8 +586,27 @@ public sealed class BulkChannel : IDisposable
             }
         }
 
-        /// <summary>Moves waiting frames into the window while it has room; reports those past send-timeout, or all once closed.</summary>
+        /// <summary>
+        /// Moves waiting frames into the window while it has room; reports those past send-timeout, or all once
+        /// closed. The writer and the timer both call it: one at a time, so reports keep the frames' order.
+        /// </summary>
         private void Refill()
+        {
+            lock (_refilling)
+            {
+                try
+                {
+                    RefillOnce();
+                }
+                catch (Exception e)
+                {
+                    // On the timer's thread an exception would end the process.
+                    _channel._log.Error(e, "bulk channel: reporting frames that wait for {0} failed", _endpoint);
+                }
+            }
+        }
+
+        private void RefillOnce()
         {
             List<(Frame, string)>? failed = null;
             lock (_gate)

@@ -65,6 +65,7 @@ internal sealed class MetricsWriter : IDisposable
         byte[] line = Encoding.UTF8.GetBytes(ToJson(report) + "\n");
         lock (_gate)
         {
+            ObjectDisposedException.ThrowIf(_closing, this);
             ThrowIfFailed();
             _queued.Add(line);
             Monitor.PulseAll(_gate);
@@ -140,9 +141,10 @@ internal sealed class MetricsWriter : IDisposable
                 });
                 _hasLines = true;
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception e)
             {
-                failure = e;
+                // Whatever it is, it must reach the training thread (Append, Flush), not end the process here.
+                failure = e is IOException ? e : new IOException($"{_path}: cannot write ({e.Message})", e);
             }
             lock (_gate)
             {

@@ -86,11 +86,7 @@ public static class ChunkDealing
         }
         if (measured == 0)
         {
-            for (int i = 0; i < workers; i++)
-            {
-                var (lo, hi) = ChunkTree.Share(chunks, workers, i);
-                counts[i] = hi - lo;
-            }
+            Even(chunks, counts);
             return;
         }
         pace[..measured].Sort();
@@ -125,11 +121,16 @@ public static class ChunkDealing
         {
             // Not worth it: paces within measurement noise of each other. An uneven split also costs bytes
             // (a run that is not one node of the tree sends one gradient per node it decomposes into).
-            for (int i = 0; i < workers; i++)
-            {
-                var (lo, hi) = ChunkTree.Share(chunks, workers, i);
-                counts[i] = hi - lo;
-            }
+            Even(chunks, counts);
+        }
+    }
+
+    private static void Even(int chunks, Span<int> counts)
+    {
+        for (int i = 0; i < counts.Length; i++)
+        {
+            var (lo, hi) = ChunkTree.Share(chunks, counts.Length, i);
+            counts[i] = hi - lo;
         }
     }
 
