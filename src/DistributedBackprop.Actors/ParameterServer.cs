@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Diagnostics;
-using System.Numerics.Tensors;
 using Akka.Actor;
 using Akka.Event;
 using DistributedBackprop.Actors.Serialization;
@@ -351,7 +350,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail($"{worker.Name} sent node {message.Node} for step {message.Step}, which is not a node of the chunk tree over {_chunks} chunks");
             return;
         }
-        if (!float.IsFinite(TensorPrimitives.MaxMagnitude(message.Gradient)) || !double.IsFinite(message.Result.LossSum))
+        if (!GuardedUpdate.IsFinite(message.Gradient) || !double.IsFinite(message.Result.LossSum))
         {
             Fail($"{worker.Name} sent a non-finite gradient (NaN or infinity) for step {message.Step}, chunks {message.Node}; training stopped, the parameters after step {_session.GlobalStep} are kept");
             return;

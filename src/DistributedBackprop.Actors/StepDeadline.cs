@@ -1,3 +1,5 @@
+using DistributedBackprop.Engine;
+
 namespace DistributedBackprop.Actors;
 
 /// <summary>
@@ -9,36 +11,19 @@ namespace DistributedBackprop.Actors;
 /// </summary>
 public sealed class StepDeadline(TimeSpan floor, double multiple = 4, int window = 20)
 {
-    private readonly Queue<double> _recent = new();
+    private readonly RecentSamples _recent = new(window);
 
     public TimeSpan Floor { get; } = floor;
     public double Multiple { get; } = multiple;
-    public int Window { get; } = window;
+    public int Window => _recent.Window;
 
     /// <summary>From the HOCON block <c>dbp.step-deadline</c> (floor, multiple).</summary>
     public static StepDeadline From(Akka.Configuration.Config config) =>
         new(config.GetTimeSpan("dbp.step-deadline.floor", TimeSpan.FromSeconds(2)), config.GetDouble("dbp.step-deadline.multiple", 4));
 
-    public void StepTook(TimeSpan duration)
-    {
-        _recent.Enqueue(duration.TotalSeconds);
-        if (_recent.Count > Window)
-        {
-            _recent.Dequeue();
-        }
-    }
+    public void StepTook(TimeSpan duration) => _recent.Add(duration.TotalSeconds);
 
-    public TimeSpan Current
-    {
-        get
-        {
-            if (_recent.Count == 0)
-            {
-                return Floor;
-            }
-            double[] sorted = _recent.Order().ToArray();
-            double median = sorted[sorted.Length / 2];
-            return TimeSpan.FromSeconds(Math.Max(Floor.TotalSeconds, Multiple * median));
-        }
-    }
+    public TimeSpan Current => _recent.Median is double median
+        ? TimeSpan.FromSeconds(Math.Max(Floor.TotalSeconds, Multiple * median))
+        : Floor;
 }

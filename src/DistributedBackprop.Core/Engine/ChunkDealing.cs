@@ -1,36 +1,33 @@
 namespace DistributedBackprop.Engine;
 
 /// <summary>
-/// One worker's measured pace: compute seconds per chunk over its recent steps (the median of the last few,
-/// so one slow step — a GC pause, a noisy neighbour — does not move its share).
+/// The last N samples of a measurement and their median, without allocating (a ring and a sort buffer):
+/// one slow sample among them — a GC pause, a noisy neighbour — does not move it.
 /// </summary>
-public sealed class ChunkPace
+public sealed class RecentSamples
 {
     private readonly double[] _recent;
     private readonly double[] _sorted;
     private int _count, _next;
 
-    public ChunkPace(int window = 9)
+    public RecentSamples(int window)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(window, 1);
         _recent = new double[window];
         _sorted = new double[window];
     }
 
-    /// <summary>A step in which the worker computed <paramref name="chunks"/> chunks in <paramref name="seconds"/> of compute.</summary>
-    public void Add(double seconds, int chunks)
+    public int Window => _recent.Length;
+
+    public void Add(double value)
     {
-        if (chunks <= 0 || !double.IsFinite(seconds) || seconds < 0)
-        {
-            return;
-        }
-        _recent[_next] = seconds / chunks;
+        _recent[_next] = value;
         _next = (_next + 1) % _recent.Length;
         _count = Math.Min(_count + 1, _recent.Length);
     }
 
-    /// <summary>Median seconds per chunk of the recent steps; null before the first.</summary>
-    public double? SecondsPerChunk
+    /// <summary>The median of the samples kept (the mean of the middle two for an even count); null before the first.</summary>
+    public double? Median
     {
         get
         {
@@ -43,6 +40,26 @@ public sealed class ChunkPace
             return _count % 2 == 1 ? _sorted[_count / 2] : (_sorted[_count / 2 - 1] + _sorted[_count / 2]) / 2;
         }
     }
+}
+
+/// <summary>
+/// One worker's measured pace: compute seconds per chunk over its recent steps (the median of the last few).
+/// </summary>
+public sealed class ChunkPace(int window = 9)
+{
+    private readonly RecentSamples _recent = new(window);
+
+    /// <summary>A step in which the worker computed <paramref name="chunks"/> chunks in <paramref name="seconds"/> of compute.</summary>
+    public void Add(double seconds, int chunks)
+    {
+        if (chunks > 0 && double.IsFinite(seconds) && seconds >= 0)
+        {
+            _recent.Add(seconds / chunks);
+        }
+    }
+
+    /// <summary>Median seconds per chunk of the recent steps; null before the first.</summary>
+    public double? SecondsPerChunk => _recent.Median;
 }
 
 /// <summary>
