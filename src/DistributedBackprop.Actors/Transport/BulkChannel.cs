@@ -64,7 +64,9 @@ public sealed class BulkChannel : IDisposable
     private readonly EnrollmentDesk? _desk;
     private readonly BulkChannelSettings _settings;
     private readonly TcpListener _listener;
-    private readonly ConcurrentDictionary<string, Outgoing> _outgoing = new();
+    // Lazy: GetOrAdd may run its factory twice under a race, and an Outgoing starts a thread and a timer;
+    // only the one stored is ever created.
+    private readonly ConcurrentDictionary<string, Lazy<Outgoing>> _outgoing = new();
     private readonly ConcurrentDictionary<string, IActorRef> _resolved = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly LinkedList<CancellationTokenSource> _handshaking = new();
@@ -117,12 +119,12 @@ public sealed class BulkChannel : IDisposable
     public void Send(string endpoint, IActorRef recipient, object message, IActorRef sender, bool waitForRoom = false)
     {
         Address peer = recipient.Path.Address;
-        Outgoing connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e, peer));
+        Outgoing connection = ConnectionTo(endpoint, peer);
         if (!connection.Peer.Equals(peer))
         {
             // The endpoint now belongs to another node (a restarted worker): a fresh connection, checked for that node.
             Forget(endpoint);
-            connection = _outgoing.GetOrAdd(endpoint, e => new Outgoing(this, e, peer));
+            connection = ConnectionTo(endpoint, peer);
         }
         // Full paths with the actors' UIDs: the receiver resolves them to refs equal to the ones it knows.
         var frame = new Frame(Akka.Serialization.Serialization.SerializedActorPath(recipient), Akka.Serialization.Serialization.SerializedActorPath(sender), message, recipient, sender);
@@ -146,12 +148,15 @@ public sealed class BulkChannel : IDisposable
         }
     }
 
+    private Outgoing ConnectionTo(string endpoint, Address peer) =>
+        _outgoing.GetOrAdd(endpoint, e => new Lazy<Outgoing>(() => new Outgoing(this, e, peer))).Value;
+
     /// <summary>Closes the connection to a peer that left the cluster.</summary>
     public void Forget(string endpoint)
     {
-        if (_outgoing.TryRemove(endpoint, out Outgoing? connection))
+        if (_outgoing.TryRemove(endpoint, out Lazy<Outgoing>? connection))
         {
-            connection.Queue.CompleteAdding();
+            connection.Value.Queue.CompleteAdding();
         }
     }
 
@@ -518,9 +523,9 @@ public sealed class BulkChannel : IDisposable
     {
         _stop.Cancel();
         _listener.Stop();
-        foreach (Outgoing connection in _outgoing.Values)
+        foreach (Lazy<Outgoing> connection in _outgoing.Values)
         {
-            connection.Queue.CompleteAdding();
+            connection.Value.Queue.CompleteAdding();
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.CommandLine;
 using DistributedBackprop.Cli.Output;
+using DistributedBackprop.Data;
 using DistributedBackprop.Actors;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Models;
@@ -153,7 +154,7 @@ internal static class TrainCommand
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new UsageException($"{option}: cannot write in {directory} ({e.Message.Replace($" : '{probe}'", "", StringComparison.Ordinal)})");
+            throw new UsageException($"{option}: cannot write in {directory} ({DataFiles.WithoutTemporaryName(e.Message, probe)})");
         }
         long free = new DriveInfo(directory).AvailableFreeSpace;
         if (free < expectedBytes)

@@ -79,9 +79,16 @@ public static class DataFiles
             {
                 // Named after the target, not the temporary file; a full disk or a read-only file system is
                 // one line for the user, and the previous file (if any) is untouched.
-                throw new IOException($"{path}: cannot write ({e.Message.Replace($" : '{temporary}'", "", StringComparison.Ordinal).Replace(temporary, "a temporary file", StringComparison.Ordinal)}); the previous file, if any, is unchanged", e);
+                throw new IOException($"{path}: cannot write ({WithoutTemporaryName(e.Message, temporary)}); the previous file, if any, is unchanged", e);
             }
             throw;
         }
     }
+
+    /// <summary>
+    /// An I/O error's message without the name of a temporary file this process made (.NET appends
+    /// " : 'path'"): the user's line names the file they asked for.
+    /// </summary>
+    public static string WithoutTemporaryName(string message, string temporary) =>
+        message.Replace($" : '{temporary}'", "", StringComparison.Ordinal).Replace(temporary, "a temporary file", StringComparison.Ordinal);
 }

@@ -15,9 +15,9 @@ public enum UpdateOutcome
     /// <summary>
     /// The update itself overflowed (a finite gradient times a huge γ, or Adam's g² past float's range): the
     /// parameters in memory are no longer good. Undoing it would mean copying the parameters and optimizer
-    /// state aside every step (12 more bytes written per parameter on Adam's update of 28; measured 25 %
-    /// slower steps at batch 16); the run stops instead and writes nothing, and the last checkpoint holds the
-    /// last good state.
+    /// state aside every step (12 more bytes written per parameter on Adam's update of 28; a version that did,
+    /// with slower checks, ran 20–30 % slower at batch 16 — docs/architecture.md gives the command); the run
+    /// stops instead and writes nothing, and the last checkpoint holds the last good state.
     /// </summary>
     ParametersNotFinite,
 }
@@ -132,9 +132,9 @@ public sealed class GuardedUpdate
     }
 
     /// <summary>
-    /// No NaN and no infinity: no value has an exponent field of all ones (IEEE 754). Tests bits rather than
-    /// taking TensorPrimitives.MaxMagnitude: 0.19 µs per 4,096 values instead of 0.33 here, and this runs
-    /// over the gradient and the parameters every step.
+    /// No NaN and no infinity: no value has an exponent field of all ones (IEEE 754). An and, a compare and
+    /// an or per vector, where TensorPrimitives.MaxMagnitude also selects the larger magnitude with NaN
+    /// handling; this runs over the gradient and the parameters every step.
     /// </summary>
     public static bool IsFinite(ReadOnlySpan<float> values)
     {
