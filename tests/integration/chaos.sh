@@ -23,7 +23,14 @@ netns_up s w1 w2 w3
 seed=${CHAOS_SEED:-$(( $(date +%s) % 100000 ))}
 RANDOM=$seed
 say "CHAOS_SEED=$seed; server 10.77.0.1, workers 10.77.0.2, .3, .4"
-fail() { say "FAIL: $*"; for f in "$work"/*.log; do echo "--- $f"; tail -8 "$f"; done; exit 1; }
+fail() {
+  say "FAIL: $*"
+  # Stacks of every dbp process still running (when dotnet-stack is installed): what a hung one waits on.
+  if command -v dotnet-stack >/dev/null; then
+    for p in $(pgrep -f -- "^$dbp (serve|worker)"); do echo "--- stacks of $(tr '\0' ' ' < "/proc/$p/cmdline" | grep -o -- '--name [^ ]*\| serve ' | head -1) (pid $p)"; dotnet-stack report -p "$p" 2>&1 | head -400; done > "$work/stacks.txt" 2>&1 || true
+    cp "$work/stacks.txt" "${STACKS_OUT:-/tmp/dbp-chaos-stacks.txt}" 2>/dev/null || true
+  fi
+  for f in "$work"/*.log; do echo "--- $f"; tail -"${FAIL_TAIL:-20}" "$f"; done; exit 1; }
 
 # Long enough to outlast every failure and its recovery on a fast machine (each waits for the last to heal).
 args=(--epochs 2000 --layers 64 --batch-size 64)

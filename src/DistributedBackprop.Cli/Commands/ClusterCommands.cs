@@ -186,7 +186,7 @@ internal static class WorkerCommand
                 e.Cancel = true;
                 cancel.Cancel();
             };
-            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => Console.Error.WriteLine($"dbp worker: {line}")), cancel.Token).GetAwaiter().GetResult();
+            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"dbp worker {DateTime.Now:HH:mm:ss.fff}: {line}"))), cancel.Token).GetAwaiter().GetResult();
             (exit.ExitCode == 0 ? Console.Out : Console.Error).WriteLine($"dbp worker: {exit.Message}");
             return exit.ExitCode;
         }));
