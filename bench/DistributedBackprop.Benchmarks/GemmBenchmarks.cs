@@ -1,6 +1,7 @@
 using BenchmarkDotNet.Attributes;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Kernels;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Benchmarks;
 

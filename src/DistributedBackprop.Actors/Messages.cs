@@ -1,5 +1,6 @@
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors;
 

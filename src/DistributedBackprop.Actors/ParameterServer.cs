@@ -5,6 +5,7 @@ using Akka.Event;
 using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors;
 

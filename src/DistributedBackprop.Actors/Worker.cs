@@ -6,6 +6,7 @@ using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors;
 

@@ -11,6 +11,7 @@ using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors.Tests;
 

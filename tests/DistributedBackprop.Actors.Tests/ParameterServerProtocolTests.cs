@@ -5,6 +5,7 @@ using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors.Tests;
 

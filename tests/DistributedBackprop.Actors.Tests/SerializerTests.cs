@@ -8,6 +8,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using FsCheck.Xunit;
 using Xunit.Abstractions;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors.Tests;
 

@@ -3,6 +3,7 @@ using Akka.TestKit.Xunit2;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors.Tests;
 

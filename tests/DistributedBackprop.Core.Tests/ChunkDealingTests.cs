@@ -1,4 +1,5 @@
 using DistributedBackprop.Engine;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Tests;
 

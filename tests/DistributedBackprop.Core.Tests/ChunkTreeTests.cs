@@ -3,6 +3,7 @@ using DistributedBackprop.Network;
 using FsCheck;
 using FsCheck.Fluent;
 using FsCheck.Xunit;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Tests;
 
@@ -50,6 +51,93 @@ public class ChunkTreeTests
         double[] leaves = [1e16, 1.0, -1e16, 1.0];
         Assert.Equal((1e16 + 1.0) + (-1e16 + 1.0), ChunkTree.Sum(leaves));
         Assert.Equal(5.0, ChunkTree.Sum([1.0, 2.0, 2.0]));
+    }
+
+    /// <summary>The recursive definition, written out: "(l+r)" for every addition, in tree order.</summary>
+    private static string Definition(int chunks)
+    {
+        string[] names = Enumerable.Range(0, chunks).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        return ChunkTree.Fold(chunks, (TreeNode node, out string value) => ChunkTree.Leaf(names, node, out value), (left, right) => $"({left}+{right})");
+    }
+
+    /// <summary>The binary-counter walk over string slots; <paramref name="addIntoTop"/> takes the GEMM's shortcut for right leaves.</summary>
+    private static string Walked(int chunks, bool addIntoTop)
+    {
+        int depth = ChunkTree.MaxStackDepth(chunks);
+        var walk = new TreeWalk(new int[depth]);
+        var slots = new string[depth];
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            string leaf = chunk.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            if (addIntoTop && walk.TopAwaitsRightLeaf)
+            {
+                slots[walk.Depth - 1] = $"({slots[walk.Depth - 1]}+{leaf})";
+                walk.AddedIntoTop();
+            }
+            else
+            {
+                slots[walk.Push()] = leaf;
+            }
+            while (walk.TryMerge(out int left, out int right))
+            {
+                slots[left] = $"({slots[left]}+{slots[right]})";
+            }
+        }
+        while (walk.TryFold(out int left, out int right))
+        {
+            slots[left] = $"({slots[left]}+{slots[right]})";
+        }
+        Assert.Equal(1, walk.Depth);
+        return slots[0];
+    }
+
+    [Fact]
+    public void TreeWalk_AddsExactlyAsTheRecursiveDefinition_ForEveryChunkCount()
+    {
+        Assert.Equal("(((0+1)+(2+3))+4)", Definition(5));
+        Assert.Equal("((0+1)+(2+3))", Definition(4));
+        Assert.Equal("((0+1)+2)", Definition(3));
+        Assert.Equal("0", Definition(1));
+        for (int chunks = 1; chunks <= 300; chunks++)
+        {
+            string definition = Definition(chunks);
+            Assert.Equal(definition, Walked(chunks, addIntoTop: false));
+            Assert.Equal(definition, Walked(chunks, addIntoTop: true));
+        }
+    }
+
+    [Fact]
+    public void TreeWalk_RefusesARightLeafWhenTheTopIsNotALoneLeaf()
+    {
+        var walk = new TreeWalk(new int[4]);
+        Assert.False(walk.TopAwaitsRightLeaf);
+        walk.Push();
+        Assert.True(walk.TopAwaitsRightLeaf);
+        walk.AddedIntoTop();
+        Assert.False(walk.TopAwaitsRightLeaf);
+        bool threw = false;
+        try
+        {
+            walk.AddedIntoTop();
+        }
+        catch (InvalidOperationException)
+        {
+            threw = true;
+        }
+        Assert.True(threw);
+    }
+
+    [Property(MaxTest = 300)]
+    public bool Sum_HasTheBitsOfTheRecursiveDefinition(NormalFloat[] values)
+    {
+        if (values.Length == 0)
+        {
+            return ChunkTree.Sum([]) == 0.0;
+        }
+        // Scaled apart so that the association shows in the bits.
+        double[] leaves = values.Select((v, i) => v.Get * Math.Pow(10, i % 7 * 3)).ToArray();
+        double definition = ChunkTree.Fold(leaves.Length, (TreeNode node, out double value) => ChunkTree.Leaf(leaves, node, out value), (a, b) => a + b);
+        return BitConverter.DoubleToInt64Bits(ChunkTree.Sum(leaves)) == BitConverter.DoubleToInt64Bits(definition);
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using DistributedBackprop.Engine;
 using DistributedBackprop.Kernels;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Tests;
 

@@ -2,6 +2,7 @@ using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Tests;
 

@@ -5,6 +5,7 @@ using System.Text;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Actors.Cluster;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors.Serialization;
 

@@ -3,6 +3,7 @@ using Akka.Actor;
 using Akka.Configuration;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors.Transport;
 

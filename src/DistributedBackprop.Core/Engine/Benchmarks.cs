@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Engine;
 

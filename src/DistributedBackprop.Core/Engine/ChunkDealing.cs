@@ -1,3 +1,5 @@
+using DistributedBackprop.Reduction;
+
 namespace DistributedBackprop.Engine;
 
 /// <summary>

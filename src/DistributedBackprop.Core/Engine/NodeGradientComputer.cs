@@ -1,5 +1,6 @@
 using DistributedBackprop.Data;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Engine;
 

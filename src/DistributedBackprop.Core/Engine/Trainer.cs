@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Engine;
 

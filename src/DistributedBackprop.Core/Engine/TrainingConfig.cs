@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Engine;
 

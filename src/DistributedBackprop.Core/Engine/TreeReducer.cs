@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using DistributedBackprop.Network;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Engine;
 
@@ -99,7 +100,7 @@ public sealed class TreeReducer
             throw new InvalidOperationException($"only {_coveredCount} of {_chunks} chunks have arrived");
         }
         _additionCount = 0;
-        return PlanNode(ChunkTree.Root(_chunks));
+        return ChunkTree.Fold<(float[] Gradient, BatchResult Result)>(_chunks, Received, PlanAddition);
     }
 
     /// <summary>Performs the planned additions on elements [start, start + count).</summary>
@@ -113,26 +114,17 @@ public sealed class TreeReducer
         }
     }
 
-    private (float[] Gradient, BatchResult Result) PlanNode(TreeNode node)
+    private bool Received(TreeNode node, out (float[] Gradient, BatchResult Result) value)
     {
         int index = ChunkTree.HeapIndex(node, _chunks);
-        if (_gradients[index] is float[] received)
-        {
-            return (received, _results[index]);
-        }
-        if (node.Size == 1)
-        {
-            throw new InvalidOperationException($"chunk {node.Lo} is covered but its node was not found");
-        }
-        int half = node.Size / 2;
-        var left = PlanNode(new TreeNode(node.Lo, half));
-        if (node.Lo + half >= _chunks)
-        {
-            return left;
-        }
-        var right = PlanNode(new TreeNode(node.Lo + half, half));
+        value = (_gradients[index]!, _results[index]);
+        return _gradients[index] is not null;
+    }
+
+    /// <summary>Plans left += right (the additions run later, element range by element range).</summary>
+    private (float[] Gradient, BatchResult Result) PlanAddition((float[] Gradient, BatchResult Result) left, (float[] Gradient, BatchResult Result) right)
+    {
         _additions[_additionCount++] = (left.Gradient, right.Gradient);
-        var total = new BatchResult(left.Result.LossSum + right.Result.LossSum, left.Result.Correct + right.Result.Correct, left.Result.Rows + right.Result.Rows);
-        return (left.Gradient, total);
+        return (left.Gradient, new BatchResult(left.Result.LossSum + right.Result.LossSum, left.Result.Correct + right.Result.Correct, left.Result.Rows + right.Result.Rows));
     }
 }

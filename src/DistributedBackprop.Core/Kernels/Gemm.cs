@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Kernels;
 
@@ -92,7 +93,7 @@ public static unsafe class Gemm
     /// C (m×n) ← the chunk-tree sum over chunks c of A[:, K_c]·B[K_c, :], where chunk c covers the
     /// shared-dimension range [chunkStarts[c], chunkStarts[c+1]). Each chunk's product is an FMA chain
     /// from +0; chunk products are then added pairwise along the canonical tree of
-    /// <see cref="Engine.ChunkTree"/> (left subtree + right subtree, a missing right subtree passing the left
+    /// <see cref="ChunkTree"/> (left subtree + right subtree, a missing right subtree passing the left
     /// one through). This is ∂J/∂W of a batch as the sum of fixed chunks' ∂J/∂W in one fixed order,
     /// computed without materialising one gradient matrix per chunk: the partial sums live in per-tile
     /// scratch while the tile is in registers/L1.
@@ -127,9 +128,9 @@ public static unsafe class Gemm
         int ncBlock = Math.Clamp(perK / nr * nr, nr, blk.NC);
         float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(mcBlock, m), mr) * k);
         float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(ncBlock, n), nr) * k);
-        int maxDepth = Engine.ChunkTree.MaxStackDepth(chunks);
+        int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
-        Span<int> levels = stackalloc int[maxDepth];
+        Span<int> heights = stackalloc int[maxDepth];
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
         fixed (int* starts = chunkStarts)
@@ -150,35 +151,30 @@ public static unsafe class Gemm
                             int rows = Math.Min(mr, mc - ir);
                             float* aSliver = packA + (long)ir * k;
                             float* bSliver = packB + (long)jr * k;
-                            // Binary-counter walk of the canonical tree: push each chunk's tile, merge
-                            // equal-level neighbours (left + right), fold what remains from the right.
-                            int top = 0;
+                            // The canonical tree's binary-counter walk (TreeWalk) over a stack of tiles.
+                            var walk = new TreeWalk(heights);
                             for (int chunk = 0; chunk < chunks; chunk++)
                             {
                                 int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
                                 float* aChunk = aSliver + (long)k0 * mr, bChunk = bSliver + (long)k0 * nr;
-                                if (top > 0 && levels[top - 1] == 0)
+                                if (walk.TopAwaitsRightLeaf)
                                 {
                                     // A right leaf: add it straight into its left sibling from registers.
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + (top - 1) * tileSize, nr, TileMode.AddResult);
-                                    levels[top - 1] = 1;
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + (walk.Depth - 1) * tileSize, nr, TileMode.AddResult);
+                                    walk.AddedIntoTop();
                                 }
                                 else
                                 {
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + top * tileSize, nr, TileMode.Overwrite);
-                                    levels[top++] = 0;
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + walk.Push() * tileSize, nr, TileMode.Overwrite);
                                 }
-                                while (top >= 2 && levels[top - 1] == levels[top - 2])
+                                while (walk.TryMerge(out int left, out int right))
                                 {
-                                    AddTile(stack + (top - 2) * tileSize, stack + (top - 1) * tileSize, tileSize);
-                                    levels[top - 2]++;
-                                    top--;
+                                    AddTile(stack + left * tileSize, stack + right * tileSize, tileSize);
                                 }
                             }
-                            while (top >= 2)
+                            while (walk.TryFold(out int left, out int right))
                             {
-                                AddTile(stack + (top - 2) * tileSize, stack + (top - 1) * tileSize, tileSize);
-                                top--;
+                                AddTile(stack + left * tileSize, stack + right * tileSize, tileSize);
                             }
                             CopyTile(stack, nr, pc + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols, zeroPad: false, mr, nr);
                         }

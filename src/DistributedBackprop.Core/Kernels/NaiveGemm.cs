@@ -1,5 +1,5 @@
 using System.Numerics;
-using DistributedBackprop.Engine;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Kernels;
 
@@ -50,27 +50,16 @@ public static class NaiveGemm
                 MultiplyAdd(aPart, bPart, leaves[chunk], n);
             }
         }
-        T[] sum = chunks == 0 ? new T[m * n] : Combine(leaves, 0, ChunkTree.RootSize(chunks));
+        T[] sum = chunks == 0 ? new T[m * n] : ChunkTree.Fold(chunks, (TreeNode node, out T[] value) => ChunkTree.Leaf(leaves, node, out value), Add);
         for (int i = 0; i < m; i++)
         {
             sum.AsSpan(i * n, n).CopyTo(c.Slice(i * ldc, n));
         }
     }
 
-    private static T[] Combine<T>(T[][] leaves, int lo, int size)
+    private static T[] Add<T>(T[] left, T[] right)
         where T : IFloatingPointIeee754<T>
     {
-        if (size == 1)
-        {
-            return leaves[lo];
-        }
-        int half = size / 2;
-        T[] left = Combine(leaves, lo, half);
-        if (lo + half >= leaves.Length)
-        {
-            return left;
-        }
-        T[] right = Combine(leaves, lo + half, half);
         var sum = new T[left.Length];
         for (int i = 0; i < sum.Length; i++)
         {

@@ -3,6 +3,7 @@ using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Kernels;
+using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Network;
 
@@ -257,32 +258,31 @@ public sealed class Network<T>
     private void BiasGradient(ReadOnlySpan<T> delta, int width, ReadOnlySpan<int> chunkStarts, Span<T> dBias)
     {
         int chunks = chunkStarts.Length - 1;
-        Span<int> levels = stackalloc int[ChunkTree.MaxStackDepth(chunks)];
-        int top = 0;
+        var walk = new TreeWalk(stackalloc int[ChunkTree.MaxStackDepth(chunks)]);
         for (int chunk = 0; chunk < chunks; chunk++)
         {
-            Span<T> leaf = _biasStack.AsSpan(top * width, width);
+            Span<T> leaf = _biasStack.AsSpan(walk.Push() * width, width);
             leaf.Clear();
             for (int r = chunkStarts[chunk]; r < chunkStarts[chunk + 1]; r++)
             {
                 TensorPrimitives.Add(leaf, delta.Slice(r * width, width), leaf);
             }
-            levels[top++] = 0;
-            while (top >= 2 && levels[top - 1] == levels[top - 2])
+            while (walk.TryMerge(out int left, out int right))
             {
-                Span<T> left = _biasStack.AsSpan((top - 2) * width, width);
-                TensorPrimitives.Add(left, _biasStack.AsSpan((top - 1) * width, width), left);
-                levels[top - 2]++;
-                top--;
+                AddSlot(left, right, width);
             }
         }
-        while (top >= 2)
+        while (walk.TryFold(out int left, out int right))
         {
-            Span<T> left = _biasStack.AsSpan((top - 2) * width, width);
-            TensorPrimitives.Add(left, _biasStack.AsSpan((top - 1) * width, width), left);
-            top--;
+            AddSlot(left, right, width);
         }
         _biasStack.AsSpan(0, width).CopyTo(dBias);
+    }
+
+    private void AddSlot(int left, int right, int width)
+    {
+        Span<T> target = _biasStack.AsSpan(left * width, width);
+        TensorPrimitives.Add(target, _biasStack.AsSpan(right * width, width), target);
     }
 
     private static void MultiplyAdd(StridedMatrix<T> a, StridedMatrix<T> b, Span<T> c, int ldc)
