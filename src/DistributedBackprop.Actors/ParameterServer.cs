@@ -35,7 +35,8 @@ namespace DistributedBackprop.Actors;
 /// work until something from it arrives, except a probe (a copy of the step's smallest run) once per
 /// deadline, so one whose answer was lost for good comes back. Work the bulk channel cannot deliver is
 /// dealt around at once the same way. Chunks are dealt in proportion to each worker's measured pace
-/// (<see cref="ChunkDealing"/>).
+/// (<see cref="ChunkDealing"/>). Every one of these decisions is <see cref="StepScheduler{TWorker}"/>'s, a
+/// plain class tested without actors; this actor turns them into messages.
 /// The server never blocks: reduction and update are a few element-wise passes over the parameters.
 /// </summary>
 public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTimers
@@ -45,14 +46,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Courier _courier = Courier.Get(Context.System);
     private readonly string _architecture;
-    private readonly List<WorkerSlot> _workers = [];
-    private readonly List<WorkerSlot> _dealt = [];
     private readonly TreeReducer _reducer;
+    private readonly StepScheduler<WorkerSlot> _scheduler;
+    private readonly List<ChunkAssignment<WorkerSlot>> _assignments = [];
     private readonly int _chunks;
     private readonly GuardedUpdate _update;
-    private readonly bool _dealByPace;
-    private double?[] _paces = [];
-    private int[] _counts = [];
     private readonly Action<Action<int>> _forEachUpdateLane;
     private bool _updating;
     private bool _returnParameters;
@@ -71,7 +69,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _coordinator = coordinator;
         _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config);
         string dealing = Context.System.Settings.Config.GetString("dbp.dealing", "proportional");
-        _dealByPace = dealing switch
+        bool dealByPace = dealing switch
         {
             "proportional" => true,
             "even" => false,
@@ -80,6 +78,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _chunks = session.Config.Chunks;
         _architecture = session.Architecture.Describe();
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
+        _scheduler = new StepScheduler<WorkerSlot>(_chunks, _reducer, dealByPace);
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
         _update = new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536)));
@@ -103,13 +102,13 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             // A probe that cannot be delivered changes nothing: its run is dealt to someone else already.
             if (f.Message is ComputeGradients work && FindWorker(f.Recipient) is { Suspect: false } unreachable && _step is { } step && work.Step == step.Step && !_updating)
             {
-                DealAround(unreachable, (work.ChunkLo, work.ChunkHi), Stopwatch.GetTimestamp(), $"cannot deliver step {work.Step}'s work ({f.Reason})");
+                DealAround(unreachable, (work.ChunkLo, work.ChunkHi), $"cannot deliver step {work.Step}'s work ({f.Reason})");
             }
         });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
         Receive<CheckDeadline>(_ => CheckStepDeadline());
         Receive<SaveCheckpoint>(m => { if (FromCoordinator(m)) Checkpoint(m); });
-        Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _speculations, _failed), Self));
+        Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _scheduler.Workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _speculations, _failed), Self));
     }
 
     public IStash Stash { get; set; } = null!;
@@ -148,7 +147,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return;
         }
         string? reason = Refusal(message);
-        if (reason is null && _workers.Any(w => w.Name == message.WorkerName))
+        if (reason is null && _scheduler.Workers.Any(w => w.Name == message.WorkerName))
         {
             reason = $"a worker named {message.WorkerName} is already registered; give each worker its own --name";
         }
@@ -159,20 +158,16 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return;
         }
         var slot = new WorkerSlot(Sender, message.WorkerName);
-        _workers.Add(slot);
+        _scheduler.Add(slot);
         Context.Watch(Sender);
-        _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _workers.Count);
-        _coordinator.Tell(new WorkerJoined(message.WorkerName, _workers.Count));
+        _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _scheduler.Workers.Count);
+        _coordinator.Tell(new WorkerJoined(message.WorkerName, _scheduler.Workers.Count));
         _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + 1), Self);
-        if (_step is { Orphaned.Count: > 0 })
+        if (_step is not null && _scheduler.HasOrphans)
         {
             // Every worker had died mid-step: the newcomer takes over the chunks nobody holds.
-            var orphaned = _step.Orphaned.ToList();
-            _step.Orphaned.Clear();
-            foreach (var (lo, hi) in orphaned)
-            {
-                Assign(slot, lo, hi);
-            }
+            _scheduler.AdoptOrphans(slot, _assignments);
+            SendAssignments();
         }
         else if (_step is null && _epochInProgress >= 0 && !_failed)
         {
@@ -219,7 +214,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _epochInProgress = message.Epoch;
         _returnParameters = message.ReturnParameters;
         _epoch.Reset();
-        foreach (WorkerSlot worker in _workers)
+        foreach (WorkerSlot worker in _scheduler.Workers)
         {
             worker.StepsThisEpoch = 0;
             worker.ComputeSeconds = 0;
@@ -230,7 +225,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     private void StartStep()
     {
-        if (_workers.Count == 0)
+        if (_scheduler.Workers.Count == 0)
         {
             _log.Info("no workers registered; step {0} waits for one", _session.GlobalStep);
             return;
@@ -241,82 +236,19 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // serialized anyway.
         _reducer.Reset();
         _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters);
-        // Workers that missed a deadline get no new work until something from them arrives (a list kept
-        // across steps: nothing is allocated per step).
-        _dealt.Clear();
-        foreach (WorkerSlot worker in _workers)
-        {
-            if (!worker.Suspect)
-            {
-                _dealt.Add(worker);
-            }
-        }
-        List<WorkerSlot> dealt = _dealt.Count > 0 ? _dealt : _workers;
-        int active = Math.Min(dealt.Count, _chunks);
-        foreach (WorkerSlot worker in _workers)
-        {
-            worker.Assigned.Clear();
-            worker.DeliveredThisStep = false;
-            worker.ChunksThisStep = 0;
-        }
-        // Runs in proportion to each worker's measured pace, so a slow one does not set everyone's (any split
-        // gives the same bits: the step is the chunk tree's sum).
-        if (_paces.Length < active)
-        {
-            _paces = new double?[_workers.Capacity];
-            _counts = new int[_workers.Capacity];
-        }
-        for (int i = 0; i < active; i++)
-        {
-            _paces[i] = _dealByPace ? dealt[i].Pace.SecondsPerChunk : null;
-        }
-        ChunkDealing.Deal(_chunks, _paces.AsSpan(0, active), _counts.AsSpan(0, active));
-        (int Lo, int Hi) smallest = (0, _chunks);
-        for (int i = 0, lo = 0; i < active; lo += _counts[i], i++)
-        {
-            Assign(dealt[i], lo, lo + _counts[i]);
-            if (_counts[i] < smallest.Hi - smallest.Lo)
-            {
-                smallest = (lo, lo + _counts[i]);
-            }
-        }
-        ProbeSuspects(dealt, smallest);
+        _scheduler.StartStep(Stopwatch.GetTimestamp(), _deadline.Current, _assignments);
+        SendAssignments();
     }
 
-    /// <summary>
-    /// A suspect worker whose answer was lost for good (a connection that broke with its frames in the socket
-    /// buffers; they are never retransmitted) would otherwise never be dealt work again, and so never answer
-    /// again: once per step deadline it gets a copy of the smallest run dealt this step. Whichever answer
-    /// arrives first is used (the same bits either way), the other is dropped as a duplicate, and any answer
-    /// from the suspect lifts the suspicion.
-    /// </summary>
-    private void ProbeSuspects(List<WorkerSlot> dealt, (int Lo, int Hi) run)
-    {
-        if (ReferenceEquals(dealt, _workers))
-        {
-            return; // nobody was left out
-        }
-        long now = Stopwatch.GetTimestamp();
-        TimeSpan interval = TimeSpan.Zero;
-        foreach (WorkerSlot worker in _workers)
-        {
-            if (worker.Suspect && interval == TimeSpan.Zero)
-            {
-                interval = _deadline.Current;
-            }
-            if (worker.Suspect && Stopwatch.GetElapsedTime(worker.LastProbe, now) >= interval)
-            {
-                worker.LastProbe = now;
-                Assign(worker, run.Lo, run.Hi);
-            }
-        }
-    }
-
-    private void Assign(WorkerSlot worker, int lo, int hi)
+    /// <summary>Sends the scheduler's decisions: each run to its worker, with the step's parameters.</summary>
+    private void SendAssignments()
     {
         StepInProgress step = _step!;
-        worker.Assigned.Add((lo, hi));
-        _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, step.Parameters), Self);
+        foreach (var (worker, lo, hi) in _assignments)
+        {
+            _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, step.Parameters), Self);
+        }
+        _assignments.Clear();
     }
 
     private void Accept(GradientsComputed message)
@@ -329,9 +261,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
             return;
         }
-        if (worker.Suspect)
+        if (_scheduler.HeardFrom(worker))
         {
-            worker.Suspect = false;
             _log.Info("{0} answers again (step {1}); it gets work from the next step", worker.Name, message.Step);
         }
         if (_failed || _step is null || message.Step != _step.Step || _updating)
@@ -370,12 +301,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         long now = Stopwatch.GetTimestamp();
         _step.FirstArrival ??= now;
         worker.ComputeSeconds += message.ComputeSeconds;
-        worker.ComputeThisStep += message.ComputeSeconds;
-        worker.ChunksThisStep += message.Node.Size;
-
-        if (!worker.DeliveredThisStep)
+        if (_scheduler.Delivered(worker, ChunkTree.CoveredChunks(message.Node, _chunks), message.ComputeSeconds))
         {
-            worker.DeliveredThisStep = true;
             worker.StepsThisEpoch++;
         }
         if (_reducer.IsComplete)
@@ -422,16 +349,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _session.EndStep();
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
-        foreach (WorkerSlot worker in _workers)
+        foreach (WorkerSlot worker in _scheduler.Workers)
         {
             if (worker.DeliveredThisStep)
             {
                 worker.StepSeconds.Add(worker.ComputeThisStep);
-                worker.Pace.Add(worker.ComputeThisStep, worker.ChunksThisStep);
             }
-            worker.ComputeThisStep = 0;
         }
-        int workers = _workers.Count(w => w.DeliveredThisStep);
+        _scheduler.EndStep();
+        int workers = _scheduler.Workers.Count(w => w.DeliveredThisStep);
         _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers));
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
         if (!epochDone)
@@ -444,11 +370,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             double seconds = _epoch.Clock.Elapsed.TotalSeconds;
             _coordinator.Tell(new EpochTrained(
                 step.Epoch, _session.GlobalStep, _epoch.LossSum, _epoch.Correct, _epoch.Rows, _epoch.LearningRate, seconds,
-                _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _workers.Count,
-                _workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
-                _workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
-                _workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
-                _workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.9)),
+                _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _scheduler.Workers.Count,
+                _scheduler.Workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
+                _scheduler.Workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
+                _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
+                _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.9)),
                 _returnParameters ? (float[])_session.Parameters.Clone() : []));
             _epochInProgress = -1;
         }
@@ -461,31 +387,21 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             return;
         }
-        _workers.Remove(worker);
-        if (_session.IsFinished) _log.Info("worker {0} left after training ({1} left)", worker.Name, _workers.Count);
-        else _log.Warning("worker {0} died ({1} left)", worker.Name, _workers.Count);
-        if (_step is null)
-        {
-            return;
-        }
-        // The chunks it held that have not arrived go to the survivors (contiguous runs, dealt evenly).
-        var uncovered = new List<(int Lo, int Hi)>();
-        foreach (var (lo, hi) in worker.Assigned)
-        {
-            Uncovered(lo, hi, uncovered);
-        }
-        if (uncovered.Count == 0)
+        Departure departure = _scheduler.Remove(worker, inStep: _step is not null, _assignments);
+        int left = _scheduler.Workers.Count;
+        if (_session.IsFinished) _log.Info("worker {0} left after training ({1} left)", worker.Name, left);
+        else _log.Warning("worker {0} died ({1} left)", worker.Name, left);
+        if (departure == Departure.NothingMissing)
         {
             return;
         }
         _reassignments++;
-        if (_workers.Count == 0)
+        if (departure == Departure.Orphaned)
         {
-            _log.Warning("no workers left; step {0} waits for one to register", _step.Step);
-            _step.Orphaned.AddRange(uncovered);
+            _log.Warning("no workers left; step {0} waits for one to register", _step!.Step);
             return;
         }
-        DealAmong(_workers, uncovered);
+        SendAssignments();
     }
 
     /// <summary>
@@ -494,102 +410,29 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// </summary>
     private void CheckStepDeadline()
     {
-        if (_step is not { } step || _updating || _failed || _workers.Count == 0)
+        if (_step is not { } step || _updating || _failed || _scheduler.Workers.Count == 0)
         {
             return;
         }
-        long now = Stopwatch.GetTimestamp();
-        TimeSpan waited = Stopwatch.GetElapsedTime(step.DealtAt, now);
+        TimeSpan waited = Stopwatch.GetElapsedTime(_scheduler.DealtAt);
         if (waited < _deadline.Current)
         {
             return;
         }
-        DealAround(null, null, now, string.Create(CultureInfo.InvariantCulture, $"step {step.Step} waited {waited.TotalSeconds:F2} s (deadline {_deadline.Current.TotalSeconds:F2} s)"));
+        DealAround(null, null, string.Create(CultureInfo.InvariantCulture, $"step {step.Step} waited {waited.TotalSeconds:F2} s (deadline {_deadline.Current.TotalSeconds:F2} s)"));
     }
 
-    /// <summary>
-    /// The chunks of the step in progress that <paramref name="only"/> (or, if null, any worker) was dealt —
-    /// only <paramref name="run"/> if given — and has not delivered go to the workers that are not lagging
-    /// (with no other worker, to the laggard again: a lost frame must not stall a one-worker run); the laggards
-    /// become suspect: no new work but a probe per deadline, until something from them arrives.
-    /// </summary>
-    private void DealAround(WorkerSlot? only, (int Lo, int Hi)? run, long now, string why)
+    /// <summary>Work missing from <paramref name="only"/> (or anyone) goes to others (<see cref="StepScheduler{TWorker}.DealAround"/>).</summary>
+    private void DealAround(WorkerSlot? only, (int Lo, int Hi)? run, string why)
     {
-        StepInProgress step = _step!;
-        var laggards = new List<WorkerSlot>();
-        var missing = new List<(int Lo, int Hi)>();
-        foreach (WorkerSlot worker in _workers)
-        {
-            if (only is not null && worker != only)
-            {
-                continue;
-            }
-            int before = missing.Count;
-            if (run is var (runLo, runHi))
-            {
-                Uncovered(runLo, runHi, missing);
-            }
-            else
-            {
-                foreach (var (lo, hi) in worker.Assigned)
-                {
-                    Uncovered(lo, hi, missing);
-                }
-            }
-            if (missing.Count > before)
-            {
-                laggards.Add(worker);
-            }
-        }
-        List<WorkerSlot> helpers = _workers.Where(w => w.DeliveredThisStep && !laggards.Contains(w)).ToList();
-        if (helpers.Count == 0)
-        {
-            helpers = _workers.Where(w => !laggards.Contains(w)).ToList();
-        }
-        if (helpers.Count == 0)
-        {
-            helpers = laggards;
-        }
-        if (missing.Count == 0 || helpers.Count == 0)
+        if (_scheduler.DealAround(only, run, Stopwatch.GetTimestamp(), _assignments) is not { } dealt)
         {
             return;
         }
-        foreach (WorkerSlot laggard in laggards)
-        {
-            laggard.Suspect = true;
-        }
         _log.Warning("{0} for {1}; their chunks go to {2}", why,
-            string.Join(", ", laggards.Select(l => l.Name)), string.Join(", ", helpers.Select(h => h.Name)));
+            string.Join(", ", dealt.Laggards.Select(l => l.Name)), string.Join(", ", dealt.Helpers.Select(h => h.Name)));
         _speculations++;
-        step.DealtAt = now;
-        DealAmong(helpers, missing);
-    }
-
-    /// <summary>The runs of chunks in [lo, hi) whose gradients have not arrived.</summary>
-    private void Uncovered(int lo, int hi, List<(int Lo, int Hi)> runs)
-    {
-        int c = lo;
-        while (c < hi)
-        {
-            while (c < hi && _reducer.IsCovered(c)) c++;
-            int start = c;
-            while (c < hi && !_reducer.IsCovered(c)) c++;
-            if (c > start) runs.Add((start, c));
-        }
-    }
-
-    /// <summary>Each run split into contiguous parts among <paramref name="workers"/>.</summary>
-    private void DealAmong(List<WorkerSlot> workers, List<(int Lo, int Hi)> runs)
-    {
-        foreach (var (lo, hi) in runs)
-        {
-            int parts = Math.Min(workers.Count, hi - lo);
-            for (int i = 0; i < parts; i++)
-            {
-                var (a, b) = ChunkTree.Share(hi - lo, parts, i);
-                Assign(workers[i], lo + a, lo + b);
-            }
-        }
+        SendAssignments();
     }
 
     private void Checkpoint(SaveCheckpoint message)
@@ -641,7 +484,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// <summary>The registered worker behind an actor ref (a plain loop: this runs for every gradient message).</summary>
     private WorkerSlot? FindWorker(IActorRef reference)
     {
-        foreach (WorkerSlot worker in _workers)
+        foreach (WorkerSlot worker in _scheduler.Workers)
         {
             if (worker.Ref.Equals(reference))
             {
@@ -669,30 +512,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// <summary>The off-actor reduce + update of step <paramref name="Step"/> is done.</summary>
     private sealed record UpdateApplied(long Step, Network.BatchResult Result, float LearningRate, long Started, UpdateOutcome Outcome) : INoSerializationVerificationNeeded;
 
-    private sealed class WorkerSlot(IActorRef reference, string name)
+    /// <summary>A registered worker: its actor, what the scheduler keeps of it, and this epoch's figures for the report.</summary>
+    private sealed class WorkerSlot(IActorRef reference, string name) : ScheduledWorker(name)
     {
         public IActorRef Ref { get; } = reference;
-        public string Name { get; } = name;
-        public List<(int Lo, int Hi)> Assigned { get; } = [];
-        public bool DeliveredThisStep { get; set; }
-
-        /// <summary>Missed a step deadline and has not answered since: dealt no new work.</summary>
-        public bool Suspect { get; set; }
         public long StepsThisEpoch { get; set; }
         public double ComputeSeconds { get; set; }
 
-        /// <summary>Compute seconds of the step in progress, and of each step this epoch (reset per epoch).</summary>
-        public double ComputeThisStep { get; set; }
+        /// <summary>Compute seconds of each step this epoch (reset per epoch).</summary>
         public List<double> StepSeconds { get; } = [];
-
-        /// <summary>Chunks whose gradients it delivered in the step in progress (accepted ones only).</summary>
-        public int ChunksThisStep { get; set; }
-
-        /// <summary>Its recent compute seconds per chunk: how many chunks it is dealt.</summary>
-        public ChunkPace Pace { get; } = new();
-
-        /// <summary>When it was last dealt a probe while suspect.</summary>
-        public long LastProbe { get; set; }
     }
 
     private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters)
@@ -703,11 +531,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public float[] Parameters { get; } = parameters;
         public long Started { get; } = Stopwatch.GetTimestamp();
 
-        /// <summary>When work was last dealt for this step (the deadline counts from here).</summary>
-        public long DealtAt { get; set; } = Stopwatch.GetTimestamp();
 
         public long? FirstArrival { get; set; }
-        public List<(int Lo, int Hi)> Orphaned { get; } = [];
         public List<(float[] Array, FloatArrayPool Pool)> Pooled { get; } = [];
     }
 
