@@ -21,7 +21,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new WorkerRefused("worker-2", "different data"),
         new WorkerJoined("worker-3", 3),
         new Cluster.JoinRequest("node-a", 1, 128000, "10.0.0.2:4054", true),
-        new Cluster.JoinAccepted("{\"epochs\":3}", null, "label", 0.2, "hash", "4-3-2 relu,softmax cross_entropy", [0.5f, 1f], [2f, 3f]),
+        new Cluster.JoinAccepted("{\"epochs\":3}", null, "label", Data.CsvHeader.No, 0.2, "hash", "4-3-2 relu,softmax cross_entropy", [0.5f, 1f], [2f, 3f]),
         new Cluster.JoinRefused("protocol version 2"),
         Cluster.RequestTrainingData.Instance,
         new Cluster.TrainingDataChunk(4096, 60000, 2, [1f, 2f, 3f, 4f], [7, 8]),

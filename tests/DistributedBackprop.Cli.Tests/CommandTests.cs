@@ -196,6 +196,34 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Fact]
+    public void AHeaderlessCsv_KeepsEveryRow_TheModelEqualsTheSameDataWithAHeader()
+    {
+        string[] rows = File.ReadAllLines(BlobsCsv()).Skip(1).Select(r => r.Replace("red", "0", StringComparison.Ordinal).Replace("green", "1", StringComparison.Ordinal).Replace("blue", "2", StringComparison.Ordinal)).ToArray();
+        string plain = Write("plain.csv", string.Join('\n', rows) + "\n");
+        string named = Write("named.csv", "x1,x2,kind\n" + string.Join('\n', rows) + "\n");
+        Assert.Equal(0, Dbp("train", "--data", plain, "--epochs", "2", "--out", "plain.safetensors", "--progress", "none").ExitCode);
+        Assert.Equal(0, Dbp("train", "--data", named, "--epochs", "2", "--out", "named.safetensors", "--progress", "none").ExitCode);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(_dir, "named.safetensors")), File.ReadAllBytes(Path.Combine(_dir, "plain.safetensors")));
+        // Said to have a header, the plain file loses its first row: another model.
+        Assert.Equal(0, Dbp("train", "--data", plain, "--header", "yes", "--epochs", "2", "--out", "short.safetensors", "--progress", "none").ExitCode);
+        Assert.NotEqual(File.ReadAllBytes(Path.Combine(_dir, "plain.safetensors")), File.ReadAllBytes(Path.Combine(_dir, "short.safetensors")));
+    }
+
+    [Fact]
+    public void AFirstRowOfNumbersAndOneWord_IsRefusedAsAmbiguous_UntilHeaderIsSaid()
+    {
+        string data = Write("iris-like.csv", "5.1,3.5,setosa\n6.2,2.9,virginica\n4.9,3.0,setosa\n6.0,3.1,virginica\n5.0,3.3,setosa\n");
+        DbpResult result = Dbp("train", "--data", data, "--epochs", "1", "--test-fraction", "0.4");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Single(result.Stderr.Trim().Split('\n'));
+        Assert.Contains("iris-like.csv:1: cannot tell whether the first row is a header or data", result.Stderr);
+        Assert.Equal(0, Dbp("train", "--data", data, "--header", "no", "--epochs", "1", "--test-fraction", "0.4", "--progress", "none").ExitCode);
+        DbpResult bad = Dbp("train", "--data", data, "--header", "maybe");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--header: unknown value 'maybe' (expected auto, yes, no)", bad.Stderr);
+    }
+
+    [Fact]
     public void UnknownLabelColumn_IsReported()
     {
         string data = BlobsCsv();

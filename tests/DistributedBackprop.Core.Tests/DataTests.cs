@@ -43,6 +43,50 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
+    public void Csv_HeaderlessNumbers_KeepEveryRow_WithAuto()
+    {
+        string path = Write("plain.csv", "1,2,0\n3,4,1\n5,6,0\n");
+        Dataset data = CsvReader.Read(path, new CsvOptions());
+        Assert.Equal(3, data.Rows);
+        Assert.Equal([1f, 2f, 3f, 4f, 5f, 6f], data.Values);
+        Assert.Equal(["0", "1"], data.Classes);
+        // The same file said to have a header loses its first row to it, as asked.
+        Assert.Equal(2, CsvReader.Read(path, new CsvOptions { Header = CsvHeader.Yes }).Rows);
+    }
+
+    [Fact]
+    public void Csv_HeaderNo_ReadsTheFirstRowAsData_WithTextLabels_AndNamesColumnsByPosition()
+    {
+        string path = Write("iris-plain.csv", "5.1,3.5,setosa\n6.2,x,virginica\n");
+        var error = Assert.Throws<DataException>(() => CsvReader.Read(path, new CsvOptions { Header = CsvHeader.No }));
+        Assert.Equal($"{path}:2:2: 'x' in column 'column 2' is not a number", error.Message);
+        string good = Write("iris-ok.csv", "5.1,3.5,setosa\n6.2,2.9,virginica\n");
+        Dataset data = CsvReader.Read(good, new CsvOptions { Header = CsvHeader.No });
+        Assert.Equal(2, data.Rows);
+        Assert.Equal(["setosa", "virginica"], data.Classes);
+    }
+
+    [Fact]
+    public void Csv_AutoRefusesToGuess_WhenTheFirstRowIsNumbersAndOneWord()
+    {
+        string path = Write("ambiguous.csv", "5.1,3.5,setosa\n6.2,2.9,virginica\n");
+        var error = Assert.Throws<DataException>(() => CsvReader.Read(path, new CsvOptions()));
+        Assert.Contains(":1: cannot tell whether the first row is a header or data", error.Message, StringComparison.Ordinal);
+        Assert.Contains("--header yes or --header no", error.Message, StringComparison.Ordinal);
+        // A header of words is a header.
+        Assert.Equal(2, CsvReader.Read(Write("named.csv", "a,b,species\n5.1,3.5,setosa\n6.2,2.9,virginica\n"), new CsvOptions()).Rows);
+    }
+
+    [Fact]
+    public void Csv_ALabelNamedOnAHeaderlessFile_IsAnError()
+    {
+        string path = Write("numbers.csv", "1,2,0\n3,4,1\n");
+        var error = Assert.Throws<DataException>(() => CsvReader.Read(path, new CsvOptions { LabelColumn = "species" }));
+        Assert.Contains("the first row is all numbers", error.Message, StringComparison.Ordinal);
+        Assert.Contains("species", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Csv_Gzipped_IsReadTransparently()
     {
         string path = Path.Combine(_dir, "data.csv.gz");

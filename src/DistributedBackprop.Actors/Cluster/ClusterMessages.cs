@@ -1,3 +1,5 @@
+using DistributedBackprop.Data;
+
 namespace DistributedBackprop.Actors.Cluster;
 
 /// <summary>
@@ -12,11 +14,13 @@ public sealed record JoinRequest(string NodeName, int ProtocolVersion, long Maxi
 /// Gatekeeper → worker node: the run's configuration (JSON), where the server read its data and how it
 /// split it, the content hash and network it expects, and the input preprocessing fitted on the server's
 /// training rows. (The server's bulk endpoint is not in it: the worker knows it from the join handshake.)
+/// <see cref="CsvHeader"/> is the server's --header: the same rule on the same file reads the same rows.
 /// </summary>
 public sealed record JoinAccepted(
     string ConfigJson,
     string? DataPath,
     string? LabelColumn,
+    CsvHeader CsvHeader,
     double TestFraction,
     string DataHash,
     string Architecture,

@@ -2,12 +2,13 @@ using Akka.Actor;
 using Akka.Event;
 using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Actors.Transport;
+using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 
 namespace DistributedBackprop.Actors.Cluster;
 
 /// <summary>Where the server found its data, so joining workers can load the same rows.</summary>
-public sealed record ServerData(string? DataPath, string? LabelColumn, double TestFraction);
+public sealed record ServerData(string? DataPath, string? LabelColumn, double TestFraction, CsvHeader CsvHeader = CsvHeader.Auto);
 
 /// <summary>Local: tell every joined worker node that training is over; answered with <see cref="Status.Success"/>.</summary>
 public sealed record AnnounceFinish(TrainingFinished Message) : INoSerializationVerificationNeeded;
@@ -99,7 +100,7 @@ public sealed class Gatekeeper : ReceiveActor, IWithTimers
             _log.Info("node {0} joined from {1} (bulk channel {2})", request.NodeName, Sender.Path.Address, request.BulkEndpoint);
         }
         _courier.Send(Sender, new JoinAccepted(
-            _session.Config.ToJson(), _data.DataPath, _data.LabelColumn, _data.TestFraction, _session.DataHash,
+            _session.Config.ToJson(), _data.DataPath, _data.LabelColumn, _data.CsvHeader, _data.TestFraction, _session.DataHash,
             _session.Architecture.Describe(), _session.Preprocessing.Shift, _session.Preprocessing.Scale), Self);
     }
 

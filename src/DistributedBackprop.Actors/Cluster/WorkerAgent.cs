@@ -147,7 +147,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     private static DataReady Load(string? path, JoinAccepted accepted)
     {
         TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
-        Dataset raw = DataSources.Load(path, accepted.LabelColumn).Train;
+        Dataset raw = DataSources.Load(path, accepted.LabelColumn, accepted.CsvHeader).Train;
         string hash = raw.ContentHash();
         Dataset train = accepted.TestFraction > 0 ? DataSources.Split(raw, accepted.TestFraction, config.Seed).Train : raw;
         return new DataReady(new Preprocessing(accepted.PreprocessShift, accepted.PreprocessScale).Apply(train), hash, config);

@@ -2,8 +2,9 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Runtime.Serialization;
 using System.Text;
-using DistributedBackprop.Engine;
 using DistributedBackprop.Actors.Cluster;
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using DistributedBackprop.Reduction;
 
@@ -21,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 2;
+    public const int ProtocolVersion = 3;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -82,7 +83,7 @@ public static class WireFormat
                 break;
             case JoinRequest m: w.String(m.NodeName); w.Int(m.ProtocolVersion); w.Long(m.MaximumFrameSize); w.String(m.BulkEndpoint); w.Bool(m.WantsStreamedData); break;
             case JoinAccepted m:
-                w.String(m.ConfigJson); w.NullableString(m.DataPath); w.NullableString(m.LabelColumn); w.Double(m.TestFraction);
+                w.String(m.ConfigJson); w.NullableString(m.DataPath); w.NullableString(m.LabelColumn); w.Int((int)m.CsvHeader); w.Double(m.TestFraction);
                 w.String(m.DataHash); w.String(m.Architecture); w.Floats(m.PreprocessShift); w.Floats(m.PreprocessScale);
                 break;
             case JoinRefused m: w.String(m.Reason); break;
@@ -115,7 +116,7 @@ public static class WireFormat
             "GS" => GetStatistics.Instance,
             "SS" => new ServerStatistics(r.Long(), r.Int(), r.Long(), r.Long(), r.Long(), r.Long(), r.Long(), r.Long(), r.Bool()),
             "JQ" => new JoinRequest(r.String(), r.Int(), r.Long(), r.String(), r.Bool()),
-            "JA" => new JoinAccepted(r.String(), r.NullableString(), r.NullableString(), r.Double(), r.String(), r.String(), r.Floats(), r.Floats()),
+            "JA" => new JoinAccepted(r.String(), r.NullableString(), r.NullableString(), CsvHeaderOf(r.Int()), r.Double(), r.String(), r.String(), r.Floats(), r.Floats()),
             "JR" => new JoinRefused(r.String()),
             "RD" => RequestTrainingData.Instance,
             "DC" => ReadDataChunk(r),
@@ -125,6 +126,9 @@ public static class WireFormat
         r.End();
         return message;
     }
+
+    private static CsvHeader CsvHeaderOf(int value) =>
+        Enum.IsDefined((CsvHeader)value) ? (CsvHeader)value : throw new SerializationException($"CSV header mode {value} is not one this node knows");
 
     private static GradientsComputed ReadGradients(Reader r)
     {

@@ -78,7 +78,7 @@ internal static class ServeCommand
 
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             int wanted = parse.GetValue(minWorkers);
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split));
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
             AnnounceJoin(server, settings, wanted);
             bool succeeded = false;
             string message = "";

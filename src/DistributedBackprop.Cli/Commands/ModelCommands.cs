@@ -19,11 +19,12 @@ internal static class EvaluateCommand
         var data = new Option<string>("--data") { Description = "Labelled data (CSV, IDX file or IDX directory).", Required = true, HelpName = "PATH" };
         var label = new Option<string?>("--label") { Description = "CSV label column (name or 0-based index). Default: the last column.", HelpName = "COLUMN" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object (loss, accuracy, n, classes, confusion) instead of tables." };
-        var command = new Command("evaluate", "Evaluate a model: loss, accuracy and confusion matrix.") { model, data, label, json };
+        var header = OptionParsing.HeaderOption();
+        var command = new Command("evaluate", "Evaluate a model: loss, accuracy and confusion matrix.") { model, data, label, header, json };
         command.SetAction(parse => CommandRunner.Run("evaluate", () =>
         {
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
-            Dataset raw = DataSources.LoadWithClasses(parse.GetValue(data)!, parse.GetValue(label), file.Classes, file.Architecture.Inputs);
+            Dataset raw = DataSources.LoadWithClasses(parse.GetValue(data)!, parse.GetValue(label), file.Classes, file.Architecture.Inputs, header: parse.GetValue(header));
             EvaluationResult result = new Evaluator(file.Architecture).Evaluate(file.Parameters, file.Preprocessing.Apply(raw));
             if (parse.GetValue(json))
             {
@@ -87,7 +88,8 @@ internal static class PredictCommand
         var data = new Option<string>("--data") { Description = "Rows to predict: CSV with the model's feature columns (a label column, if present, is ignored), or IDX.", Required = true, HelpName = "PATH" };
         var label = new Option<string?>("--label") { Description = "CSV label column to ignore, if the file has one (name or index). Default: the last column.", HelpName = "COLUMN" };
         var output = new Option<string?>("--out") { Description = "Write the CSV here (default: standard output).", HelpName = "FILE" };
-        var command = new Command("predict", "Predict classes: CSV with row, predicted class, and one probability column per class.") { model, data, label, output };
+        var header = OptionParsing.HeaderOption();
+        var command = new Command("predict", "Predict classes: CSV with row, predicted class, and one probability column per class.") { model, data, label, header, output };
         command.SetAction(parse => CommandRunner.Run("predict", () =>
         {
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
@@ -96,7 +98,7 @@ internal static class PredictCommand
             TrainCommand.CheckWritable(outPath, "--out");
             Dataset raw = Directory.Exists(dataPath) || !LooksLikeCsv(dataPath)
                 ? DataSources.LoadWithClasses(dataPath, null, file.Classes, file.Architecture.Inputs)
-                : CsvReader.Read(dataPath, new CsvOptions { LabelColumn = parse.GetValue(label), LabelOptional = true, ExpectedFeatures = file.Architecture.Inputs });
+                : CsvReader.Read(dataPath, new CsvOptions { LabelColumn = parse.GetValue(label), LabelOptional = true, ExpectedFeatures = file.Architecture.Inputs, Header = parse.GetValue(header) });
             float[] outputs = new Evaluator(file.Architecture).Predict(file.Parameters, file.Preprocessing.Apply(raw));
             string csv = ToCsv(outputs, file);
             if (outPath is null)
@@ -158,13 +160,14 @@ internal static class GradientsCommand
         var data = new Option<string>("--data") { Description = "Labelled data; all rows form one batch.", Required = true, HelpName = "PATH" };
         var label = new Option<string?>("--label") { Description = "CSV label column (name or 0-based index). Default: the last column.", HelpName = "COLUMN" };
         var output = new Option<string>("--out") { Description = "Write the gradients here (safetensors, tensor names as in the model).", Required = true, HelpName = "FILE" };
-        var command = new Command("gradients", "Write ∂J/∂θ of the mean loss over all rows (after the model's preprocessing) as safetensors.") { model, data, label, output };
+        var header = OptionParsing.HeaderOption();
+        var command = new Command("gradients", "Write ∂J/∂θ of the mean loss over all rows (after the model's preprocessing) as safetensors.") { model, data, label, header, output };
         command.SetAction(parse => CommandRunner.Run("gradients", () =>
         {
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             string outPath = parse.GetValue(output)!;
             TrainCommand.CheckWritable(outPath, "--out");
-            Dataset raw = DataSources.LoadWithClasses(parse.GetValue(data)!, parse.GetValue(label), file.Classes, file.Architecture.Inputs);
+            Dataset raw = DataSources.LoadWithClasses(parse.GetValue(data)!, parse.GetValue(label), file.Classes, file.Architecture.Inputs, header: parse.GetValue(header));
             Dataset rows = file.Preprocessing.Apply(raw);
             Architecture arch = file.Architecture;
 

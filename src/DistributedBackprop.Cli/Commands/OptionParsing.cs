@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Globalization;
+using DistributedBackprop.Data;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
 
@@ -129,6 +130,23 @@ internal static class OptionParsing
     public static Option<ScheduleKind> ScheduleOption() => Choice<ScheduleKind>("--schedule",
         "Learning-rate schedule: constant, step (× --decay-factor every --decay-every epochs) or cosine (to --min-lr).",
         ScheduleKind.Constant, "constant|step|cosine", OptimizerSettings.TryParse);
+
+    /// <summary>--header: does a CSV file's first row name its columns? One option for every command that reads CSV.</summary>
+    public static Option<CsvHeader> HeaderOption() => Choice<CsvHeader>("--header",
+        "Does the CSV's first row name the columns? auto: yes unless every field in it is a number (a row of numbers with one word in it is refused as ambiguous: say yes or no).",
+        CsvHeader.Auto, "auto|yes|no", TryParseHeader);
+
+    private static bool TryParseHeader(string text, out CsvHeader header)
+    {
+        (bool known, header) = text switch
+        {
+            "auto" => (true, CsvHeader.Auto),
+            "yes" => (true, CsvHeader.Yes),
+            "no" => (true, CsvHeader.No),
+            _ => (false, CsvHeader.Auto),
+        };
+        return known;
+    }
 
     /// <summary>Comma-separated layer widths, e.g. "256,128"; "none" (or "") for no hidden layer.</summary>
     public static Option<int[]> LayersOption(string name, string description, int[] defaultValue) => new(name)

@@ -14,6 +14,7 @@ internal sealed class TrainingOptionSet
 {
     public Option<string?> Data { get; } = new("--data") { Description = "Training data: a CSV file (header row, .gz ok), an IDX images file, or a directory with the MNIST-style IDX files. Default: the embedded UCI digits.", HelpName = "PATH" };
     public Option<string?> Label { get; } = new("--label") { Description = "CSV label column: a header name or a 0-based index (−1 = last). Default: the last column.", HelpName = "COLUMN" };
+    public Option<CsvHeader> Header { get; } = OptionParsing.HeaderOption();
     public Option<string?> TestData { get; } = new("--test-data") { Description = "Test data (same format and classes as the training data).", HelpName = "PATH" };
     public Option<double?> TestFraction { get; } = new("--test-fraction")
     {
@@ -57,7 +58,7 @@ internal sealed class TrainingOptionSet
 
     public IEnumerable<Option> All() =>
     [
-        Data, Label, TestData, TestFraction, Layers, Activation, OutputActivation, Loss, Epochs, BatchSize, Chunks,
+        Data, Label, Header, TestData, TestFraction, Layers, Activation, OutputActivation, Loss, Epochs, BatchSize, Chunks,
         LearningRate, Optimizer, Momentum, Nesterov, Beta1, Beta2, WeightDecay, Schedule, DecayEvery, DecayFactor,
         MinLearningRate, WarmupSteps, Seed,
     ];
@@ -114,7 +115,8 @@ internal sealed class TrainingOptionSet
     {
         string? dataPath = dataOverride ?? parse.GetValue(Data);
         string? label = parse.GetValue(Label);
-        LoadedData loaded = DataSources.Load(dataPath, label);
+        CsvHeader header = parse.GetValue(Header);
+        LoadedData loaded = DataSources.Load(dataPath, label, header);
         Dataset? test = null;
         string? testPath = parse.GetValue(TestData);
         double? fraction = parse.GetValue(TestFraction);
@@ -124,7 +126,7 @@ internal sealed class TrainingOptionSet
             {
                 throw new UsageException("--test-data and --test-fraction exclude each other");
             }
-            test = DataSources.LoadWithClasses(testPath, label, loaded.Train.Classes, loaded.Train.Features);
+            test = DataSources.LoadWithClasses(testPath, label, loaded.Train.Classes, loaded.Train.Features, header: header);
         }
         else if (fraction is null)
         {

@@ -26,10 +26,30 @@ public sealed record CsvOptions
 
     /// <summary>The number of features the model expects, checked against the file.</summary>
     public int? ExpectedFeatures { get; init; }
+
+    /// <summary>Whether the first row names the columns (<see cref="CsvHeader.Auto"/>: decided from the row itself).</summary>
+    public CsvHeader Header { get; init; } = CsvHeader.Auto;
+}
+
+/// <summary>Does a CSV file's first row name its columns?</summary>
+public enum CsvHeader
+{
+    /// <summary>
+    /// A header unless every field of the first row is a number. A first row whose features are numbers but
+    /// whose label is not could be either (a header with numeric column names, or a header-less file with
+    /// text labels): that is refused with a request to say which, never guessed.
+    /// </summary>
+    Auto,
+
+    /// <summary>The first row is a header.</summary>
+    Yes,
+
+    /// <summary>No header: every row is data; columns are named "column 1", "column 2", … in messages.</summary>
+    No,
 }
 
 /// <summary>
-/// Reads a CSV file with a header row (optionally gzip-compressed, detected by its magic bytes):
+/// Reads a CSV file with or without a header row (<see cref="CsvHeader"/>; optionally gzip-compressed, detected by its magic bytes):
 /// numeric features, one label column whose values may be any strings. RFC 4180 quoting is honoured.
 /// Completely empty lines are skipped. Every problem is reported as file:line:column.
 /// </summary>
@@ -55,12 +75,19 @@ public static class CsvReader
         }
         if (header is null)
         {
-            throw DataException.InFile(file, "empty file: expected a header row and at least one data row");
+            throw DataException.InFile(file, "empty file: expected at least one data row");
         }
         var fields = new List<string>();
         SplitFields(header, fields, file, 1);
         string[] names = fields.Select(f => f.Trim()).ToArray();
         int columns = names.Length;
+        // A first row that is data is read again below as line 1, after the columns are known.
+        bool headerRow = HasHeader(options, names, file);
+        string? firstDataRow = headerRow ? null : header;
+        if (firstDataRow is not null)
+        {
+            names = Enumerable.Range(1, columns).Select(c => string.Create(CultureInfo.InvariantCulture, $"column {c}")).ToArray();
+        }
 
         int labelIndex;
         bool hasLabel = true;
@@ -96,13 +123,14 @@ public static class CsvReader
 
         var values = new List<float>();
         var labels = new List<int>();
-        long lineNumber = 1;
+        long lineNumber = firstDataRow is null ? 1 : 0;
         string? line;
         while (true)
         {
             try
             {
-                line = reader.ReadLine();
+                line = firstDataRow ?? reader.ReadLine();
+                firstDataRow = null;
             }
             catch (InvalidDataException e)
             {
@@ -120,7 +148,7 @@ public static class CsvReader
             SplitFields(line, fields, file, lineNumber);
             if (fields.Count != columns)
             {
-                throw DataException.AtLine(file, lineNumber, $"{fields.Count} fields, the header has {columns}");
+                throw DataException.AtLine(file, lineNumber, $"{fields.Count} fields, the {(headerRow ? "header" : "first row")} has {columns}");
             }
             for (int c = 0; c < columns; c++)
             {
@@ -171,6 +199,32 @@ public static class CsvReader
             throw DataException.InFile(file, "no data rows after the header");
         }
         return new Dataset(file, features, values.ToArray(), labels.ToArray(), classes, DataKind.Table);
+    }
+
+    /// <summary>Whether the first row (split into <paramref name="first"/>) is a header, by <see cref="CsvOptions.Header"/>.</summary>
+    private static bool HasHeader(CsvOptions options, string[] first, string file)
+    {
+        if (options.Header != CsvHeader.Auto)
+        {
+            return options.Header == CsvHeader.Yes;
+        }
+        bool[] numeric = first.Select(f => double.TryParse(f, NumberStyles.Float, CultureInfo.InvariantCulture, out _)).ToArray();
+        if (numeric.All(n => n))
+        {
+            if (!string.IsNullOrWhiteSpace(options.LabelColumn) && !int.TryParse(options.LabelColumn, NumberStyles.Integer, CultureInfo.InvariantCulture, out _)
+                && Array.IndexOf(first, options.LabelColumn.Trim()) < 0)
+            {
+                throw DataException.AtLine(file, 1, $"the first row is all numbers, so it reads as data, not a header naming the label column '{options.LabelColumn.Trim()}'; give --label the 0-based column index, or --header yes if it is a header");
+            }
+            return Array.IndexOf(first, options.LabelColumn?.Trim()) >= 0;
+        }
+        // Numbers everywhere but one column: the label column's value, or a header with numeric names?
+        int words = numeric.Count(n => !n);
+        if (words == 1 && first.Length > 2)
+        {
+            throw DataException.AtLine(file, 1, $"cannot tell whether the first row is a header or data (every field is a number but '{first[Array.IndexOf(numeric, false)]}'); say --header yes or --header no");
+        }
+        return true;
     }
 
     private static int ResolveLabelColumn(string? spec, string[] names, string file)

@@ -13,7 +13,7 @@ public static class DataSources
 {
     public const string EmbeddedDigitsName = "digits (embedded)";
 
-    public static LoadedData Load(string? path, string? labelColumn)
+    public static LoadedData Load(string? path, string? labelColumn, CsvHeader header = CsvHeader.Auto)
     {
         if (string.IsNullOrEmpty(path))
         {
@@ -39,11 +39,11 @@ public static class DataSources
         {
             return new LoadedData(IdxReader.Read(path, LabelsFileFor(path)), null);
         }
-        return new LoadedData(CsvReader.Read(path, new CsvOptions { LabelColumn = labelColumn }), null);
+        return new LoadedData(CsvReader.Read(path, new CsvOptions { LabelColumn = labelColumn, Header = header }), null);
     }
 
     /// <summary>Loads data that must use a known class list (test data, evaluation).</summary>
-    public static Dataset LoadWithClasses(string path, string? labelColumn, IReadOnlyList<string> classes, int? expectedFeatures = null, bool labelOptional = false)
+    public static Dataset LoadWithClasses(string path, string? labelColumn, IReadOnlyList<string> classes, int? expectedFeatures = null, bool labelOptional = false, CsvHeader header = CsvHeader.Auto)
     {
         if (Directory.Exists(path))
         {
@@ -69,6 +69,7 @@ public static class DataSources
             Classes = classes,
             ExpectedFeatures = expectedFeatures,
             LabelOptional = labelOptional,
+            Header = header,
         });
     }
 
