@@ -26,12 +26,20 @@ public static class Program
         {
             // One line per problem, naming the option, then a hint; exit code 2 like other usage errors.
             string command = parse.CommandResult.Command.Name;
-            foreach (var error in parse.Errors)
+            string prefix = command == root.Name ? "dbp" : $"dbp {command}";
+            foreach (string line in UsageErrors.Describe(parse, args))
             {
-                Console.Error.WriteLine($"dbp {command}: {error.Message}");
+                Console.Error.WriteLine($"{prefix}: {line}");
             }
             Console.Error.WriteLine($"(see: dbp {(command == root.Name ? "" : command + " ")}--help)");
             return ExitCodes.BadInput;
+        }
+        if (wantsHelp)
+        {
+            var help = new StringWriter();
+            int code = parse.Invoke(new InvocationConfiguration { Output = help });
+            Console.Out.Write(TypedDefaults.Rewrite(help.ToString(), parse.CommandResult.Command));
+            return code;
         }
         return parse.Invoke();
     }

@@ -223,6 +223,40 @@ public sealed partial class CommandTests : IDisposable
         Assert.Contains("--header: unknown value 'maybe' (expected auto, yes, no)", bad.Stderr);
     }
 
+    [Theory]
+    [InlineData(new[] { "train", "--epoch", "3" }, "dbp train: unknown option '--epoch'; did you mean --epochs?")]
+    [InlineData(new[] { "train", "--optimiser", "adam" }, "dbp train: unknown option '--optimiser'; did you mean --optimizer?")]
+    [InlineData(new[] { "serve", "--min-worker", "2" }, "dbp serve: unknown option '--min-worker'; did you mean --min-workers?")]
+    [InlineData(new[] { "trian" }, "dbp: unexpected argument 'trian'; did you mean train?")]
+    [InlineData(new[] { "train", "--bogus-thing", "4" }, "dbp train: unknown option '--bogus-thing'")]
+    public void AMistypedOptionOrCommand_IsOneLine_WithTheClosestKnownName_Exit2(string[] args, string expected)
+    {
+        DbpResult result = Dbp(args);
+        Assert.Equal(2, result.ExitCode);
+        string[] lines = result.Stderr.Trim().Split('\n');
+        // The mistake (its value included), then where to look: nothing else.
+        Assert.Equal(2, lines.Length);
+        Assert.Equal(expected, lines[0].TrimEnd());
+        Assert.StartsWith("(see: dbp ", lines[1], StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("train", new[] { "[default: cross_entropy]", "[default: relu]", "[default: softmax]", "[default: momentum]", "[default: constant]", "--progress <auto|bar|plain|none>", "[default: auto]" })]
+    [InlineData("bench", new[] { "[default: 256,128]", "[default: sgd]", "[default: cross_entropy]" })]
+    [InlineData("serve", new[] { "[default: cross_entropy]", "--progress <auto|bar|plain|none>" })]
+    public void Help_ShowsDefaultsAsTheyAreTyped(string command, string[] expected)
+    {
+        DbpResult result = Dbp(command, "--help");
+        Assert.Equal(0, result.ExitCode);
+        foreach (string text in expected)
+        {
+            Assert.Contains(text, result.Stdout);
+        }
+        // No default in the spelling of a C# name (CrossEntropy, Relu, Auto) and no list joined with '|'.
+        Assert.DoesNotMatch(@"\[default: [A-Z]", result.Stdout);
+        Assert.DoesNotMatch(@"\[default: \d+\|", result.Stdout);
+    }
+
     [Fact]
     public void UnknownLabelColumn_IsReported()
     {

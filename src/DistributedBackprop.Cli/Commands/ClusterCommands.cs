@@ -22,7 +22,7 @@ internal static class ServeCommand
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch. If FILE exists when serve starts and belongs to this run, training resumes from it (a restart with the same command line continues the run).", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint (the parameter server restarts from it; same bits as an uninterrupted run).", HelpName = "FILE" };
-        var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto, bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
+        var progress = OptionParsing.ProgressOption("Progress display: auto, bar, plain or none.");
         var stateDir = new Option<string?>("--state-dir") { Description = "Where the cluster CA and join token are kept between runs (created if missing). Env: DBP_STATE_DIR. Default ~/.dbp/cluster.", HelpName = "DIR" };
         var tokenFile = new Option<string?>("--token-file") { Description = "Write the join token to FILE (mode 0600; a valid token already there is reused), for `dbp worker --token-file FILE`. Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
         var newToken = new Option<bool>("--new-token") { Description = "Rotate the join token: workers need the new one to join (certificates already issued stay valid until they expire)." };

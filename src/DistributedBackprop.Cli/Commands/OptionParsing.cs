@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Globalization;
+using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Data;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
@@ -78,7 +79,7 @@ internal static class OptionParsing
 
     public static Option<Activation> ActivationOption(string name, string description, Activation defaultValue, bool allowSoftmax)
     {
-        return new Option<Activation>(name)
+        return TypedDefaults.Register(new Option<Activation>(name)
         {
             Description = description,
             DefaultValueFactory = _ => defaultValue,
@@ -97,44 +98,49 @@ internal static class OptionParsing
                 }
                 return activation;
             },
-        };
+        }, defaultValue.Name());
     }
 
     private delegate bool TryParse<T>(string text, out T value);
 
     /// <summary>An option whose value is one of a few names; an unknown name is a parse error listing them.</summary>
-    private static Option<T> Choice<T>(string name, string description, T defaultValue, string choices, TryParse<T> tryParse) => new(name)
-    {
-        Description = description,
-        DefaultValueFactory = _ => defaultValue,
-        HelpName = choices,
-        CustomParser = r =>
+    private static Option<T> Choice<T>(string name, string description, T defaultValue, string defaultText, string choices, TryParse<T> tryParse) =>
+        TypedDefaults.Register(new Option<T>(name)
         {
-            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            if (!tryParse(text, out T value))
+            Description = description,
+            DefaultValueFactory = _ => defaultValue,
+            HelpName = choices,
+            CustomParser = r =>
             {
-                r.AddError($"{name}: unknown value '{text}' (expected {choices.Replace("|", ", ", StringComparison.Ordinal)})");
-            }
-            return value;
-        },
-    };
+                string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+                if (!tryParse(text, out T value))
+                {
+                    r.AddError($"{name}: unknown value '{text}' (expected {choices.Replace("|", ", ", StringComparison.Ordinal)})");
+                }
+                return value;
+            },
+        }, defaultText);
+
+    public static Option<ProgressMode> ProgressOption(string description) => Choice("--progress", description,
+        ProgressMode.Auto, "auto", "auto|bar|plain|none", static (string text, out ProgressMode mode) =>
+            Enum.TryParse(text, ignoreCase: true, out mode) && Enum.IsDefined(mode) && !int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out _));
 
     public static Option<Loss> LossOption(Loss defaultValue) => Choice("--loss",
         "Cost function: mse (J = 1/n Σ ½‖a − y‖², the lecture's) or cross_entropy (J = −1/n Σ log a[label], needs softmax output).",
-        defaultValue, "mse|cross_entropy", Losses.TryParse);
+        defaultValue, defaultValue.Name(), "mse|cross_entropy", Losses.TryParse);
 
     public static Option<OptimizerKind> OptimizerOption(OptimizerKind defaultValue) => Choice<OptimizerKind>("--optimizer",
         "sgd (w ← w − γ∂J/∂w), momentum (heavy ball; --nesterov for Nesterov) or adam (with decoupled weight decay).",
-        defaultValue, "sgd|momentum|adam", OptimizerSettings.TryParse);
+        defaultValue, OptimizerSettings.Name(defaultValue), "sgd|momentum|adam", OptimizerSettings.TryParse);
 
     public static Option<ScheduleKind> ScheduleOption() => Choice<ScheduleKind>("--schedule",
         "Learning-rate schedule: constant, step (× --decay-factor every --decay-every epochs) or cosine (to --min-lr).",
-        ScheduleKind.Constant, "constant|step|cosine", OptimizerSettings.TryParse);
+        ScheduleKind.Constant, OptimizerSettings.Name(ScheduleKind.Constant), "constant|step|cosine", OptimizerSettings.TryParse);
 
     /// <summary>--header: does a CSV file's first row name its columns? One option for every command that reads CSV.</summary>
     public static Option<CsvHeader> HeaderOption() => Choice<CsvHeader>("--header",
         "Does the CSV's first row name the columns? auto: yes unless every field in it is a number (a row of numbers with one word in it is refused as ambiguous: say yes or no).",
-        CsvHeader.Auto, "auto|yes|no", TryParseHeader);
+        CsvHeader.Auto, "auto", "auto|yes|no", TryParseHeader);
 
     private static bool TryParseHeader(string text, out CsvHeader header)
     {
@@ -149,13 +155,13 @@ internal static class OptionParsing
     }
 
     /// <summary>Comma-separated layer widths, e.g. "256,128"; "none" (or "") for no hidden layer.</summary>
-    public static Option<int[]> LayersOption(string name, string description, int[] defaultValue) => new(name)
+    public static Option<int[]> LayersOption(string name, string description, int[] defaultValue) => TypedDefaults.Register(new Option<int[]>(name)
     {
         Description = description,
         DefaultValueFactory = _ => defaultValue,
         HelpName = "W1,W2,…",
         CustomParser = r => ParseWidths(r, name),
-    };
+    }, defaultValue.Length == 0 ? "none" : string.Join(',', defaultValue));
 
     private static int[] ParseWidths(ArgumentResult r, string name)
     {

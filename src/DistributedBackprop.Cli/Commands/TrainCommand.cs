@@ -21,7 +21,7 @@ internal static class TrainCommand
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint written with the same data and options; the result equals an uninterrupted run.", HelpName = "FILE" };
-        var progress = new Option<ProgressMode>("--progress") { Description = "Progress display: auto (bar on a terminal, plain lines otherwise), bar, plain or none.", DefaultValueFactory = _ => ProgressMode.Auto };
+        var progress = OptionParsing.ProgressOption("Progress display: auto (bar on a terminal, plain lines otherwise), bar, plain or none.");
 
         var command = new Command("train", "Train a network by backpropagation. With no options: the embedded UCI digits, a 64-128-10 ReLU/softmax network.");
         training.AddTo(command);

@@ -12,7 +12,7 @@ namespace DistributedBackprop.Cli.Commands;
 /// </summary>
 internal sealed class TrainingOptionSet
 {
-    public Option<string?> Data { get; } = new("--data") { Description = "Training data: a CSV file (header row, .gz ok), an IDX images file, or a directory with the MNIST-style IDX files. Default: the embedded UCI digits.", HelpName = "PATH" };
+    public Option<string?> Data { get; } = new("--data") { Description = "Training data: a CSV file (.gz ok; --header says whether its first row names the columns), an IDX images file, or a directory with the MNIST-style IDX files. Default: the embedded UCI digits.", HelpName = "PATH" };
     public Option<string?> Label { get; } = new("--label") { Description = "CSV label column: a header name or a 0-based index (−1 = last). Default: the last column.", HelpName = "COLUMN" };
     public Option<CsvHeader> Header { get; } = OptionParsing.HeaderOption();
     public Option<string?> TestData { get; } = new("--test-data") { Description = "Test data (same format and classes as the training data).", HelpName = "PATH" };

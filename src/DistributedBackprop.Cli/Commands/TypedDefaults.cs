@@ -1,0 +1,55 @@
+using System.CommandLine;
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace DistributedBackprop.Cli.Commands;
+
+/// <summary>
+/// Defaults in --help spelled as one types them: System.CommandLine prints a default with ToString, so an
+/// enum shows as <c>CrossEntropy</c> and a list as <c>256|128</c>, and its help builder is not public in
+/// 2.0. Options register the text of their default here, and the help output is rewritten line by line.
+/// </summary>
+internal static partial class TypedDefaults
+{
+    private static readonly ConditionalWeakTable<Option, string> Texts = [];
+
+    public static T Register<T>(T option, string typed) where T : Option
+    {
+        Texts.AddOrUpdate(option, typed);
+        return option;
+    }
+
+    /// <summary>The help text of <paramref name="command"/> with each registered option's "[default: …]" as typed.</summary>
+    public static string Rewrite(string help, Command command)
+    {
+        var byName = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (Option option in command.Options)
+        {
+            if (Texts.TryGetValue(option, out string? typed))
+            {
+                byName[option.Name] = typed;
+                foreach (string alias in option.Aliases)
+                {
+                    byName[alias] = typed;
+                }
+            }
+        }
+        var result = new StringBuilder(help.Length);
+        foreach (string line in help.Split('\n'))
+        {
+            Match name = OptionName().Match(line);
+            string rewritten = name.Success && byName.TryGetValue(name.Groups[1].Value, out string? typed)
+                ? DefaultLabel().Replace(line, $"[default: {typed}]")
+                : line;
+            result.Append(rewritten).Append('\n');
+        }
+        return result.ToString(0, result.Length - 1);
+    }
+
+    [GeneratedRegex(@"^\s+(-{1,2}[\w-]+)")]
+    private static partial Regex OptionName();
+
+    [GeneratedRegex(@"\[default: [^\]]*\]")]
+    private static partial Regex DefaultLabel();
+}
