@@ -258,6 +258,28 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Fact]
+    public void OptionsWithoutEffect_AreNamedInOneLineWarningEach_AndTheRunGoesOn()
+    {
+        DbpResult result = Dbp("train", "--optimizer", "adam", "--momentum", "0.5", "--schedule", "cosine", "--decay-every", "3",
+            "--workers", "16", "--threads", "2", "--checkpoint-every", "5", "--epochs", "1", "--progress", "none");
+        Assert.Equal(0, result.ExitCode);
+        string[] warnings = result.Stderr.Split('\n').Where(l => l.Contains("warning:", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(
+        [
+            "dbp train: warning: --momentum has no effect with --optimizer adam (it tunes --optimizer momentum)",
+            "dbp train: warning: --decay-every has no effect with --schedule cosine (it tunes --schedule step)",
+            "dbp train: warning: --threads has no effect with worker actors (--workers 16): each worker computes on one thread; --workers 0 --threads 2 runs the plain trainer",
+            "dbp train: warning: --workers 16 with --chunks 8: at most 8 workers compute in a step, 8 will idle (--chunks is part of the model's definition: more chunks, another model)",
+            "dbp train: warning: --checkpoint-every has no effect without --checkpoint FILE",
+        ], warnings.Select(w => w.TrimEnd()));
+        // The same options where they do act: no warning (the run has ended, so its whole stderr is here).
+        DbpResult quiet = Dbp("train", "--optimizer", "momentum", "--momentum", "0.5", "--schedule", "step", "--decay-every", "3",
+            "--workers", "0", "--threads", "2", "--checkpoint", "run.ckpt", "--checkpoint-every", "5", "--epochs", "1", "--progress", "none");
+        Assert.Equal(0, quiet.ExitCode);
+        Assert.DoesNotContain("warning:", quiet.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void UnknownLabelColumn_IsReported()
     {
         string data = BlobsCsv();

@@ -51,6 +51,7 @@ internal static class ServeCommand
                 return NodeOptionSet.Show(settings, ClusterNaming.ServerRole);
             }
             TrainingConfig config = training.Config(parse);
+            TrainingOptionSet.Warn("serve", training.Ignored(parse));
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
             string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
             if (parse.GetValue(resume) is string resumeFrom)

@@ -33,6 +33,7 @@ internal static class TrainCommand
         command.SetAction(parse => CommandRunner.Run("train", () =>
         {
             TrainingConfig config = training.Config(parse);
+            TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
             string? resumeFrom = parse.GetValue(resume);
             if (resumeFrom is not null)
@@ -78,6 +79,24 @@ internal static class TrainCommand
     }
 
     /// <summary>Shows progress while an actor run completes; a run the server stopped becomes a one-line error.</summary>
+    /// <summary>Options of `train` itself that the rest of its command line makes pointless.</summary>
+    private static IEnumerable<string> Ignored(ParseResult parse, TrainingConfig config, Option<int> workers, Option<int> threads, Option<string?> checkpoint, Option<int> checkpointEvery)
+    {
+        int workerCount = parse.GetValue(workers);
+        if (workerCount > 0 && TrainingOptionSet.Given(parse, threads))
+        {
+            yield return $"--threads has no effect with worker actors (--workers {workerCount}): each worker computes on one thread; --workers 0 --threads {parse.GetValue(threads)} runs the plain trainer";
+        }
+        if (workerCount > config.Chunks && TrainingOptionSet.Given(parse, workers))
+        {
+            yield return $"--workers {workerCount} with --chunks {config.Chunks}: at most {config.Chunks} workers compute in a step, {workerCount - config.Chunks} will idle (--chunks is part of the model's definition: more chunks, another model)";
+        }
+        if (TrainingOptionSet.Given(parse, checkpointEvery) && parse.GetValue(checkpoint) is null)
+        {
+            yield return "--checkpoint-every has no effect without --checkpoint FILE";
+        }
+    }
+
     internal static void RunActors(TrainingDisplay display, string title, TrainingSession session, Func<Task> run) =>
         display.Run(title, session.TotalSteps, session.GlobalStep, () =>
         {

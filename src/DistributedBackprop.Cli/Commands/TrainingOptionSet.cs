@@ -63,6 +63,53 @@ internal sealed class TrainingOptionSet
         MinLearningRate, WarmupSteps, Seed,
     ];
 
+    /// <summary>
+    /// One line for each training option given on the command line that the others make pointless (a
+    /// momentum for Adam, a decay step for the cosine schedule): the user meant something by it.
+    /// </summary>
+    public IEnumerable<string> Ignored(ParseResult parse)
+    {
+        OptimizerKind optimizer = parse.GetValue(Optimizer);
+        ScheduleKind schedule = parse.GetValue(Schedule);
+        foreach (Option option in new Option[] { Momentum, Nesterov })
+        {
+            if (Given(parse, option) && optimizer != OptimizerKind.Momentum)
+            {
+                yield return $"{option.Name} has no effect with --optimizer {OptimizerSettings.Name(optimizer)} (it tunes --optimizer momentum)";
+            }
+        }
+        foreach (Option option in new Option[] { Beta1, Beta2 })
+        {
+            if (Given(parse, option) && optimizer != OptimizerKind.Adam)
+            {
+                yield return $"{option.Name} has no effect with --optimizer {OptimizerSettings.Name(optimizer)} (it tunes --optimizer adam)";
+            }
+        }
+        foreach (Option option in new Option[] { DecayEvery, DecayFactor })
+        {
+            if (Given(parse, option) && schedule != ScheduleKind.Step)
+            {
+                yield return $"{option.Name} has no effect with --schedule {OptimizerSettings.Name(schedule)} (it tunes --schedule step)";
+            }
+        }
+        if (Given(parse, MinLearningRate) && schedule != ScheduleKind.Cosine)
+        {
+            yield return $"--min-lr has no effect with --schedule {OptimizerSettings.Name(schedule)} (it tunes --schedule cosine)";
+        }
+    }
+
+    /// <summary>Typed on the command line, not a default.</summary>
+    public static bool Given(ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
+
+    /// <summary>Prints each line as a one-line warning of <paramref name="command"/> on stderr.</summary>
+    public static void Warn(string command, IEnumerable<string> lines)
+    {
+        foreach (string line in lines)
+        {
+            Console.Error.WriteLine($"dbp {command}: warning: {line}");
+        }
+    }
+
     public void AddTo(Command command)
     {
         foreach (Option option in All())
