@@ -121,9 +121,13 @@ public class TrainerTests
         try
         {
             TrainingSession.Prepare(SmallConfig, data, null, 0.25).SaveCheckpoint(path);
-            var other = TrainingSession.Prepare(SmallConfig with { BatchSize = 10 }, data, null, 0.25);
+            var other = TrainingSession.Prepare(SmallConfig with { BatchSize = SmallConfig.BatchSize + 1, Optimizer = SmallConfig.Optimizer with { LearningRate = 0.5f } }, data, null, 0.25);
             var error = Assert.Throws<Models.ModelFileException>(() => other.RestoreCheckpoint(path));
-            Assert.Contains("different configuration", error.Message);
+            // Each differing option by name, both values; nothing about the settings that agree.
+            Assert.Equal($"{path}: the checkpoint was trained with other options: --batch-size {SmallConfig.BatchSize} in the checkpoint, {SmallConfig.BatchSize + 1} now; "
+                + $"--lr {SmallConfig.Optimizer.LearningRate.ToString(System.Globalization.CultureInfo.InvariantCulture)} in the checkpoint, 0.5 now; resume with the checkpoint's values, or train anew", error.Message);
+            // More epochs may follow a checkpoint (the schedule does not depend on the run's length here).
+            TrainingSession.Prepare(SmallConfig with { Epochs = SmallConfig.Epochs + 3 }, data, null, 0.25).RestoreCheckpoint(path);
             var otherData = TrainingSession.Prepare(SmallConfig, TestNetworks.RandomDataset(60, 10, 3, 3), null, 0.25);
             Assert.Contains("different data", Assert.Throws<Models.ModelFileException>(() => otherData.RestoreCheckpoint(path)).Message);
         }

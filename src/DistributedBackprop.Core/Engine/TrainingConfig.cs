@@ -88,4 +88,56 @@ public sealed record TrainingConfig
         JsonSerializer.Deserialize<TrainingConfig>(json, JsonOptions) ?? throw new FormatException("empty training configuration");
 
     public bool SameAs(TrainingConfig other) => ToJson() == other.ToJson();
+
+    /// <summary>The command-line option of each setting in the canonical JSON (the two settings without one keep their JSON name).</summary>
+    private static readonly Dictionary<string, string> OptionOf = new(StringComparer.Ordinal)
+    {
+        ["hidden_layers"] = "--layers", ["hidden_activation"] = "--activation", ["output_activation"] = "--output-activation",
+        ["loss"] = "--loss", ["epochs"] = "--epochs", ["batch_size"] = "--batch-size", ["chunks"] = "--chunks", ["seed"] = "--seed",
+        ["optimizer.kind"] = "--optimizer", ["optimizer.learning_rate"] = "--lr", ["optimizer.momentum"] = "--momentum",
+        ["optimizer.nesterov"] = "--nesterov", ["optimizer.beta1"] = "--beta1", ["optimizer.beta2"] = "--beta2",
+        ["optimizer.weight_decay"] = "--weight-decay", ["optimizer.schedule"] = "--schedule", ["optimizer.decay_every"] = "--decay-every",
+        ["optimizer.decay_factor"] = "--decay-factor", ["optimizer.min_learning_rate"] = "--min-lr", ["optimizer.warmup_steps"] = "--warmup-steps",
+    };
+
+    /// <summary>
+    /// Each setting in which <paramref name="saved"/> (a checkpoint's) differs from this one, named by its
+    /// option: "--lr 0.05 in the checkpoint, 0.1 now".
+    /// </summary>
+    public List<string> DifferencesFrom(TrainingConfig saved)
+    {
+        var before = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        var now = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        Flatten(System.Text.Json.Nodes.JsonNode.Parse(saved.ToJson()), "", before);
+        Flatten(System.Text.Json.Nodes.JsonNode.Parse(ToJson()), "", now);
+        var differences = new List<string>();
+        foreach (string key in before.Keys.Union(now.Keys).Order(StringComparer.Ordinal))
+        {
+            string was = before.GetValueOrDefault(key, "(none)"), current = now.GetValueOrDefault(key, "(none)");
+            if (was != current)
+            {
+                differences.Add($"{OptionOf.GetValueOrDefault(key, key)} {was} in the checkpoint, {current} now");
+            }
+        }
+        return differences;
+    }
+
+    private static void Flatten(System.Text.Json.Nodes.JsonNode? node, string prefix, SortedDictionary<string, string> into)
+    {
+        switch (node)
+        {
+            case System.Text.Json.Nodes.JsonObject obj:
+                foreach (var (name, child) in obj)
+                {
+                    Flatten(child, prefix.Length == 0 ? name : $"{prefix}.{name}", into);
+                }
+                break;
+            case System.Text.Json.Nodes.JsonArray array:
+                into[prefix] = array.Count == 0 ? "none" : string.Join(',', array.Select(item => item?.ToJsonString()));
+                break;
+            default:
+                into[prefix] = node is System.Text.Json.Nodes.JsonValue value && value.TryGetValue(out string? text) ? text : node?.ToJsonString() ?? "null";
+                break;
+        }
+    }
 }

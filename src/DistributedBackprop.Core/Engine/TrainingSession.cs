@@ -150,7 +150,7 @@ public sealed class TrainingSession
         bool lengthMatters = Config.Optimizer.Schedule == ScheduleKind.Cosine;
         if (!(lengthMatters ? savedConfig : savedConfig with { Epochs = Config.Epochs }).SameAs(Config))
         {
-            throw new ModelFileException($"{path}: the checkpoint was trained with a different configuration: {configJson}");
+            throw new ModelFileException($"{path}: the checkpoint was trained with other options: {string.Join("; ", Config.DifferencesFrom(lengthMatters ? savedConfig : savedConfig with { Epochs = Config.Epochs }))}; resume with the checkpoint's values, or train anew");
         }
         if (metadata.TryGetValue("data_hash", out string? hash) && hash != DataHash)
         {
