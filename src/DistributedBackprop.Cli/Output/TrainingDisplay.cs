@@ -60,10 +60,11 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
             return;
         }
         AnsiConsole.MarkupLine(Markup.Escape(title));
+        _barWidth = BarWidth(AnsiConsole.Profile.Width);
         AnsiConsole.Progress()
             .AutoClear(false)
             .HideCompleted(false)
-            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn { Width = _barWidth }, new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
             .Start(context =>
             {
                 _task = context.AddTask("starting", maxValue: totalSteps);
@@ -85,10 +86,42 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
         double rate = _rowsSinceRefresh / _sinceRefresh.Elapsed.TotalSeconds;
         _rowsSinceRefresh = 0;
         _sinceRefresh.Restart();
-        string detail = Detail?.Invoke() ?? "";
-        _task.Description = Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-            $"epoch {report.Epoch + 1} step {report.StepInEpoch + 1}/{report.StepsPerEpoch}  loss {_recentLoss:F4}  {rate:N0} samples/s{detail}"));
+        string detail = Detail?.Invoke().Trim() ?? "";
+        _task.Description = Markup.Escape(Fit(DescriptionWidth(AnsiConsole.Profile.Width, _barWidth),
+            string.Create(CultureInfo.InvariantCulture, $"epoch {report.Epoch + 1} step {report.StepInEpoch + 1}/{report.StepsPerEpoch}"),
+            string.Create(CultureInfo.InvariantCulture, $"loss {_recentLoss:F4}"),
+            string.Create(CultureInfo.InvariantCulture, $"{rate:N0} samples/s"),
+            detail));
         _task.Value = report.GlobalStep;
+    }
+
+    private int _barWidth = 40;
+
+    /// <summary>The bar's width on a console <paramref name="width"/> columns wide: a quarter of it, 10 to 40.</summary>
+    public static int BarWidth(int width) => Math.Clamp(width / 4, 10, 40);
+
+    /// <summary>
+    /// Columns left for the description beside the bar, the percentage ("100%"), the time left ("00:00:00"),
+    /// the spinner and the gaps between the five columns.
+    /// </summary>
+    public static int DescriptionWidth(int width, int barWidth) => Math.Max(8, width - barWidth - 4 - 8 - 1 - 5);
+
+    /// <summary>
+    /// The live line within <paramref name="width"/> characters: the required part, then each optional field
+    /// (in order of importance) that still fits — fields are dropped whole, so a narrow console shows fewer of
+    /// them instead of an ellipsis; only a required part wider than the console itself is cut.
+    /// </summary>
+    public static string Fit(int width, string required, params string[] optional)
+    {
+        string line = required.Length <= width ? required : required[..Math.Max(0, width - 1)] + "…";
+        foreach (string field in optional)
+        {
+            if (field.Length > 0 && line.Length + 2 + field.Length <= width)
+            {
+                line += "  " + field;
+            }
+        }
+        return line;
     }
 
     public void EpochCompleted(EpochReport report)
