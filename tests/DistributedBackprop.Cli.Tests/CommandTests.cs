@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using DistributedBackprop.Cli.Commands;
 
 namespace DistributedBackprop.Cli.Tests;
 
@@ -277,6 +278,15 @@ public sealed partial class CommandTests : IDisposable
             "--workers", "0", "--threads", "2", "--checkpoint", "run.ckpt", "--checkpoint-every", "5", "--epochs", "1", "--progress", "none");
         Assert.Equal(0, quiet.ExitCode);
         Assert.DoesNotContain("warning:", quiet.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void DefaultWorkerNames_DifferBetweenProcessesOnOneHost()
+    {
+        // Containers all run as PID 1: the suffix is random, not the PID.
+        string[] names = Enumerable.Range(0, 50).Select(_ => WorkerCommand.DefaultName()).ToArray();
+        Assert.Equal(names.Length, names.Distinct().Count());
+        Assert.All(names, n => Assert.Matches("^worker-[A-Za-z0-9-]+-[0-9a-f]{6}$", n));
     }
 
     [Fact]

@@ -144,7 +144,7 @@ internal static class WorkerCommand
         var port = OptionParsing.IntInRange("--port", "Akka port of this node (0 = any free port). Env: DBP_PORT.", 0, 0);
         var data = new Option<string?>("--data") { Description = "Where this node finds the training data (default: the path the server loaded). Its content must equal the server's.", HelpName = "PATH" };
         var stream = new Option<bool>("--stream-data") { Description = "Receive the training rows from the server instead of reading files." };
-        var name = new Option<string?>("--name") { Description = "This worker's name (default: worker-HOST-PID).", HelpName = "NAME" };
+        var name = new Option<string?>("--name") { Description = "This worker's name (default: worker-HOST-XXXXXX, a random suffix: containers share PID 1, and may share a host name).", HelpName = "NAME" };
         var token = new Option<string?>("--token") { Description = "The join token `dbp serve` printed. Env: DBP_JOIN_TOKEN. (Visible in the process list: prefer --token-file.)", HelpName = "TOKEN" };
         var tokenFile = new Option<string?>("--token-file") { Description = "Read the join token from FILE (as written by `dbp serve --token-file`). Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
         var serverBulkPort = OptionParsing.IntInRange("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
@@ -180,7 +180,7 @@ internal static class WorkerCommand
             {
                 Console.Error.WriteLine("dbp worker: WARNING --insecure: no TLS, no join token; whoever can reach this node or the server can read and alter what it computes");
             }
-            string workerName = parse.GetValue(name) ?? $"worker-{Sanitize(Environment.MachineName)}-{Environment.ProcessId}";
+            string workerName = parse.GetValue(name) ?? DefaultName();
             using var cancel = new CancellationTokenSource();
             Console.CancelKeyPress += (_, e) =>
             {
@@ -193,6 +193,10 @@ internal static class WorkerCommand
         }));
         return command;
     }
+
+    /// <summary>worker-HOST-XXXXXX: a random suffix, since containers all run as PID 1 and may share a host name.</summary>
+    internal static string DefaultName() =>
+        $"worker-{Sanitize(Environment.MachineName)}-{Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(3))}";
 
     private static string Sanitize(string text) => new(text.Select(c => char.IsAsciiLetterOrDigit(c) || c == '-' ? c : '-').ToArray());
 }
