@@ -1,3 +1,4 @@
+using DistributedBackprop.Cli.Commands;
 using DistributedBackprop.Cli.Output;
 
 namespace DistributedBackprop.Cli.Tests;
@@ -46,3 +47,26 @@ public class ProgressLineTests
         Assert.True(consoleWidth < 40 || bar + description + 4 + 8 + 1 + 5 <= consoleWidth);
     }
 }
+
+/// <summary>--help's defaults rewritten as typed, also where a narrow terminal wrapped the entry.</summary>
+public class TypedDefaultsTests
+{
+    [Fact]
+    public void ADefaultOnAContinuationLine_OrSplitAcrossTwo_IsRewritten()
+    {
+        var loss = OptionParsing.LossOption(DistributedBackprop.Network.Loss.CrossEntropy);
+        var other = new System.CommandLine.Option<int>("--other") { DefaultValueFactory = _ => 3 };
+        var command = new System.CommandLine.Command("train") { loss, other };
+        string help = "Options:\n"
+            + "  --loss <mse|cross_entropy>  Cost function: mse or\n"
+            + "                              cross_entropy, needs softmax output). [default:\n"
+            + "                              CrossEntropy]\n"
+            + "  --other <other>             Not registered. [default: 3]\n";
+        string rewritten = TypedDefaults.Rewrite(help, command);
+        Assert.Contains("[default: cross_entropy]", rewritten, StringComparison.Ordinal);
+        Assert.DoesNotContain("CrossEntropy", rewritten, StringComparison.Ordinal);
+        Assert.Contains("  --other <other>             Not registered. [default: 3]\n", rewritten, StringComparison.Ordinal);
+        Assert.StartsWith("Options:\n  --loss <mse|cross_entropy>  Cost function: mse or\n", rewritten, StringComparison.Ordinal);
+    }
+}
+

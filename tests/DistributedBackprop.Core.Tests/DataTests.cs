@@ -78,6 +78,25 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
+    public void Csv_ALabelIndexEqualToAValue_DoesNotTurnTheFirstRowIntoAHeader()
+    {
+        // "0" is both a value of row 1 and the label's index: an index, and the row is data.
+        string path = Write("indexed.csv", "3,1.5,0,2.2\n4,2.5,1,3.2\n");
+        Dataset data = CsvReader.Read(path, new CsvOptions { LabelColumn = "0" });
+        Assert.Equal(2, data.Rows);
+        Assert.Equal(["3", "4"], data.Classes);
+        Assert.Equal([1.5f, 0f, 2.2f, 2.5f, 1f, 3.2f], data.Values);
+    }
+
+    [Fact]
+    public void Csv_TwoColumns_ANumberAndAWord_IsAmbiguousToo()
+    {
+        string path = Write("pair.csv", "0.5,cat\n0.7,dog\n");
+        Assert.Contains("cannot tell whether the first row is a header or data", Assert.Throws<DataException>(() => CsvReader.Read(path, new CsvOptions())).Message, StringComparison.Ordinal);
+        Assert.Equal(2, CsvReader.Read(path, new CsvOptions { Header = CsvHeader.No }).Rows);
+    }
+
+    [Fact]
     public void Csv_ALabelNamedOnAHeaderlessFile_IsAnError()
     {
         string path = Write("numbers.csv", "1,2,0\n3,4,1\n");

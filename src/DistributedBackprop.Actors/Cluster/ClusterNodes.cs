@@ -174,7 +174,9 @@ public static class ClusterWorker
                     : $"the server did not come back within {rejoinFor.TotalSeconds:0} s");
             }
             lost = null;
-            WorkerExit exit = await RunIncarnationAsync(settings with { Port = port }, options, enrolled, contact, portsPinned: settings.Port is > 0 || settings.BulkPort is > 0, cancellation).ConfigureAwait(false);
+            // Stopping the old node is only cut short for a rejoin that will happen, on ports of its own.
+            bool mayCutStopShort = rejoinFor > TimeSpan.Zero && !(settings.Port is > 0 || settings.BulkPort is > 0);
+            WorkerExit exit = await RunIncarnationAsync(settings with { Port = port }, options, enrolled, contact, mayCutStopShort, cancellation).ConfigureAwait(false);
             if (!exit.ServerLost || rejoinFor <= TimeSpan.Zero || cancellation.IsCancellationRequested)
             {
                 return exit;
@@ -188,7 +190,7 @@ public static class ClusterWorker
     public static readonly TimeSpan DefaultRejoinTimeout = TimeSpan.FromMinutes(5);
 
     /// <summary>One life of the node: an ActorSystem with this enrollment's certificate, until the agent says how it ended.</summary>
-    private static async Task<WorkerExit> RunIncarnationAsync(NodeSettings settings, WorkerNodeOptions options, EnrollmentResult enrolled, ServerContact contact, bool portsPinned, CancellationToken cancellation)
+    private static async Task<WorkerExit> RunIncarnationAsync(NodeSettings settings, WorkerNodeOptions options, EnrollmentResult enrolled, ServerContact contact, bool mayCutStopShort, CancellationToken cancellation)
     {
         Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.WorkerRole);
         ActorSystem system = ActorSystem.Create(ClusterNaming.SystemName, NodeSettings.BuildSetup(config, enrolled.Identity));
@@ -213,7 +215,7 @@ public static class ClusterWorker
         }
         finally
         {
-            await StopAsync(system, waitForAll: result is not { ServerLost: true } || portsPinned, options.Announce).ConfigureAwait(false);
+            await StopAsync(system, waitForAll: result is not { ServerLost: true } || !mayCutStopShort || cancellation.IsCancellationRequested, options.Announce).ConfigureAwait(false);
         }
     }
 
@@ -221,11 +223,11 @@ public static class ClusterWorker
     public static readonly TimeSpan StopPatience = TimeSpan.FromSeconds(5);
 
     /// <summary>
-    /// Stops an incarnation's ActorSystem. A node downed while it was cut off can take long to stop — Akka's
-    /// shutdown phases wait out their timeouts on peers it cannot reach, and a chaos run on CI saw one still
-    /// stopping 30 s after its link came back — so a node about to rejoin waits at most
+    /// Stops an incarnation's ActorSystem. A node downed while it was cut off can take long to stop (Akka's
+    /// coordinated-shutdown phases may each wait out their timeout, 5–10 s, on peers it cannot reach), so a
+    /// node about to rejoin waits at most
     /// <see cref="StopPatience"/> and lets the old system finish in the background: the next incarnation binds
-    /// fresh ports. With a pinned port (<paramref name="waitForAll"/>) the old system must release it first.
+    /// fresh ports. <paramref name="waitForAll"/>: no rejoin follows, or a pinned port must be released first.
     /// </summary>
     internal static async Task StopAsync(ActorSystem system, bool waitForAll, Action<string>? announce)
     {

@@ -78,7 +78,6 @@ internal static class TrainCommand
         return command;
     }
 
-    /// <summary>Shows progress while an actor run completes; a run the server stopped becomes a one-line error.</summary>
     /// <summary>Options of `train` itself that the rest of its command line makes pointless.</summary>
     private static IEnumerable<string> Ignored(ParseResult parse, TrainingConfig config, Option<int> workers, Option<int> threads, Option<string?> checkpoint, Option<int> checkpointEvery)
     {
@@ -97,6 +96,7 @@ internal static class TrainCommand
         }
     }
 
+    /// <summary>Shows progress while an actor run completes; a run the server stopped becomes a one-line error.</summary>
     internal static void RunActors(TrainingDisplay display, string title, TrainingSession session, Func<Task> run) =>
         display.Run(title, session.TotalSteps, session.GlobalStep, () =>
         {

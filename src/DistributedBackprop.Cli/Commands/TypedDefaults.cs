@@ -35,21 +35,39 @@ internal static partial class TypedDefaults
                 }
             }
         }
+        // An option's entry is its line and the continuation lines a narrow terminal wraps it into (indented,
+        // not starting with an option): "[default: …]" may sit on any of them, or straddle two.
+        string[] lines = help.Split('\n');
         var result = new StringBuilder(help.Length);
-        foreach (string line in help.Split('\n'))
+        for (int i = 0; i < lines.Length;)
         {
-            Match name = OptionName().Match(line);
-            string rewritten = name.Success && byName.TryGetValue(name.Groups[1].Value, out string? typed)
-                ? DefaultLabel().Replace(line, $"[default: {typed}]")
-                : line;
-            result.Append(rewritten).Append('\n');
+            Match name = OptionName().Match(lines[i]);
+            int end = i + 1;
+            if (name.Success)
+            {
+                while (end < lines.Length && lines[end].Length > 0 && char.IsWhiteSpace(lines[end][0]) && !OptionName().IsMatch(lines[end]))
+                {
+                    end++;
+                }
+            }
+            string entry = string.Join('\n', lines[i..end]);
+            if (name.Success && byName.TryGetValue(name.Groups[1].Value, out string? typed))
+            {
+                entry = DefaultLabel().Replace(entry, $"[default: {typed}]");
+            }
+            result.Append(entry);
+            if (end < lines.Length)
+            {
+                result.Append('\n');
+            }
+            i = end;
         }
-        return result.ToString(0, result.Length - 1);
+        return result.ToString();
     }
 
     [GeneratedRegex(@"^\s+(-{1,2}[\w-]+)")]
     private static partial Regex OptionName();
 
-    [GeneratedRegex(@"\[default: [^\]]*\]")]
+    [GeneratedRegex(@"\[default:\s+[^\]]*\]")]
     private static partial Regex DefaultLabel();
 }

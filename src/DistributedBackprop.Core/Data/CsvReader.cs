@@ -103,7 +103,7 @@ public static class CsvReader
         int features = hasLabel ? columns - 1 : columns;
         if (features < 1)
         {
-            throw DataException.AtLine(file, 1, $"the header has {columns} column(s); at least one feature column besides the label is needed");
+            throw DataException.AtLine(file, 1, $"the {(headerRow ? "header" : "first row")} has {columns} column(s); at least one feature column besides the label is needed");
         }
         if (options.ExpectedFeatures is int expected && expected != features)
         {
@@ -211,16 +211,23 @@ public static class CsvReader
         bool[] numeric = first.Select(f => double.TryParse(f, NumberStyles.Float, CultureInfo.InvariantCulture, out _)).ToArray();
         if (numeric.All(n => n))
         {
-            if (!string.IsNullOrWhiteSpace(options.LabelColumn) && !int.TryParse(options.LabelColumn, NumberStyles.Integer, CultureInfo.InvariantCulture, out _)
-                && Array.IndexOf(first, options.LabelColumn.Trim()) < 0)
+            // All numbers: data. A label given by a name (not an index) that is one of these numbers says the
+            // row names the columns after all; a name that is not among them cannot be found in a file without
+            // a header. A label given as an index is an index: its text matching a value decides nothing.
+            string? label = options.LabelColumn?.Trim();
+            if (string.IsNullOrEmpty(label) || int.TryParse(label, NumberStyles.Integer, CultureInfo.InvariantCulture, out _))
             {
-                throw DataException.AtLine(file, 1, $"the first row is all numbers, so it reads as data, not a header naming the label column '{options.LabelColumn.Trim()}'; give --label the 0-based column index, or --header yes if it is a header");
+                return false;
             }
-            return Array.IndexOf(first, options.LabelColumn?.Trim()) >= 0;
+            if (Array.IndexOf(first, label) < 0)
+            {
+                throw DataException.AtLine(file, 1, $"the first row is all numbers, so it reads as data, not a header naming the label column '{label}'; give --label the 0-based column index, or --header yes if it is a header");
+            }
+            return true;
         }
         // Numbers everywhere but one column: the label column's value, or a header with numeric names?
         int words = numeric.Count(n => !n);
-        if (words == 1 && first.Length > 2)
+        if (words == 1 && first.Length >= 2)
         {
             throw DataException.AtLine(file, 1, $"cannot tell whether the first row is a header or data (every field is a number but '{first[Array.IndexOf(numeric, false)]}'); say --header yes or --header no");
         }
