@@ -21,6 +21,9 @@ public sealed class TreeReducer
     private readonly (float[] Left, float[] Right)[] _additions;
     private int _coveredCount;
     private int _additionCount;
+    // The fold's two callbacks, made once: Plan runs every step and allocates nothing.
+    private readonly ChunkTree.KnownValue<(float[] Gradient, BatchResult Result)> _received;
+    private readonly Func<(float[] Gradient, BatchResult Result), (float[] Gradient, BatchResult Result), (float[] Gradient, BatchResult Result)> _planAddition;
 
     public TreeReducer(int chunks, int parameterCount)
     {
@@ -31,6 +34,8 @@ public sealed class TreeReducer
         _results = new BatchResult[_gradients.Length];
         _covered = new bool[chunks];
         _additions = new (float[], float[])[chunks];
+        _received = Received;
+        _planAddition = PlanAddition;
     }
 
     public bool IsComplete => _coveredCount == _chunks;
@@ -100,7 +105,7 @@ public sealed class TreeReducer
             throw new InvalidOperationException($"only {_coveredCount} of {_chunks} chunks have arrived");
         }
         _additionCount = 0;
-        return ChunkTree.Fold<(float[] Gradient, BatchResult Result)>(_chunks, Received, PlanAddition);
+        return ChunkTree.Fold(_chunks, _received, _planAddition);
     }
 
     /// <summary>Performs the planned additions on elements [start, start + count).</summary>
