@@ -349,15 +349,18 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _session.EndStep();
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
-        foreach (WorkerSlot worker in _scheduler.Workers)
+        // Indexed loops: foreach over the IReadOnlyList would box an enumerator every step.
+        int workers = 0;
+        for (int i = 0; i < _scheduler.Workers.Count; i++)
         {
+            WorkerSlot worker = _scheduler.Workers[i];
             if (worker.DeliveredThisStep)
             {
                 worker.StepSeconds.Add(worker.ComputeThisStep);
+                workers++;
             }
         }
         _scheduler.EndStep();
-        int workers = _scheduler.Workers.Count(w => w.DeliveredThisStep);
         _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers));
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
         if (!epochDone)
@@ -481,14 +484,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         return sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
     }
 
-    /// <summary>The registered worker behind an actor ref (a plain loop: this runs for every gradient message).</summary>
+    /// <summary>The registered worker behind an actor ref (an indexed loop, allocating nothing: this runs for every gradient message).</summary>
     private WorkerSlot? FindWorker(IActorRef reference)
     {
-        foreach (WorkerSlot worker in _scheduler.Workers)
+        for (int i = 0; i < _scheduler.Workers.Count; i++)
         {
-            if (worker.Ref.Equals(reference))
+            if (_scheduler.Workers[i].Ref.Equals(reference))
             {
-                return worker;
+                return _scheduler.Workers[i];
             }
         }
         return null;

@@ -11,7 +11,7 @@ internal static class UsageErrors
 {
     private const string Unrecognized = "Unrecognized command or argument '";
 
-    public static List<string> Describe(ParseResult parse, IReadOnlyList<string> args)
+    public static List<string> Describe(ParseResult parse, string[] args)
     {
         Command command = parse.CommandResult.Command;
         var known = new List<string>();
@@ -44,8 +44,8 @@ internal static class UsageErrors
                 string? guess = Closest(token.Split('=', 2)[0], known.Where(k => k.StartsWith('-')));
                 lines.Add($"unknown option '{token}'{(guess is null ? "" : $"; did you mean {guess}?")}");
                 // Its value, if it was given one, is part of the same mistake.
-                int at = IndexOf(args, token);
-                if (i + 1 < unmatched.Count && !unmatched[i + 1].StartsWith('-') && at >= 0 && at + 1 < args.Count && args[at + 1] == unmatched[i + 1])
+                int at = Array.IndexOf(args, token);
+                if (i + 1 < unmatched.Count && !unmatched[i + 1].StartsWith('-') && at >= 0 && at + 1 < args.Length && args[at + 1] == unmatched[i + 1])
                 {
                     i++;
                 }
@@ -57,18 +57,6 @@ internal static class UsageErrors
             }
         }
         return lines;
-    }
-
-    private static int IndexOf(IReadOnlyList<string> args, string token)
-    {
-        for (int i = 0; i < args.Count; i++)
-        {
-            if (args[i] == token)
-            {
-                return i;
-            }
-        }
-        return -1;
     }
 
     /// <summary>The known name nearest to <paramref name="typed"/> (edit distance at most a third of its length, at least 1 allowed; or a prefix), or null.</summary>

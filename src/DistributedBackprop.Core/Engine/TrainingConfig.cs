@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
@@ -108,8 +109,8 @@ public sealed record TrainingConfig
     {
         var before = new SortedDictionary<string, string>(StringComparer.Ordinal);
         var now = new SortedDictionary<string, string>(StringComparer.Ordinal);
-        Flatten(System.Text.Json.Nodes.JsonNode.Parse(saved.ToJson()), "", before);
-        Flatten(System.Text.Json.Nodes.JsonNode.Parse(ToJson()), "", now);
+        Flatten(JsonNode.Parse(saved.ToJson()), "", before);
+        Flatten(JsonNode.Parse(ToJson()), "", now);
         var differences = new List<string>();
         foreach (string key in before.Keys.Union(now.Keys).Order(StringComparer.Ordinal))
         {
@@ -122,21 +123,21 @@ public sealed record TrainingConfig
         return differences;
     }
 
-    private static void Flatten(System.Text.Json.Nodes.JsonNode? node, string prefix, SortedDictionary<string, string> into)
+    private static void Flatten(JsonNode? node, string prefix, SortedDictionary<string, string> into)
     {
         switch (node)
         {
-            case System.Text.Json.Nodes.JsonObject obj:
+            case JsonObject obj:
                 foreach (var (name, child) in obj)
                 {
                     Flatten(child, prefix.Length == 0 ? name : $"{prefix}.{name}", into);
                 }
                 break;
-            case System.Text.Json.Nodes.JsonArray array:
+            case JsonArray array:
                 into[prefix] = array.Count == 0 ? "none" : string.Join(',', array.Select(item => item?.ToJsonString()));
                 break;
             default:
-                into[prefix] = node is System.Text.Json.Nodes.JsonValue value && value.TryGetValue(out string? text) ? text : node?.ToJsonString() ?? "null";
+                into[prefix] = node is JsonValue value && value.TryGetValue(out string? text) ? text : node?.ToJsonString() ?? "null";
                 break;
         }
     }
