@@ -10,7 +10,10 @@ public static class DbpProcess
 {
     public static string DllPath => Path.Combine(AppContext.BaseDirectory, "dbp.dll");
 
-    public static DbpResult Run(string workingDirectory, params string[] args)
+    public static DbpResult Run(string workingDirectory, params string[] args) => Run(workingDirectory, new Dictionary<string, string>(), args);
+
+    /// <summary>Runs dbp with extra environment variables (e.g. the runtime's instruction-set switches).</summary>
+    public static DbpResult Run(string workingDirectory, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var info = new ProcessStartInfo("dotnet")
         {
@@ -25,6 +28,10 @@ public static class DbpProcess
             info.ArgumentList.Add(arg);
         }
         info.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        foreach (var (name, value) in environment)
+        {
+            info.Environment[name] = value;
+        }
         using Process process = Process.Start(info)!;
         Task<string> stdout = process.StandardOutput.ReadToEndAsync();
         Task<string> stderr = process.StandardError.ReadToEndAsync();

@@ -1,5 +1,7 @@
 using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using DistributedBackprop.Kernels;
 
 namespace DistributedBackprop.Network;
 
@@ -45,13 +47,19 @@ public static class Activations
             : throw new FormatException($"unknown activation '{text}' (expected identity, sigmoid, tanh, relu or softmax)");
 
     /// <summary>
-    /// a = σ(z) for one row. Transcendental functions are applied row by row on purpose: the code path an
-    /// element takes (vector body or tail) then depends only on its column, never on how many rows a
-    /// batch or chunk has, so a row's activations are the same bits whoever computes them.
+    /// a = σ(z) for one row. In float (the trainer's precision) every function is <see cref="PortableMath"/>'s,
+    /// defined once in IEEE operations, so a row's activations are the same bits on every CPU and vector
+    /// width, whoever computes them. Double (the reference precision of the gradient checks and `dbp
+    /// gradients`) uses the runtime's functions: its bits never reach a model.
     /// </summary>
     public static void ForwardRow<T>(Activation activation, ReadOnlySpan<T> z, Span<T> a)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
+        if (typeof(T) == typeof(float))
+        {
+            ForwardRow(activation, MemoryMarshal.Cast<T, float>(z), MemoryMarshal.Cast<T, float>(a));
+            return;
+        }
         switch (activation)
         {
             case Activation.Identity:
@@ -78,11 +86,36 @@ public static class Activations
         }
     }
 
+    private static void ForwardRow(Activation activation, ReadOnlySpan<float> z, Span<float> a)
+    {
+        switch (activation)
+        {
+            case Activation.Identity:
+                z.CopyTo(a);
+                break;
+            case Activation.Sigmoid:
+                PortableMath.Sigmoid(z, a);
+                break;
+            case Activation.Tanh:
+                PortableMath.Tanh(z, a);
+                break;
+            case Activation.Relu:
+                PortableMath.Relu(z, a);
+                break;
+            case Activation.Softmax:
+                PortableMath.Softmax(z, a);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(activation));
+        }
+    }
+
     /// <summary>
     /// δ = ∂J/∂z from dA = ∂J/∂a for one row (lecture: ∂J/∂z_l = ∂J/∂a_l ⊙ σ'(z_l)), in place in
     /// <paramref name="delta"/> which holds dA on entry. Uses a_l where σ' is cheapest in it:
     /// sigmoid' = a(1 − a), tanh' = 1 − a², relu' = [z &gt; 0], softmax: δ = a ⊙ (dA − ⟨dA, a⟩).
-    /// <paramref name="scratch"/> is one row long.
+    /// <paramref name="scratch"/> is one row long. Apart from the softmax's dot, every operation here is a
+    /// single correctly rounded IEEE operation per element, the same bits on every CPU.
     /// </summary>
     public static void BackwardRow<T>(Activation activation, ReadOnlySpan<T> z, ReadOnlySpan<T> a, Span<T> delta, Span<T> scratch)
         where T : unmanaged, IFloatingPointIeee754<T>
@@ -105,7 +138,10 @@ public static class Activations
                 ReluMask(z, delta);
                 break;
             case Activation.Softmax:
-                T dot = TensorPrimitives.Dot(delta, a);
+                // ⟨dA, a⟩ in PortableMath's fixed order for float (a sum's order changes its bits).
+                T dot = typeof(T) == typeof(float)
+                    ? T.CreateTruncating(PortableMath.Dot(MemoryMarshal.Cast<T, float>(delta), MemoryMarshal.Cast<T, float>(a)))
+                    : TensorPrimitives.Dot(delta, a);
                 TensorPrimitives.Subtract(delta, dot, delta);
                 TensorPrimitives.Multiply(delta, a, delta);
                 break;

@@ -1,3 +1,4 @@
+using DistributedBackprop.Kernels;
 namespace DistributedBackprop.Optimizers;
 
 public enum OptimizerKind
@@ -68,16 +69,17 @@ public sealed record OptimizerSettings
 
     /// <summary>
     /// γ for a step (0-based global step; epoch of that step; total steps of the run). Computed in double
-    /// and rounded once, on the one node that applies updates, so it is the same for any worker count.
+    /// and rounded once, on the one node that applies updates, so it is the same for any worker count; with
+    /// <see cref="PortableMath"/>'s power and cosine instead of the C library's, so on any CPU too.
     /// </summary>
     public float LearningRateAt(long step, int epoch, long totalSteps)
     {
         double lr = Schedule switch
         {
             ScheduleKind.Constant => LearningRate,
-            ScheduleKind.Step => LearningRate * Math.Pow(DecayFactor, epoch / DecayEvery),
+            ScheduleKind.Step => LearningRate * PortableMath.Power(DecayFactor, epoch / DecayEvery),
             ScheduleKind.Cosine => MinLearningRate + 0.5 * (LearningRate - MinLearningRate)
-                * (1 + Math.Cos(Math.PI * Math.Min(step, Math.Max(0, totalSteps - 1)) / Math.Max(1, totalSteps - 1))),
+                * (1 + PortableMath.CosPi(Math.Min(step, Math.Max(0, totalSteps - 1)) / (double)Math.Max(1, totalSteps - 1))),
             _ => throw new InvalidOperationException($"unknown schedule {Schedule}"),
         };
         if (step < WarmupSteps)

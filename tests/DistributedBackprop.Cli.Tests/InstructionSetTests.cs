@@ -1,0 +1,45 @@
+namespace DistributedBackprop.Cli.Tests;
+
+/// <summary>
+/// The same bits on every CPU: small networks (every hidden activation, every output and loss) trained in
+/// child processes whose runtime is told to use less of this CPU — no AVX-512, no AVX2 and FMA (128-bit
+/// vectors, software fused multiply-add), no SIMD intrinsics at all — must write byte-identical model files.
+/// Before the element-wise functions and reductions were defined in plain IEEE operations (commit 7f1620a),
+/// each of these four models changed without SIMD, and the two softmax ones without AVX2 too.
+/// </summary>
+public sealed class InstructionSetTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("dbp-isa-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    /// <summary>The runtime's switches (.NET 10 names: DOTNET_EnableAVX512 replaced EnableAVX512F, which it ignores).</summary>
+    private static readonly (string Name, Dictionary<string, string> Environment)[] InstructionSets =
+    [
+        ("default", new()),
+        ("no AVX-512", new() { ["DOTNET_EnableAVX512"] = "0" }),
+        ("no AVX2", new() { ["DOTNET_EnableAVX2"] = "0" }),
+        ("no SIMD", new() { ["DOTNET_EnableHWIntrinsic"] = "0" }),
+    ];
+
+    [Theory]
+    [InlineData("relu", "softmax", "cross_entropy")]
+    [InlineData("tanh", "softmax", "mse")]
+    [InlineData("sigmoid", "sigmoid", "mse")]
+    [InlineData("tanh", "identity", "mse")]
+    public void Every_instruction_set_trains_the_same_model_bytes(string activation, string output, string loss)
+    {
+        byte[]? first = null;
+        foreach (var (name, environment) in InstructionSets)
+        {
+            string model = Path.Combine(_dir, $"{activation}-{output}-{name.Replace(' ', '-')}.safetensors");
+            DbpResult run = DbpProcess.Run(_dir, environment,
+                "train", "--epochs", "2", "--workers", "0", "--layers", "24,12", "--activation", activation, "--output-activation", output,
+                "--loss", loss, "--schedule", "cosine", "--optimizer", "adam", "--lr", "0.01", "--out", model, "--progress", "none");
+            Assert.True(run.ExitCode == 0, $"{name}: exit {run.ExitCode}: {run.Stderr}");
+            byte[] bytes = File.ReadAllBytes(model);
+            first ??= bytes;
+            Assert.True(first.AsSpan().SequenceEqual(bytes), $"{activation}/{output}/{loss}: the model trained with {name} differs from the default's");
+        }
+    }
+}
