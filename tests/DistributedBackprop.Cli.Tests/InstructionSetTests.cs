@@ -22,6 +22,22 @@ public sealed class InstructionSetTests : IDisposable
         ("no SIMD", new() { ["DOTNET_EnableHWIntrinsic"] = "0" }),
     ];
 
+    [Fact]
+    public void Every_instruction_set_computes_the_same_numeric_fingerprint()
+    {
+        // The fingerprint a worker registers with: a server refuses a worker whose fingerprint differs from its own.
+        var fingerprints = new Dictionary<string, string>();
+        foreach (var (name, environment) in InstructionSets)
+        {
+            DbpResult run = DbpProcess.Run(_dir, environment, "bench", "--json", "--seconds", "0.05", "--windows", "1", "--warmup", "0.05",
+                "--no-gemm", "--inputs", "8", "--layers", "8", "--batch-size", "8");
+            Assert.True(run.ExitCode == 0, $"{name}: exit {run.ExitCode}: {run.Stderr}");
+            using var json = System.Text.Json.JsonDocument.Parse(run.Stdout);
+            fingerprints[name] = json.RootElement.GetProperty("config").GetProperty("numeric_fingerprint").GetString()!;
+        }
+        Assert.True(fingerprints.Values.Distinct().Count() == 1, string.Join(", ", fingerprints.Select(f => $"{f.Key}: {f.Value}")));
+    }
+
     [Theory]
     [InlineData("relu", "softmax", "cross_entropy")]
     [InlineData("tanh", "softmax", "mse")]

@@ -124,7 +124,7 @@ internal static class BenchCommand
         if (!asJson)
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s)")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best}, data {dataPath ?? "synthetic"}"));
+                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s)")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best} ({PortableMath.LaneWidth} element-wise lanes, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}), data {dataPath ?? "synthetic"}"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"samples/s: median {result.MedianSamplesPerSecond:N0} (min {result.MinSamplesPerSecond:N0}, max {result.MaxSamplesPerSecond:N0}) over {result.Windows.Count} windows, {result.Steps} steps; allocated {result.AllocatedBytesPerStep:N1} bytes/step"));
             if (actors is not null)
@@ -167,6 +167,9 @@ internal static class BenchCommand
             json.WriteString("data", dataPath ?? "synthetic");
             json.WriteString("optimizer", OptimizerSettings.Name(config.Optimizer.Kind));
             json.WriteString("simd", SimdTiers.Best.ToString());
+            json.WriteNumber("element_wise_lanes", PortableMath.LaneWidth);
+            json.WriteString("architecture", System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString());
+            json.WriteString("numeric_fingerprint", NumericFingerprint.Value);
             json.WriteNumber("processors", Environment.ProcessorCount);
             json.WriteEndObject();
             if (actors is not null)

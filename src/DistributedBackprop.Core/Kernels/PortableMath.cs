@@ -1,4 +1,3 @@
-using System.Numerics;
 using System.Runtime.CompilerServices;
 
 namespace DistributedBackprop.Kernels;
@@ -12,11 +11,12 @@ namespace DistributedBackprop.Kernels;
 /// (<c>TensorPrimitives.Exp/Sum</c>, the C library's <c>expf</c>) may pick a different polynomial, vector width
 /// or summation order per CPU; these may not, which is what lets mixed machines train one model.
 ///
-/// The scalar overloads are the definitions. The span overloads run the same operations on
-/// <see cref="Vector{T}"/> lanes (8 wide with AVX2, 4 with SSE or ARM64 NEON, emulated without SIMD); a
-/// row's tail is padded into one more vector, so every element takes the same path whatever its position
-/// and however wide the machine's vectors are. Tests hold each span overload to its scalar definition on
-/// every length, and each function to within 2 ulp of the correctly rounded result.
+/// Each function is written once, generic over <see cref="IFloatLanes{TSelf}"/>: one float
+/// (<see cref="ScalarLane"/>, the definition read as plain arithmetic) or 4, 8 or 16 SIMD lanes. The span
+/// overloads run the widest lanes this CPU accelerates over whole vectors and pad the tail into one more,
+/// so an element's bits depend neither on its position nor on the machine's vector width. Tests hold every
+/// width to the scalar lane at every length, and each function to within 2 ulp of the correctly rounded
+/// result.
 /// </summary>
 public static class PortableMath
 {
@@ -38,56 +38,73 @@ public static class PortableMath
     public const int ReductionLanes = 8;
 
     /// <summary>e^x within 1 ulp; +∞ above ≈ 88.72, +0 below ≈ −103.97 (subnormals in between), NaN for NaN.</summary>
-    public static float Exp(float x)
-    {
-        x = x > ExpUpperClamp ? ExpUpperClamp : x;
-        x = x < ExpLowerClamp ? ExpLowerClamp : x;
-        float n = MathF.FusedMultiplyAdd(x, Log2E, RoundingShift) - RoundingShift;
-        float r = MathF.FusedMultiplyAdd(n, -Ln2High, x);
-        r = MathF.FusedMultiplyAdd(n, -Ln2Low, r);
-        float q = MathF.FusedMultiplyAdd(Q5, r, Q4);
-        q = MathF.FusedMultiplyAdd(q, r, Q3);
-        q = MathF.FusedMultiplyAdd(q, r, Q2);
-        q = MathF.FusedMultiplyAdd(q, r, Q1);
-        q = MathF.FusedMultiplyAdd(q, r, Q0);
-        float er = 1f + MathF.FusedMultiplyAdd(r * r, q, r);
-        // 2^n in two exact factors (n ∈ [−150, 128] does not fit one float exponent); the second product is the
-        // only rounding, also where the result is subnormal or overflows. A NaN's n is whatever the conversion
-        // gives: er is NaN, and so is the product.
-        int k = float.IsNaN(n) ? 0 : (int)n;
-        int half = k >> 1;
-        return er * PowerOfTwo(half) * PowerOfTwo(k - half);
-    }
+    public static float Exp(float x) => Exp(new ScalarLane(x)).Value;
 
-    /// <summary>tanh x within 2 ulp; odd, ±1 for |x| ≳ 9, NaN for NaN.</summary>
-    public static float Tanh(float x)
-    {
-        float magnitude = MathF.Abs(x);
-        float z = x * x;
-        float t = MathF.FusedMultiplyAdd(T4, z, T3);
-        t = MathF.FusedMultiplyAdd(t, z, T2);
-        t = MathF.FusedMultiplyAdd(t, z, T1);
-        t = MathF.FusedMultiplyAdd(t, z, T0);
-        float small = MathF.FusedMultiplyAdd(x * z, t, x);
-        float large = 1f - 2f / (Exp(magnitude + magnitude) + 1f);
-        large = x < 0 ? -large : large;
-        return magnitude < TanhSmall ? small : large;
-    }
+    /// <summary>tanh x within 2 ulp (1 measured); odd, ±1 for |x| ≳ 9, NaN for NaN.</summary>
+    public static float Tanh(float x) => Tanh(new ScalarLane(x)).Value;
 
     /// <summary>σ(x) = 1/(1 + e^−x) within 2 ulp: e^{−|x|} ∈ (0, 1] never overflows, and for x &lt; 0, σ = e^x/(1 + e^x) keeps the tiny results.</summary>
-    public static float Sigmoid(float x)
-    {
-        float e = Exp(-MathF.Abs(x));
-        float denominator = 1f + e;
-        return (x < 0 ? e : 1f) / denominator;
-    }
+    public static float Sigmoid(float x) => Sigmoid(new ScalarLane(x)).Value;
 
     /// <summary>max(x, 0) as a select: +0 for x ≤ 0 (also −0), NaN stays NaN.</summary>
-    public static float Relu(float x) => x <= 0 ? 0f : x;
+    public static float Relu(float x) => Relu(new ScalarLane(x)).Value;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TLanes Exp<TLanes>(TLanes x)
+        where TLanes : struct, IFloatLanes<TLanes>
+    {
+        x = TLanes.Select(TLanes.GreaterThan(x, TLanes.Broadcast(ExpUpperClamp)), TLanes.Broadcast(ExpUpperClamp), x);
+        x = TLanes.Select(TLanes.LessThan(x, TLanes.Broadcast(ExpLowerClamp)), TLanes.Broadcast(ExpLowerClamp), x);
+        TLanes shift = TLanes.Broadcast(RoundingShift);
+        TLanes n = TLanes.FusedMultiplyAdd(x, TLanes.Broadcast(Log2E), shift) - shift;
+        TLanes r = TLanes.FusedMultiplyAdd(n, TLanes.Broadcast(-Ln2High), x);
+        r = TLanes.FusedMultiplyAdd(n, TLanes.Broadcast(-Ln2Low), r);
+        TLanes q = TLanes.FusedMultiplyAdd(TLanes.Broadcast(Q5), r, TLanes.Broadcast(Q4));
+        q = TLanes.FusedMultiplyAdd(q, r, TLanes.Broadcast(Q3));
+        q = TLanes.FusedMultiplyAdd(q, r, TLanes.Broadcast(Q2));
+        q = TLanes.FusedMultiplyAdd(q, r, TLanes.Broadcast(Q1));
+        q = TLanes.FusedMultiplyAdd(q, r, TLanes.Broadcast(Q0));
+        TLanes er = TLanes.Broadcast(1f) + TLanes.FusedMultiplyAdd(r * r, q, r);
+        // A NaN lane's n would convert to a CPU-dependent integer: scale it by 2^0 (it stays NaN).
+        n = TLanes.Select(TLanes.IsNaN(n), TLanes.Broadcast(0f), n);
+        return TLanes.ScaleByPowerOfTwo(er, n);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TLanes Tanh<TLanes>(TLanes x)
+        where TLanes : struct, IFloatLanes<TLanes>
+    {
+        TLanes magnitude = TLanes.Abs(x);
+        TLanes z = x * x;
+        TLanes t = TLanes.FusedMultiplyAdd(TLanes.Broadcast(T4), z, TLanes.Broadcast(T3));
+        t = TLanes.FusedMultiplyAdd(t, z, TLanes.Broadcast(T2));
+        t = TLanes.FusedMultiplyAdd(t, z, TLanes.Broadcast(T1));
+        t = TLanes.FusedMultiplyAdd(t, z, TLanes.Broadcast(T0));
+        TLanes small = TLanes.FusedMultiplyAdd(x * z, t, x);
+        TLanes one = TLanes.Broadcast(1f);
+        TLanes large = one - TLanes.Broadcast(2f) / (Exp(magnitude + magnitude) + one);
+        large = TLanes.Select(TLanes.LessThan(x, TLanes.Broadcast(0f)), -large, large);
+        return TLanes.Select(TLanes.LessThan(magnitude, TLanes.Broadcast(TanhSmall)), small, large);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TLanes Sigmoid<TLanes>(TLanes x)
+        where TLanes : struct, IFloatLanes<TLanes>
+    {
+        TLanes e = Exp(-TLanes.Abs(x));
+        TLanes one = TLanes.Broadcast(1f);
+        return TLanes.Select(TLanes.LessThan(x, TLanes.Broadcast(0f)), e, one) / (one + e);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static TLanes Relu<TLanes>(TLanes x)
+        where TLanes : struct, IFloatLanes<TLanes> =>
+        TLanes.Select(TLanes.LessThanOrEqual(x, TLanes.Broadcast(0f)), TLanes.Broadcast(0f), x);
 
     /// <summary>
     /// Σ x in a fixed order: element i is added into lane i mod <see cref="ReductionLanes"/> (each lane from −0,
-    /// in index order), then the lanes are added pairwise ((0+1)+(2+3)) + ((4+5)+(6+7)).
+    /// in index order), then the lanes are added pairwise ((0+1)+(2+3)) + ((4+5)+(6+7)). Summed one element at a
+    /// time: the rows it sums (a softmax's classes) are short.
     /// </summary>
     public static float Sum(ReadOnlySpan<float> x)
     {
@@ -116,7 +133,7 @@ public static class PortableMath
         return CombineLanes(lanes);
     }
 
-    /// <summary>The largest value, the first one met among equals (so −0 and +0 keep their order); NaN if any is NaN. Undefined for none.</summary>
+    /// <summary>The largest value, the first one met among equals (so −0 and +0 keep their order); NaN if any is NaN.</summary>
     public static float Max(ReadOnlySpan<float> x)
     {
         if (x.IsEmpty)
@@ -135,13 +152,13 @@ public static class PortableMath
         return max;
     }
 
-    public static void Exp(ReadOnlySpan<float> x, Span<float> result) => Map<ExpLanes>(x, result);
+    public static void Exp(ReadOnlySpan<float> x, Span<float> result) => Map<ExpFunction>(x, result);
 
-    public static void Tanh(ReadOnlySpan<float> x, Span<float> result) => Map<TanhLanes>(x, result);
+    public static void Tanh(ReadOnlySpan<float> x, Span<float> result) => Map<TanhFunction>(x, result);
 
-    public static void Sigmoid(ReadOnlySpan<float> x, Span<float> result) => Map<SigmoidLanes>(x, result);
+    public static void Sigmoid(ReadOnlySpan<float> x, Span<float> result) => Map<SigmoidFunction>(x, result);
 
-    public static void Relu(ReadOnlySpan<float> x, Span<float> result) => Map<ReluLanes>(x, result);
+    public static void Relu(ReadOnlySpan<float> x, Span<float> result) => Map<ReluFunction>(x, result);
 
     /// <summary>softmax(z) = e^{z − max z} / Σ e^{z − max z} (shifted so no exp overflows), into <paramref name="a"/>.</summary>
     public static void Softmax(ReadOnlySpan<float> z, Span<float> a)
@@ -197,110 +214,82 @@ public static class PortableMath
         return -x * series;
     }
 
-    /// <summary>Vector forms of the definitions above: the same operations, lane by lane.</summary>
-    public static Vector<float> Exp(Vector<float> x)
+    /// <summary>The lane width the span overloads use on this CPU: the widest it accelerates.</summary>
+    public static int LaneWidth { get; } =
+        Lanes512.IsAccelerated ? Lanes512.Count : Lanes256.IsAccelerated ? Lanes256.Count : Lanes128.IsAccelerated ? Lanes128.Count : ScalarLane.Count;
+
+    /// <summary><typeparamref name="TFunction"/> over a span, in lanes of <paramref name="width"/> (for tests: every width gives the same bits).</summary>
+    public static void Map<TFunction>(ReadOnlySpan<float> x, Span<float> result, int width)
+        where TFunction : struct, ILaneFunction
     {
-        x = Vector.ConditionalSelect(Vector.GreaterThan(x, new Vector<float>(ExpUpperClamp)), new Vector<float>(ExpUpperClamp), x);
-        x = Vector.ConditionalSelect(Vector.LessThan(x, new Vector<float>(ExpLowerClamp)), new Vector<float>(ExpLowerClamp), x);
-        var shift = new Vector<float>(RoundingShift);
-        Vector<float> n = Vector.FusedMultiplyAdd(x, new Vector<float>(Log2E), shift) - shift;
-        Vector<float> r = Vector.FusedMultiplyAdd(n, new Vector<float>(-Ln2High), x);
-        r = Vector.FusedMultiplyAdd(n, new Vector<float>(-Ln2Low), r);
-        Vector<float> q = Vector.FusedMultiplyAdd(new Vector<float>(Q5), r, new Vector<float>(Q4));
-        q = Vector.FusedMultiplyAdd(q, r, new Vector<float>(Q3));
-        q = Vector.FusedMultiplyAdd(q, r, new Vector<float>(Q2));
-        q = Vector.FusedMultiplyAdd(q, r, new Vector<float>(Q1));
-        q = Vector.FusedMultiplyAdd(q, r, new Vector<float>(Q0));
-        Vector<float> er = Vector<float>.One + Vector.FusedMultiplyAdd(r * r, q, r);
-        // NaN lanes convert to a CPU-dependent integer; zero them so the scaling is defined (er is NaN there anyway).
-        Vector<int> k = Vector.ConditionalSelect(Vector.Equals(n, n), Vector.ConvertToInt32(n), Vector<int>.Zero);
-        Vector<int> half = Vector.ShiftRightArithmetic(k, 1);
-        return er * PowerOfTwo(half) * PowerOfTwo(k - half);
+        switch (width)
+        {
+            case Lanes512.Count: Map<TFunction, Lanes512>(x, result); break;
+            case Lanes256.Count: Map<TFunction, Lanes256>(x, result); break;
+            case Lanes128.Count: Map<TFunction, Lanes128>(x, result); break;
+            case ScalarLane.Count: Map<TFunction, ScalarLane>(x, result); break;
+            default: throw new ArgumentOutOfRangeException(nameof(width), width, "lanes are 1, 4, 8 or 16 wide");
+        }
     }
 
-    public static Vector<float> Tanh(Vector<float> x)
-    {
-        Vector<float> magnitude = Vector.Abs(x);
-        Vector<float> z = x * x;
-        Vector<float> t = Vector.FusedMultiplyAdd(new Vector<float>(T4), z, new Vector<float>(T3));
-        t = Vector.FusedMultiplyAdd(t, z, new Vector<float>(T2));
-        t = Vector.FusedMultiplyAdd(t, z, new Vector<float>(T1));
-        t = Vector.FusedMultiplyAdd(t, z, new Vector<float>(T0));
-        Vector<float> small = Vector.FusedMultiplyAdd(x * z, t, x);
-        Vector<float> large = Vector<float>.One - new Vector<float>(2f) / (Exp(magnitude + magnitude) + Vector<float>.One);
-        large = Vector.ConditionalSelect(Vector.LessThan(x, Vector<float>.Zero), -large, large);
-        return Vector.ConditionalSelect(Vector.LessThan(magnitude, new Vector<float>(TanhSmall)), small, large);
-    }
+    private static void Map<TFunction>(ReadOnlySpan<float> x, Span<float> result)
+        where TFunction : struct, ILaneFunction => Map<TFunction>(x, result, LaneWidth);
 
-    public static Vector<float> Sigmoid(Vector<float> x)
-    {
-        Vector<float> e = Exp(-Vector.Abs(x));
-        Vector<float> denominator = Vector<float>.One + e;
-        return Vector.ConditionalSelect(Vector.LessThan(x, Vector<float>.Zero), e, Vector<float>.One) / denominator;
-    }
-
-    public static Vector<float> Relu(Vector<float> x) =>
-        Vector.ConditionalSelect(Vector.LessThanOrEqual(x, Vector<float>.Zero), Vector<float>.Zero, x);
-
-    private static float CombineLanes(ReadOnlySpan<float> lanes) =>
-        ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-
-    /// <summary>2^k for k ∈ [−126, 127], built from its exponent bits.</summary>
-    private static float PowerOfTwo(int k) => BitConverter.Int32BitsToSingle((k + 127) << 23);
-
-    private static Vector<float> PowerOfTwo(Vector<int> k) =>
-        Vector.AsVectorSingle(Vector.ShiftLeft(k + new Vector<int>(127), 23));
-
-    /// <summary>Applies <typeparamref name="TLanes"/> to whole vectors, then to the tail padded with zeros into one more.</summary>
-    private static void Map<TLanes>(ReadOnlySpan<float> x, Span<float> result)
-        where TLanes : struct, ILaneFunction
+    /// <summary>Applies <typeparamref name="TFunction"/> to whole vectors, then to the tail padded with zeros into one more.</summary>
+    private static void Map<TFunction, TLanes>(ReadOnlySpan<float> x, Span<float> result)
+        where TFunction : struct, ILaneFunction
+        where TLanes : struct, IFloatLanes<TLanes>
     {
         if (result.Length < x.Length)
         {
             throw new ArgumentException($"{x.Length} values into {result.Length}");
         }
-        int width = Vector<float>.Count;
+        int width = TLanes.Count;
         int i = 0;
         for (; i <= x.Length - width; i += width)
         {
-            TLanes.Apply(new Vector<float>(x.Slice(i, width))).CopyTo(result.Slice(i, width));
+            TFunction.Apply(TLanes.Load(x[i..])).Store(result[i..]);
         }
         if (i < x.Length)
         {
             Span<float> padded = stackalloc float[width];
             padded.Clear();
             x[i..].CopyTo(padded);
-            TLanes.Apply(new Vector<float>(padded)).CopyTo(padded);
+            TFunction.Apply(TLanes.Load(padded)).Store(padded);
             padded[..(x.Length - i)].CopyTo(result[i..]);
         }
     }
 
-    private interface ILaneFunction
+    private static float CombineLanes(ReadOnlySpan<float> lanes) =>
+        ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+
+    /// <summary>One of the element-wise functions, for <see cref="Map{TFunction}(ReadOnlySpan{float}, Span{float}, int)"/>.</summary>
+    public interface ILaneFunction
     {
-        static abstract Vector<float> Apply(Vector<float> x);
+        static abstract TLanes Apply<TLanes>(TLanes x) where TLanes : struct, IFloatLanes<TLanes>;
     }
 
-    private struct ExpLanes : ILaneFunction
+    public struct ExpFunction : ILaneFunction
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector<float> Apply(Vector<float> x) => Exp(x);
+        public static TLanes Apply<TLanes>(TLanes x) where TLanes : struct, IFloatLanes<TLanes> => Exp(x);
     }
 
-    private struct TanhLanes : ILaneFunction
+    public struct TanhFunction : ILaneFunction
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector<float> Apply(Vector<float> x) => Tanh(x);
+        public static TLanes Apply<TLanes>(TLanes x) where TLanes : struct, IFloatLanes<TLanes> => Tanh(x);
     }
 
-    private struct SigmoidLanes : ILaneFunction
+    public struct SigmoidFunction : ILaneFunction
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector<float> Apply(Vector<float> x) => Sigmoid(x);
+        public static TLanes Apply<TLanes>(TLanes x) where TLanes : struct, IFloatLanes<TLanes> => Sigmoid(x);
     }
 
-    private struct ReluLanes : ILaneFunction
+    public struct ReluFunction : ILaneFunction
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector<float> Apply(Vector<float> x) => Relu(x);
+        public static TLanes Apply<TLanes>(TLanes x) where TLanes : struct, IFloatLanes<TLanes> => Relu(x);
     }
 }
