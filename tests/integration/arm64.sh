@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The same bits on ARM64 as on x86-64: publish dbp self-contained for linux-arm64 and linux-x64, train the
 # same small runs with both (the arm64 build under qemu-user on this x86-64 machine: its NEON lanes are 4
-# wide, its GEMM runs the portable tier) and require byte-identical model files.
+# wide, its GEMM runs the NEON micro-kernel) and require byte-identical model files.
 #
 #   sudo bash tests/integration/arm64.sh        (from the repo root; root for apt-get the first time)
 #

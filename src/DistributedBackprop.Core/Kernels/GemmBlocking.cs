@@ -17,6 +17,9 @@ public readonly record struct GemmBlocking(int MR, int NR, int KC, int MC, int N
     /// <summary>AVX2: 6×16 tile = 12 ymm accumulators + 2 B vectors + 1 broadcast (15 of 16 registers).</summary>
     public static readonly GemmBlocking Vector256 = new(MR: 6, NR: 16, KC: 256, MC: 96, NC: 2048);
 
+    /// <summary>NEON: 6×16 tile = 24 of ARM64's 32 vector registers as accumulators; AVX2's panel shapes.</summary>
+    public static readonly GemmBlocking Vector128 = new(MR: 6, NR: 16, KC: 256, MC: 96, NC: 2048);
+
     /// <summary>Portable fallback; same panel shapes as AVX2 so packing code is shared.</summary>
     public static readonly GemmBlocking Scalar = new(MR: 6, NR: 16, KC: 256, MC: 96, NC: 2048);
 
@@ -30,6 +33,7 @@ public readonly record struct GemmBlocking(int MR, int NR, int KC, int MC, int N
     {
         SimdTier.Vector512 => Vector512,
         SimdTier.Vector256 => Vector256,
+        SimdTier.Vector128 => Vector128,
         _ => Scalar,
     };
 }

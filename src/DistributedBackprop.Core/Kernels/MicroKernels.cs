@@ -26,11 +26,12 @@ internal static unsafe class MicroKernels
         {
             case SimdTier.Vector512: Kernel8x32(kc, a, b, c, ldc, mode); break;
             case SimdTier.Vector256: Kernel6x16(kc, a, b, c, ldc, mode); break;
+            case SimdTier.Vector128: Kernel6x16Neon(kc, a, b, c, ldc, mode); break;
             default: KernelScalar6x16(kc, a, b, c, ldc, mode); break;
         }
     }
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Kernel6x16(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
     {
         Vector256<float> c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
@@ -80,6 +81,60 @@ internal static unsafe class MicroKernels
         c30.Store(c + 3 * ldc); c31.Store(c + 3 * ldc + 8);
         c40.Store(c + 4 * ldc); c41.Store(c + 4 * ldc + 8);
         c50.Store(c + 5 * ldc); c51.Store(c + 5 * ldc + 8);
+    }
+
+    /// <summary>128-bit lanes with hardware FMA (ARM64 NEON: 24 accumulators + 4 B vectors + 1 broadcast of its 32 registers); the 6×16 panel of the other tiers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel6x16Neon(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
+    {
+        Vector128<float> c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33, c40, c41, c42, c43, c50, c51, c52, c53;
+        if (mode == TileMode.Continue)
+        {
+            c00 = Vector128.Load(c + 0 * ldc + 0); c01 = Vector128.Load(c + 0 * ldc + 4); c02 = Vector128.Load(c + 0 * ldc + 8); c03 = Vector128.Load(c + 0 * ldc + 12);
+            c10 = Vector128.Load(c + 1 * ldc + 0); c11 = Vector128.Load(c + 1 * ldc + 4); c12 = Vector128.Load(c + 1 * ldc + 8); c13 = Vector128.Load(c + 1 * ldc + 12);
+            c20 = Vector128.Load(c + 2 * ldc + 0); c21 = Vector128.Load(c + 2 * ldc + 4); c22 = Vector128.Load(c + 2 * ldc + 8); c23 = Vector128.Load(c + 2 * ldc + 12);
+            c30 = Vector128.Load(c + 3 * ldc + 0); c31 = Vector128.Load(c + 3 * ldc + 4); c32 = Vector128.Load(c + 3 * ldc + 8); c33 = Vector128.Load(c + 3 * ldc + 12);
+            c40 = Vector128.Load(c + 4 * ldc + 0); c41 = Vector128.Load(c + 4 * ldc + 4); c42 = Vector128.Load(c + 4 * ldc + 8); c43 = Vector128.Load(c + 4 * ldc + 12);
+            c50 = Vector128.Load(c + 5 * ldc + 0); c51 = Vector128.Load(c + 5 * ldc + 4); c52 = Vector128.Load(c + 5 * ldc + 8); c53 = Vector128.Load(c + 5 * ldc + 12);
+        }
+        else
+        {
+            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = c40 = c41 = c42 = c43 = c50 = c51 = c52 = c53 = Vector128<float>.Zero;
+        }
+        for (int p = 0; p < kc; p++)
+        {
+            Vector128<float> b0 = Vector128.Load(b + 0), b1 = Vector128.Load(b + 4), b2 = Vector128.Load(b + 8), b3 = Vector128.Load(b + 12);
+            Vector128<float> av;
+            av = Vector128.Create(a[0]);
+            c00 = Vector128.FusedMultiplyAdd(av, b0, c00); c01 = Vector128.FusedMultiplyAdd(av, b1, c01); c02 = Vector128.FusedMultiplyAdd(av, b2, c02); c03 = Vector128.FusedMultiplyAdd(av, b3, c03);
+            av = Vector128.Create(a[1]);
+            c10 = Vector128.FusedMultiplyAdd(av, b0, c10); c11 = Vector128.FusedMultiplyAdd(av, b1, c11); c12 = Vector128.FusedMultiplyAdd(av, b2, c12); c13 = Vector128.FusedMultiplyAdd(av, b3, c13);
+            av = Vector128.Create(a[2]);
+            c20 = Vector128.FusedMultiplyAdd(av, b0, c20); c21 = Vector128.FusedMultiplyAdd(av, b1, c21); c22 = Vector128.FusedMultiplyAdd(av, b2, c22); c23 = Vector128.FusedMultiplyAdd(av, b3, c23);
+            av = Vector128.Create(a[3]);
+            c30 = Vector128.FusedMultiplyAdd(av, b0, c30); c31 = Vector128.FusedMultiplyAdd(av, b1, c31); c32 = Vector128.FusedMultiplyAdd(av, b2, c32); c33 = Vector128.FusedMultiplyAdd(av, b3, c33);
+            av = Vector128.Create(a[4]);
+            c40 = Vector128.FusedMultiplyAdd(av, b0, c40); c41 = Vector128.FusedMultiplyAdd(av, b1, c41); c42 = Vector128.FusedMultiplyAdd(av, b2, c42); c43 = Vector128.FusedMultiplyAdd(av, b3, c43);
+            av = Vector128.Create(a[5]);
+            c50 = Vector128.FusedMultiplyAdd(av, b0, c50); c51 = Vector128.FusedMultiplyAdd(av, b1, c51); c52 = Vector128.FusedMultiplyAdd(av, b2, c52); c53 = Vector128.FusedMultiplyAdd(av, b3, c53);
+            a += 6;
+            b += 16;
+        }
+        if (mode == TileMode.AddResult)
+        {
+            c00 += Vector128.Load(c + 0 * ldc + 0); c01 += Vector128.Load(c + 0 * ldc + 4); c02 += Vector128.Load(c + 0 * ldc + 8); c03 += Vector128.Load(c + 0 * ldc + 12);
+            c10 += Vector128.Load(c + 1 * ldc + 0); c11 += Vector128.Load(c + 1 * ldc + 4); c12 += Vector128.Load(c + 1 * ldc + 8); c13 += Vector128.Load(c + 1 * ldc + 12);
+            c20 += Vector128.Load(c + 2 * ldc + 0); c21 += Vector128.Load(c + 2 * ldc + 4); c22 += Vector128.Load(c + 2 * ldc + 8); c23 += Vector128.Load(c + 2 * ldc + 12);
+            c30 += Vector128.Load(c + 3 * ldc + 0); c31 += Vector128.Load(c + 3 * ldc + 4); c32 += Vector128.Load(c + 3 * ldc + 8); c33 += Vector128.Load(c + 3 * ldc + 12);
+            c40 += Vector128.Load(c + 4 * ldc + 0); c41 += Vector128.Load(c + 4 * ldc + 4); c42 += Vector128.Load(c + 4 * ldc + 8); c43 += Vector128.Load(c + 4 * ldc + 12);
+            c50 += Vector128.Load(c + 5 * ldc + 0); c51 += Vector128.Load(c + 5 * ldc + 4); c52 += Vector128.Load(c + 5 * ldc + 8); c53 += Vector128.Load(c + 5 * ldc + 12);
+        }
+        c00.Store(c + 0 * ldc + 0); c01.Store(c + 0 * ldc + 4); c02.Store(c + 0 * ldc + 8); c03.Store(c + 0 * ldc + 12);
+        c10.Store(c + 1 * ldc + 0); c11.Store(c + 1 * ldc + 4); c12.Store(c + 1 * ldc + 8); c13.Store(c + 1 * ldc + 12);
+        c20.Store(c + 2 * ldc + 0); c21.Store(c + 2 * ldc + 4); c22.Store(c + 2 * ldc + 8); c23.Store(c + 2 * ldc + 12);
+        c30.Store(c + 3 * ldc + 0); c31.Store(c + 3 * ldc + 4); c32.Store(c + 3 * ldc + 8); c33.Store(c + 3 * ldc + 12);
+        c40.Store(c + 4 * ldc + 0); c41.Store(c + 4 * ldc + 4); c42.Store(c + 4 * ldc + 8); c43.Store(c + 4 * ldc + 12);
+        c50.Store(c + 5 * ldc + 0); c51.Store(c + 5 * ldc + 4); c52.Store(c + 5 * ldc + 8); c53.Store(c + 5 * ldc + 12);
     }
 
     private static void KernelScalar6x16(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)

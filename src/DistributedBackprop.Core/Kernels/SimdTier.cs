@@ -12,6 +12,8 @@ public enum SimdTier
 {
     /// <summary>Portable: one <see cref="MathF.FusedMultiplyAdd"/> per element.</summary>
     Scalar,
+    /// <summary>128-bit SIMD with hardware fused multiply-add: ARM64's NEON (AdvSimd).</summary>
+    Vector128,
     /// <summary>AVX2 + FMA (or any 256-bit SIMD with fused multiply-add).</summary>
     Vector256,
     /// <summary>AVX-512F.</summary>
@@ -24,5 +26,6 @@ public static class SimdTiers
     public static SimdTier Best { get; } =
         Vector512.IsHardwareAccelerated ? SimdTier.Vector512
         : Vector256.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Fma.IsSupported ? SimdTier.Vector256
+        : System.Runtime.Intrinsics.Arm.AdvSimd.IsSupported ? SimdTier.Vector128
         : SimdTier.Scalar;
 }
