@@ -16,6 +16,7 @@ public static class Program
         root.Subcommands.Add(PredictCommand.Create());
         root.Subcommands.Add(GradientsCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
+        root.Subcommands.Add(PlotCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
         root.Subcommands.Add(WorkerCommand.Create());

@@ -19,6 +19,7 @@ internal static class ServeCommand
         var minWorkers = OptionParsing.PositiveInt("--min-workers", "Training starts once this many workers have registered; later ones join from the next step.", 1);
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
+        var plot = TrainCommand.PlotOption();
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch. If FILE exists when serve starts and belongs to this run, training resumes from it (a restart with the same command line continues the run).", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint (the parameter server restarts from it; same bits as an uninterrupted run).", HelpName = "FILE" };
@@ -30,7 +31,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
         training.AddTo(command);
         node.AddTo(command);
-        foreach (Option option in new Option[] { port, minWorkers, output, metrics, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
+        foreach (Option option in new Option[] { port, minWorkers, output, metrics, plot, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
         {
             command.Options.Add(option);
         }
@@ -74,6 +75,7 @@ internal static class ServeCommand
             }
             TrainCommand.CheckWritable(modelPath, "--out", TrainCommand.ModelBytes(session));
             TrainCommand.CheckWritable(metricsPath, "--metrics");
+            TrainCommand.CheckWritable(parse.GetValue(plot), "--plot");
             TrainCommand.CheckWritable(checkpointPath, "--checkpoint", TrainCommand.CheckpointBytes(session));
             string? dataPath = parse.GetValue(training.Data) is string d ? Path.GetFullPath(d) : null;
 
@@ -88,7 +90,7 @@ internal static class ServeCommand
                 string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
                 display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates ? "" : $"  {rates.Count} workers";
                 TrainCommand.RunActors(display, title, session, () => server.Completion);
-                TrainCommand.Finish(session, display, modelPath);
+                TrainCommand.Finish(session, display, modelPath, parse.GetValue(plot));
                 succeeded = true;
                 message = $"training finished after {session.GlobalStep} steps";
                 long steps = Math.Max(1, session.GlobalStep);

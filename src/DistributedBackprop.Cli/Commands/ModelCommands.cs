@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Models;
@@ -20,12 +21,26 @@ internal static class EvaluateCommand
         var label = new Option<string?>("--label") { Description = "CSV label column (name or 0-based index). Default: the last column.", HelpName = "COLUMN" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object (loss, accuracy, n, classes, confusion) instead of tables." };
         var header = OptionParsing.HeaderOption();
-        var command = new Command("evaluate", "Evaluate a model: loss, accuracy and confusion matrix.") { model, data, label, header, json };
+        var plot = new Option<string?>("--plot") { Description = "Also draw the confusion matrix here (PNG).", HelpName = "FILE" };
+        var (width, height) = PlotCommand.SizeOptions();
+        var command = new Command("evaluate", "Evaluate a model: loss, accuracy and confusion matrix.") { model, data, label, header, json, plot, width, height };
         command.SetAction(parse => CommandRunner.Run("evaluate", () =>
         {
+            string? plotPath = parse.GetValue(plot);
+            int plotWidth = parse.GetValue(width), plotHeight = parse.GetValue(height) ?? Math.Min(10000, plotWidth * 7 / 8);
+            if (plotPath is not null)
+            {
+                TrainingPlots.CheckSize(plotWidth, plotHeight);
+                TrainCommand.CheckWritable(plotPath, "--plot");
+            }
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             Dataset raw = DataSources.LoadWithClasses(parse.GetValue(data)!, parse.GetValue(label), file.Classes, file.Architecture.Inputs, header: parse.GetValue(header));
             EvaluationResult result = new Evaluator(file.Architecture).Evaluate(file.Parameters, file.Preprocessing.Apply(raw));
+            if (plotPath is not null)
+            {
+                string title = string.Create(CultureInfo.InvariantCulture, $"{Path.GetFileName(parse.GetValue(model))} on {Path.GetFileName(parse.GetValue(data))}: accuracy {result.Accuracy:P2} (n {result.Rows})");
+                TrainingPlots.SavePng(TrainingPlots.Confusion(result.Confusion, file.Classes, title), plotPath, plotWidth, plotHeight);
+            }
             if (parse.GetValue(json))
             {
                 Console.WriteLine(ToJson(result, file.Classes));

@@ -16,6 +16,7 @@ internal static class TrainCommand
         var training = new TrainingOptionSet();
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
+        var plot = PlotOption();
         var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server). 0: the plain trainer, no actors. The model is the same for any value.", Environment.ProcessorCount, 0);
         var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: threads computing each step's chunks (results do not depend on it).", 1);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
@@ -25,7 +26,7 @@ internal static class TrainCommand
 
         var command = new Command("train", "Train a network by backpropagation. With no options: the embedded UCI digits, a 64-128-10 ReLU/softmax network.");
         training.AddTo(command);
-        foreach (Option option in new Option[] { output, metrics, workers, threads, checkpoint, checkpointEvery, resume, progress })
+        foreach (Option option in new Option[] { output, metrics, plot, workers, threads, checkpoint, checkpointEvery, resume, progress })
         {
             command.Options.Add(option);
         }
@@ -42,9 +43,10 @@ internal static class TrainCommand
             }
             string? checkpointPath = parse.GetValue(checkpoint);
             string? metricsPath = parse.GetValue(metrics);
-            string? modelPath = parse.GetValue(output);
+            string? modelPath = parse.GetValue(output), plotPath = parse.GetValue(plot);
             CheckWritable(modelPath, "--out", ModelBytes(session));
             CheckWritable(metricsPath, "--metrics");
+            CheckWritable(plotPath, "--plot");
             CheckWritable(checkpointPath, "--checkpoint", CheckpointBytes(session));
 
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
@@ -72,7 +74,7 @@ internal static class TrainCommand
             {
                 throw new TrainingStoppedException(NamingLastCheckpoint(e.Message, checkpointPath));
             }
-            Finish(session, display, modelPath);
+            Finish(session, display, modelPath, plotPath);
             return ExitCodes.Success;
         }));
         return command;
@@ -131,8 +133,15 @@ internal static class TrainCommand
         }
     }
 
-    /// <summary>After training: test accuracy, the model file, the summary table.</summary>
-    internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath)
+    /// <summary>--plot FILE of train and serve.</summary>
+    internal static Option<string?> PlotOption() => new("--plot")
+    {
+        Description = "Write this run's learning curves here (PNG: loss and accuracy per epoch, train and test, and per-worker steps/s with actors). `dbp plot` draws metrics files.",
+        HelpName = "FILE",
+    };
+
+    /// <summary>After training: test accuracy, the model file, the learning curves, the summary table.</summary>
+    internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath, string? plotPath)
     {
         display.FlushMetrics();
         EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
@@ -140,6 +149,7 @@ internal static class TrainCommand
         {
             session.ToModel().Save(modelPath);
         }
+        PlotCommand.WriteRunPlot(plotPath, display.History, modelPath is null ? "run" : Path.GetFileNameWithoutExtension(modelPath));
         display.PrintSummary(modelPath, test);
     }
 

@@ -24,6 +24,7 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
     private readonly MetricsWriter? _metrics;
     private const int TailKept = 9;
     private readonly List<EpochReport> _epochs = [];
+    private readonly List<EpochReport> _history = [];
     private readonly Stopwatch _sinceRefresh = Stopwatch.StartNew();
     private ProgressTask? _task;
     private double _recentLoss = double.NaN;
@@ -38,6 +39,9 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
     }
 
     public IReadOnlyList<EpochReport> Epochs => _epochs;
+
+    /// <summary>Every epoch of this run, in order (for --plot; <see cref="Epochs"/> keeps a long run's first and last only).</summary>
+    public IReadOnlyList<EpochReport> History => _history;
 
     /// <summary>Waits until every epoch's metrics line is in the file (throws if a write failed).</summary>
     public void FlushMetrics() => _metrics?.Flush();
@@ -126,6 +130,7 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
 
     public void EpochCompleted(EpochReport report)
     {
+        _history.Add(report);
         _epochs.Add(report);
         if (_epochs.Count > 3 + TailKept)
         {
