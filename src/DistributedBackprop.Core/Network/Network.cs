@@ -55,7 +55,7 @@ public sealed class Network<T>
     }
 
     /// <summary>z_l of the last forward pass (rows × outputs of layer l); for tests that need the ReLU pattern.</summary>
-    internal ReadOnlySpan<T> PreActivations(int layer, int rows) => _z[layer].AsSpan(0, rows * _arch.Layers[layer].Outputs);
+    public ReadOnlySpan<T> PreActivations(int layer, int rows) => _z[layer].AsSpan(0, rows * _arch.Layers[layer].Outputs);
 
     /// <summary>The output activations a_L (rows × outputs) of the last forward pass.</summary>
     public ReadOnlySpan<T> Output(int rows) => _a[^1].AsSpan(0, rows * _arch.Outputs);
