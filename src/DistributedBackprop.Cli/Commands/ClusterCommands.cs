@@ -1,3 +1,4 @@
+using DistributedBackprop.Cli.Live;
 using System.CommandLine;
 using System.Globalization;
 using DistributedBackprop.Actors;
@@ -20,6 +21,8 @@ internal static class ServeCommand
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
         var plot = TrainCommand.PlotOption();
+        var http = new Option<string?>("--http") { Description = "Serve a live page of the run at [HOST:]PORT (127.0.0.1 unless a host is given): members, workers, curves, counters; /api/status (JSON), /metrics (Prometheus).", HelpName = "[HOST:]PORT" };
+        var httpAllowRemote = new Option<bool>("--http-allow-remote") { Description = "Allow --http on a non-loopback address (the page has no authentication)." };
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch. If FILE exists when serve starts and belongs to this run, training resumes from it (a restart with the same command line continues the run).", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint (the parameter server restarts from it; same bits as an uninterrupted run).", HelpName = "FILE" };
@@ -31,7 +34,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
         training.AddTo(command);
         node.AddTo(command);
-        foreach (Option option in new Option[] { port, minWorkers, output, metrics, plot, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
+        foreach (Option option in new Option[] { port, minWorkers, output, metrics, plot, http, httpAllowRemote, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
         {
             command.Options.Add(option);
         }
@@ -78,16 +81,25 @@ internal static class ServeCommand
             TrainCommand.CheckWritable(parse.GetValue(plot), "--plot");
             TrainCommand.CheckWritable(checkpointPath, "--checkpoint", TrainCommand.CheckpointBytes(session));
             string? dataPath = parse.GetValue(training.Data) is string d ? Path.GetFullPath(d) : null;
+            System.Net.IPEndPoint? httpEndpoint = parse.GetValue(http) is string h ? ClusterLook.ParseEndpoint(h, parse.GetValue(httpAllowRemote)) : null;
 
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             int wanted = parse.GetValue(minWorkers);
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, display, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
+            string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
+            var live = new LiveStatus(title, session.TotalSteps, config.Epochs);
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, new ObserverTee(display, live), checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
             AnnounceJoin(server, settings, wanted);
+            LiveServer? page = null;
+            if (httpEndpoint is not null)
+            {
+                var look = new ClusterLook(server.System, checkpointPath);
+                page = LiveServer.StartAsync(httpEndpoint, live, look.LookAsync).GetAwaiter().GetResult();
+                Console.Error.WriteLine($"dbp serve: live page at {page.Url} (/api/status, /metrics)");
+            }
             bool succeeded = false;
             string message = "";
             try
             {
-                string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
                 display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates ? "" : $"  {rates.Count} workers";
                 TrainCommand.RunActors(display, title, session, () => server.Completion);
                 TrainCommand.Finish(session, display, modelPath, parse.GetValue(plot));
@@ -107,7 +119,9 @@ internal static class ServeCommand
             }
             finally
             {
+                live.Finished(succeeded, message);
                 server.AnnounceFinishAsync(new TrainingFinished(session.GlobalStep, succeeded, message)).GetAwaiter().GetResult();
+                page?.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 server.DisposeAsync().AsTask().GetAwaiter().GetResult();
             }
             return ExitCodes.Success;
