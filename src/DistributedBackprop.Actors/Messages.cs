@@ -22,6 +22,9 @@ public sealed record RegisterWorker(string WorkerName, int ProtocolVersion, stri
 /// <summary>Parameter server → coordinator: a worker registered; <see cref="Workers"/> are now registered.</summary>
 public sealed record WorkerJoined(string WorkerName, int Workers) : IWireMessage;
 
+/// <summary>Parameter server → coordinator (same node, never serialized): a registered worker is gone, on purpose (<see cref="Graceful"/>) or not.</summary>
+public sealed record WorkerLeft(string WorkerName, int Workers, bool Graceful) : Akka.Actor.INoSerializationVerificationNeeded;
+
 /// <summary>The parameter server refuses a worker (<see cref="Reason"/> says why); the worker stops.</summary>
 public sealed record WorkerRefused(string WorkerName, string Reason) : IWireMessage;
 
@@ -102,6 +105,12 @@ public sealed record GetStatistics : IWireMessage
 
 /// <summary>Counters of a parameter server, for tests and monitoring; <see cref="Unauthorized"/> counts messages refused for their sender, <see cref="Speculations"/> the times a step's missing chunks were dealt again after its deadline.</summary>
 public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, long Unauthorized, long Speculations, bool Failed) : IWireMessage;
+
+/// <summary>
+/// Local, server node: the cluster member at <see cref="Node"/> is leaving on purpose (a graceful stop), so
+/// its worker's end is a leave, not a death. Never serialized: it cannot come from the network.
+/// </summary>
+public sealed record NodeLeaving(Akka.Actor.Address Node) : Akka.Actor.INoSerializationVerificationNeeded;
 
 /// <summary>
 /// Local: the bulk channel could not deliver <see cref="Message"/> to <see cref="Recipient"/> (sent to the

@@ -62,6 +62,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly StepDeadline _deadline;
     private Task _checkpointWrites = Task.CompletedTask;
     private long _speculations;
+    private readonly HashSet<Address> _leaving = [];
 
     public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null)
     {
@@ -106,6 +107,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
         });
         Receive<Terminated>(t => WorkerDied(t.ActorRef));
+        Receive<NodeLeaving>(m =>
+        {
+            // Only from this process (the message type is never serialized); remembered until its worker goes.
+            if (Sender.Path.Address.HasLocalScope)
+            {
+                _leaving.Add(m.Node);
+            }
+        });
         Receive<CheckDeadline>(_ => CheckStepDeadline());
         Receive<SaveCheckpoint>(m => { if (FromCoordinator(m)) Checkpoint(m); });
         Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _scheduler.Workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _speculations, _failed), Self));
@@ -392,8 +401,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         Departure departure = _scheduler.Remove(worker, inStep: _step is not null, _assignments);
         int left = _scheduler.Workers.Count;
+        bool graceful = _leaving.Remove(reference.Path.Address);
         if (_session.IsFinished) _log.Info("worker {0} left after training ({1} left)", worker.Name, left);
+        else if (graceful) _log.Info("worker {0} left the cluster (a graceful stop; {1} left)", worker.Name, left);
         else _log.Warning("worker {0} died ({1} left)", worker.Name, left);
+        if (!_session.IsFinished)
+        {
+            _coordinator.Tell(new WorkerLeft(worker.Name, left, graceful));
+        }
         if (departure == Departure.NothingMissing)
         {
             return;

@@ -57,9 +57,11 @@ public sealed class TrainingCoordinator : ReceiveActor
         Receive<CheckpointSaved>(OnCheckpointSaved);
         Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason)));
         Receive<AddWorker>(_ => StartWorker());
+        Receive<WorkerLeft>(l => _observer.WorkerLeft(l.WorkerName, l.Workers, l.Graceful));
         Receive<WorkerJoined>(j =>
         {
             _log.Info("{0} joined: {1} of at least {2} workers", j.WorkerName, j.Workers, _minimumWorkers);
+            _observer.WorkerJoined(j.WorkerName, j.Workers);
             if (!_started && j.Workers >= _minimumWorkers)
             {
                 StartTraining();

@@ -69,6 +69,32 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
+    /// SIGTERM (docker stop, systemd) of a worker is a graceful stop: the worker leaves the cluster and exits 0,
+    /// the server logs a leave, not a death (it never logs "died" for it: the run's last line comes after),
+    /// the survivor takes its chunks, and the model keeps local mode's bits.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void SigtermOfAWorker_IsALeave_NotADeath_AndTheModelKeepsItsBits()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "2", "--out", local, "--progress", "none"]).ExitCode);
+        using var server = new RunningDbp(_dir, Serve([.. Run, "--min-workers", "2", "--out", clustered, "--progress", "plain"]));
+        string[] join = JoinCommand(server);
+        using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
+        using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
+        server.WaitFor(@"^epoch\s+10\b", TimeSpan.FromMinutes(2));
+        w2.Terminate();
+        Assert.True(w2.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w2.Output);
+        Assert.True(w2.Output.Contains("dbp worker: stopped by a signal; left the cluster", StringComparison.Ordinal), w2.Output);
+        server.WaitFor(@"worker w2 left \(a graceful stop", TimeSpan.FromSeconds(30));
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(3)));
+        Assert.Equal(0, w1.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.DoesNotContain("worker w2 died", server.Output);
+        Assert.Contains("worker w1 joined", server.Output);
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
+    }
+
+    /// <summary>
     /// With one server and one worker, the worker's death leaves the server alone in the cluster. The
     /// default split-brain strategy (keep-majority) could down the server here; keep-oldest with
     /// down-if-alone off must keep it, and a new worker must be able to finish the run.

@@ -95,3 +95,28 @@ public sealed class LivePageTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("is not [HOST:]PORT", bad.Stderr);
     }
 }
+
+/// <summary>A worker whose server never answers: one line saying so, then exit 1 after --join-timeout.</summary>
+public sealed class JoinTimeoutTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("dbp-join-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void An_unreachable_server_is_one_line_then_exit_1_after_the_join_timeout()
+    {
+        int closed;
+        using (var listener = new TcpListener(IPAddress.Loopback, 0))
+        {
+            listener.Start();
+            closed = ((IPEndPoint)listener.LocalEndpoint).Port; // free again once the listener stops: nobody answers there
+        }
+        DbpResult run = DbpProcess.Run(_dir, "worker", "--join", $"127.0.0.1:{closed - 1}", "--insecure", "--join-timeout", "2", "--name", "lonely");
+        Assert.Equal(1, run.ExitCode);
+        string[] lines = run.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Single(lines, l => l.Contains("cannot reach the server's join handshake at 127.0.0.1:" + closed, StringComparison.Ordinal) && l.Contains("for up to 2 s (--join-timeout)", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("dbp worker: no server answered at", StringComparison.Ordinal) && l.Contains("within 2 s (--join-timeout)", StringComparison.Ordinal));
+        Assert.DoesNotContain("gated", run.Stderr);
+    }
+}

@@ -80,6 +80,13 @@ public sealed class RunningDbp : IDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>SIGTERM, as `docker stop` and systemd send it.</summary>
+    public void Terminate()
+    {
+        using Process kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])!;
+        kill.WaitForExit();
+    }
+
     /// <summary>SIGKILL: no shutdown hooks, no goodbye to the cluster.</summary>
     public void KillHard() => _process.Kill(entireProcessTree: true);
 

@@ -124,6 +124,10 @@ public sealed class ClusterServer : IAsyncDisposable
         }
 
         public void EpochCompleted(EpochReport report) => inner.EpochCompleted(report);
+
+        public void WorkerJoined(string name, int workers) => inner.WorkerJoined(name, workers);
+
+        public void WorkerLeft(string name, int workers, bool graceful) => inner.WorkerLeft(name, workers, graceful);
     }
 }
 
@@ -134,8 +138,8 @@ public sealed class ClusterServer : IAsyncDisposable
 /// </summary>
 public static class ClusterWorker
 {
-    /// <summary>How long a worker keeps knocking while the server's port does not answer (it may still be starting).</summary>
-    public static readonly TimeSpan JoinPatience = TimeSpan.FromSeconds(60);
+    /// <summary>How long a worker keeps knocking while the server's port does not answer (it may still be starting; --join-timeout).</summary>
+    public static readonly TimeSpan DefaultJoinTimeout = TimeSpan.FromMinutes(5);
 
     public static async Task<WorkerExit> RunAsync(NodeSettings settings, WorkerNodeOptions options, CancellationToken cancellation = default)
     {
@@ -151,26 +155,31 @@ public static class ClusterWorker
                 : throw new ArgumentException("--token: a join token is required (--token, --token-file or DBP_JOIN_TOKEN; `dbp serve` prints it), or --insecure on a trusted network");
         }
         TimeSpan rejoinFor = settings.RejoinTimeout ?? DefaultRejoinTimeout;
+        TimeSpan joinFor = settings.JoinTimeout ?? DefaultJoinTimeout;
         Stopwatch? lost = null;
         while (true)
         {
             // Each incarnation gets its own address (a free port unless one is pinned) and certificate.
             int port = settings.ChoosePort();
             Address self = settings.NodeAddress(port);
-            TimeSpan patience = lost is null ? JoinPatience : rejoinFor - lost.Elapsed;
+            TimeSpan patience = lost is null ? joinFor : rejoinFor - lost.Elapsed;
             (EnrollmentResult enrolled, ServerContact contact)? joined;
             try
             {
-                joined = await EnrollAsync(settings, seeds, token, options.Name, self, patience, cancellation).ConfigureAwait(false);
+                joined = await EnrollAsync(settings, seeds, token, options.Name, self, patience, lost is null ? options.Announce : null, cancellation).ConfigureAwait(false);
             }
             catch (EnrollmentRefusedException e)
             {
                 return new WorkerExit(2, e.Message);
             }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                return new WorkerExit(0, "stopped by a signal before joining");
+            }
             if (joined is not var (enrolled, contact))
             {
                 return new WorkerExit(1, lost is null
-                    ? $"no server answered at {string.Join(", ", seeds)} within {JoinPatience.TotalSeconds:0} s"
+                    ? $"no server answered at {string.Join(", ", seeds)} within {joinFor.TotalSeconds:0} s (--join-timeout); is `dbp serve` running, and is its bulk port (the --join port + 1 unless --server-bulk-port) reachable from here?"
                     : $"the server did not come back within {rejoinFor.TotalSeconds:0} s");
             }
             lost = null;
@@ -205,7 +214,18 @@ public static class ClusterWorker
             // membership). Awaiting it, an incarnation downed before that never reached the wait on its exit
             // below and never rejoined (seen in the chaos suite: a cut-off node that thought itself WeaklyUp).
             Akka.Cluster.Cluster.Get(system).JoinSeedNodes([contact.Address]);
-            result = await exit.Task.WaitAsync(cancellation).ConfigureAwait(false);
+            try
+            {
+                result = await exit.Task.WaitAsync(cancellation).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                // SIGTERM (docker stop, systemd) or Ctrl-C: leave gracefully, so the server logs a leave and deals
+                // this node's chunks to the others at once, instead of waiting to down an unreachable node.
+                await ClusterServer.Leave(system).ConfigureAwait(false);
+                result = new WorkerExit(0, "stopped by a signal; left the cluster");
+                return result;
+            }
             if (!result.ServerLost)
             {
                 // A graceful leave needs the server; after losing it there is nobody to leave.
@@ -259,10 +279,15 @@ public static class ClusterWorker
     /// The join handshake with the first seed that answers, retried while no server listens (it may be
     /// starting, or restarting); null if none answered within <paramref name="patience"/>. A refusal is final.
     /// </summary>
-    private static async Task<(EnrollmentResult, ServerContact)?> EnrollAsync(NodeSettings settings, IReadOnlyList<string> seeds, JoinToken? token, string name, Address self, TimeSpan patience, CancellationToken cancellation)
+    /// <summary>
+    /// Knocks at the seeds' join handshake until one answers or <paramref name="patience"/> runs out (null). The
+    /// first failure is announced once, in one line, with how long it will keep trying; then it knocks quietly.
+    /// </summary>
+    private static async Task<(EnrollmentResult, ServerContact)?> EnrollAsync(NodeSettings settings, IReadOnlyList<string> seeds, JoinToken? token, string name, Address self, TimeSpan patience, Action<string>? announce, CancellationToken cancellation)
     {
         var clock = Stopwatch.StartNew();
         int closedHandshakes = 0;
+        bool announced = false;
         while (true)
         {
             foreach (string seed in seeds)
@@ -287,6 +312,11 @@ public static class ClusterWorker
                 catch (Exception e) when (e is SocketException or OperationCanceledException && !cancellation.IsCancellationRequested)
                 {
                     // Nobody listening yet, or no answer in time: knock again.
+                    if (!announced)
+                    {
+                        announced = true;
+                        announce?.Invoke($"cannot reach the server's join handshake at {host}:{bulkPort} ({(e is SocketException s ? s.SocketErrorCode.ToString() : "no answer")}); trying again every 0.5 s for up to {patience.TotalSeconds:0} s (--join-timeout)");
+                    }
                 }
                 catch (Exception e) when (e is IOException or InvalidDataException)
                 {

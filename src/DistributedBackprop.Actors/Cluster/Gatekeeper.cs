@@ -56,6 +56,10 @@ public sealed class Gatekeeper : ReceiveActor, IWithTimers
         Receive<AnnounceFinish>(Announce);
         Receive<ResendFinish>(_ => TellFinished());
         Receive<DeliveryFailed>(f => _log.Error("cannot reach node {0} over its bulk channel: {1}", f.Recipient.Path.Address, f.Reason));
+        // A node that leaves on purpose (its worker stopped by SIGTERM or Ctrl-C) is announced to the parameter
+        // server before DeathWatch reports its worker gone, so the server logs a leave, not a death.
+        Receive<Akka.Cluster.ClusterEvent.MemberLeft>(m =>
+            Context.System.ActorSelection(ClusterNaming.ParameterServerPath).Tell(new NodeLeaving(m.Member.Address), Self));
         Receive<Terminated>(t =>
         {
             _agents.Remove(t.ActorRef);
@@ -63,6 +67,10 @@ public sealed class Gatekeeper : ReceiveActor, IWithTimers
             _courier.ForgetPeer(t.ActorRef.Path.Address);
         });
     }
+
+    protected override void PreStart() => Akka.Cluster.Cluster.Get(Context.System).Subscribe(Self, typeof(Akka.Cluster.ClusterEvent.MemberLeft));
+
+    protected override void PostStop() => Akka.Cluster.Cluster.Get(Context.System).Unsubscribe(Self);
 
     public static Props Props(TrainingSession session, ServerData data, long frameSize) =>
         Akka.Actor.Props.Create(() => new Gatekeeper(session, data, frameSize));

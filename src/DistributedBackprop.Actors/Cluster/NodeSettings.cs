@@ -46,6 +46,9 @@ public sealed record NodeSettings
     /// <summary>Worker: how long to keep trying to rejoin after losing the server (0: exit at once). Default 5 minutes.</summary>
     public TimeSpan? RejoinTimeout { get; init; }
 
+    /// <summary>Worker: how long to keep knocking when the server does not answer at the start. Default 5 minutes.</summary>
+    public TimeSpan? JoinTimeout { get; init; }
+
     /// <summary>Fills unset fields from DBP_* environment variables.</summary>
     public NodeSettings Resolve(Func<string, string?>? environment = null)
     {
@@ -67,13 +70,16 @@ public sealed record NodeSettings
             TokenFile = TokenFile ?? environment("DBP_TOKEN_FILE"),
             StateDirectory = StateDirectory ?? environment("DBP_STATE_DIR"),
             ServerBulkPort = ServerBulkPort ?? Int(environment("DBP_SERVER_BULK_PORT"), "DBP_SERVER_BULK_PORT"),
-            RejoinTimeout = RejoinTimeout ?? (environment("DBP_REJOIN_TIMEOUT") is { } rejoin
-                ? double.TryParse(rejoin, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) && seconds >= 0 && seconds <= 7 * 86400
-                    ? TimeSpan.FromSeconds(seconds)
-                    : throw new ArgumentException($"DBP_REJOIN_TIMEOUT: '{rejoin}' is not a number of seconds")
-                : null),
+            RejoinTimeout = RejoinTimeout ?? Seconds(environment("DBP_REJOIN_TIMEOUT"), "DBP_REJOIN_TIMEOUT"),
+            JoinTimeout = JoinTimeout ?? Seconds(environment("DBP_JOIN_TIMEOUT"), "DBP_JOIN_TIMEOUT"),
         };
     }
+
+    /// <summary>A duration in seconds from an environment variable: 0 to a week.</summary>
+    private static TimeSpan? Seconds(string? text, string name) =>
+        text is null ? null
+        : double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) && seconds >= 0 && seconds <= 7 * 86400 ? TimeSpan.FromSeconds(seconds)
+        : throw new ArgumentException($"{name}: '{text}' is not a number of seconds");
 
     /// <summary>Secure unless --insecure: mutual TLS on every connection, certificates from the cluster CA.</summary>
     public bool Tls => Insecure != true;
@@ -147,6 +153,12 @@ public sealed record NodeSettings
             config = ConfigurationFactory.ParseString(File.ReadAllText(ConfigFile)).WithFallback(config);
         }
         var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]" };
+        if (role == ClusterNaming.WorkerRole)
+        {
+            // The worker command handles SIGTERM and Ctrl-C itself (leave, then stop, exit 0); Akka's own hook on
+            // process exit would leave first and the agent would take its own leaving for a lost server.
+            overrides.Add("akka.coordinated-shutdown.run-by-clr-shutdown-hook = off");
+        }
         if (BindHost is not null) overrides.Add($"akka.remote.dot-netty.tcp.hostname = \"{BindHost}\"");
         if (Port is int port) overrides.Add($"akka.remote.dot-netty.tcp.port = {port}");
         string? bind = BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname", null);

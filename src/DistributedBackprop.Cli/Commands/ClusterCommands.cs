@@ -87,7 +87,7 @@ internal static class ServeCommand
             int wanted = parse.GetValue(minWorkers);
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
             var live = new LiveStatus(title, session.TotalSteps, config.Epochs);
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, new ObserverTee(display, live), checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, new ObserverTee(display, live, new MembershipLog(wanted)), checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
             AnnounceJoin(server, settings, wanted);
             LiveServer? page = null;
             if (httpEndpoint is not null)
@@ -164,8 +164,9 @@ internal static class WorkerCommand
         var token = new Option<string?>("--token") { Description = "The join token `dbp serve` printed. Env: DBP_JOIN_TOKEN. (Visible in the process list: prefer --token-file.)", HelpName = "TOKEN" };
         var tokenFile = new Option<string?>("--token-file") { Description = "Read the join token from FILE (as written by `dbp serve --token-file`). Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
         var serverBulkPort = OptionParsing.IntInRange("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
+        var joinTimeout = OptionParsing.IntInRange("--join-timeout", "Keep knocking for this many seconds while the server does not answer at the start (it may still be starting); then exit 1. Env: DBP_JOIN_TIMEOUT. Default 300.", 300, 1);
         var rejoinTimeout = OptionParsing.IntInRange("--rejoin-timeout", "When the server is lost (killed, restarting, unreachable), keep trying to rejoin it for this many seconds (0: exit at once). Env: DBP_REJOIN_TIMEOUT. Default 300.", 300, 0);
-        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort, rejoinTimeout };
+        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort, joinTimeout, rejoinTimeout };
         node.AddTo(command);
         command.SetAction(parse => CommandRunner.Run("worker", () =>
         {
@@ -179,6 +180,7 @@ internal static class WorkerCommand
                 TokenFile = parse.GetValue(tokenFile) ?? settings.TokenFile,
                 ServerBulkPort = parse.GetResult(serverBulkPort) is { Implicit: false } ? parse.GetValue(serverBulkPort) : settings.ServerBulkPort,
                 RejoinTimeout = parse.GetResult(rejoinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(rejoinTimeout)) : settings.RejoinTimeout,
+                JoinTimeout = parse.GetResult(joinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(joinTimeout)) : settings.JoinTimeout,
             };
             if (parse.GetValue(node.ShowConfig))
             {
@@ -198,11 +200,17 @@ internal static class WorkerCommand
             }
             string workerName = parse.GetValue(name) ?? DefaultName();
             using var cancel = new CancellationTokenSource();
+            // Ctrl-C and SIGTERM (docker stop, systemd, Kubernetes) stop the worker gracefully: it leaves the cluster.
             Console.CancelKeyPress += (_, e) =>
             {
                 e.Cancel = true;
                 cancel.Cancel();
             };
+            using var terminate = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, signal =>
+            {
+                signal.Cancel = true;
+                cancel.Cancel();
+            });
             WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"dbp worker {DateTime.Now:HH:mm:ss.fff}: {line}"))), cancel.Token).GetAwaiter().GetResult();
             (exit.ExitCode == 0 ? Console.Out : Console.Error).WriteLine($"dbp worker: {exit.Message}");
             return exit.ExitCode;

@@ -236,4 +236,37 @@ internal sealed class ObserverTee(params ITrainingObserver[] observers) : ITrain
     {
         foreach (ITrainingObserver observer in observers) observer.EpochCompleted(report);
     }
+
+    public void WorkerJoined(string name, int workers)
+    {
+        foreach (ITrainingObserver observer in observers) observer.WorkerJoined(name, workers);
+    }
+
+    public void WorkerLeft(string name, int workers, bool graceful)
+    {
+        foreach (ITrainingObserver observer in observers) observer.WorkerLeft(name, workers, graceful);
+    }
+}
+
+/// <summary>`dbp serve`'s log of workers joining and leaving: one line each on standard error, with the time.</summary>
+internal sealed class MembershipLog(int minimumWorkers) : ITrainingObserver
+{
+    public void StepCompleted(StepReport report)
+    {
+    }
+
+    public void EpochCompleted(EpochReport report)
+    {
+    }
+
+    public void WorkerJoined(string name, int workers) =>
+        Write($"worker {name} joined ({workers} worker{(workers == 1 ? "" : "s")}{(workers < minimumWorkers ? $", training starts at {minimumWorkers}" : "")})");
+
+    public void WorkerLeft(string name, int workers, bool graceful) =>
+        Write(graceful
+            ? $"worker {name} left (a graceful stop; {workers} worker{(workers == 1 ? "" : "s")} left; its chunks go to the others)"
+            : $"worker {name} died ({workers} worker{(workers == 1 ? "" : "s")} left; its chunks go to the others)");
+
+    private static void Write(string line) =>
+        Console.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"dbp serve {DateTime.Now:HH:mm:ss}: {line}"));
 }

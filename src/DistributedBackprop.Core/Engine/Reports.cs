@@ -41,6 +41,16 @@ public interface ITrainingObserver
 {
     void StepCompleted(StepReport report);
     void EpochCompleted(EpochReport report);
+
+    /// <summary>A worker registered with the parameter server; <paramref name="workers"/> are registered now (actor modes).</summary>
+    void WorkerJoined(string name, int workers)
+    {
+    }
+
+    /// <summary>A registered worker is gone: it left on purpose (<paramref name="graceful"/>: SIGTERM, Ctrl-C) or died.</summary>
+    void WorkerLeft(string name, int workers, bool graceful)
+    {
+    }
 }
 
 /// <summary>An observer that ignores everything.</summary>
