@@ -142,7 +142,22 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
         {
             Console.WriteLine(FormatEpoch(report));
         }
+        else if (_mode == ProgressMode.Bar)
+        {
+            // One kept line per epoch above the live bar (as Keras and Lightning do), fitted to the console.
+            AnsiConsole.MarkupLine(Markup.Escape(EpochLine(report, AnsiConsole.Profile.Width)));
+        }
     }
+
+    /// <summary>
+    /// An epoch's kept line in bar mode, within <paramref name="width"/> columns: the epoch and its training
+    /// loss and accuracy always, then the test (held-out) metrics, the rate and the elapsed time as they fit.
+    /// </summary>
+    public static string EpochLine(EpochReport r, int width) => Fit(width,
+        FormattableString.Invariant($"epoch {r.Epoch,3}  loss {r.TrainLoss:F4}  acc {r.TrainAccuracy:P2}"),
+        r.TestAccuracy is double testAccuracy ? FormattableString.Invariant($"test loss {r.TestLoss:F4}  test acc {testAccuracy:P2}") : "",
+        FormattableString.Invariant($"{r.SamplesPerSecond:N0} samples/s"),
+        FormattableString.Invariant($"{r.Elapsed.TotalSeconds:F1}s"));
 
     public static string FormatEpoch(EpochReport r)
     {
