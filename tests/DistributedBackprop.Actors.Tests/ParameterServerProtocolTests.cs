@@ -238,6 +238,24 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     }
 
     [Fact]
+    public void AWorkerWhoseNodeIsLeaving_IsReportedAsAGracefulLeave_AndAnotherAfterItAsADeath()
+    {
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(w1, w2);
+        // From this process only (the gatekeeper, on MemberLeft); the message type is never serialized.
+        h.Server.Tell(new NodeLeaving(w2.Ref.Path.Address), TestActor);
+        Watch(w2.Ref);
+        Sys.Stop(w2.Ref);
+        ExpectTerminated(w2.Ref);
+        h.Coordinator.ExpectMsg<WorkerLeft>(l => l.WorkerName == "worker-2" && l.Workers == 1 && l.Graceful);
+        // The mark is used up: the next worker to go from that address is a death again.
+        Watch(w1.Ref);
+        Sys.Stop(w1.Ref);
+        ExpectTerminated(w1.Ref);
+        h.Coordinator.ExpectMsg<WorkerLeft>(l => l.WorkerName == "worker-1" && l.Workers == 0 && !l.Graceful);
+    }
+
+    [Fact]
     public async Task WorkerDeath_HandsItsUncoveredChunksToTheSurvivors_AndTheStepKeepsItsBits()
     {
         TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe(), w3 = CreateTestProbe();
@@ -257,6 +275,8 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
 
         ComputeGradients reassigned = w1.ExpectMsg<ComputeGradients>();
         Assert.Equal((0L, 4, 5), (reassigned.Step, reassigned.ChunkLo, reassigned.ChunkHi));
+        // The coordinator hears of the death (not a graceful leave: no NodeLeaving came first), then the step.
+        h.Coordinator.ExpectMsg<WorkerLeft>(l => l.WorkerName == "worker-2" && l.Workers == 2 && !l.Graceful);
         Deliver(h, w1, reassigned);
         h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 1 && s.Workers == 2);
         ComputeGradients next = w1.ExpectMsg<ComputeGradients>(m => m.Step == 1);
