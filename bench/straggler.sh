@@ -45,7 +45,7 @@ median() { python3 -c "import json,statistics,sys; r=[json.loads(l)['samples_per
 run() {
   local name=$1 dealing=$2 with_slow=$3
   rm -rf "$work/state"
-  "$dbp" serve "${args[@]}" --port 0 --min-workers 3 --config "$work/$dealing.hocon" --metrics "$work/$name.jsonl" \
+  "$dbp" serve "${args[@]}" --port 0 --min-workers 3 --cluster-config "$work/$dealing.hocon" --metrics "$work/$name.jsonl" \
     --state-dir "$work/state" --token-file "$work/state/token" >"$work/$name.out" 2>"$work/$name.err" &
   local server=$!
   for _ in $(seq 1 200); do grep -q "workers join with" "$work/$name.err" && break; sleep 0.1; done

@@ -22,6 +22,15 @@ public static class Program
         root.Subcommands.Add(WorkerCommand.Create());
         root.Subcommands.Add(TransferCommand.Create());
 
+        try
+        {
+            args = RunFiles.Expand(args, root);
+        }
+        catch (Exception e) when (e is UsageException or Models.ModelFileException or IOException or FormatException or System.Text.Json.JsonException)
+        {
+            Console.Error.WriteLine($"dbp {args[0]}: {e.Message}");
+            return ExitCodes.BadInput;
+        }
         ParseResult parse = root.Parse(args);
         bool wantsHelp = args.Any(a => a is "-h" or "--help" or "-?");
         if (parse.Errors.Count > 0 && !wantsHelp)

@@ -21,6 +21,8 @@ internal static class ServeCommand
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
         var plot = TrainCommand.PlotOption();
+        var run = RunFiles.RunOption();
+        var printRun = RunFiles.PrintRunOption();
         var http = new Option<string?>("--http") { Description = "Serve a live page of the run at [HOST:]PORT (127.0.0.1 unless a host is given): members, workers, curves, counters; /api/status (JSON), /metrics (Prometheus).", HelpName = "[HOST:]PORT" };
         var httpAllowRemote = new Option<bool>("--http-allow-remote") { Description = "Allow --http on a non-loopback address (the page has no authentication)." };
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch. If FILE exists when serve starts and belongs to this run, training resumes from it (a restart with the same command line continues the run).", HelpName = "FILE" };
@@ -34,7 +36,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
         training.AddTo(command);
         node.AddTo(command);
-        foreach (Option option in new Option[] { port, minWorkers, output, metrics, plot, http, httpAllowRemote, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
+        foreach (Option option in new Option[] { port, minWorkers, output, metrics, plot, http, httpAllowRemote, run, printRun, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
         {
             command.Options.Add(option);
         }
@@ -50,6 +52,11 @@ internal static class ServeCommand
             };
             // The join handshake happens at the bulk port; by default it is the next port, where workers look for it.
             settings = settings with { BulkPort = settings.BulkPort ?? (settings.Port == 0 ? 0 : settings.Port + 1) };
+            if (parse.GetValue(printRun))
+            {
+                Console.WriteLine(RunFiles.Describe(parse, parse.CommandResult.Command));
+                return ExitCodes.Success;
+            }
             if (parse.GetValue(node.ShowConfig))
             {
                 return NodeOptionSet.Show(settings, ClusterNaming.ServerRole);

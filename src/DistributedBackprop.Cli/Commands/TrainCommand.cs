@@ -17,6 +17,8 @@ internal static class TrainCommand
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
         var plot = PlotOption();
+        var run = RunFiles.RunOption();
+        var printRun = RunFiles.PrintRunOption();
         var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server). 0: the plain trainer, no actors. The model is the same for any value.", Environment.ProcessorCount, 0);
         var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: threads computing each step's chunks (results do not depend on it).", 1);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
@@ -26,13 +28,18 @@ internal static class TrainCommand
 
         var command = new Command("train", "Train a network by backpropagation. With no options: the embedded UCI digits, a 64-128-10 ReLU/softmax network.");
         training.AddTo(command);
-        foreach (Option option in new Option[] { output, metrics, plot, workers, threads, checkpoint, checkpointEvery, resume, progress })
+        foreach (Option option in new Option[] { output, metrics, plot, workers, threads, checkpoint, checkpointEvery, resume, progress, run, printRun })
         {
             command.Options.Add(option);
         }
 
         command.SetAction(parse => CommandRunner.Run("train", () =>
         {
+            if (parse.GetValue(printRun))
+            {
+                Console.WriteLine(RunFiles.Describe(parse, command));
+                return ExitCodes.Success;
+            }
             TrainingConfig config = training.Config(parse);
             TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);

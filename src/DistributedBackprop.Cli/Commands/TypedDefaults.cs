@@ -20,6 +20,9 @@ internal static partial class TypedDefaults
         return option;
     }
 
+    /// <summary>The default of <paramref name="option"/> as typed, if it registered one.</summary>
+    public static bool TryGetText(Option option, out string? typed) => Texts.TryGetValue(option, out typed);
+
     /// <summary>The help text of <paramref name="command"/> with each registered option's "[default: …]" as typed.</summary>
     public static string Rewrite(string help, Command command)
     {

@@ -102,6 +102,25 @@ public sealed record TrainingConfig
     };
 
     /// <summary>
+    /// This configuration as the command-line options that give it: option name without its dashes → value as
+    /// one types it ("layers" → "256,128", "optimizer" → "adam"). `dbp train --run MODEL` reruns a model's recipe with it.
+    /// </summary>
+    public SortedDictionary<string, string> AsOptions()
+    {
+        var flat = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        Flatten(JsonNode.Parse(ToJson()), "", flat);
+        var options = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (key, value) in flat)
+        {
+            if (OptionOf.TryGetValue(key, out string? option))
+            {
+                options[option.TrimStart('-')] = value;
+            }
+        }
+        return options;
+    }
+
+    /// <summary>
     /// Each setting in which <paramref name="saved"/> (a checkpoint's) differs from this one, named by its
     /// option: "--lr 0.05 in the checkpoint, 0.1 now".
     /// </summary>
