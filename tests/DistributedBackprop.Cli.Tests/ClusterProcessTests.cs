@@ -68,6 +68,26 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         output.WriteLine(string.Join('\n', server.Lines.Where(l => l.StartsWith("cluster:", StringComparison.Ordinal))));
     }
 
+    /// <summary>`dbp launch`: a server and N worker processes in one command, every line prefixed, the server's exit code, local mode's bits.</summary>
+    [IntegrationFact("multiprocess")]
+    public void Launch_StartsAServerAndWorkers_AndTrainsTheLocalModesBytes()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), launched = Path.Combine(_dir, "launched.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "3", "--out", local, "--progress", "none"]).ExitCode);
+        DbpResult launch = DbpProcess.Run(_dir, ["launch", "--workers", "3", .. Run, "--out", launched]);
+        Assert.True(launch.ExitCode == 0, launch.Stderr + launch.Stdout);
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(launched));
+        string all = launch.Stdout + launch.Stderr;
+        foreach (string prefix in new[] { "[server] epoch 120", "[server] dbp serve", "[w1] dbp worker: training finished", "[w2] dbp worker: training finished", "[w3] dbp worker: training finished" })
+        {
+            Assert.Contains(prefix, all.Replace("epoch  120", "epoch 120", StringComparison.Ordinal));
+        }
+        // An option the server refuses: its one line, prefixed, and its exit code.
+        DbpResult bad = DbpProcess.Run(_dir, "launch", "--workers", "2", "--epochs", "0");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("[server] dbp serve: --epochs", bad.Stderr);
+    }
+
     /// <summary>
     /// SIGTERM (docker stop, systemd) of a worker is a graceful stop: the worker leaves the cluster and exits 0,
     /// the server logs a leave, not a death (it never logs "died" for it: the run's last line comes after),
