@@ -1,9 +1,9 @@
-using DistributedBackprop.Cli.Live;
 using System.CommandLine;
 using System.Globalization;
 using DistributedBackprop.Actors;
 using DistributedBackprop.Actors.Cluster;
 using DistributedBackprop.Actors.Transport;
+using DistributedBackprop.Cli.Live;
 using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Engine;
 
@@ -93,11 +93,13 @@ internal static class ServeCommand
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             int wanted = parse.GetValue(minWorkers);
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
-            var live = new LiveStatus(title, session.TotalSteps, config.Epochs);
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, new ObserverTee(display, live, new MembershipLog(wanted)), checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
+            // The live page's state (and its Prometheus registry) exists only when the page is served.
+            LiveStatus? live = httpEndpoint is null ? null : new LiveStatus(title, session.TotalSteps, config.Epochs);
+            ITrainingObserver[] observers = live is null ? [display, new MembershipLog(wanted)] : [display, live, new MembershipLog(wanted)];
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, new ObserverTee(observers), checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
             AnnounceJoin(server, settings, wanted);
             LiveServer? page = null;
-            if (httpEndpoint is not null)
+            if (httpEndpoint is not null && live is not null)
             {
                 var look = new ClusterLook(server.System, checkpointPath);
                 page = LiveServer.StartAsync(httpEndpoint, live, look.LookAsync).GetAwaiter().GetResult();
@@ -126,7 +128,7 @@ internal static class ServeCommand
             }
             finally
             {
-                live.Finished(succeeded, message);
+                live?.Finished(succeeded, message);
                 server.AnnounceFinishAsync(new TrainingFinished(session.GlobalStep, succeeded, message)).GetAwaiter().GetResult();
                 page?.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 server.DisposeAsync().AsTask().GetAwaiter().GetResult();

@@ -141,7 +141,7 @@ internal static class RunFiles
             foreach (Option option in command.Options)
             {
                 string name = option.Name.TrimStart('-');
-                if (name is "run" or "print-run" or "help" || option.Name.StartsWith('-') is false)
+                if (name is "run" or "print-run" or "help")
                 {
                     continue;
                 }
