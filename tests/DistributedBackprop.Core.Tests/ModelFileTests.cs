@@ -75,6 +75,30 @@ public sealed class ModelFileTests : IDisposable
     }
 
     [Fact]
+    public void ReadMetadata_GivesTheFullReadsMetadata_FromTheHeaderAlone()
+    {
+        string path = Path.Combine(_dir, "meta.safetensors");
+        Sample().Save(path);
+        Assert.Equal(SafeTensors.Read(path).Metadata, SafeTensors.ReadMetadata(path));
+
+        // The tensors' bytes are not read: damage there (which the full read refuses) does not matter to it.
+        byte[] bytes = File.ReadAllBytes(path);
+        bytes[^1] ^= 0x10;
+        File.WriteAllBytes(path, bytes);
+        Assert.Throws<ModelFileException>(() => SafeTensors.Read(path));
+        Assert.Equal("yes, really", System.Text.Json.JsonSerializer.Deserialize<string[]>(SafeTensors.ReadMetadata(path)["classes_json"])![1]);
+
+        // A header that is cut off or implausible is the same clear error as for the full read.
+        foreach (int keep in new[] { 0, 5, 20 })
+        {
+            File.WriteAllBytes(path, bytes[..keep]);
+            var error = Assert.Throws<ModelFileException>(() => SafeTensors.ReadMetadata(path));
+            Assert.StartsWith(path + ":", error.Message);
+            Assert.True(error.Message.Contains("truncated", StringComparison.Ordinal) || error.Message.Contains("not a safetensors file", StringComparison.Ordinal), error.Message);
+        }
+    }
+
+    [Fact]
     public void AnyByteFlippedInTheTensors_IsRefusedAsCorrupted()
     {
         string path = Path.Combine(_dir, "flip.safetensors");

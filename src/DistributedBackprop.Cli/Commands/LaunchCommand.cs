@@ -94,15 +94,12 @@ internal static partial class LaunchCommand
             info.ArgumentList.Add(arg);
         }
         var process = new Process { StartInfo = info };
-        object console = Console.Out;
+        // Console's writers are synchronized: each prefixed line is written whole, whichever process it came from.
         void Show(string? line, TextWriter writer)
         {
             if (line is null) return;
             onLine?.Invoke(line);
-            lock (console)
-            {
-                writer.WriteLine($"[{prefix}] {line}");
-            }
+            writer.WriteLine($"[{prefix}] {line}");
         }
         process.OutputDataReceived += (_, e) => Show(e.Data, Console.Out);
         process.ErrorDataReceived += (_, e) => Show(e.Data, Console.Error);

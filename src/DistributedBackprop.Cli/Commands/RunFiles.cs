@@ -75,7 +75,7 @@ internal static class RunFiles
         }
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
-            var (_, metadata) = SafeTensors.Read(path);
+            Dictionary<string, string> metadata = SafeTensors.ReadMetadata(path);
             if (!metadata.TryGetValue("config", out string? config))
             {
                 throw new ModelFileException($"{path}: the model has no training configuration in its metadata");

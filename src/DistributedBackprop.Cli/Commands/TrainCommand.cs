@@ -131,7 +131,7 @@ internal static class TrainCommand
         }
         try
         {
-            string step = SafeTensors.Read(checkpointPath).Metadata.GetValueOrDefault("global_step", "?");
+            string step = SafeTensors.ReadMetadata(checkpointPath).GetValueOrDefault("global_step", "?");
             return $"{message}; the last good checkpoint is {checkpointPath} (after step {step})";
         }
         catch (Exception e) when (e is ModelFileException or IOException)

@@ -45,7 +45,7 @@ internal sealed class ClusterLook(ActorSystem system, string? checkpointPath)
         {
             try
             {
-                string step = SafeTensors.Read(checkpointPath).Metadata.GetValueOrDefault("global_step", "0");
+                string step = SafeTensors.ReadMetadata(checkpointPath).GetValueOrDefault("global_step", "0");
                 _checkpoint = new CheckpointView(checkpointPath, long.Parse(step, CultureInfo.InvariantCulture), new DateTimeOffset(written, TimeSpan.Zero));
                 _checkpointWritten = written;
             }

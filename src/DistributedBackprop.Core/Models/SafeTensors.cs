@@ -147,6 +147,79 @@ public static class SafeTensors
         return Read(bytes, path);
     }
 
+    /// <summary>
+    /// Only the __metadata__ of a file: its header is read, the tensors' data (and checksum) is not. For what
+    /// needs a step number or a recipe out of a checkpoint that may be hundreds of megabytes.
+    /// </summary>
+    public static Dictionary<string, string> ReadMetadata(string path)
+    {
+        byte[] header;
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            Span<byte> prefix = stackalloc byte[8];
+            if (file.ReadAtLeast(prefix, 8, throwOnEndOfStream: false) < 8)
+            {
+                throw new ModelFileException($"{path}: not a safetensors file ({file.Length} bytes, shorter than the 8-byte header length)");
+            }
+            ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
+            CheckHeaderLength(headerLength, file.Length, path);
+            header = new byte[headerLength];
+            file.ReadExactly(header);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ModelFileException($"{path}: cannot read: {e.Message}", e);
+        }
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        try
+        {
+            using JsonDocument document = JsonDocument.Parse(header);
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw new ModelFileException($"{path}: not a safetensors file (header is not a JSON object)");
+            }
+            if (document.RootElement.TryGetProperty(MetadataKey, out JsonElement entry))
+            {
+                ReadMetadataEntry(entry, metadata, path);
+            }
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFileException($"{path}: not a safetensors file (header is not JSON: {e.Message})", e);
+        }
+        return metadata;
+    }
+
+    /// <summary>The header length must be plausible and fit the file (checked before anything is allocated for it).</summary>
+    private static void CheckHeaderLength(ulong headerLength, long fileLength, string path)
+    {
+        if (headerLength < 2 || headerLength > MaxHeaderBytes)
+        {
+            throw new ModelFileException($"{path}: not a safetensors file (header length {headerLength} is implausible)");
+        }
+        if ((ulong)fileLength - 8 < headerLength)
+        {
+            throw new ModelFileException($"{path}: truncated: the header needs {headerLength} bytes after byte 8, the file has {fileLength - 8}");
+        }
+    }
+
+    private static void ReadMetadataEntry(JsonElement entry, Dictionary<string, string> metadata, string path)
+    {
+        if (entry.ValueKind != JsonValueKind.Object)
+        {
+            throw new ModelFileException($"{path}: __metadata__ is not an object");
+        }
+        foreach (JsonProperty item in entry.EnumerateObject())
+        {
+            if (item.Value.ValueKind != JsonValueKind.String)
+            {
+                throw new ModelFileException($"{path}: __metadata__.{item.Name} is not a string");
+            }
+            metadata[item.Name] = item.Value.GetString()!;
+        }
+    }
+
     public static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) Read(ReadOnlySpan<byte> bytes, string path)
     {
         if (bytes.Length < 8)
@@ -154,14 +227,7 @@ public static class SafeTensors
             throw new ModelFileException($"{path}: not a safetensors file ({bytes.Length} bytes, shorter than the 8-byte header length)");
         }
         ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
-        if (headerLength < 2 || headerLength > MaxHeaderBytes)
-        {
-            throw new ModelFileException($"{path}: not a safetensors file (header length {headerLength} is implausible)");
-        }
-        if ((ulong)bytes.Length - 8 < headerLength)
-        {
-            throw new ModelFileException($"{path}: truncated: the header needs {headerLength} bytes after byte 8, the file has {bytes.Length - 8}");
-        }
+        CheckHeaderLength(headerLength, bytes.Length, path);
         ReadOnlySpan<byte> data = bytes[(8 + (int)headerLength)..];
         (Dictionary<string, Tensor> tensors, Dictionary<string, string> metadata) = ReadEntries(bytes, headerLength, data, path);
         if (metadata.TryGetValue(ChecksumKey, out string? expected))
@@ -198,18 +264,7 @@ public static class SafeTensors
             {
                 if (entry.Name == MetadataKey)
                 {
-                    if (entry.Value.ValueKind != JsonValueKind.Object)
-                    {
-                        throw new ModelFileException($"{path}: __metadata__ is not an object");
-                    }
-                    foreach (JsonProperty item in entry.Value.EnumerateObject())
-                    {
-                        if (item.Value.ValueKind != JsonValueKind.String)
-                        {
-                            throw new ModelFileException($"{path}: __metadata__.{item.Name} is not a string");
-                        }
-                        metadata[item.Name] = item.Value.GetString()!;
-                    }
+                    ReadMetadataEntry(entry.Value, metadata, path);
                     continue;
                 }
                 tensors[entry.Name] = ReadTensor(entry, data, path);
