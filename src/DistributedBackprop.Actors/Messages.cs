@@ -107,6 +107,18 @@ public sealed record GetStatistics : IWireMessage
 public sealed record ServerStatistics(long GlobalStep, int Workers, long StaleDropped, long DuplicatesDropped, long UnregisteredIgnored, long Reassignments, long Unauthorized, long Speculations, bool Failed) : IWireMessage;
 
 /// <summary>
+/// Local, server's process → parameter server: how many steps has each registered worker computed (answered
+/// with <see cref="WorkerStepCounts"/>)? Polled once a second for live per-worker rates. Never serialized.
+/// </summary>
+public sealed record GetWorkerStepCounts : Akka.Actor.INoSerializationVerificationNeeded
+{
+    public static readonly GetWorkerStepCounts Instance = new();
+}
+
+/// <summary>Each registered worker's steps since it registered (worker name → steps it delivered a gradient to).</summary>
+public sealed record WorkerStepCounts(IReadOnlyDictionary<string, long> Steps) : Akka.Actor.INoSerializationVerificationNeeded;
+
+/// <summary>
 /// Local, server node: the cluster member at <see cref="Node"/> is leaving on purpose (a graceful stop), so
 /// its worker's end is a leave, not a death. Never serialized: it cannot come from the network.
 /// </summary>

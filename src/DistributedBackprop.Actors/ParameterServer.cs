@@ -118,6 +118,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Receive<CheckDeadline>(_ => CheckStepDeadline());
         Receive<SaveCheckpoint>(m => { if (FromCoordinator(m)) Checkpoint(m); });
         Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _scheduler.Workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _speculations, _failed), Self));
+        Receive<GetWorkerStepCounts>(_ => Sender.Tell(new WorkerStepCounts(_scheduler.Workers.ToDictionary(w => w.Name, w => w.Steps, StringComparer.Ordinal)), Self));
     }
 
     public IStash Stash { get; set; } = null!;
@@ -313,6 +314,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         if (_scheduler.Delivered(worker, ChunkTree.CoveredChunks(message.Node, _chunks), message.ComputeSeconds))
         {
             worker.StepsThisEpoch++;
+            worker.Steps++;
         }
         if (_reducer.IsComplete)
         {
@@ -535,6 +537,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     {
         public IActorRef Ref { get; } = reference;
         public long StepsThisEpoch { get; set; }
+        /// <summary>Steps since the worker registered (live rates are differences of this).</summary>
+        public long Steps { get; set; }
         public double ComputeSeconds { get; set; }
 
         /// <summary>Compute seconds of each step this epoch (reset per epoch).</summary>

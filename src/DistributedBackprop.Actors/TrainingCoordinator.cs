@@ -142,32 +142,39 @@ public sealed class TrainingCoordinator : ReceiveActor
     }
 
     /// <summary>Only evaluation needs the parameters after each epoch (checkpoints are written by the server).</summary>
-    private bool NeedParameters => _session.Test is not null;
+    private bool NeedParameters => _session.Test is not null || _session.Validation is not null;
 
     private void OnEpoch(EpochTrained epoch)
     {
         // Evaluation reads only the coordinator's copy of the parameters, off the actor's thread.
         Evaluator evaluator = _evaluator;
-        var test = _session.Test;
-        if (test is null)
+        TrainingSession session = _session;
+        if (!NeedParameters)
         {
-            Self.Tell(new EpochEvaluated(epoch, null));
+            Self.Tell(new EpochEvaluated(epoch, new EpochScores(null, null)));
             return;
         }
-        Task.Run(() => new EpochEvaluated(epoch, evaluator.Evaluate(epoch.Parameters, test))).PipeTo(Self);
+        Task.Run(() => new EpochEvaluated(epoch, session.Score(evaluator, epoch.Parameters))).PipeTo(Self);
     }
 
     private void OnEvaluated(EpochEvaluated evaluated)
     {
         EpochTrained e = evaluated.Epoch;
+        // The server is idle between epochs (it waits for the next TrainEpoch), so the session's validation
+        // record is written here before the checkpoint below snapshots it.
+        _session.RecordValidation(e.Epoch + 1, evaluated.Scores.Validation, e.Parameters);
         var report = new EpochReport
         {
             Epoch = e.Epoch + 1,
             Step = e.GlobalStep,
             TrainLoss = e.LossSum / e.Rows,
             TrainAccuracy = (double)e.Correct / e.Rows,
-            TestLoss = evaluated.Test?.Loss,
-            TestAccuracy = evaluated.Test?.Accuracy,
+            ValidationLoss = evaluated.Scores.Validation?.Loss,
+            ValidationAccuracy = evaluated.Scores.Validation?.Accuracy,
+            BestEpoch = _session.Tracker?.BestEpoch,
+            StoppedEarly = _session.StoppedEarly,
+            TestLoss = evaluated.Scores.Test?.Loss,
+            TestAccuracy = evaluated.Scores.Test?.Accuracy,
             SamplesPerSecond = e.Rows / e.Seconds,
             EpochTime = TimeSpan.FromSeconds(e.Seconds),
             Elapsed = _clock.Elapsed,
@@ -187,7 +194,7 @@ public sealed class TrainingCoordinator : ReceiveActor
             _reports.RemoveAt(0); // a run of a billion epochs must not grow with them
         }
         _observer.EpochCompleted(report);
-        int? next = e.GlobalStep >= _session.TotalSteps ? null : e.Epoch + 1;
+        int? next = _session.IsFinished ? null : e.Epoch + 1;
         if (_checkpoints is not null)
         {
             // Continue only once the checkpoint is on disk, so the last one is never lost at shutdown.
@@ -231,5 +238,5 @@ public sealed class TrainingCoordinator : ReceiveActor
         }
     }
 
-    private sealed record EpochEvaluated(EpochTrained Epoch, EvaluationResult? Test) : INoSerializationVerificationNeeded;
+    private sealed record EpochEvaluated(EpochTrained Epoch, EpochScores Scores) : INoSerializationVerificationNeeded;
 }

@@ -8,7 +8,7 @@ namespace DistributedBackprop.Actors.Tests;
 internal static class Fixtures
 {
     /// <summary>A learnable random data set: the class shifts a third of the features.</summary>
-    public static Dataset Blobs(int rows, int features = 12, int classes = 4, ulong seed = 1)
+    public static Dataset Blobs(int rows, int features = 12, int classes = 4, ulong seed = 1, float shift = 1.2f)
     {
         var random = new Xoshiro256(seed);
         var values = new float[rows * features];
@@ -18,7 +18,7 @@ internal static class Fixtures
             labels[r] = random.NextInt(classes);
             for (int j = 0; j < features; j++)
             {
-                values[r * features + j] = random.NextSingle() + (j % classes == labels[r] ? 1.2f : 0f);
+                values[r * features + j] = random.NextSingle() + (j % classes == labels[r] ? shift : 0f);
             }
         }
         return new Dataset("blobs", features, values, labels, Enumerable.Range(0, classes).Select(c => $"class{c}").ToArray(), DataKind.Table);

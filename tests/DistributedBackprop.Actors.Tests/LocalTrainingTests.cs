@@ -104,6 +104,59 @@ public sealed class LocalTrainingTests
         }
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task EarlyStoppingWithWorkers_StopsAtThePlainTrainersEpoch_WithItsBits(int workers)
+    {
+        // Weak classes (a small shift) on few rows: the validation loss turns up within a few epochs.
+        TrainingConfig config = Fixtures.Config(epochs: 40) with { ValidationFraction = 0.3, EarlyStopping = 2, Optimizer = new Optimizers.OptimizerSettings { Kind = Optimizers.OptimizerKind.Adam, LearningRate = 0.03f } };
+        Data.Dataset data = Fixtures.Blobs(200, shift: 0.3f);
+        TrainingSession plain = TrainingSession.Prepare(config, data, null, 0.2);
+        using (var trainer = new Trainer(plain))
+        {
+            trainer.Run(NullObserver.Instance);
+        }
+        Assert.True(plain.StoppedEarly, "the plain run should stop early");
+
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-actor-es-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession session = TrainingSession.Prepare(config, data, null, 0.2);
+            var recorder = new RecordingObserver();
+            await using (LocalTraining run = LocalTraining.Start(session, workers, recorder, new CheckpointPolicy(path)))
+            {
+                await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+            }
+            Assert.Equal((plain.GlobalStep, plain.Tracker!.BestEpoch), (session.GlobalStep, session.Tracker!.BestEpoch));
+            Assert.True(recorder.Epochs[^1].StoppedEarly);
+            Fixtures.AssertSameBits(plain.Parameters, session.Parameters, $"last epoch, {workers} workers");
+            Fixtures.AssertSameBits(plain.ToModel(KeptModel.Best).Parameters, session.ToModel(KeptModel.Best).Parameters, $"best epoch, {workers} workers");
+            // The server's last checkpoint holds the stopped record: resuming from it trains nothing more.
+            TrainingSession resumed = TrainingSession.Prepare(config, data, null, 0.2);
+            resumed.RestoreCheckpoint(path);
+            Assert.True(resumed.IsFinished);
+            Fixtures.AssertSameBits(plain.ToModel(KeptModel.Best).Parameters, resumed.ToModel(KeptModel.Best).Parameters, "best epoch from the checkpoint");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public async Task WorkerStepCounts_CountEveryStepEachWorkerComputed()
+    {
+        // Two workers and eight chunks: both compute part of every step, so each has every step.
+        TrainingSession session = Fixtures.Session();
+        await using LocalTraining run = LocalTraining.Start(session, 2, NullObserver.Instance);
+        await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+        WorkerStepCounts counts = await run.System.ActorSelection(Cluster.ClusterNaming.ParameterServerPath)
+            .Ask<WorkerStepCounts>(GetWorkerStepCounts.Instance, TimeSpan.FromSeconds(10));
+        Assert.Equal(new Dictionary<string, long> { ["worker-1"] = session.TotalSteps, ["worker-2"] = session.TotalSteps }, counts.Steps);
+    }
+
     /// <summary>Forwards to an observer chosen once the run (and so its actor system) exists.</summary>
     private sealed class RelayObserver : ITrainingObserver
     {

@@ -13,7 +13,8 @@ public sealed class AnsiConsoleCollection;
 
 /// <summary>
 /// The bar mode through Spectre's test console at 80 and 200 columns: while the live bar runs, every epoch
-/// leaves one kept line with its train and test metrics, and no line is wider than the console.
+/// leaves one kept line with its train, validation and (where they fit) test metrics, early stopping says so
+/// in a line of its own, and no line is wider than the console.
 /// </summary>
 [Collection("ansi-console")]
 public sealed partial class BarModeTests
@@ -27,6 +28,10 @@ public sealed partial class BarModeTests
         Step = epoch * 10L,
         TrainLoss = 1.0 / epoch,
         TrainAccuracy = 0.9 + epoch / 100.0,
+        ValidationLoss = epoch == 1 ? 0.9 : 1.1,
+        ValidationAccuracy = 0.87 + epoch / 100.0,
+        BestEpoch = 1,
+        StoppedEarly = epoch == 3,
         TestLoss = 1.2 / epoch,
         TestAccuracy = 0.88 + epoch / 100.0,
         SamplesPerSecond = 61234,
@@ -77,8 +82,10 @@ public sealed partial class BarModeTests
         {
             string expected = TrainingDisplay.EpochLine(Epoch(epoch), width);
             Assert.Single(lines, l => l.TrimEnd() == expected);
-            Assert.Contains("test acc", expected, StringComparison.Ordinal);
-            Assert.True(width < 200 || expected.Contains("samples/s", StringComparison.Ordinal), expected);
+            // Validation comes before test: at 80 columns the test metrics are the first to go.
+            Assert.Contains(epoch == 1 ? "val acc 88.00 % *" : $"val acc {87 + epoch}.00 %", expected, StringComparison.Ordinal);
+            Assert.True(width < 200 || (expected.Contains("test acc", StringComparison.Ordinal) && expected.Contains("samples/s", StringComparison.Ordinal)), expected);
         }
+        Assert.Single(lines, l => l == "early stopping after epoch 3: no better validation score since epoch 1");
     }
 }

@@ -89,6 +89,26 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
+    /// Early stopping in cluster mode: worker processes rebuild the training rows (test and validation splits)
+    /// from their own copy of the data, the server stops every worker at the plain trainer's epoch, and the
+    /// kept best model has its bytes.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void EarlyStoppingInAClusterOfProcesses_StopsAtThePlainTrainersEpoch_WithItsBytes()
+    {
+        string[] stopping = ["--validation-fraction", "0.2", "--early-stopping", "2", "--epochs", "60"];
+        string plain = Path.Combine(_dir, "plain.safetensors"), launched = Path.Combine(_dir, "launched.safetensors");
+        DbpResult reference = DbpProcess.Run(_dir, ["train", .. stopping, "--workers", "0", "--out", plain, "--progress", "plain"]);
+        Assert.True(reference.ExitCode == 0, reference.Stderr);
+        string stopLine = reference.Stdout.Split('\n').First(l => l.StartsWith("early stopping after epoch", StringComparison.Ordinal)).TrimEnd();
+        DbpResult launch = DbpProcess.Run(_dir, ["launch", "--workers", "2", .. stopping, "--out", launched, "--progress", "plain"]);
+        Assert.True(launch.ExitCode == 0, launch.Stderr + launch.Stdout);
+        Assert.Contains($"[server] {stopLine}", launch.Stdout);
+        Assert.Contains("[w1] dbp worker: training stopped early after", launch.Stdout + launch.Stderr);
+        Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(launched));
+    }
+
+    /// <summary>
     /// SIGTERM (docker stop, systemd) of a worker is a graceful stop: the worker leaves the cluster and exits 0,
     /// the server logs a leave, not a death (it never logs "died" for it: the run's last line comes after),
     /// the survivor takes its chunks, and the model keeps local mode's bits.

@@ -59,7 +59,9 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         Receive<JoinAccepted>(_ => FromServer(), Accepted);
         Receive<JoinRefused>(_ => FromServer(), r => Exit(2, $"the server refused this node: {r.Reason}"));
         Receive<TrainingDataChunk>(_ => FromServer(), Chunk);
-        Receive<TrainingFinished>(_ => FromServer(), f => Exit(f.Succeeded ? 0 : 1, f.Succeeded ? $"training finished after {f.Steps} steps" : $"training failed on the server: {f.Message}"));
+        Receive<TrainingFinished>(_ => FromServer(), f => Exit(f.Succeeded ? 0 : 1, f.Succeeded
+            ? (f.Message.Length > 0 ? f.Message : $"training finished after {f.Steps} steps") // e.g. "training stopped early after …"
+            : $"training failed on the server: {f.Message}"));
         // From this node's own worker actor, which checked that the server sent it.
         Receive<WorkerRefused>(_ => Sender.Path.Parent.Equals(Self.Path), r => Exit(2, $"the parameter server refused {r.WorkerName}: {r.Reason}"));
         Receive<IWireMessage>(m => _log.Warning("dropped a {0} from {1}: only the parameter server may send it", m.GetType().Name, Sender.Path));
@@ -149,7 +151,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
         Dataset raw = DataSources.Load(path, accepted.LabelColumn, accepted.CsvHeader).Train;
         string hash = raw.ContentHash();
-        Dataset train = accepted.TestFraction > 0 ? DataSources.Split(raw, accepted.TestFraction, config.Seed).Train : raw;
+        Dataset train = TrainingSession.SplitRows(config, raw, null, accepted.TestFraction).Train;
         return new DataReady(new Preprocessing(accepted.PreprocessShift, accepted.PreprocessScale).Apply(train), hash, config);
     }
 

@@ -62,6 +62,7 @@ internal static class ServeCommand
                 return NodeOptionSet.Show(settings, ClusterNaming.ServerRole);
             }
             TrainingConfig config = training.Config(parse);
+            KeptModel keep = training.KeptModel(parse, config);
             TrainingOptionSet.Warn("serve", training.Ignored(parse));
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
             string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
@@ -109,11 +110,18 @@ internal static class ServeCommand
             string message = "";
             try
             {
-                display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates ? "" : $"  {rates.Count} workers";
-                TrainCommand.RunActors(display, title, session, () => server.Completion);
-                TrainCommand.Finish(session, display, modelPath, parse.GetValue(plot));
+                var rates = new WorkerRates();
+                display.Detail = rates.Describe;
+                TrainCommand.RunActors(display, title, session, async () =>
+                {
+                    await using (display.ShowsBar ? WorkerRates.Poll(server.System, rates, TimeSpan.FromSeconds(1)) : null)
+                    {
+                        await server.Completion.ConfigureAwait(false);
+                    }
+                });
+                TrainCommand.Finish(session, display, modelPath, parse.GetValue(plot), keep);
                 succeeded = true;
-                message = $"training finished after {session.GlobalStep} steps";
+                message = session.StoppedEarly ? $"training stopped early after {session.GlobalStep} steps" : $"training finished after {session.GlobalStep} steps";
                 long steps = Math.Max(1, session.GlobalStep);
                 double modelBytes = session.Parameters.Length * 4.0;
                 double perStep = (server.Channel.BytesSent + server.Channel.BytesReceived) / (double)steps;

@@ -3,6 +3,7 @@ using System.CommandLine.Parsing;
 using System.Globalization;
 using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
 
@@ -15,9 +16,10 @@ internal static class OptionParsing
         IntInRange(name, description, defaultValue, 1);
 
     /// <summary>An integer option ≥ <paramref name="min"/>; unparsable text and out-of-range values are parse errors naming the option.</summary>
-    public static Option<int> IntInRange(string name, string description, int defaultValue, int min) => new(name)
+    public static Option<int> IntInRange(string name, string description, int defaultValue, int min, string? helpName = null) => new(name)
     {
         Description = description,
+        HelpName = helpName,
         DefaultValueFactory = _ => defaultValue,
         CustomParser = r =>
         {
@@ -103,12 +105,15 @@ internal static class OptionParsing
 
     private delegate bool TryParse<T>(string text, out T value);
 
-    /// <summary>An option whose value is one of a few names; an unknown name is a parse error listing them.</summary>
-    private static Option<T> Choice<T>(string name, string description, T defaultValue, string defaultText, string choices, TryParse<T> tryParse) =>
-        TypedDefaults.Register(new Option<T>(name)
+    /// <summary>
+    /// An option whose value is one of a few names; an unknown name is a parse error listing them. Without
+    /// <paramref name="defaultText"/> it has no default (the command decides; its description says how).
+    /// </summary>
+    private static Option<T> Choice<T>(string name, string description, T defaultValue, string? defaultText, string choices, TryParse<T> tryParse)
+    {
+        var option = new Option<T>(name)
         {
             Description = description,
-            DefaultValueFactory = _ => defaultValue,
             HelpName = choices,
             CustomParser = r =>
             {
@@ -119,7 +124,50 @@ internal static class OptionParsing
                 }
                 return value;
             },
-        }, defaultText);
+        };
+        if (defaultText is null)
+        {
+            return option;
+        }
+        option.DefaultValueFactory = _ => defaultValue;
+        return TypedDefaults.Register(option, defaultText);
+    }
+
+    /// <summary>--early-stopping-metric: the validation score that picks the best epoch.</summary>
+    public static Option<ValidationMetric> ValidationMetricOption() => Choice<ValidationMetric>("--early-stopping-metric",
+        "Validation score that picks the best epoch (--keep best) and drives --early-stopping: loss (lower is better) or accuracy (higher is better).",
+        ValidationMetric.Loss, "loss", "loss|accuracy", ValidationTracker.TryParseMetric);
+
+    /// <summary>--keep: which epoch's parameters the model file holds; null when not typed (the default depends on --early-stopping).</summary>
+    public static Option<KeptModel?> KeepOption() => Choice<KeptModel?>("--keep",
+        "Which parameters --out holds: best (the epoch with the best validation score; needs --validation-fraction) or last. Default: best with --early-stopping, else last.",
+        null, null, "best|last", static (string text, out KeptModel? keep) =>
+        {
+            keep = text switch { "best" => KeptModel.Best, "last" => KeptModel.Last, _ => null };
+            return keep is not null;
+        });
+
+    /// <summary>A fraction in [0, 1) (0 = none), e.g. --validation-fraction.</summary>
+    public static Option<double> Fraction(string name, string description) => new(name)
+    {
+        Description = description,
+        HelpName = "F",
+        DefaultValueFactory = _ => 0,
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value))
+            {
+                r.AddError($"{name}: '{text}' is not a number");
+                return 0;
+            }
+            if (!(value >= 0 && value < 1))
+            {
+                r.AddError($"{name}: must be in [0, 1), got {text}");
+            }
+            return value;
+        },
+    };
 
     public static Option<ProgressMode> ProgressOption(string description) => Choice("--progress", description,
         ProgressMode.Auto, "auto", "auto|bar|plain|none", static (string text, out ProgressMode mode) =>

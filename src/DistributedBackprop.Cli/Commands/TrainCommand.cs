@@ -41,6 +41,7 @@ internal static class TrainCommand
                 return ExitCodes.Success;
             }
             TrainingConfig config = training.Config(parse);
+            KeptModel keep = training.KeptModel(parse, config);
             TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
             string? resumeFrom = parse.GetValue(resume);
@@ -61,7 +62,7 @@ internal static class TrainCommand
             int workerCount = parse.GetValue(workers);
             string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, "
-                + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), {mode}";
+                + (session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "") + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), {mode}";
             try
             {
                 if (workerCount == 0)
@@ -71,17 +72,24 @@ internal static class TrainCommand
                 }
                 else
                 {
-                    display.Detail = () => display.Epochs.Count == 0 || display.Epochs[^1].WorkerStepsPerSecond is not { } rates
-                        ? ""
-                        : "  " + string.Join(' ', rates.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => FormattableString.Invariant($"{r.Key}:{r.Value:F0}/s")));
-                    RunActors(display, title, session, () => LocalTraining.RunAsync(session, workerCount, display, checkpoints));
+                    // The bar shows each worker's steps/s over the last second, polled from the parameter server.
+                    var rates = new WorkerRates();
+                    display.Detail = rates.Describe;
+                    RunActors(display, title, session, async () =>
+                    {
+                        await using LocalTraining run = LocalTraining.Start(session, workerCount, display, checkpoints);
+                        await using (display.ShowsBar ? WorkerRates.Poll(run.System, rates, TimeSpan.FromSeconds(1)) : null)
+                        {
+                            await run.Completion.ConfigureAwait(false);
+                        }
+                    });
                 }
             }
             catch (Exception e) when (e is TrainingDivergedException or TrainingStoppedException)
             {
                 throw new TrainingStoppedException(NamingLastCheckpoint(e.Message, checkpointPath));
             }
-            Finish(session, display, modelPath, plotPath);
+            Finish(session, display, modelPath, plotPath, keep);
             return ExitCodes.Success;
         }));
         return command;
@@ -147,17 +155,24 @@ internal static class TrainCommand
         HelpName = "FILE",
     };
 
-    /// <summary>After training: test accuracy, the model file, the learning curves, the summary table.</summary>
-    internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath, string? plotPath)
+    /// <summary>
+    /// After training: the kept model (last or best epoch), its test accuracy, the model file, the learning
+    /// curves, the summary table with the validation record's line.
+    /// </summary>
+    internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath, string? plotPath, KeptModel keep)
     {
         display.FlushMetrics();
-        EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(session.Parameters, session.Test);
+        ModelFile model = session.ToModel(keep);
+        EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(model.Parameters, session.Test);
         if (modelPath is not null)
         {
-            session.ToModel().Save(modelPath);
+            model.Save(modelPath);
         }
         PlotCommand.WriteRunPlot(plotPath, display.History, modelPath is null ? "run" : Path.GetFileNameWithoutExtension(modelPath));
-        display.PrintSummary(modelPath, test);
+        string? validation = session.Tracker is { } tracker
+            ? $"{tracker.Describe()}; the model holds {(model.ExtraMetadata.ContainsKey("kept") ? $"epoch {tracker.BestEpoch} (--keep best)" : $"the last epoch, {session.Epoch} (--keep last)")}"
+            : null;
+        display.PrintSummary(modelPath, test, validation);
     }
 
     /// <summary>

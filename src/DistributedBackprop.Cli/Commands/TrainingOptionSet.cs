@@ -55,12 +55,18 @@ internal sealed class TrainingOptionSet
     public Option<float> MinLearningRate { get; } = OptionParsing.FloatInRange("--min-lr", "Cosine schedule: final learning rate.", 0f, 0f, float.MaxValue, maxExclusive: false);
     public Option<int> WarmupSteps { get; } = OptionParsing.IntInRange("--warmup-steps", "Linear learning-rate warm-up over this many steps.", 0, 0);
     public Option<ulong> Seed { get; } = OptionParsing.SeedOption();
+    public Option<double> ValidationFraction { get; } = OptionParsing.Fraction("--validation-fraction",
+        "Hold out this fraction of the training rows for validation (seeded, apart from the test set; preprocessing is fitted without them). Each epoch is scored on it; --early-stopping and --keep best use it. 0: none.");
+    public Option<int> EarlyStopping { get; } = OptionParsing.IntInRange("--early-stopping",
+        "Stop after this many epochs in a row without a better validation score (needs --validation-fraction). 0: train every epoch.", 0, 0, helpName: "EPOCHS");
+    public Option<ValidationMetric> EarlyStoppingMetric { get; } = OptionParsing.ValidationMetricOption();
+    public Option<KeptModel?> Keep { get; } = OptionParsing.KeepOption();
 
     public IEnumerable<Option> All() =>
     [
         Data, Label, Header, TestData, TestFraction, Layers, Activation, OutputActivation, Loss, Epochs, BatchSize, Chunks,
         LearningRate, Optimizer, Momentum, Nesterov, Beta1, Beta2, WeightDecay, Schedule, DecayEvery, DecayFactor,
-        MinLearningRate, WarmupSteps, Seed,
+        MinLearningRate, WarmupSteps, Seed, ValidationFraction, EarlyStopping, EarlyStoppingMetric, Keep,
     ];
 
     /// <summary>
@@ -96,6 +102,24 @@ internal sealed class TrainingOptionSet
         {
             yield return $"--min-lr has no effect with --schedule {OptimizerSettings.Name(schedule)} (it tunes --schedule cosine)";
         }
+        if (Given(parse, EarlyStoppingMetric) && parse.GetValue(ValidationFraction) == 0)
+        {
+            yield return "--early-stopping-metric has no effect without --validation-fraction F (there is no validation score)";
+        }
+    }
+
+    /// <summary>
+    /// --keep as given, else best when early stopping (the epochs after the best one are the ones that made
+    /// patience run out), else last. Best without a validation set is the user's error.
+    /// </summary>
+    public KeptModel KeptModel(ParseResult parse, TrainingConfig config)
+    {
+        KeptModel? keep = parse.GetValue(Keep);
+        if (keep == Engine.KeptModel.Best && config.ValidationFraction == 0)
+        {
+            throw new UsageException("--keep best: needs a validation set (--validation-fraction F); the best epoch is chosen on it, never on the test set");
+        }
+        return keep ?? (config.EarlyStopping > 0 ? Engine.KeptModel.Best : Engine.KeptModel.Last);
     }
 
     /// <summary>Typed on the command line, not a default.</summary>
@@ -130,6 +154,9 @@ internal sealed class TrainingOptionSet
             BatchSize = parse.GetValue(BatchSize),
             Chunks = parse.GetValue(Chunks),
             Seed = parse.GetValue(Seed),
+            ValidationFraction = parse.GetValue(ValidationFraction),
+            EarlyStopping = parse.GetValue(EarlyStopping),
+            EarlyStoppingMetric = parse.GetValue(EarlyStoppingMetric),
             Optimizer = new OptimizerSettings
             {
                 Kind = parse.GetValue(Optimizer),

@@ -179,6 +179,11 @@ internal sealed class MetricsWriter : IDisposable
             json.WriteNumber("step", r.Step);
             json.WriteNumber("train_loss", r.TrainLoss);
             json.WriteNumber("train_accuracy", r.TrainAccuracy);
+            // Validation keys appear only in runs that validate, so other runs' lines are unchanged.
+            if (r.ValidationLoss is double validationLoss) json.WriteNumber("validation_loss", validationLoss);
+            if (r.ValidationAccuracy is double validationAccuracy) json.WriteNumber("validation_accuracy", validationAccuracy);
+            if (r.BestEpoch is int bestEpoch) json.WriteNumber("best_epoch", bestEpoch);
+            if (r.StoppedEarly) json.WriteBoolean("stopped_early", true);
             if (r.TestLoss is double testLoss) json.WriteNumber("test_loss", testLoss); else json.WriteNull("test_loss");
             if (r.TestAccuracy is double testAccuracy) json.WriteNumber("test_accuracy", testAccuracy); else json.WriteNull("test_accuracy");
             json.WriteNumber("samples_per_second", Math.Round(r.SamplesPerSecond, 1));

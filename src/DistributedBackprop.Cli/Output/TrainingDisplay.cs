@@ -40,6 +40,9 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
 
     public IReadOnlyList<EpochReport> Epochs => _epochs;
 
+    /// <summary>A live bar is drawn (so its per-worker detail is worth polling for).</summary>
+    public bool ShowsBar => _mode == ProgressMode.Bar;
+
     /// <summary>Every epoch of this run, in order (for --plot; <see cref="Epochs"/> keeps a long run's first and last only).</summary>
     public IReadOnlyList<EpochReport> History => _history;
 
@@ -147,14 +150,27 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
             // One kept line per epoch above the live bar (as Keras and Lightning do), fitted to the console.
             AnsiConsole.MarkupLine(Markup.Escape(EpochLine(report, AnsiConsole.Profile.Width)));
         }
+        if (report.StoppedEarly && _mode != ProgressMode.None)
+        {
+            string line = string.Create(CultureInfo.InvariantCulture,
+                $"early stopping after epoch {report.Epoch}: no better validation score since epoch {report.BestEpoch}");
+            if (_mode == ProgressMode.Bar) AnsiConsole.MarkupLine(Markup.Escape(line)); else Console.WriteLine(line);
+        }
     }
+
+    /// <summary>"val loss … val acc …", marked when the epoch is the best so far; empty without validation.</summary>
+    private static string ValidationField(EpochReport r) => r.ValidationAccuracy is double accuracy
+        ? FormattableString.Invariant($"val loss {r.ValidationLoss:F4}  val acc {accuracy:P2}") + (r.BestEpoch == r.Epoch ? " *" : "")
+        : "";
 
     /// <summary>
     /// An epoch's kept line in bar mode, within <paramref name="width"/> columns: the epoch and its training
-    /// loss and accuracy always, then the test (held-out) metrics, the rate and the elapsed time as they fit.
+    /// loss and accuracy always, then the validation metrics (* marks the best epoch so far), the test
+    /// metrics, the rate and the elapsed time as they fit.
     /// </summary>
     public static string EpochLine(EpochReport r, int width) => Fit(width,
         FormattableString.Invariant($"epoch {r.Epoch,3}  loss {r.TrainLoss:F4}  acc {r.TrainAccuracy:P2}"),
+        ValidationField(r),
         r.TestAccuracy is double testAccuracy ? FormattableString.Invariant($"test loss {r.TestLoss:F4}  test acc {testAccuracy:P2}") : "",
         FormattableString.Invariant($"{r.SamplesPerSecond:N0} samples/s"),
         FormattableString.Invariant($"{r.Elapsed.TotalSeconds:F1}s"));
@@ -164,16 +180,21 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
         string test = r.TestAccuracy is double accuracy
             ? FormattableString.Invariant($"test loss {r.TestLoss:F4}  test acc {accuracy:P2}  ")
             : "";
+        string validation = ValidationField(r);
         return FormattableString.Invariant($"epoch {r.Epoch,3}  step {r.Step,7}  train loss {r.TrainLoss:F4}  train acc {r.TrainAccuracy:P2}  ")
-            + test + FormattableString.Invariant($"{r.SamplesPerSecond:N0} samples/s  {r.Elapsed.TotalSeconds:F1}s");
+            + (validation.Length > 0 ? validation + "  " : "") + test + FormattableString.Invariant($"{r.SamplesPerSecond:N0} samples/s  {r.Elapsed.TotalSeconds:F1}s");
     }
 
     /// <summary>The final table: a few epochs (first, last, best) and the totals.</summary>
-    public void PrintSummary(string? modelPath, EvaluationResult? finalTest)
+    public void PrintSummary(string? modelPath, EvaluationResult? finalTest, string? validation = null)
     {
         if (_mode != ProgressMode.None && _epochs.Count > 0)
         {
             PrintTable();
+        }
+        if (validation is not null)
+        {
+            Console.WriteLine(validation);
         }
         if (finalTest is not null)
         {
@@ -185,31 +206,51 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
 
     private void PrintTable()
     {
-        var table = new Table().Border(TableBorder.Rounded).Title("training summary");
-        table.AddColumns("epoch", "step", "loss", "acc", "test loss", "test acc", "samples/s", "time");
-        foreach (int column in Enumerable.Range(0, 8))
+        bool validated = _epochs.Any(e => e.ValidationLoss is not null);
+        int? bestEpoch = _epochs[^1].BestEpoch; // the run's best, marked *
+        static string Loss(double? value) => value?.ToString("F4", CultureInfo.InvariantCulture) ?? "–";
+        static string Ratio(double? value) => value?.ToString("P2", CultureInfo.InvariantCulture) ?? "–";
+        // (heading, cell, dropped-when-narrow rank: 0 never, higher goes first).
+        var columns = new List<(string Heading, Func<EpochReport, string> Cell, int DropRank)>
         {
-            table.Columns[column].RightAligned();
+            ("epoch", r => r.Epoch.ToString(CultureInfo.InvariantCulture) + (validated && bestEpoch == r.Epoch ? " *" : ""), 0),
+            ("step", r => r.Step.ToString(CultureInfo.InvariantCulture), 3),
+            ("loss", r => Loss(r.TrainLoss), 0),
+            ("acc", r => Ratio(r.TrainAccuracy), 0),
+        };
+        if (validated)
+        {
+            columns.Add(("val loss", r => Loss(r.ValidationLoss), 0));
+            columns.Add(("val acc", r => Ratio(r.ValidationAccuracy), 0));
         }
+        columns.Add(("test loss", r => Loss(r.TestLoss), 1));
+        columns.Add(("test acc", r => Ratio(r.TestAccuracy), 0));
+        columns.Add(("samples/s", r => r.SamplesPerSecond.ToString("N0", CultureInfo.InvariantCulture), 4));
+        columns.Add(("time", r => r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture) + "s", 2));
+
         // Epochs dropped from the middle (EpochCompleted keeps 3 + 9) show as a gap: then first three, last five.
         bool complete = _epochs[^1].Epoch - _epochs[0].Epoch == _epochs.Count - 1;
-        IEnumerable<EpochReport> shown = complete ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5));
+        EpochReport[] shown = (complete ? _epochs : _epochs.Take(3).Concat(_epochs.TakeLast(5))).ToArray();
+        // Whole columns go, least useful first, until the table fits the console (cells are never wrapped).
+        int Width() => 1 + columns.Sum(c => 3 + Math.Max(c.Heading.Length, shown.Max(r => c.Cell(r).Length)));
+        while (Width() > AnsiConsole.Profile.Width && columns.Any(c => c.DropRank > 0))
+        {
+            columns.Remove(columns.MaxBy(c => c.DropRank));
+        }
+
+        var table = new Table().Border(TableBorder.Rounded).Title("training summary");
+        foreach (var column in columns)
+        {
+            table.AddColumn(new TableColumn(column.Heading).RightAligned());
+        }
         EpochReport? previous = null;
         foreach (EpochReport r in shown)
         {
             if (previous is not null && r.Epoch != previous.Epoch + 1)
             {
-                table.AddRow("…", "", "", "", "", "", "", "");
+                table.AddRow(["…", .. Enumerable.Repeat("", columns.Count - 1)]);
             }
-            table.AddRow(
-                r.Epoch.ToString(CultureInfo.InvariantCulture),
-                r.Step.ToString(CultureInfo.InvariantCulture),
-                r.TrainLoss.ToString("F4", CultureInfo.InvariantCulture),
-                r.TrainAccuracy.ToString("P2", CultureInfo.InvariantCulture),
-                r.TestLoss?.ToString("F4", CultureInfo.InvariantCulture) ?? "–",
-                r.TestAccuracy?.ToString("P2", CultureInfo.InvariantCulture) ?? "–",
-                r.SamplesPerSecond.ToString("N0", CultureInfo.InvariantCulture),
-                r.Elapsed.TotalSeconds.ToString("F1", CultureInfo.InvariantCulture) + "s");
+            table.AddRow(columns.Select(c => c.Cell(r)).ToArray());
             previous = r;
         }
         AnsiConsole.Write(table);

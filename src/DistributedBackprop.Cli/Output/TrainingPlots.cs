@@ -34,6 +34,13 @@ internal static class TrainingPlots
             double[] epochs = run.Epochs.Select(e => (double)e.Epoch).ToArray();
             Line(loss, run, "train", epochs, run.Epochs.Select(e => e.TrainLoss), colour, LinePattern.Solid);
             Line(accuracy, run, "train", epochs, run.Epochs.Select(e => e.TrainAccuracy), colour, LinePattern.Solid);
+            EpochReport[] validated = run.Epochs.Where(e => e.ValidationLoss is not null && e.ValidationAccuracy is not null).ToArray();
+            if (validated.Length > 0)
+            {
+                double[] validationEpochs = validated.Select(e => (double)e.Epoch).ToArray();
+                Line(loss, run, "validation", validationEpochs, validated.Select(e => e.ValidationLoss!.Value), colour, LinePattern.Dotted);
+                Line(accuracy, run, "validation", validationEpochs, validated.Select(e => e.ValidationAccuracy!.Value), colour, LinePattern.Dotted);
+            }
             EpochReport[] tested = run.Epochs.Where(e => e.TestLoss is not null && e.TestAccuracy is not null).ToArray();
             if (tested.Length > 0)
             {

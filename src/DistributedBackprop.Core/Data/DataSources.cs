@@ -87,22 +87,24 @@ public static class DataSources
     }
 
     /// <summary>
-    /// Seeded train/test split: a permutation from the run's split stream; the first ⌊fraction·n⌉ rows of it
-    /// are the test set. Both parts keep the original row order.
+    /// Seeded split: a permutation from the run's stream for <paramref name="purpose"/>; the first ⌊fraction·n⌉
+    /// rows of it are held out (the test set, or the validation set carved from the training rows). Both parts
+    /// keep the original row order. <paramref name="part"/> names the held-out set in errors.
     /// </summary>
-    public static (Dataset Train, Dataset Test) Split(Dataset data, double testFraction, ulong seed)
+    public static (Dataset Train, Dataset Test) Split(Dataset data, double testFraction, ulong seed,
+        StreamPurpose purpose = StreamPurpose.TrainTestSplit, string part = "test")
     {
         if (!(testFraction > 0 && testFraction < 1))
         {
-            throw new ArgumentOutOfRangeException(nameof(testFraction), "the test fraction must be in (0, 1)");
+            throw new ArgumentOutOfRangeException(nameof(testFraction), $"the {part} fraction must be in (0, 1)");
         }
         int testRows = (int)Math.Round(data.Rows * testFraction, MidpointRounding.AwayFromZero);
         if (testRows < 1 || testRows >= data.Rows)
         {
-            throw DataException.InFile(data.Source, $"a test fraction of {testFraction} leaves {testRows} of {data.Rows} rows for testing; both parts need at least one row");
+            throw DataException.InFile(data.Source, $"a {part} fraction of {testFraction} leaves {testRows} of {data.Rows} rows for the {part} set; both parts need at least one row");
         }
         int[] order = Enumerable.Range(0, data.Rows).ToArray();
-        Xoshiro256.ForStream(seed, StreamPurpose.TrainTestSplit).Shuffle(order);
+        Xoshiro256.ForStream(seed, purpose).Shuffle(order);
         int[] test = order[..testRows];
         int[] train = order[testRows..];
         Array.Sort(test);

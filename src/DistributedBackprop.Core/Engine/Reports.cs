@@ -12,6 +12,13 @@ public sealed record EpochReport
     public required long Step { get; init; }
     public required double TrainLoss { get; init; }
     public required double TrainAccuracy { get; init; }
+    /// <summary>Validation loss and accuracy of the parameters after this epoch, when the run holds out a validation set.</summary>
+    public double? ValidationLoss { get; init; }
+    public double? ValidationAccuracy { get; init; }
+    /// <summary>The best validation epoch so far (1-based; 0 while none had a finite score), when validating.</summary>
+    public int? BestEpoch { get; init; }
+    /// <summary>Early stopping ends the run after this epoch.</summary>
+    public bool StoppedEarly { get; init; }
     public double? TestLoss { get; init; }
     public double? TestAccuracy { get; init; }
     public required double SamplesPerSecond { get; init; }

@@ -71,7 +71,8 @@ public sealed class Trainer : IDisposable
             if (_session.StepInEpoch == 0)
             {
                 TimeSpan epochTime = epochClock.Elapsed;
-                EvaluationResult? test = _session.Test is null ? null : _evaluator.Evaluate(_session.Parameters, _session.Test);
+                EpochScores scores = _session.Score(_evaluator, _session.Parameters);
+                _session.RecordValidation(epoch + 1, scores.Validation, _session.Parameters);
                 if (checkpoints is not null)
                 {
                     _session.SaveCheckpoint(checkpoints.Path);
@@ -82,8 +83,12 @@ public sealed class Trainer : IDisposable
                     Step = _session.GlobalStep,
                     TrainLoss = epochLoss / epochRows,
                     TrainAccuracy = (double)epochCorrect / epochRows,
-                    TestLoss = test?.Loss,
-                    TestAccuracy = test?.Accuracy,
+                    ValidationLoss = scores.Validation?.Loss,
+                    ValidationAccuracy = scores.Validation?.Accuracy,
+                    BestEpoch = _session.Tracker?.BestEpoch,
+                    StoppedEarly = _session.StoppedEarly,
+                    TestLoss = scores.Test?.Loss,
+                    TestAccuracy = scores.Test?.Accuracy,
                     SamplesPerSecond = epochRows / epochTime.TotalSeconds,
                     EpochTime = epochTime,
                     Elapsed = clock.Elapsed,

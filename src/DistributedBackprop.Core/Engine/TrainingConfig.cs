@@ -30,6 +30,24 @@ public sealed record TrainingConfig
     public ulong Seed { get; init; } = 1;
     public OptimizerSettings Optimizer { get; init; } = new() { Kind = OptimizerKind.Momentum, LearningRate = 0.05f };
 
+    // The validation settings are written into the canonical JSON only when set, so the JSON (and with it
+    // every model file and checkpoint) of a run without validation is what it was before they existed.
+
+    /// <summary>
+    /// Fraction of the training rows held out for validation (a seeded split of the rows left after the test
+    /// split; preprocessing is fitted without them). 0: no validation set.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double ValidationFraction { get; init; }
+
+    /// <summary>Stop after this many epochs in a row without a better validation score (0: never stop early).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int EarlyStopping { get; init; }
+
+    /// <summary>The validation score that picks the best epoch and drives <see cref="EarlyStopping"/>.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public ValidationMetric EarlyStoppingMetric { get; init; }
+
     public Architecture BuildArchitecture(int inputs, int outputs) =>
         Architecture.Create(inputs, HiddenLayers, outputs, HiddenActivation, OutputActivation, Loss);
 
@@ -72,6 +90,11 @@ public sealed record TrainingConfig
         if (Epochs < 1) return $"--epochs: must be at least 1, got {Epochs}";
         if (BatchSize < 1) return $"--batch-size: must be at least 1, got {BatchSize}";
         if (Chunks < 1 || Chunks > 1024) return $"--chunks: must be between 1 and 1024, got {Chunks}";
+        if (!(ValidationFraction >= 0 && ValidationFraction < 1))
+            return string.Create(CultureInfo.InvariantCulture, $"--validation-fraction: must be in [0, 1), got {ValidationFraction}");
+        if (EarlyStopping < 0) return $"--early-stopping: must be at least 0, got {EarlyStopping}";
+        if (EarlyStopping > 0 && ValidationFraction == 0)
+            return "--early-stopping: needs a validation set (--validation-fraction F); stopping on the test set would tune on it";
         return Optimizer.Validate();
     }
 
@@ -99,6 +122,7 @@ public sealed record TrainingConfig
         ["optimizer.nesterov"] = "--nesterov", ["optimizer.beta1"] = "--beta1", ["optimizer.beta2"] = "--beta2",
         ["optimizer.weight_decay"] = "--weight-decay", ["optimizer.schedule"] = "--schedule", ["optimizer.decay_every"] = "--decay-every",
         ["optimizer.decay_factor"] = "--decay-factor", ["optimizer.min_learning_rate"] = "--min-lr", ["optimizer.warmup_steps"] = "--warmup-steps",
+        ["validation_fraction"] = "--validation-fraction", ["early_stopping"] = "--early-stopping", ["early_stopping_metric"] = "--early-stopping-metric",
     };
 
     /// <summary>

@@ -3,6 +3,7 @@ using DistributedBackprop.Data;
 using DistributedBackprop.Models;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
+using DistributedBackprop.Randomness;
 
 namespace DistributedBackprop.Engine;
 
@@ -10,14 +11,16 @@ namespace DistributedBackprop.Engine;
 /// A prepared training run: the config, the preprocessed training and test data, the architecture, and
 /// the mutable training state (parameters, optimizer state, global step). The plain trainer and the
 /// actor system's parameter server both drive one of these, which is why they produce the same bits.
-/// Position: global step g ↦ epoch ⌊g / S⌋, step g mod S, with S steps per epoch.
+/// Position: global step g ↦ epoch ⌊g / S⌋, step g mod S, with S steps per epoch. With a validation set, the
+/// <see cref="ValidationTracker"/> is part of the state: it keeps the best epoch and may end the run early.
 /// </summary>
 public sealed class TrainingSession
 {
-    private TrainingSession(TrainingConfig config, Dataset train, Dataset? test, Preprocessing preprocessing, string dataHash)
+    private TrainingSession(TrainingConfig config, Dataset train, Dataset? validation, Dataset? test, Preprocessing preprocessing, string dataHash)
     {
         Config = config;
         Train = train;
+        Validation = validation;
         Test = test;
         Preprocessing = preprocessing;
         DataHash = dataHash;
@@ -25,12 +28,17 @@ public sealed class TrainingSession
         Parameters = Initialisation.Create(Architecture, config.Seed);
         Optimizer = new Optimizer(Architecture, config.Optimizer);
         StepsPerEpoch = EpochPlan.StepsPerEpoch(train.Rows, config.BatchSize);
+        Tracker = validation is null ? null : new ValidationTracker(config.EarlyStoppingMetric, config.EarlyStopping);
     }
 
     public TrainingConfig Config { get; }
     public Architecture Architecture { get; }
     /// <summary>Training rows after preprocessing.</summary>
     public Dataset Train { get; }
+    /// <summary>Validation rows after preprocessing (carved from the training data), if any.</summary>
+    public Dataset? Validation { get; }
+    /// <summary>The validation record (best epoch, early stopping); null without a validation set.</summary>
+    public ValidationTracker? Tracker { get; }
     /// <summary>Test rows after preprocessing, if any.</summary>
     public Dataset? Test { get; }
     public Preprocessing Preprocessing { get; }
@@ -44,11 +52,15 @@ public sealed class TrainingSession
     public long TotalSteps => (long)StepsPerEpoch * Config.Epochs;
     public int Epoch => (int)(GlobalStep / StepsPerEpoch);
     public int StepInEpoch => (int)(GlobalStep % StepsPerEpoch);
-    public bool IsFinished => GlobalStep >= TotalSteps;
+    /// <summary>Every epoch is trained, or early stopping ended the run.</summary>
+    public bool IsFinished => GlobalStep >= TotalSteps || StoppedEarly;
+    public bool StoppedEarly => Tracker?.Stopped == true;
 
     /// <summary>
     /// Prepares a run from raw data: the test set is <paramref name="test"/>, else a seeded split of
-    /// <paramref name="testFraction"/> of the data, else none; preprocessing is fitted on the training rows.
+    /// <paramref name="testFraction"/> of the data, else none; the validation set is a seeded split of the
+    /// config's fraction of what is left (its own random stream, so it does not echo the test split's
+    /// order); preprocessing is fitted on the training rows alone.
     /// </summary>
     public static TrainingSession Prepare(TrainingConfig config, Dataset data, Dataset? test, double testFraction)
     {
@@ -60,18 +72,56 @@ public sealed class TrainingSession
         {
             throw new DataException($"{data.Source}: {data.Classes.Count} class(es); classification needs at least two");
         }
-        Dataset train = data;
-        if (test is null && testFraction > 0)
-        {
-            (train, test) = DataSources.Split(data, testFraction, config.Seed);
-        }
+        (Dataset train, Dataset? validation, test) = SplitRows(config, data, test, testFraction);
         if (test is not null && test.Features != train.Features)
         {
             throw new DataException($"{test.Source}: {test.Features} features, the training data has {train.Features}");
         }
         config.CheckFits(train.Features, train.Classes.Count, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
         Preprocessing preprocessing = Preprocessing.Fit(train);
-        return new TrainingSession(config, preprocessing.Apply(train), test is null ? null : preprocessing.Apply(test), preprocessing, data.ContentHash());
+        return new TrainingSession(config, preprocessing.Apply(train), validation is null ? null : preprocessing.Apply(validation),
+            test is null ? null : preprocessing.Apply(test), preprocessing, data.ContentHash());
+    }
+
+    /// <summary>
+    /// A run's rows before preprocessing: the test set (given, or split off), the validation set split off what
+    /// is left, and the training rows. A cluster worker reading its own copy of the data rebuilds the server's
+    /// training rows with this very function.
+    /// </summary>
+    public static (Dataset Train, Dataset? Validation, Dataset? Test) SplitRows(TrainingConfig config, Dataset data, Dataset? test, double testFraction)
+    {
+        Dataset train = data;
+        if (test is null && testFraction > 0)
+        {
+            (train, test) = DataSources.Split(data, testFraction, config.Seed);
+        }
+        Dataset? validation = null;
+        if (config.ValidationFraction > 0)
+        {
+            (train, validation) = DataSources.Split(train, config.ValidationFraction, config.Seed, StreamPurpose.ValidationSplit, "validation");
+        }
+        return (train, validation, test);
+    }
+
+    /// <summary>
+    /// Scores <paramref name="parameters"/> (the session's, or a copy taken at an epoch's end) on the validation
+    /// and test sets. Pure: it changes nothing, so an actor may run it off its thread.
+    /// </summary>
+    public EpochScores Score(Evaluator evaluator, ReadOnlySpan<float> parameters) => new(
+        Validation is null ? null : evaluator.Evaluate(parameters, Validation),
+        Test is null ? null : evaluator.Evaluate(parameters, Test));
+
+    /// <summary>
+    /// Closes epoch <paramref name="epoch"/> (1-based) with its validation result: the tracker keeps the best
+    /// parameters and decides whether patience has run out (then <see cref="IsFinished"/>). Called between
+    /// epochs, when nothing else touches the session.
+    /// </summary>
+    public void RecordValidation(int epoch, EvaluationResult? validation, ReadOnlySpan<float> parameters)
+    {
+        if (Tracker is not null && validation is not null)
+        {
+            Tracker.Record(epoch, validation, parameters);
+        }
     }
 
     /// <summary>Applies one step's gradient: w ← update(w, g) with the schedule's γ for this step.</summary>
@@ -96,7 +146,25 @@ public sealed class TrainingSession
 
     public void EndStep() => GlobalStep++;
 
-    public ModelFile ToModel() => new(Architecture, (float[])Parameters.Clone(), Preprocessing, Classes, ModelMetadata());
+    /// <summary>
+    /// The model to write: the last parameters, or with <see cref="KeptModel.Best"/> those of the best
+    /// validation epoch (the metadata then says which: "kept" and "best_epoch").
+    /// </summary>
+    public ModelFile ToModel(KeptModel keep = KeptModel.Last)
+    {
+        Dictionary<string, string> metadata = ModelMetadata();
+        float[] parameters = Parameters;
+        if (Tracker is { BestEpoch: > 0 } tracker)
+        {
+            metadata["best_epoch"] = tracker.BestEpoch.ToString(CultureInfo.InvariantCulture);
+            if (keep == KeptModel.Best)
+            {
+                parameters = tracker.BestParameters!;
+                metadata["kept"] = "best";
+            }
+        }
+        return new ModelFile(Architecture, (float[])parameters.Clone(), Preprocessing, Classes, metadata);
+    }
 
     private Dictionary<string, string> ModelMetadata() => new()
     {
@@ -118,13 +186,24 @@ public sealed class TrainingSession
     /// </summary>
     public CheckpointSnapshot SnapshotCheckpoint()
     {
-        var model = new ModelFile(Architecture, (float[])Parameters.Clone(), Preprocessing, Classes, new Dictionary<string, string>(ModelMetadata())
+        var metadata = new Dictionary<string, string>(ModelMetadata())
         {
             ["checkpoint"] = "1",
             ["global_step"] = GlobalStep.ToString(CultureInfo.InvariantCulture),
             ["optimizer_steps"] = Optimizer.Steps.ToString(CultureInfo.InvariantCulture),
-        });
-        return new CheckpointSnapshot(model, GlobalStep, Optimizer.StateTensors().Select(s => new Tensor(s.Name, [s.Values.Length], (float[])s.Values.Clone())).ToArray());
+        };
+        var tensors = Optimizer.StateTensors().Select(s => new Tensor(s.Name, [s.Values.Length], (float[])s.Values.Clone())).ToList();
+        if (Tracker is not null)
+        {
+            var (validationMetadata, validationTensors) = Tracker.ToCheckpoint();
+            foreach (var (key, value) in validationMetadata)
+            {
+                metadata[key] = value;
+            }
+            tensors.AddRange(validationTensors);
+        }
+        var model = new ModelFile(Architecture, (float[])Parameters.Clone(), Preprocessing, Classes, metadata);
+        return new CheckpointSnapshot(model, GlobalStep, tensors);
     }
 
     /// <summary>
@@ -176,8 +255,35 @@ public sealed class TrainingSession
         {
             throw new ModelFileException($"{path}: global step {GlobalStep} is outside this run's {TotalSteps} steps");
         }
+        if (Tracker is not null)
+        {
+            Tracker.Restore(metadata, tensors, Parameters.Length, path);
+            CatchUpValidation(path);
+        }
+    }
+
+    /// <summary>
+    /// A checkpoint written at an epoch's end before that epoch was scored (a per-step checkpoint that fell on
+    /// the boundary, then a crash before the epoch's own) lacks one validation record: it is computed now from
+    /// the checkpoint's parameters, exactly as the uninterrupted run computed it, so the run goes on the same.
+    /// </summary>
+    private void CatchUpValidation(string path)
+    {
+        int completed = Epoch;
+        if (Tracker!.EpochsScored == completed)
+        {
+            return;
+        }
+        if (Tracker.EpochsScored != completed - 1 || StepInEpoch != 0)
+        {
+            throw new ModelFileException($"{path}: the checkpoint's validation record covers {Tracker.EpochsScored} epoch(s), its position {completed} completed epoch(s)");
+        }
+        RecordValidation(completed, new Evaluator(Architecture).Evaluate(Parameters, Validation!), Parameters);
     }
 }
+
+/// <summary>An epoch's held-out scores: validation (chooses the best epoch, may stop the run) and test (reported only).</summary>
+public sealed record EpochScores(EvaluationResult? Validation, EvaluationResult? Test);
 
 /// <summary>A checkpoint taken at <see cref="GlobalStep"/>, to be written (atomically) wherever and whenever.</summary>
 public sealed class CheckpointSnapshot(ModelFile model, long globalStep, IReadOnlyList<Tensor> optimizerState)

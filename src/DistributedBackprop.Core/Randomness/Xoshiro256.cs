@@ -98,4 +98,5 @@ public enum StreamPurpose : ulong
     TrainTestSplit = 2,
     EpochOrder = 3,
     SyntheticData = 4,
+    ValidationSplit = 5,
 }
