@@ -80,12 +80,13 @@ internal static class BenchCommand
             var window = TimeSpan.FromSeconds(parse.GetValue(seconds));
             ThroughputResult result;
             ActorThroughput? actors = null;
-            int threadCount = 0;
+            int threadCount = 0, lanesUsed = 0;
             if (workerCount == 0)
             {
                 using var trainer = new Trainer(session, parse.GetValue(threads));
                 threadCount = trainer.Threads;
                 result = Benchmarks.MeasureSteps(() => trainer.Step(out _), batchSize, warm, parse.GetValue(windows), window);
+                lanesUsed = trainer.LanesInUse;
             }
             else
             {
@@ -97,7 +98,7 @@ internal static class BenchCommand
             {
                 gemms.AddRange(Benchmarks.MeasurePlainGemms(ParseShapes(shapes)!, TimeSpan.FromSeconds(1)));
             }
-            Report(parse.GetValue(json), session, threadCount, workerCount, dataPath, result, actors, gemms);
+            Report(parse.GetValue(json), session, threadCount, lanesUsed, workerCount, dataPath, result, actors, gemms);
             return ExitCodes.Success;
         }));
         return command;
@@ -118,13 +119,13 @@ internal static class BenchCommand
         return shapes.Count > 0 ? shapes : null;
     }
 
-    private static void Report(bool asJson, TrainingSession session, int threads, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms)
+    private static void Report(bool asJson, TrainingSession session, int threads, int lanesUsed, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms)
     {
         TrainingConfig config = session.Config;
         if (!asJson)
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s)")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best} ({PortableMath.LaneWidth} element-wise lanes, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}), data {dataPath ?? "synthetic"}"));
+                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s), {lanesUsed} used (timed)")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best} ({PortableMath.LaneWidth} element-wise lanes, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}), data {dataPath ?? "synthetic"}"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"samples/s: median {result.MedianSamplesPerSecond:N0} (min {result.MinSamplesPerSecond:N0}, max {result.MaxSamplesPerSecond:N0}) over {result.Windows.Count} windows, {result.Steps} steps; allocated {result.AllocatedBytesPerStep:N1} bytes/step"));
             if (actors is not null)
@@ -163,6 +164,7 @@ internal static class BenchCommand
             json.WriteNumber("batch_size", config.BatchSize);
             json.WriteNumber("chunks", config.Chunks);
             json.WriteNumber("threads", threads);
+            json.WriteNumber("lanes_used", lanesUsed);
             json.WriteNumber("workers", workers);
             json.WriteString("data", dataPath ?? "synthetic");
             json.WriteString("optimizer", OptimizerSettings.Name(config.Optimizer.Kind));

@@ -20,7 +20,7 @@ internal static class TrainCommand
         var run = RunFiles.RunOption();
         var printRun = RunFiles.PrintRunOption();
         var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server). 0: the plain trainer, no actors. The model is the same for any value.", Environment.ProcessorCount, 0);
-        var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: threads computing each step's chunks (results do not depend on it).", 1);
+        var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: at most this many threads compute each step's chunks (the first steps time it against one thread and keep the faster; results do not depend on it).", 1);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint written with the same data and options; the result equals an uninterrupted run.", HelpName = "FILE" };

@@ -11,18 +11,20 @@ public sealed record CheckpointPolicy(string Path, int EverySteps = 0);
 /// The plain single-process trainer: each step, T lanes (threads) compute the chunk-tree nodes of their
 /// contiguous share of the C chunks, the <see cref="TreeReducer"/> combines them along the canonical tree,
 /// and the session applies the optimizer. With any T — and with the actor system's workers — a step
-/// computes the same bits, because the step is defined by the tree, not by who computes it.
+/// computes the same bits, because the step is defined by the tree, not by who computes it. With T &gt; 1 the
+/// first steps time T lanes against one (<see cref="LaneTuner"/>) and the faster is kept.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
     private readonly TrainingSession _session;
-    private readonly Lane[] _lanes;
     private readonly TreeReducer _reducer;
     private readonly LaneRunner _runner;
     private readonly Evaluator _evaluator;
     private readonly Action<int> _computeLane;
-    private readonly GuardedUpdate _update;
-    private readonly Action<Action<int>> _forEachLane;
+    /// <summary>One configuration per lane count the tuner may pick: its lanes' chunk shares, update slicing, and how to run them.</summary>
+    private readonly Dictionary<int, LaneSet> _sets = [];
+    private readonly LaneTuner _tuner;
+    private LaneSet _current;
     private EpochPlan? _plan;
 
     public Trainer(TrainingSession session, int threads = 1)
@@ -31,21 +33,35 @@ public sealed class Trainer : IDisposable
         _session = session;
         int chunks = session.Config.Chunks;
         int lanes = Math.Min(threads, chunks);
-        _lanes = new Lane[lanes];
-        for (int i = 0; i < lanes; i++)
-        {
-            var (lo, hi) = ChunkTree.Share(chunks, lanes, i);
-            _lanes[i] = new Lane(new NodeGradientComputer(session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, chunks), session.Architecture.ParameterCount);
-        }
         _reducer = new TreeReducer(chunks, session.Architecture.ParameterCount);
         _runner = new LaneRunner(lanes, "dbp-lane");
         _computeLane = ComputeLane;
-        _update = new GuardedUpdate(session, _reducer, lanes);
-        _forEachLane = _runner.Run;
+        int[] candidates = lanes == 1 ? [1] : [lanes, 1];
+        foreach (int count in candidates)
+        {
+            var set = new Lane[count];
+            for (int i = 0; i < count; i++)
+            {
+                var (lo, hi) = ChunkTree.Share(chunks, count, i);
+                set[i] = new Lane(new NodeGradientComputer(session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, chunks), session.Architecture.ParameterCount);
+            }
+            // One lane runs on the caller's thread alone: the runner's other threads stay parked.
+            Action<Action<int>> forEach = count == lanes ? _runner.Run : static work => work(0);
+            _sets[count] = new LaneSet(set, new GuardedUpdate(session, _reducer, count), forEach);
+        }
+        _tuner = new LaneTuner(candidates);
+        _current = _sets[candidates[0]];
         _evaluator = new Evaluator(session.Architecture);
     }
 
-    public int Threads => _lanes.Length;
+    /// <summary>The most threads a step may use (the --threads asked for, at most the chunks).</summary>
+    public int Threads => _runner.Lanes;
+
+    /// <summary>The lanes steps use now: <see cref="Threads"/> or 1, once the first steps have timed both.</summary>
+    public int LanesInUse => _tuner.Chosen ?? Threads;
+
+    /// <summary>The tuner's median step seconds per lane count, once it has chosen.</summary>
+    public IReadOnlyDictionary<int, double>? LaneTimings => _tuner.Medians;
 
     /// <summary>Runs every remaining step of the session; reports each step and epoch.</summary>
     public void Run(ITrainingObserver observer, CheckpointPolicy? checkpoints = null, CancellationToken cancellation = default)
@@ -93,7 +109,7 @@ public sealed class Trainer : IDisposable
                     EpochTime = epochTime,
                     Elapsed = clock.Elapsed,
                     LearningRate = learningRate,
-                    Workers = Threads,
+                    Workers = LanesInUse,
                 });
                 epochLoss = 0;
                 epochCorrect = epochRows = 0;
@@ -113,9 +129,11 @@ public sealed class Trainer : IDisposable
         {
             _plan = EpochPlan.Create(_session.Train.Rows, _session.Config.BatchSize, _session.Config.Seed, _session.Epoch, recycle: _plan);
         }
-        _runner.Run(_computeLane);
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
+        _current = _sets[_tuner.Next()];
+        _current.ForEach(_computeLane);
         _reducer.Reset();
-        foreach (Lane lane in _lanes)
+        foreach (Lane lane in _current.Lanes)
         {
             for (int i = 0; i < lane.Nodes.Count; i++)
             {
@@ -129,12 +147,13 @@ public sealed class Trainer : IDisposable
             // path's parameter server refuses a non-finite gradient the same way).
             throw new TrainingDivergedException($"training diverged at step {_session.GlobalStep}: the loss is {result.LossSum} (try a smaller --lr); the parameters after step {_session.GlobalStep} are kept, nothing more is written");
         }
-        UpdateOutcome outcome = _update.Apply(gradient, _forEachLane, out learningRate);
+        UpdateOutcome outcome = _current.Update.Apply(gradient, _current.ForEach, out learningRate);
         if (outcome != UpdateOutcome.Applied)
         {
             throw new TrainingDivergedException(GuardedUpdate.Describe(outcome, _session.GlobalStep));
         }
         _session.EndStep();
+        _tuner.Record(System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalSeconds);
         return result;
     }
 
@@ -142,7 +161,7 @@ public sealed class Trainer : IDisposable
 
     private void ComputeLane(int index)
     {
-        Lane lane = _lanes[index];
+        Lane lane = _current.Lanes[index];
         ReadOnlySpan<int> batch = _plan!.BatchRows(_session.StepInEpoch);
         for (int i = 0; i < lane.Nodes.Count; i++)
         {
@@ -151,6 +170,8 @@ public sealed class Trainer : IDisposable
     }
 
     public void Dispose() => _runner.Dispose();
+
+    private sealed record LaneSet(Lane[] Lanes, GuardedUpdate Update, Action<Action<int>> ForEach);
 
     private sealed class Lane
     {

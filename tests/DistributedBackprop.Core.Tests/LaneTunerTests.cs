@@ -1,0 +1,67 @@
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Optimizers;
+
+namespace DistributedBackprop.Tests;
+
+/// <summary>The per-shape lane choice: a rule over timings (injected here), and a trainer whose bits ignore it.</summary>
+public class LaneTunerTests
+{
+    /// <summary>Runs the tuner with step times given per lane count; returns the lane counts it asked for.</summary>
+    private static List<int> Drive(LaneTuner tuner, Func<int, int, double> secondsOf, int steps)
+    {
+        var asked = new List<int>();
+        for (int step = 0; step < steps; step++)
+        {
+            int lanes = tuner.Next();
+            asked.Add(lanes);
+            tuner.Record(secondsOf(lanes, step));
+        }
+        return asked;
+    }
+
+    [Fact]
+    public void Alternates_then_keeps_the_candidate_with_the_lowest_median()
+    {
+        var tuner = new LaneTuner([2, 1], trials: 5);
+        // Two lanes are slower, except for a few outliers that a mean would be fooled by.
+        List<int> asked = Drive(tuner, (lanes, step) => lanes == 2 ? (step % 4 == 0 ? 0.0001 : 0.005) : 0.004, 40);
+        int tuning = (LaneTuner.WarmupRounds + 5) * 2;
+        Assert.Equal(Enumerable.Range(0, tuning).Select(i => i % 2 == 0 ? 2 : 1), asked.Take(tuning));
+        Assert.Equal(1, tuner.Chosen);
+        Assert.All(asked.Skip(tuning), lanes => Assert.Equal(1, lanes));
+        Assert.Equal(0.004, tuner.Medians![1]);
+    }
+
+    [Fact]
+    public void Warmup_steps_are_not_counted_and_a_tie_keeps_the_first_candidate()
+    {
+        var tuner = new LaneTuner([4, 1], trials: 3);
+        // The first rounds are slow for four lanes (threads waking, JIT): not held against them.
+        Drive(tuner, (lanes, step) => step < LaneTuner.WarmupRounds * 2 && lanes == 4 ? 1.0 : 0.002, 30);
+        Assert.Equal(4, tuner.Chosen);
+        Assert.Equal(1, new LaneTuner([1]).Next());
+        Assert.Equal(1, new LaneTuner([1]).Chosen);
+        Assert.Throws<ArgumentException>(() => new LaneTuner([2, 2]));
+    }
+
+    [Fact]
+    public void A_trainer_that_switches_lanes_while_tuning_keeps_the_single_lanes_bits()
+    {
+        var config = new TrainingConfig { HiddenLayers = [16], Epochs = 4, BatchSize = 8, Chunks = 4, Seed = 9, Optimizer = new OptimizerSettings { Kind = OptimizerKind.Adam, LearningRate = 0.01f } };
+        Dataset data = TestNetworks.RandomDataset(200, 6, 3, 4);
+        float[] Train(int threads, out int lanesInUse)
+        {
+            TrainingSession session = TrainingSession.Prepare(config, data, null, 0);
+            using var trainer = new Trainer(session, threads);
+            trainer.Run(NullObserver.Instance);
+            lanesInUse = trainer.LanesInUse;
+            Assert.True(threads == 1 || trainer.LaneTimings is not null); // 100 steps: the tuning (30) is over
+            return session.Parameters;
+        }
+        float[] single = Train(1, out _);
+        float[] tuned = Train(3, out int lanes);
+        Assert.Contains(lanes, new[] { 1, 3 });
+        GemmTests.AssertBitwise(single, tuned, "3 threads, tuned");
+    }
+}
