@@ -47,6 +47,10 @@ public class GemmTests
         shapes.Add((4, 0, 3));
         shapes.Add((4, 5, 0));
         shapes.Add((97, 101, 103));
+        // The narrow path (n ≤ 16: a classifier layer), with deep k and row counts off its 8- and 4-row groups.
+        shapes.Add((37, 10, 784));
+        shapes.Add((128, 16, 129));
+        shapes.Add((3, 1, 300));
         return shapes.Select(s => new object[] { s.Item1, s.Item2, s.Item3 });
     }
 

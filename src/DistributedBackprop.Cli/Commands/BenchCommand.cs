@@ -98,7 +98,9 @@ internal static class BenchCommand
             {
                 gemms.AddRange(Benchmarks.MeasurePlainGemms(ParseShapes(shapes)!, TimeSpan.FromSeconds(1)));
             }
-            Report(parse.GetValue(json), session, threadCount, lanesUsed, workerCount, dataPath, result, actors, gemms);
+            // Measured only with GEMMs to compare it with (a quarter of a second).
+            double peak = gemms.Count > 0 ? Benchmarks.MeasurePeakGigaflops(TimeSpan.FromSeconds(0.05)) : 0;
+            Report(parse.GetValue(json), session, threadCount, lanesUsed, workerCount, dataPath, result, actors, gemms, peak);
             return ExitCodes.Success;
         }));
         return command;
@@ -119,7 +121,7 @@ internal static class BenchCommand
         return shapes.Count > 0 ? shapes : null;
     }
 
-    private static void Report(bool asJson, TrainingSession session, int threads, int lanesUsed, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms)
+    private static void Report(bool asJson, TrainingSession session, int threads, int lanesUsed, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms, double peakGigaflops)
     {
         TrainingConfig config = session.Config;
         if (!asJson)
@@ -133,10 +135,14 @@ internal static class BenchCommand
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"parameter server: {actors.ServerTimeFraction:P1} of the time (reduce + update + broadcast); waiting for the slowest worker: {actors.WaitForSlowestFraction:P1}; per worker: {string.Join(", ", actors.WorkerStepsPerSecond.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value:F1} steps/s, busy {actors.WorkerBusyFraction.GetValueOrDefault(k.Key):P0}"))}"));
             }
+            if (gemms.Count > 0)
+            {
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"one core's peak (FMA loop, {SimdTiers.Best}): {peakGigaflops:F1} GFLOP/s"));
+            }
             foreach (GemmMeasurement g in gemms)
             {
                 string where = g.Layer >= 0 ? $"layer {g.Layer}" : "shape  ";
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {where} {g.Product,-34} ({g.M}×{g.K})·({g.K}×{g.N}): {g.GigaflopsPerSecond:F1} GFLOP/s"));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {where} {g.Product,-34} ({g.M}×{g.K})·({g.K}×{g.N}): {g.GigaflopsPerSecond:F1} GFLOP/s ({g.GigaflopsPerSecond / peakGigaflops:P0} of peak)"));
             }
             return;
         }
@@ -191,6 +197,10 @@ internal static class BenchCommand
                 }
                 json.WriteEndObject();
             }
+            if (gemms.Count > 0)
+            {
+                json.WriteNumber("peak_gflops", Math.Round(peakGigaflops, 2));
+            }
             json.WriteStartArray("gemm");
             foreach (GemmMeasurement g in gemms)
             {
@@ -201,6 +211,7 @@ internal static class BenchCommand
                 json.WriteNumber("n", g.N);
                 json.WriteNumber("k", g.K);
                 json.WriteNumber("gflops", Math.Round(g.GigaflopsPerSecond, 2));
+                json.WriteNumber("fraction_of_peak", Math.Round(g.GigaflopsPerSecond / peakGigaflops, 3));
                 json.WriteEndObject();
             }
             json.WriteEndArray();

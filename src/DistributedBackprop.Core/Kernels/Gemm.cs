@@ -38,6 +38,11 @@ public static unsafe class Gemm
         {
             return;
         }
+        if (NarrowGemm.Handles(tier, n))
+        {
+            NarrowGemm.MultiplyAdd(a, b, c, ldc, tier);
+            return;
+        }
         tier = NarrowerTierFor(n, tier);
         GemmBlocking blk = GemmBlocking.For(tier);
         int mr = blk.MR, nr = blk.NR;
