@@ -35,7 +35,7 @@ public sealed class LivePageTests(ITestOutputHelper output) : IDisposable
     {
         int http = FreePort();
         string checkpoint = Path.Combine(_dir, "run.checkpoint");
-        using var server = new RunningDbp(_dir, "serve", "--epochs", "100000", "--min-workers", "2", "--port", "0", "--http", $"127.0.0.1:{http}",
+        using var server = new RunningDbp(_dir, "serve", "--epochs", "100000", "--validation-fraction", "0.2", "--min-workers", "2", "--port", "0", "--http", $"127.0.0.1:{http}",
             "--checkpoint", checkpoint, "--checkpoint-every", "200", "--state-dir", Path.Combine(_dir, "state"), "--token-file", Path.Combine(_dir, "token"), "--progress", "none");
         string[] join = server.WaitFor(@"workers join with: dbp (worker .*)$", TimeSpan.FromSeconds(60)).Groups[1].Value.Split(' ');
         string url = server.WaitFor(@"live page at (http://\S+)", TimeSpan.FromSeconds(30)).Groups[1].Value;
@@ -53,6 +53,9 @@ public sealed class LivePageTests(ITestOutputHelper output) : IDisposable
         await page.WaitForFunctionAsync("() => document.querySelectorAll('#workers tbody tr').length === 2", null, patience);
         await page.WaitForFunctionAsync("() => (document.querySelector('#loss-chart polyline[data-series=train_loss]')?.getAttribute('points') ?? '').split(' ').length >= 5", null, patience);
         await page.WaitForFunctionAsync("() => document.querySelector('#checkpoint').textContent.includes('step')", null, patience);
+        // The held-out validation curve beside train and test (a run without --validation-fraction has none).
+        Assert.Equal(["train_loss", "validation_loss", "test_loss"], await page.Locator("#loss-chart polyline").EvaluateAllAsync<string[]>("ps => ps.map(p => p.dataset.series)"));
+        Assert.True((await page.Locator("#accuracy-chart polyline[data-series=validation_accuracy]").GetAttributeAsync("points"))!.Split(' ').Length >= 5);
         Assert.Equal(["w1", "w2"], await page.Locator("#workers tbody tr td:first-child").AllTextContentsAsync());
         string roles = string.Join(";", await page.Locator("#members tbody tr td:nth-child(2)").AllTextContentsAsync());
         Assert.Equal(1, roles.Split(';').Count(r => r == "parameter-server"));

@@ -93,7 +93,7 @@ internal static class ServeCommand
 
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             int wanted = parse.GetValue(minWorkers);
-            string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
+            string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {(session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "")}{config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
             // The live page's state (and its Prometheus registry) exists only when the page is served.
             LiveStatus? live = httpEndpoint is null ? null : new LiveStatus(title, session.TotalSteps, config.Epochs);
             ITrainingObserver[] observers = live is null ? [display, new MembershipLog(wanted)] : [display, live, new MembershipLog(wanted)];
