@@ -118,7 +118,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Receive<CheckDeadline>(_ => CheckStepDeadline());
         Receive<SaveCheckpoint>(m => { if (FromCoordinator(m)) Checkpoint(m); });
         Receive<GetStatistics>(_ => _courier.Send(Sender, new ServerStatistics(_session.GlobalStep, _scheduler.Workers.Count, _staleDropped, _duplicatesDropped, _unregisteredIgnored, _reassignments, _unauthorized, _speculations, _failed), Self));
-        Receive<GetWorkerStepCounts>(_ => Sender.Tell(new WorkerStepCounts(_scheduler.Workers.ToDictionary(w => w.Name, w => w.Steps, StringComparer.Ordinal)), Self));
+        Receive<GetWorkerStepCounts>(_ =>
+        {
+            // Only this process asks (the live rates); the type has no wire form, and a peer gets no answer.
+            if (Sender.Path.Address.HasLocalScope)
+            {
+                Sender.Tell(new WorkerStepCounts(_scheduler.Workers.ToDictionary(w => w.Name, w => w.Steps, StringComparer.Ordinal)), Self);
+            }
+        });
     }
 
     public IStash Stash { get; set; } = null!;

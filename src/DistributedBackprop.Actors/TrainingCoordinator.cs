@@ -135,7 +135,9 @@ public sealed class TrainingCoordinator : ReceiveActor
         _lastStep = step.GlobalStep;
         _observer.StepCompleted(new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
             step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed));
-        if (_checkpoints is { EverySteps: > 0 } && step.GlobalStep % _checkpoints.EverySteps == 0)
+        // Not on the step that closes an epoch: the epoch's own checkpoint follows once it is scored (asking
+        // now would let the server snapshot the validation record while OnEvaluated writes it).
+        if (_checkpoints is { EverySteps: > 0 } && step.GlobalStep % _checkpoints.EverySteps == 0 && step.GlobalStep % _session.StepsPerEpoch != 0)
         {
             _server.Tell(new SaveCheckpoint(_checkpoints.Path));
         }

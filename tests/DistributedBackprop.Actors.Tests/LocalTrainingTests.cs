@@ -125,7 +125,8 @@ public sealed class LocalTrainingTests
         {
             TrainingSession session = TrainingSession.Prepare(config, data, null, 0.2);
             var recorder = new RecordingObserver();
-            await using (LocalTraining run = LocalTraining.Start(session, workers, recorder, new CheckpointPolicy(path)))
+            // Per-step checkpoints that fall on every epoch's last step: skipped there, the epoch's own follows.
+            await using (LocalTraining run = LocalTraining.Start(session, workers, recorder, new CheckpointPolicy(path, EverySteps: session.StepsPerEpoch)))
             {
                 await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
             }

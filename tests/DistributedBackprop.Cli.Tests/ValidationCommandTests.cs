@@ -53,7 +53,7 @@ public sealed class ValidationCommandTests : IDisposable
         DbpResult keepLast = DbpProcess.Run(_dir, [.. Stopping, "--workers", "0", "--keep", "last", "--out", lastModel]);
         Assert.True(keepLast.ExitCode == 0, keepLast.Stderr);
         Assert.NotEqual(models[0], File.ReadAllBytes(lastModel));
-        Assert.False(SafeTensors.ReadMetadata(lastModel).ContainsKey("kept"));
+        Assert.Equal("last", SafeTensors.ReadMetadata(lastModel)["kept"]);
     }
 
     [Theory]
@@ -100,5 +100,26 @@ public sealed class ValidationCommandTests : IDisposable
             Assert.True(again.ExitCode == 0, again.Stderr);
             Assert.Equal(File.ReadAllBytes(explicitModel), File.ReadAllBytes(model));
         }
+
+        // --keep is not part of the training configuration, but the model file says which epoch it holds:
+        // a best-epoch model without early stopping (whose default would be last) reruns as best too.
+        string bestModel = Path.Combine(_dir, "best.safetensors"), rerun = Path.Combine(_dir, "rerun.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, "train", "--validation-fraction", "0.25", "--keep", "best", "--epochs", "6", "--workers", "0", "--out", bestModel, "--progress", "none").ExitCode);
+        Assert.Equal(0, DbpProcess.Run(_dir, "train", "--run", bestModel, "--workers", "0", "--out", rerun, "--progress", "none").ExitCode);
+        Assert.Equal(File.ReadAllBytes(bestModel), File.ReadAllBytes(rerun));
+    }
+
+    [Fact]
+    public void A_non_finite_held_out_loss_is_written_as_null()
+    {
+        var report = new Engine.EpochReport
+        {
+            Epoch = 3, Step = 30, TrainLoss = 0.5, TrainAccuracy = 0.9, ValidationLoss = double.PositiveInfinity, ValidationAccuracy = 0.8, BestEpoch = 0,
+            TestLoss = double.NaN, TestAccuracy = 0.7, SamplesPerSecond = 1000, EpochTime = TimeSpan.FromSeconds(1), Elapsed = TimeSpan.FromSeconds(3), LearningRate = 0.1f,
+        };
+        using JsonDocument line = JsonDocument.Parse(Output.MetricsWriter.ToJson(report));
+        Assert.Equal(JsonValueKind.Null, line.RootElement.GetProperty("validation_loss").ValueKind);
+        Assert.Equal(JsonValueKind.Null, line.RootElement.GetProperty("test_loss").ValueKind);
+        Assert.Equal(0.8, line.RootElement.GetProperty("validation_accuracy").GetDouble());
     }
 }

@@ -137,7 +137,7 @@ public class ValidationTests
         Assert.NotEqual(reference.Parameters, best.Parameters);
         Assert.Equal(("best", reference.Tracker.BestEpoch.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             (best.ExtraMetadata["kept"], best.ExtraMetadata["best_epoch"]));
-        Assert.False(reference.ToModel(KeptModel.Last).ExtraMetadata.ContainsKey("kept"));
+        Assert.Equal("last", reference.ToModel(KeptModel.Last).ExtraMetadata["kept"]);
 
         foreach (int threads in new[] { 2, 3, 6 })
         {

@@ -80,7 +80,12 @@ internal static class RunFiles
             {
                 throw new ModelFileException($"{path}: the model has no training configuration in its metadata");
             }
-            return TrainingConfig.FromJson(config).AsOptions();
+            SortedDictionary<string, string> recipe = TrainingConfig.FromJson(config).AsOptions();
+            if (metadata.TryGetValue("kept", out string? kept) && kept is "best" or "last")
+            {
+                recipe["keep"] = kept; // which parameters the file holds is part of reproducing it
+            }
+            return recipe;
         }
         JsonDocument document;
         try

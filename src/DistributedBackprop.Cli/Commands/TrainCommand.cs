@@ -170,7 +170,8 @@ internal static class TrainCommand
         }
         PlotCommand.WriteRunPlot(plotPath, display.History, modelPath is null ? "run" : Path.GetFileNameWithoutExtension(modelPath));
         string? validation = session.Tracker is { } tracker
-            ? $"{tracker.Describe()}; the model holds {(model.ExtraMetadata.ContainsKey("kept") ? $"epoch {tracker.BestEpoch} (--keep best)" : $"the last epoch, {session.Epoch} (--keep last)")}"
+            ? $"{tracker.Describe()}; the model holds " + (model.ExtraMetadata["kept"] == "best" ? $"epoch {tracker.BestEpoch} (--keep best)"
+                : keep == KeptModel.Best ? $"the last epoch, {session.Epoch} (no best epoch to keep)" : $"the last epoch, {session.Epoch} (--keep last)")
             : null;
         display.PrintSummary(modelPath, test, validation);
     }

@@ -156,7 +156,8 @@ internal sealed class TrainingOptionSet
             Seed = parse.GetValue(Seed),
             ValidationFraction = parse.GetValue(ValidationFraction),
             EarlyStopping = parse.GetValue(EarlyStopping),
-            EarlyStoppingMetric = parse.GetValue(EarlyStoppingMetric),
+            // Without a validation set the metric does nothing (a warning says so); it must not change the config either.
+            EarlyStoppingMetric = parse.GetValue(ValidationFraction) > 0 ? parse.GetValue(EarlyStoppingMetric) : ValidationMetric.Loss,
             Optimizer = new OptimizerSettings
             {
                 Kind = parse.GetValue(Optimizer),

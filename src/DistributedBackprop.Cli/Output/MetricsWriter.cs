@@ -169,6 +169,15 @@ internal sealed class MetricsWriter : IDisposable
         json.WriteEndObject();
     }
 
+    /// <summary>
+    /// A held-out loss can be NaN or infinite while training goes on (logits that overflow on rows it never
+    /// trained on); JSON has no such numbers, so they are written as null, like a missing value.
+    /// </summary>
+    private static void WriteNumberOrNull(Utf8JsonWriter json, string name, double? value)
+    {
+        if (value is double number && double.IsFinite(number)) json.WriteNumber(name, number); else json.WriteNull(name);
+    }
+
     public static string ToJson(EpochReport r)
     {
         using var buffer = new MemoryStream();
@@ -180,12 +189,12 @@ internal sealed class MetricsWriter : IDisposable
             json.WriteNumber("train_loss", r.TrainLoss);
             json.WriteNumber("train_accuracy", r.TrainAccuracy);
             // Validation keys appear only in runs that validate, so other runs' lines are unchanged.
-            if (r.ValidationLoss is double validationLoss) json.WriteNumber("validation_loss", validationLoss);
-            if (r.ValidationAccuracy is double validationAccuracy) json.WriteNumber("validation_accuracy", validationAccuracy);
+            if (r.ValidationLoss is double validationLoss) WriteNumberOrNull(json, "validation_loss", validationLoss);
+            if (r.ValidationAccuracy is double validationAccuracy) WriteNumberOrNull(json, "validation_accuracy", validationAccuracy);
             if (r.BestEpoch is int bestEpoch) json.WriteNumber("best_epoch", bestEpoch);
             if (r.StoppedEarly) json.WriteBoolean("stopped_early", true);
-            if (r.TestLoss is double testLoss) json.WriteNumber("test_loss", testLoss); else json.WriteNull("test_loss");
-            if (r.TestAccuracy is double testAccuracy) json.WriteNumber("test_accuracy", testAccuracy); else json.WriteNull("test_accuracy");
+            WriteNumberOrNull(json, "test_loss", r.TestLoss);
+            WriteNumberOrNull(json, "test_accuracy", r.TestAccuracy);
             json.WriteNumber("samples_per_second", Math.Round(r.SamplesPerSecond, 1));
             json.WriteNumber("epoch_seconds", Math.Round(r.EpochTime.TotalSeconds, 4));
             json.WriteNumber("elapsed_seconds", Math.Round(r.Elapsed.TotalSeconds, 4));

@@ -152,8 +152,9 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
         }
         if (report.StoppedEarly && _mode != ProgressMode.None)
         {
-            string line = string.Create(CultureInfo.InvariantCulture,
-                $"early stopping after epoch {report.Epoch}: no better validation score since epoch {report.BestEpoch}");
+            string line = report.BestEpoch is > 0
+                ? string.Create(CultureInfo.InvariantCulture, $"early stopping after epoch {report.Epoch}: no better validation score since epoch {report.BestEpoch}")
+                : string.Create(CultureInfo.InvariantCulture, $"early stopping after epoch {report.Epoch}: no epoch had a finite validation score");
             if (_mode == ProgressMode.Bar) AnsiConsole.MarkupLine(Markup.Escape(line)); else Console.WriteLine(line);
         }
     }

@@ -67,9 +67,14 @@ internal sealed class WorkerRates
                         .Ask<WorkerStepCounts>(GetWorkerStepCounts.Instance, interval, stop.Token).ConfigureAwait(false);
                     rates.Sample(clock.Elapsed, counts.Steps);
                 }
-                catch (Exception e) when (e is AskTimeoutException or ActorNotFoundException or TaskCanceledException or OperationCanceledException)
+                catch (Exception) when (!stop.IsCancellationRequested)
                 {
-                    // No answer this time: the next tick tries again.
+                    // No answer this time (starting, stopping, a timeout): the rates are a display, never a
+                    // reason to fail the run; the next tick tries again.
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
                 }
             }
             while (await timer.WaitForNextTickAsync(stop.Token).ConfigureAwait(false));
@@ -86,9 +91,10 @@ internal sealed class WorkerRates
             {
                 await loop.ConfigureAwait(false);
             }
-            catch (OperationCanceledException)
+            catch (Exception)
             {
-                // WaitForNextTickAsync ends the loop this way.
+                // WaitForNextTickAsync ends the loop by cancellation; nothing a display's poll did may replace
+                // the training's own result.
             }
             stop.Dispose();
         }

@@ -80,7 +80,8 @@ public sealed class Trainer : IDisposable
             epochRows += result.Rows;
             observer.StepCompleted(new StepReport(_session.GlobalStep, epoch, stepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
                 result.LossSum / result.Rows, result.Rows, clock.Elapsed));
-            if (checkpoints is { EverySteps: > 0 } && _session.GlobalStep % checkpoints.EverySteps == 0)
+            // The step that closes an epoch is checkpointed below, after the epoch is scored.
+            if (checkpoints is { EverySteps: > 0 } && _session.GlobalStep % checkpoints.EverySteps == 0 && _session.StepInEpoch != 0)
             {
                 _session.SaveCheckpoint(checkpoints.Path);
             }

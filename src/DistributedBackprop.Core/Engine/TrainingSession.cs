@@ -148,19 +148,21 @@ public sealed class TrainingSession
 
     /// <summary>
     /// The model to write: the last parameters, or with <see cref="KeptModel.Best"/> those of the best
-    /// validation epoch (the metadata then says which: "kept" and "best_epoch").
+    /// validation epoch. A run that validated says which in the metadata: "kept" (best or last; last also
+    /// when no epoch had a finite score) and "best_epoch"; `--run MODEL` reads "kept" back as --keep.
     /// </summary>
     public ModelFile ToModel(KeptModel keep = KeptModel.Last)
     {
         Dictionary<string, string> metadata = ModelMetadata();
         float[] parameters = Parameters;
-        if (Tracker is { BestEpoch: > 0 } tracker)
+        if (Tracker is { } tracker)
         {
+            bool best = keep == KeptModel.Best && tracker.BestEpoch > 0;
+            metadata["kept"] = best ? "best" : "last";
             metadata["best_epoch"] = tracker.BestEpoch.ToString(CultureInfo.InvariantCulture);
-            if (keep == KeptModel.Best)
+            if (best)
             {
                 parameters = tracker.BestParameters!;
-                metadata["kept"] = "best";
             }
         }
         return new ModelFile(Architecture, (float[])parameters.Clone(), Preprocessing, Classes, metadata);

@@ -38,7 +38,7 @@ public static unsafe class Gemm
         {
             return;
         }
-        if (NarrowGemm.Handles(tier, n))
+        if (NarrowGemm.Handles(tier, n, k))
         {
             NarrowGemm.MultiplyAdd(a, b, c, ldc, tier);
             return;

@@ -17,8 +17,11 @@ internal static unsafe class NarrowGemm
     public const int MaxColumns = 16;
     [ThreadStatic] private static PackBuffer? t_panel;
 
+    /// <summary>Deepest k packed into one panel (64 MB of floats); deeper products take the blocked path, which packs in KC slabs.</summary>
+    public const int MaxDepth = 1 << 20;
+
     /// <summary>The tiers with a narrow kernel (the others take the blocked path).</summary>
-    public static bool Handles(SimdTier tier, int n) => n <= MaxColumns && tier is SimdTier.Vector512 or SimdTier.Vector256;
+    public static bool Handles(SimdTier tier, int n, int k) => n <= MaxColumns && k <= MaxDepth && tier is SimdTier.Vector512 or SimdTier.Vector256;
 
     public static void MultiplyAdd(StridedMatrix<float> a, StridedMatrix<float> b, Span<float> c, int ldc, SimdTier tier)
     {
