@@ -237,6 +237,9 @@ public class ValidationTests
         SortedDictionary<string, string> options = accuracy.AsOptions();
         Assert.Equal(("0.3", "2", "accuracy"), (options["validation-fraction"], options["early-stopping"], options["early-stopping-metric"]));
         Assert.Contains("--early-stopping 2 in the checkpoint, 3 now", (StoppingConfig with { EarlyStopping = 3 }).DifferencesFrom(StoppingConfig));
+        // A checkpoint without validation names the settings' defaults, not "(none)".
+        Assert.Equal(["--early-stopping 0 in the checkpoint, 2 now", "--validation-fraction 0 in the checkpoint, 0.3 now"],
+            StoppingConfig.DifferencesFrom(StoppingConfig with { ValidationFraction = 0, EarlyStopping = 0 }));
     }
 
     private sealed class Recorder : ITrainingObserver

@@ -71,7 +71,9 @@ public sealed record TrainingConfig
             throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
                 $"--layers: the network would have {parameters:N0} parameters; one parameter buffer holds at most {Array.MaxLength:N0}"));
         }
+        // The plain trainer's lanes, plus the single lane its tuner times them against.
         int lanes = Math.Max(1, Math.Min(Chunks, Environment.ProcessorCount));
+        lanes += lanes > 1 ? 1 : 0;
         double bytes = 4.0 * (parameters * (4 + lanes) + 3.0 * BatchSize * units);
         if (bytes > 0.8 * availableBytes)
         {
@@ -157,7 +159,9 @@ public sealed record TrainingConfig
         var differences = new List<string>();
         foreach (string key in before.Keys.Union(now.Keys).Order(StringComparer.Ordinal))
         {
-            string was = before.GetValueOrDefault(key, "(none)"), current = now.GetValueOrDefault(key, "(none)");
+            // A setting left out of the JSON (the validation ones, when unset) has its default value.
+            string was = before.GetValueOrDefault(key) ?? OmittedDefaults.GetValueOrDefault(key, "(none)");
+            string current = now.GetValueOrDefault(key) ?? OmittedDefaults.GetValueOrDefault(key, "(none)");
             if (was != current)
             {
                 differences.Add($"{OptionOf.GetValueOrDefault(key, key)} {was} in the checkpoint, {current} now");
@@ -165,6 +169,12 @@ public sealed record TrainingConfig
         }
         return differences;
     }
+
+    /// <summary>The values of the settings the canonical JSON omits when they are at their defaults, as typed.</summary>
+    private static readonly Dictionary<string, string> OmittedDefaults = new(StringComparer.Ordinal)
+    {
+        ["validation_fraction"] = "0", ["early_stopping"] = "0", ["early_stopping_metric"] = "loss",
+    };
 
     private static void Flatten(JsonNode? node, string prefix, SortedDictionary<string, string> into)
     {
