@@ -22,7 +22,7 @@ internal static class TrainCommand
         // The default is the plain trainer on every core: on one machine it is faster than the worker actors
         // today (README, Performance), and the model is the same bits either way.
         var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server, as a cluster runs). 0: the plain trainer, no actors (faster on one machine). The model is the same for any value.", 0, 0);
-        var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: at most this many threads compute each step's chunks (the first steps time it against one thread and keep the faster; results do not depend on it). Default: the number of cores.", Environment.ProcessorCount);
+        var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: at most this many threads compute each step's chunks (timed against one thread as training goes, the faster kept; results do not depend on it). Default: the number of cores.", Environment.ProcessorCount);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
         var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint written with the same data and options; the result equals an uninterrupted run.", HelpName = "FILE" };

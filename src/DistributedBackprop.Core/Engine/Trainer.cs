@@ -12,7 +12,7 @@ public sealed record CheckpointPolicy(string Path, int EverySteps = 0);
 /// contiguous share of the C chunks, the <see cref="TreeReducer"/> combines them along the canonical tree,
 /// and the session applies the optimizer. With any T — and with the actor system's workers — a step
 /// computes the same bits, because the step is defined by the tree, not by who computes it. With T &gt; 1 the
-/// first steps time T lanes against one (<see cref="LaneTuner"/>) and the faster is kept.
+/// trainer times T lanes against one as it goes (<see cref="LaneTuner"/>) and uses the faster.
 /// </summary>
 public sealed class Trainer : IDisposable
 {
@@ -57,7 +57,7 @@ public sealed class Trainer : IDisposable
     /// <summary>The most threads a step may use (the --threads asked for, at most the chunks).</summary>
     public int Threads => _runner.Lanes;
 
-    /// <summary>The lanes steps use now: <see cref="Threads"/> or 1, once the first steps have timed both.</summary>
+    /// <summary>The lanes steps use now (<see cref="Threads"/> while a tuning round measures).</summary>
     public int LanesInUse => _tuner.Chosen ?? Threads;
 
     /// <summary>The tuner's median step seconds per lane count, once it has chosen.</summary>
