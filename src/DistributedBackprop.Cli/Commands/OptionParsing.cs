@@ -153,21 +153,24 @@ internal static class OptionParsing
         Description = description,
         HelpName = "F",
         DefaultValueFactory = _ => 0,
-        CustomParser = r =>
-        {
-            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value))
-            {
-                r.AddError($"{name}: '{text}' is not a number");
-                return 0;
-            }
-            if (!(value >= 0 && value < 1))
-            {
-                r.AddError($"{name}: must be in [0, 1), got {text}");
-            }
-            return value;
-        },
+        CustomParser = r => ParseFraction(r, name) ?? 0,
     };
+
+    /// <summary>A fraction in [0, 1): null (with a parse error naming the option) for what is not a number.</summary>
+    public static double? ParseFraction(ArgumentResult r, string name)
+    {
+        string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value))
+        {
+            r.AddError($"{name}: '{text}' is not a number");
+            return null;
+        }
+        if (!(value >= 0 && value < 1))
+        {
+            r.AddError($"{name}: must be in [0, 1), got {text}");
+        }
+        return value;
+    }
 
     public static Option<ProgressMode> ProgressOption(string description) => Choice("--progress", description,
         ProgressMode.Auto, "auto", "auto|bar|plain|none", static (string text, out ProgressMode mode) =>

@@ -20,20 +20,7 @@ internal sealed class TrainingOptionSet
     {
         Description = "Hold out this fraction of the data for testing (seeded split). Default 0.2 unless test data is given or bundled (IDX t10k files).",
         HelpName = "F",
-        CustomParser = r =>
-        {
-            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-            if (!double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double value))
-            {
-                r.AddError($"--test-fraction: '{text}' is not a number");
-                return null;
-            }
-            if (!(value >= 0 && value < 1))
-            {
-                r.AddError($"--test-fraction: must be in [0, 1), got {text}");
-            }
-            return value;
-        },
+        CustomParser = r => OptionParsing.ParseFraction(r, "--test-fraction"),
     };
     public Option<int[]> Layers { get; } = OptionParsing.LayersOption("--layers", "Hidden layer widths, comma-separated; 'none' for no hidden layer.", [128]);
     public Option<Activation> Activation { get; } = OptionParsing.ActivationOption("--activation", "Activation of the hidden layers.", Network.Activation.Relu, allowSoftmax: false);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Reduction;
@@ -46,7 +47,7 @@ public static class Benchmarks
     }
 
     /// <summary>16 independent FMA chains of <typeparamref name="T"/>'s width, <paramref name="iterations"/> rounds; returns a lane of the sum so nothing is dead code.</summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining | System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static float FmaLoop<T>(int iterations) where T : struct, IFloatLanes<T>
     {
         T x = T.Broadcast(0.999f), y = T.Broadcast(1e-3f);

@@ -130,7 +130,7 @@ public sealed class Trainer : IDisposable
         {
             _plan = EpochPlan.Create(_session.Train.Rows, _session.Config.BatchSize, _session.Config.Seed, _session.Epoch, recycle: _plan);
         }
-        long started = System.Diagnostics.Stopwatch.GetTimestamp();
+        long started = Stopwatch.GetTimestamp();
         _current = _sets[_tuner.Next()];
         _current.ForEach(_computeLane);
         _reducer.Reset();
@@ -154,7 +154,7 @@ public sealed class Trainer : IDisposable
             throw new TrainingDivergedException(GuardedUpdate.Describe(outcome, _session.GlobalStep));
         }
         _session.EndStep();
-        _tuner.Record(System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalSeconds);
+        _tuner.Record(Stopwatch.GetElapsedTime(started).TotalSeconds);
         return result;
     }
 
