@@ -26,10 +26,10 @@ public static class ActorBenchmark
             var rates = new List<double>();
             for (int w = 0; w < windows; w++)
             {
-                long start = counter.Steps;
+                long start = counter.Rows;
                 var clock = Stopwatch.StartNew();
                 Thread.Sleep(window);
-                rates.Add((counter.Steps - start) * session.Config.BatchSize / clock.Elapsed.TotalSeconds);
+                rates.Add((counter.Rows - start) / clock.Elapsed.TotalSeconds);
             }
             long steps = counter.Steps - firstStep;
             long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
@@ -52,14 +52,22 @@ public static class ActorBenchmark
     {
         private readonly object _gate = new();
         private readonly List<EpochReport> _timed = [];
-        private long _steps;
+        private long _steps, _rows;
         private volatile bool _timing;
 
+        /// <summary>Updates applied (with local steps, one per round).</summary>
         public long Steps => Interlocked.Read(ref _steps);
+
+        /// <summary>Rows trained on (every inner step's rows, with local steps).</summary>
+        public long Rows => Interlocked.Read(ref _rows);
 
         public void StartTiming() => _timing = true;
 
-        public void StepCompleted(StepReport report) => Interlocked.Increment(ref _steps);
+        public void StepCompleted(StepReport report)
+        {
+            Interlocked.Add(ref _rows, report.Rows);
+            Interlocked.Increment(ref _steps);
+        }
 
         public void EpochCompleted(EpochReport report)
         {

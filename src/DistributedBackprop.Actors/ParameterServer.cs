@@ -76,7 +76,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             "even" => false,
             _ => throw new ArgumentException($"dbp.dealing: '{dealing}' is neither proportional nor even"),
         };
-        _chunks = session.Config.Chunks;
+        // The update's parts: a step's chunks, or with local steps a round's replicas.
+        _chunks = session.Config.UpdateParts();
         _architecture = session.Architecture.Describe();
         _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
         _scheduler = new StepScheduler<WorkerSlot>(_chunks, _reducer, dealByPace);

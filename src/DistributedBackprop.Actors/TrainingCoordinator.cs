@@ -132,12 +132,13 @@ public sealed class TrainingCoordinator : ReceiveActor
 
     private void OnStep(StepApplied step)
     {
+        long before = _lastStep;
         _lastStep = step.GlobalStep;
         _observer.StepCompleted(new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
             step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed));
         // Not on the step that closes an epoch: the epoch's own checkpoint follows once it is scored (asking
         // now would let the server snapshot the validation record while OnEvaluated writes it).
-        if (_checkpoints is { EverySteps: > 0 } && step.GlobalStep % _checkpoints.EverySteps == 0 && step.GlobalStep % _session.StepsPerEpoch != 0)
+        if (_checkpoints is { EverySteps: > 0 } && Trainer.CrossedMultiple(before, step.GlobalStep, _checkpoints.EverySteps) && step.GlobalStep % _session.StepsPerEpoch != 0)
         {
             _server.Tell(new SaveCheckpoint(_checkpoints.Path));
         }

@@ -36,7 +36,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly IActorRef _server;
     private readonly string _name;
     private readonly WorkerSetup _setup;
-    private readonly NodeGradientComputer _computer;
+    private readonly IUpdatePartComputer _computer;
     private readonly List<TreeNode> _nodes = [];
     private readonly List<(float[] Buffer, long LentForStep)> _pool = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
@@ -49,7 +49,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
         _server = server;
         _name = name;
         _setup = setup;
-        _computer = new NodeGradientComputer(setup.Architecture, setup.Train);
+        _computer = UpdateParts.CreateComputer(setup.Config, setup.Architecture, setup.Train);
         // Only the parameter server gives work or refuses it; from anyone else these are dropped.
         Receive<WorkerAccepted>(m => Sender.Path.Equals(_server.Path), m => _log.Debug("{0} accepted; work from step {1}", _name, m.NextStep));
         Receive<WorkerRefused>(m => Sender.Path.Equals(_server.Path), m =>
@@ -104,14 +104,13 @@ public sealed class Worker : ReceiveActor, IWithTimers
         {
             _plan = EpochPlan.Create(_setup.Train.Rows, config.BatchSize, config.Seed, message.Epoch, recycle: _plan);
         }
-        ReadOnlySpan<int> batch = _plan.BatchRows(message.StepInEpoch);
         _nodes.Clear();
-        ChunkTree.Decompose(message.ChunkLo, message.ChunkHi, config.Chunks, _nodes);
+        ChunkTree.Decompose(message.ChunkLo, message.ChunkHi, config.UpdateParts(), _nodes);
         foreach (TreeNode node in _nodes)
         {
             long start = Stopwatch.GetTimestamp();
             float[] gradient = Rent(message.Step);
-            BatchResult result = _computer.Compute(message.Parameters, batch, config.Chunks, node, gradient);
+            BatchResult result = _computer.Compute(message.Parameters, _plan, message.StepInEpoch, node, gradient);
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds), Self);
         }
         message.Pool?.Return(message.Parameters);

@@ -25,6 +25,8 @@ internal static class BenchCommand
         var batch = OptionParsing.PositiveInt("--batch-size", "Rows per global batch.", 128);
         var chunks = OptionParsing.PositiveInt("--chunks", "Chunks per batch.", 8);
         var threads = OptionParsing.PositiveInt("--threads", "Threads computing each step.", 1);
+        var replicas = OptionParsing.PositiveInt("--replicas", "Local steps: model replicas R (with --local-steps H > 1; 1: synchronous steps).", 1);
+        var localSteps = OptionParsing.PositiveInt("--local-steps", "Local steps: inner steps H per round (with --replicas R > 1).", 1);
         var optimizer = OptionParsing.OptimizerOption(OptimizerKind.Sgd);
         var lr = OptionParsing.PositiveFloat("--lr", "Learning rate.", 0.01f);
         var seconds = OptionParsing.PositiveFloat("--seconds", "Length of one timed window, in seconds.", 1.0f);
@@ -50,7 +52,7 @@ internal static class BenchCommand
         };
         var command = new Command("bench", "Measure training-step throughput on synthetic data (warm-up, then timed windows).")
         {
-            inputs, layers, outputs, activation, outputActivation, loss, batch, chunks, threads, optimizer, lr, seconds, windows, warmup, noGemm, gemmShapes, workers, data, json,
+            inputs, layers, outputs, activation, outputActivation, loss, batch, chunks, threads, replicas, localSteps, optimizer, lr, seconds, windows, warmup, noGemm, gemmShapes, workers, data, json,
         };
         command.SetAction(parse => CommandRunner.Run("bench", () =>
         {
@@ -64,6 +66,9 @@ internal static class BenchCommand
                 Chunks = parse.GetValue(chunks),
                 Epochs = 1_000_000,
                 Optimizer = new OptimizerSettings { Kind = parse.GetValue(optimizer), LearningRate = parse.GetValue(lr) },
+                LocalSteps = parse.GetValue(replicas) > 1 && parse.GetValue(localSteps) > 1
+                    ? new LocalStepsSettings { Replicas = parse.GetValue(replicas), Steps = parse.GetValue(localSteps) }
+                    : null,
             };
             if (config.Validate() is string problem)
             {
@@ -85,7 +90,7 @@ internal static class BenchCommand
             {
                 using var trainer = new Trainer(session, parse.GetValue(threads));
                 threadCount = trainer.Threads;
-                result = Benchmarks.MeasureSteps(() => trainer.Step(out _), batchSize, warm, parse.GetValue(windows), window);
+                result = Benchmarks.MeasureSteps(() => trainer.Step(out _).Rows, warm, parse.GetValue(windows), window);
                 lanesUsed = trainer.LanesInUse;
             }
             else
@@ -169,6 +174,8 @@ internal static class BenchCommand
             json.WriteString("loss", config.Loss.Name());
             json.WriteNumber("batch_size", config.BatchSize);
             json.WriteNumber("chunks", config.Chunks);
+            json.WriteNumber("replicas", config.LocalSteps?.Replicas ?? 1);
+            json.WriteNumber("local_steps", config.LocalSteps?.Steps ?? 1);
             json.WriteNumber("threads", threads);
             json.WriteNumber("lanes_used", lanesUsed);
             json.WriteNumber("workers", workers);

@@ -138,6 +138,15 @@ internal static class OptionParsing
         "Validation score that picks the best epoch (--keep best) and drives --early-stopping: loss (lower is better) or accuracy (higher is better).",
         ValidationMetric.Loss, "loss", "loss|accuracy", ValidationTracker.TryParseMetric);
 
+    /// <summary>--outer-optimizer: the update a round of local steps ends with.</summary>
+    public static Option<OuterOptimizerKind> OuterOptimizerOption() => Choice<OuterOptimizerKind>("--outer-optimizer",
+        "With --replicas and --local-steps: the outer update on the replicas' mean change Δ̄: nesterov (DiLoCo's: --outer-lr 0.7, --outer-momentum 0.9) or sgd (θ ← θ − γ_out Δ̄; --outer-lr 1 is plain model averaging).",
+        OuterOptimizerKind.Nesterov, "nesterov", "nesterov|sgd", static (string text, out OuterOptimizerKind kind) =>
+        {
+            (bool known, kind) = text switch { "nesterov" => (true, OuterOptimizerKind.Nesterov), "sgd" => (true, OuterOptimizerKind.Sgd), _ => (false, default) };
+            return known;
+        });
+
     /// <summary>--keep: which epoch's parameters the model file holds; null when not typed (the default depends on --early-stopping).</summary>
     public static Option<KeptModel?> KeepOption() => Choice<KeptModel?>("--keep",
         "Which parameters --out holds: best (the epoch with the best validation score; needs --validation-fraction) or last. Default: best with --early-stopping, else last.",

@@ -105,9 +105,11 @@ internal static class TrainCommand
         {
             yield return $"--threads has no effect with worker actors (--workers {workerCount}): each worker computes on one thread; --workers 0 --threads {parse.GetValue(threads)} runs the plain trainer";
         }
-        if (workerCount > config.Chunks && TrainingOptionSet.Given(parse, workers))
+        if (workerCount > config.UpdateParts() && TrainingOptionSet.Given(parse, workers))
         {
-            yield return $"--workers {workerCount} with --chunks {config.Chunks}: at most {config.Chunks} workers compute in a step, {workerCount - config.Chunks} will idle (--chunks is part of the model's definition: more chunks, another model)";
+            yield return config.LocalSteps is { } local
+                ? $"--workers {workerCount} with --replicas {local.Replicas}: at most {local.Replicas} workers compute in a round, {workerCount - local.Replicas} will idle (--replicas is part of the model's definition: more replicas, another model)"
+                : $"--workers {workerCount} with --chunks {config.Chunks}: at most {config.Chunks} workers compute in a step, {workerCount - config.Chunks} will idle (--chunks is part of the model's definition: more chunks, another model)";
         }
         if (TrainingOptionSet.Given(parse, checkpointEvery) && parse.GetValue(checkpoint) is null)
         {

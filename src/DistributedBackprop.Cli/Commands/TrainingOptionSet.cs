@@ -48,12 +48,20 @@ internal sealed class TrainingOptionSet
         "Stop after this many epochs in a row without a better validation score (needs --validation-fraction). 0: train every epoch.", 0, 0, helpName: "EPOCHS");
     public Option<ValidationMetric> EarlyStoppingMetric { get; } = OptionParsing.ValidationMetricOption();
     public Option<KeptModel?> Keep { get; } = OptionParsing.KeepOption();
+    public Option<int> Replicas { get; } = OptionParsing.PositiveInt("--replicas",
+        "Local steps (DiLoCo-style): R model replicas, each training on its own share of every batch for --local-steps steps between exchanges; at most R workers are busy. Part of the model's definition. 1: synchronous training.", 1);
+    public Option<int> LocalSteps { get; } = OptionParsing.PositiveInt("--local-steps",
+        "With --replicas R: inner steps H each replica takes before the server averages the replicas' changes and applies --outer-optimizer (one exchange per H steps). 1: synchronous training.", 1);
+    public Option<OuterOptimizerKind> OuterOptimizer { get; } = OptionParsing.OuterOptimizerOption();
+    public Option<float> OuterLearningRate { get; } = OptionParsing.PositiveFloat("--outer-lr", "With local steps: the outer learning rate γ_out.", LocalStepsSettings.DefaultOuterLearningRate);
+    public Option<float> OuterMomentum { get; } = OptionParsing.FloatInRange("--outer-momentum", "With local steps and --outer-optimizer nesterov: the outer momentum μ_out.", LocalStepsSettings.DefaultOuterMomentum, 0f, 1f, maxExclusive: true);
 
     public IEnumerable<Option> All() =>
     [
         Data, Label, Header, TestData, TestFraction, Layers, Activation, OutputActivation, Loss, Epochs, BatchSize, Chunks,
         LearningRate, Optimizer, Momentum, Nesterov, Beta1, Beta2, WeightDecay, Schedule, DecayEvery, DecayFactor,
         MinLearningRate, WarmupSteps, Seed, ValidationFraction, EarlyStopping, EarlyStoppingMetric, Keep,
+        Replicas, LocalSteps, OuterOptimizer, OuterLearningRate, OuterMomentum,
     ];
 
     /// <summary>
@@ -92,6 +100,26 @@ internal sealed class TrainingOptionSet
         if (Given(parse, EarlyStoppingMetric) && parse.GetValue(ValidationFraction) == 0)
         {
             yield return "--early-stopping-metric has no effect without --validation-fraction F (there is no validation score)";
+        }
+        bool localSteps = parse.GetValue(Replicas) > 1 && parse.GetValue(LocalSteps) > 1;
+        foreach (Option option in new Option[] { OuterOptimizer, OuterLearningRate, OuterMomentum })
+        {
+            if (Given(parse, option) && !localSteps)
+            {
+                yield return $"{option.Name} has no effect without --replicas R and --local-steps H, both above 1 (training is synchronous)";
+            }
+        }
+        if (localSteps && Given(parse, OuterMomentum) && parse.GetValue(OuterOptimizer) == OuterOptimizerKind.Sgd)
+        {
+            yield return "--outer-momentum has no effect with --outer-optimizer sgd (it tunes --outer-optimizer nesterov)";
+        }
+        if (!localSteps && (parse.GetValue(Replicas) > 1 || parse.GetValue(LocalSteps) > 1))
+        {
+            yield return $"--replicas {parse.GetValue(Replicas)} with --local-steps {parse.GetValue(LocalSteps)}: local steps need both above 1; training is synchronous";
+        }
+        if (localSteps && Given(parse, Chunks))
+        {
+            yield return "--chunks has no effect with local steps (each replica's share of a batch is one chunk; the replicas are the parts)";
         }
     }
 
@@ -145,6 +173,18 @@ internal sealed class TrainingOptionSet
             EarlyStopping = parse.GetValue(EarlyStopping),
             // Without a validation set the metric does nothing (a warning says so); it must not change the config either.
             EarlyStoppingMetric = parse.GetValue(ValidationFraction) > 0 ? parse.GetValue(EarlyStoppingMetric) : ValidationMetric.Loss,
+            // R = 1 or H = 1 is synchronous training: no local-steps settings, so the model is today's bit for bit.
+            LocalSteps = parse.GetValue(Replicas) > 1 && parse.GetValue(LocalSteps) > 1
+                ? new LocalStepsSettings
+                {
+                    Replicas = parse.GetValue(Replicas),
+                    Steps = parse.GetValue(LocalSteps),
+                    OuterOptimizer = parse.GetValue(OuterOptimizer),
+                    OuterLearningRate = parse.GetValue(OuterLearningRate),
+                    // Plain SGD has no momentum: kept at its default, so it cannot tell two equal runs apart.
+                    OuterMomentum = parse.GetValue(OuterOptimizer) == OuterOptimizerKind.Nesterov ? parse.GetValue(OuterMomentum) : LocalStepsSettings.DefaultOuterMomentum,
+                }
+                : null,
             Optimizer = new OptimizerSettings
             {
                 Kind = parse.GetValue(Optimizer),

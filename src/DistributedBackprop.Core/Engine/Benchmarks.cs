@@ -65,11 +65,11 @@ public static class Benchmarks
     }
 
     /// <summary>
-    /// Runs <paramref name="step"/> (one training step of <paramref name="samplesPerStep"/> rows) for a
-    /// warm-up period, then for <paramref name="windows"/> timed windows, and reports samples/s per window
+    /// Runs <paramref name="step"/> (one update, returning the rows it trained on: a step's batch, or a round
+    /// of local steps' H batches) for a warm-up period, then for <paramref name="windows"/> timed windows, and reports samples/s per window
     /// and the bytes allocated per step during the timed part (all threads).
     /// </summary>
-    public static ThroughputResult MeasureSteps(Action step, int samplesPerStep, TimeSpan warmup, int windows, TimeSpan window)
+    public static ThroughputResult MeasureSteps(Func<int> step, TimeSpan warmup, int windows, TimeSpan window)
     {
         var clock = Stopwatch.StartNew();
         while (clock.Elapsed < warmup)
@@ -81,14 +81,14 @@ public static class Benchmarks
         long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
         for (int w = 0; w < windows; w++)
         {
-            long windowSteps = 0;
+            long windowSteps = 0, windowRows = 0;
             clock.Restart();
             while (clock.Elapsed < window)
             {
-                step();
+                windowRows += step();
                 windowSteps++;
             }
-            rates.Add(windowSteps * samplesPerStep / clock.Elapsed.TotalSeconds);
+            rates.Add(windowRows / clock.Elapsed.TotalSeconds);
             steps += windowSteps;
         }
         long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;

@@ -31,9 +31,10 @@ public sealed class Trainer : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
         _session = session;
-        int chunks = session.Config.Chunks;
-        int lanes = Math.Min(threads, chunks);
-        _reducer = new TreeReducer(chunks, session.Architecture.ParameterCount);
+        // The parts of an update: the step's chunks, or with local steps the round's replicas.
+        int parts = session.Config.UpdateParts();
+        int lanes = Math.Min(threads, parts);
+        _reducer = new TreeReducer(parts, session.Architecture.ParameterCount);
         _runner = new LaneRunner(lanes, "dbp-lane");
         _computeLane = ComputeLane;
         int[] candidates = lanes == 1 ? [1] : [lanes, 1];
@@ -42,8 +43,8 @@ public sealed class Trainer : IDisposable
             var set = new Lane[count];
             for (int i = 0; i < count; i++)
             {
-                var (lo, hi) = ChunkTree.Share(chunks, count, i);
-                set[i] = new Lane(new NodeGradientComputer(session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, chunks), session.Architecture.ParameterCount);
+                var (lo, hi) = ChunkTree.Share(parts, count, i);
+                set[i] = new Lane(UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount);
             }
             // One lane runs on the caller's thread alone: the runner's other threads stay parked.
             Action<Action<int>> forEach = count == lanes ? _runner.Run : static work => work(0);
@@ -74,6 +75,7 @@ public sealed class Trainer : IDisposable
         {
             cancellation.ThrowIfCancellationRequested();
             int epoch = _session.Epoch, stepInEpoch = _session.StepInEpoch;
+            long stepBefore = _session.GlobalStep;
             BatchResult result = Step(out float learningRate);
             epochLoss += result.LossSum;
             epochCorrect += result.Correct;
@@ -81,7 +83,7 @@ public sealed class Trainer : IDisposable
             observer.StepCompleted(new StepReport(_session.GlobalStep, epoch, stepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
                 result.LossSum / result.Rows, result.Rows, clock.Elapsed));
             // The step that closes an epoch is checkpointed below, after the epoch is scored.
-            if (checkpoints is { EverySteps: > 0 } && _session.GlobalStep % checkpoints.EverySteps == 0 && _session.StepInEpoch != 0)
+            if (checkpoints is { EverySteps: > 0 } && CrossedMultiple(stepBefore, _session.GlobalStep, checkpoints.EverySteps) && _session.StepInEpoch != 0)
             {
                 _session.SaveCheckpoint(checkpoints.Path);
             }
@@ -163,20 +165,22 @@ public sealed class Trainer : IDisposable
     private void ComputeLane(int index)
     {
         Lane lane = _current.Lanes[index];
-        ReadOnlySpan<int> batch = _plan!.BatchRows(_session.StepInEpoch);
         for (int i = 0; i < lane.Nodes.Count; i++)
         {
-            lane.Results[i] = lane.Computer.Compute(_session.Parameters, batch, _session.Config.Chunks, lane.Nodes[i], lane.Gradients[i]);
+            lane.Results[i] = lane.Computer.Compute(_session.Parameters, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i]);
         }
     }
 
     public void Dispose() => _runner.Dispose();
 
+    /// <summary>An update moved the position from <paramref name="before"/> to <paramref name="after"/> past a multiple of <paramref name="every"/> (a round of local steps covers several steps).</summary>
+    public static bool CrossedMultiple(long before, long after, long every) => after / every != before / every;
+
     private sealed record LaneSet(Lane[] Lanes, GuardedUpdate Update, Action<Action<int>> ForEach);
 
     private sealed class Lane
     {
-        public Lane(NodeGradientComputer computer, List<TreeNode> nodes, int parameterCount)
+        public Lane(IUpdatePartComputer computer, List<TreeNode> nodes, int parameterCount)
         {
             Computer = computer;
             Nodes = nodes;
@@ -184,7 +188,7 @@ public sealed class Trainer : IDisposable
             Results = new BatchResult[nodes.Count];
         }
 
-        public NodeGradientComputer Computer { get; }
+        public IUpdatePartComputer Computer { get; }
         public List<TreeNode> Nodes { get; }
         public float[][] Gradients { get; }
         public BatchResult[] Results { get; }

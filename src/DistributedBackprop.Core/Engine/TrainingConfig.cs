@@ -48,6 +48,21 @@ public sealed record TrainingConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public ValidationMetric EarlyStoppingMetric { get; init; }
 
+    /// <summary>
+    /// Local steps with replicas (<see cref="LocalStepsSettings"/>); null: synchronous training, one update per
+    /// step. Null whenever R = 1 or H = 1 (the command line sees to it), so those runs are today's bit for bit
+    /// and their JSON has no trace of it.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public LocalStepsSettings? LocalSteps { get; init; }
+
+    /// <summary>The parts an update is cut into, dealt to lanes or workers and reduced along their tree: the C chunks, or the R replicas.</summary>
+    public int UpdateParts() => LocalSteps?.Replicas ?? Chunks;
+
+    /// <summary>The steps the update starting at <paramref name="stepInEpoch"/> covers: 1, or a round's H (fewer at the epoch's end).</summary>
+    public int StepsInUpdate(int stepInEpoch, int stepsPerEpoch) =>
+        LocalSteps is { } local ? Math.Min(local.Steps, stepsPerEpoch - stepInEpoch) : 1;
+
     public Architecture BuildArchitecture(int inputs, int outputs) =>
         Architecture.Create(inputs, HiddenLayers, outputs, HiddenActivation, OutputActivation, Loss);
 
@@ -71,9 +86,14 @@ public sealed record TrainingConfig
             throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
                 $"--layers: the network would have {parameters:N0} parameters; one parameter buffer holds at most {Array.MaxLength:N0}"));
         }
-        // The plain trainer's lanes, plus the single lane its tuner times them against.
-        int lanes = Math.Max(1, Math.Min(Chunks, Environment.ProcessorCount));
+        // The plain trainer's lanes, plus the single lane its tuner times them against; with local steps a lane
+        // also holds its replica, its inner gradient and optimizer state, and a partial sum per tree level.
+        int lanes = Math.Max(1, Math.Min(UpdateParts(), Environment.ProcessorCount));
         lanes += lanes > 1 ? 1 : 0;
+        if (LocalSteps is { } local)
+        {
+            lanes *= 4 + (int)Math.Log2(local.Replicas) + 1;
+        }
         double bytes = 4.0 * (parameters * (4 + lanes) + 3.0 * BatchSize * units);
         if (bytes > 0.8 * availableBytes)
         {
@@ -97,6 +117,7 @@ public sealed record TrainingConfig
         if (EarlyStopping < 0) return $"--early-stopping: must be at least 0, got {EarlyStopping}";
         if (EarlyStopping > 0 && ValidationFraction == 0)
             return "--early-stopping: needs a validation set (--validation-fraction F); stopping on the test set would tune on it";
+        if (LocalSteps?.Validate(BatchSize) is string localProblem) return localProblem;
         return Optimizer.Validate();
     }
 
@@ -125,6 +146,8 @@ public sealed record TrainingConfig
         ["optimizer.weight_decay"] = "--weight-decay", ["optimizer.schedule"] = "--schedule", ["optimizer.decay_every"] = "--decay-every",
         ["optimizer.decay_factor"] = "--decay-factor", ["optimizer.min_learning_rate"] = "--min-lr", ["optimizer.warmup_steps"] = "--warmup-steps",
         ["validation_fraction"] = "--validation-fraction", ["early_stopping"] = "--early-stopping", ["early_stopping_metric"] = "--early-stopping-metric",
+        ["local_steps.replicas"] = "--replicas", ["local_steps.steps"] = "--local-steps", ["local_steps.outer_optimizer"] = "--outer-optimizer",
+        ["local_steps.outer_learning_rate"] = "--outer-lr", ["local_steps.outer_momentum"] = "--outer-momentum",
     };
 
     /// <summary>
@@ -174,6 +197,8 @@ public sealed record TrainingConfig
     private static readonly Dictionary<string, string> OmittedDefaults = new(StringComparer.Ordinal)
     {
         ["validation_fraction"] = "0", ["early_stopping"] = "0", ["early_stopping_metric"] = "loss",
+        ["local_steps.replicas"] = "1", ["local_steps.steps"] = "1", ["local_steps.outer_optimizer"] = "nesterov",
+        ["local_steps.outer_learning_rate"] = "0.7", ["local_steps.outer_momentum"] = "0.9",
     };
 
     private static void Flatten(JsonNode? node, string prefix, SortedDictionary<string, string> into)

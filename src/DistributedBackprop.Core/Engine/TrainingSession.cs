@@ -26,7 +26,8 @@ public sealed class TrainingSession
         DataHash = dataHash;
         Architecture = config.BuildArchitecture(train.Features, train.Classes.Count);
         Parameters = Initialisation.Create(Architecture, config.Seed);
-        Optimizer = new Optimizer(Architecture, config.Optimizer);
+        // With local steps the session's update is the outer one (the replicas' inner optimizers live with them).
+        Optimizer = new Optimizer(Architecture, config.LocalSteps?.OuterSettings() ?? config.Optimizer);
         StepsPerEpoch = EpochPlan.StepsPerEpoch(train.Rows, config.BatchSize);
         Tracker = validation is null ? null : new ValidationTracker(config.EarlyStoppingMetric, config.EarlyStopping);
     }
@@ -141,10 +142,14 @@ public sealed class TrainingSession
             throw new InvalidOperationException("training is already finished");
         }
         Optimizer.BeginStep();
-        return Config.Optimizer.LearningRateAt(GlobalStep, Epoch, TotalSteps);
+        return Optimizer.Settings.LearningRateAt(GlobalStep, Epoch, TotalSteps);
     }
 
-    public void EndStep() => GlobalStep++;
+    /// <summary>The steps the next update covers (1; with local steps the round's H, or what is left of the epoch).</summary>
+    public int StepsInUpdate => Config.StepsInUpdate(StepInEpoch, StepsPerEpoch);
+
+    /// <summary>An update is applied: the position moves past the steps it covered.</summary>
+    public void EndStep() => GlobalStep += StepsInUpdate;
 
     /// <summary>
     /// The model to write: the last parameters, or with <see cref="KeptModel.Best"/> those of the best

@@ -130,6 +130,10 @@ public sealed class TreeReducer
     private (float[] Gradient, BatchResult Result) PlanAddition((float[] Gradient, BatchResult Result) left, (float[] Gradient, BatchResult Result) right)
     {
         _additions[_additionCount++] = (left.Gradient, right.Gradient);
-        return (left.Gradient, new BatchResult(left.Result.LossSum + right.Result.LossSum, left.Result.Correct + right.Result.Correct, left.Result.Rows + right.Result.Rows));
+        return (left.Gradient, Combine(left.Result, right.Result));
     }
+
+    /// <summary>Two nodes' figures combined (left first): the loss sums add in tree order like the gradients.</summary>
+    public static BatchResult Combine(BatchResult left, BatchResult right) =>
+        new(left.LossSum + right.LossSum, left.Correct + right.Correct, left.Rows + right.Rows);
 }

@@ -79,6 +79,15 @@ public sealed class Optimizer
         ApplyRange(parameters, gradient, learningRate, 0, _arch.ParameterCount);
     }
 
+    /// <summary>Back to the state before the first update: velocity and moments 0, t = 0 (a replica's inner optimizer at each round's start).</summary>
+    public void Reset()
+    {
+        if (Velocity is not null) Array.Clear(Velocity);
+        if (FirstMoment is not null) Array.Clear(FirstMoment);
+        if (SecondMoment is not null) Array.Clear(SecondMoment);
+        Steps = 0;
+    }
+
     /// <summary>Starts an update (advances t); follow with <see cref="ApplyRange"/> over every parameter once.</summary>
     public void BeginStep()
     {

@@ -133,6 +133,16 @@ public static class ChunkTree
         return FoldNode(Root(chunks), chunks, known, combine);
     }
 
+    /// <summary>As <see cref="Fold{TValue}(int, KnownValue{TValue}, Func{TValue, TValue, TValue})"/>, for the subtree under the canonical <paramref name="node"/>.</summary>
+    public static TValue Fold<TValue>(TreeNode node, int chunks, KnownValue<TValue> known, Func<TValue, TValue, TValue> combine)
+    {
+        if (!IsCanonical(node, chunks))
+        {
+            throw new ArgumentException($"{node} is not a node of the chunk tree over {chunks} chunks");
+        }
+        return FoldNode(node, chunks, known, combine);
+    }
+
     private static TValue FoldNode<TValue>(TreeNode node, int chunks, KnownValue<TValue> known, Func<TValue, TValue, TValue> combine)
     {
         if (known(node, out TValue value))

@@ -1,0 +1,217 @@
+using System.Globalization;
+using System.Numerics.Tensors;
+using DistributedBackprop.Data;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+using DistributedBackprop.Reduction;
+
+namespace DistributedBackprop.Engine;
+
+/// <summary>The outer optimizer of a round of local steps: plain averaging's step, or DiLoCo's Nesterov momentum.</summary>
+public enum OuterOptimizerKind
+{
+    /// <summary>θ ← θ − γ_out Δ̄ with Nesterov momentum μ_out (DiLoCo, Douillard et al. 2023: γ_out 0.7, μ_out 0.9).</summary>
+    Nesterov,
+
+    /// <summary>θ ← θ − γ_out Δ̄ (γ_out = 1: model averaging, i.e. local SGD, Stich 2019).</summary>
+    Sgd,
+}
+
+/// <summary>
+/// Local steps with replicas (DiLoCo-style): R model replicas each take H inner steps from the same θ, each on
+/// its own fixed share of every global batch; the server then averages their parameter changes
+/// Δ̄ = 1/R Σ_r (θ − θ_r) along the fixed tree over the R replicas and applies the outer optimizer to Δ̄ as if
+/// it were a gradient. Such a round is one update: workers and the server exchange θ and Δ once per H steps.
+/// R and H are part of the model's definition, like the chunks; the number of machines is not.
+/// </summary>
+public sealed record LocalStepsSettings
+{
+    public const float DefaultOuterLearningRate = 0.7f;
+    public const float DefaultOuterMomentum = 0.9f;
+
+    public int Replicas { get; init; } = 1;
+
+    /// <summary>H: inner steps per round (a round never crosses an epoch's end: the last one of an epoch may be shorter).</summary>
+    public int Steps { get; init; } = 1;
+
+    public OuterOptimizerKind OuterOptimizer { get; init; } = OuterOptimizerKind.Nesterov;
+    public float OuterLearningRate { get; init; } = DefaultOuterLearningRate;
+    public float OuterMomentum { get; init; } = DefaultOuterMomentum;
+
+    /// <summary>The outer update as an <see cref="Optimizer"/> (the same code as the inner one; Δ̄ takes the gradient's place).</summary>
+    public OptimizerSettings OuterSettings() => new()
+    {
+        Kind = OuterOptimizer == OuterOptimizerKind.Sgd ? OptimizerKind.Sgd : OptimizerKind.Momentum,
+        Nesterov = OuterOptimizer == OuterOptimizerKind.Nesterov,
+        LearningRate = OuterLearningRate,
+        Momentum = OuterOptimizer == OuterOptimizerKind.Nesterov ? OuterMomentum : 0.9f,
+    };
+
+    public static string Name(OuterOptimizerKind kind) => kind.ToString().ToLowerInvariant();
+
+    /// <summary>The first problem, as "--option: reason", or null.</summary>
+    public string? Validate(int batchSize)
+    {
+        if (Replicas < 2 || Replicas > 1024) return $"--replicas: must be between 1 and 1024, got {Replicas}";
+        if (Replicas > batchSize) return $"--replicas: {Replicas} replicas share each batch of {batchSize} rows; at most one replica per row";
+        if (Steps < 2 || Steps > 1_000_000) return $"--local-steps: must be between 1 and 1000000, got {Steps}";
+        if (!(OuterLearningRate > 0) || !float.IsFinite(OuterLearningRate))
+            return string.Create(CultureInfo.InvariantCulture, $"--outer-lr: must be a positive number, got {OuterLearningRate}");
+        if (!(OuterMomentum >= 0 && OuterMomentum < 1))
+            return string.Create(CultureInfo.InvariantCulture, $"--outer-momentum: must be in [0, 1), got {OuterMomentum}");
+        return null;
+    }
+}
+
+/// <summary>
+/// What one part of an update computes, for whoever computes it (a trainer lane, a worker actor): the value of
+/// one canonical node of the tree over the update's parts, to be reduced along that tree. The parts are the
+/// C chunks of a step's batch (the node's gradient), or with local steps the R replicas of a round (the node's
+/// share of the averaged parameter change).
+/// </summary>
+public interface IUpdatePartComputer
+{
+    /// <param name="parameters">θ at the start of the update; read only.</param>
+    /// <param name="plan">the epoch's order.</param>
+    /// <param name="stepInEpoch">the update's first step in the epoch.</param>
+    /// <param name="node">a canonical node of the tree over the update's parts.</param>
+    /// <param name="result">receives the node's value (as long as the parameters).</param>
+    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result);
+}
+
+/// <summary>The parts of one update: their count and who computes them, from the configuration alone.</summary>
+public static class UpdateParts
+{
+    /// <summary>A computer of this configuration's parts (one per thread: it keeps workspace).</summary>
+    public static IUpdatePartComputer CreateComputer(TrainingConfig config, Architecture architecture, Dataset train) =>
+        config.LocalSteps is null
+            ? new ChunkGradientComputer(new NodeGradientComputer(architecture, train), config.Chunks)
+            : new ReplicaRoundComputer(config, architecture, train);
+}
+
+/// <summary>A synchronous step's part: the gradient of a node of its chunk tree.</summary>
+public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int chunks) : IUpdatePartComputer
+{
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result) =>
+        gradients.Compute(parameters, plan.BatchRows(stepInEpoch), chunks, node, result);
+}
+
+/// <summary>
+/// A round's part: replicas [node) each copy θ, take the round's inner steps with a fresh inner optimizer on
+/// their share of each batch (replica r: rows [⌊r·n/R⌋, ⌊(r+1)·n/R⌋) of the step's n rows, a pure function of
+/// seed, epoch, step and r), and give Δ_r / R = (θ − θ_r) / R; the node's value is the tree sum of its
+/// replicas' values, added in the same order as <see cref="TreeReducer"/> adds nodes, so where a replica runs
+/// does not change a bit. The inner optimizer starts afresh every round (momentum or Adam's moments at 0):
+/// replica state that outlived a round would have to travel with the replica when a worker dies, doubling or
+/// tripling the bytes of every round to keep the model a function of (data, config, seed).
+/// Each inner step's γ is the inner schedule's at that global step.
+/// </summary>
+public sealed class ReplicaRoundComputer : IUpdatePartComputer
+{
+    private readonly TrainingConfig _config;
+    private readonly int _replicas;
+    private readonly NodeGradientComputer _gradients;
+    private readonly Optimizer _inner;
+    private readonly float[] _replica, _gradient;
+    private readonly List<float[]> _scratch = [];
+    private readonly int _stepsPerEpoch;
+    private readonly int _parameterCount;
+
+    public ReplicaRoundComputer(TrainingConfig config, Architecture architecture, Dataset train)
+    {
+        _config = config;
+        _replicas = config.LocalSteps?.Replicas ?? throw new ArgumentException("the configuration has no local steps");
+        _gradients = new NodeGradientComputer(architecture, train);
+        _inner = new Optimizer(architecture, config.Optimizer);
+        _parameterCount = architecture.ParameterCount;
+        _replica = new float[_parameterCount];
+        _gradient = new float[_parameterCount];
+        _stepsPerEpoch = EpochPlan.StepsPerEpoch(train.Rows, config.BatchSize);
+        _runLeaf = RunLeaf;
+        _addRight = AddRight;
+    }
+
+    private readonly ChunkTree.KnownValue<(float[] Values, BatchResult Result)> _runLeaf;
+    private readonly Func<(float[] Values, BatchResult Result), (float[] Values, BatchResult Result), (float[] Values, BatchResult Result)> _addRight;
+
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result)
+    {
+        if (!ChunkTree.IsCanonical(node, _replicas))
+        {
+            throw new ArgumentException($"{node} is not a node of the tree over {_replicas} replicas");
+        }
+        if (parameters.Length != _parameterCount || result.Length != _parameterCount)
+        {
+            throw new ArgumentException($"expected {_parameterCount} parameters and results, got {parameters.Length} and {result.Length}");
+        }
+        (_parameters, _plan, _stepInEpoch, _result, _buffersInUse) = (parameters, plan, stepInEpoch, result, 0);
+        return ChunkTree.Fold(node, _replicas, _runLeaf, _addRight).Result;
+    }
+
+    // The fold computes the left subtree before the right one, so the buffers in use form a stack: a leaf
+    // takes the next (the first is the caller's result), and adding a right subtree into its left frees it.
+    private float[] _parameters = [], _result = [];
+    private EpochPlan? _plan;
+    private int _stepInEpoch, _buffersInUse;
+
+    private bool RunLeaf(TreeNode node, out (float[] Values, BatchResult Result) value)
+    {
+        if (node.Size != 1)
+        {
+            value = default;
+            return false;
+        }
+        float[] buffer = _buffersInUse == 0 ? _result : Scratch(_buffersInUse - 1);
+        _buffersInUse++;
+        value = (buffer, RunReplica(_parameters, _plan!, _stepInEpoch, node.Lo, buffer));
+        return true;
+    }
+
+    private (float[] Values, BatchResult Result) AddRight((float[] Values, BatchResult Result) left, (float[] Values, BatchResult Result) right)
+    {
+        TensorPrimitives.Add(left.Values, right.Values, left.Values);
+        _buffersInUse--;
+        return (left.Values, TreeReducer.Combine(left.Result, right.Result));
+    }
+
+    private BatchResult RunReplica(float[] parameters, EpochPlan plan, int stepInEpoch, int replica, Span<float> into)
+    {
+        parameters.CopyTo(_replica);
+        _inner.Reset();
+        int steps = _config.StepsInUpdate(stepInEpoch, _stepsPerEpoch);
+        long totalSteps = (long)_stepsPerEpoch * _config.Epochs;
+        double lossSum = 0;
+        int correct = 0, rows = 0;
+        for (int j = 0; j < steps; j++)
+        {
+            ReadOnlySpan<int> batch = plan.BatchRows(stepInEpoch + j);
+            int lo = ChunkTree.ChunkStart(batch.Length, _replicas, replica), hi = ChunkTree.ChunkStart(batch.Length, _replicas, replica + 1);
+            if (hi == lo)
+            {
+                // A short last batch may leave a replica without rows: it skips the step.
+                continue;
+            }
+            BatchResult step = _gradients.Compute(_replica, batch[lo..hi], 1, new TreeNode(0, 1), _gradient);
+            lossSum += step.LossSum;
+            correct += step.Correct;
+            rows += step.Rows;
+            long globalStep = (long)plan.Epoch * _stepsPerEpoch + stepInEpoch + j;
+            float learningRate = _config.Optimizer.LearningRateAt(globalStep, plan.Epoch, totalSteps);
+            _inner.BeginStep();
+            _inner.ApplyRange(_replica, _gradient, learningRate, 0, _parameterCount);
+        }
+        // Δ_r / R: the tree sum of these over all replicas is the mean change Δ̄ the outer optimizer applies.
+        TensorPrimitives.Subtract(parameters, _replica, into);
+        TensorPrimitives.Divide(into, (float)_replicas, into);
+        return new BatchResult(lossSum, correct, rows);
+    }
+
+    private float[] Scratch(int index)
+    {
+        while (_scratch.Count <= index)
+        {
+            _scratch.Add(new float[_parameterCount]);
+        }
+        return _scratch[index];
+    }
+}
