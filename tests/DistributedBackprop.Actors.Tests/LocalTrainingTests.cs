@@ -60,6 +60,41 @@ public sealed class LocalTrainingTests
         Assert.Contains(recorder.Epochs, e => e.WorkerStepsPerSecond!.GetValueOrDefault("worker-4") > 0);
     }
 
+    /// <summary>Local steps: 5 replicas, rounds of 3 steps (7 steps per epoch: rounds of 3, 3 and 1), with the config's Adam inside and Nesterov outside.</summary>
+    private static TrainingConfig LocalStepsConfig(int epochs = 3) => Fixtures.Config(epochs) with
+    {
+        LocalSteps = new LocalStepsSettings { Replicas = 5, Steps = 3 },
+    };
+
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(3, true)]
+    public async Task LocalSteps_AnyNumberOfWorkers_GivesThePlainTrainersBits(int workers, bool serializeEveryMessage)
+    {
+        TrainingConfig config = LocalStepsConfig();
+        float[] oracle = Fixtures.PlainTrainer(config);
+        Config? verify = serializeEveryMessage ? ConfigurationFactory.ParseString("akka.actor.serialize-messages = on\nakka.actor.serialize-creators = off") : null;
+        var recorder = new RecordingObserver();
+        TrainingSession session = await TrainWithActors(workers, recorder, verify, config: config);
+        Assert.Equal(session.TotalSteps, session.GlobalStep);
+        Assert.Equal(3 * 3, recorder.Steps); // one update per round
+        Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, local steps");
+        Assert.NotEqual(Oracle, session.Parameters);
+    }
+
+    [Fact]
+    public async Task LocalSteps_WorkerKilledMidEpoch_AndOneAdded_GivesTheSameBits()
+    {
+        TrainingConfig config = LocalStepsConfig(epochs: 12);
+        float[] oracle = Fixtures.PlainTrainer(config);
+        var recorder = new RecordingObserver();
+        TrainingSession session = await TrainWithActors(3, config: config, observerFactory: run => new ChaosObserver(run, recorder, killAtStep: 10, addAtStep: 17));
+        Fixtures.AssertSameBits(oracle, session.Parameters, "local steps, worker-2 killed after step 10, worker-4 added after step 17");
+        Assert.DoesNotContain("worker-2", recorder.Epochs[^1].WorkerStepsPerSecond!.Keys);
+        Assert.Contains(recorder.Epochs, e => e.WorkerStepsPerSecond!.GetValueOrDefault("worker-4") > 0);
+    }
+
     [Fact]
     public async Task EpochReports_CarryWorkerCountAndTiming()
     {
@@ -174,17 +209,24 @@ public sealed class LocalTrainingTests
         public void EpochCompleted(EpochReport report) => Epochs.Add(report);
     }
 
-    /// <summary>Kills worker-2 once step <paramref name="killAtStep"/> is applied and adds a worker at <paramref name="addAtStep"/>.</summary>
+    /// <summary>
+    /// Kills worker-2 once step <paramref name="killAtStep"/> is applied and adds a worker at <paramref name="addAtStep"/>
+    /// (the first update reaching them: a round of local steps covers several steps).
+    /// </summary>
     private sealed class ChaosObserver(LocalTraining run, ITrainingObserver inner, long killAtStep, long addAtStep) : ITrainingObserver
     {
+        private bool _killed, _added;
+
         public void StepCompleted(StepReport report)
         {
-            if (report.GlobalStep == killAtStep)
+            if (report.GlobalStep >= killAtStep && !_killed)
             {
+                _killed = true;
                 run.System.ActorSelection("/user/coordinator/worker-2").Tell(Kill.Instance);
             }
-            if (report.GlobalStep == addAtStep)
+            if (report.GlobalStep >= addAtStep && !_added)
             {
+                _added = true;
                 run.Coordinator.Tell(new AddWorker());
             }
             inner.StepCompleted(report);

@@ -1,0 +1,183 @@
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+using DistributedBackprop.Reduction;
+
+namespace DistributedBackprop.Tests;
+
+/// <summary>
+/// Local steps with replicas: a round against a reference written from the definition (each replica on its
+/// share of each batch, the mean change, the outer step), then whole runs whose bits must not depend on the
+/// threads computing them or on a resume.
+/// </summary>
+public class LocalStepsTests
+{
+    private static readonly Dataset Data = TestNetworks.RandomDataset(190, 7, 3, seed: 5);
+
+    /// <summary>152 training rows in batches of 20: 8 steps per epoch, the last of 12 rows; H = 3 gives rounds of 3, 3 and 2 steps.</summary>
+    private static TrainingConfig Config(int replicas = 3, int steps = 3, OptimizerKind inner = OptimizerKind.Momentum, OuterOptimizerKind outer = OuterOptimizerKind.Nesterov) => new()
+    {
+        HiddenLayers = [9],
+        Epochs = 3,
+        BatchSize = 20,
+        Seed = 8,
+        Optimizer = new OptimizerSettings { Kind = inner, LearningRate = 0.05f, WeightDecay = 0.01f, Schedule = ScheduleKind.Cosine },
+        LocalSteps = new LocalStepsSettings { Replicas = replicas, Steps = steps, OuterOptimizer = outer, OuterLearningRate = 0.6f, OuterMomentum = 0.8f },
+    };
+
+    private static TrainingSession Session(TrainingConfig config) => TrainingSession.Prepare(config, Data, null, 0.2);
+
+    /// <summary>
+    /// The definition, step by step and allocating freely: every replica copies θ, takes the round's steps with a
+    /// new inner optimizer on rows [⌊r·n/R⌋, ⌊(r+1)·n/R⌋) of each batch, Δ̄ is the tree sum of (θ − θ_r)/R, and the
+    /// outer optimizer applies Δ̄ as a gradient.
+    /// </summary>
+    private static void ReferenceRound(TrainingSession session, Optimizer outer, float[] theta)
+    {
+        TrainingConfig config = session.Config;
+        LocalStepsSettings local = config.LocalSteps!;
+        int epoch = session.Epoch, first = session.StepInEpoch;
+        int steps = Math.Min(local.Steps, session.StepsPerEpoch - first);
+        EpochPlan plan = EpochPlan.Create(session.Train.Rows, config.BatchSize, config.Seed, epoch);
+        var changes = new float[local.Replicas][];
+        for (int r = 0; r < local.Replicas; r++)
+        {
+            float[] replica = (float[])theta.Clone();
+            var inner = new Optimizer(session.Architecture, config.Optimizer);
+            var gradients = new NodeGradientComputer(session.Architecture, session.Train);
+            for (int j = 0; j < steps; j++)
+            {
+                int[] batch = plan.BatchRows(first + j).ToArray();
+                int lo = (int)((long)r * batch.Length / local.Replicas), hi = (int)((long)(r + 1) * batch.Length / local.Replicas);
+                if (lo == hi)
+                {
+                    continue;
+                }
+                var gradient = new float[replica.Length];
+                gradients.Compute(replica, batch.AsSpan(lo, hi - lo), 1, new TreeNode(0, 1), gradient);
+                long step = (long)epoch * session.StepsPerEpoch + first + j;
+                inner.Apply(replica, gradient, config.Optimizer.LearningRateAt(step, epoch, session.TotalSteps));
+            }
+            changes[r] = theta.Select((t, i) => (t - replica[i]) / local.Replicas).ToArray();
+        }
+        float[] mean = ChunkTree.Fold<float[]>(local.Replicas, (TreeNode node, out float[] value) => ChunkTree.Leaf(changes, node, out value),
+            (left, right) => left.Select((l, i) => l + right[i]).ToArray());
+        outer.Apply(theta, mean, local.OuterLearningRate);
+    }
+
+    [Theory]
+    [InlineData(OptimizerKind.Sgd, OuterOptimizerKind.Sgd)]
+    [InlineData(OptimizerKind.Momentum, OuterOptimizerKind.Nesterov)]
+    [InlineData(OptimizerKind.Adam, OuterOptimizerKind.Nesterov)]
+    public void Rounds_MatchTheDefinition_BitForBit(OptimizerKind inner, OuterOptimizerKind outerKind)
+    {
+        TrainingConfig config = Config(replicas: 3, steps: 3, inner, outerKind);
+        TrainingSession session = Session(config);
+        float[] theta = (float[])session.Parameters.Clone();
+        var outer = new Optimizer(session.Architecture, config.LocalSteps!.OuterSettings());
+        using var trainer = new Trainer(session, threads: 2);
+        // Two epochs: rounds of 3, 3, 2 steps each, the outer momentum carried across them.
+        for (int round = 0; round < 6; round++)
+        {
+            long before = session.GlobalStep;
+            ReferenceRound(session, outer, theta);
+            BatchResult result = trainer.Step(out _);
+            Assert.Equal(round % 3 == 2 ? 2 : 3, session.GlobalStep - before);
+            Assert.Equal(session.GlobalStep == 8 || session.GlobalStep == 16 ? 20 + 12 : 60, result.Rows);
+            AssertSameBits(theta, session.Parameters, $"round {round}");
+        }
+    }
+
+    [Theory]
+    [InlineData(2, 1)]
+    [InlineData(3, 4)]
+    [InlineData(5, 2)]
+    [InlineData(5, 3)]
+    public void AnyThreadCount_GivesOneThreadsBits(int replicas, int threads)
+    {
+        float[] one = Train(Config(replicas), threads: 1);
+        Assert.Equal(one, Train(Config(replicas), threads));
+        if (threads == 1)
+        {
+            // The replicas' count is part of the model: two and one-more differ.
+            Assert.NotEqual(one, Train(Config(replicas + 1), 1));
+        }
+    }
+
+    private static float[] Train(TrainingConfig config, int threads)
+    {
+        TrainingSession session = Session(config);
+        using var trainer = new Trainer(session, threads);
+        trainer.Run(NullObserver.Instance);
+        Assert.Equal(session.TotalSteps, session.GlobalStep);
+        return session.Parameters;
+    }
+
+    [Fact]
+    public void ResumingAtARoundsEnd_GivesTheUninterruptedBits()
+    {
+        float[] uninterrupted = Train(Config(), threads: 1);
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-local-steps-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession first = Session(Config());
+            using (var trainer = new Trainer(first))
+            {
+                for (int round = 0; round < 4; round++)
+                {
+                    trainer.Step(out _);
+                }
+            }
+            Assert.Equal(11, first.GlobalStep); // 3 + 3 + 2, then 3 into epoch 2
+            first.SaveCheckpoint(path);
+            TrainingSession resumed = Session(Config());
+            resumed.RestoreCheckpoint(path);
+            using (var trainer = new Trainer(resumed, threads: 2))
+            {
+                trainer.Run(NullObserver.Instance);
+            }
+            AssertSameBits(uninterrupted, resumed.Parameters, "resumed after 4 rounds");
+            Assert.Contains("--local-steps 3 in the checkpoint, 4 now",
+                Assert.Throws<Models.ModelFileException>(() => Session(Config(steps: 4)).RestoreCheckpoint(path)).Message);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void CheckpointEveryNSteps_FiresOnTheRoundThatCrossesAMultiple()
+    {
+        Assert.True(Trainer.CrossedMultiple(3, 6, 5));
+        Assert.False(Trainer.CrossedMultiple(5, 8, 5));
+        Assert.True(Trainer.CrossedMultiple(4, 5, 5));
+    }
+
+    [Fact]
+    public void Settings_AreValidated_AndWrittenOnlyWhenSet()
+    {
+        Assert.Equal("--replicas: 30 replicas share each batch of 20 rows; at most one replica per row", Config(replicas: 30).Validate());
+        Assert.Equal("--local-steps: must be between 1 and 1000000, got 1", Config(steps: 1).Validate());
+        Assert.Equal("--outer-momentum: must be in [0, 1), got 1", (Config() with { LocalSteps = Config().LocalSteps! with { OuterMomentum = 1f } }).Validate());
+        Assert.DoesNotContain("local_steps", new TrainingConfig().ToJson());
+        TrainingConfig config = Config(replicas: 4, steps: 16);
+        Assert.Contains("\"local_steps\":{\"replicas\":4,\"steps\":16,\"outer_optimizer\":\"nesterov\"", config.ToJson());
+        SortedDictionary<string, string> options = config.AsOptions();
+        Assert.Equal(("4", "16", "nesterov", "0.6", "0.8"), (options["replicas"], options["local-steps"], options["outer-optimizer"], options["outer-lr"], options["outer-momentum"]));
+        string[] expected = ["--local-steps 1 in the checkpoint, 16 now", "--outer-lr 0.7 in the checkpoint, 0.6 now", "--outer-momentum 0.9 in the checkpoint, 0.8 now", "--replicas 1 in the checkpoint, 4 now"];
+        Assert.Equal(expected, config.DifferencesFrom(config with { LocalSteps = null }).Order(StringComparer.Ordinal));
+        Assert.Equal(4, config.UpdateParts());
+        Assert.Equal(8, new TrainingConfig().UpdateParts());
+        Assert.Equal((16, 5, 1), (config.StepsInUpdate(0, 40), config.StepsInUpdate(35, 40), new TrainingConfig().StepsInUpdate(0, 40)));
+    }
+
+    private static void AssertSameBits(float[] expected, float[] actual, string context)
+    {
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]), $"{context}: parameter {i}: expected {expected[i]:R}, got {actual[i]:R}");
+        }
+    }
+}
