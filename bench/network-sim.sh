@@ -2,29 +2,38 @@
 # A measured network model for cluster mode: one network namespace per node (server 10.77.0.1, workers .2,
 # .3, …) on a bridge, every node's link shaped to RATE in each direction with `tc tbf` (netem is not
 # available here), `dbp serve` + N `dbp worker` processes, 784-256-128-10 on Fashion-MNIST, batch 256, SGD.
+# With --replicas R --local-steps H (local steps), an update is a round of H steps: one exchange of θ and
+# the replicas' changes. Every "step" below is an update (H = 1: a step).
 # All nodes share this machine's cores, so besides samples/s it reports what does not depend on them:
-#   busiest_link_bytes_per_step_over_model  bytes through the busiest node's link per step (the larger of
+#   busiest_link_bytes_per_step_over_model  bytes through the busiest node's link per update (the larger of
 #                                           its two directions, from the interfaces' counters) ÷ M, the
 #                                           model's bytes (θ down and gradients up: 2·N·M / N·M per
 #                                           direction at the single server today)
-#   step_time_over_bound                    measured step time ÷ max(compute, busiest-link bytes ÷ RATE),
-#                                           compute being the slowest worker's median compute per step
+#   step_time_over_bound                    measured update time ÷ max(compute, busiest-link bytes ÷ RATE),
+#                                           compute being the slowest worker's median compute per update
+#   over_plain_one_core                     samples/s ÷ the plain trainer's on one core (`dbp train
+#                                           --workers 0 --threads 1`, synchronous, measured before and after
+#                                           the cluster in this run: the median of both runs' epochs after the first)
 # Usage (repo root, as root; cleans up its namespaces):
-#   bash bench/network-sim.sh --workers N [--shards K] [--rate 1gbit] [--epochs 3]
+#   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H] [--rate 1gbit] [--epochs 3]
 # Ends with one JSON line. --shards other than 1 waits for the sharded parameter server (issue 9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-workers=2; shards=1; rate=1gbit; epochs=3
+workers=2; shards=1; rate=1gbit; epochs=3; replicas=1; local_steps=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers=$2; shift 2 ;;
     --shards) shards=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
-    *) echo "network-sim: unknown option $1 (--workers N --shards K --rate R --epochs E)" >&2; exit 2 ;;
+    --replicas) replicas=$2; shift 2 ;;
+    --local-steps) local_steps=$2; shift 2 ;;
+    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --rate R --epochs E)" >&2; exit 2 ;;
   esac
 done
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] && [ "$workers" -le 16 ] || { echo "network-sim: --workers: 1 to 16, got $workers" >&2; exit 2; }
+[[ "$replicas" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --replicas: a positive integer, got $replicas" >&2; exit 2; }
+[[ "$local_steps" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --local-steps: a positive integer, got $local_steps" >&2; exit 2; }
 [ "$shards" = 1 ] || { echo "network-sim: --shards $shards: the parameter server is not sharded yet (issue 9); only 1 can be measured" >&2; exit 2; }
 bits=$(python3 -c "import re,sys; m=re.fullmatch(r'(\d+(?:\.\d+)?)(k|m|g)?bit', sys.argv[1]); print(int(float(m[1])*{None:1,'k':1e3,'m':1e6,'g':1e9}[m[2]])) if m else print('')" "$rate")
 [ -n "$bits" ] || { echo "network-sim: --rate: like 1gbit or 100mbit, got $rate" >&2; exit 2; }
@@ -49,7 +58,11 @@ counters() { # NAME: "rx tx" bytes of the node's eth0
 declare -A before
 for n in "${names[@]}"; do before[$n]=$(counters "$n"); done
 
-args=(--data "$data" --layers 256,128 --batch-size 256 --epochs "$epochs" --optimizer sgd --lr 0.05)
+sync=(--data "$data" --layers 256,128 --batch-size 256 --epochs "$epochs" --optimizer sgd --lr 0.05)
+args=("${sync[@]}" --replicas "$replicas" --local-steps "$local_steps")
+# The reference: the plain trainer on one core, synchronous (no local steps), on this machine, before and after.
+taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/plain.jsonl" --progress none >"$work/plain.log" 2>&1 \
+  || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }
 ip netns exec "dbps$tag" "$dbp" serve "${args[@]}" --bind-host 10.77.0.1 --port 4053 --min-workers "$workers" \
   --state-dir "$work/state" --token-file "$work/token" --metrics "$work/metrics.jsonl" --progress none >"$work/server.log" 2>&1 &
 server=$!; pids+=("$server")
@@ -60,35 +73,53 @@ for i in $(seq 1 "$workers"); do
 done
 wait "$server" || { tail -5 "$work/server.log"; say "FAIL: the server exited non-zero"; exit 1; }
 wait
+# And once more after, into the same file: this machine's speed drifts over minutes, so the reference
+# brackets the cluster run.
+taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/plain-after.jsonl" --progress none >"$work/plain.log" 2>&1 \
+  || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }
 
 for n in "${names[@]}"; do echo "$n ${before[$n]} $(counters "$n")"; done > "$work/links.txt"
-python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" <<'PY'
-import json, statistics, sys
+python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" <<'PY'
+import json, math, statistics, sys
 epochs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bits, workers, shards, rate = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+replicas, local_steps = int(sys.argv[7]), int(sys.argv[8])
+plain_runs = [[json.loads(l) for l in open(path) if l.strip()] for path in (sys.argv[9], sys.argv[9].replace("plain.jsonl", "plain-after.jsonl"))]
+plain = plain_runs[0]
+# R = 1 or H = 1 is synchronous training: one update per step.
+if replicas == 1 or local_steps == 1:
+    local_steps = 1
 model_bytes = (784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10) * 4
-steps = epochs[-1]["step"]
 steps_per_epoch = epochs[0]["step"]
+updates_per_epoch = math.ceil(steps_per_epoch / local_steps)
+steps = updates_per_epoch * len(epochs)
 links = {}
 for line in open(sys.argv[2]):
     name, rx0, tx0, rx1, tx1 = line.split()
     links[name] = max(int(rx1) - int(rx0), int(tx1) - int(tx0)) / steps
 busiest = max(links, key=links.get)
 later = epochs[1:] or epochs
-step_seconds = statistics.median(e["epoch_seconds"] / steps_per_epoch for e in later)
+step_seconds = statistics.median(e["epoch_seconds"] / updates_per_epoch for e in later)
 compute = statistics.median(max(e["worker_step_seconds_median"].values()) for e in later if e.get("worker_step_seconds_median"))
 link_seconds = links[busiest] * 8 / bits
 bound = max(compute, link_seconds)
-print(f"[network-sim] {workers} worker(s), {shards} shard(s), {rate} links: busiest link {busiest} "
-      f"{links[busiest] / 1e6:.2f} MB/step = {links[busiest] / model_bytes:.2f} M; step {step_seconds * 1e3:.1f} ms, "
+samples = statistics.median(e["samples_per_second"] for e in later)
+plain_samples = statistics.median(e["samples_per_second"] for run in plain_runs for e in (run[1:] or run))
+unit = "step" if local_steps == 1 else f"round of {local_steps} steps"
+print(f"[network-sim] {workers} worker(s), {shards} shard(s), {replicas} replica(s) x {local_steps} local step(s), {rate} links: "
+      f"busiest link {busiest} {links[busiest] / 1e6:.2f} MB/{unit} = {links[busiest] / model_bytes:.2f} M; {unit} {step_seconds * 1e3:.1f} ms, "
       f"bound {bound * 1e3:.1f} ms (compute {compute * 1e3:.1f} ms, link {link_seconds * 1e3:.1f} ms); "
-      f"{statistics.median(e['samples_per_second'] for e in later):.0f} samples/s")
+      f"{samples:.0f} samples/s, the plain trainer on one core {plain_samples:.0f} ({samples / plain_samples:.2f}x); "
+      f"final test accuracy {epochs[-1].get('test_accuracy', 0) * 100:.2f} % (plain {plain[-1].get('test_accuracy', 0) * 100:.2f} %)")
 print(json.dumps({
-    "workers": workers, "shards": shards, "rate": rate, "model_bytes": model_bytes, "steps": steps,
+    "workers": workers, "shards": shards, "replicas": replicas, "local_steps": local_steps, "rate": rate, "model_bytes": model_bytes, "updates": steps,
     "busiest_link": busiest, "busiest_link_bytes_per_step": round(links[busiest]),
     "busiest_link_bytes_per_step_over_model": round(links[busiest] / model_bytes, 3),
     "step_seconds": round(step_seconds, 5), "compute_seconds": round(compute, 5), "link_seconds": round(link_seconds, 5),
     "step_time_over_bound": round(step_seconds / bound, 3),
-    "samples_per_second": round(statistics.median(e["samples_per_second"] for e in later)),
+    "samples_per_second": round(samples),
+    "plain_one_core_samples_per_second": round(plain_samples),
+    "over_plain_one_core": round(samples / plain_samples, 3),
+    "test_accuracy": epochs[-1].get("test_accuracy"), "plain_test_accuracy": plain[-1].get("test_accuracy"),
 }))
 PY

@@ -109,6 +109,36 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
+    /// Local steps across processes: a server and three worker processes over real TCP, 3 replicas taking rounds
+    /// of 7 steps, one worker SIGKILLed mid-run (its replicas' rounds restart from the round's θ on the others):
+    /// the model is the plain trainer's, byte for byte, as is `dbp launch` with one worker.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void LocalStepsInAClusterOfProcesses_GiveThePlainTrainersBytes_ThroughAWorkersDeath()
+    {
+        string[] local = ["--epochs", "200", "--replicas", "3", "--local-steps", "7", "--optimizer", "adam", "--lr", "0.002"];
+        string plain = Path.Combine(_dir, "plain.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors"), launched = Path.Combine(_dir, "launched.safetensors");
+        DbpResult reference = DbpProcess.Run(_dir, ["train", .. local, "--workers", "0", "--out", plain, "--progress", "none"]);
+        Assert.True(reference.ExitCode == 0, reference.Stderr);
+        using (var server = new RunningDbp(_dir, Serve([.. local, "--min-workers", "3", "--out", clustered, "--progress", "plain"])))
+        {
+            string[] join = JoinCommand(server);
+            using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
+            using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
+            using var w3 = new RunningDbp(_dir, [.. join, "--name", "w3"]);
+            server.WaitFor(@"^epoch\s+5\b", TimeSpan.FromMinutes(2));
+            w2.KillHard();
+            server.WaitFor("worker w2 died", TimeSpan.FromSeconds(60));
+            Assert.True(server.WaitForExit(TimeSpan.FromMinutes(3)) == 0, server.Output);
+            Assert.Equal(0, w1.WaitForExit(TimeSpan.FromSeconds(30)));
+        }
+        Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(clustered));
+        DbpResult launch = DbpProcess.Run(_dir, ["launch", "--workers", "1", .. local, "--out", launched, "--progress", "none"]);
+        Assert.True(launch.ExitCode == 0, launch.Stderr + launch.Stdout);
+        Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(launched));
+    }
+
+    /// <summary>
     /// SIGTERM (docker stop, systemd) of a worker is a graceful stop: the worker leaves the cluster and exits 0,
     /// the server logs a leave, not a death (it never logs "died" for it: the run's last line comes after),
     /// the survivor takes its chunks, and the model keeps local mode's bits.
