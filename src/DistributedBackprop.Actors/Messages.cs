@@ -52,6 +52,9 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
 /// </summary>
 public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Result, float[] Gradient, double ComputeSeconds) : IWireMessage
 {
+    /// <summary>With local steps: the figures of each replica the node covers, in order (reported per round); else empty.</summary>
+    public BatchResult[] PartResults { get; init; } = [];
+
     /// <summary>Set by the bulk channel when <see cref="Gradient"/> came from its pool: the server returns it once the step is applied. Not sent.</summary>
     public Transport.FloatArrayPool? Pool { get; init; }
 }
@@ -62,8 +65,11 @@ public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Res
 /// </summary>
 public sealed record TrainEpoch(int Epoch, bool ReturnParameters = true) : IWireMessage;
 
-/// <summary>Parameter server → coordinator after each applied update.</summary>
-public sealed record StepApplied(long GlobalStep, int Epoch, int StepInEpoch, BatchResult Result, int Workers) : IWireMessage;
+/// <summary>Parameter server → coordinator after each applied update (with local steps, a round: <see cref="Round"/> holds its figures).</summary>
+public sealed record StepApplied(long GlobalStep, int Epoch, int StepInEpoch, BatchResult Result, int Workers) : IWireMessage
+{
+    public RoundReport? Round { get; init; }
+}
 
 /// <summary>
 /// Parameter server → coordinator when an epoch's steps are applied: totals, timing (time waiting for the

@@ -300,12 +300,18 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail($"{worker.Name} sent node {message.Node} for step {message.Step}, which is not a node of the chunk tree over {_chunks} chunks");
             return;
         }
+        int parts = _session.Config.LocalSteps is null ? 0 : ChunkTree.CoveredChunks(message.Node, _chunks);
+        if (message.PartResults.Length != parts)
+        {
+            Fail($"{worker.Name} sent {message.PartResults.Length} part results with node {message.Node} for step {message.Step}; it covers {parts}");
+            return;
+        }
         if (!GuardedUpdate.IsFinite(message.Gradient) || !double.IsFinite(message.Result.LossSum))
         {
             Fail($"{worker.Name} sent a non-finite gradient (NaN or infinity) for step {message.Step}, chunks {message.Node}; training stopped, the parameters after step {_session.GlobalStep} are kept");
             return;
         }
-        if (!_reducer.TryAdd(message.Node, message.Gradient, message.Result))
+        if (!_reducer.TryAdd(message.Node, message.Gradient, message.Result, message.PartResults))
         {
             message.Pool?.Return(message.Gradient);
             _duplicatesDropped++;
@@ -380,7 +386,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
         }
         _scheduler.EndStep();
-        _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers));
+        RoundReport? round = _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _update.LastStepNorm);
+        _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers) { Round = round });
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
         if (!epochDone)
         {

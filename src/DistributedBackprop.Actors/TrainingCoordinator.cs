@@ -135,7 +135,7 @@ public sealed class TrainingCoordinator : ReceiveActor
         long before = _lastStep;
         _lastStep = step.GlobalStep;
         _observer.StepCompleted(new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
-            step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed));
+            step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed, step.Round));
         // Not on the step that closes an epoch: the epoch's own checkpoint follows once it is scored (asking
         // now would let the server snapshot the validation record while OnEvaluated writes it).
         if (_checkpoints is { EverySteps: > 0 } && Trainer.CrossedMultiple(before, step.GlobalStep, _checkpoints.EverySteps) && step.GlobalStep % _session.StepsPerEpoch != 0)

@@ -147,6 +147,21 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a rejected gradient");
     }
 
+    [Fact]
+    public void PartResultsThatDoNotMatchTheNode_StopTraining_BeforeAnythingIsApplied()
+    {
+        // Synchronous steps carry no per-part figures: a worker that sends some speaks another protocol.
+        TestProbe w1 = CreateTestProbe();
+        Harness h = Start(w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients work = w1.ExpectMsg<ComputeGradients>();
+        float[] before = (float[])h.Session.Parameters.Clone();
+        GradientsComputed honest = h.Answer(work)[0];
+        h.Server.Tell(honest with { PartResults = [new BatchResult(1, 0, 3)] }, w1.Ref);
+        Assert.Contains("worker-1 sent 1 part results with node [0,8) for step 0; it covers 0", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
+        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after rejected part results");
+    }
+
     [Theory]
     [InlineData(float.NaN)]
     [InlineData(float.PositiveInfinity)]

@@ -29,8 +29,10 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new WorkerAccepted("w", long.MaxValue),
         new ComputeGradients(7, 2, 3, 1, 5, [1.5f, -0f, float.Epsilon, float.MaxValue]),
         new GradientsComputed(9, new TreeNode(4, 4), new BatchResult(1.25, 3, 17), [0.1f, float.NegativeInfinity], 0.003),
+        new GradientsComputed(9, new TreeNode(2, 2), new BatchResult(1.25, 3, 17), [0.5f], 0.003) { PartResults = [new BatchResult(0.5, 1, 8), new BatchResult(0.75, 2, 9)] },
         new TrainEpoch(4, false),
         new StepApplied(10, 1, 2, new BatchResult(-2, 0, 1), 3),
+        new StepApplied(40, 1, 2, new BatchResult(-2, 0, 1), 3) { Round = new RoundReport([0.25, double.NaN], 1.5) },
         new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, new Dictionary<string, double> { ["worker-1"] = 0.002 }, new Dictionary<string, double> { ["worker-1"] = 0.004, ["worker-2"] = 0.5 }, [1, 2, 3]),
         new TrainingFailed("worker-1 sent a gradient of 5 values"),
         new SaveCheckpoint("/tmp/x.safetensors"),
@@ -126,7 +128,8 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
     private static string Describe(object message) => message switch
     {
         ComputeGradients m => $"{m with { Parameters = [] }} [{string.Join(',', m.Parameters.Select(BitConverter.SingleToInt32Bits))}]",
-        GradientsComputed m => $"{m with { Gradient = [] }} [{string.Join(',', m.Gradient.Select(BitConverter.SingleToInt32Bits))}]",
+        GradientsComputed m => $"{m with { Gradient = [], PartResults = [] }} [{string.Join(',', m.Gradient.Select(BitConverter.SingleToInt32Bits))}] [{string.Join(',', m.PartResults)}]",
+        StepApplied { Round: { } round } m => $"{m with { Round = null }} [{string.Join(',', round.ReplicaLosses)}] {round.OuterStepNorm}",
         EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = Empty, WorkerBusyFraction = Empty, WorkerStepSecondsMedian = Empty, WorkerStepSecondsP90 = Empty }} [{string.Join(',', m.Parameters)}] {Spell(m.WorkerStepsPerSecond)} {Spell(m.WorkerBusyFraction)} {Spell(m.WorkerStepSecondsMedian)} {Spell(m.WorkerStepSecondsP90)}",
         Cluster.JoinAccepted m => $"{m with { PreprocessShift = [], PreprocessScale = [] }} [{string.Join(',', m.PreprocessShift)}] [{string.Join(',', m.PreprocessScale)}]",
         Cluster.TrainingDataChunk m => $"{m with { Values = [], Labels = [] }} [{string.Join(',', m.Values)}] [{string.Join(',', m.Labels)}]",

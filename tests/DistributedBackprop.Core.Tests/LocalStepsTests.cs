@@ -33,7 +33,7 @@ public class LocalStepsTests
     /// new inner optimizer on rows [⌊r·n/R⌋, ⌊(r+1)·n/R⌋) of each batch, Δ̄ is the tree sum of (θ − θ_r)/R, and the
     /// outer optimizer applies Δ̄ as a gradient.
     /// </summary>
-    private static void ReferenceRound(TrainingSession session, Optimizer outer, float[] theta)
+    private static double[] ReferenceRound(TrainingSession session, Optimizer outer, float[] theta)
     {
         TrainingConfig config = session.Config;
         LocalStepsSettings local = config.LocalSteps!;
@@ -41,11 +41,14 @@ public class LocalStepsTests
         int steps = Math.Min(local.Steps, session.StepsPerEpoch - first);
         EpochPlan plan = EpochPlan.Create(session.Train.Rows, config.BatchSize, config.Seed, epoch);
         var changes = new float[local.Replicas][];
+        var losses = new double[local.Replicas];
         for (int r = 0; r < local.Replicas; r++)
         {
             float[] replica = (float[])theta.Clone();
             var inner = new Optimizer(session.Architecture, config.Optimizer);
             var gradients = new NodeGradientComputer(session.Architecture, session.Train);
+            double lossSum = 0;
+            int rows = 0;
             for (int j = 0; j < steps; j++)
             {
                 int[] batch = plan.BatchRows(first + j).ToArray();
@@ -55,15 +58,19 @@ public class LocalStepsTests
                     continue;
                 }
                 var gradient = new float[replica.Length];
-                gradients.Compute(replica, batch.AsSpan(lo, hi - lo), 1, new TreeNode(0, 1), gradient);
+                BatchResult figures = gradients.Compute(replica, batch.AsSpan(lo, hi - lo), 1, new TreeNode(0, 1), gradient);
+                lossSum += figures.LossSum;
+                rows += figures.Rows;
                 long step = (long)epoch * session.StepsPerEpoch + first + j;
                 inner.Apply(replica, gradient, config.Optimizer.LearningRateAt(step, epoch, session.TotalSteps));
             }
             changes[r] = theta.Select((t, i) => (t - replica[i]) / local.Replicas).ToArray();
+            losses[r] = lossSum / rows;
         }
         float[] mean = ChunkTree.Fold<float[]>(local.Replicas, (TreeNode node, out float[] value) => ChunkTree.Leaf(changes, node, out value),
             (left, right) => left.Select((l, i) => l + right[i]).ToArray());
         outer.Apply(theta, mean, local.OuterLearningRate);
+        return losses;
     }
 
     [Theory]
@@ -81,8 +88,15 @@ public class LocalStepsTests
         for (int round = 0; round < 6; round++)
         {
             long before = session.GlobalStep;
-            ReferenceRound(session, outer, theta);
+            float[] thetaBefore = (float[])theta.Clone();
+            double[] losses = ReferenceRound(session, outer, theta);
             BatchResult result = trainer.Step(out _);
+            // The round's figures: each replica's own mean inner loss, and the outer step's length.
+            RoundReport figures = trainer.LastRound!;
+            Assert.Equal(losses, figures.ReplicaLosses);
+            double norm = Math.Sqrt(thetaBefore.Select((t, i) => ((double)t - theta[i]) * ((double)t - theta[i])).Sum());
+            Assert.Equal(norm, figures.OuterStepNorm, 1e-9);
+            Assert.True(norm > 0);
             Assert.Equal(round % 3 == 2 ? 2 : 3, session.GlobalStep - before);
             Assert.Equal(session.GlobalStep == 8 || session.GlobalStep == 16 ? 20 + 12 : 60, result.Rows);
             AssertSameBits(theta, session.Parameters, $"round {round}");

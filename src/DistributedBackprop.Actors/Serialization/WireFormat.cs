@@ -22,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 3;
+    public const int ProtocolVersion = 4;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -66,9 +66,13 @@ public static class WireFormat
             case WorkerRefused m: w.String(m.WorkerName); w.String(m.Reason); break;
             case WorkerJoined m: w.String(m.WorkerName); w.Int(m.Workers); break;
             case ComputeGradients m: w.Long(m.Step); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Int(m.ChunkLo); w.Int(m.ChunkHi); w.Floats(m.Parameters); break;
-            case GradientsComputed m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Result(m.Result); w.Double(m.ComputeSeconds); w.Floats(m.Gradient); break;
+            case GradientsComputed m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Result(m.Result); w.Double(m.ComputeSeconds); w.Results(m.PartResults); w.Floats(m.Gradient); break;
             case TrainEpoch m: w.Int(m.Epoch); w.Bool(m.ReturnParameters); break;
-            case StepApplied m: w.Long(m.GlobalStep); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Result(m.Result); w.Int(m.Workers); break;
+            case StepApplied m:
+                w.Long(m.GlobalStep); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Result(m.Result); w.Int(m.Workers);
+                w.Bool(m.Round is not null);
+                if (m.Round is { } round) { w.Doubles(round.ReplicaLosses); w.Double(round.OuterStepNorm); }
+                break;
             case EpochTrained m:
                 w.Int(m.Epoch); w.Long(m.GlobalStep); w.Double(m.LossSum); w.Long(m.Correct); w.Long(m.Rows); w.Float(m.LearningRate);
                 w.Double(m.Seconds); w.Double(m.WaitingForSlowestSeconds); w.Double(m.ServerSeconds); w.Long(m.DroppedGradients); w.Int(m.Workers);
@@ -108,7 +112,7 @@ public static class WireFormat
             "CG" => new ComputeGradients(r.Long(), r.Int(), r.Int(), r.Int(), r.Int(), r.Floats()),
             "GC" => ReadGradients(r),
             "TE" => new TrainEpoch(r.Int(), r.Bool()),
-            "SA" => new StepApplied(r.Long(), r.Int(), r.Int(), r.Result(), r.Int()),
+            "SA" => new StepApplied(r.Long(), r.Int(), r.Int(), r.Result(), r.Int()) { Round = r.Bool() ? new RoundReport(r.Doubles(), r.Double()) : null },
             "ET" => ReadEpochTrained(r),
             "TF" => new TrainingFailed(r.String()),
             "SC" => new SaveCheckpoint(r.String()),
@@ -136,7 +140,8 @@ public static class WireFormat
         var node = new TreeNode(r.Int(), r.Int());
         BatchResult result = r.Result();
         double seconds = r.Double();
-        return new GradientsComputed(step, node, result, r.Floats(), seconds);
+        BatchResult[] parts = r.Results();
+        return new GradientsComputed(step, node, result, r.Floats(), seconds) { PartResults = parts };
     }
 
     private static TrainingDataChunk ReadDataChunk(Reader r)
@@ -201,6 +206,24 @@ public static class WireFormat
             Double(v.LossSum);
             Int(v.Correct);
             Int(v.Rows);
+        }
+
+        public void Results(BatchResult[] values)
+        {
+            Int(values.Length);
+            foreach (BatchResult value in values)
+            {
+                Result(value);
+            }
+        }
+
+        public void Doubles(IReadOnlyList<double> values)
+        {
+            Int(values.Count);
+            foreach (double value in values)
+            {
+                Double(value);
+            }
         }
 
         public void Floats(float[] values)
@@ -301,6 +324,26 @@ public static class WireFormat
         public string? NullableString() => Bool() ? String() : null;
 
         public BatchResult Result() => new(Double(), Int(), Int());
+
+        public BatchResult[] Results()
+        {
+            var values = new BatchResult[Count(16, "result array")];
+            for (int i = 0; i < values.Length; i++)
+            {
+                values[i] = Result();
+            }
+            return values;
+        }
+
+        public double[] Doubles()
+        {
+            var values = new double[Count(sizeof(double), "double array")];
+            for (int i = 0; i < values.Length; i++)
+            {
+                values[i] = Double();
+            }
+            return values;
+        }
 
         public Dictionary<string, double> Map()
         {

@@ -112,6 +112,7 @@ internal static class ServeCommand
             {
                 var rates = new WorkerRates();
                 display.Detail = rates.Describe;
+                display.BulkBytes = () => server.Channel.BytesSent + server.Channel.BytesReceived;
                 TrainCommand.RunActors(display, title, session, async () =>
                 {
                     await using (display.ShowsBar ? WorkerRates.Poll(server.System, rates, TimeSpan.FromSeconds(1)) : null)

@@ -215,6 +215,28 @@ internal sealed class MetricsWriter : IDisposable
             WriteMap(json, "worker_busy_fraction", r.WorkerBusyFraction, 4);
             WriteMap(json, "worker_step_seconds_median", r.WorkerStepSecondsMedian, 6);
             WriteMap(json, "worker_step_seconds_p90", r.WorkerStepSecondsP90, 6);
+            if (r.BulkBytes is long bulk) json.WriteNumber("bulk_bytes", bulk);
+            if (r.Rounds is { } rounds)
+            {
+                // Local steps: one entry per round (an exchange of θ and the replicas' changes).
+                json.WriteNumber("rounds_in_epoch", rounds.Count);
+                json.WriteStartArray("rounds");
+                foreach (StepReport round in rounds)
+                {
+                    json.WriteStartObject();
+                    json.WriteNumber("step", round.GlobalStep);
+                    WriteNumberOrNull(json, "train_loss", round.Loss);
+                    json.WriteStartArray("replica_losses");
+                    foreach (double loss in round.Round!.ReplicaLosses)
+                    {
+                        if (double.IsFinite(loss)) json.WriteNumberValue(loss); else json.WriteNullValue();
+                    }
+                    json.WriteEndArray();
+                    WriteNumberOrNull(json, "outer_step_norm", round.Round.OuterStepNorm);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+            }
             json.WriteEndObject();
         }
         return Encoding.UTF8.GetString(buffer.ToArray());

@@ -39,6 +39,8 @@ public sealed class GuardedUpdate
     private readonly Action<int> _reduceLane, _applyLane;
     private float[] _gradient = [];
     private float _learningRate;
+    /// <summary>With local steps: θ before the outer step, to report the step's norm.</summary>
+    private readonly float[]? _before;
 
     public GuardedUpdate(TrainingSession session, TreeReducer reducer, int lanes)
     {
@@ -50,7 +52,14 @@ public sealed class GuardedUpdate
         _secondMoment = session.Optimizer.SecondMoment;
         _reduceLane = ReduceLane;
         _applyLane = ApplyLane;
+        _before = session.Config.LocalSteps is null ? null : new float[session.Parameters.Length];
     }
+
+    /// <summary>
+    /// With local steps, ‖θ_before − θ_after‖ of the last applied outer step, summed in parameter order on one
+    /// thread (so it is the same bits for any lane count; one pass per round of H steps costs nothing); else NaN.
+    /// </summary>
+    public double LastStepNorm { get; private set; } = double.NaN;
 
     /// <summary>How many slices the parameters are cut into; <c>forEachLane</c> must run every lane index below this.</summary>
     public int Lanes => _lanes;
@@ -71,8 +80,18 @@ public sealed class GuardedUpdate
             learningRate = 0;
             return UpdateOutcome.GradientNotFinite;
         }
-        learningRate = _learningRate = _session.BeginStep();
+        _learningRate = _session.BeginStep();
+        // Reported: the step's γ; with local steps the inner schedule's at the round's first step (the outer γ is constant).
+        learningRate = _session.Config.LocalSteps is null ? _learningRate : _session.Config.Optimizer.LearningRateAt(_session.GlobalStep, _session.Epoch, _session.TotalSteps);
+        if (_before is not null)
+        {
+            _session.Parameters.CopyTo(_before, 0);
+        }
         forEachLane(_applyLane);
+        if (_before is not null)
+        {
+            LastStepNorm = Distance(_before, _session.Parameters);
+        }
         return AllLanesFinite() ? UpdateOutcome.Applied : UpdateOutcome.ParametersNotFinite;
     }
 
@@ -83,6 +102,17 @@ public sealed class GuardedUpdate
         UpdateOutcome.ParametersNotFinite => $"training diverged at step {step}: the update overflowed (a parameter or optimizer value became NaN or infinite; try a smaller --lr); nothing was written",
         _ => throw new ArgumentOutOfRangeException(nameof(outcome), outcome, "the update was applied"),
     };
+
+    private static double Distance(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        double sum = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            double d = (double)a[i] - b[i];
+            sum += d * d;
+        }
+        return Math.Sqrt(sum);
+    }
 
     private bool AllLanesFinite() => Array.TrueForAll(_laneFinite, finite => finite);
 

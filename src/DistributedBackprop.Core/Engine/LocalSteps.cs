@@ -76,7 +76,9 @@ public interface IUpdatePartComputer
     /// <param name="stepInEpoch">the update's first step in the epoch.</param>
     /// <param name="node">a canonical node of the tree over the update's parts.</param>
     /// <param name="result">receives the node's value (as long as the parameters).</param>
-    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result);
+    /// <param name="partResults">with local steps, receives each of the node's replicas' own figures (index 0: the
+    /// node's first replica) unless empty; chunks leave it alone (their per-chunk figures are not reported).</param>
+    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults);
 }
 
 /// <summary>The parts of one update: their count and who computes them, from the configuration alone.</summary>
@@ -92,7 +94,7 @@ public static class UpdateParts
 /// <summary>A synchronous step's part: the gradient of a node of its chunk tree.</summary>
 public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int chunks) : IUpdatePartComputer
 {
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result) =>
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults) =>
         gradients.Compute(parameters, plan.BatchRows(stepInEpoch), chunks, node, result);
 }
 
@@ -134,7 +136,7 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
     private readonly ChunkTree.KnownValue<(float[] Values, BatchResult Result)> _runLeaf;
     private readonly Func<(float[] Values, BatchResult Result), (float[] Values, BatchResult Result), (float[] Values, BatchResult Result)> _addRight;
 
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result)
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults)
     {
         if (!ChunkTree.IsCanonical(node, _replicas))
         {
@@ -144,7 +146,11 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         {
             throw new ArgumentException($"expected {_parameterCount} parameters and results, got {parameters.Length} and {result.Length}");
         }
-        (_parameters, _plan, _stepInEpoch, _result, _buffersInUse) = (parameters, plan, stepInEpoch, result, 0);
+        if (partResults.Length != 0 && partResults.Length < ChunkTree.CoveredChunks(node, _replicas))
+        {
+            throw new ArgumentException($"{node} covers {ChunkTree.CoveredChunks(node, _replicas)} replicas; {partResults.Length} part results do not hold them");
+        }
+        (_parameters, _plan, _stepInEpoch, _result, _buffersInUse, _partResults, _firstReplica) = (parameters, plan, stepInEpoch, result, 0, partResults, node.Lo);
         return ChunkTree.Fold(node, _replicas, _runLeaf, _addRight).Result;
     }
 
@@ -152,7 +158,8 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
     // takes the next (the first is the caller's result), and adding a right subtree into its left frees it.
     private float[] _parameters = [], _result = [];
     private EpochPlan? _plan;
-    private int _stepInEpoch, _buffersInUse;
+    private int _stepInEpoch, _buffersInUse, _firstReplica;
+    private BatchResult[] _partResults = [];
 
     private bool RunLeaf(TreeNode node, out (float[] Values, BatchResult Result) value)
     {
@@ -164,6 +171,10 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         float[] buffer = _buffersInUse == 0 ? _result : Scratch(_buffersInUse - 1);
         _buffersInUse++;
         value = (buffer, RunReplica(_parameters, _plan!, _stepInEpoch, node.Lo, buffer));
+        if (_partResults.Length != 0)
+        {
+            _partResults[node.Lo - _firstReplica] = value.Result;
+        }
         return true;
     }
 

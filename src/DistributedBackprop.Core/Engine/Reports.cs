@@ -1,7 +1,29 @@
 namespace DistributedBackprop.Engine;
 
-/// <summary>Reported after every step (cheap; observers throttle their own output).</summary>
-public readonly record struct StepReport(long GlobalStep, int Epoch, int StepInEpoch, int StepsPerEpoch, long TotalSteps, double Loss, int Rows, TimeSpan Elapsed);
+/// <summary>
+/// Reported after every update (cheap; observers throttle their own output): a step, or with local steps a
+/// round (then <see cref="Round"/> holds its figures and <see cref="Rows"/> counts all its inner steps' rows).
+/// </summary>
+public readonly record struct StepReport(long GlobalStep, int Epoch, int StepInEpoch, int StepsPerEpoch, long TotalSteps, double Loss, int Rows, TimeSpan Elapsed, RoundReport? Round = null);
+
+/// <summary>
+/// A round of local steps: each replica's mean inner training loss over the round (in replica order; NaN for a
+/// replica that had no rows) and the Euclidean norm of the outer step ‖θ_before − θ_after‖, summed in parameter
+/// order, so both are the same bits whoever computed the round.
+/// </summary>
+public sealed record RoundReport(IReadOnlyList<double> ReplicaLosses, double OuterStepNorm)
+{
+    /// <summary>The round's figures from the reduced replica results and the applied update.</summary>
+    public static RoundReport From(ReadOnlySpan<Network.BatchResult> replicas, double outerStepNorm)
+    {
+        var losses = new double[replicas.Length];
+        for (int r = 0; r < losses.Length; r++)
+        {
+            losses[r] = replicas[r].Rows == 0 ? double.NaN : replicas[r].LossSum / replicas[r].Rows;
+        }
+        return new RoundReport(losses, outerStepNorm);
+    }
+}
 
 /// <summary>Reported at the end of every epoch; one line of the --metrics file.</summary>
 public sealed record EpochReport
@@ -41,6 +63,12 @@ public sealed record EpochReport
     /// <summary>Per worker: median and 90th percentile of its compute seconds per step this epoch (actor modes).</summary>
     public IReadOnlyDictionary<string, double>? WorkerStepSecondsMedian { get; init; }
     public IReadOnlyDictionary<string, double>? WorkerStepSecondsP90 { get; init; }
+
+    /// <summary>With local steps: the epoch's rounds (each update's report, <see cref="StepReport.Round"/> set).</summary>
+    public IReadOnlyList<StepReport>? Rounds { get; init; }
+
+    /// <summary>Cluster mode: bytes through the server's bulk channel during the epoch, both directions.</summary>
+    public long? BulkBytes { get; init; }
 }
 
 /// <summary>Receives progress from a trainer.</summary>

@@ -44,7 +44,8 @@ public sealed class Trainer : IDisposable
             for (int i = 0; i < count; i++)
             {
                 var (lo, hi) = ChunkTree.Share(parts, count, i);
-                set[i] = new Lane(UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount);
+                set[i] = new Lane(UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount,
+                    reportParts: session.Config.LocalSteps is not null, parts);
             }
             // One lane runs on the caller's thread alone: the runner's other threads stay parked.
             Action<Action<int>> forEach = count == lanes ? _runner.Run : static work => work(0);
@@ -81,7 +82,7 @@ public sealed class Trainer : IDisposable
             epochCorrect += result.Correct;
             epochRows += result.Rows;
             observer.StepCompleted(new StepReport(_session.GlobalStep, epoch, stepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
-                result.LossSum / result.Rows, result.Rows, clock.Elapsed));
+                result.LossSum / result.Rows, result.Rows, clock.Elapsed, LastRound));
             // The step that closes an epoch is checkpointed below, after the epoch is scored.
             if (checkpoints is { EverySteps: > 0 } && CrossedMultiple(stepBefore, _session.GlobalStep, checkpoints.EverySteps) && _session.StepInEpoch != 0)
             {
@@ -140,7 +141,7 @@ public sealed class Trainer : IDisposable
         {
             for (int i = 0; i < lane.Nodes.Count; i++)
             {
-                _reducer.TryAdd(lane.Nodes[i], lane.Gradients[i], lane.Results[i]);
+                _reducer.TryAdd(lane.Nodes[i], lane.Gradients[i], lane.Results[i], lane.PartResults[i]);
             }
         }
         var (gradient, result) = _reducer.Plan();
@@ -160,6 +161,9 @@ public sealed class Trainer : IDisposable
         return result;
     }
 
+    /// <summary>With local steps, the figures of the round <see cref="Step"/> just applied; else null.</summary>
+    public RoundReport? LastRound => _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _current.Update.LastStepNorm);
+
     public EvaluationResult Evaluate(Data.Dataset data) => _evaluator.Evaluate(_session.Parameters, data);
 
     private void ComputeLane(int index)
@@ -167,7 +171,7 @@ public sealed class Trainer : IDisposable
         Lane lane = _current.Lanes[index];
         for (int i = 0; i < lane.Nodes.Count; i++)
         {
-            lane.Results[i] = lane.Computer.Compute(_session.Parameters, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i]);
+            lane.Results[i] = lane.Computer.Compute(_session.Parameters, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i], lane.PartResults[i]);
         }
     }
 
@@ -180,8 +184,9 @@ public sealed class Trainer : IDisposable
 
     private sealed class Lane
     {
-        public Lane(IUpdatePartComputer computer, List<TreeNode> nodes, int parameterCount)
+        public Lane(IUpdatePartComputer computer, List<TreeNode> nodes, int parameterCount, bool reportParts, int parts)
         {
+            PartResults = nodes.Select(node => reportParts ? new BatchResult[ChunkTree.CoveredChunks(node, parts)] : []).ToArray();
             Computer = computer;
             Nodes = nodes;
             Gradients = nodes.Select(_ => new float[parameterCount]).ToArray();
@@ -192,6 +197,9 @@ public sealed class Trainer : IDisposable
         public List<TreeNode> Nodes { get; }
         public float[][] Gradients { get; }
         public BatchResult[] Results { get; }
+
+        /// <summary>Per node, its parts' own figures (with local steps: each replica's; else empty).</summary>
+        public BatchResult[][] PartResults { get; }
     }
 }
 

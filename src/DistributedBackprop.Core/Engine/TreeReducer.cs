@@ -17,6 +17,7 @@ public sealed class TreeReducer
     private readonly int _parameterCount;
     private readonly float[]?[] _gradients;
     private readonly BatchResult[] _results;
+    private readonly BatchResult[] _partResults;
     private readonly bool[] _covered;
     private readonly (float[] Left, float[] Right)[] _additions;
     private int _coveredCount;
@@ -32,6 +33,7 @@ public sealed class TreeReducer
         _parameterCount = parameterCount;
         _gradients = new float[2 * ChunkTree.RootSize(chunks)][];
         _results = new BatchResult[_gradients.Length];
+        _partResults = new BatchResult[chunks];
         _covered = new bool[chunks];
         _additions = new (float[], float[])[chunks];
         _received = Received;
@@ -46,6 +48,7 @@ public sealed class TreeReducer
     {
         Array.Clear(_gradients);
         Array.Clear(_results);
+        Array.Clear(_partResults);
         Array.Clear(_covered);
         Array.Clear(_additions);
         _coveredCount = 0;
@@ -55,8 +58,10 @@ public sealed class TreeReducer
     /// <summary>
     /// Accepts a node's gradient, or refuses it (returns false) when any of its chunks is already covered.
     /// The reducer borrows <paramref name="gradient"/> until <see cref="Reset"/>; it may write into it.
+    /// <paramref name="partResults"/>, if not empty, are the figures of each part the node covers (with local
+    /// steps: its replicas), kept for <see cref="PartResults"/>.
     /// </summary>
-    public bool TryAdd(TreeNode node, float[] gradient, BatchResult result)
+    public bool TryAdd(TreeNode node, float[] gradient, BatchResult result, ReadOnlySpan<BatchResult> partResults = default)
     {
         if (!ChunkTree.IsCanonical(node, _chunks))
         {
@@ -82,8 +87,19 @@ public sealed class TreeReducer
         int index = ChunkTree.HeapIndex(node, _chunks);
         _gradients[index] = gradient;
         _results[index] = result;
+        if (!partResults.IsEmpty)
+        {
+            if (partResults.Length != end - node.Lo)
+            {
+                throw new ArgumentException($"{node} covers {end - node.Lo} parts; {partResults.Length} part results came with it");
+            }
+            partResults.CopyTo(_partResults.AsSpan(node.Lo));
+        }
         return true;
     }
+
+    /// <summary>Each part's own figures, in part order, as the nodes brought them (default for a part whose node brought none).</summary>
+    public ReadOnlySpan<BatchResult> PartResults => _partResults;
 
     /// <summary>Reduces a complete step: returns the buffer holding the root gradient and the step's totals.</summary>
     public (float[] Gradient, BatchResult Result) Reduce()
