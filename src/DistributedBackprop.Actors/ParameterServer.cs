@@ -69,6 +69,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _session = session;
         _coordinator = coordinator;
         _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config);
+        if (deadline is null && session.Config.LocalSteps is { } local)
+        {
+            // A round of H steps takes H steps' time: until rounds have been timed, the first deadline waits for as many.
+            _deadline = new StepDeadline(_deadline.Floor, _deadline.Multiple, _deadline.Window, untimed: _deadline.Floor * local.Steps);
+        }
         string dealing = Context.System.Settings.Config.GetString("dbp.dealing", "proportional");
         bool dealByPace = dealing switch
         {

@@ -496,5 +496,14 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
             deadline.StepTook(TimeSpan.FromSeconds(seconds));
         }
         Assert.Equal(TimeSpan.FromSeconds(2), deadline.Current); // only the last five count; the floor holds
+
+        // Rounds of local steps: the first deadline waits for the round's H steps, then the median rules alone.
+        var rounds = new StepDeadline(TimeSpan.FromSeconds(2), multiple: 4, window: 5, untimed: TimeSpan.FromSeconds(64));
+        Assert.Equal(TimeSpan.FromSeconds(64), rounds.Current);
+        rounds.StepTook(TimeSpan.FromSeconds(3));
+        Assert.Equal(TimeSpan.FromSeconds(12), rounds.Current);
+        rounds.StepTook(TimeSpan.FromSeconds(0.1));
+        rounds.StepTook(TimeSpan.FromSeconds(0.1));
+        Assert.Equal(TimeSpan.FromSeconds(2), rounds.Current);
     }
 }
