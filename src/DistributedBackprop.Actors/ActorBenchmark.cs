@@ -24,12 +24,15 @@ public static class ActorBenchmark
             long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
             long firstStep = counter.Steps;
             var rates = new List<double>();
+            var clock = Stopwatch.StartNew();
             for (int w = 0; w < windows; w++)
             {
-                long start = counter.Rows;
-                var clock = Stopwatch.StartNew();
+                // From one update's completion to the first after the window: a round of local steps may take
+                // as long as a window, and counting whole rounds in a fixed window would give 0, 1 or 2 of them.
+                var (startRows, startTime) = NextUpdate(counter, clock, run);
                 Thread.Sleep(window);
-                rates.Add((counter.Rows - start) / clock.Elapsed.TotalSeconds);
+                var (endRows, endTime) = NextUpdate(counter, clock, run);
+                rates.Add((endRows - startRows) / (endTime - startTime).TotalSeconds);
             }
             long steps = counter.Steps - firstStep;
             long allocated = GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore;
@@ -46,6 +49,22 @@ public static class ActorBenchmark
         {
             run.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
+    }
+
+    /// <summary>Waits (in 1 ms naps) until the next update is reported; its rows so far and the time.</summary>
+    private static (long Rows, TimeSpan At) NextUpdate(CountingObserver counter, Stopwatch clock, LocalTraining run)
+    {
+        long steps = counter.Steps;
+        while (counter.Steps == steps)
+        {
+            if (run.Completion.IsCompleted)
+            {
+                run.Completion.GetAwaiter().GetResult();
+                throw new InvalidOperationException("the benchmark's training run ended before it was measured");
+            }
+            Thread.Sleep(1);
+        }
+        return (counter.Rows, clock.Elapsed);
     }
 
     private sealed class CountingObserver : ITrainingObserver

@@ -35,7 +35,8 @@ public sealed record WorkerAccepted(string WorkerName, long NextStep) : IWireMes
 /// Parameter server → worker: compute the gradients of chunks [ChunkLo, ChunkHi) of global step
 /// <see cref="Step"/> (epoch <see cref="Epoch"/>, batch <see cref="StepInEpoch"/> of that epoch's order),
 /// on exactly these parameters. The worker answers with one <see cref="GradientsComputed"/> per canonical
-/// node of the range. <see cref="Parameters"/> is shared read-only: the server does not write it until the
+/// node of the range. With local steps the update is a round starting at that step and the range is one of
+/// replicas (<see cref="Engine.TrainingConfig.UpdateParts"/>): each replica takes the round's steps from these parameters. <see cref="Parameters"/> is shared read-only: the server does not write it until the
 /// step is complete, and the worker never writes it.
 /// </summary>
 public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int ChunkLo, int ChunkHi, float[] Parameters) : IWireMessage
@@ -46,7 +47,8 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
 
 /// <summary>
 /// Worker → parameter server: the gradient of one canonical node of a step's chunk tree, with the node's
-/// loss sum, correct predictions and rows. Ownership of <see cref="Gradient"/> passes to the server, which
+/// loss sum, correct predictions and rows (with local steps: the tree sum of the node's replicas' changes
+/// (θ − θ_r)/R, with their figures over the round's steps). Ownership of <see cref="Gradient"/> passes to the server, which
 /// may add into it while reducing; it returns to the worker implicitly with the next step's
 /// <see cref="ComputeGradients"/> (the server has finished with it before it starts another step).
 /// </summary>

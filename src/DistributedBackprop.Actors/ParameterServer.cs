@@ -68,12 +68,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     {
         _session = session;
         _coordinator = coordinator;
-        _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config);
-        if (deadline is null && session.Config.LocalSteps is { } local)
-        {
-            // A round of H steps takes H steps' time: until rounds have been timed, the first deadline waits for as many.
-            _deadline = new StepDeadline(_deadline.Floor, _deadline.Multiple, _deadline.Window, untimed: _deadline.Floor * local.Steps);
-        }
+        _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config).ForUpdatesOf(session.Config.LocalSteps?.Steps ?? 1);
         string dealing = Context.System.Settings.Config.GetString("dbp.dealing", "proportional");
         bool dealByPace = dealing switch
         {
@@ -166,7 +161,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         if (FindWorker(Sender) is not null)
         {
-            _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _session.GlobalStep + 1), Self);
+            _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _session.GlobalStep + _session.StepsInUpdate), Self);
             return;
         }
         string? reason = Refusal(message);
@@ -185,7 +180,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Context.Watch(Sender);
         _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _scheduler.Workers.Count);
         _coordinator.Tell(new WorkerJoined(message.WorkerName, _scheduler.Workers.Count));
-        _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + 1), Self);
+        _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + _session.StepsInUpdate), Self);
         if (_step is not null && _scheduler.HasOrphans)
         {
             // Every worker had died mid-step: the newcomer takes over the chunks nobody holds.

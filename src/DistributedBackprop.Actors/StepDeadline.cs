@@ -24,6 +24,12 @@ public sealed class StepDeadline(TimeSpan floor, double multiple = 4, int window
     public static StepDeadline From(Akka.Configuration.Config config) =>
         new(config.GetTimeSpan("dbp.step-deadline.floor", TimeSpan.FromSeconds(2)), config.GetDouble("dbp.step-deadline.multiple", 4));
 
+    /// <summary>
+    /// This deadline for updates of <paramref name="steps"/> steps each (a round of local steps): until one has
+    /// been timed, it waits the floor for every step of it; then the median rules as before.
+    /// </summary>
+    public StepDeadline ForUpdatesOf(int steps) => steps <= 1 ? this : new(Floor, Multiple, Window, Floor * steps);
+
     public void StepTook(TimeSpan duration) => _recent.Add(duration.TotalSeconds);
 
     public TimeSpan Current => _recent.Median is double median

@@ -39,6 +39,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     private IActorRef _server = ActorRefs.Nobody;
     private int _workersStarted;
     private long _lastStep;
+    /// <summary>Rounds of local steps reported since their epoch's report (kept by epoch: the next epoch may start before this one is scored).</summary>
+    private readonly List<StepReport> _rounds = [];
     private int? _pendingNextEpoch;
 
     public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1)
@@ -134,11 +136,16 @@ public sealed class TrainingCoordinator : ReceiveActor
     {
         long before = _lastStep;
         _lastStep = step.GlobalStep;
-        _observer.StepCompleted(new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
-            step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed, step.Round));
+        var report = new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
+            step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed, step.Round);
+        if (step.Round is not null)
+        {
+            _rounds.Add(report);
+        }
+        _observer.StepCompleted(report);
         // Not on the step that closes an epoch: the epoch's own checkpoint follows once it is scored (asking
         // now would let the server snapshot the validation record while OnEvaluated writes it).
-        if (_checkpoints is { EverySteps: > 0 } && Trainer.CrossedMultiple(before, step.GlobalStep, _checkpoints.EverySteps) && step.GlobalStep % _session.StepsPerEpoch != 0)
+        if (_checkpoints is not null && _checkpoints.DueAfter(before, step.GlobalStep) && step.GlobalStep % _session.StepsPerEpoch != 0)
         {
             _server.Tell(new SaveCheckpoint(_checkpoints.Path));
         }
@@ -190,7 +197,9 @@ public sealed class TrainingCoordinator : ReceiveActor
             WorkerBusyFraction = e.WorkerBusyFraction,
             WorkerStepSecondsMedian = e.WorkerStepSecondsMedian,
             WorkerStepSecondsP90 = e.WorkerStepSecondsP90,
+            Rounds = _rounds.Count == 0 ? null : _rounds.Where(r => r.Epoch == e.Epoch).ToArray(),
         };
+        _rounds.RemoveAll(r => r.Epoch <= e.Epoch);
         _reports.Add(report);
         if (_reports.Count > ReportsKept)
         {

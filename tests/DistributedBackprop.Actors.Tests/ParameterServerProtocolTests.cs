@@ -22,19 +22,20 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         public required TrainingSession Session { get; init; }
         public required TestProbe Coordinator { get; init; }
         public required IActorRef Server { get; init; }
-        public required NodeGradientComputer Computer { get; init; }
+        public required IUpdatePartComputer Computer { get; init; }
 
-        /// <summary>What an honest worker would answer to <paramref name="work"/>.</summary>
+        /// <summary>What an honest worker would answer to <paramref name="work"/> (with local steps, each node's replica figures too).</summary>
         public List<GradientsComputed> Answer(ComputeGradients work)
         {
             TrainingConfig config = Session.Config;
-            ReadOnlySpan<int> batch = EpochPlan.Create(Session.Train.Rows, config.BatchSize, config.Seed, work.Epoch).BatchRows(work.StepInEpoch);
+            EpochPlan plan = EpochPlan.Create(Session.Train.Rows, config.BatchSize, config.Seed, work.Epoch);
             var answers = new List<GradientsComputed>();
-            foreach (TreeNode node in ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, config.Chunks))
+            foreach (TreeNode node in ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, config.UpdateParts()))
             {
                 var gradient = new float[Session.Architecture.ParameterCount];
-                BatchResult result = Computer.Compute(work.Parameters, batch, config.Chunks, node, gradient);
-                answers.Add(new GradientsComputed(work.Step, node, result, gradient, 0));
+                BatchResult[] parts = config.LocalSteps is null ? [] : new BatchResult[ChunkTree.CoveredChunks(node, config.UpdateParts())];
+                BatchResult result = Computer.Compute(work.Parameters, plan, work.StepInEpoch, node, gradient, parts);
+                answers.Add(new GradientsComputed(work.Step, node, result, gradient, 0) { PartResults = parts });
             }
             return answers;
         }
@@ -46,9 +47,11 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
 
     private Harness Start(params TestProbe[] workers) => Start(null, workers);
 
-    private Harness Start(StepDeadline? deadline, params TestProbe[] workers)
+    private Harness Start(StepDeadline? deadline, params TestProbe[] workers) => Start(deadline, null, workers);
+
+    private Harness Start(StepDeadline? deadline, TrainingConfig? config, params TestProbe[] workers)
     {
-        TrainingSession session = Fixtures.Session();
+        TrainingSession session = Fixtures.Session(config);
         TestProbe coordinator = CreateTestProbe("coordinator");
         IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref, deadline), "parameter-server");
         for (int i = 0; i < workers.Length; i++)
@@ -57,7 +60,7 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
             workers[i].ExpectMsg<WorkerAccepted>(a => a.WorkerName == $"worker-{i + 1}");
             coordinator.ExpectMsg<WorkerJoined>(j => j.Workers == i + 1);
         }
-        return new Harness { Session = session, Coordinator = coordinator, Server = server, Computer = new NodeGradientComputer(session.Architecture, session.Train) };
+        return new Harness { Session = session, Coordinator = coordinator, Server = server, Computer = UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train) };
     }
 
     private static float[] PlainTrainerAfter(int steps)
@@ -159,6 +162,36 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         GradientsComputed honest = h.Answer(work)[0];
         h.Server.Tell(honest with { PartResults = [new BatchResult(1, 0, 3)] }, w1.Ref);
         Assert.Contains("worker-1 sent 1 part results with node [0,8) for step 0; it covers 0", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
+        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after rejected part results");
+    }
+
+    [Fact]
+    public void LocalSteps_ARoundIsOneUpdate_WithEveryReplicasFigures_AndAMissingOneStopsTraining()
+    {
+        TrainingConfig config = Fixtures.Config() with { LocalSteps = new LocalStepsSettings { Replicas = 3, Steps = 4 } };
+        TestProbe w1 = CreateTestProbe();
+        Harness h = Start(null, config, w1);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients round = w1.ExpectMsg<ComputeGradients>();
+        Assert.Equal((0, 3), (round.ChunkLo, round.ChunkHi));
+        Deliver(h, w1, round);
+        StepApplied applied = h.Coordinator.ExpectMsg<StepApplied>();
+        Assert.Equal(4, applied.GlobalStep); // one update covered four steps
+        Assert.Equal(3, applied.Round!.ReplicaLosses.Count);
+        Assert.True(applied.Round.OuterStepNorm > 0);
+
+        // The next round's answer without its last replica's figures: the server stops before applying anything.
+        ComputeGradients next = w1.ExpectMsg<ComputeGradients>();
+        Assert.Equal(4, next.Step);
+        float[] before = (float[])h.Session.Parameters.Clone();
+        List<GradientsComputed> answers = h.Answer(next);
+        GradientsComputed last = answers[^1];
+        foreach (GradientsComputed answer in answers.SkipLast(1))
+        {
+            h.Server.Tell(answer, w1.Ref);
+        }
+        h.Server.Tell(last with { PartResults = last.PartResults[..^1] }, w1.Ref);
+        Assert.Contains($"worker-1 sent {last.PartResults.Length - 1} part results with node {last.Node} for step 4; it covers {last.PartResults.Length}", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
         Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after rejected part results");
     }
 
@@ -498,7 +531,7 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Assert.Equal(TimeSpan.FromSeconds(2), deadline.Current); // only the last five count; the floor holds
 
         // Rounds of local steps: the first deadline waits for the round's H steps, then the median rules alone.
-        var rounds = new StepDeadline(TimeSpan.FromSeconds(2), multiple: 4, window: 5, untimed: TimeSpan.FromSeconds(64));
+        StepDeadline rounds = new StepDeadline(TimeSpan.FromSeconds(2), multiple: 4, window: 5).ForUpdatesOf(32);
         Assert.Equal(TimeSpan.FromSeconds(64), rounds.Current);
         rounds.StepTook(TimeSpan.FromSeconds(3));
         Assert.Equal(TimeSpan.FromSeconds(12), rounds.Current);

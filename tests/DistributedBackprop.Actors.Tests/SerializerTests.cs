@@ -111,6 +111,15 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         byte[] lying = serializer.ToBinary(new GradientsComputed(1, new TreeNode(0, 1), default, [1f, 2f], 0));
         BitConverter.GetBytes(1_000_000).CopyTo(lying, lying.Length - 12);
         Assert.Throws<SerializationException>(() => serializer.FromBinary(lying, "GC"));
+        // Replica figures whose count claims more than the payload holds, or a negative count: refused before allocating.
+        byte[] figures = serializer.ToBinary(new GradientsComputed(1, new TreeNode(0, 2), default, [1f], 0) { PartResults = [default, default] });
+        int countAt = 8 + 4 + 4 + 16 + 8;
+        Assert.Equal(2, BitConverter.ToInt32(figures, countAt));
+        foreach (int claimed in new[] { int.MaxValue, 1_000_000, -1 })
+        {
+            BitConverter.GetBytes(claimed).CopyTo(figures, countAt);
+            Assert.Contains("exceeds the payload", Assert.Throws<SerializationException>(() => serializer.FromBinary(figures, "GC")).Message);
+        }
         Assert.Throws<SerializationException>(() => serializer.ToBinary("not a wire message"));
     }
 

@@ -79,6 +79,18 @@ public sealed class LocalStepsCommandTests : IDisposable
         Assert.Equal(File.ReadAllBytes(synchronous), File.ReadAllBytes(local));
     }
 
+    [Fact]
+    public void Chunks_are_ignored_with_local_steps_and_change_no_byte()
+    {
+        string without = Path.Combine(_dir, "without.safetensors"), with = Path.Combine(_dir, "with.safetensors");
+        string[] local = ["train", "--epochs", "2", "--replicas", "2", "--local-steps", "5", "--progress", "none"];
+        Assert.Equal(0, DbpProcess.Run(_dir, [.. local, "--out", without]).ExitCode);
+        DbpResult run = DbpProcess.Run(_dir, [.. local, "--chunks", "3", "--out", with]);
+        Assert.Equal(0, run.ExitCode);
+        Assert.Contains("dbp train: warning: --chunks has no effect with local steps", run.Stderr);
+        Assert.Equal(File.ReadAllBytes(without), File.ReadAllBytes(with));
+    }
+
     [Theory]
     [InlineData(new[] { "--replicas", "40", "--local-steps", "4" }, "dbp train: --replicas: 40 replicas share each batch of 32 rows; at most one replica per row")]
     [InlineData(new[] { "--replicas", "2", "--local-steps", "4", "--outer-optimizer", "adam" }, "--outer-optimizer: unknown value 'adam' (expected nesterov, sgd)")]

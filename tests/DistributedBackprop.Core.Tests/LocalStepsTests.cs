@@ -74,12 +74,14 @@ public class LocalStepsTests
     }
 
     [Theory]
-    [InlineData(OptimizerKind.Sgd, OuterOptimizerKind.Sgd)]
-    [InlineData(OptimizerKind.Momentum, OuterOptimizerKind.Nesterov)]
-    [InlineData(OptimizerKind.Adam, OuterOptimizerKind.Nesterov)]
-    public void Rounds_MatchTheDefinition_BitForBit(OptimizerKind inner, OuterOptimizerKind outerKind)
+    [InlineData(OptimizerKind.Sgd, OuterOptimizerKind.Sgd, 3)]
+    [InlineData(OptimizerKind.Momentum, OuterOptimizerKind.Nesterov, 3)]
+    [InlineData(OptimizerKind.Adam, OuterOptimizerKind.Nesterov, 3)]
+    // 16 replicas of 20 rows: 1 or 2 rows each, and in the epoch's last batch of 12 some replicas have none.
+    [InlineData(OptimizerKind.Momentum, OuterOptimizerKind.Nesterov, 16)]
+    public void Rounds_MatchTheDefinition_BitForBit(OptimizerKind inner, OuterOptimizerKind outerKind, int replicas)
     {
-        TrainingConfig config = Config(replicas: 3, steps: 3, inner, outerKind);
+        TrainingConfig config = Config(replicas, steps: 3, inner, outerKind);
         TrainingSession session = Session(config);
         float[] theta = (float[])session.Parameters.Clone();
         var outer = new Optimizer(session.Architecture, config.LocalSteps!.OuterSettings());
@@ -104,7 +106,7 @@ public class LocalStepsTests
     }
 
     [Theory]
-    [InlineData(2, 1)]
+    [InlineData(2, 2)]
     [InlineData(3, 4)]
     [InlineData(5, 2)]
     [InlineData(5, 3)]
@@ -112,9 +114,9 @@ public class LocalStepsTests
     {
         float[] one = Train(Config(replicas), threads: 1);
         Assert.Equal(one, Train(Config(replicas), threads));
-        if (threads == 1)
+        if (replicas == 2)
         {
-            // The replicas' count is part of the model: two and one-more differ.
+            // The replicas' count is part of the model: two and three differ.
             Assert.NotEqual(one, Train(Config(replicas + 1), 1));
         }
     }
@@ -154,6 +156,12 @@ public class LocalStepsTests
             AssertSameBits(uninterrupted, resumed.Parameters, "resumed after 4 rounds");
             Assert.Contains("--local-steps 3 in the checkpoint, 4 now",
                 Assert.Throws<Models.ModelFileException>(() => Session(Config(steps: 4)).RestoreCheckpoint(path)).Message);
+            // A checkpoint inside a round (written by hand or another tool) would shift every later round: refused.
+            TrainingSession inside = Session(Config());
+            inside.GlobalStep = 10;
+            inside.SaveCheckpoint(path);
+            Assert.Equal($"{path}: global step 10 is not at the end of a round of 3 local steps",
+                Assert.Throws<Models.ModelFileException>(() => Session(Config()).RestoreCheckpoint(path)).Message);
         }
         finally
         {
@@ -162,18 +170,50 @@ public class LocalStepsTests
     }
 
     [Fact]
-    public void CheckpointEveryNSteps_FiresOnTheRoundThatCrossesAMultiple()
+    public void CheckpointEveryNSteps_IsWrittenAfterTheRoundThatPassesAMultiple_AndAtEachEpochsEnd()
     {
-        Assert.True(Trainer.CrossedMultiple(3, 6, 5));
-        Assert.False(Trainer.CrossedMultiple(5, 8, 5));
-        Assert.True(Trainer.CrossedMultiple(4, 5, 5));
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-local-steps-every-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession session = Session(Config());
+            var written = new SortedSet<long>();
+            var watcher = new CheckpointWatcher(path, written);
+            using (var trainer = new Trainer(session))
+            {
+                trainer.Run(watcher, new CheckpointPolicy(path, EverySteps: 5));
+            }
+            watcher.Look();
+            // Rounds end at 3, 6, 8 | 11, 14, 16 | 19, 22, 24: past 5 at 6, 10 at 11, 20 at 22 (15 falls in the
+            // round ending the epoch at 16, written there once it is scored), plus every epoch's end.
+            Assert.Equal([6L, 8, 11, 16, 22, 24], written);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>Reads the checkpoint's step at every report (a checkpoint is written right after its update is reported).</summary>
+    private sealed class CheckpointWatcher(string path, SortedSet<long> written) : ITrainingObserver
+    {
+        public void Look()
+        {
+            if (File.Exists(path))
+            {
+                written.Add(long.Parse(Models.SafeTensors.ReadMetadata(path)["global_step"], System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        public void StepCompleted(StepReport report) => Look();
+
+        public void EpochCompleted(EpochReport report) => Look();
     }
 
     [Fact]
     public void Settings_AreValidated_AndWrittenOnlyWhenSet()
     {
         Assert.Equal("--replicas: 30 replicas share each batch of 20 rows; at most one replica per row", Config(replicas: 30).Validate());
-        Assert.Equal("--local-steps: must be between 1 and 1000000, got 1", Config(steps: 1).Validate());
+        Assert.Equal("--local-steps: local steps need between 2 and 1000000 steps per round, got 1 (1: synchronous training)", Config(steps: 1).Validate());
         Assert.Equal("--outer-momentum: must be in [0, 1), got 1", (Config() with { LocalSteps = Config().LocalSteps! with { OuterMomentum = 1f } }).Validate());
         Assert.DoesNotContain("local_steps", new TrainingConfig().ToJson());
         TrainingConfig config = Config(replicas: 4, steps: 16);

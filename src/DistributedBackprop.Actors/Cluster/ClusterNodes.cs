@@ -39,7 +39,7 @@ public sealed class ClusterServer : IAsyncDisposable
         }
         cluster.Join(Address);
         var policy = InboundPolicy.ServerNode();
-        policy.SetRun(session.Parameters.Length, session.Train.Features);
+        policy.SetRun(session.Parameters.Length, session.Train.Features, session.Config.LocalSteps?.Replicas ?? 0);
         BulkChannel? channel = null;
         Desk = new EnrollmentDesk(Authority, Address.ToString(), () => channel!.Endpoint,
             claimed => cluster.State.Members.Any(m => Enrollment.SameAddress(m.Address.ToString(), claimed)), Akka.Event.Logging.GetLogger(System, "enrollment"));

@@ -134,7 +134,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         // From now on tensors of this run's size may arrive, and no larger.
         TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
         int features = accepted.PreprocessShift.Length;
-        _courier.Channel!.Policy.SetRun(config.BuildArchitecture(features, Classes(accepted)).ParameterCount, features);
+        _courier.Channel!.Policy.SetRun(config.BuildArchitecture(features, Classes(accepted)).ParameterCount, features, config.LocalSteps?.Replicas ?? 0);
         _log.Info("joined; training {0}", accepted.Architecture);
         if (_options.StreamData)
         {

@@ -21,6 +21,7 @@ public sealed class InboundPolicy
     private readonly Dictionary<string, Rule> _rules;
     private long _parameters = -1;
     private long _features = -1;
+    private long _parts;
 
     private InboundPolicy(IEnumerable<Rule> rules) => _rules = rules.ToDictionary(r => r.Manifest);
 
@@ -51,11 +52,16 @@ public sealed class InboundPolicy
     /// <summary>One manifest to one actor from peers of one role (the transfer benchmark).</summary>
     public static InboundPolicy Single(string manifest, string recipientPath, string peerRole) => new([new(manifest, recipientPath, peerRole, Kind.Tensor)]);
 
-    /// <summary>Sets the sizes tensor limits derive from, once the run is known (the server at start, a worker on <see cref="JoinAccepted"/>).</summary>
-    public void SetRun(long parameters, long features)
+    /// <summary>
+    /// Sets the sizes tensor limits derive from, once the run is known (the server at start, a worker on
+    /// <see cref="JoinAccepted"/>): the parameters, the features, and the parts whose figures a node value may
+    /// carry (with local steps, the replicas: 16 bytes each; 0 otherwise).
+    /// </summary>
+    public void SetRun(long parameters, long features, int parts = 0)
     {
         Interlocked.Exchange(ref _parameters, parameters);
         Interlocked.Exchange(ref _features, features);
+        Interlocked.Exchange(ref _parts, parts);
     }
 
     /// <summary>Null if a frame may be read; otherwise why not. <paramref name="peerRole"/> is null on an unauthenticated (--insecure) connection.</summary>
@@ -89,7 +95,7 @@ public sealed class InboundPolicy
             Kind.Control => ControlBytes,
             Kind.JoinAccepted => JoinAcceptedBytes,
             // Unknown until the run is: no tensor may arrive before then.
-            Kind.Tensor => parameters < 0 ? 0 : TensorHeaderBytes + 4 * parameters,
+            Kind.Tensor => parameters < 0 ? 0 : TensorHeaderBytes + 16 * Interlocked.Read(ref _parts) + 4 * parameters,
             // Gatekeeper chunks: about a megabyte of rows, at least one row (values and label).
             Kind.DataChunk => features < 0 ? 0 : TensorHeaderBytes + 2 * Math.Max(Gatekeeper.ChunkBytes, 4 * (features + 1)),
             _ => 0,

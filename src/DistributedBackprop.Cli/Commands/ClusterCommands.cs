@@ -93,11 +93,13 @@ internal static class ServeCommand
 
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             int wanted = parse.GetValue(minWorkers);
-            string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {(session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "")}{config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), cluster mode";
+            string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, {(session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "")}{config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}{TrainCommand.LocalStepsNote(config)}), cluster mode";
             // The live page's state (and its Prometheus registry) exists only when the page is served.
             LiveStatus? live = httpEndpoint is null ? null : new LiveStatus(title, session.TotalSteps, config.Epochs);
             ITrainingObserver[] observers = live is null ? [display, new MembershipLog(wanted)] : [display, live, new MembershipLog(wanted)];
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, new ObserverTee(observers), checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
+            var bulkBytes = new BulkBytesObserver(new ObserverTee(observers));
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, bulkBytes, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
+            bulkBytes.Count = () => server.Channel.BytesSent + server.Channel.BytesReceived;
             AnnounceJoin(server, settings, wanted);
             LiveServer? page = null;
             if (httpEndpoint is not null && live is not null)
@@ -112,7 +114,6 @@ internal static class ServeCommand
             {
                 var rates = new WorkerRates();
                 display.Detail = rates.Describe;
-                display.BulkBytes = () => server.Channel.BytesSent + server.Channel.BytesReceived;
                 TrainCommand.RunActors(display, title, session, async () =>
                 {
                     await using (display.ShowsBar ? WorkerRates.Poll(server.System, rates, TimeSpan.FromSeconds(1)) : null)

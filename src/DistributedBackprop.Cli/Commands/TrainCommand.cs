@@ -64,7 +64,7 @@ internal static class TrainCommand
             int workerCount = parse.GetValue(workers);
             string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, "
-                + (session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "") + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}), {mode}";
+                + (session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "") + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}{LocalStepsNote(config)}), {mode}";
             try
             {
                 if (workerCount == 0)
@@ -96,6 +96,10 @@ internal static class TrainCommand
         }));
         return command;
     }
+
+    /// <summary>For a run's title: ", 2 replicas × 32 local steps" with local steps, else nothing.</summary>
+    internal static string LocalStepsNote(TrainingConfig config) =>
+        config.LocalSteps is { } local ? $", {local.Replicas} replicas × {local.Steps} local steps" : "";
 
     /// <summary>Options of `train` itself that the rest of its command line makes pointless.</summary>
     private static IEnumerable<string> Ignored(ParseResult parse, TrainingConfig config, Option<int> workers, Option<int> threads, Option<string?> checkpoint, Option<int> checkpointEvery)

@@ -167,7 +167,9 @@ internal sealed class TrainingOptionSet
             Loss = parse.GetValue(Loss),
             Epochs = parse.GetValue(Epochs),
             BatchSize = parse.GetValue(BatchSize),
-            Chunks = parse.GetValue(Chunks),
+            // With local steps the replicas are the parts and --chunks changes nothing: kept at its default so
+            // it cannot make two equal models' files differ or a resume refuse.
+            Chunks = parse.GetValue(Replicas) > 1 && parse.GetValue(LocalSteps) > 1 ? new TrainingConfig().Chunks : parse.GetValue(Chunks),
             Seed = parse.GetValue(Seed),
             ValidationFraction = parse.GetValue(ValidationFraction),
             EarlyStopping = parse.GetValue(EarlyStopping),

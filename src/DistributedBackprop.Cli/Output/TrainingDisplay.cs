@@ -54,14 +54,6 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
     /// <summary>Extra text after the rate (e.g. per-worker steps/s), refreshed by the caller.</summary>
     public Func<string>? Detail { get; set; }
 
-    /// <summary>Cluster mode: bytes through the server's bulk channel so far (each epoch's metrics get the difference).</summary>
-    public Func<long>? BulkBytes { get; set; }
-
-    private long _bulkBytesBefore;
-
-    /// <summary>The current epoch's rounds of local steps, for its metrics line.</summary>
-    private readonly List<StepReport> _rounds = [];
-
     /// <summary>Runs <paramref name="training"/> under the chosen display.</summary>
     public void Run(string title, long totalSteps, long startStep, Action training)
     {
@@ -92,10 +84,6 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
 
     public void StepCompleted(StepReport report)
     {
-        if (report.Round is not null)
-        {
-            _rounds.Add(report);
-        }
         _rowsSinceRefresh += report.Rows;
         _recentLoss = double.IsNaN(_recentLoss) ? report.Loss : 0.9 * _recentLoss + 0.1 * report.Loss;
         if (_task is null || _sinceRefresh.ElapsedMilliseconds < 100)
@@ -107,7 +95,7 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
         _sinceRefresh.Restart();
         string detail = Detail?.Invoke().Trim() ?? "";
         _task.Description = Markup.Escape(Fit(DescriptionWidth(AnsiConsole.Profile.Width, _barWidth),
-            string.Create(CultureInfo.InvariantCulture, $"epoch {report.Epoch + 1} step {report.StepInEpoch + 1}/{report.StepsPerEpoch}"),
+            string.Create(CultureInfo.InvariantCulture, $"epoch {report.Epoch + 1} step {report.GlobalStep - (long)report.Epoch * report.StepsPerEpoch}/{report.StepsPerEpoch}"),
             string.Create(CultureInfo.InvariantCulture, $"loss {_recentLoss:F4}"),
             string.Create(CultureInfo.InvariantCulture, $"{rate:N0} samples/s"),
             detail));
@@ -145,17 +133,6 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
 
     public void EpochCompleted(EpochReport report)
     {
-        if (_rounds.Count > 0)
-        {
-            report = report with { Rounds = [.. _rounds] };
-            _rounds.Clear();
-        }
-        if (BulkBytes is not null)
-        {
-            long bytes = BulkBytes();
-            report = report with { BulkBytes = bytes - _bulkBytesBefore };
-            _bulkBytesBefore = bytes;
-        }
         _history.Add(report);
         _epochs.Add(report);
         if (_epochs.Count > 3 + TailKept)

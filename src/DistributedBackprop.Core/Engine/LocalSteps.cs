@@ -52,9 +52,9 @@ public sealed record LocalStepsSettings
     /// <summary>The first problem, as "--option: reason", or null.</summary>
     public string? Validate(int batchSize)
     {
-        if (Replicas < 2 || Replicas > 1024) return $"--replicas: must be between 1 and 1024, got {Replicas}";
+        if (Replicas < 2 || Replicas > 1024) return $"--replicas: local steps need between 2 and 1024 replicas, got {Replicas} (1: synchronous training)";
         if (Replicas > batchSize) return $"--replicas: {Replicas} replicas share each batch of {batchSize} rows; at most one replica per row";
-        if (Steps < 2 || Steps > 1_000_000) return $"--local-steps: must be between 1 and 1000000, got {Steps}";
+        if (Steps < 2 || Steps > 1_000_000) return $"--local-steps: local steps need between 2 and 1000000 steps per round, got {Steps} (1: synchronous training)";
         if (!(OuterLearningRate > 0) || !float.IsFinite(OuterLearningRate))
             return string.Create(CultureInfo.InvariantCulture, $"--outer-lr: must be a positive number, got {OuterLearningRate}");
         if (!(OuterMomentum >= 0 && OuterMomentum < 1))

@@ -5,7 +5,14 @@ using DistributedBackprop.Reduction;
 namespace DistributedBackprop.Engine;
 
 /// <summary>Where and how often the trainer writes checkpoints.</summary>
-public sealed record CheckpointPolicy(string Path, int EverySteps = 0);
+public sealed record CheckpointPolicy(string Path, int EverySteps = 0)
+{
+    /// <summary>
+    /// An update that moved the position from <paramref name="before"/> to <paramref name="after"/> passed a
+    /// multiple of <see cref="EverySteps"/> (a round of local steps covers several steps, so "is a multiple" would miss some).
+    /// </summary>
+    public bool DueAfter(long before, long after) => EverySteps > 0 && after / EverySteps != before / EverySteps;
+}
 
 /// <summary>
 /// The plain single-process trainer: each step, T lanes (threads) compute the chunk-tree nodes of their
@@ -72,6 +79,7 @@ public sealed class Trainer : IDisposable
         var epochClock = Stopwatch.StartNew();
         double epochLoss = 0;
         long epochCorrect = 0, epochRows = 0;
+        var rounds = new List<StepReport>();
         while (!_session.IsFinished)
         {
             cancellation.ThrowIfCancellationRequested();
@@ -81,10 +89,15 @@ public sealed class Trainer : IDisposable
             epochLoss += result.LossSum;
             epochCorrect += result.Correct;
             epochRows += result.Rows;
-            observer.StepCompleted(new StepReport(_session.GlobalStep, epoch, stepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
-                result.LossSum / result.Rows, result.Rows, clock.Elapsed, LastRound));
+            var report = new StepReport(_session.GlobalStep, epoch, stepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
+                result.LossSum / result.Rows, result.Rows, clock.Elapsed, LastRound);
+            if (report.Round is not null)
+            {
+                rounds.Add(report);
+            }
+            observer.StepCompleted(report);
             // The step that closes an epoch is checkpointed below, after the epoch is scored.
-            if (checkpoints is { EverySteps: > 0 } && CrossedMultiple(stepBefore, _session.GlobalStep, checkpoints.EverySteps) && _session.StepInEpoch != 0)
+            if (checkpoints is not null && checkpoints.DueAfter(stepBefore, _session.GlobalStep) && _session.StepInEpoch != 0)
             {
                 _session.SaveCheckpoint(checkpoints.Path);
             }
@@ -114,7 +127,9 @@ public sealed class Trainer : IDisposable
                     Elapsed = clock.Elapsed,
                     LearningRate = learningRate,
                     Workers = LanesInUse,
+                    Rounds = rounds.Count == 0 ? null : rounds.ToArray(),
                 });
+                rounds.Clear();
                 epochLoss = 0;
                 epochCorrect = epochRows = 0;
                 epochClock.Restart();
@@ -176,9 +191,6 @@ public sealed class Trainer : IDisposable
     }
 
     public void Dispose() => _runner.Dispose();
-
-    /// <summary>An update moved the position from <paramref name="before"/> to <paramref name="after"/> past a multiple of <paramref name="every"/> (a round of local steps covers several steps).</summary>
-    public static bool CrossedMultiple(long before, long after, long every) => after / every != before / every;
 
     private sealed record LaneSet(Lane[] Lanes, GuardedUpdate Update, Action<Action<int>> ForEach);
 

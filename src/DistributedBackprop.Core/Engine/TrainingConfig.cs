@@ -92,7 +92,8 @@ public sealed record TrainingConfig
         lanes += lanes > 1 ? 1 : 0;
         if (LocalSteps is { } local)
         {
-            lanes *= 4 + (int)Math.Log2(local.Replicas) + 1;
+            // Plus θ before each outer step, for its norm (one per lane set: two).
+            lanes = lanes * (4 + (int)Math.Log2(local.Replicas) + 1) + 2;
         }
         double bytes = 4.0 * (parameters * (4 + lanes) + 3.0 * BatchSize * units);
         if (bytes > 0.8 * availableBytes)

@@ -262,6 +262,11 @@ public sealed class TrainingSession
         {
             throw new ModelFileException($"{path}: global step {GlobalStep} is outside this run's {TotalSteps} steps");
         }
+        if (Config.LocalSteps is { } local && StepInEpoch % local.Steps != 0)
+        {
+            // Rounds start at multiples of H within an epoch; resuming elsewhere would shift every later round.
+            throw new ModelFileException($"{path}: global step {GlobalStep} is not at the end of a round of {local.Steps} local steps");
+        }
         if (Tracker is not null)
         {
             Tracker.Restore(metadata, tensors, Parameters.Length, path);
