@@ -263,8 +263,15 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     /// has the undisturbed run's bytes. Reports the time from the kill to the first step computed again.
     /// </summary>
     [IntegrationFact("multiprocess")]
-    public void ServerKilledAndRestartedWithTheSameCommandLine_WorkersRejoin_SameBytes()
+    public void ServerKilledAndRestartedWithTheSameCommandLine_WorkersRejoin_SameBytes() => ServerKilledAndRestarted([]);
+
+    /// <summary>The same with local steps: the checkpoint falls after a round, the restarted server deals the next round.</summary>
+    [IntegrationFact("multiprocess")]
+    public void ServerKilledAndRestarted_WithLocalSteps_SameBytes() => ServerKilledAndRestarted(["--replicas", "3", "--local-steps", "7"]);
+
+    private void ServerKilledAndRestarted(string[] extra)
     {
+        string[] Run = [.. ClusterProcessTests.Run, .. extra];
         string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
         string checkpoint = Path.Combine(_dir, "checkpoint.safetensors");
         Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "2", "--out", local, "--progress", "none"]).ExitCode);
