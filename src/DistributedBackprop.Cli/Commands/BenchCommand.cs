@@ -25,8 +25,8 @@ internal static class BenchCommand
         var batch = OptionParsing.PositiveInt("--batch-size", "Rows per global batch.", 128);
         var chunks = OptionParsing.PositiveInt("--chunks", "Chunks per batch.", 8);
         var threads = OptionParsing.PositiveInt("--threads", "Threads computing each step.", 1);
-        var replicas = OptionParsing.PositiveInt("--replicas", "Local steps: model replicas R (with --local-steps H > 1; 1: synchronous steps).", 1);
-        var localSteps = OptionParsing.PositiveInt("--local-steps", "Local steps: inner steps H per round (with --replicas R > 1).", 1);
+        var replicas = OptionParsing.IntInRange("--replicas", "Local steps: model replicas R (with --local-steps H > 1; 1: synchronous steps).", 1, 1, helpName: "R");
+        var localSteps = OptionParsing.IntInRange("--local-steps", "Local steps: inner steps H per round (with --replicas R > 1).", 1, 1, helpName: "H");
         var optimizer = OptionParsing.OptimizerOption(OptimizerKind.Sgd);
         var lr = OptionParsing.PositiveFloat("--lr", "Learning rate.", 0.01f);
         var seconds = OptionParsing.PositiveFloat("--seconds", "Length of one timed window, in seconds.", 1.0f);

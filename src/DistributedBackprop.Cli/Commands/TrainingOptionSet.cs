@@ -48,10 +48,8 @@ internal sealed class TrainingOptionSet
         "Stop after this many epochs in a row without a better validation score (needs --validation-fraction). 0: train every epoch.", 0, 0, helpName: "EPOCHS");
     public Option<ValidationMetric> EarlyStoppingMetric { get; } = OptionParsing.ValidationMetricOption();
     public Option<KeptModel?> Keep { get; } = OptionParsing.KeepOption();
-    public Option<int> Replicas { get; } = OptionParsing.PositiveInt("--replicas",
-        "Local steps (DiLoCo-style): R model replicas, each training on its own share of every batch for --local-steps steps between exchanges; at most R workers are busy. Part of the model's definition. 1: synchronous training.", 1);
-    public Option<int> LocalSteps { get; } = OptionParsing.PositiveInt("--local-steps",
-        "With --replicas R: inner steps H each replica takes before the server averages the replicas' changes and applies --outer-optimizer (one exchange per H steps). 1: synchronous training.", 1);
+    public Option<int> Replicas { get; } = OptionParsing.IntInRange("--replicas", "Local steps (DiLoCo-style): R model replicas, each training on its own share of every batch for --local-steps steps between exchanges; at most R workers are busy. Part of the model's definition. 1: synchronous training.", 1, 1, helpName: "R");
+    public Option<int> LocalSteps { get; } = OptionParsing.IntInRange("--local-steps", "With --replicas R: inner steps H each replica takes before the server averages the replicas' changes and applies --outer-optimizer (one exchange per H steps). 1: synchronous training.", 1, 1, helpName: "H");
     public Option<OuterOptimizerKind> OuterOptimizer { get; } = OptionParsing.OuterOptimizerOption();
     public Option<float> OuterLearningRate { get; } = OptionParsing.PositiveFloat("--outer-lr", "With local steps: the outer learning rate γ_out.", LocalStepsSettings.DefaultOuterLearningRate);
     public Option<float> OuterMomentum { get; } = OptionParsing.FloatInRange("--outer-momentum", "With local steps and --outer-optimizer nesterov: the outer momentum μ_out.", LocalStepsSettings.DefaultOuterMomentum, 0f, 1f, maxExclusive: true);
