@@ -146,6 +146,7 @@ public class LocalStepsTests
                 }
             }
             Assert.Equal(11, first.GlobalStep); // 3 + 3 + 2, then 3 into epoch 2
+            Assert.Equal(4, first.UpdatesDone);
             first.SaveCheckpoint(path);
             TrainingSession resumed = Session(Config());
             resumed.RestoreCheckpoint(path);

@@ -128,8 +128,11 @@ internal static class ServeCommand
                 double modelBytes = session.Parameters.Length * 4.0;
                 double perStep = (server.Channel.BytesSent + server.Channel.BytesReceived) / (double)steps;
                 int workers = display.Epochs.Count > 0 ? display.Epochs[^1].Workers : wanted;
+                // With local steps, also per round: the exchange itself, θ down and the replicas' changes up.
+                string perRound = config.LocalSteps is null ? "" : string.Create(CultureInfo.InvariantCulture,
+                    $", {(server.Channel.BytesSent + server.Channel.BytesReceived) / (double)Math.Max(1, session.UpdatesDone) / 1e6:F3} MB/round of {config.LocalSteps.Steps} steps");
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"cluster: first step {server.Formation.FirstStepAt?.TotalSeconds:F2} s after start; bulk channel {server.Channel.BytesSent / 1e6:F1} MB sent, {server.Channel.BytesReceived / 1e6:F1} MB received = {perStep / 1e6:F3} MB/step for {workers} worker(s) ({perStep / (2 * modelBytes * workers):F3} × the {modelBytes / 1e6:F3} MB model each way per worker)"));
+                    $"cluster: first step {server.Formation.FirstStepAt?.TotalSeconds:F2} s after start; bulk channel {server.Channel.BytesSent / 1e6:F1} MB sent, {server.Channel.BytesReceived / 1e6:F1} MB received = {perStep / 1e6:F3} MB/step{perRound} for {workers} worker(s) ({perStep / (2 * modelBytes * workers):F3} × the {modelBytes / 1e6:F3} MB model each way per worker per step)"));
             }
             catch (TrainingStoppedException e)
             {

@@ -188,11 +188,12 @@ internal sealed class LiveStatus : ITrainingObserver
                     json.WriteEndObject();
                 }
                 json.WriteEndArray();
-                // One entry per epoch, exactly as the --metrics file writes it.
+                // One entry per epoch, as the --metrics file writes it, without the per-round detail of local
+                // steps (hundreds of rounds an epoch at a small H, sent again at every poll; the page draws epochs).
                 json.WriteStartArray("history");
                 foreach (EpochReport e in _epochs)
                 {
-                    json.WriteRawValue(Output.MetricsWriter.ToJson(e));
+                    json.WriteRawValue(Output.MetricsWriter.ToJson(e.Rounds is null ? e : e with { Rounds = null }));
                 }
                 json.WriteEndArray();
                 if (_cluster.Checkpoint is { } checkpoint)

@@ -148,6 +148,11 @@ public sealed class TrainingSession
     /// <summary>The steps the next update covers (1; with local steps the round's H, or what is left of the epoch).</summary>
     public int StepsInUpdate => Config.StepsInUpdate(StepInEpoch, StepsPerEpoch);
 
+    /// <summary>Updates applied so far: the steps, or with local steps the rounds (⌈S/H⌉ per epoch).</summary>
+    public long UpdatesDone => Config.LocalSteps is { Steps: var h }
+        ? GlobalStep / StepsPerEpoch * ((StepsPerEpoch + h - 1) / h) + (StepInEpoch + h - 1) / h
+        : GlobalStep;
+
     /// <summary>An update is applied: the position moves past the steps it covered.</summary>
     public void EndStep() => GlobalStep += StepsInUpdate;
 
