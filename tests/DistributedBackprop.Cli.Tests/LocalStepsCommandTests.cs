@@ -63,6 +63,8 @@ public sealed class LocalStepsCommandTests : IDisposable
         DbpResult again = DbpProcess.Run(_dir, ["train", "--run", Path.Combine(_dir, "w0.safetensors"), "--out", rerun, "--progress", "none"]);
         Assert.True(again.ExitCode == 0, again.Stderr);
         Assert.Equal(models[0], File.ReadAllBytes(rerun));
+        // The recipe's settings at their defaults are not taken for the user's (no "--chunks has no effect").
+        Assert.Empty(again.Stderr.Trim());
     }
 
     [Theory]

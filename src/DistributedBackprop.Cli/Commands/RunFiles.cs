@@ -46,6 +46,7 @@ internal static class RunFiles
         Command command = root.Subcommands.First(c => c.Name == args[0]);
         var given = new HashSet<string>(args.Where(a => a.StartsWith("--", StringComparison.Ordinal)).Select(a => a.Split('=')[0]), StringComparer.Ordinal);
         var inserted = new List<string>();
+        bool recipe = path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
         foreach (var (name, value) in Load(path, command))
         {
             if (given.Contains("--" + name))
@@ -53,6 +54,12 @@ internal static class RunFiles
                 continue;
             }
             Option option = command.Options.First(o => o.Name == "--" + name);
+            if (recipe && IsDefault(option, value))
+            {
+                // A model's recipe names every setting; one at its default is left to the default, so it is not
+                // taken for a choice the user made (and warned about: "--beta1 has no effect with momentum").
+                continue;
+            }
             if (option is Option<bool>)
             {
                 if (value == "true") inserted.Add(option.Name);
@@ -65,6 +72,12 @@ internal static class RunFiles
         }
         return [args[0], .. inserted, .. args[1..]];
     }
+
+    /// <summary>The option's default spelled as <paramref name="value"/> is (numbers in invariant form, names in any case).</summary>
+    private static bool IsDefault(Option option, string value) =>
+        option.HasDefaultValue && option.GetDefaultValue() is IFormattable or string or bool && string.Equals(
+            option.GetDefaultValue() is IFormattable number ? number.ToString(null, CultureInfo.InvariantCulture) : option.GetDefaultValue()!.ToString(),
+            value, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>The run file's options (name without dashes → value as typed).</summary>
     private static SortedDictionary<string, string> Load(string path, Command command)
