@@ -111,7 +111,7 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     /// <summary>
     /// Local steps across processes: a server and three worker processes over real TCP, 3 replicas taking rounds
     /// of 7 steps, one worker SIGKILLed mid-run (its replicas' rounds restart from the round's θ on the others):
-    /// the model is the plain trainer's, byte for byte, as is `dbp launch` with one worker.
+    /// the model is the plain trainer's, byte for byte, as is `dbp launch` with one and with two workers.
     /// </summary>
     [IntegrationFact("multiprocess")]
     public void LocalStepsInAClusterOfProcesses_GiveThePlainTrainersBytes_ThroughAWorkersDeath()
@@ -133,9 +133,12 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
             Assert.Equal(0, w1.WaitForExit(TimeSpan.FromSeconds(30)));
         }
         Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(clustered));
-        DbpResult launch = DbpProcess.Run(_dir, ["launch", "--workers", "1", .. local, "--out", launched, "--progress", "none"]);
-        Assert.True(launch.ExitCode == 0, launch.Stderr + launch.Stdout);
-        Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(launched));
+        foreach (string workers in new[] { "1", "2" })
+        {
+            DbpResult launch = DbpProcess.Run(_dir, ["launch", "--workers", workers, .. local, "--out", launched, "--progress", "none"]);
+            Assert.True(launch.ExitCode == 0, launch.Stderr + launch.Stdout);
+            Assert.True(File.ReadAllBytes(plain).AsSpan().SequenceEqual(File.ReadAllBytes(launched)), $"dbp launch --workers {workers}: other bytes");
+        }
     }
 
     /// <summary>
