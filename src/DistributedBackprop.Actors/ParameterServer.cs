@@ -300,7 +300,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail($"{worker.Name} sent node {message.Node} for step {message.Step}, which is not a node of the chunk tree over {_chunks} chunks");
             return;
         }
-        int parts = _session.Config.LocalSteps is null ? 0 : ChunkTree.CoveredChunks(message.Node, _chunks);
+        int parts = UpdateParts.FiguresPerNode(_session.Config, message.Node);
         if (message.PartResults.Length != parts)
         {
             Fail($"{worker.Name} sent {message.PartResults.Length} part results with node {message.Node} for step {message.Step}; it covers {parts}");

@@ -39,7 +39,7 @@ public sealed class TrainingCoordinator : ReceiveActor
     private IActorRef _server = ActorRefs.Nobody;
     private int _workersStarted;
     private long _lastStep;
-    /// <summary>Rounds of local steps reported since their epoch's report (kept by epoch: the next epoch may start before this one is scored).</summary>
+    /// <summary>Rounds of local steps reported since the last epoch's report (the next epoch starts only after this one is scored).</summary>
     private readonly List<StepReport> _rounds = [];
     private int? _pendingNextEpoch;
 
@@ -197,9 +197,9 @@ public sealed class TrainingCoordinator : ReceiveActor
             WorkerBusyFraction = e.WorkerBusyFraction,
             WorkerStepSecondsMedian = e.WorkerStepSecondsMedian,
             WorkerStepSecondsP90 = e.WorkerStepSecondsP90,
-            Rounds = _rounds.Count == 0 ? null : _rounds.Where(r => r.Epoch == e.Epoch).ToArray(),
+            Rounds = _rounds.Count == 0 ? null : _rounds.ToArray(),
         };
-        _rounds.RemoveAll(r => r.Epoch <= e.Epoch);
+        _rounds.Clear();
         _reports.Add(report);
         if (_reports.Count > ReportsKept)
         {

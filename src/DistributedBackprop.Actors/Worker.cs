@@ -110,7 +110,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
         {
             long start = Stopwatch.GetTimestamp();
             float[] gradient = Rent(message.Step);
-            BatchResult[] parts = config.LocalSteps is null ? [] : new BatchResult[ChunkTree.CoveredChunks(node, config.UpdateParts())];
+            var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
             BatchResult result = _computer.Compute(message.Parameters, _plan, message.StepInEpoch, node, gradient, parts);
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
         }

@@ -33,7 +33,7 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
             foreach (TreeNode node in ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, config.UpdateParts()))
             {
                 var gradient = new float[Session.Architecture.ParameterCount];
-                BatchResult[] parts = config.LocalSteps is null ? [] : new BatchResult[ChunkTree.CoveredChunks(node, config.UpdateParts())];
+                var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
                 BatchResult result = Computer.Compute(work.Parameters, plan, work.StepInEpoch, node, gradient, parts);
                 answers.Add(new GradientsComputed(work.Step, node, result, gradient, 0) { PartResults = parts });
             }

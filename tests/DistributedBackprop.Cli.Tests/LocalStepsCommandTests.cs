@@ -100,11 +100,7 @@ public sealed class LocalStepsCommandTests : IDisposable
     [InlineData(new[] { "--replicas", "2", "--local-steps", "0" }, "--local-steps")]
     public void Misuse_is_one_line_and_exit_code_2(string[] args, string expected)
     {
-        DbpResult result = DbpProcess.Run(_dir, ["train", .. args, "--epochs", "1"]);
-        Assert.Equal(2, result.ExitCode);
-        string[] lines = result.Stderr.Trim().Split('\n');
-        Assert.Contains(expected, lines[0]);
-        Assert.True(lines.Length == 1 || lines is [_, "(see: dbp train --help)"], result.Stderr);
+        DbpProcess.AssertUsageError(DbpProcess.Run(_dir, ["train", .. args, "--epochs", "1"]), expected);
     }
 
     [Fact]

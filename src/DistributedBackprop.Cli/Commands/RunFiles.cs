@@ -74,10 +74,16 @@ internal static class RunFiles
     }
 
     /// <summary>The option's default spelled as <paramref name="value"/> is (numbers in invariant form, names in any case).</summary>
-    private static bool IsDefault(Option option, string value) =>
-        option.HasDefaultValue && option.GetDefaultValue() is IFormattable or string or bool && string.Equals(
-            option.GetDefaultValue() is IFormattable number ? number.ToString(null, CultureInfo.InvariantCulture) : option.GetDefaultValue()!.ToString(),
-            value, StringComparison.OrdinalIgnoreCase);
+    private static bool IsDefault(Option option, string value)
+    {
+        string? spelled = !option.HasDefaultValue ? null : option.GetDefaultValue() switch
+        {
+            IFormattable number => number.ToString(null, CultureInfo.InvariantCulture),
+            string or bool => option.GetDefaultValue()!.ToString(),
+            _ => null, // lists and the like: never taken for a default
+        };
+        return string.Equals(spelled, value, StringComparison.OrdinalIgnoreCase);
+    }
 
     /// <summary>The run file's options (name without dashes → value as typed).</summary>
     private static SortedDictionary<string, string> Load(string path, Command command)

@@ -89,6 +89,13 @@ public static class UpdateParts
         config.LocalSteps is null
             ? new ChunkGradientComputer(new NodeGradientComputer(architecture, train), config.Chunks)
             : new ReplicaRoundComputer(config, architecture, train);
+
+    /// <summary>
+    /// How many per-part figures a node's value carries: with local steps one per replica it covers (the round's
+    /// per-replica losses), else none (a chunk's own figures are not reported).
+    /// </summary>
+    public static int FiguresPerNode(TrainingConfig config, TreeNode node) =>
+        config.LocalSteps is null ? 0 : ChunkTree.CoveredChunks(node, config.UpdateParts());
 }
 
 /// <summary>A synchronous step's part: the gradient of a node of its chunk tree.</summary>

@@ -51,8 +51,7 @@ public sealed class Trainer : IDisposable
             for (int i = 0; i < count; i++)
             {
                 var (lo, hi) = ChunkTree.Share(parts, count, i);
-                set[i] = new Lane(UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount,
-                    reportParts: session.Config.LocalSteps is not null, parts);
+                set[i] = new Lane(session.Config, UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount);
             }
             // One lane runs on the caller's thread alone: the runner's other threads stay parked.
             Action<Action<int>> forEach = count == lanes ? _runner.Run : static work => work(0);
@@ -196,9 +195,9 @@ public sealed class Trainer : IDisposable
 
     private sealed class Lane
     {
-        public Lane(IUpdatePartComputer computer, List<TreeNode> nodes, int parameterCount, bool reportParts, int parts)
+        public Lane(TrainingConfig config, IUpdatePartComputer computer, List<TreeNode> nodes, int parameterCount)
         {
-            PartResults = nodes.Select(node => reportParts ? new BatchResult[ChunkTree.CoveredChunks(node, parts)] : []).ToArray();
+            PartResults = nodes.Select(node => new BatchResult[UpdateParts.FiguresPerNode(config, node)]).ToArray();
             Computer = computer;
             Nodes = nodes;
             Gradients = nodes.Select(_ => new float[parameterCount]).ToArray();
