@@ -13,12 +13,12 @@ public sealed class LocalTraining : IAsyncDisposable
 {
     private readonly TaskCompletionSource<TrainingOutcome> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    private LocalTraining(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, Config? overrides)
+    private LocalTraining(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, Config? overrides, int serverShards)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(workers, 1);
         Config config = overrides is null ? LoadConfig() : overrides.WithFallback(LoadConfig());
         System = ActorSystem.Create("dbp", config);
-        Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion), "coordinator");
+        Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion, serverShards: serverShards), "coordinator");
     }
 
     public ActorSystem System { get; }
@@ -28,8 +28,9 @@ public sealed class LocalTraining : IAsyncDisposable
     /// <summary>Completes when the session has run all its steps, or fails with <see cref="TrainingFailedException"/>.</summary>
     public Task<TrainingOutcome> Completion => _completion.Task;
 
-    public static LocalTraining Start(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints = null, Config? overrides = null) =>
-        new(session, workers, observer, checkpoints, overrides);
+    /// <param name="serverShards">parameter shards beside the workers (<c>--server-shards</c>); the bits are the same for any count.</param>
+    public static LocalTraining Start(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints = null, Config? overrides = null, int serverShards = 1) =>
+        new(session, workers, observer, checkpoints, overrides, serverShards);
 
     /// <summary>Runs a whole session and shuts the actor system down.</summary>
     public static async Task<TrainingOutcome> RunAsync(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints = null, CancellationToken cancellation = default)

@@ -137,3 +137,61 @@ public sealed record NodeLeaving(Akka.Actor.Address Node) : Akka.Actor.INoSerial
 /// message's sender, which decides what a lost message means for the protocol).
 /// </summary>
 public sealed record DeliveryFailed(Akka.Actor.IActorRef Recipient, object Message, string Reason) : Akka.Actor.INoSerializationVerificationNeeded;
+
+/// <summary>An actor and where its node's bulk channel listens ("" for an actor in the sender's process or when unknown).</summary>
+public sealed record PeerActor(string Path, string Endpoint);
+
+/// <summary>
+/// Parameter server → a worker node's agent (or, on one node, the server itself): host parameter shard
+/// <see cref="Shard"/> of <see cref="Shards"/>, whose slice of θ and of each optimizer state tensor (in the
+/// optimizer's order) these are, at global step <see cref="Step"/> after <see cref="OptimizerSteps"/> updates.
+/// </summary>
+public sealed record HostShard(int Shard, int Shards, long Step, long OptimizerSteps, float[] Parameters, float[][] State) : IWireMessage;
+
+/// <summary>Parameter shard → parameter server: the shard is up; the sender is its actor.</summary>
+public sealed record ShardReady(int Shard, long Step) : IWireMessage;
+
+/// <summary>Parameter server → worker: where the parameter shards are, in shard order; θ comes from them, gradient slices go to them.</summary>
+public sealed record ShardMap(IReadOnlyList<PeerActor> Shards) : IWireMessage;
+
+/// <summary>
+/// Worker → parameter shard: the shard's slice of one canonical node's gradient at step <see cref="Step"/>.
+/// Ownership passes to the shard (it adds into it) until the step is applied.
+/// </summary>
+public sealed record GradientSlice(long Step, TreeNode Node, float[] Values) : IWireMessage
+{
+    /// <summary>Set by the bulk channel when <see cref="Values"/> came from its pool: the shard returns it after the step. Not sent.</summary>
+    public Transport.FloatArrayPool? Pool { get; init; }
+}
+
+/// <summary>Parameter shard → parameter server: every part of step <see cref="Step"/> is in and summed; <see cref="Finite"/> says whether the sum is.</summary>
+public sealed record SliceReduced(long Step, int Shard, bool Finite) : IWireMessage;
+
+/// <summary>
+/// Parameter server → parameter shard, once every shard's sum of step <see cref="Step"/> is finite: apply it with γ =
+/// <see cref="LearningRate"/>, then send θ's slice for step <see cref="NextStep"/> to <see cref="Workers"/>, the
+/// registered workers (the only ones whose gradient slices the shard takes from now on).
+/// </summary>
+public sealed record ApplySlice(long Step, long NextStep, float LearningRate, IReadOnlyList<PeerActor> Workers) : IWireMessage;
+
+/// <summary>Parameter shard → parameter server: step <see cref="Step"/> is applied; <see cref="Finite"/> is false if the update overflowed.</summary>
+public sealed record SliceApplied(long Step, int Shard, bool Finite) : IWireMessage;
+
+/// <summary>Parameter shard → worker: the shard's slice of θ for step <see cref="Step"/>. Read-only; the worker copies it.</summary>
+public sealed record ParameterSlice(long Step, int Shard, float[] Values) : IWireMessage
+{
+    /// <summary>Set by the bulk channel when <see cref="Values"/> came from its pool: the worker returns it after copying. Not sent.</summary>
+    public Transport.FloatArrayPool? Pool { get; init; }
+}
+
+/// <summary>Parameter server → parameter shard: send θ's slice as it is now to these workers (newcomers), and take their gradient slices.</summary>
+public sealed record PublishSlice(IReadOnlyList<PeerActor> Workers) : IWireMessage;
+
+/// <summary>Parameter server → parameter shard: send back the slice of θ and of the optimizer state (to checkpoint or evaluate).</summary>
+public sealed record CollectSlice(long Request) : IWireMessage;
+
+/// <summary>Parameter shard → parameter server: its state at global step <see cref="Step"/>, for <see cref="CollectSlice"/> <see cref="Request"/>.</summary>
+public sealed record SliceCollected(long Request, int Shard, long Step, long OptimizerSteps, float[] Parameters, float[][] State) : IWireMessage;
+
+/// <summary>Parameter shard → parameter server: a worker sent something that cannot be part of the run (<see cref="Reason"/>); training stops.</summary>
+public sealed record ShardFailed(int Shard, string Reason) : IWireMessage;

@@ -50,7 +50,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly StepScheduler<WorkerSlot> _scheduler;
     private readonly List<ChunkAssignment<WorkerSlot>> _assignments = [];
     private readonly int _chunks;
-    private readonly GuardedUpdate _update;
+    /// <summary>Without parameter shards: the server's own update of the whole θ; with them, null.</summary>
+    private readonly GuardedUpdate? _update;
+    private readonly ShardedState? _shards;
     private readonly Action<Action<int>> _forEachUpdateLane;
     private bool _updating;
     private bool _returnParameters;
@@ -64,8 +66,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private long _speculations;
     private readonly HashSet<Address> _leaving = [];
 
-    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null)
+    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1)
     {
+        if (shards > 1 && session.Config.LocalSteps is not null)
+        {
+            throw new ArgumentException("parameter shards and local steps do not go together yet");
+        }
         _session = session;
         _coordinator = coordinator;
         _deadline = deadline ?? StepDeadline.From(Context.System.Settings.Config).ForUpdatesOf(session.Config.LocalSteps?.Steps ?? 1);
@@ -79,12 +85,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // The update's parts: a step's chunks, or with local steps a round's replicas.
         _chunks = session.Config.UpdateParts();
         _architecture = session.Architecture.Describe();
-        _reducer = new TreeReducer(_chunks, session.Architecture.ParameterCount);
+        // With shards the gradients go to them; the server's reducer only tracks what is covered (and the figures).
+        _shards = shards > 1 ? new ShardedState(new ShardPlan(session.Parameters.Length, shards)) : null;
+        _reducer = new TreeReducer(_chunks, _shards is null ? session.Architecture.ParameterCount : 0);
         _scheduler = new StepScheduler<WorkerSlot>(_chunks, _reducer, dealByPace);
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
-        _update = new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536)));
-        _forEachUpdateLane = work => Parallel.For(0, _update.Lanes, work);
+        _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536))) : null;
+        int lanes = _update?.Lanes ?? 1;
+        _forEachUpdateLane = work => Parallel.For(0, lanes, work);
 
         Receive<RegisterWorker>(Register);
         Receive<TrainEpoch>(m => { if (FromCoordinator(m)) Train(m); });
@@ -96,6 +105,19 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Stash.UnstashAll();
             Fail($"the update of step {_session.GlobalStep} failed: {f.Cause.Message}");
         });
+        Receive<ShardReady>(ShardUp);
+        Receive<SliceReduced>(m => FromShard(m.Shard), SliceSummed);
+        Receive<SliceApplied>(m => FromShard(m.Shard), m =>
+        {
+            if (!m.Finite)
+            {
+                Fail(GuardedUpdate.Describe(UpdateOutcome.ParametersNotFinite, m.Step) + $" (parameter shard {m.Shard})");
+            }
+        });
+        Receive<SliceCollected>(m => FromShard(m.Shard), Collected);
+        Receive<ShardFailed>(m => FromShard(m.Shard), m => Fail(m.Reason));
+        Receive<DeliveryFailed>(f => _shards is not null && f.Message is HostShard or ApplySlice or PublishSlice or CollectSlice, f =>
+            Fail($"cannot reach parameter shard at {f.Recipient.Path.Address} ({f.Reason}); restart the server with --resume from its last checkpoint"));
         Receive<DeliveryFailed>(f =>
         {
             // A step's work that cannot reach its worker would stall the step: its chunks go to the others at
@@ -107,7 +129,18 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
                 DealAround(unreachable, (work.ChunkLo, work.ChunkHi), $"cannot deliver step {work.Step}'s work ({f.Reason})");
             }
         });
-        Receive<Terminated>(t => WorkerDied(t.ActorRef));
+        Receive<Terminated>(t =>
+        {
+            if (_shards?.IndexOf(t.ActorRef) is int shard && shard >= 0)
+            {
+                if (!_session.IsFinished)
+                {
+                    Fail($"parameter shard {shard} on {t.ActorRef.Path.Address} is gone (its node died or left): its slice of θ and of the optimizer state is lost; restart the server with --resume from its last checkpoint (the same bits follow)");
+                }
+                return;
+            }
+            WorkerDied(t.ActorRef);
+        });
         Receive<NodeLeaving>(m =>
         {
             // Only from this process (the message type is never serialized); remembered until its worker goes.
@@ -133,8 +166,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     public ITimerScheduler Timers { get; set; } = null!;
 
-    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null) =>
-        Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline));
+    /// <param name="shards">parameter shards (<c>--server-shards</c>): 1 keeps θ and the update in this actor.</param>
+    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1) =>
+        Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline, shards));
 
     protected override void PreStart() =>
         Timers.StartPeriodicTimer("deadline", CheckDeadline.Instance, TimeSpan.FromMilliseconds(Math.Clamp(_deadline.Floor.TotalMilliseconds / 4, 20, 250)));
@@ -181,6 +215,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _scheduler.Workers.Count);
         _coordinator.Tell(new WorkerJoined(message.WorkerName, _scheduler.Workers.Count));
         _courier.Send(Sender, new WorkerAccepted(message.WorkerName, _step is null ? _session.GlobalStep : _session.GlobalStep + _session.StepsInUpdate), Self);
+        if (_shards is { AllReady: true })
+        {
+            TellShardsAbout([slot]);
+        }
         if (_step is not null && _scheduler.HasOrphans)
         {
             // Every worker had died mid-step: the newcomer takes over the chunks nobody holds.
@@ -248,6 +286,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _log.Info("no workers registered; step {0} waits for one", _session.GlobalStep);
             return;
         }
+        if (_shards is { AllReady: false })
+        {
+            if (!_shards.Placed)
+            {
+                PlaceShards();
+            }
+            return;
+        }
+        _shards?.StartStep();
         // The parameters are lent to the workers for the step, not copied: the server writes them again only
         // after every chunk of the step has arrived, i.e. after every worker has finished reading them (a
         // worker that died has stopped reading before its Terminated arrives). Across processes they are
@@ -264,7 +311,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         StepInProgress step = _step!;
         foreach (var (worker, lo, hi) in _assignments)
         {
-            _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, step.Parameters), Self);
+            // With shards θ comes from them: the work names the step only.
+            _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, _shards is null ? step.Parameters : []), Self);
         }
         _assignments.Clear();
     }
@@ -290,9 +338,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _epoch.Dropped++;
             return;
         }
-        if (message.Gradient.Length != _session.Parameters.Length)
+        if (message.Gradient.Length != (_shards is null ? _session.Parameters.Length : 0))
         {
-            Fail($"{worker.Name} sent a gradient of {message.Gradient.Length} values for step {message.Step}; the model has {_session.Parameters.Length} parameters");
+            Fail(_shards is null
+                ? $"{worker.Name} sent a gradient of {message.Gradient.Length} values for step {message.Step}; the model has {_session.Parameters.Length} parameters"
+                : $"{worker.Name} sent the server a gradient of {message.Gradient.Length} values for step {message.Step}; with parameter shards gradients go to the shards");
             return;
         }
         if (!ChunkTree.IsCanonical(message.Node, _chunks))
@@ -333,7 +383,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         if (_reducer.IsComplete)
         {
             _epoch.WaitingForSlowest += Stopwatch.GetElapsedTime(_step.FirstArrival.Value, now).TotalSeconds;
-            FinishStep(now);
+            _step.CoveredAt = now;
+            if (_shards is null)
+            {
+                FinishStep(now);
+            }
+            else
+            {
+                ApplyOnShards();
+            }
         }
     }
 
@@ -348,7 +406,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, start));
         var (gradient, result) = _reducer.Plan();
         _updating = true;
-        GuardedUpdate update = _update;
+        GuardedUpdate update = _update!;
         Action<Action<int>> forEachLane = _forEachUpdateLane;
         Task.Run(() =>
         {
@@ -386,7 +444,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
         }
         _scheduler.EndStep();
-        RoundReport? round = _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _update.LastStepNorm);
+        RoundReport? round = _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _update!.LastStepNorm);
         _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers) { Round = round });
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
         if (!epochDone)
@@ -396,17 +454,30 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _epoch.ServerSeconds += Stopwatch.GetElapsedTime(applied.Started).TotalSeconds;
         if (epochDone)
         {
-            double seconds = _epoch.Clock.Elapsed.TotalSeconds;
-            _coordinator.Tell(new EpochTrained(
-                step.Epoch, _session.GlobalStep, _epoch.LossSum, _epoch.Correct, _epoch.Rows, _epoch.LearningRate, seconds,
-                _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _scheduler.Workers.Count,
-                _scheduler.Workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
-                _scheduler.Workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
-                _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
-                _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.9)),
-                _returnParameters ? (float[])_session.Parameters.Clone() : []));
-            _epochInProgress = -1;
+            if (_shards is null)
+            {
+                EndEpoch(step.Epoch);
+            }
+            else
+            {
+                // θ and the optimizer state live on the shards: gathered here for the evaluation, the model and checkpoints.
+                Collect(() => EndEpoch(step.Epoch));
+            }
         }
+    }
+
+    private void EndEpoch(int epoch)
+    {
+        double seconds = _epoch.Clock.Elapsed.TotalSeconds;
+        _coordinator.Tell(new EpochTrained(
+            epoch, _session.GlobalStep, _epoch.LossSum, _epoch.Correct, _epoch.Rows, _epoch.LearningRate, seconds,
+            _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _scheduler.Workers.Count,
+            _scheduler.Workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
+            _scheduler.Workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
+            _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
+            _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.9)),
+            _returnParameters ? (float[])_session.Parameters.Clone() : []));
+        _epochInProgress = -1;
     }
 
     private void WorkerDied(IActorRef reference)
@@ -449,6 +520,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             return;
         }
+        if (_shards is not null && step.CoveredAt is { } covered && Stopwatch.GetElapsedTime(covered) > ShardPatience)
+        {
+            // Every part reached the server, yet a shard has not summed them: a gradient slice was lost on its
+            // way (its worker died while sending, or the link to the shard broke). The step cannot be completed
+            // from here; the run stops and resumes from its checkpoint with the same bits.
+            Fail($"parameter shards {string.Join(", ", _shards.NotReduced())} have not summed step {step.Step} {ShardPatience.TotalSeconds:F0} s after every part reached the server (a gradient slice was lost); restart the server with --resume from its last checkpoint");
+            return;
+        }
         TimeSpan waited = Stopwatch.GetElapsedTime(_scheduler.DealtAt);
         if (waited < _deadline.Current)
         {
@@ -485,12 +564,26 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Stash.Stash();
             return;
         }
+        IActorRef requester = Sender;
+        if (_shards is not null)
+        {
+            Collect(() => WriteCheckpoint(requester, message.Path));
+            return;
+        }
+        WriteCheckpoint(requester, message.Path);
+    }
+
+    private void WriteCheckpoint(IActorRef requester, string path)
+    {
+        if (_failed)
+        {
+            requester.Tell(new TrainingFailed($"training has failed; {path} is left as it was"));
+            return;
+        }
         // The state is copied here, between steps; the disk (and its fsync) is waited for off the actor, so
         // heartbeats and DeathWatch never queue behind it. Writes run one after another, in order, so the file
         // always ends up holding the newest checkpoint.
         CheckpointSnapshot snapshot = _session.SnapshotCheckpoint();
-        IActorRef requester = Sender;
-        string path = message.Path;
         _checkpointWrites = _checkpointWrites.ContinueWith(_ =>
         {
             try
@@ -538,6 +631,240 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _coordinator.Tell(new TrainingFailed(reason));
     }
 
+    // ---- Parameter shards (--server-shards K): the server keeps control, the shards θ and the update ----
+
+    /// <summary>How long the shards may take to sum a step the server has seen covered before a lost slice is assumed.</summary>
+    private static readonly TimeSpan ShardPatience = TimeSpan.FromSeconds(30);
+
+    private bool FromShard(int shard)
+    {
+        if (_shards is not null && _shards.Is(shard, Sender))
+        {
+            return true;
+        }
+        _unauthorized++;
+        _log.Warning("refused a shard message from {0}: it is not parameter shard {1}", Sender.Path, shard);
+        return false;
+    }
+
+    /// <summary>
+    /// Cuts θ and the optimizer state into the shards' slices and places shard s beside worker s mod N of those
+    /// registered now: in this process for a local worker, else on that worker's node (its agent hosts it).
+    /// </summary>
+    private void PlaceShards()
+    {
+        ShardedState shards = _shards!;
+        shards.Placed = true;
+        for (int s = 0; s < shards.Plan.Shards; s++)
+        {
+            int start = shards.Plan.Start(s), count = shards.Plan.Count(s);
+            float[] slice = _session.Parameters.AsSpan(start, count).ToArray();
+            float[][] state = ShardUpdate.StateSlicesOf(_session.Optimizer, start, count);
+            WorkerSlot host = _scheduler.Workers[s % _scheduler.Workers.Count];
+            Address node = host.Ref.Path.Address;
+            shards.Nodes[s] = node;
+            if (_courier.IsLocal(node))
+            {
+                var update = new ShardUpdate(_session.Architecture, _session.Optimizer.Settings, _chunks, start, slice, _session.Optimizer.Steps, state);
+                Context.ActorOf(ParameterShard.Props(Self, s, _chunks, update, _session.GlobalStep), $"shard-{s}");
+            }
+            else
+            {
+                IActorRef agent = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(host.Ref.Path.Parent);
+                _courier.Send(agent, new HostShard(s, shards.Plan.Shards, _session.GlobalStep, _session.Optimizer.Steps, slice, state), Self);
+            }
+        }
+        _log.Info("placing {0} parameter shards beside {1} workers", shards.Plan.Shards, _scheduler.Workers.Count);
+    }
+
+    private void ShardUp(ShardReady m)
+    {
+        ShardedState? shards = _shards;
+        if (shards is null || !shards.Placed || (uint)m.Shard >= (uint)shards.Plan.Shards || shards.Refs[m.Shard] is not null
+            || !Sender.Path.Address.Equals(shards.Nodes[m.Shard]) || m.Step != _session.GlobalStep)
+        {
+            _unauthorized++;
+            _log.Warning("refused {0} from {1}: no such shard was placed there", m, Sender.Path);
+            return;
+        }
+        shards.Refs[m.Shard] = Sender;
+        Context.Watch(Sender);
+        if (!shards.AllReady)
+        {
+            return;
+        }
+        _log.Info("{0} parameter shards are up", shards.Plan.Shards);
+        TellShardsAbout(_scheduler.Workers);
+        if (_epochInProgress >= 0 && _step is null && !_failed)
+        {
+            StartStep();
+        }
+    }
+
+    /// <summary>Tells <paramref name="workers"/> where the shards are, and the shards to send them θ's slices now.</summary>
+    private void TellShardsAbout(IReadOnlyList<WorkerSlot> workers)
+    {
+        ShardedState shards = _shards!;
+        var map = new ShardMap(shards.Refs.Select(r => _courier.Describe(r!)).ToArray());
+        foreach (WorkerSlot worker in workers)
+        {
+            _courier.Send(worker.Ref, map, Self);
+        }
+        var publish = new PublishSlice(workers.Select(PeerOf).ToArray());
+        foreach (IActorRef? shard in shards.Refs)
+        {
+            _courier.Send(shard!, publish, Self);
+        }
+    }
+
+    private PeerActor PeerOf(WorkerSlot worker) => worker.Peer ??= _courier.Describe(worker.Ref);
+
+    private void SliceSummed(SliceReduced m)
+    {
+        if (_step is not { } step || m.Step != step.Step || _failed)
+        {
+            return;
+        }
+        _shards!.Reduced(m.Shard, m.Finite);
+        ApplyOnShards();
+    }
+
+    /// <summary>
+    /// Every part is in and every shard has summed its slice: if all sums are finite, the shards apply the step
+    /// (γ from the session's schedule) and send θ's slices for the next; the server moves on at once. Waits
+    /// while a collect is out, so the state collected is that of the step the server is at.
+    /// </summary>
+    private void ApplyOnShards()
+    {
+        ShardedState shards = _shards!;
+        if (_step is not { } step || _failed || !_reducer.IsComplete || !shards.AllReduced || shards.Collecting)
+        {
+            return;
+        }
+        if (!shards.AllFinite)
+        {
+            Fail(GuardedUpdate.Describe(UpdateOutcome.GradientNotFinite, _session.GlobalStep));
+            return;
+        }
+        long now = Stopwatch.GetTimestamp();
+        _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, now));
+        Network.BatchResult result = _reducer.Plan().Result;
+        float learningRate = _session.BeginStep();
+        var apply = new ApplySlice(step.Step, step.Step + _session.StepsInUpdate, learningRate, _scheduler.Workers.Select(PeerOf).ToArray());
+        foreach (IActorRef? shard in shards.Refs)
+        {
+            _courier.Send(shard!, apply, Self);
+        }
+        Applied(new UpdateApplied(step.Step, result, learningRate, now, UpdateOutcome.Applied));
+    }
+
+    /// <summary>Gathers θ and the optimizer state from the shards into the session, then runs <paramref name="done"/>.</summary>
+    private void Collect(Action done)
+    {
+        ShardedState shards = _shards!;
+        if (!shards.AllReady)
+        {
+            done(); // nothing has left the session yet
+            return;
+        }
+        var collect = new CollectSlice(shards.BeginCollect(done));
+        foreach (IActorRef? shard in shards.Refs)
+        {
+            _courier.Send(shard!, collect, Self);
+        }
+    }
+
+    private void Collected(SliceCollected m)
+    {
+        ShardedState shards = _shards!;
+        if (_failed || !shards.IsCurrentCollect(m.Request))
+        {
+            return;
+        }
+        int count = shards.Plan.Count(m.Shard);
+        int stateTensors = _session.Optimizer.StateTensors().Count();
+        if (m.Step != _session.GlobalStep || m.OptimizerSteps != _session.Optimizer.Steps || m.Parameters.Length != count
+            || m.State.Length != stateTensors || m.State.Any(t => t.Length != count))
+        {
+            Fail($"parameter shard {m.Shard} returned the state of step {m.Step} after {m.OptimizerSteps} updates ({m.Parameters.Length} parameters, {m.State.Length} state tensors); the server is at step {_session.GlobalStep} after {_session.Optimizer.Steps} updates with {count} parameters and {stateTensors} state tensors in that shard");
+            return;
+        }
+        ShardUpdate.Gather(_session.Parameters, _session.Optimizer, shards.Plan.Start(m.Shard), m.Parameters, m.State);
+        if (shards.CollectedFrom(m.Shard) is { } done)
+        {
+            done();
+            ApplyOnShards();
+        }
+    }
+
+    /// <summary>What the server knows of its parameter shards: where they are, this step's sums, the collects out.</summary>
+    private sealed class ShardedState(ShardPlan plan)
+    {
+        private readonly bool[] _reduced = new bool[plan.Shards];
+        private readonly bool[] _collected = new bool[plan.Shards];
+        private readonly Queue<(long Request, Action Done)> _collects = new();
+        private int _reducedCount, _collectedCount;
+        private long _lastRequest;
+
+        public ShardPlan Plan { get; } = plan;
+        public bool Placed { get; set; }
+        public Address?[] Nodes { get; } = new Address?[plan.Shards];
+        public IActorRef?[] Refs { get; } = new IActorRef?[plan.Shards];
+        public bool AllReady => Array.TrueForAll(Refs, r => r is not null);
+        public bool AllReduced => _reducedCount == Plan.Shards;
+        public bool AllFinite { get; private set; } = true;
+        public bool Collecting => _collects.Count > 0;
+
+        public int IndexOf(IActorRef actor) => Array.FindIndex(Refs, r => actor.Equals(r));
+
+        public bool Is(int shard, IActorRef sender) => (uint)shard < (uint)Refs.Length && sender.Equals(Refs[shard]);
+
+        public void StartStep()
+        {
+            Array.Clear(_reduced);
+            _reducedCount = 0;
+            AllFinite = true;
+        }
+
+        public void Reduced(int shard, bool finite)
+        {
+            if (!_reduced[shard])
+            {
+                _reduced[shard] = true;
+                _reducedCount++;
+                AllFinite &= finite;
+            }
+        }
+
+        public IEnumerable<int> NotReduced() => Enumerable.Range(0, Plan.Shards).Where(s => !_reduced[s]);
+
+        public long BeginCollect(Action done)
+        {
+            _collects.Enqueue((++_lastRequest, done));
+            return _lastRequest;
+        }
+
+        /// <summary>Collects are answered in order: only the oldest one out is filled.</summary>
+        public bool IsCurrentCollect(long request) => _collects.Count > 0 && _collects.Peek().Request == request;
+
+        /// <summary>Marks a shard's answer; when it completes the collect, returns what to do next.</summary>
+        public Action? CollectedFrom(int shard)
+        {
+            if (_collected[shard])
+            {
+                return null;
+            }
+            _collected[shard] = true;
+            if (++_collectedCount < Plan.Shards)
+            {
+                return null;
+            }
+            Array.Clear(_collected);
+            _collectedCount = 0;
+            return _collects.Dequeue().Done;
+        }
+    }
+
     /// <summary>Timer: has the step in progress waited past its deadline?</summary>
     private sealed record CheckDeadline : INoSerializationVerificationNeeded
     {
@@ -551,6 +878,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private sealed class WorkerSlot(IActorRef reference, string name) : ScheduledWorker(name)
     {
         public IActorRef Ref { get; } = reference;
+
+        /// <summary>Its actor as shards are told of it (with parameter shards).</summary>
+        public PeerActor? Peer { get; set; }
         public long StepsThisEpoch { get; set; }
         /// <summary>Steps since the worker registered (live rates are differences of this).</summary>
         public long Steps { get; set; }
@@ -570,6 +900,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
 
         public long? FirstArrival { get; set; }
+
+        /// <summary>When the server had every part (with shards, the shards' sums may still be on their way).</summary>
+        public long? CoveredAt { get; set; }
         public List<(float[] Array, FloatArrayPool Pool)> Pooled { get; } = [];
     }
 

@@ -25,6 +25,7 @@ public sealed class TrainingCoordinator : ReceiveActor
 {
     private readonly TrainingSession _session;
     private readonly int _initialWorkers;
+    private readonly int _serverShards;
     private readonly int _minimumWorkers;
     private bool _started;
     private readonly ITrainingObserver _observer;
@@ -43,8 +44,9 @@ public sealed class TrainingCoordinator : ReceiveActor
     private readonly List<StepReport> _rounds = [];
     private int? _pendingNextEpoch;
 
-    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1)
+    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1)
     {
+        _serverShards = serverShards;
         _session = session;
         _initialWorkers = workers;
         _minimumWorkers = minimumWorkers < 0 ? workers : minimumWorkers;
@@ -82,15 +84,16 @@ public sealed class TrainingCoordinator : ReceiveActor
 
     /// <param name="workers">local worker actors to start.</param>
     /// <param name="minimumWorkers">training starts once this many workers have registered (local and remote); default: <paramref name="workers"/>.</param>
-    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1) =>
-        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers));
+    /// <param name="serverShards">the parameter server's shards (<c>--server-shards</c>; 1: θ stays in the server).</param>
+    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1) =>
+        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers, serverShards));
 
     /// <summary>The parameter server's name under the coordinator.</summary>
     public const string ServerName = "parameter-server";
 
     protected override void PreStart()
     {
-        _server = Context.ActorOf(ParameterServer.Props(_session, Self), ServerName);
+        _server = Context.ActorOf(ParameterServer.Props(_session, Self, shards: _serverShards), ServerName);
         Context.Watch(_server);
         _lastStep = _session.GlobalStep;
         for (int i = 0; i < _initialWorkers; i++)

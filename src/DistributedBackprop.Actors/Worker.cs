@@ -43,6 +43,15 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly Courier _courier = Courier.Get(Context.System);
     private EpochPlan? _plan;
     private bool _working;
+    /// <summary>With parameter shards: where they are, their slices, θ assembled from them and each slice's step.</summary>
+    private IActorRef[]? _shards;
+    private ShardPlan? _shardPlan;
+    private float[] _theta = [];
+    private long[] _sliceSteps = [];
+    /// <summary>Work whose θ has not fully arrived from the shards yet.</summary>
+    private readonly List<ComputeGradients> _waiting = [];
+    private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
+    private const int MaxEarlySlices = 256;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
     {
@@ -58,7 +67,11 @@ public sealed class Worker : ReceiveActor, IWithTimers
             Context.Parent.Tell(m);
             Context.Stop(Self);
         });
-        Receive<ComputeGradients>(m => Sender.Path.Equals(_server.Path), Compute);
+        Receive<ComputeGradients>(m => Sender.Path.Equals(_server.Path), Work);
+        Receive<ShardMap>(m => Sender.Path.Equals(_server.Path), UseShards);
+        Receive<ParameterSlice>(m => _shards is not null && (uint)m.Shard < (uint)_shards.Length && Sender.Equals(_shards[m.Shard]), TakeSlice);
+        // A shard may answer the server's word faster than the server's map reaches this worker: kept (a few) until then.
+        Receive<ParameterSlice>(m => _shards is null && _early.Count < MaxEarlySlices, m => _early.Add((m, Sender)));
         Receive<RetryRegistration>(_ => Register());
         Receive<IWireMessage>(m => _log.Warning("{0} dropped a {1} from {2}: only the parameter server may send it", _name, m.GetType().Name, Sender.Path));
         Receive<DeliveryFailed>(f => f.Message is RegisterWorker, f =>
@@ -92,7 +105,96 @@ public sealed class Worker : ReceiveActor, IWithTimers
         public static readonly RetryRegistration Instance = new();
     }
 
-    private void Compute(ComputeGradients message)
+    private void UseShards(ShardMap map)
+    {
+        if (map.Shards.Count < 1 || map.Shards.Count > _setup.Architecture.ParameterCount)
+        {
+            _log.Error("{0} ignored a map of {1} parameter shards", _name, map.Shards.Count);
+            return;
+        }
+        var shards = new IActorRef[map.Shards.Count];
+        for (int i = 0; i < shards.Length; i++)
+        {
+            if (_courier.Resolve(map.Shards[i]) is not { } shard)
+            {
+                _log.Error("{0} ignored a shard map naming {1}", _name, map.Shards[i].Path);
+                return;
+            }
+            shards[i] = shard;
+        }
+        _shards = shards;
+        _shardPlan = new ShardPlan(_setup.Architecture.ParameterCount, shards.Length);
+        _theta = new float[_setup.Architecture.ParameterCount];
+        _sliceSteps = Enumerable.Repeat(-1L, shards.Length).ToArray();
+        _waiting.Clear();
+        _log.Info("{0} takes θ from {1} parameter shards", _name, shards.Length);
+        foreach (var (slice, sender) in _early)
+        {
+            if ((uint)slice.Shard < (uint)shards.Length && sender.Equals(shards[slice.Shard]))
+            {
+                TakeSlice(slice);
+            }
+        }
+        _early.Clear();
+    }
+
+    /// <summary>A shard's slice of θ for a step: copied into place; work waiting for that step's θ runs once every slice is there.</summary>
+    private void TakeSlice(ParameterSlice slice)
+    {
+        ShardPlan plan = _shardPlan!;
+        if (slice.Values.Length != plan.Count(slice.Shard) || slice.Step < _sliceSteps[slice.Shard])
+        {
+            _log.Warning("{0} dropped shard {1}'s slice of {2} values for step {3}", _name, slice.Shard, slice.Values.Length, slice.Step);
+            slice.Pool?.Return(slice.Values);
+            return;
+        }
+        slice.Values.CopyTo(_theta, plan.Start(slice.Shard));
+        slice.Pool?.Return(slice.Values);
+        _sliceSteps[slice.Shard] = slice.Step;
+        long oldest = _sliceSteps.Min();
+        for (int i = 0; i < _waiting.Count;)
+        {
+            ComputeGradients work = _waiting[i];
+            if (work.Step < oldest)
+            {
+                _waiting.RemoveAt(i); // the shards have moved past it: the server has too
+            }
+            else if (work.Step == oldest && _sliceSteps.Max() == oldest)
+            {
+                _waiting.RemoveAt(i);
+                Compute(work, _theta);
+            }
+            else
+            {
+                i++;
+            }
+        }
+    }
+
+    private void Work(ComputeGradients message)
+    {
+        if (_shards is null)
+        {
+            Compute(message, message.Parameters);
+            message.Pool?.Return(message.Parameters);
+            return;
+        }
+        // θ comes from the shards. Slices of this step all here: compute; some newer: the step is over; else wait.
+        if (_sliceSteps.Max() > message.Step)
+        {
+            return;
+        }
+        if (_sliceSteps.Min() == message.Step)
+        {
+            Compute(message, _theta);
+        }
+        else
+        {
+            _waiting.Add(message);
+        }
+    }
+
+    private void Compute(ComputeGradients message, float[] parameters)
     {
         if (_setup.FirstWork is { } announce && !_working)
         {
@@ -111,23 +213,38 @@ public sealed class Worker : ReceiveActor, IWithTimers
             long start = Stopwatch.GetTimestamp();
             float[] gradient = Rent(message.Step);
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
-            BatchResult result = _computer.Compute(message.Parameters, _plan, message.StepInEpoch, node, gradient, parts);
-            _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
+            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts);
+            if (_shards is null)
+            {
+                _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
+                continue;
+            }
+            // Each shard gets its slice first; the server, which only counts what is covered, the node's figures after.
+            for (int s = 0; s < _shards.Length; s++)
+            {
+                float[] slice = Rent(message.Step, _shardPlan!.Count(s));
+                Array.Copy(gradient, _shardPlan.Start(s), slice, 0, slice.Length);
+                _courier.Send(_shards[s], new GradientSlice(message.Step, node, slice), Self);
+            }
+            _courier.Send(_server, new GradientsComputed(message.Step, node, result, [], Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
         }
-        message.Pool?.Return(message.Parameters);
     }
 
-    private float[] Rent(long step)
+    private float[] Rent(long step, int length = -1)
     {
+        if (length < 0)
+        {
+            length = _setup.Architecture.ParameterCount;
+        }
         for (int i = 0; i < _pool.Count; i++)
         {
-            if (_pool[i].LentForStep < step)
+            if (_pool[i].LentForStep < step && _pool[i].Buffer.Length == length)
             {
                 _pool[i] = (_pool[i].Buffer, step);
                 return _pool[i].Buffer;
             }
         }
-        var buffer = new float[_setup.Architecture.ParameterCount];
+        var buffer = new float[length];
         _pool.Add((buffer, step));
         return buffer;
     }

@@ -1,6 +1,7 @@
 using Akka.Actor;
 using Akka.Configuration;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Optimizers;
 
 namespace DistributedBackprop.Actors.Tests;
 
@@ -13,11 +14,11 @@ public sealed class LocalTrainingTests
 {
     private static readonly float[] Oracle = Fixtures.PlainTrainer();
 
-    private static async Task<TrainingSession> TrainWithActors(int workers, ITrainingObserver? observer = null, Config? overrides = null, Func<LocalTraining, ITrainingObserver>? observerFactory = null, TrainingConfig? config = null)
+    private static async Task<TrainingSession> TrainWithActors(int workers, ITrainingObserver? observer = null, Config? overrides = null, Func<LocalTraining, ITrainingObserver>? observerFactory = null, TrainingConfig? config = null, int serverShards = 1)
     {
         TrainingSession session = Fixtures.Session(config);
         var relay = new RelayObserver();
-        await using LocalTraining run = LocalTraining.Start(session, workers, relay, overrides: overrides);
+        await using LocalTraining run = LocalTraining.Start(session, workers, relay, overrides: overrides, serverShards: serverShards);
         relay.Inner = observerFactory?.Invoke(run) ?? observer ?? NullObserver.Instance;
         await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
         return session;
@@ -34,6 +35,92 @@ public sealed class LocalTrainingTests
         TrainingSession session = await TrainWithActors(workers);
         Assert.Equal(session.TotalSteps, session.GlobalStep);
         Fixtures.AssertSameBits(Oracle, session.Parameters, $"{workers} workers");
+    }
+
+    /// <summary>
+    /// Parameter shards: θ and the optimizer state cut into K slices, each reduced and updated by its own actor,
+    /// give the plain trainer's bits for any K and any N (K = 1 is the server's own update). The checkpoint a
+    /// sharded run writes mid-way (collected from the shards) resumes to the same bits as well.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 1, OptimizerKind.Adam)]
+    [InlineData(3, 2, OptimizerKind.Adam)]
+    [InlineData(5, 3, OptimizerKind.Adam)]
+    [InlineData(2, 3, OptimizerKind.Momentum)]
+    [InlineData(5, 1, OptimizerKind.Sgd)]
+    [InlineData(3, 3, OptimizerKind.Sgd)]
+    public async Task ParameterShards_AnyCountOfShardsAndWorkers_GiveThePlainTrainersBits(int shards, int workers, OptimizerKind optimizer)
+    {
+        TrainingConfig config = Fixtures.Config(optimizer: optimizer);
+        float[] oracle = Fixtures.PlainTrainer(config);
+        var recorder = new RecordingObserver();
+        TrainingSession session = await TrainWithActors(workers, recorder, config: config, serverShards: shards);
+        Assert.Equal(session.TotalSteps, session.GlobalStep);
+        Assert.Equal(session.TotalSteps, recorder.Steps);
+        Fixtures.AssertSameBits(oracle, session.Parameters, $"{shards} shards, {workers} workers, {optimizer}");
+    }
+
+    [Fact]
+    public async Task ParameterShards_EveryMessageThroughTheSerializer_WorkerKilledAndAdded_GiveTheSameBits()
+    {
+        TrainingConfig config = Fixtures.Config(epochs: 12);
+        float[] oracle = Fixtures.PlainTrainer(config);
+        Config verify = ConfigurationFactory.ParseString("akka.actor.serialize-messages = on\nakka.actor.serialize-creators = off");
+        var recorder = new RecordingObserver();
+        TrainingSession session = await TrainWithActors(3, overrides: verify, config: config, serverShards: 3,
+            observerFactory: run => new ChaosObserver(run, recorder, killAtStep: 10, addAtStep: 15));
+        Fixtures.AssertSameBits(oracle, session.Parameters, "3 shards, serialize-messages = on, worker-2 killed at step 10, worker-4 added at step 15");
+        Assert.Contains(recorder.Epochs, e => e.WorkerStepsPerSecond!.GetValueOrDefault("worker-4") > 0);
+    }
+
+    [Fact]
+    public async Task ParameterShards_CheckpointMidRun_ResumesToTheSameBits()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-shard-ck-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingConfig config = Fixtures.Config(epochs: 3);
+            float[] oracle = Fixtures.PlainTrainer(config);
+            TrainingSession first = Fixtures.Session(config);
+            var stopHere = new StopAfter(10);
+            await using (LocalTraining run = LocalTraining.Start(first, 2, stopHere, new CheckpointPolicy(path, EverySteps: 3), serverShards: 3))
+            {
+                await Task.WhenAny(stopHere.Reached, run.Completion).Unwrap().WaitAsync(TimeSpan.FromMinutes(2));
+            }
+            // The run is stopped past step 10: its last checkpoint, gathered from the shards, is of a step before the end.
+            TrainingSession resumed = Fixtures.Session(config);
+            resumed.RestoreCheckpoint(path);
+            Assert.InRange(resumed.GlobalStep, 3, resumed.TotalSteps - 1);
+            long from = resumed.GlobalStep;
+            await using (LocalTraining run = LocalTraining.Start(resumed, 3, NullObserver.Instance, serverShards: 2))
+            {
+                await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+            }
+            Fixtures.AssertSameBits(oracle, resumed.Parameters, $"3 shards checkpointed at step {from}, resumed with 2 shards and 3 workers");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private sealed class StopAfter(long step) : ITrainingObserver
+    {
+        private readonly TaskCompletionSource<TrainingOutcome> _reached = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task<TrainingOutcome> Reached => _reached.Task;
+
+        public void StepCompleted(StepReport report)
+        {
+            if (report.GlobalStep >= step)
+            {
+                _reached.TrySetResult(new TrainingOutcome(report.GlobalStep, []));
+            }
+        }
+
+        public void EpochCompleted(EpochReport report)
+        {
+        }
     }
 
     [Fact]

@@ -19,7 +19,7 @@ public sealed class ClusterServer : IAsyncDisposable
     private readonly TaskCompletionSource<TrainingOutcome> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly IActorRef _gatekeeper;
 
-    private ClusterServer(TrainingSession session, NodeSettings settings, int minimumWorkers, ITrainingObserver observer, CheckpointPolicy? checkpoints, ServerData data)
+    private ClusterServer(TrainingSession session, NodeSettings settings, int minimumWorkers, ITrainingObserver observer, CheckpointPolicy? checkpoints, ServerData data, int serverShards)
     {
         var clock = Stopwatch.StartNew();
         Session = session;
@@ -48,7 +48,7 @@ public sealed class ClusterServer : IAsyncDisposable
         long frameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
         var relay = new FormationObserver(observer, clock);
         Formation = relay;
-        System.ActorOf(TrainingCoordinator.Props(session, 0, relay, checkpoints, _completion, minimumWorkers), "coordinator");
+        System.ActorOf(TrainingCoordinator.Props(session, 0, relay, checkpoints, _completion, minimumWorkers, serverShards), "coordinator");
         _gatekeeper = System.ActorOf(Gatekeeper.Props(session, data, frameSize), ClusterNaming.GatekeeperName);
     }
 
@@ -73,8 +73,9 @@ public sealed class ClusterServer : IAsyncDisposable
 
     public Task<TrainingOutcome> Completion => _completion.Task;
 
-    public static ClusterServer Start(TrainingSession session, NodeSettings settings, int minimumWorkers, ITrainingObserver observer, CheckpointPolicy? checkpoints, ServerData data) =>
-        new(session, settings, minimumWorkers, observer, checkpoints, data);
+    /// <param name="serverShards">parameter shards (<c>--server-shards</c>), placed on the worker nodes when training starts; 1 keeps θ on this node.</param>
+    public static ClusterServer Start(TrainingSession session, NodeSettings settings, int minimumWorkers, ITrainingObserver observer, CheckpointPolicy? checkpoints, ServerData data, int serverShards = 1) =>
+        new(session, settings, minimumWorkers, observer, checkpoints, data, serverShards);
 
     /// <summary>Tells every worker node training is over, so their processes exit.</summary>
     public async Task AnnounceFinishAsync(TrainingFinished message)

@@ -218,4 +218,7 @@ public static class ClusterNaming
 
     /// <summary>The worker actor's path on a worker node.</summary>
     public const string WorkerActorPath = "/user/" + WorkerAgentName + "/worker";
+
+    /// <summary>Parameter shards a worker node hosts are named shard-{index}-{incarnation} under its agent.</summary>
+    public const string ShardPathPrefix = "/user/" + WorkerAgentName + "/shard-";
 }

@@ -43,6 +43,8 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     private float[]? _streamedValues;
     private int[]? _streamedLabels;
     private int _streamedRows;
+    private WorkerSetup? _setup;
+    private int _shardsHosted;
 
     public WorkerAgent(WorkerNodeOptions options, ServerContact contact, TaskCompletionSource<WorkerExit> exit)
     {
@@ -59,6 +61,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         Receive<JoinAccepted>(_ => FromServer(), Accepted);
         Receive<JoinRefused>(_ => FromServer(), r => Exit(2, $"the server refused this node: {r.Reason}"));
         Receive<TrainingDataChunk>(_ => FromServer(), Chunk);
+        Receive<HostShard>(_ => FromServer(), Host);
         Receive<TrainingFinished>(_ => FromServer(), f => Exit(f.Succeeded ? 0 : 1, f.Succeeded
             ? (f.Message.Length > 0 ? f.Message : $"training finished after {f.Steps} steps") // e.g. "training stopped early after …"
             : $"training failed on the server: {f.Message}"));
@@ -195,9 +198,41 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         var architecture = data.Config.BuildArchitecture(data.Train.Features, data.Train.Classes.Count);
         ActorPath path = new RootActorPath(_server!) / "user" / "coordinator" / TrainingCoordinator.ServerName;
         IActorRef server = ((ExtendedActorSystem)Context.System).Provider.ResolveActorRef(path);
-        IActorRef worker = Context.ActorOf(Worker.Props(server, _options.Name, new WorkerSetup(architecture, data.Train, data.Config, data.Hash, FirstWork)), "worker");
+        _setup = new WorkerSetup(architecture, data.Train, data.Config, data.Hash, FirstWork);
+        IActorRef worker = Context.ActorOf(Worker.Props(server, _options.Name, _setup), "worker");
         Context.Watch(worker);
         _log.Info("worker {0} started with {1} training rows", _options.Name, data.Train.Rows);
+    }
+
+    /// <summary>
+    /// The server places a parameter shard on this node (<c>--server-shards</c>): its slice of θ and of the optimizer
+    /// state, checked against the run's sizes before use. The shard answers to the server that sent this.
+    /// </summary>
+    private void Host(HostShard m)
+    {
+        if (_setup is not { } setup)
+        {
+            _log.Warning("dropped shard {0}: this node has not started its worker yet", m.Shard);
+            return;
+        }
+        var plan = (uint)m.Shards - 1 < (uint)setup.Architecture.ParameterCount ? new ShardPlan(setup.Architecture.ParameterCount, m.Shards) : null;
+        if (plan is null || (uint)m.Shard >= (uint)m.Shards || m.Parameters.Length != plan.Count(m.Shard) || m.OptimizerSteps < 0 || m.Step < 0)
+        {
+            Exit(1, $"the server sent a malformed parameter shard ({m.Shard} of {m.Shards}, {m.Parameters.Length} parameters)");
+            return;
+        }
+        ShardUpdate update;
+        try
+        {
+            update = new ShardUpdate(setup.Architecture, setup.Config.Optimizer, setup.Config.UpdateParts(), plan.Start(m.Shard), m.Parameters, m.OptimizerSteps, m.State);
+        }
+        catch (ArgumentException e)
+        {
+            Exit(1, $"the server sent a malformed parameter shard: {e.Message}");
+            return;
+        }
+        Context.ActorOf(ParameterShard.Props(Sender, m.Shard, setup.Config.UpdateParts(), update, m.Step), $"shard-{m.Shard}-{++_shardsHosted}");
+        _log.Info("hosting parameter shard {0} of {1} ({2} parameters from {3})", m.Shard, m.Shards, update.Count, update.Start);
     }
 
     /// <summary>Called on the worker's thread: only the options' callback and the process start time are touched.</summary>

@@ -22,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 4;
+    public const int ProtocolVersion = 5;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -46,6 +46,18 @@ public static class WireFormat
         [typeof(RequestTrainingData)] = "RD",
         [typeof(TrainingDataChunk)] = "DC",
         [typeof(TrainingFinished)] = "FN",
+        [typeof(HostShard)] = "HS",
+        [typeof(ShardReady)] = "SY",
+        [typeof(ShardMap)] = "SM",
+        [typeof(GradientSlice)] = "GL",
+        [typeof(SliceReduced)] = "SR",
+        [typeof(ApplySlice)] = "AP",
+        [typeof(SliceApplied)] = "SP",
+        [typeof(ParameterSlice)] = "PL",
+        [typeof(PublishSlice)] = "PB",
+        [typeof(CollectSlice)] = "CL",
+        [typeof(SliceCollected)] = "SX",
+        [typeof(ShardFailed)] = "SF",
     };
 
     /// <summary>Every message type of the protocol.</summary>
@@ -94,6 +106,18 @@ public static class WireFormat
             case RequestTrainingData: break;
             case TrainingDataChunk m: w.Int(m.FirstRow); w.Int(m.TotalRows); w.Int(m.Features); w.Ints(m.Labels); w.Floats(m.Values); break;
             case TrainingFinished m: w.Long(m.Steps); w.Bool(m.Succeeded); w.String(m.Message); break;
+            case HostShard m: w.Int(m.Shard); w.Int(m.Shards); w.Long(m.Step); w.Long(m.OptimizerSteps); w.Floats(m.Parameters); w.FloatArrays(m.State); break;
+            case ShardReady m: w.Int(m.Shard); w.Long(m.Step); break;
+            case ShardMap m: w.Peers(m.Shards); break;
+            case GradientSlice m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Floats(m.Values); break;
+            case SliceReduced m: w.Long(m.Step); w.Int(m.Shard); w.Bool(m.Finite); break;
+            case ApplySlice m: w.Long(m.Step); w.Long(m.NextStep); w.Float(m.LearningRate); w.Peers(m.Workers); break;
+            case SliceApplied m: w.Long(m.Step); w.Int(m.Shard); w.Bool(m.Finite); break;
+            case ParameterSlice m: w.Long(m.Step); w.Int(m.Shard); w.Floats(m.Values); break;
+            case PublishSlice m: w.Peers(m.Workers); break;
+            case CollectSlice m: w.Long(m.Request); break;
+            case SliceCollected m: w.Long(m.Request); w.Int(m.Shard); w.Long(m.Step); w.Long(m.OptimizerSteps); w.Floats(m.Parameters); w.FloatArrays(m.State); break;
+            case ShardFailed m: w.Int(m.Shard); w.String(m.Reason); break;
             default:
                 throw new SerializationException($"{message.GetType().FullName} is not a DistributedBackprop wire message");
         }
@@ -125,6 +149,18 @@ public static class WireFormat
             "RD" => RequestTrainingData.Instance,
             "DC" => ReadDataChunk(r),
             "FN" => new TrainingFinished(r.Long(), r.Bool(), r.String()),
+            "HS" => new HostShard(r.Int(), r.Int(), r.Long(), r.Long(), r.Floats(), r.FloatArrays()),
+            "SY" => new ShardReady(r.Int(), r.Long()),
+            "SM" => new ShardMap(r.Peers()),
+            "GL" => new GradientSlice(r.Long(), new TreeNode(r.Int(), r.Int()), r.Floats()),
+            "SR" => new SliceReduced(r.Long(), r.Int(), r.Bool()),
+            "AP" => new ApplySlice(r.Long(), r.Long(), r.Float(), r.Peers()),
+            "SP" => new SliceApplied(r.Long(), r.Int(), r.Bool()),
+            "PL" => new ParameterSlice(r.Long(), r.Int(), r.Floats()),
+            "PB" => new PublishSlice(r.Peers()),
+            "CL" => new CollectSlice(r.Long()),
+            "SX" => new SliceCollected(r.Long(), r.Int(), r.Long(), r.Long(), r.Floats(), r.FloatArrays()),
+            "SF" => new ShardFailed(r.Int(), r.String()),
             _ => throw new SerializationException($"unknown wire message manifest '{manifest}' ({length} bytes)"),
         };
         r.End();
@@ -237,6 +273,25 @@ public static class WireFormat
             foreach (float value in values)
             {
                 Float(value);
+            }
+        }
+
+        public void FloatArrays(float[][] arrays)
+        {
+            Int(arrays.Length);
+            foreach (float[] values in arrays)
+            {
+                Floats(values);
+            }
+        }
+
+        public void Peers(IReadOnlyList<PeerActor> peers)
+        {
+            Int(peers.Count);
+            foreach (PeerActor peer in peers)
+            {
+                String(peer.Path);
+                String(peer.Endpoint);
             }
         }
 
@@ -367,6 +422,27 @@ public static class WireFormat
                 for (int i = 0; i < bits.Length; i++) bits[i] = BinaryPrimitives.ReverseEndianness(bits[i]);
             }
             return values;
+        }
+
+        /// <summary>A few float arrays (optimizer state: at most three); each checked against the payload before it is allocated.</summary>
+        public float[][] FloatArrays()
+        {
+            var arrays = new float[Count(4, "float array list")][];
+            for (int i = 0; i < arrays.Length; i++)
+            {
+                arrays[i] = Floats();
+            }
+            return arrays;
+        }
+
+        public PeerActor[] Peers()
+        {
+            var peers = new PeerActor[Count(8, "peer list")];
+            for (int i = 0; i < peers.Length; i++)
+            {
+                peers[i] = new PeerActor(String(), String());
+            }
+            return peers;
         }
 
         public int[] Ints()

@@ -375,6 +375,8 @@ public sealed class BulkChannel : IDisposable
                 {
                     ComputeGradients m => m with { Pool = Pool },
                     GradientsComputed m => m with { Pool = Pool },
+                    GradientSlice m => m with { Pool = Pool },
+                    ParameterSlice m => m with { Pool = Pool },
                     _ => message,
                 };
                 Interlocked.Add(ref _bytesReceived, length + 16 + recipient.Length + sender.Length);

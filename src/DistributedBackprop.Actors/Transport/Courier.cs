@@ -39,6 +39,35 @@ public sealed class Courier : IExtension
     /// <summary>Records where <paramref name="node"/>'s bulk channel listens.</summary>
     public void RegisterPeer(Address node, string endpoint) => _endpoints[node] = endpoint;
 
+    /// <summary>
+    /// <paramref name="actor"/> with its node's bulk channel endpoint, for telling a third node where to reach it:
+    /// this node's own channel for a local actor, "" in a process without a channel (local mode).
+    /// </summary>
+    public PeerActor Describe(IActorRef actor)
+    {
+        Address address = actor.Path.Address;
+        string endpoint = IsLocal(address) ? Channel?.Endpoint ?? "" : _endpoints.GetValueOrDefault(address, "");
+        // The full path with the node's address and the actor's UID, as the bulk channel's frames name actors.
+        return new PeerActor(Akka.Serialization.Serialization.SerializedActorPath(actor), endpoint);
+    }
+
+    /// <summary>
+    /// The actor a <see cref="PeerActor"/> names (told by an authenticated peer), with its node's endpoint
+    /// recorded so messages to it take the bulk channel. Null if the path does not parse.
+    /// </summary>
+    public IActorRef? Resolve(PeerActor peer)
+    {
+        if (!ActorPath.TryParse(peer.Path, out ActorPath? path))
+        {
+            return null;
+        }
+        if (!IsLocal(path.Address) && peer.Endpoint.Length > 0)
+        {
+            _endpoints[path.Address] = peer.Endpoint;
+        }
+        return _system.Provider.ResolveActorRef(peer.Path);
+    }
+
     public void ForgetPeer(Address node)
     {
         if (_endpoints.TryRemove(node, out string? endpoint))
@@ -50,7 +79,7 @@ public sealed class Courier : IExtension
     /// <summary>Whether <paramref name="node"/> is this node, or a node admitted with a bulk channel endpoint.</summary>
     public bool IsAdmitted(Address node) => IsLocal(node) || _endpoints.ContainsKey(node);
 
-    private bool IsLocal(Address address) => address.HasLocalScope || address.Equals(_system.Provider.DefaultAddress);
+    public bool IsLocal(Address address) => address.HasLocalScope || address.Equals(_system.Provider.DefaultAddress);
 
     /// <summary>
     /// Delivers <paramref name="message"/> to <paramref name="target"/>: locally by Tell, to another node on the

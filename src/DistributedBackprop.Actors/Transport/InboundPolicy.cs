@@ -32,6 +32,12 @@ public sealed class InboundPolicy
         new("RD", "/user/" + ClusterNaming.GatekeeperName, ClusterNaming.WorkerRole, Kind.Control),
         new("RW", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
         new("GC", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Tensor),
+        // From parameter shards co-located on worker nodes (--server-shards).
+        new("SY", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
+        new("SR", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
+        new("SP", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
+        new("SF", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
+        new("SX", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.ShardState),
     ]);
 
     /// <summary>A worker node: only the parameter server talks to it.</summary>
@@ -44,6 +50,15 @@ public sealed class InboundPolicy
         new("CG", ClusterNaming.WorkerActorPath, ClusterNaming.ServerRole, Kind.Tensor),
         new("WA", ClusterNaming.WorkerActorPath, ClusterNaming.ServerRole, Kind.Control),
         new("WR", ClusterNaming.WorkerActorPath, ClusterNaming.ServerRole, Kind.Control),
+        // Parameter shards (--server-shards): hosted here on the server's word, fed by the workers of other
+        // nodes; the shards of other nodes send this node's worker their slices of θ.
+        new("HS", "/user/" + ClusterNaming.WorkerAgentName, ClusterNaming.ServerRole, Kind.ShardState),
+        new("SM", ClusterNaming.WorkerActorPath, ClusterNaming.ServerRole, Kind.Control),
+        new("PL", ClusterNaming.WorkerActorPath, ClusterNaming.WorkerRole, Kind.Tensor),
+        new("GL", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.WorkerRole, Kind.Tensor),
+        new("AP", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
+        new("PB", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
+        new("CL", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
     ]);
 
     /// <summary>Nothing at all: a node that only sends on its bulk channel.</summary>
@@ -71,7 +86,7 @@ public sealed class InboundPolicy
         {
             return $"manifest '{ClusterAuthorityText(manifest)}' is not accepted on this node's bulk channel";
         }
-        if (recipientPath != rule.RecipientPath)
+        if (rule.RecipientPath.EndsWith('*') ? !recipientPath.StartsWith(rule.RecipientPath[..^1], StringComparison.Ordinal) : recipientPath != rule.RecipientPath)
         {
             return $"a {manifest} frame may only go to {rule.RecipientPath}, not {ClusterAuthorityText(recipientPath)}";
         }
@@ -96,6 +111,8 @@ public sealed class InboundPolicy
             Kind.JoinAccepted => JoinAcceptedBytes,
             // Unknown until the run is: no tensor may arrive before then.
             Kind.Tensor => parameters < 0 ? 0 : TensorHeaderBytes + 16 * Interlocked.Read(ref _parts) + 4 * parameters,
+            // A parameter shard's slice of θ and of up to two optimizer state tensors (Adam's m and v).
+            Kind.ShardState => parameters < 0 ? 0 : TensorHeaderBytes + 3 * (4 * parameters + 4),
             // Gatekeeper chunks: about a megabyte of rows, at least one row (values and label).
             Kind.DataChunk => features < 0 ? 0 : TensorHeaderBytes + 2 * Math.Max(Gatekeeper.ChunkBytes, 4 * (features + 1)),
             _ => 0,
@@ -104,7 +121,7 @@ public sealed class InboundPolicy
 
     private static string ClusterAuthorityText(string text) => Security.ClusterAuthority.Printable(text);
 
-    private enum Kind { Control, JoinAccepted, Tensor, DataChunk }
+    private enum Kind { Control, JoinAccepted, Tensor, ShardState, DataChunk }
 
     private sealed record Rule(string Manifest, string RecipientPath, string PeerRole, Kind Kind);
 }

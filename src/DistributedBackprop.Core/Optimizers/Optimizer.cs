@@ -106,28 +106,47 @@ public sealed class Optimizer
         {
             throw new ArgumentException($"expected {_arch.ParameterCount} parameters and gradients, got {parameters.Length} and {gradient.Length}");
         }
-        int end = start + count;
+        ApplyWindow(parameters, gradient, 0, learningRate, start, start + count);
+    }
+
+    /// <summary>
+    /// Updates a shard's slice: <paramref name="parameters"/> and <paramref name="gradient"/> hold parameters
+    /// [start, start + length) of the model (the optimizer state stays indexed by the model's parameter index).
+    /// Element for element the same arithmetic as <see cref="ApplyRange"/>, so K slices give one pass's bits.
+    /// </summary>
+    public void ApplySlice(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start)
+    {
+        if (parameters.Length != gradient.Length || start < 0 || (long)start + parameters.Length > _arch.ParameterCount)
+        {
+            throw new ArgumentException($"a slice of {parameters.Length} parameters and {gradient.Length} gradients at {start} does not fit {_arch.ParameterCount} parameters");
+        }
+        ApplyWindow(parameters, gradient, start, learningRate, start, start + parameters.Length);
+    }
+
+    /// <summary>Parameters [start, end) of the model; element 0 of the spans is parameter <paramref name="origin"/>.</summary>
+    private void ApplyWindow(Span<float> parameters, ReadOnlySpan<float> gradient, int origin, float learningRate, int start, int end)
+    {
         for (int l = 0; l < _arch.Layers.Count; l++)
         {
             // Weights then biases of layer l; weight decay on the weights only.
-            ApplyIntersection(parameters, gradient, _arch.WeightOffset(l), _arch.WeightCount(l), start, end, learningRate, Settings.WeightDecay);
-            ApplyIntersection(parameters, gradient, _arch.BiasOffset(l), _arch.Layers[l].Outputs, start, end, learningRate, 0f);
+            ApplyIntersection(parameters, gradient, origin, _arch.WeightOffset(l), _arch.WeightCount(l), start, end, learningRate, Settings.WeightDecay);
+            ApplyIntersection(parameters, gradient, origin, _arch.BiasOffset(l), _arch.Layers[l].Outputs, start, end, learningRate, 0f);
         }
     }
 
-    private void ApplyIntersection(Span<float> parameters, ReadOnlySpan<float> gradient, int offset, int count, int start, int end, float lr, float decay)
+    private void ApplyIntersection(Span<float> parameters, ReadOnlySpan<float> gradient, int origin, int offset, int count, int start, int end, float lr, float decay)
     {
         int from = Math.Max(offset, start), to = Math.Min(offset + count, end);
         if (from < to)
         {
-            ApplySection(parameters, gradient, from, to - from, lr, decay);
+            ApplySection(parameters.Slice(from - origin, to - from), gradient.Slice(from - origin, to - from), from, lr, decay);
         }
     }
 
-    private void ApplySection(Span<float> parameters, ReadOnlySpan<float> gradient, int offset, int count, float lr, float decay)
+    /// <summary>One section of one tensor: <paramref name="w"/> and <paramref name="g"/> start at parameter <paramref name="offset"/>.</summary>
+    private void ApplySection(Span<float> w, ReadOnlySpan<float> g, int offset, float lr, float decay)
     {
-        Span<float> w = parameters.Slice(offset, count);
-        ReadOnlySpan<float> g = gradient.Slice(offset, count);
+        int count = w.Length;
         switch (Settings.Kind)
         {
             case OptimizerKind.Sgd:
