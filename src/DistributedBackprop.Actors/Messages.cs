@@ -97,8 +97,12 @@ public sealed record EpochTrained(
     IReadOnlyDictionary<string, double> WorkerStepSecondsP90,
     float[] Parameters) : IWireMessage;
 
-/// <summary>Parameter server → coordinator: training cannot continue; the last good parameters are kept.</summary>
-public sealed record TrainingFailed(string Reason) : IWireMessage;
+/// <summary>
+/// Parameter server → coordinator: training cannot continue; the last good parameters are kept.
+/// <see cref="Restartable"/>: state was lost with a node (a parameter shard's), not spoiled — the server process
+/// ends as if it had died, the workers wait for it, and a restart resumes from the checkpoint with the same bits.
+/// </summary>
+public sealed record TrainingFailed(string Reason, bool Restartable = false) : IWireMessage;
 
 /// <summary>Coordinator → parameter server: write a checkpoint of the current state; answered by <see cref="CheckpointSaved"/>.</summary>
 public sealed record SaveCheckpoint(string Path) : IWireMessage;

@@ -117,7 +117,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Receive<SliceCollected>(m => FromShard(m.Shard), Collected);
         Receive<ShardFailed>(m => FromShard(m.Shard), m => Fail(m.Reason));
         Receive<DeliveryFailed>(f => _shards is not null && f.Message is HostShard or ApplySlice or PublishSlice or CollectSlice, f =>
-            Fail($"cannot reach parameter shard at {f.Recipient.Path.Address} ({f.Reason}); restart the server with --resume from its last checkpoint"));
+            Fail($"cannot reach the parameter shard at {f.Recipient.Path.Address} ({f.Reason}); restart the server with the same command line to resume from its checkpoint", restartable: true));
         Receive<DeliveryFailed>(f =>
         {
             // A step's work that cannot reach its worker would stall the step: its chunks go to the others at
@@ -135,7 +135,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             {
                 if (!_session.IsFinished)
                 {
-                    Fail($"parameter shard {shard} on {t.ActorRef.Path.Address} is gone (its node died or left): its slice of θ and of the optimizer state is lost; restart the server with --resume from its last checkpoint (the same bits follow)");
+                    Fail($"parameter shard {shard} on {t.ActorRef.Path.Address} is gone (its node died or left): its slice of θ and of the optimizer state is lost; restart the server with the same command line to resume from its checkpoint (the same bits follow)", restartable: true);
                 }
                 return;
             }
@@ -525,7 +525,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             // Every part reached the server, yet a shard has not summed them: a gradient slice was lost on its
             // way (its worker died while sending, or the link to the shard broke). The step cannot be completed
             // from here; the run stops and resumes from its checkpoint with the same bits.
-            Fail($"parameter shards {string.Join(", ", _shards.NotReduced())} have not summed step {step.Step} {ShardPatience.TotalSeconds:F0} s after every part reached the server (a gradient slice was lost); restart the server with --resume from its last checkpoint");
+            Fail($"parameter shards {string.Join(", ", _shards.NotReduced())} have not summed step {step.Step} {ShardPatience.TotalSeconds:F0} s after every part reached the server (a gradient slice was lost); restart the server with the same command line to resume from its checkpoint", restartable: true);
             return;
         }
         TimeSpan waited = Stopwatch.GetElapsedTime(_scheduler.DealtAt);
@@ -622,13 +622,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         return null;
     }
 
-    private void Fail(string reason)
+    /// <param name="restartable">state was lost with a node (see <see cref="TrainingFailed.Restartable"/>).</param>
+    private void Fail(string reason, bool restartable = false)
     {
         _failed = true;
         _step = null;
         _epochInProgress = -1;
         _log.Error("training stopped: {0}", reason);
-        _coordinator.Tell(new TrainingFailed(reason));
+        _coordinator.Tell(new TrainingFailed(reason, restartable));
     }
 
     // ---- Parameter shards (--server-shards K): the server keeps control, the shards θ and the update ----

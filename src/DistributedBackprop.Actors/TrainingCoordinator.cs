@@ -8,7 +8,11 @@ namespace DistributedBackprop.Actors;
 public sealed record TrainingOutcome(long Steps, IReadOnlyList<EpochReport> Epochs);
 
 /// <summary>Raised when the parameter server stops training (bad gradient, lost state).</summary>
-public sealed class TrainingFailedException(string message) : Exception(message);
+public sealed class TrainingFailedException(string message, bool restartable = false) : Exception(message)
+{
+    /// <summary>See <see cref="TrainingFailed.Restartable"/>.</summary>
+    public bool Restartable { get; } = restartable;
+}
 
 /// <summary>Tells the coordinator to start one more local worker (it joins from the next step).</summary>
 public sealed record AddWorker : INoSerializationVerificationNeeded;
@@ -59,7 +63,7 @@ public sealed class TrainingCoordinator : ReceiveActor
         Receive<EpochTrained>(OnEpoch);
         Receive<EpochEvaluated>(OnEvaluated);
         Receive<CheckpointSaved>(OnCheckpointSaved);
-        Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason)));
+        Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason, f.Restartable)));
         Receive<AddWorker>(_ => StartWorker());
         Receive<WorkerLeft>(l => _observer.WorkerLeft(l.WorkerName, l.Workers, l.Graceful));
         Receive<WorkerJoined>(j =>

@@ -35,6 +35,19 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new StepApplied(40, 1, 2, new BatchResult(-2, 0, 1), 3) { Round = new RoundReport([0.25, double.NaN], 1.5) },
         new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, new Dictionary<string, double> { ["worker-1"] = 0.002 }, new Dictionary<string, double> { ["worker-1"] = 0.004, ["worker-2"] = 0.5 }, [1, 2, 3]),
         new TrainingFailed("worker-1 sent a gradient of 5 values"),
+        new TrainingFailed("parameter shard 2 is gone", Restartable: true),
+        new HostShard(2, 5, 700, 699, [1f, -2f, float.NaN], [[3f, 4f, 5f], [6f, 7f, float.PositiveInfinity]]),
+        new ShardReady(4, 12),
+        new ShardMap([new PeerActor("akka.tcp://dbp@10.0.0.2:4053/user/worker-agent/shard-0-1#123", "10.0.0.2:4054"), new PeerActor("akka://dbp/user/x", "")]),
+        new GradientSlice(17, new TreeNode(2, 2), [0.25f, -0f]),
+        new SliceReduced(17, 3, false),
+        new ApplySlice(17, 18, 0.01f, [new PeerActor("akka.tcp://dbp@10.0.0.3:4053/user/worker-agent/worker#9", "10.0.0.3:4054")]),
+        new SliceApplied(17, 3, true),
+        new ParameterSlice(18, 1, [9f, 8f]),
+        new PublishSlice([]),
+        new CollectSlice(5),
+        new SliceCollected(5, 1, 18, 18, [1f], [[2f], [3f]]),
+        new ShardFailed(1, "a slice of 3 values"),
         new SaveCheckpoint("/tmp/x.safetensors"),
         new CheckpointSaved("/tmp/x.safetensors", 42),
         GetStatistics.Instance,
@@ -134,6 +147,8 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
     }
 
     /// <summary>Contents as text (records compare arrays by reference, so arrays are spelled out).</summary>
+    private static string Floats(float[] values) => $"[{string.Join(',', values.Select(BitConverter.SingleToInt32Bits))}]";
+
     private static string Describe(object message) => message switch
     {
         ComputeGradients m => $"{m with { Parameters = [] }} [{string.Join(',', m.Parameters.Select(BitConverter.SingleToInt32Bits))}]",
@@ -141,6 +156,13 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         StepApplied { Round: { } round } m => $"{m with { Round = null }} [{string.Join(',', round.ReplicaLosses)}] {round.OuterStepNorm}",
         EpochTrained m => $"{m with { Parameters = [], WorkerStepsPerSecond = Empty, WorkerBusyFraction = Empty, WorkerStepSecondsMedian = Empty, WorkerStepSecondsP90 = Empty }} [{string.Join(',', m.Parameters)}] {Spell(m.WorkerStepsPerSecond)} {Spell(m.WorkerBusyFraction)} {Spell(m.WorkerStepSecondsMedian)} {Spell(m.WorkerStepSecondsP90)}",
         Cluster.JoinAccepted m => $"{m with { PreprocessShift = [], PreprocessScale = [] }} [{string.Join(',', m.PreprocessShift)}] [{string.Join(',', m.PreprocessScale)}]",
+        HostShard m => $"{m with { Parameters = [], State = [] }} {Floats(m.Parameters)} {string.Join(' ', m.State.Select(Floats))}",
+        SliceCollected m => $"{m with { Parameters = [], State = [] }} {Floats(m.Parameters)} {string.Join(' ', m.State.Select(Floats))}",
+        ShardMap m => string.Join(' ', m.Shards),
+        ApplySlice m => $"{m with { Workers = [] }} {string.Join(' ', m.Workers)}",
+        PublishSlice m => string.Join(' ', m.Workers),
+        GradientSlice m => $"{m with { Values = [] }} {Floats(m.Values)}",
+        ParameterSlice m => $"{m with { Values = [] }} {Floats(m.Values)}",
         Cluster.TrainingDataChunk m => $"{m with { Values = [], Labels = [] }} [{string.Join(',', m.Values)}] [{string.Join(',', m.Labels)}]",
         _ => message.ToString()!,
     };

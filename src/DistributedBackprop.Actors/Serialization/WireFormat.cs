@@ -90,7 +90,7 @@ public static class WireFormat
                 w.Double(m.Seconds); w.Double(m.WaitingForSlowestSeconds); w.Double(m.ServerSeconds); w.Long(m.DroppedGradients); w.Int(m.Workers);
                 w.Map(m.WorkerStepsPerSecond); w.Map(m.WorkerBusyFraction); w.Map(m.WorkerStepSecondsMedian); w.Map(m.WorkerStepSecondsP90); w.Floats(m.Parameters);
                 break;
-            case TrainingFailed m: w.String(m.Reason); break;
+            case TrainingFailed m: w.String(m.Reason); w.Bool(m.Restartable); break;
             case SaveCheckpoint m: w.String(m.Path); break;
             case CheckpointSaved m: w.String(m.Path); w.Long(m.GlobalStep); break;
             case GetStatistics: break;
@@ -138,7 +138,7 @@ public static class WireFormat
             "TE" => new TrainEpoch(r.Int(), r.Bool()),
             "SA" => new StepApplied(r.Long(), r.Int(), r.Int(), r.Result(), r.Int()) { Round = r.Bool() ? new RoundReport(r.Doubles(), r.Double()) : null },
             "ET" => ReadEpochTrained(r),
-            "TF" => new TrainingFailed(r.String()),
+            "TF" => new TrainingFailed(r.String(), r.Bool()),
             "SC" => new SaveCheckpoint(r.String()),
             "CS" => new CheckpointSaved(r.String(), r.Long()),
             "GS" => GetStatistics.Instance,

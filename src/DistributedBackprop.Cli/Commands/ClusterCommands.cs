@@ -17,6 +17,7 @@ internal static class ServeCommand
         var training = new TrainingOptionSet();
         var node = new NodeOptionSet();
         var port = OptionParsing.IntInRange("--port", "Akka port of this node, the seed workers join (0 = any free port). Env: DBP_PORT.", 4053, 0);
+        var serverShards = TrainCommand.ServerShardsOption("");
         var minWorkers = OptionParsing.PositiveInt("--min-workers", "Training starts once this many workers have registered; later ones join from the next step.", 1);
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-epoch metrics here (JSON lines).", HelpName = "FILE" };
@@ -36,7 +37,7 @@ internal static class ServeCommand
         var command = new Command("serve", "Run the parameter server and training coordinator as the seed of a cluster; workers join with `dbp worker --join HOST:PORT`.");
         training.AddTo(command);
         node.AddTo(command);
-        foreach (Option option in new Option[] { port, minWorkers, output, metrics, plot, http, httpAllowRemote, run, printRun, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
+        foreach (Option option in new Option[] { port, minWorkers, serverShards, output, metrics, plot, http, httpAllowRemote, run, printRun, checkpoint, checkpointEvery, resume, progress, stateDir, tokenFile, newToken })
         {
             command.Options.Add(option);
         }
@@ -65,6 +66,7 @@ internal static class ServeCommand
             KeptModel keep = training.KeptModel(parse, config);
             TrainingOptionSet.Warn("serve", training.Ignored(parse));
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
+            int shardCount = TrainCommand.CheckServerShards(parse.GetValue(serverShards), session);
             string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
             if (parse.GetValue(resume) is string resumeFrom)
             {
@@ -98,7 +100,7 @@ internal static class ServeCommand
             LiveStatus? live = httpEndpoint is null ? null : new LiveStatus(title, session.TotalSteps, config.Epochs);
             ITrainingObserver[] observers = live is null ? [display, new MembershipLog(wanted)] : [display, live, new MembershipLog(wanted)];
             var bulkBytes = new BulkBytesObserver(new ObserverTee(observers));
-            ClusterServer server = ClusterServer.Start(session, settings, wanted, bulkBytes, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)));
+            ClusterServer server = ClusterServer.Start(session, settings, wanted, bulkBytes, checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery)), new ServerData(dataPath, parse.GetValue(training.Label), split, parse.GetValue(training.Header)), shardCount);
             bulkBytes.Count = () => server.Channel.BytesSent + server.Channel.BytesReceived;
             AnnounceJoin(server, settings, wanted);
             LiveServer? page = null;
@@ -108,7 +110,7 @@ internal static class ServeCommand
                 page = LiveServer.StartAsync(httpEndpoint, live, look.LookAsync).GetAwaiter().GetResult();
                 Console.Error.WriteLine($"dbp serve: live page at {page.Url} (/api/status, /metrics)");
             }
-            bool succeeded = false;
+            bool succeeded = false, restartable = false;
             string message = "";
             try
             {
@@ -137,12 +139,18 @@ internal static class ServeCommand
             catch (TrainingStoppedException e)
             {
                 message = e.Message;
+                restartable = e.Restartable;
                 throw new TrainingStoppedException(TrainCommand.NamingLastCheckpoint(e.Message, checkpointPath));
             }
             finally
             {
                 live?.Finished(succeeded, message);
-                server.AnnounceFinishAsync(new TrainingFinished(session.GlobalStep, succeeded, message)).GetAwaiter().GetResult();
+                // A restartable stop ends this process as a crash would: the workers are not told to exit, so they
+                // wait for the server and rejoin its restart (a supervisor's, or the same command line by hand).
+                if (!restartable)
+                {
+                    server.AnnounceFinishAsync(new TrainingFinished(session.GlobalStep, succeeded, message)).GetAwaiter().GetResult();
+                }
                 page?.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 server.DisposeAsync().AsTask().GetAwaiter().GetResult();
             }

@@ -46,7 +46,11 @@ internal static class CommandRunner
 }
 
 /// <summary>Training could not continue (e.g. a worker sent a non-finite gradient).</summary>
-internal sealed class TrainingStoppedException(string message) : Exception(message);
+internal sealed class TrainingStoppedException(string message, bool restartable = false) : Exception(message)
+{
+    /// <summary>The server lost state with a node: it ends as if it had died (the workers wait), a restart resumes.</summary>
+    public bool Restartable { get; } = restartable;
+}
 
 /// <summary>An option combination that parses but makes no sense; reported like a parse error.</summary>
 internal sealed class UsageException(string message) : Exception(message);

@@ -22,6 +22,7 @@ internal static class TrainCommand
         // The default is the plain trainer on every core: on one machine it is faster than the worker actors
         // today (README, Performance), and the model is the same bits either way.
         var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server, as a cluster runs). 0: the plain trainer, no actors (faster on one machine). The model is the same for any value.", 0, 0);
+        var serverShards = ServerShardsOption("With --workers N: ");
         var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: at most this many threads compute each step's chunks (timed against one thread as training goes, the faster kept; results do not depend on it). Default: the number of cores.", Environment.ProcessorCount);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };
         var checkpointEvery = OptionParsing.IntInRange("--checkpoint-every", "Also checkpoint every N steps (0 = only at epoch ends).", 0, 0);
@@ -30,7 +31,7 @@ internal static class TrainCommand
 
         var command = new Command("train", "Train a network by backpropagation. With no options: the embedded UCI digits, a 64-128-10 ReLU/softmax network.");
         training.AddTo(command);
-        foreach (Option option in new Option[] { output, metrics, plot, workers, threads, checkpoint, checkpointEvery, resume, progress, run, printRun })
+        foreach (Option option in new Option[] { output, metrics, plot, workers, serverShards, threads, checkpoint, checkpointEvery, resume, progress, run, printRun })
         {
             command.Options.Add(option);
         }
@@ -44,8 +45,10 @@ internal static class TrainCommand
             }
             TrainingConfig config = training.Config(parse);
             KeptModel keep = training.KeptModel(parse, config);
-            TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, threads, checkpoint, checkpointEvery)));
+            TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, threads, checkpoint, checkpointEvery))
+                .Concat(parse.GetValue(workers) == 0 && TrainingOptionSet.Given(parse, serverShards) ? ["--server-shards has no effect with --workers 0: the plain trainer updates θ itself (the model is the same)"] : []));
             TrainingSession session = training.PrepareSession(parse, config);
+            int shardCount = CheckServerShards(parse.GetValue(serverShards), session);
             string? resumeFrom = parse.GetValue(resume);
             if (resumeFrom is not null)
             {
@@ -79,7 +82,7 @@ internal static class TrainCommand
                     display.Detail = rates.Describe;
                     RunActors(display, title, session, async () =>
                     {
-                        await using LocalTraining run = LocalTraining.Start(session, workerCount, display, checkpoints);
+                        await using LocalTraining run = LocalTraining.Start(session, workerCount, display, checkpoints, serverShards: shardCount);
                         await using (display.ShowsBar ? WorkerRates.Poll(run.System, rates, TimeSpan.FromSeconds(1)) : null)
                         {
                             await run.Completion.ConfigureAwait(false);
@@ -95,6 +98,24 @@ internal static class TrainCommand
             return ExitCodes.Success;
         }));
         return command;
+    }
+
+    /// <summary>--server-shards, for `train` (local mode) and `serve`.</summary>
+    internal static Option<int> ServerShardsOption(string when) => OptionParsing.PositiveInt("--server-shards",
+        when + "cut θ and the optimizer state into K slices, each summed and updated by its own shard actor placed beside a worker (in a cluster: on the worker nodes, so no node's link carries θ for every worker). The model is the same for any K.", 1);
+
+    /// <summary>The shard count, if the run can be sharded.</summary>
+    internal static int CheckServerShards(int shards, TrainingSession session)
+    {
+        if (shards > session.Parameters.Length)
+        {
+            throw new UsageException($"--server-shards {shards}: the network has only {session.Parameters.Length} parameters to cut");
+        }
+        if (shards > 1 && session.Config.LocalSteps is not null)
+        {
+            throw new UsageException($"--server-shards {shards} with --replicas/--local-steps: parameter shards and local steps do not go together yet (local steps already send θ once per round); drop one of them");
+        }
+        return shards;
     }
 
     /// <summary>For a run's title: ", 2 replicas × 32 local steps" with local steps, else nothing.</summary>
@@ -131,7 +152,7 @@ internal static class TrainCommand
             }
             catch (TrainingFailedException e)
             {
-                throw new TrainingStoppedException(e.Message);
+                throw new TrainingStoppedException(e.Message, e.Restartable);
             }
         });
 
