@@ -265,6 +265,43 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     /// supervisor does): it resumes from its --checkpoint, the workers rejoin by themselves, and the model
     /// has the undisturbed run's bytes. Reports the time from the kill to the first step computed again.
     /// </summary>
+    /// <summary>
+    /// Parameter shards on the worker nodes (--server-shards 3 over two worker processes: one hosts two shards,
+    /// the other one) give the plain trainer's bytes. SIGKILL of w2 loses its shard: the server stops as if it had
+    /// died (exit 1, the workers are not told to exit), its restart with the same command line resumes from the
+    /// checkpoint, w1 rejoins, a new w3 joins, the shards are placed anew, and the model keeps its bytes.
+    /// </summary>
+    [IntegrationFact("multiprocess")]
+    public void ShardsOnTheWorkerNodes_ThroughTheLossOfOne_GiveThePlainTrainersBytes()
+    {
+        string plain = Path.Combine(_dir, "plain.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        string checkpoint = Path.Combine(_dir, "checkpoint.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "0", "--out", plain, "--progress", "none"]).ExitCode);
+        var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        string[] serve = ServeOn(port, [.. Run, "--server-shards", "3", "--min-workers", "2", "--out", clustered, "--checkpoint", checkpoint, "--checkpoint-every", "50", "--progress", "plain"]);
+        using var first = new RunningDbp(_dir, serve);
+        string[] join = JoinCommand(first);
+        using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
+        using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
+        first.WaitFor(@"^epoch\s+10\b", TimeSpan.FromMinutes(2));
+        Assert.Contains("hosting parameter shard", w2.Output);
+        w2.KillHard();
+        Assert.True(first.WaitForExit(TimeSpan.FromSeconds(90)) == 1, first.Output);
+        Assert.Contains("restart the server with the same command line to resume from its checkpoint", first.Output);
+        Assert.DoesNotContain("training failed on the server", w1.Output);
+
+        using var second = new RunningDbp(_dir, serve);
+        second.WaitFor(@"resuming from .* at step (\d+)", TimeSpan.FromSeconds(60));
+        using var w3 = new RunningDbp(_dir, [.. join, "--name", "w3"]);
+        Assert.True(second.WaitForExit(TimeSpan.FromMinutes(3)) == 0, second.Output);
+        Assert.True(w1.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w1.Output);
+        Assert.True(w3.WaitForExit(TimeSpan.FromSeconds(30)) == 0, w3.Output);
+        Assert.Equal(File.ReadAllBytes(plain), File.ReadAllBytes(clustered));
+    }
+
     [IntegrationFact("multiprocess")]
     public void ServerKilledAndRestartedWithTheSameCommandLine_WorkersRejoin_SameBytes() => ServerKilledAndRestarted([]);
 

@@ -232,7 +232,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
             return;
         }
         Context.ActorOf(ParameterShard.Props(Sender, m.Shard, setup.Config.UpdateParts(), update, m.Step), $"shard-{m.Shard}-{++_shardsHosted}");
-        _log.Info("hosting parameter shard {0} of {1} ({2} parameters from {3})", m.Shard, m.Shards, update.Count, update.Start);
+        _options.Announce?.Invoke($"hosting parameter shard {m.Shard} of {m.Shards} ({update.Count} parameters from {update.Start})");
     }
 
     /// <summary>Called on the worker's thread: only the options' callback and the process start time are touched.</summary>
