@@ -8,7 +8,8 @@
 #   busiest_link_bytes_per_step_over_model  bytes through the busiest node's link per update (the larger of
 #                                           its two directions, from the interfaces' counters) ÷ M, the
 #                                           model's bytes (θ down and gradients up: 2·N·M / N·M per
-#                                           direction at the single server today)
+#                                           direction at a single server; with K = N shards co-located on the
+#                                           worker nodes each node sends and receives 2·(N−1)/N·M)
 #   step_time_over_bound                    measured update time ÷ max(compute, busiest-link bytes ÷ RATE),
 #                                           compute being the slowest worker's median compute per update
 #   over_plain_one_core                     samples/s ÷ the plain trainer's on one core (`dbp train
@@ -16,7 +17,7 @@
 #                                           the cluster in this run: the median of both runs' epochs after the first)
 # Usage (repo root, as root; cleans up its namespaces):
 #   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H] [--rate 1gbit] [--epochs 3]
-# Ends with one JSON line. --shards other than 1 waits for the sharded parameter server (issue 9).
+# Ends with one JSON line. --shards K runs `dbp serve --server-shards K` (shards on the worker nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers=2; shards=1; rate=1gbit; epochs=3; replicas=1; local_steps=1
@@ -34,7 +35,10 @@ done
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] && [ "$workers" -le 16 ] || { echo "network-sim: --workers: 1 to 16, got $workers" >&2; exit 2; }
 [[ "$replicas" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --replicas: a positive integer, got $replicas" >&2; exit 2; }
 [[ "$local_steps" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --local-steps: a positive integer, got $local_steps" >&2; exit 2; }
-[ "$shards" = 1 ] || { echo "network-sim: --shards $shards: the parameter server is not sharded yet (issue 9); only 1 can be measured" >&2; exit 2; }
+[[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --shards: a positive integer, got $shards" >&2; exit 2; }
+if [ "$shards" -gt 1 ] && [ "$replicas" -gt 1 ] && [ "$local_steps" -gt 1 ]; then
+  echo "network-sim: --shards with local steps: dbp does not combine them yet" >&2; exit 2
+fi
 bits=$(python3 -c "import re,sys; m=re.fullmatch(r'(\d+(?:\.\d+)?)(k|m|g)?bit', sys.argv[1]); print(int(float(m[1])*{None:1,'k':1e3,'m':1e6,'g':1e9}[m[2]])) if m else print('')" "$rate")
 [ -n "$bits" ] || { echo "network-sim: --rate: like 1gbit or 100mbit, got $rate" >&2; exit 2; }
 data=${DBP_FMNIST:-../shared/datasets/fashion-mnist}
@@ -59,7 +63,8 @@ declare -A before
 for n in "${names[@]}"; do before[$n]=$(counters "$n"); done
 
 sync=(--data "$data" --layers 256,128 --batch-size 256 --epochs "$epochs" --optimizer sgd --lr 0.05)
-args=("${sync[@]}" --replicas "$replicas" --local-steps "$local_steps")
+# --shards K: the parameter server's K shards, placed round robin on the worker nodes (co-located).
+args=("${sync[@]}" --replicas "$replicas" --local-steps "$local_steps" --server-shards "$shards")
 # The reference: the plain trainer on one core, synchronous (no local steps), on this machine, before and after.
 taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/plain.jsonl" --progress none >"$work/plain.log" 2>&1 \
   || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }

@@ -49,11 +49,13 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
 
     private Harness Start(StepDeadline? deadline, params TestProbe[] workers) => Start(deadline, null, workers);
 
-    private Harness Start(StepDeadline? deadline, TrainingConfig? config, params TestProbe[] workers)
+    private Harness Start(StepDeadline? deadline, TrainingConfig? config, params TestProbe[] workers) => Start(deadline, config, 1, workers);
+
+    private Harness Start(StepDeadline? deadline, TrainingConfig? config, int shards, params TestProbe[] workers)
     {
         TrainingSession session = Fixtures.Session(config);
         TestProbe coordinator = CreateTestProbe("coordinator");
-        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref, deadline), "parameter-server");
+        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref, deadline, shards), "parameter-server");
         for (int i = 0; i < workers.Length; i++)
         {
             server.Tell(Credentials(session, $"worker-{i + 1}"), workers[i].Ref);
@@ -104,6 +106,116 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Assert.Equal(1, next1.Step);
         Assert.Equal(1, next2.Step);
         Fixtures.AssertSameBits(PlainTrainerAfter(1), next1.Parameters, "parameters broadcast after step 0");
+    }
+
+    /// <summary>
+    /// A worker as it is with parameter shards: the shard map, θ assembled from the shards' slices, the step's
+    /// work from the server; returns the shards and θ for the step.
+    /// </summary>
+    private (IActorRef[] Shards, float[] Theta, ComputeGradients Work) ShardedWork(Harness h, TestProbe worker, int shards, bool mapKnown = false)
+    {
+        ShardMap? map = null;
+        var slices = new Dictionary<int, (IActorRef From, ParameterSlice Slice)>();
+        ComputeGradients? work = null;
+        while ((map is null && !mapKnown) || work is null || slices.Count < shards)
+        {
+            object message = worker.ReceiveOne(TimeSpan.FromSeconds(10)) ?? throw new TimeoutException("the worker got nothing");
+            switch (message)
+            {
+                case ShardMap m: map = m; break;
+                case ParameterSlice m: slices[m.Shard] = (worker.LastSender, m); break;
+                case ComputeGradients m: work = m; break;
+            }
+        }
+        var plan = new ShardPlan(h.Session.Parameters.Length, shards);
+        var theta = new float[h.Session.Parameters.Length];
+        var refs = new IActorRef[shards];
+        foreach (var (shard, (from, slice)) in slices)
+        {
+            Assert.Equal(work.Step, slice.Step);
+            Assert.True(map is null || map.Shards[shard].Path == Akka.Serialization.Serialization.SerializedActorPath(from));
+            slice.Values.CopyTo(theta, plan.Start(shard));
+            refs[shard] = from;
+        }
+        Assert.Empty(work.Parameters); // θ comes from the shards, not with the work
+        return (refs, theta, work);
+    }
+
+    /// <summary>An honest sharded answer: each shard its slice of each node, the server the figures.</summary>
+    private static void DeliverSharded(Harness h, TestProbe worker, IActorRef[] shards, float[] theta, ComputeGradients work)
+    {
+        var plan = new ShardPlan(h.Session.Parameters.Length, shards.Length);
+        foreach (GradientsComputed answer in h.Answer(work with { Parameters = theta }))
+        {
+            for (int s = 0; s < shards.Length; s++)
+            {
+                shards[s].Tell(new GradientSlice(answer.Step, answer.Node, answer.Gradient.AsSpan(plan.Start(s), plan.Count(s)).ToArray()), worker.Ref);
+            }
+            h.Server.Tell(answer with { Gradient = [] }, worker.Ref);
+        }
+    }
+
+    [Fact]
+    public async Task Shards_StrangersSlicesAndSums_AreRefused_AndTheEpochHasThePlainTrainersBits()
+    {
+        TestProbe worker = CreateTestProbe(), stranger = CreateTestProbe();
+        Harness h = Start(null, null, 2, worker);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        var (shards, theta, work) = ShardedWork(h, worker, 2);
+        // A stranger (not a registered worker) covers every chunk of the step with NaN first, and claims shard 0
+        // has summed: the shards drop its slices, the server refuses the sum; were either taken, the honest
+        // slices would be duplicates and the step NaN.
+        var plan = new ShardPlan(h.Session.Parameters.Length, 2);
+        for (int s = 0; s < 2; s++)
+        {
+            shards[s].Tell(new GradientSlice(work.Step, new TreeNode(0, 8), Enumerable.Repeat(float.NaN, plan.Count(s)).ToArray()), stranger.Ref);
+        }
+        h.Server.Tell(new SliceReduced(work.Step, 0, true), stranger.Ref);
+        for (int step = 0; step < h.Session.StepsPerEpoch; step++)
+        {
+            if (step > 0)
+            {
+                (shards, theta, work) = ShardedWork(h, worker, 2, mapKnown: true);
+            }
+            Assert.Equal(step, work.Step);
+            DeliverSharded(h, worker, shards, theta, work);
+            h.Coordinator.ExpectMsg<StepApplied>(a => a.GlobalStep == step + 1);
+        }
+        EpochTrained epoch = h.Coordinator.ExpectMsg<EpochTrained>();
+        Fixtures.AssertSameBits(PlainTrainerAfter(h.Session.StepsPerEpoch), epoch.Parameters, "an epoch on 2 shards, gathered from them");
+        Fixtures.AssertSameBits(epoch.Parameters, h.Session.Parameters, "the session after the epoch's collect");
+        ServerStatistics statistics = await h.Server.Ask<ServerStatistics>(GetStatistics.Instance);
+        Assert.Equal(1, statistics.Unauthorized);
+        Assert.False(statistics.Failed);
+    }
+
+    [Fact]
+    public void Shards_ASliceOfTheWrongLength_StopsTraining_AndNothingIsApplied()
+    {
+        TestProbe worker = CreateTestProbe();
+        Harness h = Start(null, null, 3, worker);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        var (shards, theta, work) = ShardedWork(h, worker, 3);
+        shards[1].Tell(new GradientSlice(work.Step, new TreeNode(0, 8), new float[5]), worker.Ref);
+        TrainingFailed failure = h.Coordinator.ExpectMsg<TrainingFailed>();
+        Assert.Contains("a gradient slice of 5 values", failure.Reason);
+        Assert.False(failure.Restartable);
+        // Honest gradients afterwards change nothing: no step is applied.
+        DeliverSharded(h, worker, shards, theta, work);
+        h.Coordinator.ExpectNoMsg(Quiet);
+    }
+
+    [Fact]
+    public void Shards_AShardsDeath_StopsTheRun_AsRestartable()
+    {
+        TestProbe worker = CreateTestProbe();
+        Harness h = Start(null, null, 2, worker);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        var (shards, _, _) = ShardedWork(h, worker, 2);
+        shards[1].Tell(Kill.Instance);
+        TrainingFailed failure = h.Coordinator.ExpectMsg<TrainingFailed>();
+        Assert.True(failure.Restartable);
+        Assert.Contains("parameter shard 1", failure.Reason);
     }
 
     [Fact]

@@ -140,10 +140,12 @@ public sealed partial class CommandTests : IDisposable
     [Theory]
     [InlineData("0")]
     [InlineData("2")]
+    [InlineData("2 --server-shards 3")]
     public void Divergence_StopsWithExit1_InEveryMode_AndWritesNoModelOrCheckpoint(string workers)
     {
-        string model = Path.Combine(_dir, $"nan-{workers}.safetensors"), checkpoint = Path.Combine(_dir, $"nan-{workers}.ckpt");
-        DbpResult result = Dbp("train", "--lr", "1e6", "--workers", workers, "--out", model, "--checkpoint", checkpoint, "--progress", "none");
+        string name = workers.Replace(' ', '_');
+        string model = Path.Combine(_dir, $"nan-{name}.safetensors"), checkpoint = Path.Combine(_dir, $"nan-{name}.ckpt");
+        DbpResult result = Dbp(["train", "--lr", "1e6", "--workers", .. workers.Split(' '), "--out", model, "--checkpoint", checkpoint, "--progress", "none"]);
         Assert.Equal(1, result.ExitCode);
         Assert.Contains("training stopped:", result.Stderr);
         Assert.Contains("the parameters after step", result.Stderr);
@@ -154,12 +156,14 @@ public sealed partial class CommandTests : IDisposable
     [Theory]
     [InlineData("0")]
     [InlineData("2")]
+    [InlineData("2 --server-shards 3")]
     public void DivergenceAfterACheckpoint_NamesTheLastGoodOne_AndLeavesItAsItWas(string workers)
     {
         // The warm-up raises γ by 0.1 per step: good for the first few dozen steps, then divergence.
-        string model = Path.Combine(_dir, $"late-{workers}.safetensors"), checkpoint = Path.Combine(_dir, $"late-{workers}.ckpt");
-        DbpResult result = Dbp("train", "--lr", "1e6", "--warmup-steps", "10000000", "--checkpoint", checkpoint, "--checkpoint-every", "5",
-            "--epochs", "50", "--workers", workers, "--out", model, "--progress", "none");
+        string name = workers.Replace(' ', '_');
+        string model = Path.Combine(_dir, $"late-{name}.safetensors"), checkpoint = Path.Combine(_dir, $"late-{name}.ckpt");
+        DbpResult result = Dbp(["train", "--lr", "1e6", "--warmup-steps", "10000000", "--checkpoint", checkpoint, "--checkpoint-every", "5",
+            "--epochs", "50", "--workers", .. workers.Split(' '), "--out", model, "--progress", "none"]);
         Assert.Equal(1, result.ExitCode);
         Match named = Regex.Match(result.Stderr, $"the last good checkpoint is {Regex.Escape(checkpoint)} \\(after step (\\d+)\\)");
         Assert.True(named.Success, result.Stderr);
@@ -167,9 +171,15 @@ public sealed partial class CommandTests : IDisposable
         Assert.False(File.Exists(model), "a diverged run wrote a model");
         Assert.Empty(Directory.GetFiles(_dir, "late-*.tmp*"));
         // The checkpoint is whole and finite: it resumes (and diverges again at the same step).
-        DbpResult resumed = Dbp("train", "--lr", "1e6", "--warmup-steps", "10000000", "--resume", checkpoint, "--epochs", "50", "--workers", workers, "--progress", "none");
+        DbpResult resumed = Dbp(["train", "--lr", "1e6", "--warmup-steps", "10000000", "--resume", checkpoint, "--epochs", "50", "--workers", .. workers.Split(' '), "--progress", "none"]);
         Assert.Equal(1, resumed.ExitCode);
         Assert.Equal(Regex.Match(result.Stderr, "step (\\d+)").Value, Regex.Match(resumed.Stderr, "step (\\d+)").Value);
+        // Every mode stops at the same step and leaves the same last good checkpoint (with shards: gathered from them).
+        string plainCheckpoint = Path.Combine(_dir, "late-reference.ckpt");
+        DbpResult plain = Dbp("train", "--lr", "1e6", "--warmup-steps", "10000000", "--checkpoint", plainCheckpoint, "--checkpoint-every", "5",
+            "--epochs", "50", "--progress", "none");
+        Assert.Equal(named.Groups[1].Value, Regex.Match(plain.Stderr, "the last good checkpoint is .* \\(after step (\\d+)\\)").Groups[1].Value);
+        Assert.Equal(File.ReadAllBytes(plainCheckpoint), File.ReadAllBytes(checkpoint));
     }
 
     [Fact]

@@ -1,0 +1,127 @@
+using DistributedBackprop.Engine;
+using DistributedBackprop.Network;
+using DistributedBackprop.Optimizers;
+using DistributedBackprop.Reduction;
+
+namespace DistributedBackprop.Tests;
+
+/// <summary>
+/// The parameter shards' arithmetic against the whole update: K slices, each summed along the chunk tree and
+/// updated on its own, give the bits of one <see cref="Optimizer.ApplyRange"/> over a <see cref="TreeReducer"/>'s
+/// sum, for every optimizer, over several steps (Adam's t), with weight decay (which spares the biases, so
+/// slices that cut a layer's weights from its biases are checked).
+/// </summary>
+public class ParameterShardsTests
+{
+    private static readonly Architecture Arch = Architecture.Create(7, [5, 4], 3, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
+    private const int Chunks = 5;
+
+    [Theory]
+    [InlineData(1, 3)]
+    [InlineData(7, 3)]
+    [InlineData(10, 10)]
+    [InlineData(99, 4)]
+    public void ShardPlan_CutsEveryParameterOnce_InContiguousSlicesOfNearlyEqualSize(int parameters, int shards)
+    {
+        if (shards > parameters)
+        {
+            Assert.Throws<ArgumentOutOfRangeException>(() => new ShardPlan(parameters, shards));
+            return;
+        }
+        var plan = new ShardPlan(parameters, shards);
+        Assert.Equal(0, plan.Start(0));
+        for (int s = 0; s < shards; s++)
+        {
+            Assert.InRange(plan.Count(s), parameters / shards, parameters / shards + 1);
+            Assert.Equal(plan.Start(s) + plan.Count(s), s + 1 < shards ? plan.Start(s + 1) : parameters);
+        }
+    }
+
+    public static TheoryData<OptimizerKind, bool, int> Cases => new()
+    {
+        { OptimizerKind.Sgd, false, 2 },
+        { OptimizerKind.Momentum, true, 3 },
+        { OptimizerKind.Momentum, false, 5 },
+        { OptimizerKind.Adam, false, 4 },
+        { OptimizerKind.Adam, false, 1 },
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void KShards_GiveTheWholeUpdatesBits_StepAfterStep(OptimizerKind kind, bool nesterov, int shards)
+    {
+        var settings = new OptimizerSettings { Kind = kind, Nesterov = nesterov, WeightDecay = 0.01f, LearningRate = 0.05f };
+        var random = new Randomness.Xoshiro256(7);
+        float[] whole = Enumerable.Range(0, Arch.ParameterCount).Select(_ => random.NextSingle() - 0.5f).ToArray();
+        var optimizer = new Optimizer(Arch, settings);
+        var plan = new ShardPlan(Arch.ParameterCount, shards);
+        var updates = Enumerable.Range(0, shards).Select(s => new ShardUpdate(Arch, settings, Chunks, plan.Start(s),
+            whole.AsSpan(plan.Start(s), plan.Count(s)).ToArray(), 0, ShardUpdate.StateSlicesOf(optimizer, plan.Start(s), plan.Count(s)))).ToArray();
+        var reducer = new TreeReducer(Chunks, Arch.ParameterCount);
+        for (int step = 0; step < 4; step++)
+        {
+            // The step's node gradients, as workers would send them: nodes [0,4) and [4,5) (scaled so sums carry rounding).
+            (TreeNode Node, float[] Gradient)[] nodes = [(new TreeNode(0, 4), Random(random, 3f)), (new TreeNode(4, 1), Random(random, 0.001f))];
+            reducer.Reset();
+            foreach (var (node, gradient) in nodes)
+            {
+                Assert.True(reducer.TryAdd(node, (float[])gradient.Clone(), default));
+            }
+            float[] sum = reducer.Reduce().Gradient;
+            optimizer.BeginStep();
+            optimizer.ApplyRange(whole, sum, 0.05f, 0, whole.Length);
+            for (int s = 0; s < shards; s++)
+            {
+                foreach (var (node, gradient) in nodes)
+                {
+                    Assert.True(updates[s].TryAdd(node, gradient.AsSpan(plan.Start(s), plan.Count(s)).ToArray()));
+                }
+                Assert.False(updates[s].TryAdd(new TreeNode(4, 1), new float[plan.Count(s)])); // a duplicate
+                Assert.True(updates[s].IsComplete);
+                Assert.True(updates[s].Reduce());
+                Assert.True(updates[s].Apply(0.05f));
+                updates[s].Reset();
+            }
+            var gathered = new float[whole.Length];
+            var gatheredOptimizer = new Optimizer(Arch, settings);
+            for (int s = 0; s < shards; s++)
+            {
+                ShardUpdate.Gather(gathered, gatheredOptimizer, updates[s].Start, updates[s].Parameters, updates[s].StateSlices());
+                Assert.Equal(optimizer.Steps, updates[s].OptimizerSteps);
+            }
+            Assert.Equal(Bits(whole), Bits(gathered));
+            foreach (var ((_, expected), (_, actual)) in optimizer.StateTensors().Zip(gatheredOptimizer.StateTensors()))
+            {
+                Assert.Equal(Bits(expected), Bits(actual));
+            }
+        }
+    }
+
+    [Fact]
+    public void ANonFiniteSum_IsReported_AndTheSliceIsNotWritten()
+    {
+        var settings = new OptimizerSettings { Kind = OptimizerKind.Adam };
+        var optimizer = new Optimizer(Arch, settings);
+        float[] slice = Enumerable.Range(0, 10).Select(i => i * 0.1f).ToArray();
+        var update = new ShardUpdate(Arch, settings, 1, 20, (float[])slice.Clone(), 0, ShardUpdate.StateSlicesOf(optimizer, 20, 10));
+        float[] poisoned = new float[10];
+        poisoned[3] = float.PositiveInfinity;
+        Assert.True(update.TryAdd(new TreeNode(0, 1), poisoned));
+        Assert.False(update.Reduce());
+        Assert.Equal(Bits(slice), Bits(update.Parameters));
+        Assert.Equal(0, update.OptimizerSteps);
+    }
+
+    [Fact]
+    public void StateSlicesThatDoNotFitTheOptimizer_AreRefused()
+    {
+        var settings = new OptimizerSettings { Kind = OptimizerKind.Adam };
+        Assert.Throws<ArgumentException>(() => new ShardUpdate(Arch, settings, 2, 0, new float[4], 0, [new float[4]]));
+        Assert.Throws<ArgumentException>(() => new ShardUpdate(Arch, settings, 2, Arch.ParameterCount - 2, new float[4], 0, [new float[4], new float[4]]));
+    }
+
+    private static float[] Random(Randomness.Xoshiro256 random, float scale) =>
+        Enumerable.Range(0, Arch.ParameterCount).Select(_ => (random.NextSingle() - 0.5f) * scale).ToArray();
+
+    private static int[] Bits(float[] values) => values.Select(BitConverter.SingleToInt32Bits).ToArray();
+}
