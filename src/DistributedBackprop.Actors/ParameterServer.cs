@@ -497,6 +497,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             _coordinator.Tell(new WorkerLeft(worker.Name, left, graceful));
         }
+        if (_shards is { Placed: true, AllReady: false } && !_failed && _shards.PlacedOn(reference.Path.Address))
+        {
+            // A shard placed on its node never came up: nothing of it will.
+            Fail($"worker {worker.Name} died before the parameter shard placed on its node was up; restart the server with the same command line to resume from its checkpoint", restartable: true);
+            return;
+        }
         if (departure == Departure.NothingMissing)
         {
             return;
@@ -817,6 +823,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public bool Collecting => _collects.Count > 0;
 
         public int IndexOf(IActorRef actor) => Array.FindIndex(Refs, r => actor.Equals(r));
+
+        /// <summary>Whether a shard that is not up yet was placed on <paramref name="node"/>.</summary>
+        public bool PlacedOn(Address node) => Enumerable.Range(0, Plan.Shards).Any(s => Refs[s] is null && node.Equals(Nodes[s]));
 
         public bool Is(int shard, IActorRef sender) => (uint)shard < (uint)Refs.Length && sender.Equals(Refs[shard]);
 

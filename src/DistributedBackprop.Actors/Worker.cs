@@ -81,6 +81,9 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _log.Warning("{0} could not register with the parameter server ({1}); trying again in 1 s", _name, f.Reason);
             Timers.StartSingleTimer("register", RetryRegistration.Instance, TimeSpan.FromSeconds(1));
         });
+        Receive<DeliveryFailed>(f => f.Message is GradientSlice, f =>
+            // The shard then never sums the step; the server sees that and stops the run for a resume.
+            _log.Warning("{0} could not deliver a gradient slice to the parameter shard at {1} ({2})", _name, f.Recipient.Path, f.Reason));
         Receive<DeliveryFailed>(f =>
         {
             // The server does not wait for it: past the step deadline it deals these chunks to the others,

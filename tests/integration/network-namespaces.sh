@@ -4,7 +4,8 @@
 # cluster must train the local-mode model byte for byte, also after SIGKILL of one worker mid-run. Secure by
 # default: the server writes the join token to a file the workers read; every connection is mutual TLS.
 # Run 2 cuts a worker off (`ip link set down` in its namespace) for 8 s: its chunks go to the other worker,
-# it rejoins by itself when the link returns, and the model keeps its bytes.
+# it rejoins by itself when the link returns, and the model keeps its bytes. Run 3 puts the parameter
+# shards on the worker nodes (--server-shards 2): the same bytes again.
 # Needs root and iproute2. Run from the repository root or anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -75,4 +76,13 @@ if ! wait "$server"; then tail -30 "$work/server2.log"; say "FAIL: server exited
 grep -q "rejoining when it answers again" "$work/w12.log" || { say "FAIL: the cut-off worker did not rejoin"; exit 1; }
 cmp "$work/local2.safetensors" "$work/cluster2.safetensors" || { say "FAIL: model differs after the partition"; exit 1; }
 say "partition: progress resumed $(since "$cut" "$progress") s after the cut; the worker computed again $(since "$healed" "$back") s after the link came back"
-say "PASS: model equals local mode byte for byte, after a SIGKILL and after a partition"
+
+# Run 3: parameter shards on the worker nodes. Gradient and θ slices go from worker to worker over their
+# own addresses (mutual TLS between two worker certificates); the server's link carries control only.
+start_cluster 3 "${args[@]}" --server-shards 2
+if ! wait "$server"; then tail -30 "$work/server3.log"; say "FAIL: server exited non-zero with shards"; exit 1; fi
+grep -q "hosting parameter shard" "$work/w13.log" && grep -q "hosting parameter shard" "$work/w23.log" \
+  || { tail -5 "$work/w13.log" "$work/w23.log"; say "FAIL: the shards were not placed on both worker nodes"; exit 1; }
+cmp "$work/local.safetensors" "$work/cluster3.safetensors" || { say "FAIL: model with shards on the worker nodes differs from local mode"; exit 1; }
+say "shards: $(grep '^cluster:' "$work/server3.log")"
+say "PASS: model equals local mode byte for byte, after a SIGKILL, after a partition, and with shards on the worker nodes"
