@@ -63,6 +63,7 @@ public sealed class TrainingCoordinator : ReceiveActor
         Receive<EpochTrained>(OnEpoch);
         Receive<EpochEvaluated>(OnEvaluated);
         Receive<CheckpointSaved>(OnCheckpointSaved);
+        Receive<EpochPersisted>(_ => _server.Tell(new SaveCheckpoint(_checkpoints!.Path)));
         Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason, f.Restartable)));
         Receive<AddWorker>(_ => StartWorker());
         Receive<WorkerLeft>(l => _observer.WorkerLeft(l.WorkerName, l.Workers, l.Graceful));
@@ -216,9 +217,11 @@ public sealed class TrainingCoordinator : ReceiveActor
         int? next = _session.IsFinished ? null : e.Epoch + 1;
         if (_checkpoints is not null)
         {
-            // Continue only once the checkpoint is on disk, so the last one is never lost at shutdown.
+            // Continue only once the checkpoint is on disk, so the last one is never lost at shutdown; and ask for
+            // it only once the epoch's metrics line is (off the actor: the observer waits for the disk), so a
+            // server killed in between never resumes past a line its metrics file lacks.
             _pendingNextEpoch = next ?? -1;
-            _server.Tell(new SaveCheckpoint(_checkpoints.Path));
+            Task.Run(_observer.Persist).PipeTo(Self, success: () => EpochPersisted.Instance);
             return;
         }
         Continue(next);
@@ -258,4 +261,10 @@ public sealed class TrainingCoordinator : ReceiveActor
     }
 
     private sealed record EpochEvaluated(EpochTrained Epoch, EpochScores Scores) : INoSerializationVerificationNeeded;
+
+    /// <summary>The observers hold the epoch's report on disk; its checkpoint may follow.</summary>
+    private sealed record EpochPersisted : INoSerializationVerificationNeeded
+    {
+        public static readonly EpochPersisted Instance = new();
+    }
 }

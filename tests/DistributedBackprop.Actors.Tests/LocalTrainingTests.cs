@@ -104,6 +104,49 @@ public sealed class LocalTrainingTests
         }
     }
 
+    /// <summary>The coordinator asks for an epoch's checkpoint only once the observers hold its report on disk.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public async Task AnEpochsReportIsPersisted_BeforeItsCheckpointIsWritten(int serverShards)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-order-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession session = Fixtures.Session(Fixtures.Config(epochs: 4));
+            var order = new PersistOrder(path);
+            await using (LocalTraining run = LocalTraining.Start(session, 2, order, new CheckpointPolicy(path), serverShards: serverShards))
+            {
+                await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+            }
+            Assert.Equal(4, order.Persisted.Count);
+            Assert.All(order.Persisted, p => Assert.True(p.OnDisk < p.Reported, $"when the report of step {p.Reported} was persisted the checkpoint on disk was of step {p.OnDisk}"));
+            Assert.Equal(session.GlobalStep.ToString(System.Globalization.CultureInfo.InvariantCulture), Models.SafeTensors.ReadMetadata(path)["global_step"]);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private sealed class PersistOrder(string checkpoint) : ITrainingObserver
+    {
+        private long _lastReported;
+
+        /// <summary>For each persist: the step of the epoch last reported, and of the checkpoint then on disk (−1: none).</summary>
+        public System.Collections.Concurrent.ConcurrentQueue<(long Reported, long OnDisk)> Persisted { get; } = new();
+
+        public void StepCompleted(StepReport report)
+        {
+        }
+
+        public void EpochCompleted(EpochReport report) => Volatile.Write(ref _lastReported, report.Step);
+
+        public void Persist() => Persisted.Enqueue((Volatile.Read(ref _lastReported), File.Exists(checkpoint)
+            ? long.Parse(Models.SafeTensors.ReadMetadata(checkpoint)["global_step"], System.Globalization.CultureInfo.InvariantCulture)
+            : -1));
+    }
+
     private sealed class StopAfter(long step) : ITrainingObserver
     {
         private readonly TaskCompletionSource<TrainingOutcome> _reached = new(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -32,7 +32,7 @@ public sealed class LongRunTests : IDisposable
         {
             display.EpochCompleted(Report(epoch));
         }
-        display.FlushMetrics();
+        display.Persist();
         Assert.True(display.Epochs.Count <= 12, $"{display.Epochs.Count} epoch reports kept");
         Assert.Equal([1, 2, 3], display.Epochs.Take(3).Select(r => r.Epoch));
         Assert.Equal(2_000, display.Epochs[^1].Epoch);

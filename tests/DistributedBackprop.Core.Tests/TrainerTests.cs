@@ -113,6 +113,54 @@ public class TrainerTests
         }
     }
 
+    /// <summary>
+    /// An epoch's report is made durable (<see cref="ITrainingObserver.Persist"/>) before its checkpoint is
+    /// written: a process killed in between resumes from the previous checkpoint, never past a metrics line
+    /// its file lacks.
+    /// </summary>
+    [Fact]
+    public void AnEpochsReportIsPersisted_BeforeItsCheckpointIsWritten()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-order-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession session = TrainingSession.Prepare(SmallConfig, TestNetworks.RandomDataset(150, 10, 3, 2), null, 0.25);
+            var order = new PersistOrder(path);
+            using (var trainer = new Trainer(session))
+            {
+                trainer.Run(order, new CheckpointPolicy(path));
+            }
+            Assert.Equal(SmallConfig.Epochs, order.Persisted.Count);
+            foreach (var (reported, onDisk) in order.Persisted)
+            {
+                Assert.True(onDisk < reported, $"when the report of step {reported} was persisted the checkpoint on disk was of step {onDisk}");
+            }
+            Assert.Equal(session.GlobalStep.ToString(System.Globalization.CultureInfo.InvariantCulture), Models.SafeTensors.ReadMetadata(path)["global_step"]);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private sealed class PersistOrder(string checkpoint) : ITrainingObserver
+    {
+        private long _lastReported;
+
+        /// <summary>For each persist: the step of the epoch last reported, and of the checkpoint then on disk (−1: none).</summary>
+        public List<(long Reported, long OnDisk)> Persisted { get; } = [];
+
+        public void StepCompleted(StepReport report)
+        {
+        }
+
+        public void EpochCompleted(EpochReport report) => _lastReported = report.Step;
+
+        public void Persist() => Persisted.Add((_lastReported, File.Exists(checkpoint)
+            ? long.Parse(Models.SafeTensors.ReadMetadata(checkpoint)["global_step"], System.Globalization.CultureInfo.InvariantCulture)
+            : -1));
+    }
+
     [Fact]
     public void RestoringACheckpointOfAnotherConfiguration_IsRefused()
     {

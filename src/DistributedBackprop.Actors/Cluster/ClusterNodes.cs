@@ -129,6 +129,8 @@ public sealed class ClusterServer : IAsyncDisposable
         public void WorkerJoined(string name, int workers) => inner.WorkerJoined(name, workers);
 
         public void WorkerLeft(string name, int workers, bool graceful) => inner.WorkerLeft(name, workers, graceful);
+
+        public void Persist() => inner.Persist();
     }
 }
 

@@ -190,7 +190,7 @@ internal static class TrainCommand
     /// </summary>
     internal static void Finish(TrainingSession session, TrainingDisplay display, string? modelPath, string? plotPath, KeptModel keep)
     {
-        display.FlushMetrics();
+        display.Persist();
         ModelFile model = session.ToModel(keep);
         EvaluationResult? test = session.Test is null ? null : new Evaluator(session.Architecture).Evaluate(model.Parameters, session.Test);
         if (modelPath is not null)

@@ -247,6 +247,11 @@ internal sealed class ObserverTee(params ITrainingObserver[] observers) : ITrain
     {
         foreach (ITrainingObserver observer in observers) observer.WorkerLeft(name, workers, graceful);
     }
+
+    public void Persist()
+    {
+        foreach (ITrainingObserver observer in observers) observer.Persist();
+    }
 }
 
 /// <summary>`dbp serve`'s log of workers joining and leaving: one line each on standard error, with the time.</summary>

@@ -29,4 +29,6 @@ internal sealed class BulkBytesObserver(ITrainingObserver inner) : ITrainingObse
     public void WorkerJoined(string name, int workers) => inner.WorkerJoined(name, workers);
 
     public void WorkerLeft(string name, int workers, bool graceful) => inner.WorkerLeft(name, workers, graceful);
+
+    public void Persist() => inner.Persist();
 }

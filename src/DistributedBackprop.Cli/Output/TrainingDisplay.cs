@@ -47,7 +47,7 @@ internal sealed class TrainingDisplay : ITrainingObserver, IDisposable
     public IReadOnlyList<EpochReport> History => _history;
 
     /// <summary>Waits until every epoch's metrics line is in the file (throws if a write failed).</summary>
-    public void FlushMetrics() => _metrics?.Flush();
+    public void Persist() => _metrics?.Flush();
 
     public void Dispose() => _metrics?.Dispose();
 

@@ -86,6 +86,15 @@ public interface ITrainingObserver
     void WorkerLeft(string name, int workers, bool graceful)
     {
     }
+
+    /// <summary>
+    /// Returns once what the observer keeps on disk (the metrics file) holds every epoch reported so far. Called
+    /// before an epoch's checkpoint is written: a run resumed from that checkpoint keeps the metrics lines of the
+    /// epochs it covers, so the checkpoint must never be on disk before the line of its last epoch.
+    /// </summary>
+    void Persist()
+    {
+    }
 }
 
 /// <summary>An observer that ignores everything.</summary>

@@ -105,10 +105,6 @@ public sealed class Trainer : IDisposable
                 TimeSpan epochTime = epochClock.Elapsed;
                 EpochScores scores = _session.Score(_evaluator, _session.Parameters);
                 _session.RecordValidation(epoch + 1, scores.Validation, _session.Parameters);
-                if (checkpoints is not null)
-                {
-                    _session.SaveCheckpoint(checkpoints.Path);
-                }
                 observer.EpochCompleted(new EpochReport
                 {
                     Epoch = epoch + 1,
@@ -128,6 +124,12 @@ public sealed class Trainer : IDisposable
                     Workers = LanesInUse,
                     Rounds = rounds.Count == 0 ? null : rounds.ToArray(),
                 });
+                if (checkpoints is not null)
+                {
+                    // The epoch's metrics line first: a run resumed from this checkpoint keeps the lines it covers.
+                    observer.Persist();
+                    _session.SaveCheckpoint(checkpoints.Path);
+                }
                 rounds.Clear();
                 epochLoss = 0;
                 epochCorrect = epochRows = 0;
