@@ -133,7 +133,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             if (_shards?.IndexOf(t.ActorRef) is int shard && shard >= 0)
             {
-                if (!_session.IsFinished)
+                if (!_session.IsFinished || _shards.Collecting)
                 {
                     Fail($"parameter shard {shard} on {t.ActorRef.Path.Address} is gone (its node died or left): its slice of θ and of the optimizer state is lost; restart the server with the same command line to resume from its checkpoint (the same bits follow)", restartable: true);
                 }
@@ -169,6 +169,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// <param name="shards">parameter shards (<c>--server-shards</c>): 1 keeps θ and the update in this actor.</param>
     public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1) =>
         Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline, shards));
+
+    /// <summary>A local shard that throws is stopped, not restarted on state it may have half written: its loss stops the run.</summary>
+    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(_ => Directive.Stop);
 
     protected override void PreStart() =>
         Timers.StartPeriodicTimer("deadline", CheckDeadline.Instance, TimeSpan.FromMilliseconds(Math.Clamp(_deadline.Floor.TotalMilliseconds / 4, 20, 250)));
@@ -454,6 +457,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _epoch.ServerSeconds += Stopwatch.GetElapsedTime(applied.Started).TotalSeconds;
         if (epochDone)
         {
+            // The epoch's steps are done even while its state is being gathered: a worker registering now must
+            // not start the next epoch's first step before the coordinator asks for it.
+            _epochInProgress = -1;
             if (_shards is null)
             {
                 EndEpoch(step.Epoch);
@@ -522,11 +528,21 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// </summary>
     private void CheckStepDeadline()
     {
-        if (_step is not { } step || _updating || _failed || _scheduler.Workers.Count == 0)
+        if (_failed)
         {
             return;
         }
-        if (_shards is not null && step.CoveredAt is { } covered && Stopwatch.GetElapsedTime(covered) > ShardPatience)
+        if (_shards?.Overdue(ShardPatience) is { } overdue)
+        {
+            // A shard's answer was lost (placement or a collect): nothing else would ever complete it.
+            Fail($"{overdue} for {ShardPatience.TotalSeconds:F0} s; restart the server with the same command line to resume from its checkpoint", restartable: true);
+            return;
+        }
+        if (_step is not { } step || _updating || _scheduler.Workers.Count == 0)
+        {
+            return;
+        }
+        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } covered && Stopwatch.GetElapsedTime(covered) > ShardPatience)
         {
             // Every part reached the server, yet a shard has not summed them: a gradient slice was lost on its
             // way (its worker died while sending, or the link to the shard broke). The step cannot be completed
@@ -552,6 +568,16 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _log.Warning("{0} for {1}; their chunks go to {2}", why,
             string.Join(", ", dealt.Laggards.Select(l => l.Name)), string.Join(", ", dealt.Helpers.Select(h => h.Name)));
         _speculations++;
+        if (_shards is { AllReady: true })
+        {
+            // Work dealt again may have waited on a slice of θ that was lost: the shards send it again (the
+            // step is not applied yet, so it is this step's θ; a worker that has it copies the same values).
+            var publish = new PublishSlice(_assignments.Select(a => PeerOf(a.Worker)).Distinct().ToArray());
+            foreach (IActorRef? shard in _shards.Refs)
+            {
+                _courier.Send(shard!, publish, Self);
+            }
+        }
         SendAssignments();
     }
 
@@ -640,8 +666,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     // ---- Parameter shards (--server-shards K): the server keeps control, the shards θ and the update ----
 
-    /// <summary>How long the shards may take to sum a step the server has seen covered before a lost slice is assumed.</summary>
-    private static readonly TimeSpan ShardPatience = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// How long the shards may take to sum a step the server has seen covered, to come up, or to answer a collect,
+    /// before a lost message is assumed: ten step deadlines, and never under 30 s (a collect moves the model's
+    /// state over the shards' links).
+    /// </summary>
+    private TimeSpan ShardPatience => TimeSpan.FromTicks(Math.Max(TimeSpan.FromSeconds(30).Ticks, 10 * _deadline.Current.Ticks));
 
     private bool FromShard(int shard)
     {
@@ -662,6 +692,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     {
         ShardedState shards = _shards!;
         shards.Placed = true;
+        shards.PlacedAt = Stopwatch.GetTimestamp();
         for (int s = 0; s < shards.Plan.Shards; s++)
         {
             int start = shards.Plan.Start(s), count = shards.Plan.Count(s);
@@ -822,6 +853,24 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public bool AllFinite { get; private set; } = true;
         public bool Collecting => _collects.Count > 0;
 
+        /// <summary>When the shards were placed, and when the oldest collect out was sent.</summary>
+        public long PlacedAt { get; set; }
+        private long _collectSentAt;
+
+        /// <summary>What has waited longer than <paramref name="patience"/> for the shards, or null.</summary>
+        public string? Overdue(TimeSpan patience)
+        {
+            if (Placed && !AllReady && Stopwatch.GetElapsedTime(PlacedAt) > patience)
+            {
+                return $"parameter shards {string.Join(", ", Enumerable.Range(0, Plan.Shards).Where(s => Refs[s] is null))} have not come up";
+            }
+            if (Collecting && Stopwatch.GetElapsedTime(_collectSentAt) > patience)
+            {
+                return $"parameter shards {string.Join(", ", Enumerable.Range(0, Plan.Shards).Where(s => !_collected[s]))} have not returned their state";
+            }
+            return null;
+        }
+
         public int IndexOf(IActorRef actor) => Array.FindIndex(Refs, r => actor.Equals(r));
 
         /// <summary>Whether a shard that is not up yet was placed on <paramref name="node"/>.</summary>
@@ -850,6 +899,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
         public long BeginCollect(Action done)
         {
+            if (_collects.Count == 0)
+            {
+                _collectSentAt = Stopwatch.GetTimestamp();
+            }
             _collects.Enqueue((++_lastRequest, done));
             return _lastRequest;
         }
@@ -871,6 +924,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
             Array.Clear(_collected);
             _collectedCount = 0;
+            _collectSentAt = Stopwatch.GetTimestamp(); // the next collect out, if any, was answered in order after this one
             return _collects.Dequeue().Done;
         }
     }

@@ -48,6 +48,14 @@ public sealed class ParameterShard : ReceiveActor
         Receive<CollectSlice>(_ => FromServer(), m =>
             _courier.Send(_server, new SliceCollected(m.Request, _shard, _step, _update.OptimizerSteps, (float[])_update.Parameters.Clone(), _update.StateSlices()), Self));
         Receive<IWireMessage>(m => _log.Warning("shard {0} dropped a {1} from {2}: only the parameter server may send it", _shard, m.GetType().Name, Sender.Path));
+        Receive<DeliveryFailed>(f => f.Recipient.Path.Equals(_server.Path), f =>
+        {
+            // The server would wait for ever for what it did not get: stopping ends the shard's part, which the
+            // server sees (DeathWatch) and answers by stopping the run for a resume.
+            _log.Error("shard {0} could not deliver a {1} to the parameter server ({2}); stopping", _shard, f.Message.GetType().Name, f.Reason);
+            Context.Stop(Self);
+        });
+        // A worker that cannot be reached asks again: the server deals its work to others, and sends their θ again.
         Receive<DeliveryFailed>(f => _log.Warning("shard {0} could not deliver a {1} to {2} ({3})", _shard, f.Message.GetType().Name, f.Recipient.Path, f.Reason));
     }
 

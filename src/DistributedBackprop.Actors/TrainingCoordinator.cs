@@ -47,6 +47,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     /// <summary>Rounds of local steps reported since the last epoch's report (the next epoch starts only after this one is scored).</summary>
     private readonly List<StepReport> _rounds = [];
     private int? _pendingNextEpoch;
+    /// <summary>The step of the epoch-end checkpoint <see cref="_pendingNextEpoch"/> waits for (an earlier one arriving late does not count).</summary>
+    private long _pendingCheckpointStep;
 
     public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1)
     {
@@ -221,6 +223,7 @@ public sealed class TrainingCoordinator : ReceiveActor
             // it only once the epoch's metrics line is (off the actor: the observer waits for the disk), so a
             // server killed in between never resumes past a line its metrics file lacks.
             _pendingNextEpoch = next ?? -1;
+            _pendingCheckpointStep = e.GlobalStep;
             Task.Run(_observer.Persist).PipeTo(Self, success: () => EpochPersisted.Instance);
             return;
         }
@@ -229,7 +232,7 @@ public sealed class TrainingCoordinator : ReceiveActor
 
     private void OnCheckpointSaved(CheckpointSaved saved)
     {
-        if (_pendingNextEpoch is int next)
+        if (_pendingNextEpoch is int next && saved.GlobalStep >= _pendingCheckpointStep)
         {
             _pendingNextEpoch = null;
             Continue(next < 0 ? null : next);

@@ -51,7 +51,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
     /// <summary>Work whose θ has not fully arrived from the shards yet.</summary>
     private readonly List<ComputeGradients> _waiting = [];
     private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
-    private const int MaxEarlySlices = 256;
+    private long _earlyFloats;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
     {
@@ -70,8 +70,19 @@ public sealed class Worker : ReceiveActor, IWithTimers
         Receive<ComputeGradients>(m => Sender.Path.Equals(_server.Path), Work);
         Receive<ShardMap>(m => Sender.Path.Equals(_server.Path), UseShards);
         Receive<ParameterSlice>(m => _shards is not null && (uint)m.Shard < (uint)_shards.Length && Sender.Equals(_shards[m.Shard]), TakeSlice);
-        // A shard may answer the server's word faster than the server's map reaches this worker: kept (a few) until then.
-        Receive<ParameterSlice>(m => _shards is null && _early.Count < MaxEarlySlices, m => _early.Add((m, Sender)));
+        // A shard may answer the server's word faster than the server's map reaches this worker: kept until then,
+        // from shards only and at most one model's worth (one slice of each shard is all that can come first).
+        Receive<ParameterSlice>(m => _shards is null && Sender.Path.Name.StartsWith("shard-", StringComparison.Ordinal)
+            && _earlyFloats + m.Values.Length <= _setup.Architecture.ParameterCount, m =>
+        {
+            _early.Add((m, Sender));
+            _earlyFloats += m.Values.Length;
+        });
+        Receive<ParameterSlice>(m =>
+        {
+            m.Pool?.Return(m.Values);
+            _log.Warning("{0} dropped a slice of θ from {1}: not one of its shards", _name, Sender.Path);
+        });
         Receive<RetryRegistration>(_ => Register());
         Receive<IWireMessage>(m => _log.Warning("{0} dropped a {1} from {2}: only the parameter server may send it", _name, m.GetType().Name, Sender.Path));
         Receive<DeliveryFailed>(f => f.Message is RegisterWorker, f =>
@@ -137,8 +148,13 @@ public sealed class Worker : ReceiveActor, IWithTimers
             {
                 TakeSlice(slice);
             }
+            else
+            {
+                slice.Pool?.Return(slice.Values);
+            }
         }
         _early.Clear();
+        _earlyFloats = 0;
     }
 
     /// <summary>A shard's slice of θ for a step: copied into place; work waiting for that step's θ runs once every slice is there.</summary>

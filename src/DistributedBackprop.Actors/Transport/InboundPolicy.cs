@@ -12,6 +12,9 @@ public sealed class InboundPolicy
     /// <summary>Control messages: names, versions, reasons.</summary>
     public const long ControlBytes = 64 << 10;
 
+    /// <summary>Shard maps and the workers a shard serves: an actor path and an endpoint per peer (thousands of them).</summary>
+    public const long PeerListBytes = 4 << 20;
+
     /// <summary>A <see cref="JoinAccepted"/> carries the run's configuration and two floats per input feature (preprocessing).</summary>
     public const long JoinAcceptedBytes = 32 << 20;
 
@@ -53,11 +56,11 @@ public sealed class InboundPolicy
         // Parameter shards (--server-shards): hosted here on the server's word, fed by the workers of other
         // nodes; the shards of other nodes send this node's worker their slices of θ.
         new("HS", "/user/" + ClusterNaming.WorkerAgentName, ClusterNaming.ServerRole, Kind.ShardState),
-        new("SM", ClusterNaming.WorkerActorPath, ClusterNaming.ServerRole, Kind.Control),
+        new("SM", ClusterNaming.WorkerActorPath, ClusterNaming.ServerRole, Kind.PeerList),
         new("PL", ClusterNaming.WorkerActorPath, ClusterNaming.WorkerRole, Kind.Tensor),
         new("GL", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.WorkerRole, Kind.Tensor),
-        new("AP", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
-        new("PB", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
+        new("AP", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.PeerList),
+        new("PB", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.PeerList),
         new("CL", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
     ]);
 
@@ -108,6 +111,7 @@ public sealed class InboundPolicy
         return kind switch
         {
             Kind.Control => ControlBytes,
+            Kind.PeerList => PeerListBytes,
             Kind.JoinAccepted => JoinAcceptedBytes,
             // Unknown until the run is: no tensor may arrive before then.
             Kind.Tensor => parameters < 0 ? 0 : TensorHeaderBytes + 16 * Interlocked.Read(ref _parts) + 4 * parameters,
@@ -121,7 +125,7 @@ public sealed class InboundPolicy
 
     private static string ClusterAuthorityText(string text) => Security.ClusterAuthority.Printable(text);
 
-    private enum Kind { Control, JoinAccepted, Tensor, ShardState, DataChunk }
+    private enum Kind { Control, PeerList, JoinAccepted, Tensor, ShardState, DataChunk }
 
     private sealed record Rule(string Manifest, string RecipientPath, string PeerRole, Kind Kind);
 }
