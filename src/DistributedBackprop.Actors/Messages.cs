@@ -197,5 +197,18 @@ public sealed record CollectSlice(long Request) : IWireMessage;
 /// <summary>Parameter shard → parameter server: its state at global step <see cref="Step"/>, for <see cref="CollectSlice"/> <see cref="Request"/>.</summary>
 public sealed record SliceCollected(long Request, int Shard, long Step, long OptimizerSteps, float[] Parameters, float[][] State) : IWireMessage;
 
+/// <summary>
+/// Parameter server → parameter shard: every part of step <see cref="Step"/> reached the server a deadline ago,
+/// yet the shard has not summed it; which parts does it lack? Answered by <see cref="SliceMissing"/>.
+/// </summary>
+public sealed record AskMissing(long Step) : IWireMessage;
+
+/// <summary>
+/// Parameter shard → parameter server: the runs of parts [Lo[i], Hi[i]) of step <see cref="Step"/> whose
+/// gradient slices never reached the shard (their worker died between its slices and its report, or the
+/// shard took a speculative node that overlapped them). The server has them computed again.
+/// </summary>
+public sealed record SliceMissing(long Step, int Shard, int[] Lo, int[] Hi) : IWireMessage;
+
 /// <summary>Parameter shard → parameter server: a worker sent something that cannot be part of the run (<see cref="Reason"/>); training stops.</summary>
 public sealed record ShardFailed(int Shard, string Reason) : IWireMessage;

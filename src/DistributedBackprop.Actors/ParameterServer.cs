@@ -116,6 +116,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         });
         Receive<SliceCollected>(m => FromShard(m.Shard), Collected);
         Receive<ShardFailed>(m => FromShard(m.Shard), m => Fail(m.Reason));
+        Receive<SliceMissing>(m => FromShard(m.Shard), Repair);
         Receive<DeliveryFailed>(f => _shards is not null && f.Message is HostShard or ApplySlice or PublishSlice or CollectSlice, f =>
             Fail($"cannot reach the parameter shard at {f.Recipient.Path.Address} ({f.Reason}); restart the server with the same command line to resume from its checkpoint", restartable: true));
         Receive<DeliveryFailed>(f =>
@@ -542,7 +543,18 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             return;
         }
-        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } covered && Stopwatch.GetElapsedTime(covered) > ShardPatience)
+        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } covered && Stopwatch.GetElapsedTime(covered) > _deadline.Current
+            && Stopwatch.GetElapsedTime(covered) <= ShardPatience && Stopwatch.GetElapsedTime(step.AskedMissingAt ?? covered) >= _deadline.Current)
+        {
+            // Covered here a deadline ago but not summed there: ask the shards that lack parts which ones.
+            step.AskedMissingAt = Stopwatch.GetTimestamp();
+            foreach (int shard in _shards.NotReduced())
+            {
+                _courier.Send(_shards.Refs[shard]!, new AskMissing(step.Step), Self);
+            }
+            return;
+        }
+        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } lost && Stopwatch.GetElapsedTime(lost) > ShardPatience)
         {
             // Every part reached the server, yet a shard has not summed them: a gradient slice was lost on its
             // way (its worker died while sending, or the link to the shard broke). The step cannot be completed
@@ -796,6 +808,40 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Applied(new UpdateApplied(step.Step, result, learningRate, now, UpdateOutcome.Applied));
     }
 
+    /// <summary>
+    /// A shard lacks parts the server has (their worker died between its slices and its report, or the shard took an
+    /// overlapping speculative node first): the runs are computed again by workers that delivered this step, outside
+    /// the scheduler (which counts them delivered). Every shard that has them drops the copies as duplicates, and the
+    /// server drops the figures: the same bits.
+    /// </summary>
+    private void Repair(SliceMissing m)
+    {
+        if (_step is not { } step || m.Step != step.Step || _failed || m.Lo.Length != m.Hi.Length || m.Lo.Length > _chunks)
+        {
+            return;
+        }
+        WorkerSlot[] helpers = _scheduler.Workers.Where(w => !w.Suspect).ToArray();
+        if (helpers.Length == 0)
+        {
+            helpers = [.. _scheduler.Workers];
+        }
+        if (helpers.Length == 0)
+        {
+            return; // nobody left: a worker that registers takes over the step's orphans
+        }
+        for (int i = 0; i < m.Lo.Length; i++)
+        {
+            if (m.Lo[i] < 0 || m.Hi[i] > _chunks || m.Lo[i] >= m.Hi[i])
+            {
+                Fail($"parameter shard {m.Shard} reported parts [{m.Lo[i]}, {m.Hi[i]}) missing; the step has {_chunks}");
+                return;
+            }
+            WorkerSlot helper = helpers[i % helpers.Length];
+            _log.Warning("parameter shard {0} lacks parts [{1}, {2}) of step {3}; {4} computes them again", m.Shard, m.Lo[i], m.Hi[i], step.Step, helper.Name);
+            _courier.Send(helper.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, m.Lo[i], m.Hi[i], []), Self);
+        }
+    }
+
     /// <summary>Gathers θ and the optimizer state from the shards into the session, then runs <paramref name="done"/>.</summary>
     private void Collect(Action done)
     {
@@ -967,6 +1013,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
         /// <summary>When the server had every part (with shards, the shards' sums may still be on their way).</summary>
         public long? CoveredAt { get; set; }
+
+        /// <summary>With shards: when the server last asked the shards that had not summed which parts they lack.</summary>
+        public long? AskedMissingAt { get; set; }
         public List<(float[] Array, FloatArrayPool Pool)> Pooled { get; } = [];
     }
 

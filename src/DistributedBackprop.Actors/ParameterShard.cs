@@ -45,6 +45,12 @@ public sealed class ParameterShard : ReceiveActor
         Receive<GradientSlice>(Accept);
         Receive<ApplySlice>(_ => FromServer(), Apply);
         Receive<PublishSlice>(_ => FromServer(), m => Publish(m.Workers));
+        Receive<AskMissing>(_ => FromServer(), m =>
+        {
+            // Summed already (the answer crossed the question), or an old step: nothing is missing here.
+            List<(int Lo, int Hi)> runs = m.Step == _step && !_reported ? _update.MissingRuns() : [];
+            _courier.Send(_server, new SliceMissing(m.Step, _shard, runs.Select(r => r.Lo).ToArray(), runs.Select(r => r.Hi).ToArray()), Self);
+        });
         Receive<CollectSlice>(_ => FromServer(), m =>
             _courier.Send(_server, new SliceCollected(m.Request, _shard, _step, _update.OptimizerSteps, (float[])_update.Parameters.Clone(), _update.StateSlices()), Self));
         Receive<IWireMessage>(m => _log.Warning("shard {0} dropped a {1} from {2}: only the parameter server may send it", _shard, m.GetType().Name, Sender.Path));

@@ -189,6 +189,43 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Assert.False(statistics.Failed);
     }
 
+    /// <summary>
+    /// A shard that lacks parts the server has (their slices were lost: a worker died between its slices and its
+    /// report) is asked what it lacks after a deadline, and the server has exactly those parts computed again:
+    /// the step completes with the plain trainer's bits instead of stopping the run.
+    /// </summary>
+    [Fact]
+    public void Shards_APartLostOnItsWayToOneShard_IsComputedAgain_AndTheStepKeepsItsBits()
+    {
+        TestProbe worker = CreateTestProbe();
+        Harness h = Start(new StepDeadline(TimeSpan.FromMilliseconds(300)), null, 2, worker);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        var (shards, theta, work) = ShardedWork(h, worker, 2);
+        var plan = new ShardPlan(h.Session.Parameters.Length, 2);
+        foreach (var (lo, hi) in new[] { (0, 4), (4, 8) })
+        {
+            foreach (GradientsComputed answer in h.Answer(work with { Parameters = theta, ChunkLo = lo, ChunkHi = hi }))
+            {
+                for (int s = 0; s < 2; s++)
+                {
+                    if (s == 1 && lo == 4)
+                    {
+                        continue; // lost on its way to shard 1
+                    }
+                    shards[s].Tell(new GradientSlice(answer.Step, answer.Node, answer.Gradient.AsSpan(plan.Start(s), plan.Count(s)).ToArray()), worker.Ref);
+                }
+                h.Server.Tell(answer with { Gradient = [] }, worker.Ref);
+            }
+        }
+        ComputeGradients again = worker.ExpectMsg<ComputeGradients>(TimeSpan.FromSeconds(10));
+        Assert.Equal((0L, 4, 8), (again.Step, again.ChunkLo, again.ChunkHi));
+        h.Coordinator.ExpectNoMsg(TimeSpan.Zero); // nothing applied before the missing part is in
+        DeliverSharded(h, worker, shards, theta, again);
+        h.Coordinator.ExpectMsg<StepApplied>(a => a.GlobalStep == 1, TimeSpan.FromSeconds(10));
+        var (_, next, _) = ShardedWork(h, worker, 2, mapKnown: true);
+        Fixtures.AssertSameBits(PlainTrainerAfter(1), next, "θ after a step whose part was computed again for one shard");
+    }
+
     [Fact]
     public void Shards_ASliceOfTheWrongLength_StopsTraining_AndNothingIsApplied()
     {

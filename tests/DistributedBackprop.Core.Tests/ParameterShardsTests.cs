@@ -113,6 +113,19 @@ public class ParameterShardsTests
     }
 
     [Fact]
+    public void MissingRuns_AreTheUncoveredPartsInContiguousRuns()
+    {
+        var settings = new OptimizerSettings { Kind = OptimizerKind.Sgd };
+        var update = new ShardUpdate(Arch, settings, 8, 0, new float[10], 0, []);
+        Assert.Equal([(0, 8)], update.MissingRuns());
+        Assert.True(update.TryAdd(new TreeNode(2, 2), new float[10]));
+        Assert.True(update.TryAdd(new TreeNode(6, 1), new float[10]));
+        Assert.Equal([(0, 2), (4, 6), (7, 8)], update.MissingRuns());
+        Assert.False(update.TryAdd(new TreeNode(0, 4), new float[10])); // overlaps [2,4): refused, [0,2) stays missing
+        Assert.Equal([(0, 2), (4, 6), (7, 8)], update.MissingRuns());
+    }
+
+    [Fact]
     public void StateSlicesThatDoNotFitTheOptimizer_AreRefused()
     {
         var settings = new OptimizerSettings { Kind = OptimizerKind.Adam };

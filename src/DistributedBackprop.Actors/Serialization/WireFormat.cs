@@ -58,6 +58,8 @@ public static class WireFormat
         [typeof(CollectSlice)] = "CL",
         [typeof(SliceCollected)] = "SX",
         [typeof(ShardFailed)] = "SF",
+        [typeof(AskMissing)] = "QM",
+        [typeof(SliceMissing)] = "MS",
     };
 
     /// <summary>Every message type of the protocol.</summary>
@@ -118,6 +120,8 @@ public static class WireFormat
             case CollectSlice m: w.Long(m.Request); break;
             case SliceCollected m: w.Long(m.Request); w.Int(m.Shard); w.Long(m.Step); w.Long(m.OptimizerSteps); w.Floats(m.Parameters); w.FloatArrays(m.State); break;
             case ShardFailed m: w.Int(m.Shard); w.String(m.Reason); break;
+            case AskMissing m: w.Long(m.Step); break;
+            case SliceMissing m: w.Long(m.Step); w.Int(m.Shard); w.Ints(m.Lo); w.Ints(m.Hi); break;
             default:
                 throw new SerializationException($"{message.GetType().FullName} is not a DistributedBackprop wire message");
         }
@@ -161,6 +165,8 @@ public static class WireFormat
             "CL" => new CollectSlice(r.Long()),
             "SX" => new SliceCollected(r.Long(), r.Int(), r.Long(), r.Long(), r.Floats(), r.FloatArrays()),
             "SF" => new ShardFailed(r.Int(), r.String()),
+            "QM" => new AskMissing(r.Long()),
+            "MS" => new SliceMissing(r.Long(), r.Int(), r.Ints(), r.Ints()),
             _ => throw new SerializationException($"unknown wire message manifest '{manifest}' ({length} bytes)"),
         };
         r.End();

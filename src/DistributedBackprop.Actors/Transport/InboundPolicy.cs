@@ -40,6 +40,7 @@ public sealed class InboundPolicy
         new("SR", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
         new("SP", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
         new("SF", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
+        new("MS", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.Control),
         new("SX", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, Kind.ShardState),
     ]);
 
@@ -62,6 +63,7 @@ public sealed class InboundPolicy
         new("AP", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.PeerList),
         new("PB", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.PeerList),
         new("CL", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
+        new("QM", ClusterNaming.ShardPathPrefix + "*", ClusterNaming.ServerRole, Kind.Control),
     ]);
 
     /// <summary>Nothing at all: a node that only sends on its bulk channel.</summary>

@@ -39,6 +39,7 @@ public sealed class ShardUpdate
 {
     private readonly Optimizer _optimizer;
     private readonly TreeReducer _reducer;
+    private readonly int _parts;
     private float[]? _gradient;
 
     /// <param name="stateSlices">this slice of each optimizer state tensor, in <see cref="Optimizer.StateTensors"/> order.</param>
@@ -56,6 +57,7 @@ public sealed class ShardUpdate
         {
             stateSlices[i].CopyTo(state[i].Values, start);
         }
+        _parts = parts;
         _reducer = new TreeReducer(parts, parameters.Length);
     }
 
@@ -71,6 +73,28 @@ public sealed class ShardUpdate
     public long OptimizerSteps => _optimizer.Steps;
 
     public bool IsComplete => _reducer.IsComplete;
+
+    /// <summary>The runs [Lo, Hi) of parts whose slices have not arrived, in order.</summary>
+    public List<(int Lo, int Hi)> MissingRuns()
+    {
+        var runs = new List<(int Lo, int Hi)>();
+        for (int part = 0; part < _parts; part++)
+        {
+            if (_reducer.IsCovered(part))
+            {
+                continue;
+            }
+            if (runs.Count > 0 && runs[^1].Hi == part)
+            {
+                runs[^1] = (runs[^1].Lo, part + 1);
+            }
+            else
+            {
+                runs.Add((part, part + 1));
+            }
+        }
+        return runs;
+    }
 
     /// <summary>
     /// A node's slice of gradient (borrowed until the next <see cref="Reset"/>; added into in place), or false if
