@@ -53,6 +53,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// <summary>Without parameter shards: the server's own update of the whole θ; with them, null.</summary>
     private readonly GuardedUpdate? _update;
     private readonly ShardedState? _shards;
+    /// <summary>With shards: <see cref="WorkerPeers"/>, forgotten whenever a worker registers or goes.</summary>
+    private PeerActor[]? _workerPeers;
     private readonly Action<Action<int>> _forEachUpdateLane;
     private bool _updating;
     private bool _returnParameters;
@@ -118,7 +120,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Receive<ShardFailed>(m => FromShard(m.Shard), m => Fail(m.Reason));
         Receive<SliceMissing>(m => FromShard(m.Shard), Repair);
         Receive<DeliveryFailed>(f => _shards is not null && f.Message is HostShard or ApplySlice or PublishSlice or CollectSlice, f =>
-            Fail($"cannot reach the parameter shard at {f.Recipient.Path.Address} ({f.Reason}); restart the server with the same command line to resume from its checkpoint", restartable: true));
+            FailForResume($"cannot reach the parameter shard at {f.Recipient.Path.Address} ({f.Reason})"));
         Receive<DeliveryFailed>(f =>
         {
             // A step's work that cannot reach its worker would stall the step: its chunks go to the others at
@@ -136,7 +138,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             {
                 if (!_session.IsFinished || _shards.Collecting)
                 {
-                    Fail($"parameter shard {shard} on {t.ActorRef.Path.Address} is gone (its node died or left): its slice of θ and of the optimizer state is lost; restart the server with the same command line to resume from its checkpoint (the same bits follow)", restartable: true);
+                    FailForResume($"parameter shard {shard} on {t.ActorRef.Path.Address} is gone (its node died or left): its slice of θ and of the optimizer state is lost");
                 }
                 return;
             }
@@ -215,6 +217,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         var slot = new WorkerSlot(Sender, message.WorkerName);
         _scheduler.Add(slot);
+        _workerPeers = null;
         Context.Watch(Sender);
         _log.Info("worker {0} registered ({1} workers)", message.WorkerName, _scheduler.Workers.Count);
         _coordinator.Tell(new WorkerJoined(message.WorkerName, _scheduler.Workers.Count));
@@ -484,7 +487,6 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
             _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.9)),
             _returnParameters ? (float[])_session.Parameters.Clone() : []));
-        _epochInProgress = -1;
     }
 
     private void WorkerDied(IActorRef reference)
@@ -495,6 +497,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return;
         }
         Departure departure = _scheduler.Remove(worker, inStep: _step is not null, _assignments);
+        _workerPeers = null;
         int left = _scheduler.Workers.Count;
         bool graceful = _leaving.Remove(reference.Path.Address);
         if (_session.IsFinished) _log.Info("worker {0} left after training ({1} left)", worker.Name, left);
@@ -507,7 +510,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         if (_shards is { Placed: true, AllReady: false } && !_failed && _shards.PlacedOn(reference.Path.Address))
         {
             // A shard placed on its node never came up: nothing of it will.
-            Fail($"worker {worker.Name} died before the parameter shard placed on its node was up; restart the server with the same command line to resume from its checkpoint", restartable: true);
+            FailForResume($"worker {worker.Name} died before the parameter shard placed on its node was up");
             return;
         }
         if (departure == Departure.NothingMissing)
@@ -536,31 +539,33 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         if (_shards?.Overdue(ShardPatience) is { } overdue)
         {
             // A shard's answer was lost (placement or a collect): nothing else would ever complete it.
-            Fail($"{overdue} for {ShardPatience.TotalSeconds:F0} s; restart the server with the same command line to resume from its checkpoint", restartable: true);
+            FailForResume($"{overdue} for {ShardPatience.TotalSeconds:F0} s");
             return;
         }
         if (_step is not { } step || _updating || _scheduler.Workers.Count == 0)
         {
             return;
         }
-        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } covered && Stopwatch.GetElapsedTime(covered) > _deadline.Current
-            && Stopwatch.GetElapsedTime(covered) <= ShardPatience && Stopwatch.GetElapsedTime(step.AskedMissingAt ?? covered) >= _deadline.Current)
+        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } covered)
         {
-            // Covered here a deadline ago but not summed there: ask the shards that lack parts which ones.
-            step.AskedMissingAt = Stopwatch.GetTimestamp();
-            foreach (int shard in _shards.NotReduced())
+            // Every part reached the server, yet a shard has not summed them: a gradient slice was lost on its way
+            // (its worker died between its slices and its report, or the shard took an overlapping speculative
+            // node). A deadline on, the shards say which parts they lack and those are computed again; if that
+            // does not complete the step either, the run stops and resumes from its checkpoint with the same bits.
+            TimeSpan sinceCovered = Stopwatch.GetElapsedTime(covered);
+            if (sinceCovered > ShardPatience)
             {
-                _courier.Send(_shards.Refs[shard]!, new AskMissing(step.Step), Self);
+                FailForResume($"parameter shards {string.Join(", ", _shards.NotReduced())} have not summed step {step.Step} {ShardPatience.TotalSeconds:F0} s after every part reached the server");
             }
-            return;
-        }
-        if (_shards is { AllReduced: false, Collecting: false } && step.CoveredAt is { } lost && Stopwatch.GetElapsedTime(lost) > ShardPatience)
-        {
-            // Every part reached the server, yet a shard has not summed them: a gradient slice was lost on its
-            // way (its worker died while sending, or the link to the shard broke). The step cannot be completed
-            // from here; the run stops and resumes from its checkpoint with the same bits.
-            Fail($"parameter shards {string.Join(", ", _shards.NotReduced())} have not summed step {step.Step} {ShardPatience.TotalSeconds:F0} s after every part reached the server (a gradient slice was lost); restart the server with the same command line to resume from its checkpoint", restartable: true);
-            return;
+            else if (sinceCovered > _deadline.Current && Stopwatch.GetElapsedTime(step.AskedMissingAt ?? covered) >= _deadline.Current)
+            {
+                step.AskedMissingAt = Stopwatch.GetTimestamp();
+                foreach (int shard in _shards.NotReduced())
+                {
+                    _courier.Send(_shards.Refs[shard]!, new AskMissing(step.Step), Self);
+                }
+            }
+            return; // nothing is missing here: the scheduler has nothing to deal again
         }
         TimeSpan waited = Stopwatch.GetElapsedTime(_scheduler.DealtAt);
         if (waited < _deadline.Current)
@@ -666,6 +671,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         return null;
     }
 
+    /// <summary>State was lost with a node, or a shard's answer: the run stops as restartable (<see cref="TrainingFailed.Restartable"/>).</summary>
+    private void FailForResume(string what) =>
+        Fail($"{what}; restart the server with the same command line to resume from its checkpoint (the same bits follow)", restartable: true);
+
     /// <param name="restartable">state was lost with a node (see <see cref="TrainingFailed.Restartable"/>).</param>
     private void Fail(string reason, bool restartable = false)
     {
@@ -703,7 +712,6 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private void PlaceShards()
     {
         ShardedState shards = _shards!;
-        shards.Placed = true;
         shards.PlacedAt = Stopwatch.GetTimestamp();
         for (int s = 0; s < shards.Plan.Shards; s++)
         {
@@ -760,7 +768,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             _courier.Send(worker.Ref, map, Self);
         }
-        var publish = new PublishSlice(workers.Select(PeerOf).ToArray());
+        var publish = new PublishSlice([.. workers.Select(PeerOf)]);
         foreach (IActorRef? shard in shards.Refs)
         {
             _courier.Send(shard!, publish, Self);
@@ -768,6 +776,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     }
 
     private PeerActor PeerOf(WorkerSlot worker) => worker.Peer ??= _courier.Describe(worker.Ref);
+
+    /// <summary>The registered workers as shards are told of them; made again only when a worker joins or goes (not every step).</summary>
+    private PeerActor[] WorkerPeers() => _workerPeers ??= _scheduler.Workers.Select(PeerOf).ToArray();
 
     private void SliceSummed(SliceReduced m)
     {
@@ -800,7 +811,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, now));
         Network.BatchResult result = _reducer.Plan().Result;
         float learningRate = _session.BeginStep();
-        var apply = new ApplySlice(step.Step, step.Step + _session.StepsInUpdate, learningRate, _scheduler.Workers.Select(PeerOf).ToArray());
+        var apply = new ApplySlice(step.Step, step.Step + _session.StepsInUpdate, learningRate, WorkerPeers());
         foreach (IActorRef? shard in shards.Refs)
         {
             _courier.Send(shard!, apply, Self);
@@ -891,7 +902,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         private long _lastRequest;
 
         public ShardPlan Plan { get; } = plan;
-        public bool Placed { get; set; }
+        public bool Placed => PlacedAt is not null;
         public Address?[] Nodes { get; } = new Address?[plan.Shards];
         public IActorRef?[] Refs { get; } = new IActorRef?[plan.Shards];
         public bool AllReady => Array.TrueForAll(Refs, r => r is not null);
@@ -899,14 +910,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public bool AllFinite { get; private set; } = true;
         public bool Collecting => _collects.Count > 0;
 
-        /// <summary>When the shards were placed, and when the oldest collect out was sent.</summary>
-        public long PlacedAt { get; set; }
+        /// <summary>When the shards were placed (null: not yet), and when the oldest collect out was sent.</summary>
+        public long? PlacedAt { get; set; }
         private long _collectSentAt;
 
         /// <summary>What has waited longer than <paramref name="patience"/> for the shards, or null.</summary>
         public string? Overdue(TimeSpan patience)
         {
-            if (Placed && !AllReady && Stopwatch.GetElapsedTime(PlacedAt) > patience)
+            if (PlacedAt is { } placed && !AllReady && Stopwatch.GetElapsedTime(placed) > patience)
             {
                 return $"parameter shards {string.Join(", ", Enumerable.Range(0, Plan.Shards).Where(s => Refs[s] is null))} have not come up";
             }

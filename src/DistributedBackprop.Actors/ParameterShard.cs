@@ -32,7 +32,6 @@ public sealed class ParameterShard : ReceiveActor
     private readonly HashSet<IActorRef> _workers = [];
     private readonly List<(float[] Array, FloatArrayPool Pool)> _pooled = [];
     private long _step;
-    private bool _reported;
     private long _dropped;
 
     public ParameterShard(IActorRef server, int shard, int parts, ShardUpdate update, long step)
@@ -48,7 +47,7 @@ public sealed class ParameterShard : ReceiveActor
         Receive<AskMissing>(_ => FromServer(), m =>
         {
             // Summed already (the answer crossed the question), or an old step: nothing is missing here.
-            List<(int Lo, int Hi)> runs = m.Step == _step && !_reported ? _update.MissingRuns() : [];
+            List<(int Lo, int Hi)> runs = m.Step == _step && !_update.IsComplete ? _update.MissingRuns() : [];
             _courier.Send(_server, new SliceMissing(m.Step, _shard, runs.Select(r => r.Lo).ToArray(), runs.Select(r => r.Hi).ToArray()), Self);
         });
         Receive<CollectSlice>(_ => FromServer(), m =>
@@ -76,7 +75,7 @@ public sealed class ParameterShard : ReceiveActor
 
     private void Accept(GradientSlice slice)
     {
-        if (!_workers.Contains(Sender) || slice.Step != _step || _reported)
+        if (!_workers.Contains(Sender) || slice.Step != _step || _update.IsComplete)
         {
             // A stranger, or a step this shard has summed already (a speculative duplicate arriving late).
             slice.Pool?.Return(slice.Values);
@@ -102,16 +101,15 @@ public sealed class ParameterShard : ReceiveActor
         }
         if (_update.IsComplete)
         {
-            _reported = true;
             _courier.Send(_server, new SliceReduced(_step, _shard, _update.Reduce()), Self);
         }
     }
 
     private void Apply(ApplySlice message)
     {
-        if (message.Step != _step || !_reported)
+        if (message.Step != _step || !_update.IsComplete)
         {
-            _courier.Send(_server, new ShardFailed(_shard, $"asked to apply step {message.Step}, but shard {_shard} has {(_reported ? "summed" : "not yet summed")} step {_step}"), Self);
+            _courier.Send(_server, new ShardFailed(_shard, $"asked to apply step {message.Step}, but shard {_shard} has {(_update.IsComplete ? "summed" : "not yet summed")} step {_step}"), Self);
             return;
         }
         bool finite = _update.Apply(message.LearningRate);
@@ -119,7 +117,6 @@ public sealed class ParameterShard : ReceiveActor
         _update.Reset();
         ReturnPooled();
         _step = message.NextStep;
-        _reported = false;
         _workers.Clear();
         Publish(message.Workers);
     }

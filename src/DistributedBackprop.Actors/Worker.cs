@@ -52,6 +52,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly List<ComputeGradients> _waiting = [];
     private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
     private long _earlyFloats;
+    private float[]? _sliceScratch;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
     {
@@ -93,7 +94,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
             Timers.StartSingleTimer("register", RetryRegistration.Instance, TimeSpan.FromSeconds(1));
         });
         Receive<DeliveryFailed>(f => f.Message is GradientSlice, f =>
-            // The shard then never sums the step; the server sees that and stops the run for a resume.
+            // The shard then lacks that part; a deadline after the server has every part it asks the shards what
+            // they lack and has it computed again.
             _log.Warning("{0} could not deliver a gradient slice to the parameter shard at {1} ({2})", _name, f.Recipient.Path, f.Reason));
         Receive<DeliveryFailed>(f =>
         {
@@ -170,24 +172,31 @@ public sealed class Worker : ReceiveActor, IWithTimers
         slice.Values.CopyTo(_theta, plan.Start(slice.Shard));
         slice.Pool?.Return(slice.Values);
         _sliceSteps[slice.Shard] = slice.Step;
-        long oldest = _sliceSteps.Min();
+        long oldest = _sliceSteps.Min(), whole = WholeThetaStep();
         for (int i = 0; i < _waiting.Count;)
         {
             ComputeGradients work = _waiting[i];
-            if (work.Step < oldest)
+            if (work.Step < oldest || work.Step == whole)
             {
-                _waiting.RemoveAt(i); // the shards have moved past it: the server has too
-            }
-            else if (work.Step == oldest && _sliceSteps.Max() == oldest)
-            {
+                // Older than every slice: the shards, and so the server, have moved past it. Or θ is whole for it.
                 _waiting.RemoveAt(i);
-                Compute(work, _theta);
+                if (work.Step == whole)
+                {
+                    Compute(work, _theta);
+                }
             }
             else
             {
                 i++;
             }
         }
+    }
+
+    /// <summary>The step every slice of θ is at, or −1 while the shards' slices are of different steps.</summary>
+    private long WholeThetaStep()
+    {
+        long oldest = _sliceSteps.Min();
+        return oldest == _sliceSteps.Max() ? oldest : -1;
     }
 
     private void Work(ComputeGradients message)
@@ -199,15 +208,11 @@ public sealed class Worker : ReceiveActor, IWithTimers
             return;
         }
         // θ comes from the shards. Slices of this step all here: compute; some newer: the step is over; else wait.
-        if (_sliceSteps.Max() > message.Step)
-        {
-            return;
-        }
-        if (_sliceSteps.Min() == message.Step)
+        if (WholeThetaStep() == message.Step)
         {
             Compute(message, _theta);
         }
-        else
+        else if (_sliceSteps.Max() <= message.Step)
         {
             _waiting.Add(message);
         }
@@ -230,7 +235,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
         foreach (TreeNode node in _nodes)
         {
             long start = Stopwatch.GetTimestamp();
-            float[] gradient = Rent(message.Step);
+            // With shards the node's gradient is only cut into slices here: one scratch buffer serves every node.
+            float[] gradient = _shards is null ? Rent(message.Step) : _sliceScratch ??= new float[_setup.Architecture.ParameterCount];
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
             BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts);
             if (_shards is null)

@@ -26,6 +26,16 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     private string[] ServeOn(int port, params string[] args) =>
         ["serve", .. args, "--port", port.ToString(CultureInfo.InvariantCulture), "--state-dir", Path.Combine(_dir, "state"), "--token-file", TokenFile];
 
+    /// <summary>A port free on 127.0.0.1 now, for a server that must come back at the same address after a restart.</summary>
+    private static int FreeLoopbackPort()
+    {
+        var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        return port;
+    }
+
     /// <summary>The worker command line the server prints (join address, bulk port, token file).</summary>
     private static string[] JoinCommand(RunningDbp server) =>
         server.WaitFor(@"workers join with: dbp (worker .*)$", TimeSpan.FromSeconds(60)).Groups[1].Value.Split(' ');
@@ -277,10 +287,7 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         string plain = Path.Combine(_dir, "plain.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
         string checkpoint = Path.Combine(_dir, "checkpoint.safetensors");
         Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "0", "--out", plain, "--progress", "none"]).ExitCode);
-        var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        probe.Start();
-        int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop();
+        int port = FreeLoopbackPort();
         string[] serve = ServeOn(port, [.. Run, "--server-shards", "3", "--min-workers", "2", "--out", clustered, "--checkpoint", checkpoint, "--checkpoint-every", "50", "--progress", "plain"]);
         using var first = new RunningDbp(_dir, serve);
         string[] join = JoinCommand(first);
@@ -316,10 +323,7 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         string checkpoint = Path.Combine(_dir, "checkpoint.safetensors");
         Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "2", "--out", local, "--progress", "none"]).ExitCode);
         // A fixed port: the workers knock at the same address after the restart.
-        var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        probe.Start();
-        int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop();
+        int port = FreeLoopbackPort();
         string metrics = Path.Combine(_dir, "metrics.jsonl");
         string[] serve = ServeOn(port, [.. Run, "--min-workers", "2", "--out", clustered, "--metrics", metrics, "--checkpoint", checkpoint, "--checkpoint-every", "50", "--progress", "plain"]);
         using var first = new RunningDbp(_dir, serve);

@@ -215,8 +215,9 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
             _log.Warning("dropped shard {0}: this node has not started its worker yet", m.Shard);
             return;
         }
-        var plan = (uint)m.Shards - 1 < (uint)setup.Architecture.ParameterCount ? new ShardPlan(setup.Architecture.ParameterCount, m.Shards) : null;
-        if (plan is null || (uint)m.Shard >= (uint)m.Shards || m.Parameters.Length != plan.Count(m.Shard) || m.OptimizerSteps < 0 || m.Step < 0)
+        int parameters = setup.Architecture.ParameterCount;
+        ShardPlan? plan = m.Shards >= 1 && m.Shards <= parameters ? new ShardPlan(parameters, m.Shards) : null;
+        if (plan is null || m.Shard < 0 || m.Shard >= m.Shards || m.Parameters.Length != plan.Count(m.Shard) || m.OptimizerSteps < 0 || m.Step < 0)
         {
             Exit(1, $"the server sent a malformed parameter shard ({m.Shard} of {m.Shards}, {m.Parameters.Length} parameters)");
             return;

@@ -54,7 +54,6 @@ public sealed class BulkChannel : IDisposable
     private const int SocketBuffer = 4 << 20;
     // Bytes moved per system call under TLS (records are 16 KB); per connection, so a flood of handshakes stays small.
     private const int TlsIoBuffer = 256 << 10;
-    private const int MaxResolvedPaths = 1024;
 
     private readonly ExtendedActorSystem _system;
     private readonly ILoggingAdapter _log;
@@ -67,7 +66,7 @@ public sealed class BulkChannel : IDisposable
     // Lazy: GetOrAdd may run its factory twice under a race, and an Outgoing starts a thread and a timer;
     // only the one stored is ever created.
     private readonly ConcurrentDictionary<string, Lazy<Outgoing>> _outgoing = new();
-    private readonly ConcurrentDictionary<string, IActorRef> _resolved = new();
+    private readonly BoundedCache<string, IActorRef> _actors;
     private readonly CancellationTokenSource _stop = new();
     private readonly LinkedList<CancellationTokenSource> _handshaking = new();
     private long _bytesSent, _bytesReceived, _refusals;
@@ -76,6 +75,7 @@ public sealed class BulkChannel : IDisposable
     public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null)
     {
         _system = system;
+        _actors = new BoundedCache<string, IActorRef>(system.Provider.ResolveActorRef);
         _log = Logging.GetLogger(system, "bulk-channel");
         _identity = identity;
         _certificateContext = identity is null ? null : SslStreamCertificateContext.Create(identity.Certificate, additionalCertificates: null, offline: true);
@@ -380,7 +380,7 @@ public sealed class BulkChannel : IDisposable
                     _ => message,
                 };
                 Interlocked.Add(ref _bytesReceived, length + 16 + recipient.Length + sender.Length);
-                Resolve(recipient).Tell(message, Resolve(sender));
+                _actors.Get(recipient).Tell(message, _actors.Get(sender));
             }
         }
         catch (Exception e)
@@ -430,15 +430,6 @@ public sealed class BulkChannel : IDisposable
             return $"a frame claims to come from {from.Address}, but the connection's certificate is for {identity.AkkaAddress}";
         }
         return _policy.Check(manifest, to.ToStringWithoutAddress(), identity?.Role, length);
-    }
-
-    private IActorRef Resolve(string path)
-    {
-        if (_resolved.Count >= MaxResolvedPaths)
-        {
-            _resolved.Clear(); // peers choose paths: the cache must not grow with them
-        }
-        return _resolved.GetOrAdd(path, p => _system.Provider.ResolveActorRef(p));
     }
 
     private string ReadPath(Stream stream, byte[] scratch)

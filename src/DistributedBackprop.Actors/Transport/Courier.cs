@@ -18,10 +18,12 @@ public sealed class Courier : IExtension
 {
     private readonly ExtendedActorSystem _system;
     private readonly ConcurrentDictionary<Address, string> _endpoints = new();
+    private readonly BoundedCache<PeerActor, IActorRef?> _peers;
 
     public Courier(ExtendedActorSystem system)
     {
         _system = system;
+        _peers = new BoundedCache<PeerActor, IActorRef?>(ResolveOnce);
     }
 
     public static Courier Get(ActorSystem system) => system.WithExtension<Courier, CourierProvider>();
@@ -53,9 +55,12 @@ public sealed class Courier : IExtension
 
     /// <summary>
     /// The actor a <see cref="PeerActor"/> names (told by an authenticated peer), with its node's endpoint
-    /// recorded so messages to it take the bulk channel. Null if the path does not parse.
+    /// recorded so messages to it take the bulk channel. Null if the path does not parse. Resolved once per
+    /// peer: a shard names its workers every step.
     /// </summary>
-    public IActorRef? Resolve(PeerActor peer)
+    public IActorRef? Resolve(PeerActor peer) => _peers.Get(peer);
+
+    private IActorRef? ResolveOnce(PeerActor peer)
     {
         if (!ActorPath.TryParse(peer.Path, out ActorPath? path))
         {

@@ -45,8 +45,7 @@ internal static class TrainCommand
             }
             TrainingConfig config = training.Config(parse);
             KeptModel keep = training.KeptModel(parse, config);
-            TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, threads, checkpoint, checkpointEvery))
-                .Concat(parse.GetValue(workers) == 0 && TrainingOptionSet.Given(parse, serverShards) ? ["--server-shards has no effect with --workers 0: the plain trainer updates θ itself (the model is the same)"] : []));
+            TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, serverShards, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
             int shardCount = CheckServerShards(parse.GetValue(serverShards), session);
             string? resumeFrom = parse.GetValue(resume);
@@ -123,9 +122,13 @@ internal static class TrainCommand
         config.LocalSteps is { } local ? $", {local.Replicas} replicas × {local.Steps} local steps" : "";
 
     /// <summary>Options of `train` itself that the rest of its command line makes pointless.</summary>
-    private static IEnumerable<string> Ignored(ParseResult parse, TrainingConfig config, Option<int> workers, Option<int> threads, Option<string?> checkpoint, Option<int> checkpointEvery)
+    private static IEnumerable<string> Ignored(ParseResult parse, TrainingConfig config, Option<int> workers, Option<int> serverShards, Option<int> threads, Option<string?> checkpoint, Option<int> checkpointEvery)
     {
         int workerCount = parse.GetValue(workers);
+        if (workerCount == 0 && TrainingOptionSet.Given(parse, serverShards))
+        {
+            yield return "--server-shards has no effect with --workers 0: the plain trainer updates θ itself (the model is the same)";
+        }
         if (workerCount > 0 && TrainingOptionSet.Given(parse, threads))
         {
             yield return $"--threads has no effect with worker actors (--workers {workerCount}): each worker computes on one thread; --workers 0 --threads {parse.GetValue(threads)} runs the plain trainer";

@@ -132,7 +132,7 @@ public sealed class ShardUpdate
     }
 
     /// <summary>Copies of this slice of each optimizer state tensor, in <see cref="Optimizer.StateTensors"/> order.</summary>
-    public float[][] StateSlices() => _optimizer.StateTensors().Select(t => t.Values.AsSpan(Start, Count).ToArray()).ToArray();
+    public float[][] StateSlices() => StateSlicesOf(_optimizer, Start, Count);
 
     /// <summary>This slice of each of <paramref name="optimizer"/>'s state tensors (for a new shard).</summary>
     public static float[][] StateSlicesOf(Optimizer optimizer, int start, int count) =>
