@@ -16,11 +16,12 @@
 #                                           --workers 0 --threads 1`, synchronous, measured before and after
 #                                           the cluster in this run: the median of both runs' epochs after the first)
 # Usage (repo root, as root; cleans up its namespaces):
-#   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H] [--rate 1gbit] [--epochs 3]
+#   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H [--outer-overlap]
+#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--epochs 3]
 # Ends with one JSON line. --shards K runs `dbp serve --server-shards K` (shards on the worker nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-workers=2; shards=1; rate=1gbit; epochs=3; replicas=1; local_steps=1
+workers=2; shards=1; rate=1gbit; epochs=3; replicas=1; local_steps=1; outer=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers=$2; shift 2 ;;
@@ -29,7 +30,9 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --replicas) replicas=$2; shift 2 ;;
     --local-steps) local_steps=$2; shift 2 ;;
-    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --rate R --epochs E)" >&2; exit 2 ;;
+    --outer-overlap) outer+=(--outer-overlap); shift ;;
+    --outer-momentum|--outer-lr|--outer-optimizer) outer+=("$1" "$2"); shift 2 ;;
+    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --epochs E)" >&2; exit 2 ;;
   esac
 done
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] && [ "$workers" -le 16 ] || { echo "network-sim: --workers: 1 to 16, got $workers" >&2; exit 2; }
@@ -64,7 +67,7 @@ for n in "${names[@]}"; do before[$n]=$(counters "$n"); done
 
 sync=(--data "$data" --layers 256,128 --batch-size 256 --epochs "$epochs" --optimizer sgd --lr 0.05)
 # --shards K: the parameter server's K shards, placed round robin on the worker nodes (co-located).
-args=("${sync[@]}" --replicas "$replicas" --local-steps "$local_steps" --server-shards "$shards")
+args=("${sync[@]}" --replicas "$replicas" --local-steps "$local_steps" --server-shards "$shards" "${outer[@]}")
 # The reference: the plain trainer on one core, synchronous (no local steps), on this machine, before and after.
 taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/plain.jsonl" --progress none >"$work/plain.log" 2>&1 \
   || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }

@@ -41,6 +41,13 @@ public sealed record WorkerAccepted(string WorkerName, long NextStep) : IWireMes
 /// </summary>
 public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int ChunkLo, int ChunkHi, float[] Parameters) : IWireMessage
 {
+    /// <summary>
+    /// With <c>--outer-overlap</c>: <see cref="Engine.RoundStart.MinusOwnChange"/> when the work was dealt ahead,
+    /// before the previous round was in (its replicas start from <see cref="Parameters"/>, θ_{i−1}, and the worker's
+    /// own values of that round); else every replica starts from <see cref="Parameters"/>.
+    /// </summary>
+    public Engine.RoundStart Start { get; init; }
+
     /// <summary>Set by the bulk channel when <see cref="Parameters"/> came from its pool: the worker returns it after the step. Not sent.</summary>
     public Transport.FloatArrayPool? Pool { get; init; }
 }

@@ -67,6 +67,13 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private Task _checkpointWrites = Task.CompletedTask;
     private long _speculations;
     private readonly HashSet<Address> _leaving = [];
+    /// <summary>With --outer-overlap: the θ each round is dealt with, and every replica's values of the last rounds (<see cref="RoundStart"/>).</summary>
+    private readonly OverlappedRoundBases? _roundBases;
+    private readonly ReplicaChanges? _changes;
+    /// <summary>With --outer-overlap: the next round's work, dealt when this round was, and answers to it that came early.</summary>
+    private readonly List<ChunkAssignment<WorkerSlot>> _dealtAhead = [];
+    private long _aheadStep = -1;
+    private readonly List<(WorkerSlot Worker, GradientsComputed Message)> _early = [];
 
     public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1)
     {
@@ -94,6 +101,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
         _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536))) : null;
+        _roundBases = session.CreateRoundBases();
+        _changes = UpdateParts.CreateChanges(session.Config, session.Parameters.Length);
         int lanes = _update?.Lanes ?? 1;
         _forEachUpdateLane = work => Parallel.For(0, lanes, work);
 
@@ -307,9 +316,70 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // worker that died has stopped reading before its Terminated arrives). Across processes they are
         // serialized anyway.
         _reducer.Reset();
-        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, _session.Parameters);
+        // With overlap a round is dealt with θ one outer step old, kept aside (θ itself is written while it runs).
+        float[] parameters = _roundBases?.Begin(_session.UpdateInEpoch, _session.Parameters, _session.UpdateFollowsInEpoch) ?? _session.Parameters;
+        _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, parameters);
         _scheduler.StartStep(Stopwatch.GetTimestamp(), _deadline.Current, _assignments);
+        if (_roundBases is null)
+        {
+            SendAssignments();
+            return;
+        }
+        // Work already dealt ahead to the same worker is not sent again; the new dealing is dealt ahead for the next round.
+        var dealing = new List<ChunkAssignment<WorkerSlot>>(_assignments);
+        if (_aheadStep == _step.Step)
+        {
+            _assignments.RemoveAll(_dealtAhead.Contains);
+        }
         SendAssignments();
+        DealAhead(dealing);
+        ReplayEarlyAnswers();
+    }
+
+    /// <summary>
+    /// --outer-overlap: the next round of the epoch goes out with this one's dealing, with θ now (θ_i, the next
+    /// round's base); each worker starts it from its own values of this round as soon as it has them
+    /// (<see cref="RoundStart.MinusOwnChange"/>), while this round's values travel and are averaged.
+    /// </summary>
+    private void DealAhead(List<ChunkAssignment<WorkerSlot>> dealing)
+    {
+        StepInProgress step = _step!;
+        _dealtAhead.Clear();
+        _aheadStep = -1;
+        if (!_session.UpdateFollowsInEpoch)
+        {
+            return;
+        }
+        _aheadStep = step.Step + _session.StepsInUpdate;
+        int aheadInEpoch = step.StepInEpoch + _session.StepsInUpdate;
+        float[] aheadBase = _roundBases!.BaseOf(_session.UpdateInEpoch + 1);
+        foreach (ChunkAssignment<WorkerSlot> work in dealing)
+        {
+            _courier.Send(work.Worker.Ref, new ComputeGradients(_aheadStep, step.Epoch, aheadInEpoch, work.Lo, work.Hi, aheadBase) { Start = RoundStart.MinusOwnChange }, Self);
+            _dealtAhead.Add(work);
+        }
+    }
+
+    /// <summary>Answers to this round that arrived while the previous one was in, accepted now as if they had just come.</summary>
+    private void ReplayEarlyAnswers()
+    {
+        if (_early.Count == 0)
+        {
+            return;
+        }
+        var early = _early.ToArray();
+        _early.Clear();
+        foreach (var (worker, message) in early)
+        {
+            if (_scheduler.Workers.Contains(worker))
+            {
+                AcceptFrom(worker, message);
+            }
+            else
+            {
+                message.Pool?.Return(message.Gradient);
+            }
+        }
     }
 
     /// <summary>Sends the scheduler's decisions: each run to its worker, with the step's parameters.</summary>
@@ -318,10 +388,37 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         StepInProgress step = _step!;
         foreach (var (worker, lo, hi) in _assignments)
         {
+            if (_changes is not null && step.StepInEpoch > 0)
+            {
+                SendWithStarts(worker, lo, hi);
+                continue;
+            }
             // With shards θ comes from them: the work names the step only.
             _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, _shards is null ? step.Parameters : []), Self);
         }
         _assignments.Clear();
+    }
+
+    /// <summary>
+    /// --outer-overlap, a round after an epoch's first dealt now (not ahead): each replica goes out on its own
+    /// with its start S^r = θ_{i−1} − R·ℓ_{i−1}^r, from the values the server kept, whoever computed them before.
+    /// </summary>
+    private void SendWithStarts(WorkerSlot worker, int lo, int hi)
+    {
+        StepInProgress step = _step!;
+        long previous = step.Step - _session.Config.LocalSteps!.Steps;
+        for (int replica = lo; replica < hi; replica++)
+        {
+            if (!_changes!.TryGet(replica, previous, out float[] change))
+            {
+                Fail($"replica {replica}'s value of the round at step {previous} is missing; the round at step {step.Step} cannot be dealt");
+                return;
+            }
+            // A new array per message: it is lent to the worker (in one process) for as long as it computes.
+            var start = new float[change.Length];
+            ReplicaChanges.StartOf(step.Parameters, change, _chunks, start);
+            _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, replica, replica + 1, start), Self);
+        }
     }
 
     private void Accept(GradientsComputed message)
@@ -334,6 +431,26 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
             return;
         }
+        if (_roundBases is not null && message.Step == _aheadStep && !_failed && _step?.Step != message.Step)
+        {
+            // An answer to the round dealt ahead: kept until that round is the server's (at most twice its parts:
+            // each replica's value once, and once more from a probe or a worker dealt the same replica).
+            if (_early.Count < 2 * _chunks)
+            {
+                _early.Add((worker, message));
+            }
+            else
+            {
+                message.Pool?.Return(message.Gradient);
+                _staleDropped++;
+            }
+            return;
+        }
+        AcceptFrom(worker, message);
+    }
+
+    private void AcceptFrom(WorkerSlot worker, GradientsComputed message)
+    {
         if (_scheduler.HeardFrom(worker))
         {
             _log.Info("{0} answers again (step {1}); it gets work from the next step", worker.Name, message.Step);
@@ -352,9 +469,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
                 : $"{worker.Name} sent the server a gradient of {message.Gradient.Length} values for step {message.Step}; with parameter shards gradients go to the shards");
             return;
         }
-        if (!ChunkTree.IsCanonical(message.Node, _chunks))
+        if (!ChunkTree.IsCanonical(message.Node, _chunks) || (_changes is not null && message.Node.Size != 1))
         {
-            Fail($"{worker.Name} sent node {message.Node} for step {message.Step}, which is not a node of the chunk tree over {_chunks} chunks");
+            Fail(_changes is null
+                ? $"{worker.Name} sent node {message.Node} for step {message.Step}, which is not a node of the chunk tree over {_chunks} chunks"
+                : $"{worker.Name} sent node {message.Node} for step {message.Step}; with --outer-overlap each replica's value comes on its own");
             return;
         }
         int parts = UpdateParts.FiguresPerNode(_session.Config, message.Node);
@@ -375,6 +494,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _epoch.Dropped++;
             return;
         }
+        // Kept before the reduction adds into it: a replica's next round may be dealt elsewhere (SendWithStarts).
+        _changes?.Keep(message.Node.Lo, message.Step, message.Gradient);
         if (message.Pool is not null)
         {
             _step.Pooled.Add((message.Gradient, message.Pool));

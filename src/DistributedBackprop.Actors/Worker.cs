@@ -37,6 +37,10 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly string _name;
     private readonly WorkerSetup _setup;
     private readonly IUpdatePartComputer _computer;
+    /// <summary>With --outer-overlap: this worker's replicas' values of their last rounds, to start work dealt ahead from.</summary>
+    private readonly ReplicaChanges? _changes;
+    /// <summary>The two highest steps of work received: a buffer lent for an older step is free (see <see cref="Rent"/>).</summary>
+    private long _newestWork = -1, _newerWork = -1;
     private readonly List<TreeNode> _nodes = [];
     private readonly List<(float[] Buffer, long LentForStep)> _pool = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
@@ -59,7 +63,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
         _server = server;
         _name = name;
         _setup = setup;
-        _computer = UpdateParts.CreateComputer(setup.Config, setup.Architecture, setup.Train);
+        _changes = UpdateParts.CreateChanges(setup.Config, setup.Architecture.ParameterCount);
+        _computer = UpdateParts.CreateComputer(setup.Config, setup.Architecture, setup.Train, _changes);
         // Only the parameter server gives work or refuses it; from anyone else these are dropped.
         Receive<WorkerAccepted>(m => Sender.Path.Equals(_server.Path), m => _log.Debug("{0} accepted; work from step {1}", _name, m.NextStep));
         Receive<WorkerRefused>(m => Sender.Path.Equals(_server.Path), m =>
@@ -230,15 +235,41 @@ public sealed class Worker : ReceiveActor, IWithTimers
         {
             _plan = EpochPlan.Create(_setup.Train.Rows, config.BatchSize, config.Seed, message.Epoch, recycle: _plan);
         }
+        if (message.Step > _newestWork)
+        {
+            (_newerWork, _newestWork) = (_newestWork, message.Step);
+        }
+        else if (message.Step < _newestWork && message.Step > _newerWork)
+        {
+            _newerWork = message.Step;
+        }
         _nodes.Clear();
-        ChunkTree.Decompose(message.ChunkLo, message.ChunkHi, config.UpdateParts(), _nodes);
+        if (_changes is not null)
+        {
+            if (message.Start == RoundStart.MinusOwnChange && MissingChange(message) is int missing)
+            {
+                // Dealt ahead for replicas whose last round this worker did not compute (its work was lost):
+                // the server deals the round again, with each replica's start, once it misses the answer.
+                _log.Warning("{0} cannot start replica {1} at step {2}: it has no value of that replica's previous round", _name, missing, message.Step);
+                return;
+            }
+            // Each replica's value goes to the server on its own: it keeps them to start a replica's next round elsewhere.
+            for (int replica = message.ChunkLo; replica < message.ChunkHi; replica++)
+            {
+                _nodes.Add(new TreeNode(replica, 1));
+            }
+        }
+        else
+        {
+            ChunkTree.Decompose(message.ChunkLo, message.ChunkHi, config.UpdateParts(), _nodes);
+        }
         foreach (TreeNode node in _nodes)
         {
             long start = Stopwatch.GetTimestamp();
             // With shards the node's gradient is only cut into slices here: one scratch buffer serves every node.
             float[] gradient = _shards is null ? Rent(message.Step) : _sliceScratch ??= new float[_setup.Architecture.ParameterCount];
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
-            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts);
+            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start);
             if (_shards is null)
             {
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
@@ -255,6 +286,26 @@ public sealed class Worker : ReceiveActor, IWithTimers
         }
     }
 
+    /// <summary>A replica of the work whose value of the previous round (H steps earlier) this worker lacks, or null.</summary>
+    private int? MissingChange(ComputeGradients work)
+    {
+        long previous = work.Step - _setup.Config.LocalSteps!.Steps;
+        for (int replica = work.ChunkLo; replica < work.ChunkHi; replica++)
+        {
+            if (!_changes!.TryGet(replica, previous, out _))
+            {
+                return replica;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// A gradient buffer for work of <paramref name="step"/>. The server reads a step's buffers until it has
+    /// applied that step, and it deals work of a later step only after that, except one update ahead
+    /// (--outer-overlap): so a buffer is free once it was lent for a step older than the two newest this
+    /// worker was given.
+    /// </summary>
     private float[] Rent(long step, int length = -1)
     {
         if (length < 0)
@@ -263,7 +314,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
         }
         for (int i = 0; i < _pool.Count; i++)
         {
-            if (_pool[i].LentForStep < step && _pool[i].Buffer.Length == length)
+            if (_pool[i].LentForStep < _newerWork && _pool[i].LentForStep < step && _pool[i].Buffer.Length == length)
             {
                 _pool[i] = (_pool[i].Buffer, step);
                 return _pool[i].Buffer;

@@ -190,33 +190,49 @@ public sealed class LocalTrainingTests
         Assert.Contains(recorder.Epochs, e => e.WorkerStepsPerSecond!.GetValueOrDefault("worker-4") > 0);
     }
 
-    /// <summary>Local steps: 5 replicas, rounds of 3 steps (7 steps per epoch: rounds of 3, 3 and 1), with the config's Adam inside and Nesterov outside.</summary>
-    private static TrainingConfig LocalStepsConfig(int epochs = 3) => Fixtures.Config(epochs) with
+    /// <summary>
+    /// Local steps: 5 replicas, rounds of 3 steps (7 steps per epoch: rounds of 3, 3 and 1), with the config's Adam
+    /// inside and Nesterov outside; with <paramref name="overlap"/> each round is dealt ahead, stale by one round.
+    /// </summary>
+    private static TrainingConfig LocalStepsConfig(int epochs = 3, bool overlap = false) => Fixtures.Config(epochs) with
     {
-        LocalSteps = new LocalStepsSettings { Replicas = 5, Steps = 3 },
+        LocalSteps = new LocalStepsSettings { Replicas = 5, Steps = 3, OuterOverlap = overlap },
     };
 
     [Theory]
-    [InlineData(1, false)]
-    [InlineData(2, false)]
-    [InlineData(3, true)]
-    public async Task LocalSteps_AnyNumberOfWorkers_GivesThePlainTrainersBits(int workers, bool serializeEveryMessage)
+    [InlineData(1, false, false)]
+    [InlineData(2, false, false)]
+    [InlineData(3, true, false)]
+    [InlineData(1, false, true)]
+    [InlineData(2, true, true)]
+    [InlineData(3, false, true)]
+    public async Task LocalSteps_AnyNumberOfWorkers_GivesThePlainTrainersBits(int workers, bool serializeEveryMessage, bool overlap)
     {
-        TrainingConfig config = LocalStepsConfig();
+        TrainingConfig config = LocalStepsConfig(overlap: overlap);
         float[] oracle = Fixtures.PlainTrainer(config);
         Config? verify = serializeEveryMessage ? ConfigurationFactory.ParseString("akka.actor.serialize-messages = on\nakka.actor.serialize-creators = off") : null;
         var recorder = new RecordingObserver();
         TrainingSession session = await TrainWithActors(workers, recorder, verify, config: config);
         Assert.Equal(session.TotalSteps, session.GlobalStep);
         Assert.Equal(3 * 3, recorder.Steps); // one update per round
-        Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, local steps");
+        Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, local steps{(overlap ? ", overlapped" : "")}");
         Assert.NotEqual(Oracle, session.Parameters);
+        if (overlap)
+        {
+            Assert.NotEqual(Fixtures.PlainTrainer(LocalStepsConfig()), session.Parameters);
+        }
     }
 
-    [Fact]
-    public async Task LocalSteps_WorkerKilledMidEpoch_AndOneAdded_GivesTheSameBits()
+    /// <summary>
+    /// With overlap the killed worker's replicas of the round in flight are dealt to the others with their starts
+    /// (the server's copies of their previous values), and the newcomer's share is dealt unlike the round dealt ahead.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task LocalSteps_WorkerKilledMidEpoch_AndOneAdded_GivesTheSameBits(bool overlap)
     {
-        TrainingConfig config = LocalStepsConfig(epochs: 12);
+        TrainingConfig config = LocalStepsConfig(epochs: 12, overlap: overlap);
         float[] oracle = Fixtures.PlainTrainer(config);
         var recorder = new RecordingObserver();
         TrainingSession session = await TrainWithActors(3, config: config, observerFactory: run => new ChaosObserver(run, recorder, killAtStep: 10, addAtStep: 17));

@@ -28,6 +28,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new Cluster.TrainingFinished(7035, true, "done"),
         new WorkerAccepted("w", long.MaxValue),
         new ComputeGradients(7, 2, 3, 1, 5, [1.5f, -0f, float.Epsilon, float.MaxValue]),
+        new ComputeGradients(10, 2, 3, 1, 2, [0.5f]) { Start = RoundStart.MinusOwnChange },
         new GradientsComputed(9, new TreeNode(4, 4), new BatchResult(1.25, 3, 17), [0.1f, float.NegativeInfinity], 0.003),
         new GradientsComputed(9, new TreeNode(2, 2), new BatchResult(1.25, 3, 17), [0.5f], 0.003) { PartResults = [new BatchResult(0.5, 1, 8), new BatchResult(0.75, 2, 9)] },
         new TrainEpoch(4, false),

@@ -124,9 +124,15 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     /// the model is the plain trainer's, byte for byte, as is `dbp launch` with one and with two workers.
     /// </summary>
     [IntegrationFact("multiprocess")]
-    public void LocalStepsInAClusterOfProcesses_GiveThePlainTrainersBytes_ThroughAWorkersDeath()
+    public void LocalStepsInAClusterOfProcesses_GiveThePlainTrainersBytes_ThroughAWorkersDeath() => LocalStepsInAClusterOfProcesses([]);
+
+    /// <summary>The same with --outer-overlap: rounds dealt ahead, the dead worker's replicas dealt again with their starts.</summary>
+    [IntegrationFact("multiprocess")]
+    public void OverlappedLocalStepsInAClusterOfProcesses_GiveThePlainTrainersBytes_ThroughAWorkersDeath() => LocalStepsInAClusterOfProcesses(["--outer-overlap"]);
+
+    private void LocalStepsInAClusterOfProcesses(string[] extra)
     {
-        string[] local = ["--epochs", "200", "--replicas", "3", "--local-steps", "7", "--optimizer", "adam", "--lr", "0.002"];
+        string[] local = ["--epochs", "1500", "--replicas", "3", "--local-steps", "7", "--optimizer", "adam", "--lr", "0.002", .. extra];
         string plain = Path.Combine(_dir, "plain.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors"), launched = Path.Combine(_dir, "launched.safetensors");
         DbpResult reference = DbpProcess.Run(_dir, ["train", .. local, "--workers", "0", "--out", plain, "--progress", "none"]);
         Assert.True(reference.ExitCode == 0, reference.Stderr);

@@ -67,6 +67,43 @@ public sealed class LocalStepsCommandTests : IDisposable
         Assert.Empty(again.Stderr.Trim());
     }
 
+    /// <summary>
+    /// --outer-overlap: the same bytes for 0, 1 and 2 workers, written into the model's recipe (which reruns them),
+    /// another model than without it; checkpoints only at epoch ends, so --checkpoint-every is refused with it.
+    /// </summary>
+    [Fact]
+    public void Overlapped_rounds_give_the_same_bytes_for_any_worker_count_and_checkpoint_at_epoch_ends()
+    {
+        var models = new List<byte[]>();
+        foreach (string workers in new[] { "0", "1", "2" })
+        {
+            string model = Path.Combine(_dir, $"overlap-w{workers}.safetensors");
+            DbpResult run = DbpProcess.Run(_dir, [.. Local, "--outer-overlap", "--outer-momentum", "0.5", "--workers", workers, "--out", model]);
+            Assert.True(run.ExitCode == 0, run.Stderr);
+            Assert.Empty(run.Stderr.Trim());
+            models.Add(File.ReadAllBytes(model));
+        }
+        Assert.All(models, m => Assert.Equal(models[0], m));
+        string first = Path.Combine(_dir, "overlap-w0.safetensors");
+        Assert.Contains("\"outer_overlap\":true", SafeTensors.ReadMetadata(first)["config"]);
+        string rerun = Path.Combine(_dir, "overlap-rerun.safetensors"), plain = Path.Combine(_dir, "no-overlap.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", "--run", first, "--out", rerun, "--progress", "none"]).ExitCode);
+        Assert.Equal(models[0], File.ReadAllBytes(rerun));
+        Assert.Equal(0, DbpProcess.Run(_dir, [.. Local, "--outer-momentum", "0.5", "--out", plain]).ExitCode);
+        Assert.NotEqual(models[0], File.ReadAllBytes(plain));
+
+        string[] everyTen = ["--epochs", "1", "--replicas", "2", "--local-steps", "4", "--outer-overlap", "--checkpoint", Path.Combine(_dir, "c.safetensors"), "--checkpoint-every", "10"];
+        foreach (string[] command in new[] { new[] { "train" }, ["serve", "--insecure", "--port", "0"] })
+        {
+            DbpProcess.AssertUsageError(DbpProcess.Run(_dir, [.. command, .. everyTen]),
+                $"dbp {command[0]}: --checkpoint-every 10 with --outer-overlap: a round in flight starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold, so checkpoints are written at epoch ends only; drop --checkpoint-every", command[0]);
+        }
+        Assert.False(File.Exists(Path.Combine(_dir, "c.safetensors")));
+        DbpResult synchronous = DbpProcess.Run(_dir, ["train", "--epochs", "1", "--outer-overlap", "--progress", "none"]);
+        Assert.Equal(0, synchronous.ExitCode);
+        Assert.Contains("dbp train: warning: --outer-overlap has no effect without --replicas R and --local-steps H, both above 1 (training is synchronous)", synchronous.Stderr);
+    }
+
     [Theory]
     [InlineData("1", "10")]
     [InlineData("4", "1")]

@@ -16,14 +16,14 @@ public class LocalStepsTests
     private static readonly Dataset Data = TestNetworks.RandomDataset(190, 7, 3, seed: 5);
 
     /// <summary>152 training rows in batches of 20: 8 steps per epoch, the last of 12 rows; H = 3 gives rounds of 3, 3 and 2 steps.</summary>
-    private static TrainingConfig Config(int replicas = 3, int steps = 3, OptimizerKind inner = OptimizerKind.Momentum, OuterOptimizerKind outer = OuterOptimizerKind.Nesterov) => new()
+    private static TrainingConfig Config(int replicas = 3, int steps = 3, OptimizerKind inner = OptimizerKind.Momentum, OuterOptimizerKind outer = OuterOptimizerKind.Nesterov, bool overlap = false) => new()
     {
         HiddenLayers = [9],
         Epochs = 3,
         BatchSize = 20,
         Seed = 8,
         Optimizer = new OptimizerSettings { Kind = inner, LearningRate = 0.05f, WeightDecay = 0.01f, Schedule = ScheduleKind.Cosine },
-        LocalSteps = new LocalStepsSettings { Replicas = replicas, Steps = steps, OuterOptimizer = outer, OuterLearningRate = 0.6f, OuterMomentum = 0.8f },
+        LocalSteps = new LocalStepsSettings { Replicas = replicas, Steps = steps, OuterOptimizer = outer, OuterLearningRate = 0.6f, OuterMomentum = 0.8f, OuterOverlap = overlap },
     };
 
     private static TrainingSession Session(TrainingConfig config) => TrainingSession.Prepare(config, Data, null, 0.2);
@@ -33,7 +33,13 @@ public class LocalStepsTests
     /// new inner optimizer on rows [⌊r·n/R⌋, ⌊(r+1)·n/R⌋) of each batch, Δ̄ is the tree sum of (θ − θ_r)/R, and the
     /// outer optimizer applies Δ̄ as a gradient.
     /// </summary>
-    private static double[] ReferenceRound(TrainingSession session, Optimizer outer, float[] theta)
+    private static double[] ReferenceRound(TrainingSession session, Optimizer outer, float[] theta) => ReferenceRound(session, outer, theta, null, null);
+
+    /// <summary>
+    /// With <paramref name="starts"/> (--outer-overlap), replica r starts from starts[r] instead of θ and its value
+    /// (start − end)/R goes into <paramref name="values"/>[r].
+    /// </summary>
+    private static double[] ReferenceRound(TrainingSession session, Optimizer outer, float[] theta, float[][]? starts, float[][]? values)
     {
         TrainingConfig config = session.Config;
         LocalStepsSettings local = config.LocalSteps!;
@@ -44,7 +50,8 @@ public class LocalStepsTests
         var losses = new double[local.Replicas];
         for (int r = 0; r < local.Replicas; r++)
         {
-            float[] replica = (float[])theta.Clone();
+            float[] start = starts?[r] ?? theta;
+            float[] replica = (float[])start.Clone();
             var inner = new Optimizer(session.Architecture, config.Optimizer);
             var gradients = new NodeGradientComputer(session.Architecture, session.Train);
             double lossSum = 0;
@@ -64,7 +71,11 @@ public class LocalStepsTests
                 long step = (long)epoch * session.StepsPerEpoch + first + j;
                 inner.Apply(replica, gradient, config.Optimizer.LearningRateAt(step, epoch, session.TotalSteps));
             }
-            changes[r] = theta.Select((t, i) => (t - replica[i]) / local.Replicas).ToArray();
+            changes[r] = start.Select((t, i) => (t - replica[i]) / local.Replicas).ToArray();
+            if (values is not null)
+            {
+                values[r] = (float[])changes[r].Clone();
+            }
             losses[r] = lossSum / rows;
         }
         float[] mean = ChunkTree.Fold<float[]>(local.Replicas, (TreeNode node, out float[] value) => ChunkTree.Leaf(changes, node, out value),
@@ -103,6 +114,94 @@ public class LocalStepsTests
             Assert.Equal(session.GlobalStep == 8 || session.GlobalStep == 16 ? 20 + 12 : 60, result.Rows);
             AssertSameBits(theta, session.Parameters, $"round {round}");
         }
+    }
+
+    /// <summary>
+    /// --outer-overlap against its definition: round i ≥ 1 of an epoch starts replica r from
+    /// θ_{i−1} − R·ℓ_{i−1}^r (θ before the previous outer step, the replica's own previous value), round 0 from θ;
+    /// the outer steps are the usual ones. Two epochs of rounds of 3, 3 and 2 steps.
+    /// </summary>
+    [Theory]
+    [InlineData(OptimizerKind.Momentum, OuterOptimizerKind.Nesterov, 3, 2)]
+    [InlineData(OptimizerKind.Adam, OuterOptimizerKind.Sgd, 2, 1)]
+    [InlineData(OptimizerKind.Sgd, OuterOptimizerKind.Nesterov, 5, 3)]
+    public void OverlappedRounds_MatchTheDefinition_BitForBit(OptimizerKind inner, OuterOptimizerKind outerKind, int replicas, int threads)
+    {
+        TrainingConfig config = Config(replicas, steps: 3, inner, outerKind, overlap: true);
+        TrainingSession session = Session(config);
+        float[] theta = (float[])session.Parameters.Clone();
+        float[] thetaBefore = theta;
+        var values = new float[replicas][];
+        var outer = new Optimizer(session.Architecture, config.LocalSteps!.OuterSettings());
+        using var trainer = new Trainer(session, threads);
+        for (int round = 0; round < 6; round++)
+        {
+            float[][]? starts = session.StepInEpoch == 0 ? null
+                : values.Select(value => thetaBefore.Select((t, i) => t - value[i] * replicas).ToArray()).ToArray();
+            thetaBefore = (float[])theta.Clone();
+            ReferenceRound(session, outer, theta, starts ?? Enumerable.Repeat(thetaBefore, replicas).ToArray(), values);
+            trainer.Step(out _);
+            AssertSameBits(theta, session.Parameters, $"round {round}");
+        }
+        // Not the rounds without overlap: the definition changed, so the model does.
+        Assert.NotEqual(Train(Config(replicas, 3, inner, outerKind), 1), Train(config, 1));
+    }
+
+    [Fact]
+    public void Overlap_IsCheckpointedAtEpochEndsOnly_AndResumesThereWithTheUninterruptedBits()
+    {
+        TrainingConfig config = Config(overlap: true);
+        float[] uninterrupted = Train(config, threads: 1);
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-local-steps-overlap-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            // Asked for every 5 steps, written only at the epochs' ends: inside an epoch the round in flight
+            // starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold.
+            TrainingSession session = Session(config);
+            var written = new SortedSet<long>();
+            var watcher = new CheckpointWatcher(path, written);
+            using (var trainer = new Trainer(session, threads: 2))
+            {
+                trainer.Run(watcher, new CheckpointPolicy(path, EverySteps: 5));
+            }
+            watcher.Look();
+            Assert.Equal([8L, 16, 24], written);
+
+            TrainingSession first = Session(config);
+            using (var trainer = new Trainer(first))
+            {
+                for (int round = 0; round < 3; round++)
+                {
+                    trainer.Step(out _);
+                }
+            }
+            first.SaveCheckpoint(path);
+            TrainingSession resumed = Session(config);
+            resumed.RestoreCheckpoint(path);
+            using (var trainer = new Trainer(resumed, threads: 2))
+            {
+                trainer.Run(NullObserver.Instance);
+            }
+            AssertSameBits(uninterrupted, resumed.Parameters, "resumed at the end of epoch 1");
+            Assert.Contains("--outer-overlap false in the checkpoint, true now",
+                Assert.Throws<Models.ModelFileException>(() => Session(config).RestoreCheckpoint(WriteCheckpointWithout(path))).Message);
+            TrainingSession inside = Session(config);
+            inside.GlobalStep = 3;
+            inside.SaveCheckpoint(path);
+            Assert.Equal($"{path}: global step 3 is inside an epoch; with --outer-overlap only a checkpoint from an epoch's end can be resumed",
+                Assert.Throws<Models.ModelFileException>(() => Session(config).RestoreCheckpoint(path)).Message);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>A checkpoint of the same run without --outer-overlap, at <paramref name="path"/>.</summary>
+    private static string WriteCheckpointWithout(string path)
+    {
+        Session(Config()).SaveCheckpoint(path);
+        return path;
     }
 
     [Theory]
@@ -223,6 +322,11 @@ public class LocalStepsTests
         Assert.Equal(("4", "16", "nesterov", "0.6", "0.8"), (options["replicas"], options["local-steps"], options["outer-optimizer"], options["outer-lr"], options["outer-momentum"]));
         string[] expected = ["--local-steps 1 in the checkpoint, 16 now", "--outer-lr 0.7 in the checkpoint, 0.6 now", "--outer-momentum 0.9 in the checkpoint, 0.8 now", "--replicas 1 in the checkpoint, 4 now"];
         Assert.Equal(expected, config.DifferencesFrom(config with { LocalSteps = null }).Order(StringComparer.Ordinal));
+        Assert.DoesNotContain("outer_overlap", config.ToJson());
+        TrainingConfig overlapped = Config(overlap: true);
+        Assert.Contains("\"outer_overlap\":true", overlapped.ToJson());
+        Assert.Equal("true", overlapped.AsOptions()["outer-overlap"]);
+        Assert.Equal(["--outer-overlap false in the checkpoint, true now"], overlapped.DifferencesFrom(Config()));
         Assert.Equal(4, config.UpdateParts());
         Assert.Equal(8, new TrainingConfig().UpdateParts());
         Assert.Equal((16, 5, 1), (config.StepsInUpdate(0, 40), config.StepsInUpdate(35, 40), new TrainingConfig().StepsInUpdate(0, 40)));

@@ -22,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 5;
+    public const int ProtocolVersion = 6;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -79,7 +79,7 @@ public static class WireFormat
             case WorkerAccepted m: w.String(m.WorkerName); w.Long(m.NextStep); break;
             case WorkerRefused m: w.String(m.WorkerName); w.String(m.Reason); break;
             case WorkerJoined m: w.String(m.WorkerName); w.Int(m.Workers); break;
-            case ComputeGradients m: w.Long(m.Step); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Int(m.ChunkLo); w.Int(m.ChunkHi); w.Floats(m.Parameters); break;
+            case ComputeGradients m: w.Long(m.Step); w.Int(m.Epoch); w.Int(m.StepInEpoch); w.Int(m.ChunkLo); w.Int(m.ChunkHi); w.Floats(m.Parameters); w.Bool(m.Start == RoundStart.MinusOwnChange); break;
             case GradientsComputed m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Result(m.Result); w.Double(m.ComputeSeconds); w.Results(m.PartResults); w.Floats(m.Gradient); break;
             case TrainEpoch m: w.Int(m.Epoch); w.Bool(m.ReturnParameters); break;
             case StepApplied m:
@@ -137,7 +137,7 @@ public static class WireFormat
             "WA" => new WorkerAccepted(r.String(), r.Long()),
             "WR" => new WorkerRefused(r.String(), r.String()),
             "WJ" => new WorkerJoined(r.String(), r.Int()),
-            "CG" => new ComputeGradients(r.Long(), r.Int(), r.Int(), r.Int(), r.Int(), r.Floats()),
+            "CG" => new ComputeGradients(r.Long(), r.Int(), r.Int(), r.Int(), r.Int(), r.Floats()) { Start = r.Bool() ? RoundStart.MinusOwnChange : RoundStart.FromParameters },
             "GC" => ReadGradients(r),
             "TE" => new TrainEpoch(r.Int(), r.Bool()),
             "SA" => new StepApplied(r.Long(), r.Int(), r.Int(), r.Result(), r.Int()) { Round = r.Bool() ? new RoundReport(r.Doubles(), r.Double()) : null },

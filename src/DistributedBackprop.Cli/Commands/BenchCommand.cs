@@ -27,6 +27,7 @@ internal static class BenchCommand
         var threads = OptionParsing.PositiveInt("--threads", "Threads computing each step.", 1);
         var replicas = OptionParsing.IntInRange("--replicas", "Local steps: model replicas R (with --local-steps H > 1; 1: synchronous steps).", 1, 1, helpName: "R");
         var localSteps = OptionParsing.IntInRange("--local-steps", "Local steps: inner steps H per round (with --replicas R > 1).", 1, 1, helpName: "H");
+        var outerOverlap = new Option<bool>("--outer-overlap") { Description = "Local steps: deal each round ahead, stale by one round (as train's --outer-overlap)." };
         var optimizer = OptionParsing.OptimizerOption(OptimizerKind.Sgd);
         var lr = OptionParsing.PositiveFloat("--lr", "Learning rate.", 0.01f);
         var seconds = OptionParsing.PositiveFloat("--seconds", "Length of one timed window, in seconds.", 1.0f);
@@ -52,7 +53,7 @@ internal static class BenchCommand
         };
         var command = new Command("bench", "Measure training-step throughput on synthetic data (warm-up, then timed windows).")
         {
-            inputs, layers, outputs, activation, outputActivation, loss, batch, chunks, threads, replicas, localSteps, optimizer, lr, seconds, windows, warmup, noGemm, gemmShapes, workers, data, json,
+            inputs, layers, outputs, activation, outputActivation, loss, batch, chunks, threads, replicas, localSteps, outerOverlap, optimizer, lr, seconds, windows, warmup, noGemm, gemmShapes, workers, data, json,
         };
         command.SetAction(parse => CommandRunner.Run("bench", () =>
         {
@@ -67,7 +68,7 @@ internal static class BenchCommand
                 Epochs = 1_000_000,
                 Optimizer = new OptimizerSettings { Kind = parse.GetValue(optimizer), LearningRate = parse.GetValue(lr) },
                 LocalSteps = parse.GetValue(replicas) > 1 && parse.GetValue(localSteps) > 1
-                    ? new LocalStepsSettings { Replicas = parse.GetValue(replicas), Steps = parse.GetValue(localSteps) }
+                    ? new LocalStepsSettings { Replicas = parse.GetValue(replicas), Steps = parse.GetValue(localSteps), OuterOverlap = parse.GetValue(outerOverlap) }
                     : null,
             };
             if (config.Validate() is string problem)

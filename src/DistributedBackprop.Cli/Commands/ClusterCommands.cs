@@ -67,6 +67,7 @@ internal static class ServeCommand
             TrainingOptionSet.Warn("serve", training.Ignored(parse));
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
             int shardCount = TrainCommand.CheckServerShards(parse.GetValue(serverShards), session);
+            TrainCommand.CheckCheckpointEvery(parse.GetValue(checkpointEvery), session);
             string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
             if (parse.GetValue(resume) is string resumeFrom)
             {

@@ -48,6 +48,7 @@ internal static class TrainCommand
             TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, serverShards, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
             int shardCount = CheckServerShards(parse.GetValue(serverShards), session);
+            CheckCheckpointEvery(parse.GetValue(checkpointEvery), session);
             string? resumeFrom = parse.GetValue(resume);
             if (resumeFrom is not null)
             {
@@ -115,6 +116,15 @@ internal static class TrainCommand
             throw new UsageException($"--server-shards {shards} with --replicas/--local-steps: parameter shards and local steps do not go together yet (local steps already send θ once per round); drop one of them");
         }
         return shards;
+    }
+
+    /// <summary>--checkpoint-every N, if the run can be checkpointed inside an epoch.</summary>
+    internal static void CheckCheckpointEvery(int every, TrainingSession session)
+    {
+        if (every > 0 && !session.CheckpointsInsideEpochs)
+        {
+            throw new UsageException($"--checkpoint-every {every} with --outer-overlap: a round in flight starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold, so checkpoints are written at epoch ends only; drop --checkpoint-every");
+        }
     }
 
     /// <summary>For a run's title: ", 2 replicas × 32 local steps" with local steps, else nothing.</summary>

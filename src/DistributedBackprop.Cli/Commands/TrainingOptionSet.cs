@@ -53,13 +53,17 @@ internal sealed class TrainingOptionSet
     public Option<OuterOptimizerKind> OuterOptimizer { get; } = OptionParsing.OuterOptimizerOption();
     public Option<float> OuterLearningRate { get; } = OptionParsing.PositiveFloat("--outer-lr", "With local steps: the outer learning rate γ_out.", LocalStepsSettings.DefaultOuterLearningRate);
     public Option<float> OuterMomentum { get; } = OptionParsing.FloatInRange("--outer-momentum", "With local steps and --outer-optimizer nesterov: the outer momentum μ_out.", LocalStepsSettings.DefaultOuterMomentum, 0f, 1f, maxExclusive: true);
+    public Option<bool> OuterOverlap { get; } = new("--outer-overlap")
+    {
+        Description = "With local steps: overlap each round's exchange with the next round's inner steps, stale by one round (each replica goes on from its own last round, moved by θ's previous outer step). Part of the model's definition; still the same bytes for any worker count. Checkpoints at epoch ends only.",
+    };
 
     public IEnumerable<Option> All() =>
     [
         Data, Label, Header, TestData, TestFraction, Layers, Activation, OutputActivation, Loss, Epochs, BatchSize, Chunks,
         LearningRate, Optimizer, Momentum, Nesterov, Beta1, Beta2, WeightDecay, Schedule, DecayEvery, DecayFactor,
         MinLearningRate, WarmupSteps, Seed, ValidationFraction, EarlyStopping, EarlyStoppingMetric, Keep,
-        Replicas, LocalSteps, OuterOptimizer, OuterLearningRate, OuterMomentum,
+        Replicas, LocalSteps, OuterOptimizer, OuterLearningRate, OuterMomentum, OuterOverlap,
     ];
 
     /// <summary>
@@ -100,7 +104,7 @@ internal sealed class TrainingOptionSet
             yield return "--early-stopping-metric has no effect without --validation-fraction F (there is no validation score)";
         }
         bool localSteps = parse.GetValue(Replicas) > 1 && parse.GetValue(LocalSteps) > 1;
-        foreach (Option option in new Option[] { OuterOptimizer, OuterLearningRate, OuterMomentum })
+        foreach (Option option in new Option[] { OuterOptimizer, OuterLearningRate, OuterMomentum, OuterOverlap })
         {
             if (Given(parse, option) && !localSteps)
             {
@@ -183,6 +187,7 @@ internal sealed class TrainingOptionSet
                     OuterLearningRate = parse.GetValue(OuterLearningRate),
                     // Plain SGD has no momentum: kept at its default, so it cannot tell two equal runs apart.
                     OuterMomentum = parse.GetValue(OuterOptimizer) == OuterOptimizerKind.Nesterov ? parse.GetValue(OuterMomentum) : LocalStepsSettings.DefaultOuterMomentum,
+                    OuterOverlap = parse.GetValue(OuterOverlap),
                 }
                 : null,
             Optimizer = new OptimizerSettings

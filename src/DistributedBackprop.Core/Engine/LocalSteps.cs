@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Numerics.Tensors;
+using System.Text.Json.Serialization;
 using DistributedBackprop.Data;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
@@ -38,6 +39,13 @@ public sealed record LocalStepsSettings
     public float OuterLearningRate { get; init; } = DefaultOuterLearningRate;
     public float OuterMomentum { get; init; } = DefaultOuterMomentum;
 
+    /// <summary>
+    /// Rounds overlapped with the exchange, stale by one round (<c>--outer-overlap</c>; <see cref="RoundStart"/>):
+    /// written into the JSON only when set, so runs without it keep their bytes.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool OuterOverlap { get; init; }
+
     /// <summary>The outer update as an <see cref="Optimizer"/> (the same code as the inner one; Δ̄ takes the gradient's place).</summary>
     public OptimizerSettings OuterSettings() => new()
     {
@@ -64,6 +72,105 @@ public sealed record LocalStepsSettings
 }
 
 /// <summary>
+/// Where a replica starts its round. Without <c>--outer-overlap</c> every replica starts from θ_i, the θ the
+/// round is dealt with. With it (stale by one round, "eager" in the sense of Kale et al. 2025, "Eager updates
+/// for overlapped communication and computation in DiLoCo") replica r starts round i ≥ 1 of an epoch from
+///   S_i^r = θ_{i−1} − R·ℓ_{i−1}^r,
+/// where θ_{i−1} is θ before the previous round's outer step and ℓ_{i−1}^r = (S_{i−1}^r − E_{i−1}^r)/R is the
+/// replica's own value in that round (E: where its inner steps ended): its own trajectory, moved by how θ moved
+/// from one outer step to the next (S_0^r = θ_0 at an epoch's start). The outer step is unchanged,
+/// θ_{i+1} = outer(θ_i, Σ_r ℓ_i^r). A worker can therefore start round i as soon as it has finished round i − 1,
+/// with θ_{i−1} sent while that round ran: round i − 1's changes travel and are averaged meanwhile. With
+/// R = 1 and plain averaging (γ_out = 1) S_i = θ_i: plain training. Starts depend only on the round's place in
+/// its epoch and on values, never on timing, so the model stays a pure function of (data, config, seed); an
+/// epoch ends drained, so a checkpoint at an epoch's end holds all the state there is.
+/// (A plain one-round delay, every replica from θ_{i−1}, diverged with DiLoCo's outer Nesterov: docs/architecture.md.)
+/// </summary>
+public enum RoundStart
+{
+    /// <summary>Every replica of the work starts from the θ it carries.</summary>
+    FromParameters,
+
+    /// <summary>Replica r starts from θ_{i−1} − R·ℓ_{i−1}^r: the θ the work carries and the computer's own ℓ_{i−1}^r.</summary>
+    MinusOwnChange,
+}
+
+/// <summary>
+/// The θ each round of an epoch is dealt with under <c>--outer-overlap</c>: θ_{i−1} for round i ≥ 1, θ_0 for
+/// round 0. Two buffers alternate: round i's is needed until update i is applied (it may be dealt again), and
+/// θ_i, kept for round i + 1 when round i begins, then overwrites round i − 1's, which is applied.
+/// </summary>
+public sealed class OverlappedRoundBases(int parameterCount)
+{
+    private readonly float[][] _bases = [new float[parameterCount], new float[parameterCount]];
+
+    /// <summary>
+    /// Round <paramref name="round"/> (its number in the epoch) begins; <paramref name="theta"/> holds θ_round,
+    /// before its outer step. Returns the round's base; with <paramref name="hasNext"/> θ_round is kept as the
+    /// next round's (<see cref="BaseOf"/>).
+    /// </summary>
+    public float[] Begin(int round, ReadOnlySpan<float> theta, bool hasNext)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(round);
+        if (round == 0)
+        {
+            theta.CopyTo(_bases[0]);
+        }
+        if (hasNext)
+        {
+            theta.CopyTo(_bases[(round + 1) % 2]);
+        }
+        return _bases[round % 2];
+    }
+
+    /// <summary>The base of <paramref name="round"/>, kept by the <see cref="Begin"/> of this round or of the one before.</summary>
+    public float[] BaseOf(int round) => _bases[round % 2];
+}
+
+/// <summary>
+/// Each replica's value ℓ^r of its last two rounds (keyed by the round's first global step), for
+/// <see cref="RoundStart.MinusOwnChange"/>: a computer keeps those it computed; the parameter server keeps every
+/// replica's, to deal a replica's round to another worker. Two generations, because round i's value is kept
+/// while round i − 1's may still be needed (a duplicate of round i computed again).
+/// </summary>
+public sealed class ReplicaChanges(int replicas, int parameterCount)
+{
+    private readonly float[]?[] _values = new float[]?[2 * replicas];
+    private readonly long[] _steps = Enumerable.Repeat(-1L, 2 * replicas).ToArray();
+
+    /// <summary>Replica <paramref name="replica"/>'s value in the round that began at <paramref name="roundStep"/>, if kept.</summary>
+    public bool TryGet(int replica, long roundStep, out float[] value)
+    {
+        for (int g = 0; g < 2; g++)
+        {
+            if (_steps[2 * replica + g] == roundStep)
+            {
+                value = _values[2 * replica + g]!;
+                return true;
+            }
+        }
+        value = [];
+        return false;
+    }
+
+    /// <summary>Keeps a copy of <paramref name="value"/>, over the older of the replica's two generations (or the same round's).</summary>
+    public void Keep(int replica, long roundStep, ReadOnlySpan<float> value)
+    {
+        int a = 2 * replica, b = a + 1;
+        int slot = _steps[a] == roundStep ? a : _steps[b] == roundStep ? b : _steps[a] <= _steps[b] ? a : b;
+        value.CopyTo(_values[slot] ??= new float[parameterCount]);
+        _steps[slot] = roundStep;
+    }
+
+    /// <summary>S^r = θ_{i−1} − R·ℓ_{i−1}^r (<see cref="RoundStart.MinusOwnChange"/>), into <paramref name="start"/>.</summary>
+    public static void StartOf(ReadOnlySpan<float> theta, ReadOnlySpan<float> change, int replicas, Span<float> start)
+    {
+        TensorPrimitives.Multiply(change, (float)replicas, start);
+        TensorPrimitives.Subtract(theta, start, start);
+    }
+}
+
+/// <summary>
 /// What one part of an update computes, for whoever computes it (a trainer lane, a worker actor): the value of
 /// one canonical node of the tree over the update's parts, to be reduced along that tree. The parts are the
 /// C chunks of a step's batch (the node's gradient), or with local steps the R replicas of a round (the node's
@@ -78,17 +185,23 @@ public interface IUpdatePartComputer
     /// <param name="result">receives the node's value (as long as the parameters).</param>
     /// <param name="partResults">with local steps, receives each of the node's replicas' own figures (index 0: the
     /// node's first replica) unless empty; chunks leave it alone (their per-chunk figures are not reported).</param>
-    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults);
+    /// <param name="start">with local steps and <c>--outer-overlap</c>, where the node's replicas start (<see cref="RoundStart"/>).</param>
+    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters);
 }
 
 /// <summary>The parts of one update: their count and who computes them, from the configuration alone.</summary>
 public static class UpdateParts
 {
     /// <summary>A computer of this configuration's parts (one per thread: it keeps workspace).</summary>
-    public static IUpdatePartComputer CreateComputer(TrainingConfig config, Architecture architecture, Dataset train) =>
+    /// <param name="changes">with <c>--outer-overlap</c>, where computers keep and find their replicas' values (shared by the computers of one process's lanes).</param>
+    public static IUpdatePartComputer CreateComputer(TrainingConfig config, Architecture architecture, Dataset train, ReplicaChanges? changes = null) =>
         config.LocalSteps is null
             ? new ChunkGradientComputer(new NodeGradientComputer(architecture, train), config.Chunks)
-            : new ReplicaRoundComputer(config, architecture, train);
+            : new ReplicaRoundComputer(config, architecture, train, changes);
+
+    /// <summary>With <c>--outer-overlap</c> a store for the replicas' values (<see cref="RoundStart.MinusOwnChange"/>); else null.</summary>
+    public static ReplicaChanges? CreateChanges(TrainingConfig config, int parameterCount) =>
+        config.LocalSteps is { OuterOverlap: true } local ? new ReplicaChanges(local.Replicas, parameterCount) : null;
 
     /// <summary>
     /// How many per-part figures a node's value carries: with local steps one per replica it covers (the round's
@@ -101,7 +214,7 @@ public static class UpdateParts
 /// <summary>A synchronous step's part: the gradient of a node of its chunk tree.</summary>
 public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int chunks) : IUpdatePartComputer
 {
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults) =>
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters) =>
         gradients.Compute(parameters, plan.BatchRows(stepInEpoch), chunks, node, result);
 }
 
@@ -126,8 +239,13 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
     private readonly int _stepsPerEpoch;
     private readonly int _parameterCount;
 
-    public ReplicaRoundComputer(TrainingConfig config, Architecture architecture, Dataset train)
+    private readonly ReplicaChanges? _changes;
+    private readonly float[] _start;
+
+    public ReplicaRoundComputer(TrainingConfig config, Architecture architecture, Dataset train, ReplicaChanges? changes = null)
     {
+        _changes = changes;
+        _start = changes is null ? [] : new float[architecture.ParameterCount];
         _config = config;
         _replicas = config.LocalSteps?.Replicas ?? throw new ArgumentException("the configuration has no local steps");
         _gradients = new NodeGradientComputer(architecture, train);
@@ -143,8 +261,12 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
     private readonly ChunkTree.KnownValue<(float[] Values, BatchResult Result)> _runLeaf;
     private readonly Func<(float[] Values, BatchResult Result), (float[] Values, BatchResult Result), (float[] Values, BatchResult Result)> _addRight;
 
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults)
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters)
     {
+        if (start == RoundStart.MinusOwnChange && (_changes is null || stepInEpoch == 0))
+        {
+            throw new ArgumentException(_changes is null ? "a start from the replicas' own changes needs --outer-overlap" : "an epoch's first round starts from θ");
+        }
         if (!ChunkTree.IsCanonical(node, _replicas))
         {
             throw new ArgumentException($"{node} is not a node of the tree over {_replicas} replicas");
@@ -157,7 +279,7 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         {
             throw new ArgumentException($"{node} covers {ChunkTree.CoveredChunks(node, _replicas)} replicas; {partResults.Length} part results do not hold them");
         }
-        (_parameters, _plan, _stepInEpoch, _result, _buffersInUse, _partResults, _firstReplica) = (parameters, plan, stepInEpoch, result, 0, partResults, node.Lo);
+        (_parameters, _plan, _stepInEpoch, _result, _buffersInUse, _partResults, _firstReplica, _startMode) = (parameters, plan, stepInEpoch, result, 0, partResults, node.Lo, start);
         return ChunkTree.Fold(node, _replicas, _runLeaf, _addRight).Result;
     }
 
@@ -167,6 +289,7 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
     private EpochPlan? _plan;
     private int _stepInEpoch, _buffersInUse, _firstReplica;
     private BatchResult[] _partResults = [];
+    private RoundStart _startMode;
 
     private bool RunLeaf(TreeNode node, out (float[] Values, BatchResult Result) value)
     {
@@ -177,7 +300,7 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         }
         float[] buffer = _buffersInUse == 0 ? _result : Scratch(_buffersInUse - 1);
         _buffersInUse++;
-        value = (buffer, RunReplica(_parameters, _plan!, _stepInEpoch, node.Lo, buffer));
+        value = (buffer, RunReplica(_parameters, _plan!, _stepInEpoch, node.Lo, buffer, _startMode));
         if (_partResults.Length != 0)
         {
             _partResults[node.Lo - _firstReplica] = value.Result;
@@ -192,8 +315,20 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         return (left.Values, TreeReducer.Combine(left.Result, right.Result));
     }
 
-    private BatchResult RunReplica(float[] parameters, EpochPlan plan, int stepInEpoch, int replica, Span<float> into)
+    private BatchResult RunReplica(float[] parameters, EpochPlan plan, int stepInEpoch, int replica, Span<float> into, RoundStart mode)
     {
+        long roundStep = (long)plan.Epoch * _stepsPerEpoch + stepInEpoch;
+        if (mode == RoundStart.MinusOwnChange)
+        {
+            // Rounds start at multiples of H in an epoch: the previous one began H steps earlier.
+            long previous = roundStep - _config.LocalSteps!.Steps;
+            if (!_changes!.TryGet(replica, previous, out float[] change))
+            {
+                throw new InvalidOperationException($"replica {replica} has no value of the round at step {previous} here to start the round at step {roundStep} from");
+            }
+            ReplicaChanges.StartOf(parameters, change, _replicas, _start);
+            parameters = _start;
+        }
         parameters.CopyTo(_replica);
         _inner.Reset();
         int steps = _config.StepsInUpdate(stepInEpoch, _stepsPerEpoch);
@@ -221,6 +356,8 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         // Δ_r / R: the tree sum of these over all replicas is the mean change Δ̄ the outer optimizer applies.
         TensorPrimitives.Subtract(parameters, _replica, into);
         TensorPrimitives.Divide(into, (float)_replicas, into);
+        // Kept before the tree adds another replica's value into this buffer.
+        _changes?.Keep(replica, roundStep, into);
         return new BatchResult(lossSum, correct, rows);
     }
 

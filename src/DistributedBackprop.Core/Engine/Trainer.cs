@@ -33,6 +33,10 @@ public sealed class Trainer : IDisposable
     private readonly LaneTuner _tuner;
     private LaneSet _current;
     private EpochPlan? _plan;
+    /// <summary>With --outer-overlap, the θ each round is computed from and how its replicas start; else the session's θ.</summary>
+    private readonly OverlappedRoundBases? _roundBases;
+    private float[] _base;
+    private RoundStart _roundStart;
 
     public Trainer(TrainingSession session, int threads = 1)
     {
@@ -45,13 +49,15 @@ public sealed class Trainer : IDisposable
         _runner = new LaneRunner(lanes, "dbp-lane");
         _computeLane = ComputeLane;
         int[] candidates = lanes == 1 ? [1] : [lanes, 1];
+        // One store of the replicas' values for every lane set: the tuner may compute a replica on another lane next round.
+        ReplicaChanges? changes = UpdateParts.CreateChanges(session.Config, session.Architecture.ParameterCount);
         foreach (int count in candidates)
         {
             var set = new Lane[count];
             for (int i = 0; i < count; i++)
             {
                 var (lo, hi) = ChunkTree.Share(parts, count, i);
-                set[i] = new Lane(session.Config, UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount);
+                set[i] = new Lane(session.Config, UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train, changes), ChunkTree.Decompose(lo, hi, parts), session.Architecture.ParameterCount);
             }
             // One lane runs on the caller's thread alone: the runner's other threads stay parked.
             Action<Action<int>> forEach = count == lanes ? _runner.Run : static work => work(0);
@@ -60,6 +66,8 @@ public sealed class Trainer : IDisposable
         _tuner = new LaneTuner(candidates);
         _current = _sets[candidates[0]];
         _evaluator = new Evaluator(session.Architecture);
+        _roundBases = session.CreateRoundBases();
+        _base = session.Parameters;
     }
 
     /// <summary>The most threads a step may use (the --threads asked for, at most the chunks).</summary>
@@ -96,7 +104,7 @@ public sealed class Trainer : IDisposable
             }
             observer.StepCompleted(report);
             // The step that closes an epoch is checkpointed below, after the epoch is scored.
-            if (checkpoints is not null && checkpoints.DueAfter(stepBefore, _session.GlobalStep) && _session.StepInEpoch != 0)
+            if (checkpoints is not null && checkpoints.DueAfter(stepBefore, _session.GlobalStep) && _session.StepInEpoch != 0 && _session.CheckpointsInsideEpochs)
             {
                 _session.SaveCheckpoint(checkpoints.Path);
             }
@@ -151,6 +159,11 @@ public sealed class Trainer : IDisposable
         }
         long started = Stopwatch.GetTimestamp();
         _current = _sets[_tuner.Next()];
+        if (_roundBases is not null)
+        {
+            _base = _roundBases.Begin(_session.UpdateInEpoch, _session.Parameters, _session.UpdateFollowsInEpoch);
+            _roundStart = _session.StepInEpoch == 0 ? RoundStart.FromParameters : RoundStart.MinusOwnChange;
+        }
         _current.ForEach(_computeLane);
         _reducer.Reset();
         foreach (Lane lane in _current.Lanes)
@@ -187,7 +200,7 @@ public sealed class Trainer : IDisposable
         Lane lane = _current.Lanes[index];
         for (int i = 0; i < lane.Nodes.Count; i++)
         {
-            lane.Results[i] = lane.Computer.Compute(_session.Parameters, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i], lane.PartResults[i]);
+            lane.Results[i] = lane.Computer.Compute(_base, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i], lane.PartResults[i], _roundStart);
         }
     }
 

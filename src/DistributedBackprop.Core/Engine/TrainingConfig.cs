@@ -93,7 +93,8 @@ public sealed record TrainingConfig
         if (LocalSteps is { } local)
         {
             // Plus θ before each outer step, for its norm (one per lane set: two).
-            lanes = lanes * (4 + (int)Math.Log2(local.Replicas) + 1) + 2;
+            // With overlap: two round bases, a start per lane and two generations of every replica's value.
+            lanes = lanes * (4 + (int)Math.Log2(local.Replicas) + 1 + (local.OuterOverlap ? 1 : 0)) + 2 + (local.OuterOverlap ? 2 + 2 * local.Replicas : 0);
         }
         double bytes = 4.0 * (parameters * (4 + lanes) + 3.0 * BatchSize * units);
         if (bytes > 0.8 * availableBytes)
@@ -149,6 +150,7 @@ public sealed record TrainingConfig
         ["validation_fraction"] = "--validation-fraction", ["early_stopping"] = "--early-stopping", ["early_stopping_metric"] = "--early-stopping-metric",
         ["local_steps.replicas"] = "--replicas", ["local_steps.steps"] = "--local-steps", ["local_steps.outer_optimizer"] = "--outer-optimizer",
         ["local_steps.outer_learning_rate"] = "--outer-lr", ["local_steps.outer_momentum"] = "--outer-momentum",
+        ["local_steps.outer_overlap"] = "--outer-overlap",
     };
 
     /// <summary>
@@ -199,7 +201,7 @@ public sealed record TrainingConfig
     {
         ["validation_fraction"] = "0", ["early_stopping"] = "0", ["early_stopping_metric"] = "loss",
         ["local_steps.replicas"] = "1", ["local_steps.steps"] = "1", ["local_steps.outer_optimizer"] = "nesterov",
-        ["local_steps.outer_learning_rate"] = "0.7", ["local_steps.outer_momentum"] = "0.9",
+        ["local_steps.outer_learning_rate"] = "0.7", ["local_steps.outer_momentum"] = "0.9", ["local_steps.outer_overlap"] = "false",
     };
 
     private static void Flatten(JsonNode? node, string prefix, SortedDictionary<string, string> into)

@@ -153,6 +153,23 @@ public sealed class TrainingSession
         ? GlobalStep / StepsPerEpoch * ((StepsPerEpoch + h - 1) / h) + (StepInEpoch + h - 1) / h
         : GlobalStep;
 
+    /// <summary>With <c>--outer-overlap</c> the bases of the epoch's rounds (<see cref="OverlappedRoundBases"/>); else null.</summary>
+    public OverlappedRoundBases? CreateRoundBases() =>
+        Config.LocalSteps is { OuterOverlap: true } ? new OverlappedRoundBases(Parameters.Length) : null;
+
+    /// <summary>The next update's number in its epoch (a step's, or a round's: rounds start at multiples of H).</summary>
+    public int UpdateInEpoch => StepInEpoch / (Config.LocalSteps?.Steps ?? 1);
+
+    /// <summary>Another update follows the next one in the same epoch.</summary>
+    public bool UpdateFollowsInEpoch => StepInEpoch + StepsInUpdate < StepsPerEpoch;
+
+    /// <summary>
+    /// θ and the optimizer state are all the state there is between two updates of an epoch. Not so with
+    /// <c>--outer-overlap</c>, whose next round starts from θ one outer step old and the replicas' own values
+    /// (<see cref="RoundStart"/>): its checkpoints are written at epoch ends only.
+    /// </summary>
+    public bool CheckpointsInsideEpochs => Config.LocalSteps is not { OuterOverlap: true };
+
     /// <summary>An update is applied: the position moves past the steps it covered.</summary>
     public void EndStep() => GlobalStep += StepsInUpdate;
 
@@ -271,6 +288,11 @@ public sealed class TrainingSession
         {
             // Rounds start at multiples of H within an epoch; resuming elsewhere would shift every later round.
             throw new ModelFileException($"{path}: global step {GlobalStep} is not at the end of a round of {local.Steps} local steps");
+        }
+        if (!CheckpointsInsideEpochs && StepInEpoch != 0)
+        {
+            // The round in flight starts from θ one outer step old and the replicas' values: not in the file.
+            throw new ModelFileException($"{path}: global step {GlobalStep} is inside an epoch; with --outer-overlap only a checkpoint from an epoch's end can be resumed");
         }
         if (Tracker is not null)
         {
