@@ -56,8 +56,8 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
 /// Worker → parameter server: the gradient of one canonical node of a step's chunk tree, with the node's
 /// loss sum, correct predictions and rows (with local steps: the tree sum of the node's replicas' changes
 /// (θ − θ_r)/R, with their figures over the round's steps). Ownership of <see cref="Gradient"/> passes to the server, which
-/// may add into it while reducing; it returns to the worker implicitly with the next step's
-/// <see cref="ComputeGradients"/> (the server has finished with it before it starts another step).
+/// may add into it while reducing; it returns to the worker implicitly two steps of work later (the server
+/// has finished with it before it deals work beyond the next update: with --outer-overlap it deals one update ahead).
 /// </summary>
 public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Result, float[] Gradient, double ComputeSeconds) : IWireMessage
 {

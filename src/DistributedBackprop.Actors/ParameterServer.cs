@@ -72,7 +72,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly ReplicaChanges? _changes;
     /// <summary>With --outer-overlap: the next round's work, dealt when this round was, and answers to it that came early.</summary>
     private readonly List<ChunkAssignment<WorkerSlot>> _dealtAhead = [];
-    private long _aheadStep = -1;
+    private long _aheadStep = -1, _aheadDealtAt;
     private readonly List<(WorkerSlot Worker, GradientsComputed Message)> _early = [];
 
     public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1)
@@ -130,6 +130,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Receive<SliceMissing>(m => FromShard(m.Shard), Repair);
         Receive<DeliveryFailed>(f => _shards is not null && f.Message is HostShard or ApplySlice or PublishSlice or CollectSlice, f =>
             FailForResume($"cannot reach the parameter shard at {f.Recipient.Path.Address} ({f.Reason})"));
+        Receive<DeliveryFailed>(f => f.Message is ComputeGradients { Start: RoundStart.MinusOwnChange } ahead && ahead.Step == _aheadStep, f =>
+        {
+            // Work dealt ahead that never reached its worker: dealt again when its round begins, not taken as sent.
+            var work = (ComputeGradients)f.Message;
+            _dealtAhead.RemoveAll(a => a.Worker.Ref.Equals(f.Recipient) && a.Lo == work.ChunkLo && a.Hi == work.ChunkHi);
+        });
         Receive<DeliveryFailed>(f =>
         {
             // A step's work that cannot reach its worker would stall the step: its chunks go to the others at
@@ -330,6 +336,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         if (_aheadStep == _step.Step)
         {
             _assignments.RemoveAll(_dealtAhead.Contains);
+            // Timed from when it was dealt: a round whose answers were all in early would otherwise take ~0 s and
+            // shrink the deadline of the rounds that are not.
+            _step.MeasuredFrom = _aheadDealtAt;
         }
         SendAssignments();
         DealAhead(dealing);
@@ -351,6 +360,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return;
         }
         _aheadStep = step.Step + _session.StepsInUpdate;
+        _aheadDealtAt = Stopwatch.GetTimestamp();
         int aheadInEpoch = step.StepInEpoch + _session.StepsInUpdate;
         float[] aheadBase = _roundBases!.BaseOf(_session.UpdateInEpoch + 1);
         foreach (ChunkAssignment<WorkerSlot> work in dealing)
@@ -433,9 +443,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         if (_roundBases is not null && message.Step == _aheadStep && !_failed && _step?.Step != message.Step)
         {
-            // An answer to the round dealt ahead: kept until that round is the server's (at most twice its parts:
-            // each replica's value once, and once more from a probe or a worker dealt the same replica).
-            if (_early.Count < 2 * _chunks)
+            // An answer to the round dealt ahead: kept until that round is the server's. Each worker was dealt
+            // each replica at most once ahead (probes included), which bounds what can legitimately come.
+            _scheduler.HeardFrom(worker);
+            if (_early.Count < _chunks * (_scheduler.Workers.Count + 1))
             {
                 _early.Add((worker, message));
             }
@@ -531,7 +542,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private void FinishStep(long start)
     {
         StepInProgress step = _step!;
-        _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, start));
+        _deadline.StepTook(Stopwatch.GetElapsedTime(step.MeasuredFrom, start));
         var (gradient, result) = _reducer.Plan();
         _updating = true;
         GuardedUpdate update = _update!;
@@ -1139,6 +1150,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public int StepInEpoch { get; } = stepInEpoch;
         public float[] Parameters { get; } = parameters;
         public long Started { get; } = Stopwatch.GetTimestamp();
+
+        /// <summary>Where the step's time counts from for the deadline: <see cref="Started"/>, or when it was dealt ahead.</summary>
+        public long MeasuredFrom { get; set; } = Stopwatch.GetTimestamp();
 
 
         public long? FirstArrival { get; set; }

@@ -99,6 +99,8 @@ public sealed class LocalStepsCommandTests : IDisposable
                 $"dbp {command[0]}: --checkpoint-every 10 with --outer-overlap: a round in flight starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold, so checkpoints are written at epoch ends only; drop --checkpoint-every", command[0]);
         }
         Assert.False(File.Exists(Path.Combine(_dir, "c.safetensors")));
+        DbpProcess.AssertUsageError(DbpProcess.Run(_dir, ["bench", "--outer-overlap", "--no-gemm"]),
+            "dbp bench: --outer-overlap: overlaps rounds of local steps; give --replicas R and --local-steps H, both above 1", "bench");
         DbpResult synchronous = DbpProcess.Run(_dir, ["train", "--epochs", "1", "--outer-overlap", "--progress", "none"]);
         Assert.Equal(0, synchronous.ExitCode);
         Assert.Contains("dbp train: warning: --outer-overlap has no effect without --replicas R and --local-steps H, both above 1 (training is synchronous)", synchronous.Stderr);

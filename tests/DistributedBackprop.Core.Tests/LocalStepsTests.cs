@@ -148,6 +148,25 @@ public class LocalStepsTests
     }
 
     [Fact]
+    public void RoundBases_AreNeverWrittenAfterTheyAreHandedOut()
+    {
+        // In one process a worker may still read an older round's base (a duplicate whose value it keeps).
+        var bases = new OverlappedRoundBases();
+        float[] round0 = bases.Begin(0, [1f, 2f], hasNext: true);
+        float[] round1 = bases.BaseOf(1);
+        Assert.Equal([1f, 2f], round0);
+        Assert.NotSame(round0, round1);
+        Assert.Same(round1, bases.Begin(1, [3f, 4f], hasNext: true));
+        float[] round2 = bases.BaseOf(2);
+        Assert.Same(round2, bases.Begin(2, [5f, 6f], hasNext: false));
+        Assert.Equal([1f, 2f], round0);
+        Assert.Equal([1f, 2f], round1);
+        Assert.Equal([3f, 4f], round2);
+        Assert.NotSame(round0, bases.Begin(0, [7f, 8f], hasNext: true));
+        Assert.Equal([1f, 2f], round0);
+    }
+
+    [Fact]
     public void Overlap_IsCheckpointedAtEpochEndsOnly_AndResumesThereWithTheUninterruptedBits()
     {
         TrainingConfig config = Config(overlap: true);

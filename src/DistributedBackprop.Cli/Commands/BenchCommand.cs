@@ -75,6 +75,10 @@ internal static class BenchCommand
             {
                 throw new UsageException(problem);
             }
+            if (parse.GetValue(outerOverlap) && config.LocalSteps is null)
+            {
+                throw new UsageException("--outer-overlap: overlaps rounds of local steps; give --replicas R and --local-steps H, both above 1");
+            }
             int batchSize = config.BatchSize;
             string? dataPath = parse.GetValue(data);
             Dataset rows = dataPath is null

@@ -67,8 +67,8 @@ internal static class ServeCommand
             TrainingOptionSet.Warn("serve", training.Ignored(parse));
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
             int shardCount = TrainCommand.CheckServerShards(parse.GetValue(serverShards), session);
-            TrainCommand.CheckCheckpointEvery(parse.GetValue(checkpointEvery), session);
             string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
+            TrainCommand.CheckCheckpointEvery(checkpointPath is null ? 0 : parse.GetValue(checkpointEvery), session);
             if (parse.GetValue(resume) is string resumeFrom)
             {
                 session.RestoreCheckpoint(resumeFrom);

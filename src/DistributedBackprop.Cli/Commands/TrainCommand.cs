@@ -48,7 +48,7 @@ internal static class TrainCommand
             TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, serverShards, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
             int shardCount = CheckServerShards(parse.GetValue(serverShards), session);
-            CheckCheckpointEvery(parse.GetValue(checkpointEvery), session);
+            CheckCheckpointEvery(parse.GetValue(checkpoint) is null ? 0 : parse.GetValue(checkpointEvery), session);
             string? resumeFrom = parse.GetValue(resume);
             if (resumeFrom is not null)
             {

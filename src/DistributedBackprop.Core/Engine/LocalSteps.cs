@@ -97,12 +97,13 @@ public enum RoundStart
 
 /// <summary>
 /// The θ each round of an epoch is dealt with under <c>--outer-overlap</c>: θ_{i−1} for round i ≥ 1, θ_0 for
-/// round 0. Two buffers alternate: round i's is needed until update i is applied (it may be dealt again), and
-/// θ_i, kept for round i + 1 when round i begins, then overwrites round i − 1's, which is applied.
+/// round 0. Round i's is needed until update i is applied (it may be dealt again). Each is a new array, never
+/// written after it is kept: in one process a worker may still be reading an older round's base for a
+/// duplicate whose answer is dropped, but whose value it keeps to start its next round from.
 /// </summary>
-public sealed class OverlappedRoundBases(int parameterCount)
+public sealed class OverlappedRoundBases
 {
-    private readonly float[][] _bases = [new float[parameterCount], new float[parameterCount]];
+    private readonly float[][] _bases = [[], []];
 
     /// <summary>
     /// Round <paramref name="round"/> (its number in the epoch) begins; <paramref name="theta"/> holds θ_round,
@@ -114,11 +115,11 @@ public sealed class OverlappedRoundBases(int parameterCount)
         ArgumentOutOfRangeException.ThrowIfNegative(round);
         if (round == 0)
         {
-            theta.CopyTo(_bases[0]);
+            _bases[0] = theta.ToArray();
         }
         if (hasNext)
         {
-            theta.CopyTo(_bases[(round + 1) % 2]);
+            _bases[(round + 1) % 2] = theta.ToArray();
         }
         return _bases[round % 2];
     }

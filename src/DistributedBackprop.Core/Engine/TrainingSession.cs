@@ -155,7 +155,7 @@ public sealed class TrainingSession
 
     /// <summary>With <c>--outer-overlap</c> the bases of the epoch's rounds (<see cref="OverlappedRoundBases"/>); else null.</summary>
     public OverlappedRoundBases? CreateRoundBases() =>
-        Config.LocalSteps is { OuterOverlap: true } ? new OverlappedRoundBases(Parameters.Length) : null;
+        Config.LocalSteps is { OuterOverlap: true } ? new OverlappedRoundBases() : null;
 
     /// <summary>The next update's number in its epoch (a step's, or a round's: rounds start at multiples of H).</summary>
     public int UpdateInEpoch => StepInEpoch / (Config.LocalSteps?.Steps ?? 1);
