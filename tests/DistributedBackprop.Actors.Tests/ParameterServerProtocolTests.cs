@@ -24,17 +24,24 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         public required IActorRef Server { get; init; }
         public required IUpdatePartComputer Computer { get; init; }
 
-        /// <summary>What an honest worker would answer to <paramref name="work"/> (with local steps, each node's replica figures too).</summary>
-        public List<GradientsComputed> Answer(ComputeGradients work)
+        /// <summary>
+        /// What an honest worker would answer to <paramref name="work"/> (with local steps, each node's replica figures
+        /// too; with --outer-overlap each replica on its own, computed by <paramref name="computer"/>, which keeps that
+        /// worker's replica values).
+        /// </summary>
+        public List<GradientsComputed> Answer(ComputeGradients work, IUpdatePartComputer? computer = null)
         {
             TrainingConfig config = Session.Config;
             EpochPlan plan = EpochPlan.Create(Session.Train.Rows, config.BatchSize, config.Seed, work.Epoch);
             var answers = new List<GradientsComputed>();
-            foreach (TreeNode node in ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, config.UpdateParts()))
+            IEnumerable<TreeNode> nodes = config.LocalSteps is { OuterOverlap: true }
+                ? Enumerable.Range(work.ChunkLo, work.ChunkHi - work.ChunkLo).Select(replica => new TreeNode(replica, 1))
+                : ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, config.UpdateParts());
+            foreach (TreeNode node in nodes)
             {
                 var gradient = new float[Session.Architecture.ParameterCount];
                 var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
-                BatchResult result = Computer.Compute(work.Parameters, plan, work.StepInEpoch, node, gradient, parts);
+                BatchResult result = (computer ?? Computer).Compute(work.Parameters, plan, work.StepInEpoch, node, gradient, parts, work.Start);
                 answers.Add(new GradientsComputed(work.Step, node, result, gradient, 0) { PartResults = parts });
             }
             return answers;
@@ -342,6 +349,56 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         h.Server.Tell(last with { PartResults = last.PartResults[..^1] }, w1.Ref);
         Assert.Contains($"worker-1 sent {last.PartResults.Length - 1} part results with node {last.Node} for step 4; it covers {last.PartResults.Length}", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
         Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after rejected part results");
+    }
+
+    /// <summary>
+    /// --outer-overlap: round 1 goes out with round 0 (from the workers' own values); worker-1's answer to it that
+    /// comes before round 0 is in is held, not dropped; worker-2's ahead work that could not be delivered is dealt
+    /// again, with its start computed by the server, as soon as round 1 begins; and the two rounds give the plain
+    /// trainer's bits. Round 1 completes without worker-1 being sent round 1 again: its held answer was used.
+    /// </summary>
+    [Fact]
+    public void Overlap_EarlyAnswersAreHeld_AndAheadWorkThatWasNotDelivered_IsDealtAgainWithItsStart()
+    {
+        TrainingConfig config = Fixtures.Config() with { LocalSteps = new LocalStepsSettings { Replicas = 2, Steps = 2, OuterOverlap = true } };
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(null, config, w1, w2);
+        IUpdatePartComputer first = Computer(h.Session), second = Computer(h.Session);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients round0A = w1.ExpectMsg<ComputeGradients>(), round1A = w1.ExpectMsg<ComputeGradients>();
+        ComputeGradients round0B = w2.ExpectMsg<ComputeGradients>(), round1B = w2.ExpectMsg<ComputeGradients>();
+        Assert.Equal((0L, RoundStart.FromParameters, 2L, RoundStart.MinusOwnChange), (round0A.Step, round0A.Start, round1A.Step, round1A.Start));
+        Assert.Equal((1, 2, 2L, RoundStart.MinusOwnChange), (round1B.ChunkLo, round1B.ChunkHi, round1B.Step, round1B.Start));
+        h.Server.Tell(new DeliveryFailed(w2.Ref, round1B, "connection refused"));
+
+        Tell(h, w1, h.Answer(round0A, first));
+        Tell(h, w1, h.Answer(round1A, first));
+        Tell(h, w2, h.Answer(round0B, second));
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 2);
+        ComputeGradients again = w2.ExpectMsg<ComputeGradients>();
+        Assert.Equal((2L, 1, 2, RoundStart.FromParameters), (again.Step, again.ChunkLo, again.ChunkHi, again.Start));
+        Assert.Equal(4L, w1.ExpectMsg<ComputeGradients>().Step); // round 2, dealt ahead; round 1 is not sent again
+        Tell(h, w2, h.Answer(again, second));
+        h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 4);
+
+        TrainingSession plain = Fixtures.Session(config);
+        using (var trainer = new Trainer(plain))
+        {
+            trainer.Step(out _);
+            trainer.Step(out _);
+        }
+        Fixtures.AssertSameBits(plain.Parameters, h.Session.Parameters, "two overlapped rounds");
+    }
+
+    private static IUpdatePartComputer Computer(TrainingSession session) =>
+        UpdateParts.CreateComputer(session.Config, session.Architecture, session.Train, UpdateParts.CreateChanges(session.Config, session.Architecture.ParameterCount));
+
+    private static void Tell(Harness h, TestProbe worker, List<GradientsComputed> answers)
+    {
+        foreach (GradientsComputed answer in answers)
+        {
+            h.Server.Tell(answer, worker.Ref);
+        }
     }
 
     [Theory]

@@ -31,8 +31,13 @@ out/dbp/dbp train --workers 2 --epochs 200 --out "$work/local-long.safetensors" 
 say "run 1: up --scale worker=2"
 mkdir -p "$work/out1"
 start=$(date +%s.%N)
-DBP_OUTPUT_DIR="$work/out1" compose -p "$project" up --scale worker=2 --exit-code-from server >"$work/run1.log" 2>&1 \
+# Without --exit-code-from: it implies --abort-on-container-exit, which stops the server when a worker that was
+# told training is over exits before the server's own shutdown is done. `up` waits for every container instead,
+# and the server's exit code is read from the container.
+DBP_OUTPUT_DIR="$work/out1" compose -p "$project" up --scale worker=2 >"$work/run1.log" 2>&1 \
   || { cat "$work/run1.log"; say "FAIL: compose run exited non-zero"; exit 1; }
+server_code=$(docker inspect --format '{{.State.ExitCode}}' "$(compose -p "$project" ps -q server)")
+[ "$server_code" = 0 ] || { cat "$work/run1.log"; say "FAIL: the server exited with $server_code"; exit 1; }
 say "run 1 took $(echo "$(date +%s.%N) - $start" | bc) s"
 cmp "$work/local.safetensors" "$work/out1/model.safetensors" || { say "FAIL: model differs from local mode"; exit 1; }
 test "$(wc -l < "$work/out1/metrics.jsonl")" -eq 30 || { say "FAIL: expected 30 metrics lines"; exit 1; }

@@ -68,7 +68,10 @@ internal static class ServeCommand
             var (session, split) = training.PrepareSessionWithSplit(parse, config);
             int shardCount = TrainCommand.CheckServerShards(parse.GetValue(serverShards), session);
             string? modelPath = parse.GetValue(output), metricsPath = parse.GetValue(metrics), checkpointPath = parse.GetValue(checkpoint);
-            TrainCommand.CheckCheckpointEvery(checkpointPath is null ? 0 : parse.GetValue(checkpointEvery), session);
+            if (TrainCommand.CheckpointEveryIgnored(parse.GetValue(checkpointEvery), checkpointPath is not null, config) is string ignored)
+            {
+                TrainingOptionSet.Warn("serve", [ignored]);
+            }
             if (parse.GetValue(resume) is string resumeFrom)
             {
                 session.RestoreCheckpoint(resumeFrom);

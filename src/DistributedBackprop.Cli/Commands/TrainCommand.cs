@@ -48,7 +48,6 @@ internal static class TrainCommand
             TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, serverShards, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
             int shardCount = CheckServerShards(parse.GetValue(serverShards), session);
-            CheckCheckpointEvery(parse.GetValue(checkpoint) is null ? 0 : parse.GetValue(checkpointEvery), session);
             string? resumeFrom = parse.GetValue(resume);
             if (resumeFrom is not null)
             {
@@ -118,14 +117,11 @@ internal static class TrainCommand
         return shards;
     }
 
-    /// <summary>--checkpoint-every N, if the run can be checkpointed inside an epoch.</summary>
-    internal static void CheckCheckpointEvery(int every, TrainingSession session)
-    {
-        if (every > 0 && !session.CheckpointsInsideEpochs)
-        {
-            throw new UsageException($"--checkpoint-every {every} with --outer-overlap: a round in flight starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold, so checkpoints are written at epoch ends only; drop --checkpoint-every");
-        }
-    }
+    /// <summary>--checkpoint-every N given with checkpoints on, for a run that is checkpointed at epoch ends only: the warning, or null.</summary>
+    internal static string? CheckpointEveryIgnored(int every, bool checkpointing, TrainingConfig config) =>
+        every > 0 && checkpointing && config.LocalSteps is { OuterOverlap: true }
+            ? $"--checkpoint-every {every} has no effect with --outer-overlap: a round in flight starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold; checkpoints are written at each epoch's end"
+            : null;
 
     /// <summary>For a run's title: ", 2 replicas × 32 local steps" with local steps, else nothing.</summary>
     internal static string LocalStepsNote(TrainingConfig config) =>
@@ -152,6 +148,10 @@ internal static class TrainCommand
         if (TrainingOptionSet.Given(parse, checkpointEvery) && parse.GetValue(checkpoint) is null)
         {
             yield return "--checkpoint-every has no effect without --checkpoint FILE";
+        }
+        if (CheckpointEveryIgnored(parse.GetValue(checkpointEvery), parse.GetValue(checkpoint) is not null, config) is string overlapped)
+        {
+            yield return overlapped;
         }
     }
 
