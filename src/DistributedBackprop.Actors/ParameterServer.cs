@@ -338,7 +338,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _assignments.RemoveAll(_dealtAhead.Contains);
             // Timed from when it was dealt: a round whose answers were all in early would otherwise take ~0 s and
             // shrink the deadline of the rounds that are not.
-            _step.MeasuredFrom = _aheadDealtAt;
+            _step.DealtAt = _aheadDealtAt;
         }
         SendAssignments();
         DealAhead(dealing);
@@ -416,12 +416,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private void SendWithStarts(WorkerSlot worker, int lo, int hi)
     {
         StepInProgress step = _step!;
-        long previous = step.Step - _session.Config.LocalSteps!.Steps;
         for (int replica = lo; replica < hi; replica++)
         {
-            if (!_changes!.TryGet(replica, previous, out float[] change))
+            if (!_changes!.TryGetPrevious(replica, step.Step, out float[] change))
             {
-                Fail($"replica {replica}'s value of the round at step {previous} is missing; the round at step {step.Step} cannot be dealt");
+                Fail($"replica {replica}'s value of the round before step {step.Step} is missing; the round cannot be dealt");
                 return;
             }
             // A new array per message: it is lent to the worker (in one process) for as long as it computes.
@@ -542,7 +541,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private void FinishStep(long start)
     {
         StepInProgress step = _step!;
-        _deadline.StepTook(Stopwatch.GetElapsedTime(step.MeasuredFrom, start));
+        _deadline.StepTook(Stopwatch.GetElapsedTime(step.DealtAt, start));
         var (gradient, result) = _reducer.Plan();
         _updating = true;
         GuardedUpdate update = _update!;
@@ -940,7 +939,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return;
         }
         long now = Stopwatch.GetTimestamp();
-        _deadline.StepTook(Stopwatch.GetElapsedTime(step.Started, now));
+        _deadline.StepTook(Stopwatch.GetElapsedTime(step.DealtAt, now));
         Network.BatchResult result = _reducer.Plan().Result;
         float learningRate = _session.BeginStep();
         var apply = new ApplySlice(step.Step, step.Step + _session.StepsInUpdate, learningRate, WorkerPeers());
@@ -1149,10 +1148,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public int Epoch { get; } = epoch;
         public int StepInEpoch { get; } = stepInEpoch;
         public float[] Parameters { get; } = parameters;
-        public long Started { get; } = Stopwatch.GetTimestamp();
-
-        /// <summary>Where the step's time counts from for the deadline: <see cref="Started"/>, or when it was dealt ahead.</summary>
-        public long MeasuredFrom { get; set; } = Stopwatch.GetTimestamp();
+        /// <summary>When its work was dealt, where its time counts from for the deadline (a round dealt ahead: then).</summary>
+        public long DealtAt { get; set; } = Stopwatch.GetTimestamp();
 
 
         public long? FirstArrival { get; set; }

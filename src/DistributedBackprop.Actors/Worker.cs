@@ -286,13 +286,12 @@ public sealed class Worker : ReceiveActor, IWithTimers
         }
     }
 
-    /// <summary>A replica of the work whose value of the previous round (H steps earlier) this worker lacks, or null.</summary>
+    /// <summary>A replica of the work whose value of the previous round this worker lacks, or null.</summary>
     private int? MissingChange(ComputeGradients work)
     {
-        long previous = work.Step - _setup.Config.LocalSteps!.Steps;
         for (int replica = work.ChunkLo; replica < work.ChunkHi; replica++)
         {
-            if (!_changes!.TryGet(replica, previous, out _))
+            if (!_changes!.TryGetPrevious(replica, work.Step, out _))
             {
                 return replica;
             }

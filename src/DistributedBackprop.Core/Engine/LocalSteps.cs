@@ -134,7 +134,9 @@ public sealed class OverlappedRoundBases
 /// replica's, to deal a replica's round to another worker. Two generations, because round i's value is kept
 /// while round i − 1's may still be needed (a duplicate of round i computed again).
 /// </summary>
-public sealed class ReplicaChanges(int replicas, int parameterCount)
+/// <param name="steps">H: rounds start at multiples of H within an epoch, so the round before one that begins at
+/// step s (not an epoch's first) began at s − H.</param>
+public sealed class ReplicaChanges(int replicas, int steps, int parameterCount)
 {
     private readonly float[]?[] _values = new float[]?[2 * replicas];
     private readonly long[] _steps = Enumerable.Repeat(-1L, 2 * replicas).ToArray();
@@ -153,6 +155,9 @@ public sealed class ReplicaChanges(int replicas, int parameterCount)
         value = [];
         return false;
     }
+
+    /// <summary>Replica <paramref name="replica"/>'s value in the round before the one that begins at <paramref name="roundStep"/>, if kept.</summary>
+    public bool TryGetPrevious(int replica, long roundStep, out float[] value) => TryGet(replica, roundStep - steps, out value);
 
     /// <summary>Keeps a copy of <paramref name="value"/>, over the older of the replica's two generations (or the same round's).</summary>
     public void Keep(int replica, long roundStep, ReadOnlySpan<float> value)
@@ -202,7 +207,7 @@ public static class UpdateParts
 
     /// <summary>With <c>--outer-overlap</c> a store for the replicas' values (<see cref="RoundStart.MinusOwnChange"/>); else null.</summary>
     public static ReplicaChanges? CreateChanges(TrainingConfig config, int parameterCount) =>
-        config.LocalSteps is { OuterOverlap: true } local ? new ReplicaChanges(local.Replicas, parameterCount) : null;
+        config.LocalSteps is { OuterOverlap: true } local ? new ReplicaChanges(local.Replicas, local.Steps, parameterCount) : null;
 
     /// <summary>
     /// How many per-part figures a node's value carries: with local steps one per replica it covers (the round's
@@ -321,11 +326,9 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
         long roundStep = (long)plan.Epoch * _stepsPerEpoch + stepInEpoch;
         if (mode == RoundStart.MinusOwnChange)
         {
-            // Rounds start at multiples of H in an epoch: the previous one began H steps earlier.
-            long previous = roundStep - _config.LocalSteps!.Steps;
-            if (!_changes!.TryGet(replica, previous, out float[] change))
+            if (!_changes!.TryGetPrevious(replica, roundStep, out float[] change))
             {
-                throw new InvalidOperationException($"replica {replica} has no value of the round at step {previous} here to start the round at step {roundStep} from");
+                throw new InvalidOperationException($"replica {replica} has no value of the round before step {roundStep} here to start that round from");
             }
             ReplicaChanges.StartOf(parameters, change, _replicas, _start);
             parameters = _start;

@@ -78,21 +78,7 @@ public sealed class ShardUpdate
     public List<(int Lo, int Hi)> MissingRuns()
     {
         var runs = new List<(int Lo, int Hi)>();
-        for (int part = 0; part < _parts; part++)
-        {
-            if (_reducer.IsCovered(part))
-            {
-                continue;
-            }
-            if (runs.Count > 0 && runs[^1].Hi == part)
-            {
-                runs[^1] = (runs[^1].Lo, part + 1);
-            }
-            else
-            {
-                runs.Add((part, part + 1));
-            }
-        }
+        _reducer.AddUncoveredRuns(0, _parts, runs);
         return runs;
     }
 

@@ -192,7 +192,7 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
         var uncovered = new List<(int Lo, int Hi)>();
         foreach (var (lo, hi) in worker.Assigned)
         {
-            Uncovered(lo, hi, uncovered);
+            coverage.AddUncoveredRuns(lo, hi, uncovered);
         }
         if (uncovered.Count == 0)
         {
@@ -236,13 +236,13 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
             int before = missing.Count;
             if (run is var (runLo, runHi))
             {
-                Uncovered(runLo, runHi, missing);
+                coverage.AddUncoveredRuns(runLo, runHi, missing);
             }
             else
             {
                 foreach (var (lo, hi) in worker.Assigned)
                 {
-                    Uncovered(lo, hi, missing);
+                    coverage.AddUncoveredRuns(lo, hi, missing);
                 }
             }
             if (missing.Count > before)
@@ -270,19 +270,6 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
         DealtAt = now;
         DealAmong(helpers, missing, into);
         return new DealtAround<TWorker>(laggards, helpers);
-    }
-
-    /// <summary>The runs of chunks in [lo, hi) whose gradients have not arrived.</summary>
-    private void Uncovered(int lo, int hi, List<(int Lo, int Hi)> runs)
-    {
-        int c = lo;
-        while (c < hi)
-        {
-            while (c < hi && coverage.IsCovered(c)) c++;
-            int start = c;
-            while (c < hi && !coverage.IsCovered(c)) c++;
-            if (c > start) runs.Add((start, c));
-        }
     }
 
     /// <summary>Each run split into contiguous parts among <paramref name="workers"/>.</summary>
