@@ -362,7 +362,9 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     {
         TrainingConfig config = Fixtures.Config() with { LocalSteps = new LocalStepsSettings { Replicas = 2, Steps = 2, OuterOverlap = true } };
         TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
-        Harness h = Start(null, config, w1, w2);
+        // A deadline far away: nothing here may be dealt again because time passed (a busy machine must not
+        // turn this into a deadline test), so the round can only complete from the held answer and the re-deal.
+        Harness h = Start(new StepDeadline(TimeSpan.FromMinutes(5)), config, w1, w2);
         IUpdatePartComputer first = Computer(h.Session), second = Computer(h.Session);
         h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
         ComputeGradients round0A = w1.ExpectMsg<ComputeGradients>(), round1A = w1.ExpectMsg<ComputeGradients>();
