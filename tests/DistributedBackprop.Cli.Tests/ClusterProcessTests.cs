@@ -44,11 +44,14 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     public void ServerAndThreeWorkerProcesses_WorkerKilledAndRestarted_GiveTheLocalModesBytes()
     {
         string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
-        DbpResult reference = DbpProcess.Run(_dir, ["train", .. Run, "--workers", "3", "--out", local, "--progress", "none"]);
+        // Long enough that the restarted worker (several seconds from process start to its first work) joins
+        // well before the end: 120 epochs could end first.
+        string[] run = ["--epochs", "1500", .. Run[2..]];
+        DbpResult reference = DbpProcess.Run(_dir, ["train", .. run, "--workers", "3", "--out", local, "--progress", "none"]);
         Assert.True(reference.ExitCode == 0, reference.Stderr);
 
         string metrics = Path.Combine(_dir, "metrics.jsonl");
-        using var server = new RunningDbp(_dir, Serve([.. Run, "--min-workers", "3", "--out", clustered, "--metrics", metrics, "--progress", "plain"]));
+        using var server = new RunningDbp(_dir, Serve([.. run, "--min-workers", "3", "--out", clustered, "--metrics", metrics, "--progress", "plain"]));
         string[] join = JoinCommand(server);
         using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
         using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
@@ -62,7 +65,8 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"the dead worker was noticed only after {clock.Elapsed}");
 
         using var restarted = new RunningDbp(_dir, [.. join, "--name", "w2-restarted"]);
-        server.WaitFor(@"^epoch\s+120\b", TimeSpan.FromMinutes(3));
+        server.WaitFor(@"worker w2-restarted joined", TimeSpan.FromMinutes(1));
+        server.WaitFor(@"^epoch\s+1500\b", TimeSpan.FromMinutes(5));
         Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(1)));
         foreach (RunningDbp worker in new[] { w1, w3, restarted })
         {
