@@ -44,7 +44,9 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
     /// <summary>
     /// With <c>--outer-overlap</c>: <see cref="Engine.RoundStart.MinusOwnChange"/> when the work was dealt ahead,
     /// before the previous round was in (its replicas start from <see cref="Parameters"/>, θ_{i−1}, and the worker's
-    /// own values of that round); else every replica starts from <see cref="Parameters"/>.
+    /// own values of that round); else every replica starts from <see cref="Parameters"/>. Work dealt ahead at an
+    /// epoch's first round has no <see cref="Parameters"/>: θ_{i−1} is then what the worker's work of that round
+    /// carried, sent to it just before on the same road.
     /// </summary>
     public Engine.RoundStart Start { get; init; }
 

@@ -347,7 +347,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     /// <summary>
     /// --outer-overlap: the next round of the epoch goes out with this one's dealing, with θ now (θ_i, the next
-    /// round's base); each worker starts it from its own values of this round as soon as it has them
+    /// round's base; none at an epoch's first round, whose base it is); each worker starts it from its own values of this round as soon as it has them
     /// (<see cref="RoundStart.MinusOwnChange"/>), while this round's values travel and are averaged.
     /// </summary>
     private void DealAhead(List<ChunkAssignment<WorkerSlot>> dealing)
@@ -362,7 +362,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _aheadStep = step.Step + _session.StepsInUpdate;
         _aheadDealtAt = Stopwatch.GetTimestamp();
         int aheadInEpoch = step.StepInEpoch + _session.StepsInUpdate;
-        float[] aheadBase = _roundBases!.BaseOf(_session.UpdateInEpoch + 1);
+        // At an epoch's first round the next round's base is this round's θ, which every worker of the dealing was
+        // just sent with its work of this round (the same connection, in order): the ahead work comes without it
+        // (the worker keeps that base) rather than carrying the same θ again over the link while every worker
+        // waits for its first θ of the epoch. Measured on 1 Gbit/s links this halves what the server sends then.
+        float[] aheadBase = step.StepInEpoch == 0 ? [] : _roundBases!.BaseOf(_session.UpdateInEpoch + 1);
         foreach (ChunkAssignment<WorkerSlot> work in dealing)
         {
             _courier.Send(work.Worker.Ref, new ComputeGradients(_aheadStep, step.Epoch, aheadInEpoch, work.Lo, work.Hi, aheadBase) { Start = RoundStart.MinusOwnChange }, Self);

@@ -39,6 +39,11 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly IUpdatePartComputer _computer;
     /// <summary>With --outer-overlap: this worker's replicas' values of their last rounds, to start work dealt ahead from.</summary>
     private readonly ReplicaChanges? _changes;
+    /// <summary>
+    /// With --outer-overlap: the parameters of the last work that carried them, with its step (and the pool they
+    /// return to once replaced). Work dealt ahead at an epoch's first round comes without θ: its base is that round's.
+    /// </summary>
+    private (long Step, float[] Parameters, FloatArrayPool? Pool) _lastParameters = (-1, [], null);
     /// <summary>The two highest steps of work received: a buffer lent for an older step is free (see <see cref="Rent"/>).</summary>
     private long _newestWork = -1, _newerWork = -1;
     private readonly List<TreeNode> _nodes = [];
@@ -208,8 +213,28 @@ public sealed class Worker : ReceiveActor, IWithTimers
     {
         if (_shards is null)
         {
-            Compute(message, message.Parameters);
-            message.Pool?.Return(message.Parameters);
+            if (_changes is null)
+            {
+                Compute(message, message.Parameters);
+                message.Pool?.Return(message.Parameters);
+                return;
+            }
+            if (message.Parameters.Length > 0)
+            {
+                _lastParameters.Pool?.Return(_lastParameters.Parameters);
+                _lastParameters = (message.Step, message.Parameters, message.Pool);
+                Compute(message, message.Parameters);
+            }
+            else if (message.Start == RoundStart.MinusOwnChange && _lastParameters.Step == _changes.PreviousRound(message.Step))
+            {
+                Compute(message, _lastParameters.Parameters);
+            }
+            else
+            {
+                // Its round's work (which carried the base) was lost: the server deals this round again, with each
+                // replica's start, once it misses the answer.
+                _log.Warning("{0} cannot start step {1}: it was dealt ahead without θ, and this worker has not the base of step {2}", _name, message.Step, _changes.PreviousRound(message.Step));
+            }
             return;
         }
         // θ comes from the shards. Slices of this step all here: compute; some newer: the step is over; else wait.

@@ -371,15 +371,18 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         ComputeGradients round0B = w2.ExpectMsg<ComputeGradients>(), round1B = w2.ExpectMsg<ComputeGradients>();
         Assert.Equal((0L, RoundStart.FromParameters, 2L, RoundStart.MinusOwnChange), (round0A.Step, round0A.Start, round1A.Step, round1A.Start));
         Assert.Equal((1, 2, 2L, RoundStart.MinusOwnChange), (round1B.ChunkLo, round1B.ChunkHi, round1B.Step, round1B.Start));
+        // Round 1's base is round 0's θ, which each worker was just sent: the ahead work does not carry it again.
+        Assert.Equal((0, 0), (round1A.Parameters.Length, round1B.Parameters.Length));
         h.Server.Tell(new DeliveryFailed(w2.Ref, round1B, "connection refused"));
 
         Tell(h, w1, h.Answer(round0A, first));
-        Tell(h, w1, h.Answer(round1A, first));
+        Tell(h, w1, h.Answer(round1A with { Parameters = round0A.Parameters }, first));
         Tell(h, w2, h.Answer(round0B, second));
         h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 2);
         ComputeGradients again = w2.ExpectMsg<ComputeGradients>();
         Assert.Equal((2L, 1, 2, RoundStart.FromParameters), (again.Step, again.ChunkLo, again.ChunkHi, again.Start));
-        Assert.Equal(4L, w1.ExpectMsg<ComputeGradients>().Step); // round 2, dealt ahead; round 1 is not sent again
+        ComputeGradients round2A = w1.ExpectMsg<ComputeGradients>(); // dealt ahead; round 1 is not sent again
+        Assert.Equal((4L, h.Session.Architecture.ParameterCount), (round2A.Step, round2A.Parameters.Length)); // θ_1: news to the worker
         Tell(h, w2, h.Answer(again, second));
         h.Coordinator.ExpectMsg<StepApplied>(s => s.GlobalStep == 4);
 

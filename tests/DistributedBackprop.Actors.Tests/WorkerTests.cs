@@ -62,6 +62,48 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
         Assert.True(ReferenceEquals(step0, step2) || ReferenceEquals(again, step2));
     }
 
+    /// <summary>
+    /// --outer-overlap: work dealt ahead at an epoch's first round comes without θ; the worker starts it from the
+    /// θ its work of that round carried (and its own values of that round). A worker that was not given that round
+    /// answers nothing (the server deals the round again with starts): the answer to work sent after it is the
+    /// next message.
+    /// </summary>
+    [Fact]
+    public void Worker_StartsAheadWorkWithoutθ_FromTheBaseOfTheRoundBefore()
+    {
+        TrainingConfig config = Fixtures.Config() with { LocalSteps = new LocalStepsSettings { Replicas = 2, Steps = 2, OuterOverlap = true } };
+        TrainingSession session = Fixtures.Session(config);
+        var setup = new WorkerSetup(session.Architecture, session.Train, session.Config, session.DataHash);
+        var server = CreateTestProbe();
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", setup));
+        server.ExpectMsg<RegisterWorker>();
+        float[] theta0 = (float[])session.Parameters.Clone();
+        worker.Tell(new ComputeGradients(0, 0, 0, 0, 2, theta0), server.Ref);
+        worker.Tell(new ComputeGradients(2, 0, 2, 0, 2, []) { Start = RoundStart.MinusOwnChange }, server.Ref);
+        GradientsComputed[] answers = [.. Enumerable.Range(0, 4).Select(_ => server.ExpectMsg<GradientsComputed>())];
+        Assert.Equal([0L, 0L, 2L, 2L], answers.Select(a => a.Step));
+
+        // The reference: the engine's computer given round 1's base explicitly.
+        IUpdatePartComputer reference = UpdateParts.CreateComputer(config, session.Architecture, session.Train, UpdateParts.CreateChanges(config, session.Architecture.ParameterCount));
+        EpochPlan plan = EpochPlan.Create(session.Train.Rows, config.BatchSize, config.Seed, 0);
+        for (int i = 0; i < 4; i++)
+        {
+            var expected = new float[session.Architecture.ParameterCount];
+            var node = new TreeNode(i % 2, 1);
+            reference.Compute(theta0, plan, i < 2 ? 0 : 2, node, expected, new BatchResult[1], i < 2 ? RoundStart.FromParameters : RoundStart.MinusOwnChange);
+            Assert.Equal(node, answers[i].Node);
+            Fixtures.AssertSameBits(expected, answers[i].Gradient, $"replica {node.Lo}'s value of round {i / 2}");
+        }
+
+        IActorRef newcomer = Sys.ActorOf(Worker.Props(server.Ref, "worker-2", setup));
+        server.ExpectMsg<RegisterWorker>();
+        newcomer.Tell(new ComputeGradients(2, 0, 2, 0, 1, []) { Start = RoundStart.MinusOwnChange }, server.Ref);
+        newcomer.Tell(new ComputeGradients(0, 0, 0, 1, 2, theta0), server.Ref);
+        GradientsComputed next = server.ExpectMsg<GradientsComputed>();
+        Assert.Equal((0L, new TreeNode(1, 1)), (next.Step, next.Node));
+        Fixtures.AssertSameBits(answers[1].Gradient, next.Gradient, "replica 1's value of round 0 on another worker");
+    }
+
     [Fact]
     public void Worker_RunsOnTheComputeDispatcher()
     {

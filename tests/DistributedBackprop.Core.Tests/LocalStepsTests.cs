@@ -155,7 +155,7 @@ public class LocalStepsTests
         float[] round0 = bases.Begin(0, [1f, 2f], hasNext: true);
         float[] round1 = bases.BaseOf(1);
         Assert.Equal([1f, 2f], round0);
-        Assert.NotSame(round0, round1);
+        Assert.Same(round0, round1); // both θ_0: one array serves both
         Assert.Same(round1, bases.Begin(1, [3f, 4f], hasNext: true));
         float[] round2 = bases.BaseOf(2);
         Assert.Same(round2, bases.Begin(2, [5f, 6f], hasNext: false));
