@@ -115,15 +115,28 @@ public sealed class OverlappedRoundBases
         ArgumentOutOfRangeException.ThrowIfNegative(round);
         if (round == 0)
         {
-            _bases[0] = theta.ToArray();
+            _bases[0] = Copy(theta);
         }
         if (hasNext)
         {
-            // Round 0's base and round 1's are both θ_0: one array serves both (bases are never written). A new
-            // array costs page faults here (~5 ms per MB measured on this project's VM), paid before any work goes out.
-            _bases[(round + 1) % 2] = round == 0 ? _bases[0] : theta.ToArray();
+            // Round 0's base and round 1's are both θ_0: one array serves both (bases are never written).
+            _bases[(round + 1) % 2] = round == 0 ? _bases[0] : Copy(theta);
         }
         return _bases[round % 2];
+    }
+
+    /// <summary>
+    /// A new array holding θ, on the pinned object heap. A model-sized array on the large object heap comes back
+    /// from the GC as fresh pages each time, and on this project's VM a page fault costs ~19 µs: ~4.5 ms per copy
+    /// of 0.94 MB, once per round, on the server's thread before it deals the next round. The pinned heap reuses
+    /// the space of bases already collected (`dbp train --workers 2 --replicas 2 --local-steps 32 --outer-overlap`,
+    /// 5 epochs on Fashion-MNIST: ~7,000 page faults more than with H = 128 before, none after).
+    /// </summary>
+    private static float[] Copy(ReadOnlySpan<float> theta)
+    {
+        float[] copy = GC.AllocateUninitializedArray<float>(theta.Length, pinned: true);
+        theta.CopyTo(copy);
+        return copy;
     }
 
     /// <summary>The base of <paramref name="round"/>, kept by the <see cref="Begin"/> of this round or of the one before.</summary>
