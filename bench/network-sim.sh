@@ -17,28 +17,33 @@
 #                                           the cluster in this run: the median of both runs' epochs after the first)
 # Usage (repo root, as root; cleans up its namespaces):
 #   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H [--outer-overlap]
-#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--epochs 3]
+#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--epochs 3]
+# --mtu: the links' frame size (9000: jumbo frames). All nodes' kernels share this machine's cores, so each
+# packet's cost in the bridge, the shaper and TCP is paid by the same two cores the workers compute on (at
+# 1500 bytes the kernel's packet processing took ~35 % of a core at H = 32; on machines of their own it would not).
 # Ends with one JSON line. --shards K runs `dbp serve --server-shards K` (shards on the worker nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-workers=2; shards=1; rate=1gbit; epochs=3; replicas=1; local_steps=1; outer=()
+workers=2; shards=1; rate=1gbit; mtu=1500; epochs=3; replicas=1; local_steps=1; outer=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers=$2; shift 2 ;;
     --shards) shards=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --mtu) mtu=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --replicas) replicas=$2; shift 2 ;;
     --local-steps) local_steps=$2; shift 2 ;;
     --outer-overlap) outer+=(--outer-overlap); shift ;;
     --outer-momentum|--outer-lr|--outer-optimizer) outer+=("$1" "$2"); shift 2 ;;
-    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --epochs E)" >&2; exit 2 ;;
+    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --mtu BYTES --epochs E)" >&2; exit 2 ;;
   esac
 done
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] && [ "$workers" -le 16 ] || { echo "network-sim: --workers: 1 to 16, got $workers" >&2; exit 2; }
 [[ "$replicas" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --replicas: a positive integer, got $replicas" >&2; exit 2; }
 [[ "$local_steps" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --local-steps: a positive integer, got $local_steps" >&2; exit 2; }
 [[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --shards: a positive integer, got $shards" >&2; exit 2; }
+[[ "$mtu" =~ ^[1-9][0-9]*$ ]] && [ "$mtu" -ge 1280 ] && [ "$mtu" -le 65535 ] || { echo "network-sim: --mtu: 1280 to 65535 bytes, got $mtu" >&2; exit 2; }
 if [ "$shards" -gt 1 ] && [ "$replicas" -gt 1 ] && [ "$local_steps" -gt 1 ]; then
   echo "network-sim: --shards with local steps: dbp does not combine them yet" >&2; exit 2
 fi
@@ -55,7 +60,10 @@ names=(s); for i in $(seq 1 "$workers"); do names+=("w$i"); done
 netns_up "${names[@]}" >/dev/null
 # Shape both directions of every node's link: its eth0 (what it sends) and its veth end on the bridge (what
 # it receives). A token bucket with a burst of a few packets' worth and a bounded queue, like a switch port.
+ip link set "$bridge" mtu "$mtu"
 for n in "${names[@]}"; do
+  ip link set "v$n$tag" mtu "$mtu"
+  ip -n "dbp$n$tag" link set eth0 mtu "$mtu"
   ip netns exec "dbp$n$tag" tc qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 20ms
   tc qdisc add dev "v$n$tag" root tbf rate "$rate" burst 64kb latency 20ms
 done
@@ -87,11 +95,11 @@ taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/
   || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }
 
 for n in "${names[@]}"; do echo "$n ${before[$n]} $(counters "$n")"; done > "$work/links.txt"
-python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" <<'PY'
+python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" <<'PY'
 import json, math, statistics, sys
 epochs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bits, workers, shards, rate = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-replicas, local_steps = int(sys.argv[7]), int(sys.argv[8])
+replicas, local_steps, mtu = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[10])
 plain_runs = [[json.loads(l) for l in open(path) if l.strip()] for path in (sys.argv[9], sys.argv[9].replace("plain.jsonl", "plain-after.jsonl"))]
 plain = plain_runs[0]
 # R = 1 or H = 1 is synchronous training: one update per step.
@@ -114,13 +122,13 @@ bound = max(compute, link_seconds)
 samples = statistics.median(e["samples_per_second"] for e in later)
 plain_samples = statistics.median(e["samples_per_second"] for run in plain_runs for e in (run[1:] or run))
 unit = "step" if local_steps == 1 else f"round of {local_steps} steps"
-print(f"[network-sim] {workers} worker(s), {shards} shard(s), {replicas} replica(s) x {local_steps} local step(s), {rate} links: "
+print(f"[network-sim] {workers} worker(s), {shards} shard(s), {replicas} replica(s) x {local_steps} local step(s), {rate} links (MTU {mtu}): "
       f"busiest link {busiest} {links[busiest] / 1e6:.2f} MB/{unit} = {links[busiest] / model_bytes:.2f} M; {unit} {step_seconds * 1e3:.1f} ms, "
       f"bound {bound * 1e3:.1f} ms (compute {compute * 1e3:.1f} ms, link {link_seconds * 1e3:.1f} ms); "
       f"{samples:.0f} samples/s, the plain trainer on one core {plain_samples:.0f} ({samples / plain_samples:.2f}x); "
       f"final test accuracy {epochs[-1].get('test_accuracy', 0) * 100:.2f} % (plain {plain[-1].get('test_accuracy', 0) * 100:.2f} %)")
 print(json.dumps({
-    "workers": workers, "shards": shards, "replicas": replicas, "local_steps": local_steps, "rate": rate, "model_bytes": model_bytes, "updates": steps,
+    "workers": workers, "shards": shards, "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
     "busiest_link": busiest, "busiest_link_bytes_per_step": round(links[busiest]),
     "busiest_link_bytes_per_step_over_model": round(links[busiest] / model_bytes, 3),
     "step_seconds": round(step_seconds, 5), "compute_seconds": round(compute, 5), "link_seconds": round(link_seconds, 5),
