@@ -50,7 +50,7 @@ public sealed record ComputeGradients(long Step, int Epoch, int StepInEpoch, int
     /// </summary>
     public Engine.RoundStart Start { get; init; }
 
-    /// <summary>Set by the bulk channel when <see cref="Parameters"/> came from its pool: the worker returns it after the step. Not sent.</summary>
+    /// <summary>Set by the bulk channel when <see cref="Parameters"/> came from its pool: the worker returns it after the step (with --outer-overlap, θ of an epoch's first round once a later epoch's replaces it). Not sent.</summary>
     public Transport.FloatArrayPool? Pool { get; init; }
 }
 

@@ -40,10 +40,11 @@ public sealed class Worker : ReceiveActor, IWithTimers
     /// <summary>With --outer-overlap: this worker's replicas' values of their last rounds, to start work dealt ahead from.</summary>
     private readonly ReplicaChanges? _changes;
     /// <summary>
-    /// With --outer-overlap: the parameters of the last work that carried them, with its step (and the pool they
-    /// return to once replaced). Work dealt ahead at an epoch's first round comes without θ: its base is that round's.
+    /// With --outer-overlap: θ_0 of the last epoch's first round this worker was given work of, with that step (and
+    /// the pool the array returns to once replaced). Work dealt ahead at an epoch's first round comes without θ: its
+    /// base is this. (Later rounds' work carries per-replica starts or θ_i itself, never kept.)
     /// </summary>
-    private (long Step, float[] Parameters, FloatArrayPool? Pool) _lastParameters = (-1, [], null);
+    private (long Step, float[] Parameters, FloatArrayPool? Pool) _firstRoundTheta = (-1, [], null);
     /// <summary>The two highest steps of work received: a buffer lent for an older step is free (see <see cref="Rent"/>).</summary>
     private long _newestWork = -1, _newerWork = -1;
     private readonly List<TreeNode> _nodes = [];
@@ -221,18 +222,25 @@ public sealed class Worker : ReceiveActor, IWithTimers
             }
             if (message.Parameters.Length > 0)
             {
-                _lastParameters.Pool?.Return(_lastParameters.Parameters);
-                _lastParameters = (message.Step, message.Parameters, message.Pool);
                 Compute(message, message.Parameters);
+                if (message.StepInEpoch == 0 && message.Start == RoundStart.FromParameters)
+                {
+                    _firstRoundTheta.Pool?.Return(_firstRoundTheta.Parameters);
+                    _firstRoundTheta = (message.Step, message.Parameters, message.Pool);
+                }
+                else
+                {
+                    message.Pool?.Return(message.Parameters);
+                }
             }
-            else if (message.Start == RoundStart.MinusOwnChange && _lastParameters.Step == _changes.PreviousRound(message.Step))
+            else if (message.Start == RoundStart.MinusOwnChange && _firstRoundTheta.Step == _changes.PreviousRound(message.Step))
             {
-                Compute(message, _lastParameters.Parameters);
+                Compute(message, _firstRoundTheta.Parameters);
             }
             else
             {
-                // Its round's work (which carried the base) was lost: the server deals this round again, with each
-                // replica's start, once it misses the answer.
+                // Its round's work (which carried the base) was lost, or came after it (a reconnect can reorder two
+                // connections' frames): the server deals this round again, with each replica's start, once it misses the answer.
                 _log.Warning("{0} cannot start step {1}: it was dealt ahead without θ, and this worker has not the base of step {2}", _name, message.Step, _changes.PreviousRound(message.Step));
             }
             return;

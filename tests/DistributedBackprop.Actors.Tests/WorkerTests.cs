@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Akka.TestKit.Xunit2;
+using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
@@ -64,9 +65,10 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
 
     /// <summary>
     /// --outer-overlap: work dealt ahead at an epoch's first round comes without θ; the worker starts it from the
-    /// θ its work of that round carried (and its own values of that round). A worker that was not given that round
-    /// answers nothing (the server deals the round again with starts): the answer to work sent after it is the
-    /// next message.
+    /// θ its work of that round carried (and its own values of that round). A worker whose kept θ is another
+    /// round's (frames reordered after a reconnect) answers nothing (the server deals the round again with
+    /// starts): the answer to work sent after it is the next message. A pooled θ goes back to its pool only once
+    /// a later epoch's replaces it.
     /// </summary>
     [Fact]
     public void Worker_StartsAheadWorkWithoutθ_FromTheBaseOfTheRoundBefore()
@@ -95,13 +97,28 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
             Fixtures.AssertSameBits(expected, answers[i].Gradient, $"replica {node.Lo}'s value of round {i / 2}");
         }
 
-        IActorRef newcomer = Sys.ActorOf(Worker.Props(server.Ref, "worker-2", setup));
+        int count = session.Architecture.ParameterCount;
+        long epoch1 = session.StepsPerEpoch;
+        var pool = new FloatArrayPool();
+        float[] pooled0 = pool.Rent(count), pooled1 = pool.Rent(count);
+        theta0.CopyTo(pooled0);
+        theta0.CopyTo(pooled1);
+        IActorRef other = Sys.ActorOf(Worker.Props(server.Ref, "worker-2", setup));
         server.ExpectMsg<RegisterWorker>();
-        newcomer.Tell(new ComputeGradients(2, 0, 2, 0, 1, []) { Start = RoundStart.MinusOwnChange }, server.Ref);
-        newcomer.Tell(new ComputeGradients(0, 0, 0, 1, 2, theta0), server.Ref);
+        other.Tell(new ComputeGradients(0, 0, 0, 1, 2, pooled0) { Pool = pool }, server.Ref);
         GradientsComputed next = server.ExpectMsg<GradientsComputed>();
         Assert.Equal((0L, new TreeNode(1, 1)), (next.Step, next.Node));
         Fixtures.AssertSameBits(answers[1].Gradient, next.Gradient, "replica 1's value of round 0 on another worker");
+        Assert.NotSame(pooled0, pool.Rent(count)); // kept: round 1 may still come without θ
+
+        // Epoch 1's first round replaces the kept θ (and returns epoch 0's to its pool); epoch 0's round 1 without θ
+        // then finds its replica's value but not its base.
+        other.Tell(new ComputeGradients(epoch1, 1, 0, 1, 2, pooled1) { Pool = pool }, server.Ref);
+        Assert.Equal(epoch1, server.ExpectMsg<GradientsComputed>().Step);
+        Assert.Same(pooled0, pool.Rent(count));
+        other.Tell(new ComputeGradients(2, 0, 2, 1, 2, []) { Start = RoundStart.MinusOwnChange }, server.Ref);
+        other.Tell(new ComputeGradients(epoch1 + 2, 1, 2, 1, 2, []) { Start = RoundStart.MinusOwnChange }, server.Ref);
+        Assert.Equal(epoch1 + 2, server.ExpectMsg<GradientsComputed>().Step);
     }
 
     [Fact]

@@ -28,7 +28,9 @@ start_cluster() {
   w2=$!; pids+=("$w2")
 }
 
-args=(--epochs 150 --layers 64 --batch-size 64)
+# Long enough that the server notices the death before the run ends: 150 epochs took 5.5 s in a CI run and
+# ended 0.6 s after the killed worker's node was downed, before its DeathWatch message (then "left after training").
+args=(--epochs 1000 --layers 64 --batch-size 64)
 "$dbp" train "${args[@]}" --workers 2 --out "$work/local.safetensors" --progress none >/dev/null
 start_cluster "" "${args[@]}"
 
@@ -40,6 +42,7 @@ ip netns exec "dbpw2$tag" timeout 300 "$dbp" worker --join 10.77.0.1:4053 --toke
 
 if ! wait "$server"; then cat "$work/server.log"; say "FAIL: server exited non-zero"; exit 1; fi
 grep -q "akka.ssl.tcp://dbp@10.77.0.1:4053" "$work/server.log" || { say "FAIL: server did not bind its namespace address"; exit 1; }
+grep -q "worker w2 left after training" "$work/server.log" && { say "FAIL: the run ended before the server noticed the killed worker (lengthen run 1)"; exit 1; }
 grep -q "worker w2 died" "$work/server.log" || { cat "$work/server.log"; say "FAIL: server did not notice the killed worker"; exit 1; }
 cmp "$work/local.safetensors" "$work/cluster.safetensors" || { say "FAIL: cluster model differs from local mode"; exit 1; }
 say "$(grep '^cluster:' "$work/server.log")"

@@ -97,9 +97,9 @@ public enum RoundStart
 
 /// <summary>
 /// The θ each round of an epoch is dealt with under <c>--outer-overlap</c>: θ_{i−1} for round i ≥ 1, θ_0 for
-/// round 0. Round i's is needed until update i is applied (it may be dealt again). Each is a new array, never
-/// written after it is kept: in one process a worker may still be reading an older round's base for a
-/// duplicate whose answer is dropped, but whose value it keeps to start its next round from.
+/// round 0. Round i's is needed until update i is applied (it may be dealt again). Each is a new array (rounds 0
+/// and 1 share θ_0's), never written after it is kept: in one process a worker may still be reading an older
+/// round's base for a duplicate whose answer is dropped, but whose value it keeps to start its next round from.
 /// </summary>
 public sealed class OverlappedRoundBases
 {
