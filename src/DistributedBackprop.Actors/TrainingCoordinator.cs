@@ -155,7 +155,7 @@ public sealed class TrainingCoordinator : ReceiveActor
         _observer.StepCompleted(report);
         // Not on the step that closes an epoch: the epoch's own checkpoint follows once it is scored (asking
         // now would let the server snapshot the validation record while OnEvaluated writes it).
-        if (_checkpoints is not null && _checkpoints.DueAfter(before, step.GlobalStep) && step.GlobalStep % _session.StepsPerEpoch != 0 && _session.CheckpointsInsideEpochs)
+        if (_checkpoints is not null && _checkpoints.DueAfter(before, step.GlobalStep) && step.GlobalStep % _session.StepsPerEpoch != 0 && _session.Config.CheckpointsInsideEpochs())
         {
             _server.Tell(new SaveCheckpoint(_checkpoints.Path));
         }

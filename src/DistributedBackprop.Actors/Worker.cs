@@ -214,34 +214,21 @@ public sealed class Worker : ReceiveActor, IWithTimers
     {
         if (_shards is null)
         {
-            if (_changes is null)
-            {
-                Compute(message, message.Parameters);
-                message.Pool?.Return(message.Parameters);
-                return;
-            }
             if (message.Parameters.Length > 0)
             {
                 Compute(message, message.Parameters);
-                if (message.StepInEpoch == 0 && message.Start == RoundStart.FromParameters)
-                {
-                    _firstRoundTheta.Pool?.Return(_firstRoundTheta.Parameters);
-                    _firstRoundTheta = (message.Step, message.Parameters, message.Pool);
-                }
-                else
-                {
-                    message.Pool?.Return(message.Parameters);
-                }
+                KeepOrReturn(message);
             }
-            else if (message.Start == RoundStart.MinusOwnChange && _firstRoundTheta.Step == _changes.PreviousRound(message.Step))
+            else if (_changes is not null && message.Start == RoundStart.MinusOwnChange && _firstRoundTheta.Step == _changes.PreviousRound(message.Step))
             {
                 Compute(message, _firstRoundTheta.Parameters);
             }
             else
             {
-                // Its round's work (which carried the base) was lost, or came after it (a reconnect can reorder two
-                // connections' frames): the server deals this round again, with each replica's start, once it misses the answer.
-                _log.Warning("{0} cannot start step {1}: it was dealt ahead without θ, and this worker has not the base of step {2}", _name, message.Step, _changes.PreviousRound(message.Step));
+                // Dealt ahead without θ, but its round's work (which carried the base) was lost, or came after it (a
+                // reconnect can reorder two connections' frames): the server deals the round again, with each
+                // replica's start, once it misses the answer.
+                _log.Warning("{0} cannot start step {1}: it came without θ, and this worker keeps no base for it", _name, message.Step);
             }
             return;
         }
@@ -316,6 +303,23 @@ public sealed class Worker : ReceiveActor, IWithTimers
                 _courier.Send(_shards[s], new GradientSlice(message.Step, node, slice), Self);
             }
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, [], Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
+        }
+    }
+
+    /// <summary>
+    /// θ of an epoch's first round is kept with --outer-overlap (the next round is dealt ahead without it), the
+    /// one kept before going back to its pool; any other θ goes back to its pool now.
+    /// </summary>
+    private void KeepOrReturn(ComputeGradients work)
+    {
+        if (_changes is not null && work.StepInEpoch == 0 && work.Start == RoundStart.FromParameters)
+        {
+            _firstRoundTheta.Pool?.Return(_firstRoundTheta.Parameters);
+            _firstRoundTheta = (work.Step, work.Parameters, work.Pool);
+        }
+        else
+        {
+            work.Pool?.Return(work.Parameters);
         }
     }
 

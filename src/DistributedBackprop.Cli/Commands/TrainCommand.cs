@@ -119,7 +119,7 @@ internal static class TrainCommand
 
     /// <summary>--checkpoint-every N given with checkpoints on, for a run that is checkpointed at epoch ends only: the warning, or null.</summary>
     internal static string? CheckpointEveryIgnored(int every, bool checkpointing, TrainingConfig config) =>
-        every > 0 && checkpointing && config.LocalSteps is { OuterOverlap: true }
+        every > 0 && checkpointing && !config.CheckpointsInsideEpochs()
             ? $"--checkpoint-every {every} has no effect with --outer-overlap: a round in flight starts from θ one outer step old and the replicas' own values, which a checkpoint does not hold; checkpoints are written at each epoch's end"
             : null;
 

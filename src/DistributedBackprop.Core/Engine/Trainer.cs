@@ -104,7 +104,7 @@ public sealed class Trainer : IDisposable
             }
             observer.StepCompleted(report);
             // The step that closes an epoch is checkpointed below, after the epoch is scored.
-            if (checkpoints is not null && checkpoints.DueAfter(stepBefore, _session.GlobalStep) && _session.StepInEpoch != 0 && _session.CheckpointsInsideEpochs)
+            if (checkpoints is not null && checkpoints.DueAfter(stepBefore, _session.GlobalStep) && _session.StepInEpoch != 0 && _session.Config.CheckpointsInsideEpochs())
             {
                 _session.SaveCheckpoint(checkpoints.Path);
             }

@@ -56,6 +56,13 @@ public sealed record TrainingConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public LocalStepsSettings? LocalSteps { get; init; }
 
+    /// <summary>
+    /// θ and the optimizer state are all the state there is between two updates of an epoch. Not so with
+    /// <c>--outer-overlap</c>, whose next round starts from θ one outer step old and the replicas' own values
+    /// (<see cref="RoundStart"/>): its checkpoints are written at epoch ends only.
+    /// </summary>
+    public bool CheckpointsInsideEpochs() => LocalSteps is not { OuterOverlap: true };
+
     /// <summary>The parts an update is cut into, dealt to lanes or workers and reduced along their tree: the C chunks, or the R replicas.</summary>
     public int UpdateParts() => LocalSteps?.Replicas ?? Chunks;
 

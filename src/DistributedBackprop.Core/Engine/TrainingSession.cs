@@ -163,13 +163,6 @@ public sealed class TrainingSession
     /// <summary>Another update follows the next one in the same epoch.</summary>
     public bool UpdateFollowsInEpoch => StepInEpoch + StepsInUpdate < StepsPerEpoch;
 
-    /// <summary>
-    /// θ and the optimizer state are all the state there is between two updates of an epoch. Not so with
-    /// <c>--outer-overlap</c>, whose next round starts from θ one outer step old and the replicas' own values
-    /// (<see cref="RoundStart"/>): its checkpoints are written at epoch ends only.
-    /// </summary>
-    public bool CheckpointsInsideEpochs => Config.LocalSteps is not { OuterOverlap: true };
-
     /// <summary>An update is applied: the position moves past the steps it covered.</summary>
     public void EndStep() => GlobalStep += StepsInUpdate;
 
@@ -289,7 +282,7 @@ public sealed class TrainingSession
             // Rounds start at multiples of H within an epoch; resuming elsewhere would shift every later round.
             throw new ModelFileException($"{path}: global step {GlobalStep} is not at the end of a round of {local.Steps} local steps");
         }
-        if (!CheckpointsInsideEpochs && StepInEpoch != 0)
+        if (!Config.CheckpointsInsideEpochs() && StepInEpoch != 0)
         {
             // The round in flight starts from θ one outer step old and the replicas' values: not in the file.
             throw new ModelFileException($"{path}: global step {GlobalStep} is inside an epoch; with --outer-overlap only a checkpoint from an epoch's end can be resumed");
