@@ -5,6 +5,8 @@
 # (first-step time, bytes on the bulk channel per step) and how busy the workers were.
 #   bash bench/cluster-vs-local.sh [rounds] [epochs]          (secure: mutual TLS, join token)
 #   DBP_INSECURE=1 bash bench/cluster-vs-local.sh [rounds] [epochs]   (plain TCP, --insecure)
+#   DBP_SHARDS=2 bash bench/cluster-vs-local.sh …   (the cluster with `--server-shards 2`: a shard on each worker
+#                                                    node, so half of θ and of each gradient stays in its process)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; epochs=${2:-4}
@@ -20,7 +22,7 @@ rows=[json.loads(l).get('worker_busy_fraction') or {} for l in open(sys.argv[1])
 print(', '.join(f'{w} {statistics.median(r[w] for r in rows if w in r):.2f}' for w in sorted(rows[-1])))" "$1"; }
 for r in $(seq 1 "$rounds"); do
   "$dbp" train "${args[@]}" --workers 2 --metrics "$work/local.jsonl" >/dev/null
-  "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" ${DBP_INSECURE:+--insecure} \
+  "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" ${DBP_INSECURE:+--insecure} --server-shards "${DBP_SHARDS:-1}" \
     --state-dir "$work/state" --token-file "$work/token" >"$work/serve.out" 2>"$work/serve.err" &
   server=$!
   for _ in $(seq 1 200); do grep -q "workers join with" "$work/serve.err" && break; sleep 0.1; done

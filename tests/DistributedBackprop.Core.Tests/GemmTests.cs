@@ -40,6 +40,8 @@ public class GemmTests
                     foreach (int k in new[] { 1, 2, 5, 31 })
                         shapes.Add((m, n, k));
             foreach (int k in EdgeSizes(b.KC)) shapes.Add((b.MR + 1, b.NR + 3, k));
+            // Several slabs of equal depth, the last one shallower (SlabDepth).
+            foreach (int k in new[] { 2 * b.KC + 1, 3 * b.KC - 1 }) shapes.Add((b.MR + 1, b.NR + 3, k));
             foreach (int m in EdgeSizes(b.MC)) shapes.Add((m, 17, 9));
             foreach (int n in EdgeSizes(b.NC)) shapes.Add((2, n, 3));
         }
@@ -99,6 +101,24 @@ public class GemmTests
                 AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} chunks={chunks}");
             }
         }
+    }
+
+    [Fact]
+    public void SlabDepth_CutsKIntoTheFewestSlabs_TheLastShallowerByLessThanTheirCount()
+    {
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            GemmBlocking b = GemmBlocking.For(tier);
+            for (int k = 1; k <= 4 * b.KC + 3; k++)
+            {
+                int depth = b.SlabDepth(k);
+                int slabs = (k + depth - 1) / depth, last = k - (slabs - 1) * depth;
+                Assert.True(depth <= b.KC, $"{tier} k={k}: slabs {depth} deep, KC {b.KC}");
+                Assert.Equal((k + b.KC - 1) / b.KC, slabs);
+                Assert.True(last > 0 && depth - last < slabs, $"{tier} k={k}: {slabs} slabs of {depth}, the last {last}");
+            }
+        }
+        Assert.Equal(262, GemmBlocking.Vector256.SlabDepth(784));
     }
 
     [Fact]

@@ -46,8 +46,9 @@ public static unsafe class Gemm
         tier = NarrowerTierFor(n, tier);
         GemmBlocking blk = GemmBlocking.For(tier);
         int mr = blk.MR, nr = blk.NR;
-        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(blk.MC, m), mr) * Math.Min(blk.KC, k));
-        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(blk.NC, n), nr) * Math.Min(blk.KC, k));
+        int slab = blk.SlabDepth(k);
+        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(blk.MC, m), mr) * Math.Min(slab, k));
+        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(blk.NC, n), nr) * Math.Min(slab, k));
         float* tile = (t_tiles ??= new()).Ensure(mr * nr);
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
@@ -56,10 +57,10 @@ public static unsafe class Gemm
             for (int jc = 0; jc < n; jc += blk.NC)
             {
                 int nc = Math.Min(blk.NC, n - jc);
-                // Loop 4 (pc): KC-deep slabs of the shared dimension; C carries the chain between slabs.
-                for (int pcIdx = 0; pcIdx < k; pcIdx += blk.KC)
+                // Loop 4 (pc): slabs of the shared dimension, at most KC deep; C carries the chain between slabs.
+                for (int pcIdx = 0; pcIdx < k; pcIdx += slab)
                 {
-                    int kc = Math.Min(blk.KC, k - pcIdx);
+                    int kc = Math.Min(slab, k - pcIdx);
                     PackB(pb, b.RowStride, b.ColStride, pcIdx, kc, jc, nc, nr, packB);
                     // Loop 3 (ic): MC-tall row blocks of A and C.
                     for (int ic = 0; ic < m; ic += blk.MC)
