@@ -137,6 +137,7 @@ public static unsafe class Gemm
         int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
         Span<int> heights = stackalloc int[maxDepth];
+        float** addends = stackalloc float*[maxDepth];
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
         fixed (int* starts = chunkStarts)
@@ -157,32 +158,54 @@ public static unsafe class Gemm
                             int rows = Math.Min(mr, mc - ir);
                             float* aSliver = packA + (long)ir * k;
                             float* bSliver = packB + (long)jr * k;
-                            // The canonical tree's binary-counter walk (TreeWalk) over a stack of tiles.
+                            float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
+                            bool fullTile = rows == mr && cols == nr;
+                            // The canonical tree's binary-counter walk (TreeWalk) over a stack of tiles. Every merge
+                            // a leaf completes is done in registers before the leaf's tile is stored: the leaf's
+                            // chain plus its left sibling (if it is a right leaf), plus each left subtree it then
+                            // completes (and after the last chunk, each subtree still open). Each addition is one
+                            // node of the tree, left + right; the kernel computes right + left, the same bits.
                             var walk = new TreeWalk(heights);
                             for (int chunk = 0; chunk < chunks; chunk++)
                             {
                                 int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
                                 float* aChunk = aSliver + (long)k0 * mr, bChunk = bSliver + (long)k0 * nr;
+                                int count = 0, destination;
                                 if (walk.TopAwaitsRightLeaf)
                                 {
-                                    // A right leaf: add it straight into its left sibling from registers.
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + (walk.Depth - 1) * tileSize, nr, TileMode.AddResult);
+                                    destination = walk.Depth - 1;
+                                    addends[count++] = stack + destination * tileSize;
                                     walk.AddedIntoTop();
                                 }
                                 else
                                 {
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + walk.Push() * tileSize, nr, TileMode.Overwrite);
+                                    destination = walk.Push();
                                 }
-                                while (walk.TryMerge(out int left, out int right))
+                                while (walk.TryMerge(out int left, out _))
                                 {
-                                    AddTile(stack + left * tileSize, stack + right * tileSize, tileSize);
+                                    destination = left;
+                                    addends[count++] = stack + left * tileSize;
+                                }
+                                bool lastChunk = chunk == chunks - 1;
+                                while (lastChunk && walk.TryFold(out int left, out _))
+                                {
+                                    destination = left;
+                                    addends[count++] = stack + left * tileSize;
+                                }
+                                if (lastChunk && fullTile)
+                                {
+                                    // The root goes straight to C.
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, cTile, ldc, TileMode.Overwrite, addends, count);
+                                }
+                                else
+                                {
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + destination * tileSize, nr, TileMode.Overwrite, addends, count);
                                 }
                             }
-                            while (walk.TryFold(out int left, out int right))
+                            if (!fullTile)
                             {
-                                AddTile(stack + left * tileSize, stack + right * tileSize, tileSize);
+                                CopyTile(stack, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);
                             }
-                            CopyTile(stack, nr, pc + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols, zeroPad: false, mr, nr);
                         }
                     }
                 }
@@ -198,9 +221,6 @@ public static unsafe class Gemm
         tier == SimdTier.Vector512 && n <= GemmBlocking.Vector256.NR && System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated
             ? SimdTier.Vector256
             : tier;
-
-    private static void AddTile(float* left, float* right, int count) =>
-        TensorPrimitives.Add(new ReadOnlySpan<float>(left, count), new ReadOnlySpan<float>(right, count), new Span<float>(left, count));
 
     /// <summary>Packs rows [i0, i0+mc) × cols [p0, p0+kc) of A into MR-row slivers, p-major, zero-padded.</summary>
     private static void PackA(float* a, int rs, int cs, int i0, int mc, int p0, int kc, int mr, float* dst)

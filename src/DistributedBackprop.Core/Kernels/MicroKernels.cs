@@ -7,6 +7,7 @@ namespace DistributedBackprop.Kernels;
 /// Register-tiled micro-kernels: C[0..MR, 0..NR] = C (or 0) + Σ_p a[p, :] ⊗ b[p, :] over packed slivers,
 /// a: kc×MR (MR values per p), b: kc×NR (NR values per p). Each output element is one FMA chain in
 /// p order, starting from the loaded C or from +0 — the definition <see cref="NaiveGemm"/> spells out.
+/// The chain may then have tiles added to it before it is stored (the chunk tree's merges, <see cref="Gemm.ChunkTreeProduct(StridedMatrix{float}, StridedMatrix{float}, ReadOnlySpan{int}, Span{float}, int, SimdTier)"/>).
 /// </summary>
 internal enum TileMode
 {
@@ -14,25 +15,25 @@ internal enum TileMode
     Overwrite,
     /// <summary>C ← chain continued from the current C (a later KC slab, or a bias start).</summary>
     Continue,
-    /// <summary>C ← C + (chain from +0): a right sibling merged into its left sibling in the chunk tree.</summary>
-    AddResult,
 }
 
 internal static unsafe class MicroKernels
 {
-    public static void Run(SimdTier tier, int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
+    /// <param name="addends">after the chain, each element becomes chain + addends[0] + addends[1] + … (added in
+    /// that order, one rounding each), read from these MR×NR tiles (row stride NR) before C is written, so C may be one of them.</param>
+    public static void Run(SimdTier tier, int kc, float* a, float* b, float* c, nint ldc, TileMode mode, float** addends = null, int addendCount = 0)
     {
         switch (tier)
         {
-            case SimdTier.Vector512: Kernel8x32(kc, a, b, c, ldc, mode); break;
-            case SimdTier.Vector256: Kernel6x16(kc, a, b, c, ldc, mode); break;
-            case SimdTier.Vector128: Kernel6x16Neon(kc, a, b, c, ldc, mode); break;
-            default: KernelScalar6x16(kc, a, b, c, ldc, mode); break;
+            case SimdTier.Vector512: Kernel8x32(kc, a, b, c, ldc, mode, addends, addendCount); break;
+            case SimdTier.Vector256: Kernel6x16(kc, a, b, c, ldc, mode, addends, addendCount); break;
+            case SimdTier.Vector128: Kernel6x16Neon(kc, a, b, c, ldc, mode, addends, addendCount); break;
+            default: KernelScalar6x16(kc, a, b, c, ldc, mode, addends, addendCount); break;
         }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6x16(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
+    private static void Kernel6x16(int kc, float* a, float* b, float* c, nint ldc, TileMode mode, float** addends, int addendCount)
     {
         Vector256<float> c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
         if (mode == TileMode.Continue)
@@ -66,14 +67,15 @@ internal static unsafe class MicroKernels
             a += 6;
             b += 16;
         }
-        if (mode == TileMode.AddResult)
+        for (int t = 0; t < addendCount; t++)
         {
-            c00 += Vector256.Load(c); c01 += Vector256.Load(c + 8);
-            c10 += Vector256.Load(c + ldc); c11 += Vector256.Load(c + ldc + 8);
-            c20 += Vector256.Load(c + 2 * ldc); c21 += Vector256.Load(c + 2 * ldc + 8);
-            c30 += Vector256.Load(c + 3 * ldc); c31 += Vector256.Load(c + 3 * ldc + 8);
-            c40 += Vector256.Load(c + 4 * ldc); c41 += Vector256.Load(c + 4 * ldc + 8);
-            c50 += Vector256.Load(c + 5 * ldc); c51 += Vector256.Load(c + 5 * ldc + 8);
+            float* s = addends[t];
+            c00 += Vector256.Load(s); c01 += Vector256.Load(s + 8);
+            c10 += Vector256.Load(s + 16); c11 += Vector256.Load(s + 24);
+            c20 += Vector256.Load(s + 32); c21 += Vector256.Load(s + 40);
+            c30 += Vector256.Load(s + 48); c31 += Vector256.Load(s + 56);
+            c40 += Vector256.Load(s + 64); c41 += Vector256.Load(s + 72);
+            c50 += Vector256.Load(s + 80); c51 += Vector256.Load(s + 88);
         }
         c00.Store(c); c01.Store(c + 8);
         c10.Store(c + ldc); c11.Store(c + ldc + 8);
@@ -85,7 +87,7 @@ internal static unsafe class MicroKernels
 
     /// <summary>128-bit lanes with hardware FMA (ARM64 NEON: 24 accumulators + 4 B vectors + 1 broadcast of its 32 registers); the 6×16 panel of the other tiers.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel6x16Neon(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
+    private static void Kernel6x16Neon(int kc, float* a, float* b, float* c, nint ldc, TileMode mode, float** addends, int addendCount)
     {
         Vector128<float> c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33, c40, c41, c42, c43, c50, c51, c52, c53;
         if (mode == TileMode.Continue)
@@ -120,14 +122,15 @@ internal static unsafe class MicroKernels
             a += 6;
             b += 16;
         }
-        if (mode == TileMode.AddResult)
+        for (int t = 0; t < addendCount; t++)
         {
-            c00 += Vector128.Load(c + 0 * ldc + 0); c01 += Vector128.Load(c + 0 * ldc + 4); c02 += Vector128.Load(c + 0 * ldc + 8); c03 += Vector128.Load(c + 0 * ldc + 12);
-            c10 += Vector128.Load(c + 1 * ldc + 0); c11 += Vector128.Load(c + 1 * ldc + 4); c12 += Vector128.Load(c + 1 * ldc + 8); c13 += Vector128.Load(c + 1 * ldc + 12);
-            c20 += Vector128.Load(c + 2 * ldc + 0); c21 += Vector128.Load(c + 2 * ldc + 4); c22 += Vector128.Load(c + 2 * ldc + 8); c23 += Vector128.Load(c + 2 * ldc + 12);
-            c30 += Vector128.Load(c + 3 * ldc + 0); c31 += Vector128.Load(c + 3 * ldc + 4); c32 += Vector128.Load(c + 3 * ldc + 8); c33 += Vector128.Load(c + 3 * ldc + 12);
-            c40 += Vector128.Load(c + 4 * ldc + 0); c41 += Vector128.Load(c + 4 * ldc + 4); c42 += Vector128.Load(c + 4 * ldc + 8); c43 += Vector128.Load(c + 4 * ldc + 12);
-            c50 += Vector128.Load(c + 5 * ldc + 0); c51 += Vector128.Load(c + 5 * ldc + 4); c52 += Vector128.Load(c + 5 * ldc + 8); c53 += Vector128.Load(c + 5 * ldc + 12);
+            float* s = addends[t];
+            c00 += Vector128.Load(s + 0); c01 += Vector128.Load(s + 4); c02 += Vector128.Load(s + 8); c03 += Vector128.Load(s + 12);
+            c10 += Vector128.Load(s + 16); c11 += Vector128.Load(s + 20); c12 += Vector128.Load(s + 24); c13 += Vector128.Load(s + 28);
+            c20 += Vector128.Load(s + 32); c21 += Vector128.Load(s + 36); c22 += Vector128.Load(s + 40); c23 += Vector128.Load(s + 44);
+            c30 += Vector128.Load(s + 48); c31 += Vector128.Load(s + 52); c32 += Vector128.Load(s + 56); c33 += Vector128.Load(s + 60);
+            c40 += Vector128.Load(s + 64); c41 += Vector128.Load(s + 68); c42 += Vector128.Load(s + 72); c43 += Vector128.Load(s + 76);
+            c50 += Vector128.Load(s + 80); c51 += Vector128.Load(s + 84); c52 += Vector128.Load(s + 88); c53 += Vector128.Load(s + 92);
         }
         c00.Store(c + 0 * ldc + 0); c01.Store(c + 0 * ldc + 4); c02.Store(c + 0 * ldc + 8); c03.Store(c + 0 * ldc + 12);
         c10.Store(c + 1 * ldc + 0); c11.Store(c + 1 * ldc + 4); c12.Store(c + 1 * ldc + 8); c13.Store(c + 1 * ldc + 12);
@@ -137,7 +140,7 @@ internal static unsafe class MicroKernels
         c50.Store(c + 5 * ldc + 0); c51.Store(c + 5 * ldc + 4); c52.Store(c + 5 * ldc + 8); c53.Store(c + 5 * ldc + 12);
     }
 
-    private static void KernelScalar6x16(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
+    private static void KernelScalar6x16(int kc, float* a, float* b, float* c, nint ldc, TileMode mode, float** addends, int addendCount)
     {
         const int MR = 6, NR = 16;
         float* acc = stackalloc float[MR * NR];
@@ -161,16 +164,23 @@ internal static unsafe class MicroKernels
             a += MR;
             b += NR;
         }
+        for (int t = 0; t < addendCount; t++)
+        {
+            for (int i = 0; i < MR * NR; i++)
+            {
+                acc[i] += addends[t][i];
+            }
+        }
         for (int r = 0; r < MR; r++)
         {
             for (int j = 0; j < NR; j++)
             {
-                c[r * ldc + j] = mode == TileMode.AddResult ? c[r * ldc + j] + acc[r * NR + j] : acc[r * NR + j];
+                c[r * ldc + j] = acc[r * NR + j];
             }
         }
     }
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Kernel8x32(int kc, float* a, float* b, float* c, nint ldc, TileMode mode)
+    private static void Kernel8x32(int kc, float* a, float* b, float* c, nint ldc, TileMode mode, float** addends, int addendCount)
     {
         Vector512<float> c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71;
         if (mode == TileMode.Continue)
@@ -211,16 +221,17 @@ internal static unsafe class MicroKernels
             a += 8;
             b += 32;
         }
-        if (mode == TileMode.AddResult)
+        for (int t = 0; t < addendCount; t++)
         {
-            c00 += Vector512.Load(c + 0 * ldc); c01 += Vector512.Load(c + 0 * ldc + 16);
-            c10 += Vector512.Load(c + 1 * ldc); c11 += Vector512.Load(c + 1 * ldc + 16);
-            c20 += Vector512.Load(c + 2 * ldc); c21 += Vector512.Load(c + 2 * ldc + 16);
-            c30 += Vector512.Load(c + 3 * ldc); c31 += Vector512.Load(c + 3 * ldc + 16);
-            c40 += Vector512.Load(c + 4 * ldc); c41 += Vector512.Load(c + 4 * ldc + 16);
-            c50 += Vector512.Load(c + 5 * ldc); c51 += Vector512.Load(c + 5 * ldc + 16);
-            c60 += Vector512.Load(c + 6 * ldc); c61 += Vector512.Load(c + 6 * ldc + 16);
-            c70 += Vector512.Load(c + 7 * ldc); c71 += Vector512.Load(c + 7 * ldc + 16);
+            float* s = addends[t];
+            c00 += Vector512.Load(s + 0 * 32); c01 += Vector512.Load(s + 0 * 32 + 16);
+            c10 += Vector512.Load(s + 1 * 32); c11 += Vector512.Load(s + 1 * 32 + 16);
+            c20 += Vector512.Load(s + 2 * 32); c21 += Vector512.Load(s + 2 * 32 + 16);
+            c30 += Vector512.Load(s + 3 * 32); c31 += Vector512.Load(s + 3 * 32 + 16);
+            c40 += Vector512.Load(s + 4 * 32); c41 += Vector512.Load(s + 4 * 32 + 16);
+            c50 += Vector512.Load(s + 5 * 32); c51 += Vector512.Load(s + 5 * 32 + 16);
+            c60 += Vector512.Load(s + 6 * 32); c61 += Vector512.Load(s + 6 * 32 + 16);
+            c70 += Vector512.Load(s + 7 * 32); c71 += Vector512.Load(s + 7 * 32 + 16);
         }
         c00.Store(c + 0 * ldc); c01.Store(c + 0 * ldc + 16);
         c10.Store(c + 1 * ldc); c11.Store(c + 1 * ldc + 16);
