@@ -86,7 +86,7 @@ public class GemmTests
     {
         foreach (SimdTier tier in Enum.GetValues<SimdTier>())
         {
-            foreach (int chunks in new[] { 1, 2, 3, 5, 8 })
+            foreach (int chunks in new[] { 1, 2, 3, 5, 7, 8 })
             {
                 float[] a = Random(m * k, m + 7 * k), b = Random(k * n, n + 11 * k);
                 // As in ∂J/∂W = δᵀ·a: A is stored transposed.
