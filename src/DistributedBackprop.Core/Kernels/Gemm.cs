@@ -1,4 +1,3 @@
-using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using DistributedBackprop.Reduction;
@@ -47,8 +46,8 @@ public static unsafe class Gemm
         GemmBlocking blk = GemmBlocking.For(tier);
         int mr = blk.MR, nr = blk.NR;
         int slab = blk.SlabDepth(k);
-        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(blk.MC, m), mr) * Math.Min(slab, k));
-        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(blk.NC, n), nr) * Math.Min(slab, k));
+        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(blk.MC, m), mr) * slab);
+        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(blk.NC, n), nr) * slab);
         float* tile = (t_tiles ??= new()).Ensure(mr * nr);
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
