@@ -4,6 +4,8 @@
 # activation, and prints each round's samples/s and the ratio of medians (new ÷ base).
 #   bash bench/ab-step.sh BASE [ROUNDS] [ACTIVATIONS]     e.g. bash bench/ab-step.sh 7f1620a 5 tanh,sigmoid,relu
 # Extra `dbp bench` options go in AB_BENCH_ARGS (default: 784-256-128-10, batch 128, 1 thread).
+# AB_GEMM=1: compare each of the step's matrix products instead (the GFLOP/s `dbp bench` times per product),
+# the ratio of medians per product.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${1:?usage: bench/ab-step.sh BASE [ROUNDS] [ACTIVATIONS]}; rounds=${2:-5}; activations=${3:-tanh,sigmoid,relu}
@@ -17,6 +19,14 @@ results=$(mktemp)
 for round in $(seq 1 "$rounds"); do
   for activation in ${activations//,/ }; do
     for side in base new; do
+      if [ -n "${AB_GEMM:-}" ]; then
+        dotnet "${dll[$side]}" bench --json --windows 1 --seconds 0.2 --warmup 0.2 --activation "$activation" ${AB_BENCH_ARGS:-} \
+          | python3 -c "
+import json, sys
+for g in json.load(sys.stdin)['gemm']:
+    print(f\"layer{g['layer']}:{g['product'].split()[0]}:{g['m']}x{g['k']}x{g['n']} $round $side {g['gflops']}\")" | tee -a "$results"
+        continue
+      fi
       rate=$(dotnet "${dll[$side]}" bench --json --no-gemm --windows 5 --warmup 2 --activation "$activation" ${AB_BENCH_ARGS:-} \
         | python3 -c "import json,sys; print(json.load(sys.stdin)['samples_per_second'])")
       echo "$activation $round $side $rate" | tee -a "$results"
