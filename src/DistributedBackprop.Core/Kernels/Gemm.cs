@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using DistributedBackprop.Reduction;
@@ -243,12 +244,22 @@ public static unsafe class Gemm
             }
             else
             {
-                // Row-major A: walk each row contiguously, scatter into the sliver.
+                // Row-major A: a full 6-row sliver is transposed 8 values of p at a time in registers (the rows
+                // as the first 6 of an 8×8 block); the ragged rest walks each row, scattering into the sliver.
+                int fullP = 0;
+                if (cs == 1 && rows == 6 && mr == 6 && Avx2.IsSupported)
+                {
+                    fullP = kc / 8 * 8;
+                    for (int p = 0; p < fullP; p += 8)
+                    {
+                        PackSixRowsOfEight(src + p, rs, sliver + (long)p * 6);
+                    }
+                }
                 for (int r = 0; r < rows; r++)
                 {
                     float* s = src + (long)r * rs;
                     float* d = sliver + r;
-                    for (int p = 0; p < kc; p++) d[(long)p * mr] = s[(long)p * cs];
+                    for (int p = fullP; p < kc; p++) d[(long)p * mr] = s[(long)p * cs];
                 }
                 for (int r = rows; r < mr; r++)
                 {
@@ -273,7 +284,15 @@ public static unsafe class Gemm
                 {
                     float* s = src + (long)p * rs;
                     float* d = sliver + (long)p * nr;
-                    if (cols == nr)
+                    if (cols == nr && nr == 16)
+                    {
+                        // One 64-byte row: four 16-byte moves (a call to Memmove per row cost more than the copy).
+                        Vector128.Store(Vector128.Load(s), d);
+                        Vector128.Store(Vector128.Load(s + 4), d + 4);
+                        Vector128.Store(Vector128.Load(s + 8), d + 8);
+                        Vector128.Store(Vector128.Load(s + 12), d + 12);
+                    }
+                    else if (cols == nr)
                     {
                         new ReadOnlySpan<float>(s, nr).CopyTo(new Span<float>(d, nr));
                     }
@@ -333,6 +352,50 @@ public static unsafe class Gemm
         Vector256<float> r2 = Avx.LoadVector256(src + 2 * srcStride), r3 = Avx.LoadVector256(src + 3 * srcStride);
         Vector256<float> r4 = Avx.LoadVector256(src + 4 * srcStride), r5 = Avx.LoadVector256(src + 5 * srcStride);
         Vector256<float> r6 = Avx.LoadVector256(src + 6 * srcStride), r7 = Avx.LoadVector256(src + 7 * srcStride);
+        Transpose8x8(ref r0, ref r1, ref r2, ref r3, ref r4, ref r5, ref r6, ref r7);
+        Avx.Store(dst, r0);
+        Avx.Store(dst + dstStride, r1);
+        Avx.Store(dst + 2 * dstStride, r2);
+        Avx.Store(dst + 3 * dstStride, r3);
+        Avx.Store(dst + 4 * dstStride, r4);
+        Avx.Store(dst + 5 * dstStride, r5);
+        Avx.Store(dst + 6 * dstStride, r6);
+        Avx.Store(dst + 7 * dstStride, r7);
+    }
+
+    /// <summary>
+    /// An A sliver's 8 values of p from 6 rows (srcStride floats apart): dst[q·6 + r] = src[r·srcStride + q]. The
+    /// rows are the first 6 of an 8×8 transpose; each of its rows keeps its first 6 values (a 4 and a 2 store).
+    /// </summary>
+    private static void PackSixRowsOfEight(float* src, long srcStride, float* dst)
+    {
+        Vector256<float> r0 = Avx.LoadVector256(src), r1 = Avx.LoadVector256(src + srcStride);
+        Vector256<float> r2 = Avx.LoadVector256(src + 2 * srcStride), r3 = Avx.LoadVector256(src + 3 * srcStride);
+        Vector256<float> r4 = Avx.LoadVector256(src + 4 * srcStride), r5 = Avx.LoadVector256(src + 5 * srcStride);
+        Vector256<float> r6 = Vector256<float>.Zero, r7 = Vector256<float>.Zero;
+        Transpose8x8(ref r0, ref r1, ref r2, ref r3, ref r4, ref r5, ref r6, ref r7);
+        StoreSix(r0, dst);
+        StoreSix(r1, dst + 6);
+        StoreSix(r2, dst + 12);
+        StoreSix(r3, dst + 18);
+        StoreSix(r4, dst + 24);
+        StoreSix(r5, dst + 30);
+        StoreSix(r6, dst + 36);
+        StoreSix(r7, dst + 42);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreSix(Vector256<float> v, float* dst)
+    {
+        Sse.Store(dst, v.GetLower());
+        Sse2.StoreLow((double*)(dst + 4), v.GetUpper().AsDouble());
+    }
+
+    /// <summary>The 8 rows r0…r7 become the 8 columns, in registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Transpose8x8(ref Vector256<float> r0, ref Vector256<float> r1, ref Vector256<float> r2, ref Vector256<float> r3,
+        ref Vector256<float> r4, ref Vector256<float> r5, ref Vector256<float> r6, ref Vector256<float> r7)
+    {
         Vector256<float> t0 = Avx.UnpackLow(r0, r1), t1 = Avx.UnpackHigh(r0, r1);
         Vector256<float> t2 = Avx.UnpackLow(r2, r3), t3 = Avx.UnpackHigh(r2, r3);
         Vector256<float> t4 = Avx.UnpackLow(r4, r5), t5 = Avx.UnpackHigh(r4, r5);
@@ -341,14 +404,14 @@ public static unsafe class Gemm
         Vector256<float> u2 = Avx.Shuffle(t1, t3, 0x44), u3 = Avx.Shuffle(t1, t3, 0xEE);
         Vector256<float> u4 = Avx.Shuffle(t4, t6, 0x44), u5 = Avx.Shuffle(t4, t6, 0xEE);
         Vector256<float> u6 = Avx.Shuffle(t5, t7, 0x44), u7 = Avx.Shuffle(t5, t7, 0xEE);
-        Avx.Store(dst, Avx.Permute2x128(u0, u4, 0x20));
-        Avx.Store(dst + dstStride, Avx.Permute2x128(u1, u5, 0x20));
-        Avx.Store(dst + 2 * dstStride, Avx.Permute2x128(u2, u6, 0x20));
-        Avx.Store(dst + 3 * dstStride, Avx.Permute2x128(u3, u7, 0x20));
-        Avx.Store(dst + 4 * dstStride, Avx.Permute2x128(u0, u4, 0x31));
-        Avx.Store(dst + 5 * dstStride, Avx.Permute2x128(u1, u5, 0x31));
-        Avx.Store(dst + 6 * dstStride, Avx.Permute2x128(u2, u6, 0x31));
-        Avx.Store(dst + 7 * dstStride, Avx.Permute2x128(u3, u7, 0x31));
+        r0 = Avx.Permute2x128(u0, u4, 0x20);
+        r1 = Avx.Permute2x128(u1, u5, 0x20);
+        r2 = Avx.Permute2x128(u2, u6, 0x20);
+        r3 = Avx.Permute2x128(u3, u7, 0x20);
+        r4 = Avx.Permute2x128(u0, u4, 0x31);
+        r5 = Avx.Permute2x128(u1, u5, 0x31);
+        r6 = Avx.Permute2x128(u2, u6, 0x31);
+        r7 = Avx.Permute2x128(u3, u7, 0x31);
     }
 
     private static void CopyTile(float* src, long lds, float* dst, long ldd, int rows, int cols, bool zeroPad, int mr, int nr)
