@@ -232,7 +232,19 @@ public static unsafe class Gemm
             float* src = a + (long)(i0 + ir) * rs + (long)p0 * cs;
             if (rs == 1)
             {
-                // A is stored column-major here (e.g. δᵀ): each p reads `rows` consecutive floats.
+                // A is stored column-major here (e.g. δᵀ): each p reads `rows` consecutive floats; a full 6-row
+                // sliver moves them as one 16-byte and one 8-byte copy.
+                if (rows == 6 && mr == 6)
+                {
+                    for (int p = 0; p < kc; p++)
+                    {
+                        float* s = src + (long)p * cs;
+                        float* d = sliver + (long)p * 6;
+                        Vector128.Store(Vector128.Load(s), d);
+                        Unsafe.WriteUnaligned(d + 4, Unsafe.ReadUnaligned<long>(s + 4));
+                    }
+                    continue;
+                }
                 for (int p = 0; p < kc; p++)
                 {
                     float* s = src + (long)p * cs;
