@@ -1,0 +1,152 @@
+extern alias baseline;
+using System.Diagnostics;
+using DistributedBackprop.Kernels;
+using BaselineGemm = baseline::DistributedBackprop.Kernels.Gemm;
+using BaselineMatrix = baseline::DistributedBackprop.Kernels.StridedMatrix<float>;
+
+// Each product of a 784-256-128-10 training step at one batch size (forward x·Wᵀ, input gradient δ·W, weight
+// gradient δᵀ·a over the chunk tree), timed with the baseline build and this tree's alternated call by call
+// in one process: on a shared VM whose speed swings by tens of percent within a minute, only calls a few
+// milliseconds apart see the same machine. Per round, each side runs the same number of calls; the ratio
+// of the two times is taken per round and its median and quartiles are reported.
+int rounds = args.Length > 0 ? int.Parse(args[0]) : 100;
+int batch = args.Length > 1 ? int.Parse(args[1]) : 128;
+const int Chunks = 8;
+int[] widths = [784, 256, 128, 10];
+
+var products = new List<Product>();
+for (int l = 0; l < widths.Length - 1; l++)
+{
+    int inputs = widths[l], outputs = widths[l + 1];
+    products.Add(new Product($"layer {l} forward x·Wᵀ ({batch}×{inputs})·({inputs}×{outputs})", batch, inputs, outputs, Kind.Forward));
+    if (l > 0)
+    {
+        products.Add(new Product($"layer {l} input gradient δ·W ({batch}×{outputs})·({outputs}×{inputs})", batch, outputs, inputs, Kind.InputGradient));
+    }
+    products.Add(new Product($"layer {l} weight gradient δᵀ·a ({outputs}×{batch})·({batch}×{inputs}), {Chunks} chunks", outputs, batch, inputs, Kind.WeightGradient));
+}
+
+Console.WriteLine($"{rounds} rounds, baseline and this tree alternated call by call; ratio = baseline time ÷ this tree's time (> 1: this tree is faster)");
+var random = new Random(11);
+foreach (Product product in products)
+{
+    product.Fill(random);
+    bool sameBits = product.RunBoth();
+    // A round is ~4 ms of each side: long enough to time, short enough that both sides see the same machine.
+    int calls = Math.Max(1, (int)(1.5e9 * 0.004 / product.Flops));
+    var ratios = new double[rounds];
+    var baselineRates = new double[rounds];
+    var newRates = new double[rounds];
+    // Warm-up: ~0.4 s of each side.
+    for (int warm = 0; warm < 100; warm++)
+    {
+        product.Time(calls, baseline: true);
+        product.Time(calls, baseline: false);
+    }
+    for (int r = 0; r < rounds; r++)
+    {
+        // Which side goes first alternates, so neither always inherits the other's cache state.
+        bool baselineFirst = r % 2 == 0;
+        double first = product.Time(calls, baselineFirst), second = product.Time(calls, !baselineFirst);
+        double baselineSeconds = baselineFirst ? first : second, newSeconds = baselineFirst ? second : first;
+        ratios[r] = baselineSeconds / newSeconds;
+        baselineRates[r] = product.Flops * calls / baselineSeconds / 1e9;
+        newRates[r] = product.Flops * calls / newSeconds / 1e9;
+    }
+    Array.Sort(ratios);
+    Console.WriteLine($"{product.Name}: baseline {Median(baselineRates):F1}, this tree {Median(newRates):F1} GFLOP/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); {(sameBits ? "same bits" : "BITS DIFFER")}");
+}
+
+static double Median(double[] values) => Quantile(values.Order().ToArray(), 0.5);
+
+static double Quantile(double[] sorted, double q) => sorted[(int)Math.Round(q * (sorted.Length - 1))];
+
+internal enum Kind { Forward, InputGradient, WeightGradient }
+
+/// <summary>One product of the step: C (m×n) from A (m×k) and B (k×n) laid out as the trainer lays them out.</summary>
+internal sealed class Product(string name, int m, int k, int n, Kind kind)
+{
+    private readonly float[] _a = new float[m * k], _b = new float[k * n], _baselineC = new float[m * n], _newC = new float[m * n];
+    private readonly int[] _chunkStarts = Enumerable.Range(0, 9).Select(c => c * k / 8).ToArray();
+
+    public string Name => name;
+
+    public double Flops => 2.0 * m * k * n;
+
+    public void Fill(Random random)
+    {
+        foreach (float[] array in new[] { _a, _b })
+        {
+            for (int i = 0; i < array.Length; i++)
+            {
+                array[i] = (float)random.NextDouble() - 0.5f;
+            }
+        }
+    }
+
+    /// <summary>One call of each side from the same C; whether their results have the same bits.</summary>
+    public bool RunBoth()
+    {
+        Array.Clear(_baselineC);
+        Array.Clear(_newC);
+        CallBaseline();
+        CallNew();
+        return _baselineC.AsSpan().SequenceEqual(_newC);
+    }
+
+    public double Time(int calls, bool baseline)
+    {
+        long start = Stopwatch.GetTimestamp();
+        for (int i = 0; i < calls; i++)
+        {
+            if (baseline)
+            {
+                CallBaseline();
+            }
+            else
+            {
+                CallNew();
+            }
+        }
+        return Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
+    // The trainer's layouts: forward A = x (row-major), B = Wᵀ (W row-major outputs×inputs); input gradient
+    // A = δ, B = W (both row-major); weight gradient A = δᵀ (δ row-major batch×outputs), B = a (row-major).
+    // Forward and input gradient start from C = 0 each call (MultiplyAdd adds into C).
+    private void CallNew()
+    {
+        switch (kind)
+        {
+            case Kind.Forward:
+                Array.Clear(_newC);
+                Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(_a, m, k), StridedMatrix<float>.RowMajor(_b, n, k).Transposed(), _newC, n);
+                break;
+            case Kind.InputGradient:
+                Array.Clear(_newC);
+                Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(_a, m, k), StridedMatrix<float>.RowMajor(_b, k, n), _newC, n);
+                break;
+            default:
+                Gemm.ChunkTreeProduct(StridedMatrix<float>.RowMajor(_a, k, m).Transposed(), StridedMatrix<float>.RowMajor(_b, k, n), _chunkStarts, _newC, n);
+                break;
+        }
+    }
+
+    private void CallBaseline()
+    {
+        switch (kind)
+        {
+            case Kind.Forward:
+                Array.Clear(_baselineC);
+                BaselineGemm.MultiplyAdd(BaselineMatrix.RowMajor(_a, m, k), BaselineMatrix.RowMajor(_b, n, k).Transposed(), _baselineC, n);
+                break;
+            case Kind.InputGradient:
+                Array.Clear(_baselineC);
+                BaselineGemm.MultiplyAdd(BaselineMatrix.RowMajor(_a, m, k), BaselineMatrix.RowMajor(_b, k, n), _baselineC, n);
+                break;
+            default:
+                BaselineGemm.ChunkTreeProduct(BaselineMatrix.RowMajor(_a, k, m).Transposed(), BaselineMatrix.RowMajor(_b, k, n), _chunkStarts, _baselineC, n);
+                break;
+        }
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# In-process A/B of the GEMM against an earlier commit: builds BASE's numeric core in a temporary worktree
+# under another assembly name, then times each matrix product of a 784-256-128-10 step with BASE's build and
+# this tree's alternated call by call in one process (bench/DistributedBackprop.GemmAB), and prints per
+# product both GFLOP/s, the median and quartiles of the per-round ratio (BASE time ÷ this tree's time) and
+# whether the two builds give the same bits. On a VM whose speed swings within a minute this resolves
+# differences of a few percent that process-level alternation (bench/ab-step.sh AB_GEMM=1) cannot.
+#   bash bench/gemm-ab.sh BASE [ROUNDS] [BATCH]        e.g. bash bench/gemm-ab.sh 3f2490c 100 128
+set -euo pipefail
+cd "$(dirname "$0")/.."
+base=${1:?usage: bench/gemm-ab.sh BASE [ROUNDS] [BATCH]}; rounds=${2:-100}; batch=${3:-128}
+tree=$(mktemp -d "${TMPDIR:-/tmp}/dbp-gemm-ab.XXXXXX")
+trap 'git worktree remove --force "$tree/src" >/dev/null 2>&1 || true; rm -rf "$tree"' EXIT
+git worktree add --detach "$tree/src" "$base" >/dev/null
+dotnet build "$tree/src/src/DistributedBackprop.Core" -c Release -nologo -v:q -clp:ErrorsOnly \
+  -p:AssemblyName=DistributedBackprop.Core.Baseline -o "$tree/baseline"
+dotnet build bench/DistributedBackprop.GemmAB -c Release -nologo -v:q -clp:ErrorsOnly \
+  -p:BaselineCore="$tree/baseline/DistributedBackprop.Core.Baseline.dll"
+dotnet bench/DistributedBackprop.GemmAB/bin/Release/net10.0/DistributedBackprop.GemmAB.dll "$rounds" "$batch"
