@@ -136,7 +136,11 @@ public static unsafe class Gemm
         float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(ncBlock, n), nr) * k);
         int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
-        Span<int> heights = stackalloc int[maxDepth];
+        // The tree walk is the same for every tile, so it is planned once: each chunk's leaf slot and the slots it
+        // then adds in registers (every merge is one addend of one leaf: chunks − 1 in all).
+        Span<int> plan = chunks <= 512 ? stackalloc int[3 * chunks + 1] : new int[3 * chunks + 1];
+        Span<int> leafSlot = plan[..chunks], firstAddend = plan.Slice(chunks, chunks + 1), addendSlot = plan[(2 * chunks + 1)..];
+        PlanTreeWalk(chunks, maxDepth, leafSlot, firstAddend, addendSlot);
         float** addends = stackalloc float*[maxDepth];
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
@@ -160,46 +164,23 @@ public static unsafe class Gemm
                             float* bSliver = packB + (long)jr * k;
                             float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
                             bool fullTile = rows == mr && cols == nr;
-                            // The canonical tree's binary-counter walk (TreeWalk) over a stack of tiles. Every merge
-                            // a leaf completes is done in registers before the leaf's tile is stored: the leaf's
-                            // chain plus its left sibling (if it is a right leaf), plus each left subtree it then
-                            // completes (and after the last chunk, each subtree still open). Each addition is one
-                            // node of the tree, left + right; the kernel computes right + left, the same bits.
-                            var walk = new TreeWalk(heights);
                             for (int chunk = 0; chunk < chunks; chunk++)
                             {
                                 int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
                                 float* aChunk = aSliver + (long)k0 * mr, bChunk = bSliver + (long)k0 * nr;
-                                int count = 0, destination;
-                                if (walk.TopAwaitsRightLeaf)
+                                int first = firstAddend[chunk], count = firstAddend[chunk + 1] - first;
+                                for (int t = 0; t < count; t++)
                                 {
-                                    destination = walk.Depth - 1;
-                                    addends[count++] = stack + destination * tileSize;
-                                    walk.AddedIntoTop();
+                                    addends[t] = stack + addendSlot[first + t] * tileSize;
                                 }
-                                else
-                                {
-                                    destination = walk.Push();
-                                }
-                                while (walk.TryMerge(out int left, out _))
-                                {
-                                    destination = left;
-                                    addends[count++] = stack + left * tileSize;
-                                }
-                                bool lastChunk = chunk == chunks - 1;
-                                while (lastChunk && walk.TryFold(out int left, out _))
-                                {
-                                    destination = left;
-                                    addends[count++] = stack + left * tileSize;
-                                }
-                                if (lastChunk && fullTile)
+                                if (chunk == chunks - 1 && fullTile)
                                 {
                                     // The root goes straight to C.
                                     MicroKernels.Run(tier, kc, aChunk, bChunk, cTile, ldc, TileMode.Overwrite, addends, count);
                                 }
                                 else
                                 {
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + destination * tileSize, nr, TileMode.Overwrite, addends, count);
+                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + leafSlot[chunk] * tileSize, nr, TileMode.Overwrite, addends, count);
                                 }
                             }
                             if (!fullTile)
@@ -211,6 +192,49 @@ public static unsafe class Gemm
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// The canonical tree's binary-counter walk (<see cref="TreeWalk"/>) over a stack of tile slots, as
+    /// <see cref="ChunkTreeProduct(StridedMatrix{float}, StridedMatrix{float}, ReadOnlySpan{int}, Span{float}, int, SimdTier)"/>
+    /// runs it for each tile: every merge a leaf completes is done in registers before the leaf's tile is stored,
+    /// so chunk c's chain is followed by adding the slots addendSlot[firstAddend[c] .. firstAddend[c+1]) in that
+    /// order (its left sibling if it is a right leaf, then each left subtree it completes, and after the last chunk
+    /// each subtree still open) and stored in slot leafSlot[c] (the last chunk's result is the root). Each addition
+    /// is one node of the tree, left + right; the kernel computes right + left, the same bits.
+    /// </summary>
+    private static void PlanTreeWalk(int chunks, int maxDepth, Span<int> leafSlot, Span<int> firstAddend, Span<int> addendSlot)
+    {
+        Span<int> heights = stackalloc int[maxDepth];
+        var walk = new TreeWalk(heights);
+        int added = 0;
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            firstAddend[chunk] = added;
+            int destination;
+            if (walk.TopAwaitsRightLeaf)
+            {
+                destination = walk.Depth - 1;
+                addendSlot[added++] = destination;
+                walk.AddedIntoTop();
+            }
+            else
+            {
+                destination = walk.Push();
+            }
+            while (walk.TryMerge(out int left, out _))
+            {
+                destination = left;
+                addendSlot[added++] = left;
+            }
+            while (chunk == chunks - 1 && walk.TryFold(out int left, out _))
+            {
+                destination = left;
+                addendSlot[added++] = left;
+            }
+            leafSlot[chunk] = destination;
+        }
+        firstAddend[chunks] = added;
     }
 
     /// <summary>
