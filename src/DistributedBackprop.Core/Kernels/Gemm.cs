@@ -139,13 +139,13 @@ public static unsafe class Gemm
         // The tree walk is the same for every tile, so it is planned once: each chunk's leaf slot and the slots it
         // then adds in registers (every merge is one addend of one leaf: chunks − 1 in all).
         Span<int> plan = chunks <= 512 ? stackalloc int[3 * chunks + 1] : new int[3 * chunks + 1];
-        Span<int> leafSlot = plan[..chunks], firstAddend = plan.Slice(chunks, chunks + 1), addendSlot = plan[(2 * chunks + 1)..];
-        PlanTreeWalk(chunks, maxDepth, leafSlot, firstAddend, addendSlot);
+        PlanTreeWalk(chunks, maxDepth, plan[..chunks], plan.Slice(chunks, chunks + 1), plan[(2 * chunks + 1)..]);
         float** addends = stackalloc float*[maxDepth];
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
-        fixed (int* starts = chunkStarts)
+        fixed (int* starts = chunkStarts, leafSlot = plan)
         {
+            int* firstAddend = leafSlot + chunks, addendSlot = firstAddend + chunks + 1;
             for (int jc = 0; jc < n; jc += ncBlock)
             {
                 int nc = Math.Min(ncBlock, n - jc);
@@ -164,25 +164,8 @@ public static unsafe class Gemm
                             float* bSliver = packB + (long)jr * k;
                             float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
                             bool fullTile = rows == mr && cols == nr;
-                            for (int chunk = 0; chunk < chunks; chunk++)
-                            {
-                                int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
-                                float* aChunk = aSliver + (long)k0 * mr, bChunk = bSliver + (long)k0 * nr;
-                                int first = firstAddend[chunk], count = firstAddend[chunk + 1] - first;
-                                for (int t = 0; t < count; t++)
-                                {
-                                    addends[t] = stack + addendSlot[first + t] * tileSize;
-                                }
-                                if (chunk == chunks - 1 && fullTile)
-                                {
-                                    // The root goes straight to C.
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, cTile, ldc, TileMode.Overwrite, addends, count);
-                                }
-                                else
-                                {
-                                    MicroKernels.Run(tier, kc, aChunk, bChunk, stack + leafSlot[chunk] * tileSize, nr, TileMode.Overwrite, addends, count);
-                                }
-                            }
+                            MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, addendSlot, aSliver, bSliver, stack, addends,
+                                fullTile ? cTile : null, ldc);
                             if (!fullTile)
                             {
                                 CopyTile(stack, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);
