@@ -3,8 +3,10 @@
 # under another assembly name, then times each matrix product of a 784-256-128-10 step with BASE's build and
 # this tree's alternated call by call in one process (bench/DistributedBackprop.GemmAB), and prints per
 # product both GFLOP/s, the median and quartiles of the per-round ratio (BASE time ÷ this tree's time) and
-# whether the two builds give the same bits. On a VM whose speed swings within a minute this resolves
-# differences of a few percent that process-level alternation (bench/ab-step.sh AB_GEMM=1) cannot.
+# whether the two builds give the same bits; then the whole training step (the plain trainer, 1 thread, SGD)
+# the same way, two trainers in rounds of equal step counts, checking that their parameters end with the same
+# bits. On a VM whose speed swings within a minute this resolves differences of a few percent that
+# process-level alternation (bench/ab-step.sh) cannot. BASE must have the public API the harness calls.
 #   bash bench/gemm-ab.sh BASE [ROUNDS] [BATCH]        e.g. bash bench/gemm-ab.sh 3f2490c 100 128
 set -euo pipefail
 cd "$(dirname "$0")/.."

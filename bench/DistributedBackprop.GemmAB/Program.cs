@@ -1,8 +1,12 @@
 extern alias baseline;
 using System.Diagnostics;
+using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
 using DistributedBackprop.Kernels;
+using DistributedBackprop.Optimizers;
 using BaselineGemm = baseline::DistributedBackprop.Kernels.Gemm;
 using BaselineMatrix = baseline::DistributedBackprop.Kernels.StridedMatrix<float>;
+using B = baseline::DistributedBackprop;
 
 // Each product of a 784-256-128-10 training step at one batch size (forward x·Wᵀ, input gradient δ·W, weight
 // gradient δᵀ·a over the chunk tree), timed with the baseline build and this tree's alternated call by call
@@ -55,6 +59,64 @@ foreach (Product product in products)
     }
     Array.Sort(ratios);
     Console.WriteLine($"{product.Name}: baseline {Median(baselineRates):F1}, this tree {Median(newRates):F1} GFLOP/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); {(sameBits ? "same bits" : "BITS DIFFER")}");
+}
+
+// The whole training step (the plain trainer, 1 thread, SGD): two trainers on the same synthetic rows, one per
+// build, alternated in rounds of the same number of steps. Both take the same steps, so their parameters must end
+// with the same bits: the check that the change altered no result of a step.
+{
+    var config = new TrainingConfig
+    {
+        HiddenLayers = [256, 128], BatchSize = batch, Chunks = Chunks, Epochs = 1_000_000,
+        Optimizer = new OptimizerSettings { Kind = OptimizerKind.Sgd, LearningRate = 0.01f },
+    };
+    var baselineConfig = new B.Engine.TrainingConfig
+    {
+        HiddenLayers = [256, 128], BatchSize = batch, Chunks = Chunks, Epochs = 1_000_000,
+        Optimizer = new B.Optimizers.OptimizerSettings { Kind = B.Optimizers.OptimizerKind.Sgd, LearningRate = 0.01f },
+    };
+    int rows = Math.Max(batch * 16, 4096);
+    TrainingSession session = TrainingSession.Prepare(config, SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
+    B.Engine.TrainingSession baselineSession = B.Engine.TrainingSession.Prepare(baselineConfig, B.Data.SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
+    using var trainer = new Trainer(session);
+    using var baselineTrainer = new B.Engine.Trainer(baselineSession);
+    int steps = Math.Max(1, 1280 / batch);
+    double Run(bool onBaseline)
+    {
+        long start = Stopwatch.GetTimestamp();
+        for (int i = 0; i < steps; i++)
+        {
+            if (onBaseline)
+            {
+                baselineTrainer.Step(out _);
+            }
+            else
+            {
+                trainer.Step(out _);
+            }
+        }
+        return Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+    for (int warm = 0; warm < 10; warm++)
+    {
+        Run(true);
+        Run(false);
+    }
+    var ratios = new double[rounds];
+    var baselineRates = new double[rounds];
+    var newRates = new double[rounds];
+    for (int r = 0; r < rounds; r++)
+    {
+        bool baselineFirst = r % 2 == 0;
+        double first = Run(baselineFirst), second = Run(!baselineFirst);
+        double baselineSeconds = baselineFirst ? first : second, newSeconds = baselineFirst ? second : first;
+        ratios[r] = baselineSeconds / newSeconds;
+        baselineRates[r] = steps * batch / baselineSeconds;
+        newRates[r] = steps * batch / newSeconds;
+    }
+    Array.Sort(ratios);
+    bool sameBits = session.Parameters.AsSpan().SequenceEqual(baselineSession.Parameters);
+    Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
 }
 
 static double Median(double[] values) => Quantile(values.Order().ToArray(), 0.5);
