@@ -16,6 +16,7 @@ using B = baseline::DistributedBackprop;
 int rounds = args.Length > 0 ? int.Parse(args[0]) : 100;
 int batch = args.Length > 1 ? int.Parse(args[1]) : 128;
 const int Chunks = 8;
+const double RoundSeconds = 0.001;
 int[] widths = [784, 256, 128, 10];
 
 var products = new List<Product>();
@@ -36,17 +37,17 @@ foreach (Product product in products)
 {
     product.Fill(random);
     bool sameBits = product.RunBoth();
-    // A round is ~4 ms of each side: long enough to time, short enough that both sides see the same machine.
-    int calls = Math.Max(1, (int)(1.5e9 * 0.004 / product.Flops));
-    var ratios = new double[rounds];
-    var baselineRates = new double[rounds];
-    var newRates = new double[rounds];
-    // Warm-up: ~0.4 s of each side.
+    // Warm-up, then a round of each side lasts ~1 ms (as many calls as fit, at least one): long enough to time
+    // with a monotonic clock, short enough that both sides of a round see the same machine.
+    int calls = 1;
     for (int warm = 0; warm < 100; warm++)
     {
         product.Time(calls, baseline: true);
-        product.Time(calls, baseline: false);
+        calls = Math.Max(1, (int)(RoundSeconds / product.Time(calls, baseline: false) * calls));
     }
+    var ratios = new double[rounds];
+    var baselineRates = new double[rounds];
+    var newRates = new double[rounds];
     for (int r = 0; r < rounds; r++)
     {
         // Which side goes first alternates, so neither always inherits the other's cache state.
@@ -115,15 +116,24 @@ foreach (Product product in products)
         newRates[r] = steps * batch / newSeconds;
     }
     Array.Sort(ratios);
-    bool sameBits = session.Parameters.AsSpan().SequenceEqual(baselineSession.Parameters);
+    bool sameBits = SameBits(session.Parameters, baselineSession.Parameters);
     Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
 }
+
+static bool SameBits(float[] a, float[] b) => Bits.Same(a, b);
 
 static double Median(double[] values) => Quantile(values.Order().ToArray(), 0.5);
 
 static double Quantile(double[] sorted, double q) => sorted[(int)Math.Round(q * (sorted.Length - 1))];
 
 internal enum Kind { Forward, InputGradient, WeightGradient }
+
+internal static class Bits
+{
+    /// <summary>Bit for bit (float equality would let −0 match +0 and any NaN match any other).</summary>
+    public static bool Same(float[] a, float[] b) =>
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(a.AsSpan()).SequenceEqual(System.Runtime.InteropServices.MemoryMarshal.AsBytes(b.AsSpan()));
+}
 
 /// <summary>One product of the step: C (m×n) from A (m×k) and B (k×n) laid out as the trainer lays them out.</summary>
 internal sealed class Product(string name, int m, int k, int n, Kind kind)
@@ -153,7 +163,7 @@ internal sealed class Product(string name, int m, int k, int n, Kind kind)
         Array.Clear(_newC);
         CallBaseline();
         CallNew();
-        return _baselineC.AsSpan().SequenceEqual(_newC);
+        return Bits.Same(_baselineC, _newC);
     }
 
     public double Time(int calls, bool baseline)

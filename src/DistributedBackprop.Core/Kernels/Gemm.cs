@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -218,6 +219,8 @@ public static unsafe class Gemm
             leafSlot[chunk] = destination;
         }
         firstAddend[chunks] = added;
+        // Every subtree folded into the bottom slot: the root is in slot 0, where a tile that is not full is copied from.
+        Debug.Assert(walk.Depth == 1 && leafSlot[chunks - 1] == 0, "the chunk tree's root must end in slot 0");
     }
 
     /// <summary>
