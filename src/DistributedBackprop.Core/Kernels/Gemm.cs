@@ -308,7 +308,7 @@ public static unsafe class Gemm
                     float* d = sliver + (long)p * nr;
                     if (cols == nr && nr == 16)
                     {
-                        // One 64-byte row: four 16-byte moves (a call to Memmove per row cost more than the copy).
+                        // One 64-byte row: four 16-byte moves, inline (no call to Memmove per row).
                         Vector128.Store(Vector128.Load(s), d);
                         Vector128.Store(Vector128.Load(s + 4), d + 4);
                         Vector128.Store(Vector128.Load(s + 8), d + 8);

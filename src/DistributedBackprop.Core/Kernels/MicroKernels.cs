@@ -52,8 +52,9 @@ internal static unsafe class MicroKernels
 
     /// <summary>
     /// The leaf loop, compiled once per tier. On AVX2 the kernel is inlined into it: a chunk of a batch of 128 in 8 is
-    /// 16 rows deep, and 8 leaves of 16 rows ran at 0.81–0.83 of one chain of 128 in L1 (Zen 3), part of it the call
-    /// per leaf (the rest, each leaf's zeroing, adds and tile store, stays); inlining gained 3–9 % on the weight gradients.
+    /// 16 rows deep, and a call per leaf is a cost the leaf's 16 rows of FMAs do not hide (each leaf's zeroing, adds
+    /// and tile store stay). With the walk planned once, 1.04–1.05× on the weight gradients at batch 128, Zen 3
+    /// (`bash bench/gemm-ab.sh 600c576 100 128`).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Leaves<TKernel>(int chunks, int* starts, int* leafSlot, int* firstAddend, int* addendSlot,
@@ -150,7 +151,8 @@ internal static unsafe class MicroKernels
             c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = Vector256<float>.Zero;
         }
         // Four values of p per iteration: the loop's own instructions then cost a quarter as many issue slots, which the
-        // 12 FMAs of each p need (1.03–1.13× in L1 on Zen 3, measured against the one-p loop). p stays in order: same chains.
+        // 12 FMAs of each p need (with the packing changes, 1.14–1.19× on the step's forward products at batch 128, Zen 3:
+        // `bash bench/gemm-ab.sh 3f2490c 100 128`). p stays in order: same chains.
         int p = 0;
         for (; p + 4 <= kc; p += 4)
         {
