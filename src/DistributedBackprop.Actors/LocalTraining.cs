@@ -5,20 +5,24 @@ using DistributedBackprop.Engine;
 namespace DistributedBackprop.Actors;
 
 /// <summary>
-/// Single-node local mode: one ActorSystem holding the coordinator, the parameter server and N workers.
+/// Single-node local mode: one ActorSystem holding the coordinator, the parameter server and N workers, the
+/// server and the workers on N dedicated threads (<see cref="ComputeThreads"/>).
 /// Configuration comes from cluster-config/local.hocon (embedded in this assembly), with
 /// <paramref name="overrides"/> on top.
 /// </summary>
 public sealed class LocalTraining : IAsyncDisposable
 {
     private readonly TaskCompletionSource<TrainingOutcome> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ComputeThreads _threads;
 
     private LocalTraining(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, Config? overrides, int serverShards)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(workers, 1);
         Config config = overrides is null ? LoadConfig() : overrides.WithFallback(LoadConfig());
         System = ActorSystem.Create("dbp", config);
-        Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion, serverShards: serverShards), "coordinator");
+        _threads = new ComputeThreads(workers, "dbp-compute");
+        _threads.Install(System);
+        Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion, serverShards: serverShards, threads: _threads), "coordinator");
     }
 
     public ActorSystem System { get; }
@@ -60,5 +64,6 @@ public sealed class LocalTraining : IAsyncDisposable
             // Timed out: terminating the system below stops everything anyway.
         }
         await System.Terminate().ConfigureAwait(false);
+        _threads.Dispose();
     }
 }

@@ -56,6 +56,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// <summary>With shards: <see cref="WorkerPeers"/>, forgotten whenever a worker registers or goes.</summary>
     private PeerActor[]? _workerPeers;
     private readonly Action<Action<int>> _forEachUpdateLane;
+    /// <summary>Local mode: the update runs in this actor's handler, its lanes on the workers' threads; else in a task, its lanes on the thread pool.</summary>
+    private readonly bool _updateInHandler;
     private bool _updating;
     private bool _returnParameters;
     private int _epochInProgress = -1;
@@ -75,7 +77,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private long _aheadStep = -1, _aheadDealtAt;
     private readonly List<(WorkerSlot Worker, GradientsComputed Message)> _early = [];
 
-    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1)
+    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1, ComputeThreads? threads = null)
     {
         if (shards > 1 && session.Config.LocalSteps is not null)
         {
@@ -100,11 +102,13 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _scheduler = new StepScheduler<WorkerSlot>(_chunks, _reducer, dealByPace);
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
-        _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(Environment.ProcessorCount, session.Parameters.Length / 65536))) : null;
+        int cores = threads?.Count ?? Environment.ProcessorCount;
+        _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(cores, session.Parameters.Length / 65536))) : null;
         _roundBases = session.CreateRoundBases();
         _changes = UpdateParts.CreateChanges(session.Config, session.Parameters.Length);
         int lanes = _update?.Lanes ?? 1;
-        _forEachUpdateLane = work => Parallel.For(0, lanes, work);
+        _updateInHandler = threads is not null;
+        _forEachUpdateLane = threads is null ? work => Parallel.For(0, lanes, work) : work => threads.ForEachLane(lanes, work);
 
         Receive<RegisterWorker>(Register);
         Receive<TrainEpoch>(m => { if (FromCoordinator(m)) Train(m); });
@@ -185,8 +189,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     public ITimerScheduler Timers { get; set; } = null!;
 
     /// <param name="shards">parameter shards (<c>--server-shards</c>): 1 keeps θ and the update in this actor.</param>
-    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1) =>
-        Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline, shards));
+    /// <param name="threads">local mode's threads (<see cref="ComputeThreads"/>): the server must then run on the first.</param>
+    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1, ComputeThreads? threads = null)
+    {
+        Props props = Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline, shards, threads));
+        return threads is null ? props : props.WithDispatcher(ComputeThreads.DispatcherId(0));
+    }
 
     /// <summary>A local shard that throws is stopped, not restarted on state it may have half written: its loss stops the run.</summary>
     protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(_ => Directive.Stop);
@@ -496,7 +504,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail($"{worker.Name} sent {message.PartResults.Length} part results with node {message.Node} for step {message.Step}; it covers {parts}");
             return;
         }
-        if (!GuardedUpdate.IsFinite(message.Gradient) || !double.IsFinite(message.Result.LossSum))
+        // A peer's gradient is checked as it arrives, to name the worker it came from. In local mode the workers are
+        // this process's own code and the update checks the sum in its lanes before writing anything (a NaN or an
+        // infinity in any part leaves the sum non-finite), on the core that has it in cache: a pass over the
+        // gradient here cost ~60 µs a step (timed with temporary timestamps: docs/architecture.md).
+        if ((!_updateInHandler && !GuardedUpdate.IsFinite(message.Gradient)) || !double.IsFinite(message.Result.LossSum))
         {
             Fail($"{worker.Name} sent a non-finite gradient (NaN or infinity) for step {message.Step}, chunks {message.Node}; training stopped, the parameters after step {_session.GlobalStep} are kept");
             return;
@@ -538,9 +550,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     }
 
     /// <summary>
-    /// All chunks are in: plan the tree additions, then add, check and apply the optimizer off the actor, in
-    /// parallel slices (<see cref="GuardedUpdate"/>), and come back with <see cref="UpdateApplied"/>. The task
-    /// owns the session's parameters and optimizer until then; the actor stashes what would touch them.
+    /// All chunks are in: plan the tree additions, then add, check and apply the optimizer in parallel slices
+    /// (<see cref="GuardedUpdate"/>), and come back with <see cref="UpdateApplied"/>. On the thread pool this runs
+    /// off the actor: the task owns the session's parameters and optimizer until then, and the actor stashes what
+    /// would touch them. In local mode it runs here, on the first worker's thread (every worker is waiting now), its
+    /// lanes taken by the workers' idle threads (<see cref="ComputeThreads"/>).
     /// </summary>
     private void FinishStep(long start)
     {
@@ -550,6 +564,22 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _updating = true;
         GuardedUpdate update = _update!;
         Action<Action<int>> forEachLane = _forEachUpdateLane;
+        if (_updateInHandler)
+        {
+            UpdateApplied applied;
+            try
+            {
+                UpdateOutcome outcome = update.Apply(gradient, forEachLane, out float learningRate);
+                applied = new UpdateApplied(step.Step, result, learningRate, start, outcome);
+            }
+            catch (Exception e)
+            {
+                Self.Tell(new Status.Failure(e));
+                return;
+            }
+            Applied(applied);
+            return;
+        }
         Task.Run(() =>
         {
             UpdateOutcome outcome = update.Apply(gradient, forEachLane, out float learningRate);

@@ -30,6 +30,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     private readonly TrainingSession _session;
     private readonly int _initialWorkers;
     private readonly int _serverShards;
+    /// <summary>Local mode: the threads the server and the workers run on; null in cluster mode (each on its own).</summary>
+    private readonly ComputeThreads? _threads;
     private readonly int _minimumWorkers;
     private bool _started;
     private readonly ITrainingObserver _observer;
@@ -50,9 +52,10 @@ public sealed class TrainingCoordinator : ReceiveActor
     /// <summary>The step of the epoch-end checkpoint <see cref="_pendingNextEpoch"/> waits for (an earlier one arriving late does not count).</summary>
     private long _pendingCheckpointStep;
 
-    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1)
+    public TrainingCoordinator(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1, ComputeThreads? threads = null)
     {
         _serverShards = serverShards;
+        _threads = threads;
         _session = session;
         _initialWorkers = workers;
         _minimumWorkers = minimumWorkers < 0 ? workers : minimumWorkers;
@@ -92,15 +95,16 @@ public sealed class TrainingCoordinator : ReceiveActor
     /// <param name="workers">local worker actors to start.</param>
     /// <param name="minimumWorkers">training starts once this many workers have registered (local and remote); default: <paramref name="workers"/>.</param>
     /// <param name="serverShards">the parameter server's shards (<c>--server-shards</c>; 1: θ stays in the server).</param>
-    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1) =>
-        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers, serverShards));
+    /// <param name="threads">local mode's threads, installed in this actor system (<see cref="ComputeThreads"/>).</param>
+    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1, ComputeThreads? threads = null) =>
+        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers, serverShards, threads));
 
     /// <summary>The parameter server's name under the coordinator.</summary>
     public const string ServerName = "parameter-server";
 
     protected override void PreStart()
     {
-        _server = Context.ActorOf(ParameterServer.Props(_session, Self, shards: _serverShards), ServerName);
+        _server = Context.ActorOf(ParameterServer.Props(_session, Self, shards: _serverShards, threads: _threads), ServerName);
         Context.Watch(_server);
         _lastStep = _session.GlobalStep;
         for (int i = 0; i < _initialWorkers; i++)
@@ -139,7 +143,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     private void StartWorker()
     {
         string name = $"worker-{++_workersStarted}";
-        Context.ActorOf(Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config, _session.DataHash)), name);
+        Props props = Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config, _session.DataHash));
+        Context.ActorOf(_threads is null ? props : props.WithDispatcher(_threads.DispatcherOfWorker(_workersStarted)), name);
     }
 
     private void OnStep(StepApplied step)

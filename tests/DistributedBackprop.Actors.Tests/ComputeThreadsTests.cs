@@ -1,0 +1,106 @@
+using System.Collections.Concurrent;
+using Akka.Actor;
+using Akka.TestKit.Xunit2;
+using DistributedBackprop.Engine;
+
+namespace DistributedBackprop.Actors.Tests;
+
+/// <summary>Local mode's threads: lanes run once each and on idle threads too, errors reach the caller, actors run on them and a parked thread wakes.</summary>
+public sealed class ComputeThreadsTests : TestKit
+{
+    [Fact]
+    public void EveryLane_RunsExactlyOnce_PerCall()
+    {
+        using var threads = new ComputeThreads(2, "test-lanes");
+        for (int call = 0; call < 200; call++)
+        {
+            var runs = new int[7];
+            threads.ForEachLane(runs.Length, lane => Interlocked.Increment(ref runs[lane]));
+            Assert.All(runs, count => Assert.Equal(1, count));
+        }
+    }
+
+    [Fact]
+    public void AnIdleThread_TakesALane_WhileTheCallerRunsAnother()
+    {
+        using var threads = new ComputeThreads(1, "test-help");
+        // Lane 0 waits for lane 1 to start: the call can only finish if a second thread took lane 1 while the
+        // caller was inside lane 0 (the caller takes lanes in order).
+        using var secondStarted = new ManualResetEventSlim();
+        string? helper = null;
+        bool sawSecond = false;
+        threads.ForEachLane(2, lane =>
+        {
+            if (lane == 0)
+            {
+                sawSecond = secondStarted.Wait(TimeSpan.FromSeconds(30));
+            }
+            else
+            {
+                helper = Thread.CurrentThread.Name;
+                secondStarted.Set();
+            }
+        });
+        Assert.True(sawSecond, "no compute thread took the second lane");
+        Assert.Equal("test-help-1", helper);
+    }
+
+    [Fact]
+    public void AnErrorInALane_ReachesTheCaller_AndTheNextCallWorks()
+    {
+        using var threads = new ComputeThreads(2, "test-error");
+        var error = Assert.Throws<AggregateException>(() => threads.ForEachLane(4, lane =>
+        {
+            if (lane == 2)
+            {
+                throw new InvalidOperationException("lane 2 failed");
+            }
+        }));
+        Assert.Equal("lane 2 failed", error.InnerException!.Message);
+        int done = 0;
+        threads.ForEachLane(4, _ => Interlocked.Increment(ref done));
+        Assert.Equal(4, done);
+    }
+
+    [Fact]
+    public void ActorsOnEachThread_RunThere_AndAParkedThreadWakesForAMessage()
+    {
+        using var threads = new ComputeThreads(2, "test-actors");
+        threads.Install(Sys);
+        IActorRef first = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(threads.DispatcherOfWorker(1)));
+        IActorRef second = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(threads.DispatcherOfWorker(2)));
+        IActorRef third = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(threads.DispatcherOfWorker(3)));
+        first.Tell("which");
+        Assert.Equal("test-actors-1", ExpectMsg<string>());
+        second.Tell("which");
+        Assert.Equal("test-actors-2", ExpectMsg<string>());
+        third.Tell("which");
+        Assert.Equal("test-actors-1", ExpectMsg<string>()); // a third worker wraps around to the first thread
+        // Long past the spin time the threads have parked; a message must still get through.
+        Thread.Sleep(ComputeThreads.SpinTime * 50);
+        second.Tell("which");
+        Assert.Equal("test-actors-2", ExpectMsg<string>());
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(5)]
+    public async Task LocalTraining_WithAnUpdateInSeveralLanes_GivesThePlainTrainersBits(int workers)
+    {
+        // 12·512 + 512·256 + 256·4 weights and their biases: enough for the update to be cut into two lanes or
+        // more (one per 65,536 parameters, at most one per thread). Five workers on this machine's two cores are
+        // more threads than cores: they park at once instead of spinning.
+        TrainingConfig config = Fixtures.Config(epochs: 1) with { HiddenLayers = [512, 256] };
+        float[] oracle = Fixtures.PlainTrainer(config);
+        TrainingSession session = Fixtures.Session(config);
+        Assert.True(session.Parameters.Length >= 2 * 65536);
+        await LocalTraining.RunAsync(session, workers, NullObserver.Instance).WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.Equal(session.TotalSteps, session.GlobalStep);
+        Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, {session.Parameters.Length} parameters");
+    }
+
+    private sealed class ThreadName : ReceiveActor
+    {
+        public ThreadName() => Receive<string>(_ => Sender.Tell(Thread.CurrentThread.Name ?? ""));
+    }
+}
