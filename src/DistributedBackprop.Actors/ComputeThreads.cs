@@ -35,6 +35,7 @@ public sealed class ComputeThreads : IDisposable
         // Spinning threads that outnumber the cores would take them from the threads that compute.
         _spinTicks = count <= Environment.ProcessorCount ? (long)(SpinTime.TotalSeconds * Stopwatch.Frequency) : 0;
         _threads = new ComputeThread[count];
+        _workersOn = new int[count];
         for (int i = 0; i < count; i++)
         {
             _threads[i] = new ComputeThread(this, $"{name}-{i + 1}");
@@ -46,8 +47,29 @@ public sealed class ComputeThreads : IDisposable
     /// <summary>The dispatcher of thread <paramref name="thread"/> (after <see cref="Install"/>).</summary>
     public static string DispatcherId(int thread) => $"dbp.compute-thread-{thread}";
 
-    /// <summary>The thread a worker started as the <paramref name="ordinal"/>-th (from 1) runs on; added workers wrap around.</summary>
-    public string DispatcherOfWorker(int ordinal) => DispatcherId((ordinal - 1) % _threads.Length);
+    /// <summary>
+    /// The thread for a new worker: the one with the fewest live workers, the first of those (so the first N
+    /// workers get a thread each and the server's thread fills first). <see cref="WorkerLeft"/> frees its place:
+    /// a worker added after one died takes the dead one's thread. Called by one actor (the coordinator).
+    /// </summary>
+    public int PlaceWorker()
+    {
+        int best = 0;
+        for (int i = 1; i < _workersOn.Length; i++)
+        {
+            if (_workersOn[i] < _workersOn[best])
+            {
+                best = i;
+            }
+        }
+        _workersOn[best]++;
+        return best;
+    }
+
+    /// <summary>A worker placed on <paramref name="thread"/> has stopped.</summary>
+    public void WorkerLeft(int thread) => _workersOn[thread] = Math.Max(0, _workersOn[thread] - 1);
+
+    private readonly int[] _workersOn;
 
     /// <summary>Registers one dispatcher per thread with <paramref name="system"/>.</summary>
     public void Install(ActorSystem system)
@@ -55,7 +77,9 @@ public sealed class ComputeThreads : IDisposable
         for (int i = 0; i < _threads.Length; i++)
         {
             string id = DispatcherId(i);
-            Config config = ConfigurationFactory.ParseString($"id = \"{id}\", throughput = 100");
+            // One message per mailbox run: a worker given two steps' work at once (--outer-overlap deals the next
+            // round ahead) lets the server, queued behind it on the same thread, take the first answer in between.
+            Config config = ConfigurationFactory.ParseString($"id = \"{id}\", throughput = 1");
             if (!system.Dispatchers.RegisterConfigurator(id, new ThreadConfigurator(config, system.Dispatchers.Prerequisites, _threads[i])))
             {
                 throw new InvalidOperationException($"dispatcher {id} is already registered in this actor system");
@@ -65,27 +89,44 @@ public sealed class ComputeThreads : IDisposable
 
     /// <summary>
     /// Runs <paramref name="work"/>(lane) for every lane 0 … <paramref name="lanes"/> − 1 and returns when all are
-    /// done. Lanes are taken one at a time by the calling thread and by any of these threads that is idle (a parked
-    /// one is woken); the caller takes whatever is left, so a busy thread never holds the update up. One caller at
-    /// a time (the parameter server).
+    /// done. Lanes are taken one at a time by the calling thread and by any of these threads that is idle (up to
+    /// <paramref name="lanes"/> − 1 parked ones are woken); the caller takes whatever is left, so a busy thread never
+    /// holds the update up. One caller at a time (the parameter server).
     /// </summary>
     public void ForEachLane(int lanes, Action<int> work)
     {
-        _board.Post(work, lanes);
-        foreach (ComputeThread thread in _threads)
+        ArgumentOutOfRangeException.ThrowIfLessThan(lanes, 1);
+        if (lanes == 1)
         {
-            thread.WakeIfParked();
+            work(0);
+            return;
+        }
+        _board.Post(work, lanes);
+        int woken = 0;
+        for (int i = 0; i < _threads.Length && woken < lanes - 1; i++)
+        {
+            if (_threads[i].WakeIfParked())
+            {
+                woken++;
+            }
         }
         _board.WaitAndClear();
     }
 
+    /// <summary>Stops the threads; after the actor system that runs on them has terminated, from another thread.</summary>
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
         foreach (ComputeThread thread in _threads)
         {
             thread.Stop();
         }
     }
+
+    private int _disposed;
 
     /// <summary>
     /// Lanes offered to whoever is idle. Each call posts a new <see cref="Posting"/> (a few dozen bytes a step): a
@@ -99,8 +140,9 @@ public sealed class ComputeThreads : IDisposable
 
         public void Post(Action<int> work, int lanes)
         {
-            ArgumentOutOfRangeException.ThrowIfLessThan(lanes, 1);
-            Volatile.Write(ref _current, new Posting(work, lanes));
+            // A full fence: the posting must be visible before the caller reads which threads are parked (a thread
+            // about to park re-checks the board after saying so), or a thread could miss both.
+            Interlocked.Exchange(ref _current, new Posting(work, lanes));
         }
 
         public void Help()
@@ -182,20 +224,28 @@ public sealed class ComputeThreads : IDisposable
             WakeIfParked();
         }
 
-        public void WakeIfParked()
+        /// <summary>Wakes the thread if it is parked (or about to park); whether it was.</summary>
+        public bool WakeIfParked()
         {
             if (Volatile.Read(ref _parked) == 1)
             {
                 _wake.Set();
+                return true;
             }
+            return false;
         }
 
         public void Stop()
         {
+            if (Thread.CurrentThread == _thread)
+            {
+                throw new InvalidOperationException($"{_thread.Name} cannot stop itself");
+            }
             _stopping = true;
             _wake.Set();
             _thread.Join();
-            _wake.Dispose();
+            // The event is not disposed: a late WakeIfParked may still set it, and it holds no handle until a Wait
+            // blocks. Work handed to the thread after this (the actor system has terminated by then) is not run.
         }
 
         private void Loop()

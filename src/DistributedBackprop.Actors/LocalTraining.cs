@@ -21,7 +21,16 @@ public sealed class LocalTraining : IAsyncDisposable
         Config config = overrides is null ? LoadConfig() : overrides.WithFallback(LoadConfig());
         System = ActorSystem.Create("dbp", config);
         _threads = new ComputeThreads(workers, "dbp-compute");
-        _threads.Install(System);
+        try
+        {
+            _threads.Install(System);
+        }
+        catch
+        {
+            System.Terminate().Wait();
+            _threads.Dispose();
+            throw;
+        }
         Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion, serverShards: serverShards, threads: _threads), "coordinator");
     }
 
@@ -63,7 +72,13 @@ public sealed class LocalTraining : IAsyncDisposable
         {
             // Timed out: terminating the system below stops everything anyway.
         }
-        await System.Terminate().ConfigureAwait(false);
-        _threads.Dispose();
+        try
+        {
+            await System.Terminate().ConfigureAwait(false);
+        }
+        finally
+        {
+            _threads.Dispose();
+        }
     }
 }

@@ -32,6 +32,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     private readonly int _serverShards;
     /// <summary>Local mode: the threads the server and the workers run on; null in cluster mode (each on its own).</summary>
     private readonly ComputeThreads? _threads;
+    /// <summary>Local mode: the thread each worker this coordinator started runs on.</summary>
+    private readonly Dictionary<string, int> _workerThreads = [];
     private readonly int _minimumWorkers;
     private bool _started;
     private readonly ITrainingObserver _observer;
@@ -71,7 +73,14 @@ public sealed class TrainingCoordinator : ReceiveActor
         Receive<EpochPersisted>(_ => _server.Tell(new SaveCheckpoint(_checkpoints!.Path)));
         Receive<TrainingFailed>(f => Finish(new TrainingFailedException(f.Reason, f.Restartable)));
         Receive<AddWorker>(_ => StartWorker());
-        Receive<WorkerLeft>(l => _observer.WorkerLeft(l.WorkerName, l.Workers, l.Graceful));
+        Receive<WorkerLeft>(l =>
+        {
+            if (_workerThreads.Remove(l.WorkerName, out int thread))
+            {
+                _threads!.WorkerLeft(thread);
+            }
+            _observer.WorkerLeft(l.WorkerName, l.Workers, l.Graceful);
+        });
         Receive<WorkerJoined>(j =>
         {
             _log.Info("{0} joined: {1} of at least {2} workers", j.WorkerName, j.Workers, _minimumWorkers);
@@ -144,7 +153,14 @@ public sealed class TrainingCoordinator : ReceiveActor
     {
         string name = $"worker-{++_workersStarted}";
         Props props = Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config, _session.DataHash));
-        Context.ActorOf(_threads is null ? props : props.WithDispatcher(_threads.DispatcherOfWorker(_workersStarted)), name);
+        if (_threads is null)
+        {
+            Context.ActorOf(props, name);
+            return;
+        }
+        int thread = _threads.PlaceWorker();
+        _workerThreads[name] = thread;
+        Context.ActorOf(props.WithDispatcher(ComputeThreads.DispatcherId(thread)), name);
     }
 
     private void OnStep(StepApplied step)

@@ -24,25 +24,19 @@ public sealed class ComputeThreadsTests : TestKit
     public void AnIdleThread_TakesALane_WhileTheCallerRunsAnother()
     {
         using var threads = new ComputeThreads(1, "test-help");
-        // Lane 0 waits for lane 1 to start: the call can only finish if a second thread took lane 1 while the
-        // caller was inside lane 0 (the caller takes lanes in order).
-        using var secondStarted = new ManualResetEventSlim();
-        string? helper = null;
-        bool sawSecond = false;
+        // Each lane waits for the other to start: the call can only finish if the compute thread took one lane
+        // while the caller ran the other (whichever came first).
+        using var bothStarted = new Barrier(2);
+        var ranOn = new string?[2];
+        var met = new bool[2];
         threads.ForEachLane(2, lane =>
         {
-            if (lane == 0)
-            {
-                sawSecond = secondStarted.Wait(TimeSpan.FromSeconds(30));
-            }
-            else
-            {
-                helper = Thread.CurrentThread.Name;
-                secondStarted.Set();
-            }
+            ranOn[lane] = Thread.CurrentThread.Name;
+            met[lane] = bothStarted.SignalAndWait(TimeSpan.FromSeconds(30));
         });
-        Assert.True(sawSecond, "no compute thread took the second lane");
-        Assert.Equal("test-help-1", helper);
+        Assert.True(met[0] && met[1], "the two lanes did not run at the same time");
+        Assert.NotEqual(ranOn[0], ranOn[1]);
+        Assert.Contains("test-help-1", ranOn);
     }
 
     [Fact]
@@ -63,23 +57,33 @@ public sealed class ComputeThreadsTests : TestKit
     }
 
     [Fact]
+    public void Placement_GivesEachThreadAWorkerFirst_AndReusesAFreedPlace()
+    {
+        using var threads = new ComputeThreads(2, "test-place");
+        Assert.Equal([0, 1, 0], new[] { threads.PlaceWorker(), threads.PlaceWorker(), threads.PlaceWorker() });
+        threads.WorkerLeft(1);
+        Assert.Equal(1, threads.PlaceWorker()); // the freed place: threads 0 and 1 carry 2 and 1
+        Assert.Equal(1, threads.PlaceWorker()); // the fewest
+        Assert.Equal(0, threads.PlaceWorker()); // a tie (2 and 2) goes to the first
+    }
+
+    [Fact]
     public void ActorsOnEachThread_RunThere_AndAParkedThreadWakesForAMessage()
     {
         using var threads = new ComputeThreads(2, "test-actors");
         threads.Install(Sys);
-        IActorRef first = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(threads.DispatcherOfWorker(1)));
-        IActorRef second = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(threads.DispatcherOfWorker(2)));
-        IActorRef third = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(threads.DispatcherOfWorker(3)));
+        IActorRef first = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(ComputeThreads.DispatcherId(0)));
+        IActorRef second = Sys.ActorOf(Props.Create(() => new ThreadName()).WithDispatcher(ComputeThreads.DispatcherId(1)));
         first.Tell("which");
         Assert.Equal("test-actors-1", ExpectMsg<string>());
         second.Tell("which");
         Assert.Equal("test-actors-2", ExpectMsg<string>());
-        third.Tell("which");
-        Assert.Equal("test-actors-1", ExpectMsg<string>()); // a third worker wraps around to the first thread
         // Long past the spin time the threads have parked; a message must still get through.
         Thread.Sleep(ComputeThreads.SpinTime * 50);
         second.Tell("which");
         Assert.Equal("test-actors-2", ExpectMsg<string>());
+        // The system stops while its threads still run (as LocalTraining does), so its actors stop cleanly.
+        Shutdown(Sys, verifySystemShutdown: true);
     }
 
     [Theory]
