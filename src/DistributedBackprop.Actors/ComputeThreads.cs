@@ -14,8 +14,8 @@ namespace DistributedBackprop.Actors;
 /// Why: in a synchronous step each worker waits while the server reduces and applies, and the server waits
 /// while the workers compute. With the server on the thread pool and every worker parked in between, a step paid
 /// four wake-ups of an idle thread (worker → server, the update's task and its parallel lanes, server → worker)
-/// and moved the gradient to another core and θ back; measured here (a 2-vCPU VM, batch 256) that was
-/// ~0.8 ms of a ~6 ms step. Here a thread that ran out of work spins for <see cref="SpinTime"/> before it parks
+/// and moved the gradient to another core and θ back; measured here (a 2-vCPU VM, batch 256, 1 worker) that was
+/// 0.8–1.3 ms of a 5–6.5 ms step (docs/architecture.md). Here a thread that ran out of work spins for <see cref="SpinTime"/> before it parks
 /// (only if every thread can have a core of its own; more threads than cores park at once), the server's
 /// messages from the worker it shares a thread with are handled right after that worker's, on the core
 /// that holds its gradient, and the update's lanes are taken by whichever threads are idle, the caller first.
@@ -28,6 +28,9 @@ public sealed class ComputeThreads : IDisposable
     private readonly ComputeThread[] _threads;
     private readonly long _spinTicks;
     private readonly LaneBoard _board = new();
+    /// <summary>Live workers placed on each thread (<see cref="PlaceWorker"/>).</summary>
+    private readonly int[] _workersOn;
+    private int _disposed;
 
     public ComputeThreads(int count, string name)
     {
@@ -68,8 +71,6 @@ public sealed class ComputeThreads : IDisposable
 
     /// <summary>A worker placed on <paramref name="thread"/> has stopped.</summary>
     public void WorkerLeft(int thread) => _workersOn[thread] = Math.Max(0, _workersOn[thread] - 1);
-
-    private readonly int[] _workersOn;
 
     /// <summary>Registers one dispatcher per thread with <paramref name="system"/>.</summary>
     public void Install(ActorSystem system)
@@ -126,7 +127,6 @@ public sealed class ComputeThreads : IDisposable
         }
     }
 
-    private int _disposed;
 
     /// <summary>
     /// Lanes offered to whoever is idle. Each call posts a new <see cref="Posting"/> (a few dozen bytes a step): a

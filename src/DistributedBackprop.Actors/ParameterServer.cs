@@ -58,6 +58,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly Action<Action<int>> _forEachUpdateLane;
     /// <summary>Local mode: the update runs in this actor's handler, its lanes on the workers' threads; else in a task, its lanes on the thread pool.</summary>
     private readonly bool _updateInHandler;
+    /// <summary>Where and how often to checkpoint inside an epoch (the coordinator asks for the epoch-end ones).</summary>
+    private readonly CheckpointPolicy? _checkpoints;
     private bool _updating;
     private bool _returnParameters;
     private int _epochInProgress = -1;
@@ -77,8 +79,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private long _aheadStep = -1, _aheadDealtAt;
     private readonly List<(WorkerSlot Worker, GradientsComputed Message)> _early = [];
 
-    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1, ComputeThreads? threads = null)
+    public ParameterServer(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1, ComputeThreads? threads = null, CheckpointPolicy? checkpoints = null)
     {
+        _checkpoints = checkpoints;
         if (shards > 1 && session.Config.LocalSteps is not null)
         {
             throw new ArgumentException("parameter shards and local steps do not go together yet");
@@ -190,9 +193,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     /// <param name="shards">parameter shards (<c>--server-shards</c>): 1 keeps θ and the update in this actor.</param>
     /// <param name="threads">local mode's threads (<see cref="ComputeThreads"/>): the server must then run on the first.</param>
-    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1, ComputeThreads? threads = null)
+    /// <param name="checkpoints">checkpoints due inside an epoch are taken by the server at their step.</param>
+    public static Props Props(TrainingSession session, IActorRef coordinator, StepDeadline? deadline = null, int shards = 1, ComputeThreads? threads = null, CheckpointPolicy? checkpoints = null)
     {
-        Props props = Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline, shards, threads));
+        Props props = Akka.Actor.Props.Create(() => new ParameterServer(session, coordinator, deadline, shards, threads, checkpoints));
         return threads is null ? props : props.WithDispatcher(ComputeThreads.DispatcherId(0));
     }
 
@@ -619,6 +623,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         RoundReport? round = _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _update!.LastStepNorm);
         _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers) { Round = round });
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
+        // A checkpoint due inside the epoch is taken here, between this update and the next step's dealing, so it
+        // holds exactly the step it is due at. (The coordinator used to ask on StepApplied; when steps are faster
+        // than its thread wakes up, that landed a step or two late: a checkpoint "every 5 steps" after step 6.)
+        // The epoch's own checkpoint follows once the epoch is scored (EpochPersisted).
+        if (!epochDone && _checkpoints is not null && _checkpoints.DueAfter(step.Step, _session.GlobalStep) && _session.Config.CheckpointsInsideEpochs())
+        {
+            Checkpoint(new SaveCheckpoint(_checkpoints.Path), _coordinator);
+        }
         if (!epochDone)
         {
             StartStep();
@@ -763,13 +775,15 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         SendAssignments();
     }
 
-    private void Checkpoint(SaveCheckpoint message)
+    private void Checkpoint(SaveCheckpoint message) => Checkpoint(message, Sender);
+
+    private void Checkpoint(SaveCheckpoint message, IActorRef requester)
     {
         if (_failed)
         {
             // After a failed update the parameters may be those of no step at all (an overflow is not undone):
             // the checkpoint on disk is the last good one and stays so.
-            Sender.Tell(new TrainingFailed($"training has failed; {message.Path} is left as it was"));
+            requester.Tell(new TrainingFailed($"training has failed; {message.Path} is left as it was"));
             return;
         }
         if (_updating)
@@ -778,7 +792,6 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Stash.Stash();
             return;
         }
-        IActorRef requester = Sender;
         if (_shards is not null)
         {
             Collect(() => WriteCheckpoint(requester, message.Path));

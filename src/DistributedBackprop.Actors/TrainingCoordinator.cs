@@ -113,7 +113,7 @@ public sealed class TrainingCoordinator : ReceiveActor
 
     protected override void PreStart()
     {
-        _server = Context.ActorOf(ParameterServer.Props(_session, Self, shards: _serverShards, threads: _threads), ServerName);
+        _server = Context.ActorOf(ParameterServer.Props(_session, Self, shards: _serverShards, threads: _threads, checkpoints: _checkpoints), ServerName);
         Context.Watch(_server);
         _lastStep = _session.GlobalStep;
         for (int i = 0; i < _initialWorkers; i++)
@@ -165,7 +165,6 @@ public sealed class TrainingCoordinator : ReceiveActor
 
     private void OnStep(StepApplied step)
     {
-        long before = _lastStep;
         _lastStep = step.GlobalStep;
         var report = new StepReport(step.GlobalStep, step.Epoch, step.StepInEpoch, _session.StepsPerEpoch, _session.TotalSteps,
             step.Result.LossSum / step.Result.Rows, step.Result.Rows, _clock.Elapsed, step.Round);
@@ -174,12 +173,9 @@ public sealed class TrainingCoordinator : ReceiveActor
             _rounds.Add(report);
         }
         _observer.StepCompleted(report);
-        // Not on the step that closes an epoch: the epoch's own checkpoint follows once it is scored (asking
-        // now would let the server snapshot the validation record while OnEvaluated writes it).
-        if (_checkpoints is not null && _checkpoints.DueAfter(before, step.GlobalStep) && step.GlobalStep % _session.StepsPerEpoch != 0 && _session.Config.CheckpointsInsideEpochs())
-        {
-            _server.Tell(new SaveCheckpoint(_checkpoints.Path));
-        }
+        // Checkpoints due inside the epoch are the server's to take, at their step (ParameterServer.Applied); never
+        // on the step that closes an epoch, whose checkpoint follows once it is scored (taken earlier, it could
+        // snapshot the validation record while OnEvaluated writes it).
     }
 
     /// <summary>Only evaluation needs the parameters after each epoch (checkpoints are written by the server).</summary>
