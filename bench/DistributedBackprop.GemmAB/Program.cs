@@ -116,11 +116,9 @@ foreach (Product product in products)
         newRates[r] = steps * batch / newSeconds;
     }
     Array.Sort(ratios);
-    bool sameBits = SameBits(session.Parameters, baselineSession.Parameters);
+    bool sameBits = Bits.Same(session.Parameters, baselineSession.Parameters);
     Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
 }
-
-static bool SameBits(float[] a, float[] b) => Bits.Same(a, b);
 
 static double Median(double[] values) => Quantile(values.Order().ToArray(), 0.5);
 

@@ -28,8 +28,8 @@ public sealed class ComputeThreads : IDisposable
     private readonly ComputeThread[] _threads;
     private readonly long _spinTicks;
     private readonly LaneBoard _board = new();
-    /// <summary>Live workers placed on each thread (<see cref="PlaceWorker"/>).</summary>
-    private readonly int[] _workersOn;
+    /// <summary>The thread of each live worker (<see cref="PlaceWorker"/>).</summary>
+    private readonly Dictionary<string, int> _placed = [];
     private int _disposed;
 
     public ComputeThreads(int count, string name)
@@ -38,7 +38,6 @@ public sealed class ComputeThreads : IDisposable
         // Spinning threads that outnumber the cores would take them from the threads that compute.
         _spinTicks = count <= Environment.ProcessorCount ? (long)(SpinTime.TotalSeconds * Stopwatch.Frequency) : 0;
         _threads = new ComputeThread[count];
-        _workersOn = new int[count];
         for (int i = 0; i < count; i++)
         {
             _threads[i] = new ComputeThread(this, $"{name}-{i + 1}");
@@ -51,26 +50,32 @@ public sealed class ComputeThreads : IDisposable
     public static string DispatcherId(int thread) => $"dbp.compute-thread-{thread}";
 
     /// <summary>
-    /// The thread for a new worker: the one with the fewest live workers, the first of those (so the first N
-    /// workers get a thread each and the server's thread fills first). <see cref="WorkerLeft"/> frees its place:
-    /// a worker added after one died takes the dead one's thread. Called by one actor (the coordinator).
+    /// The thread for a new worker named <paramref name="worker"/>: the one with the fewest live workers, the first
+    /// of those (so the first N workers get a thread each and the server's thread fills first).
+    /// <see cref="WorkerLeft"/> frees its place: a worker added after one died takes the dead one's thread. Called
+    /// by one actor (the coordinator).
     /// </summary>
-    public int PlaceWorker()
+    public int PlaceWorker(string worker)
     {
-        int best = 0;
-        for (int i = 1; i < _workersOn.Length; i++)
+        Span<int> live = stackalloc int[_threads.Length];
+        foreach (int thread in _placed.Values)
         {
-            if (_workersOn[i] < _workersOn[best])
+            live[thread]++;
+        }
+        int best = 0;
+        for (int i = 1; i < live.Length; i++)
+        {
+            if (live[i] < live[best])
             {
                 best = i;
             }
         }
-        _workersOn[best]++;
+        _placed[worker] = best;
         return best;
     }
 
-    /// <summary>A worker placed on <paramref name="thread"/> has stopped.</summary>
-    public void WorkerLeft(int thread) => _workersOn[thread] = Math.Max(0, _workersOn[thread] - 1);
+    /// <summary>The worker named <paramref name="worker"/> has stopped (a name never placed is ignored).</summary>
+    public void WorkerLeft(string worker) => _placed.Remove(worker);
 
     /// <summary>Registers one dispatcher per thread with <paramref name="system"/>.</summary>
     public void Install(ActorSystem system)
@@ -126,7 +131,6 @@ public sealed class ComputeThreads : IDisposable
             thread.Stop();
         }
     }
-
 
     /// <summary>
     /// Lanes offered to whoever is idle. Each call posts a new <see cref="Posting"/> (a few dozen bytes a step): a

@@ -21,16 +21,7 @@ public sealed class LocalTraining : IAsyncDisposable
         Config config = overrides is null ? LoadConfig() : overrides.WithFallback(LoadConfig());
         System = ActorSystem.Create("dbp", config);
         _threads = new ComputeThreads(workers, "dbp-compute");
-        try
-        {
-            _threads.Install(System);
-        }
-        catch
-        {
-            System.Terminate().Wait();
-            _threads.Dispose();
-            throw;
-        }
+        _threads.Install(System);
         Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion, serverShards: serverShards, threads: _threads), "coordinator");
     }
 

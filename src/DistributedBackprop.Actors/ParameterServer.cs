@@ -105,8 +105,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _scheduler = new StepScheduler<WorkerSlot>(_chunks, _reducer, dealByPace);
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
-        int cores = threads?.Count ?? Environment.ProcessorCount;
-        _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(cores, session.Parameters.Length / 65536))) : null;
+        int laneThreads = threads?.Count ?? Environment.ProcessorCount;
+        _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(laneThreads, session.Parameters.Length / 65536))) : null;
         _roundBases = session.CreateRoundBases();
         _changes = UpdateParts.CreateChanges(session.Config, session.Parameters.Length);
         int lanes = _update?.Lanes ?? 1;

@@ -32,8 +32,6 @@ public sealed class TrainingCoordinator : ReceiveActor
     private readonly int _serverShards;
     /// <summary>Local mode: the threads the server and the workers run on; null in cluster mode (each on its own).</summary>
     private readonly ComputeThreads? _threads;
-    /// <summary>Local mode: the thread each worker this coordinator started runs on.</summary>
-    private readonly Dictionary<string, int> _workerThreads = [];
     private readonly int _minimumWorkers;
     private bool _started;
     private readonly ITrainingObserver _observer;
@@ -75,10 +73,7 @@ public sealed class TrainingCoordinator : ReceiveActor
         Receive<AddWorker>(_ => StartWorker());
         Receive<WorkerLeft>(l =>
         {
-            if (_workerThreads.Remove(l.WorkerName, out int thread))
-            {
-                _threads!.WorkerLeft(thread);
-            }
+            _threads?.WorkerLeft(l.WorkerName);
             _observer.WorkerLeft(l.WorkerName, l.Workers, l.Graceful);
         });
         Receive<WorkerJoined>(j =>
@@ -158,9 +153,7 @@ public sealed class TrainingCoordinator : ReceiveActor
             Context.ActorOf(props, name);
             return;
         }
-        int thread = _threads.PlaceWorker();
-        _workerThreads[name] = thread;
-        Context.ActorOf(props.WithDispatcher(ComputeThreads.DispatcherId(thread)), name);
+        Context.ActorOf(props.WithDispatcher(ComputeThreads.DispatcherId(_threads.PlaceWorker(name))), name);
     }
 
     private void OnStep(StepApplied step)

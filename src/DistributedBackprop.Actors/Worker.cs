@@ -23,9 +23,9 @@ public sealed record WorkerSetup(Architecture Architecture, Dataset Train, Train
 /// range, computed on exactly the parameters of that step. It derives the step's rows itself from
 /// (seed, epoch, step), so a step message carries no data.
 ///
-/// Gradients are computed synchronously in the message handler, so the worker must run on the dedicated
-/// compute dispatcher (<see cref="DispatcherId"/>): one pinned thread per worker, away from Akka's default
-/// dispatcher and the thread pool. Gradient buffers are pooled: a buffer lent for step s is lent again only
+/// Gradients are computed synchronously in the message handler, so the worker must run on a thread of its own,
+/// away from Akka's default dispatcher and the thread pool: on a cluster node the compute dispatcher
+/// (<see cref="DispatcherId"/>, one pinned thread per worker), in local mode one of <see cref="ComputeThreads"/>. Gradient buffers are pooled: a buffer lent for step s is lent again only
 /// for a later step, by which time the server has finished with it. A <see cref="WorkerRefused"/> (data,
 /// network or floating-point results differ from the server's) stops the worker and is passed to its parent.
 /// </summary>

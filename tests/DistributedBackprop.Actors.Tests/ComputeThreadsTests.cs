@@ -60,11 +60,12 @@ public sealed class ComputeThreadsTests : TestKit
     public void Placement_GivesEachThreadAWorkerFirst_AndReusesAFreedPlace()
     {
         using var threads = new ComputeThreads(2, "test-place");
-        Assert.Equal([0, 1, 0], new[] { threads.PlaceWorker(), threads.PlaceWorker(), threads.PlaceWorker() });
-        threads.WorkerLeft(1);
-        Assert.Equal(1, threads.PlaceWorker()); // the freed place: threads 0 and 1 carry 2 and 1
-        Assert.Equal(1, threads.PlaceWorker()); // the fewest
-        Assert.Equal(0, threads.PlaceWorker()); // a tie (2 and 2) goes to the first
+        Assert.Equal([0, 1, 0], new[] { threads.PlaceWorker("w1"), threads.PlaceWorker("w2"), threads.PlaceWorker("w3") });
+        threads.WorkerLeft("w2");
+        threads.WorkerLeft("never placed");
+        Assert.Equal(1, threads.PlaceWorker("w4")); // the freed place: threads 0 and 1 carry 2 and 1
+        Assert.Equal(1, threads.PlaceWorker("w5")); // the fewest
+        Assert.Equal(0, threads.PlaceWorker("w6")); // a tie (2 and 2) goes to the first
     }
 
     [Fact]
