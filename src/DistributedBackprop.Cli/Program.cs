@@ -65,4 +65,8 @@ public static class ExitCodes
     public const int Failure = 1;
     /// <summary>Bad options, bad data, bad model file: the user can fix the input.</summary>
     public const int BadInput = 2;
+    /// <summary>Stopped by Ctrl-C (128 + SIGINT's number, as shells report it).</summary>
+    public const int Interrupted = 130;
+    /// <summary>Stopped by SIGTERM (128 + 15).</summary>
+    public const int Terminated = 143;
 }

@@ -41,6 +41,8 @@ public sealed class RunningDbp : IDisposable
 
     public bool HasExited => _process.HasExited;
 
+    public int Pid => _process.Id;
+
     /// <summary>Waits for a line matching <paramref name="pattern"/>; returns its match.</summary>
     public Match WaitFor(string pattern, TimeSpan timeout)
     {

@@ -90,6 +90,9 @@ internal static class ServeCommand
                 }
                 Console.Error.WriteLine($"dbp serve: resuming from {checkpointPath} at step {session.GlobalStep} of {session.TotalSteps}");
             }
+            TrainCommand.CheckDistinct([("--out", modelPath), ("--metrics", metricsPath), ("--plot", parse.GetValue(plot)), ("--checkpoint", checkpointPath)],
+                [("--data", parse.GetValue(training.Data)), ("--test-data", parse.GetValue(training.TestData)), ("--resume", parse.GetValue(resume))],
+                ("--checkpoint", "--resume"));
             TrainCommand.CheckWritable(modelPath, "--out", TrainCommand.ModelBytes(session));
             TrainCommand.CheckWritable(metricsPath, "--metrics");
             TrainCommand.CheckWritable(parse.GetValue(plot), "--plot");
@@ -248,7 +251,7 @@ internal static class WorkerCommand
             WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"dbp worker {DateTime.Now:HH:mm:ss.fff}: {line}"))), cancel.Token).GetAwaiter().GetResult();
             (exit.ExitCode == 0 ? Console.Out : Console.Error).WriteLine($"dbp worker: {exit.Message}");
             return exit.ExitCode;
-        }));
+        }, handlesInterrupt: true));
         return command;
     }
 

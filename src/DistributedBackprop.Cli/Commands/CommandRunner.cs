@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using DistributedBackprop.Data;
 using DistributedBackprop.Models;
 
@@ -6,8 +7,15 @@ namespace DistributedBackprop.Cli.Commands;
 /// <summary>Runs a command body and maps failures to one line on stderr plus an exit code.</summary>
 internal static class CommandRunner
 {
-    public static int Run(string command, Func<int> body)
+    /// <param name="handlesInterrupt">the body handles Ctrl-C and SIGTERM itself (the worker leaves the cluster gracefully).</param>
+    public static int Run(string command, Func<int> body, bool handlesInterrupt = false)
     {
+        // Ctrl-C and SIGTERM end the process through the runtime's exit handlers (the runtime's own handling of
+        // Ctrl-C skips them): a checkpoint being written is finished or its temporary file removed
+        // (DataFiles.WriteAtomically), and a cluster node's actor system shuts down. Exit codes as shells report
+        // a death by the signal: 130 and 143.
+        using PosixSignalRegistration? interrupt = handlesInterrupt ? null : PosixSignalRegistration.Create(PosixSignal.SIGINT, ExitOn(ExitCodes.Interrupted));
+        using PosixSignalRegistration? terminate = handlesInterrupt ? null : PosixSignalRegistration.Create(PosixSignal.SIGTERM, ExitOn(ExitCodes.Terminated));
         try
         {
             return body();
@@ -40,9 +48,15 @@ internal static class CommandRunner
         catch (OperationCanceledException)
         {
             Console.Error.WriteLine($"dbp {command}: cancelled");
-            return 130;
+            return ExitCodes.Interrupted;
         }
     }
+
+    private static Action<PosixSignalContext> ExitOn(int code) => signal =>
+    {
+        signal.Cancel = true;
+        Environment.Exit(code);
+    };
 }
 
 /// <summary>Training could not continue (e.g. a worker sent a non-finite gradient).</summary>

@@ -31,6 +31,7 @@ internal static class EvaluateCommand
             if (plotPath is not null)
             {
                 TrainingPlots.CheckSize(plotWidth, plotHeight);
+                TrainCommand.CheckDistinct([("--plot", plotPath)], [("--model", parse.GetValue(model)), ("--data", parse.GetValue(data))]);
                 TrainCommand.CheckWritable(plotPath, "--plot");
             }
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
@@ -110,6 +111,7 @@ internal static class PredictCommand
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             string dataPath = parse.GetValue(data)!;
             string? outPath = parse.GetValue(output);
+            TrainCommand.CheckDistinct([("--out", outPath)], [("--model", parse.GetValue(model)), ("--data", dataPath)]);
             TrainCommand.CheckWritable(outPath, "--out");
             Dataset raw = Directory.Exists(dataPath) || !LooksLikeCsv(dataPath)
                 ? DataSources.LoadWithClasses(dataPath, null, file.Classes, file.Architecture.Inputs)
@@ -181,6 +183,7 @@ internal static class GradientsCommand
         {
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             string outPath = parse.GetValue(output)!;
+            TrainCommand.CheckDistinct([("--out", outPath)], [("--model", parse.GetValue(model)), ("--data", parse.GetValue(data))]);
             TrainCommand.CheckWritable(outPath, "--out");
             Dataset raw = DataSources.LoadWithClasses(parse.GetValue(data)!, parse.GetValue(label), file.Classes, file.Architecture.Inputs, header: parse.GetValue(header));
             Dataset rows = file.Preprocessing.Apply(raw);

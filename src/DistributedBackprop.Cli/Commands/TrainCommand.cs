@@ -56,6 +56,9 @@ internal static class TrainCommand
             string? checkpointPath = parse.GetValue(checkpoint);
             string? metricsPath = parse.GetValue(metrics);
             string? modelPath = parse.GetValue(output), plotPath = parse.GetValue(plot);
+            CheckDistinct([("--out", modelPath), ("--metrics", metricsPath), ("--plot", plotPath), ("--checkpoint", checkpointPath)],
+                [("--data", parse.GetValue(training.Data)), ("--test-data", parse.GetValue(training.TestData)), ("--resume", resumeFrom), ("--run", parse.GetValue(run))],
+                ("--checkpoint", "--resume"));
             CheckWritable(modelPath, "--out", ModelBytes(session));
             CheckWritable(metricsPath, "--metrics");
             CheckWritable(plotPath, "--plot");
@@ -229,7 +232,15 @@ internal static class TrainCommand
         {
             return;
         }
+        if (path.Length == 0)
+        {
+            throw new UsageException($"{option}: the path is empty");
+        }
         string full = Path.GetFullPath(path);
+        if (DataFiles.KindOf(full) == DataFiles.PathKind.Special)
+        {
+            return; // a device or a pipe: written to directly (DataFiles.WriteAtomically), its own errors name it
+        }
         string directory = Path.GetDirectoryName(full) ?? "/";
         if (!Directory.Exists(directory))
         {
@@ -255,6 +266,44 @@ internal static class TrainCommand
         {
             throw new UsageException(string.Create(CultureInfo.InvariantCulture,
                 $"{option}: {directory} has {free / 1e6:F2} MB free; {Path.GetFileName(full)} needs about {expectedBytes / 1e6:F2} MB"));
+        }
+    }
+
+    /// <summary>
+    /// Refuses a command line that names one file for two purposes where one write would destroy the other:
+    /// an output that is also an input (`--out` over the `--data` being read) or another output (`--out` and
+    /// `--metrics`). Paths are compared after resolving symbolic links; devices and pipes may be shared
+    /// (`--out /dev/null --metrics /dev/null`). <paramref name="mayShare"/> lists pairs that may name one file
+    /// (`--checkpoint` and `--resume`: a run that resumes from its checkpoint keeps writing it).
+    /// </summary>
+    internal static void CheckDistinct((string Option, string? Path)[] outputs, (string Option, string? Path)[] inputs, params (string, string)[] mayShare)
+    {
+        var seen = new List<(string Option, string Path, string Canonical)>();
+        foreach (var (option, path) in inputs.Concat(outputs))
+        {
+            if (string.IsNullOrEmpty(path))
+            {
+                continue;
+            }
+            string full = Path.GetFullPath(path);
+            if (DataFiles.KindOf(full) == DataFiles.PathKind.Special)
+            {
+                continue;
+            }
+            string canonical = File.Exists(full) ? File.ResolveLinkTarget(full, returnFinalTarget: true)?.FullName ?? full : full;
+            bool isOutput = outputs.Any(o => o.Option == option);
+            foreach (var (otherOption, otherPath, otherCanonical) in seen)
+            {
+                bool clash = (isOutput || outputs.Any(o => o.Option == otherOption)) && otherCanonical == canonical
+                    && !mayShare.Contains((option, otherOption)) && !mayShare.Contains((otherOption, option));
+                if (clash)
+                {
+                    throw new UsageException(path == otherPath
+                        ? $"{option} {path}: the same file as {otherOption}; writing it would destroy the other"
+                        : $"{option} {path}: the same file as {otherOption} {otherPath}; writing it would destroy the other");
+                }
+            }
+            seen.Add((option, path, canonical));
         }
     }
 

@@ -1,9 +1,11 @@
+using System.Collections.Concurrent;
 using System.IO.Compression;
+using System.Runtime.InteropServices;
 
 namespace DistributedBackprop.Data;
 
 /// <summary>File helpers shared by the readers.</summary>
-public static class DataFiles
+public static partial class DataFiles
 {
     /// <summary>Opens a file, transparently un-gzipping it when it starts with the gzip magic 1f 8b.</summary>
     public static Stream OpenMaybeGzip(string path)
@@ -17,13 +19,20 @@ public static class DataFiles
         {
             throw DataException.InFile(path, $"cannot open: {e.Message}");
         }
-        Span<byte> magic = stackalloc byte[2];
-        int read = file.Read(magic);
-        file.Position = 0;
+        byte[] magic = new byte[2];
+        int read = file.ReadAtLeast(magic, 2, throwOnEndOfStream: false);
+        // A pipe (`--data <(zcat …)`, /dev/stdin) cannot seek back: the bytes read to sniff go in front of the rest.
+        Stream content = file.CanSeek ? Rewound(file) : new PrefixedStream(magic.AsMemory(0, read), file);
         if (read == 2 && magic[0] == 0x1f && magic[1] == 0x8b)
         {
-            return new GZipStream(file, CompressionMode.Decompress);
+            return new GZipStream(content, CompressionMode.Decompress);
         }
+        return content;
+    }
+
+    private static FileStream Rewound(FileStream file)
+    {
+        file.Position = 0;
         return file;
     }
 
@@ -50,12 +59,38 @@ public static class DataFiles
     public static void WriteAtomically(string path, Action<Stream> write)
     {
         string full = Path.GetFullPath(path);
+        switch (KindOf(full))
+        {
+            case PathKind.Directory:
+                throw new IOException($"{path}: is a directory");
+            case PathKind.Special:
+                // A device, a FIFO or a socket (`--out /dev/null`, a pipe to another program): renaming a file over
+                // it would replace the device node (as root, /dev/null itself). It is written to directly, as any
+                // program writes to one; its errors (/dev/full: no space left) name it.
+                WriteDirectly(path, full, write);
+                return;
+        }
         string? directory = Path.GetDirectoryName(full);
         if (directory is not null && !Directory.Exists(directory))
         {
             throw new IOException($"{path}: directory {directory} does not exist");
         }
         string temporary = Path.Combine(directory ?? ".", $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        bool exiting;
+        lock (TemporariesBeingWritten)
+        {
+            exiting = _exiting;
+            if (!exiting)
+            {
+                TemporariesBeingWritten.TryAdd(temporary, 0);
+            }
+        }
+        if (exiting)
+        {
+            // The process is ending (its exit handlers run): a write started now could not finish. This thread
+            // waits for the end rather than report a failure that is not one.
+            Thread.Sleep(Timeout.Infinite);
+        }
         try
         {
             using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
@@ -83,7 +118,109 @@ public static class DataFiles
             }
             throw;
         }
+        finally
+        {
+            TemporariesBeingWritten.TryRemove(temporary, out _);
+        }
     }
+
+    /// <summary>
+    /// The temporary files being written now. A run stopped by Ctrl-C or SIGTERM while a checkpoint is being
+    /// written used to exit in the middle and leave the temporary file behind. At process exit no new write
+    /// starts, those under way get a moment to finish (a checkpoint is milliseconds of writing; finished, it is
+    /// complete), and whatever is still unfinished is removed: the previous file, if any, stays as it was.
+    /// </summary>
+    private static readonly ConcurrentDictionary<string, byte> TemporariesBeingWritten = CreateTemporaryRegistry();
+    private static bool _exiting;
+
+    private static ConcurrentDictionary<string, byte> CreateTemporaryRegistry()
+    {
+        var registry = new ConcurrentDictionary<string, byte>();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            lock (registry)
+            {
+                _exiting = true;
+            }
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            while (!registry.IsEmpty && waited.Elapsed < TimeSpan.FromSeconds(2))
+            {
+                Thread.Sleep(5);
+            }
+            foreach (string temporary in registry.Keys)
+            {
+                try
+                {
+                    File.Delete(temporary);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // Exiting anyway: a file that cannot be removed stays, as before.
+                }
+            }
+        };
+        return registry;
+    }
+
+    private static void WriteDirectly(string path, string full, Action<Stream> write)
+    {
+        try
+        {
+            using var stream = new FileStream(full, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, 1 << 16);
+            write(stream);
+            stream.Flush();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"{path}: cannot write ({e.Message.Replace($" : '{full}'", "", StringComparison.Ordinal)})", e);
+        }
+    }
+
+    /// <summary>What a path names, as far as writing it is concerned.</summary>
+    public enum PathKind
+    {
+        /// <summary>Nothing (or nothing this process may look at): created by renaming a temporary file.</summary>
+        Missing,
+
+        /// <summary>A regular file: replaced by renaming a temporary file over it.</summary>
+        Regular,
+
+        Directory,
+
+        /// <summary>A device, FIFO or socket: written to directly.</summary>
+        Special,
+    }
+
+    /// <summary>The kind of <paramref name="path"/>, following symbolic links (Linux statx; elsewhere files and directories only).</summary>
+    public static PathKind KindOf(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            return PathKind.Directory;
+        }
+        if (!File.Exists(path))
+        {
+            return PathKind.Missing;
+        }
+        if (!OperatingSystem.IsLinux())
+        {
+            return PathKind.Regular;
+        }
+        // struct statx (linux/stat.h) has the same layout on every architecture: 256 bytes, stx_mode a u16 at 0x1C.
+        Span<byte> buffer = stackalloc byte[256];
+        if (Statx(AtCurrentDirectory, path, 0, StatxType, ref MemoryMarshal.GetReference(buffer)) != 0)
+        {
+            return PathKind.Regular;
+        }
+        int type = BitConverter.ToUInt16(buffer[0x1C..]) & FileTypeMask;
+        return type == RegularFile ? PathKind.Regular : type == DirectoryFile ? PathKind.Directory : PathKind.Special;
+    }
+
+    private const int AtCurrentDirectory = -100, FileTypeMask = 0xF000, RegularFile = 0x8000, DirectoryFile = 0x4000;
+    private const uint StatxType = 0x1;
+
+    [LibraryImport("libc", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Statx(int directory, string path, int flags, uint mask, ref byte statx);
 
     /// <summary>
     /// An I/O error's message without the name of a temporary file this process made (.NET appends
@@ -91,4 +228,43 @@ public static class DataFiles
     /// </summary>
     public static string WithoutTemporaryName(string message, string temporary) =>
         message.Replace($" : '{temporary}'", "", StringComparison.Ordinal).Replace(temporary, "a temporary file", StringComparison.Ordinal);
+}
+
+/// <summary>A read-only stream of some bytes already read, then the rest of another stream.</summary>
+internal sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream rest) : Stream
+{
+    private ReadOnlyMemory<byte> _prefix = prefix;
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        if (_prefix.IsEmpty)
+        {
+            return rest.Read(buffer);
+        }
+        int taken = Math.Min(buffer.Length, _prefix.Length);
+        _prefix.Span[..taken].CopyTo(buffer);
+        _prefix = _prefix[taken..];
+        return taken;
+    }
+
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            rest.Dispose();
+        }
+        base.Dispose(disposing);
+    }
 }
