@@ -261,6 +261,62 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
+    public void Idx_DimensionsWhoseProductWraps_AreRefusedOnTheHeader()
+    {
+        // 65536^4 = 2^64 wraps a long to 0, which once matched the empty data section.
+        string images = WriteIdx("train-images-idx3-ubyte", 8, [65536, 65536, 65536, 65536], []);
+        string labels = WriteIdx("train-labels-idx1-ubyte", 8, [1], [0]);
+        var error = Assert.Throws<DataException>(() => IdxReader.Read(images, labels));
+        Assert.Contains("train-images-idx3-ubyte: byte 4: the dimensions [65536, 65536, 65536, 65536] make more than", error.Message);
+    }
+
+    [Fact]
+    public void Idx_GzipPromisingMoreThanAnArrayHolds_IsRefusedOnTheHeader()
+    {
+        string images = WriteIdx("train-images-idx3-ubyte.gz", 8, [3, 1_000_000_000], new byte[1000], gzip: true);
+        string labels = WriteIdx("train-labels-idx1-ubyte", 8, [3], [0, 1, 2]);
+        var error = Assert.Throws<DataException>(() => IdxReader.Read(images, labels));
+        Assert.Contains("train-images-idx3-ubyte.gz: byte 4: the dimensions [3, 1000000000] make more than", error.Message);
+    }
+
+    /// <summary>The reader's error and the bytes it allocated on the way there: a lying header must cost no memory.</summary>
+    private static (DataException Error, long Allocated) ReadIdxFailing(string images, string labels)
+    {
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var error = Assert.Throws<DataException>(() => IdxReader.Read(images, labels));
+        return (error, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    [Fact]
+    public void Idx_TruncatedGzipPromisingGigabytes_AllocatesOnlyWhatArrives()
+    {
+        string images = WriteIdx("train-images-idx3-ubyte.gz", 8, [2, 1_000_000_000], new byte[10], gzip: true);
+        string labels = WriteIdx("train-labels-idx1-ubyte", 8, [2], [0, 1]);
+        var (error, allocated) = ReadIdxFailing(images, labels);
+        Assert.Contains("train-images-idx3-ubyte.gz: byte 22: truncated: the header promises 2000000000 data bytes ending at byte 2000000012", error.Message);
+        Assert.True(allocated < 4 << 20, $"{allocated} bytes allocated for a file of 10 data bytes");
+    }
+
+    [Fact]
+    public void Idx_GzipWithTrailingData_IsRefusedOneByteAfterTheData()
+    {
+        // 16 MB of zeros behind 4 data bytes: reported without decompressing them.
+        string images = WriteIdx("train-images-idx3-ubyte.gz", 8, [1, 2, 2], new byte[4 + (16 << 20)], gzip: true);
+        string labels = WriteIdx("train-labels-idx1-ubyte", 8, [1], [0]);
+        var (error, allocated) = ReadIdxFailing(images, labels);
+        Assert.Contains("train-images-idx3-ubyte.gz: byte 20: unexpected bytes after the data", error.Message);
+        Assert.True(allocated < 4 << 20, $"{allocated} bytes allocated for a file of 4 data bytes");
+    }
+
+    [Fact]
+    public void Idx_TrailingData_IsCounted()
+    {
+        string images = WriteIdx("train-images-idx3-ubyte", 8, [1, 2, 2], new byte[7]);
+        string labels = WriteIdx("train-labels-idx1-ubyte", 8, [1], [0]);
+        Assert.Contains("train-images-idx3-ubyte: byte 20: 3 unexpected bytes after the data", Assert.Throws<DataException>(() => IdxReader.Read(images, labels)).Message);
+    }
+
+    [Fact]
     public void Directory_WithoutIdxFiles_SaysWhatItLookedFor()
     {
         var error = Assert.Throws<DataException>(() => DataSources.Load(_dir, null));

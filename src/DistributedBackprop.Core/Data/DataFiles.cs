@@ -36,20 +36,26 @@ public static partial class DataFiles
         return file;
     }
 
-    /// <summary>The whole (decompressed) content of a file.</summary>
-    public static byte[] ReadAllMaybeGzip(string path)
+    /// <summary>
+    /// The product of a file's dimensions, or null when it exceeds <paramref name="limit"/>. Compared
+    /// against the limit factor by factor because the plain product wraps even a long (65536^4 = 2^64 → 0).
+    /// </summary>
+    public static long? ProductAtMost(IReadOnlyList<int> sizes, long limit)
     {
-        using Stream stream = OpenMaybeGzip(path);
-        using var memory = new MemoryStream();
-        try
+        if (sizes.Contains(0))
         {
-            stream.CopyTo(memory);
+            return 0;
         }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException)
+        long product = 1;
+        foreach (int size in sizes)
         {
-            throw DataException.AtByte(path, memory.Length, $"corrupt or truncated gzip stream ({e.Message})");
+            if (product > limit / size)
+            {
+                return null;
+            }
+            product *= size;
         }
-        return memory.ToArray();
+        return product;
     }
 
     /// <summary>

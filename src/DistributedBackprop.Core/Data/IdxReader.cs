@@ -17,12 +17,12 @@ public static class IdxReader
 
     public static Dataset Read(string imagesPath, string labelsPath)
     {
-        (int[] imageDims, byte[] images, int imageOffset) = ReadIdx(imagesPath);
+        (int[] imageDims, byte[] images) = ReadIdx(imagesPath);
         if (imageDims.Length < 2)
         {
             throw DataException.AtByte(imagesPath, 3, $"an images file needs at least 2 dimensions, this one has {imageDims.Length}");
         }
-        (int[] labelDims, byte[] labelBytes, int labelOffset) = ReadIdx(labelsPath);
+        (int[] labelDims, byte[] labelBytes) = ReadIdx(labelsPath);
         if (labelDims.Length != 1)
         {
             throw DataException.AtByte(labelsPath, 3, $"a labels file has 1 dimension, this one has {labelDims.Length}");
@@ -36,21 +36,18 @@ public static class IdxReader
         {
             throw DataException.InFile(imagesPath, "empty data set: 0 images");
         }
-        int features = 1;
-        for (int d = 1; d < imageDims.Length; d++)
-        {
-            features = checked(features * imageDims[d]);
-        }
-        var values = new float[(long)count * features];
+        // The data's length is the product of the dimensions (bounded by ReadIdx), so no product is taken again.
+        int features = images.Length / count;
+        var values = new float[images.Length];
         for (long i = 0; i < values.Length; i++)
         {
-            values[i] = images[imageOffset + i];
+            values[i] = images[i];
         }
         var labels = new int[count];
         int maxLabel = 0;
         for (int i = 0; i < count; i++)
         {
-            labels[i] = labelBytes[labelOffset + i];
+            labels[i] = labelBytes[i];
             maxLabel = Math.Max(maxLabel, labels[i]);
         }
         string[] classes = Enumerable.Range(0, maxLabel + 1).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray();
@@ -77,51 +74,97 @@ public static class IdxReader
         return new Dataset(data.Source, data.Features, data.Values, labels, classes, data.Kind);
     }
 
-    private static (int[] Dims, byte[] Bytes, int DataOffset) ReadIdx(string path)
+    /// <summary>
+    /// The most data bytes one file may hold: every byte becomes a float in one array, and .NET arrays stop
+    /// at <see cref="Array.MaxLength"/> elements.
+    /// </summary>
+    private static readonly long MaxDataBytes = Array.MaxLength;
+
+    /// <summary>
+    /// Reads the header, checks the sizes it promises, then reads exactly that much data and at most one byte
+    /// more: a gzipped file is never decompressed further than its header allows (a small .gz can expand to
+    /// gigabytes).
+    /// </summary>
+    private static (int[] Dims, byte[] Data) ReadIdx(string path)
     {
-        byte[] bytes = DataFiles.ReadAllMaybeGzip(path);
-        if (bytes.Length < 4)
+        using Stream stream = DataFiles.OpenMaybeGzip(path);
+        var magic = new byte[4];
+        int got = ReadUpTo(stream, path, magic, 0);
+        if (got < 4)
         {
-            throw DataException.AtByte(path, bytes.Length, $"truncated: {bytes.Length} bytes, an IDX header needs at least 4");
+            throw DataException.AtByte(path, got, $"truncated: {got} bytes, an IDX header needs at least 4");
         }
-        if (bytes[0] != 0 || bytes[1] != 0)
+        if (magic[0] != 0 || magic[1] != 0)
         {
-            throw DataException.AtByte(path, 0, $"bad IDX magic {bytes[0]:x2} {bytes[1]:x2} {bytes[2]:x2} {bytes[3]:x2} (expected 00 00 08 nn)");
+            throw DataException.AtByte(path, 0, $"bad IDX magic {magic[0]:x2} {magic[1]:x2} {magic[2]:x2} {magic[3]:x2} (expected 00 00 08 nn)");
         }
-        if (bytes[2] != 0x08)
+        if (magic[2] != 0x08)
         {
-            throw DataException.AtByte(path, 2, $"IDX data type 0x{bytes[2]:x2} is not supported (only 0x08, unsigned bytes)");
+            throw DataException.AtByte(path, 2, $"IDX data type 0x{magic[2]:x2} is not supported (only 0x08, unsigned bytes)");
         }
-        int dims = bytes[3];
+        int dims = magic[3];
         if (dims < 1)
         {
             throw DataException.AtByte(path, 3, "IDX file with 0 dimensions");
         }
         int headerLength = 4 + 4 * dims;
-        if (bytes.Length < headerLength)
+        var header = new byte[4 * dims];
+        got = ReadUpTo(stream, path, header, 4);
+        if (got < header.Length)
         {
-            throw DataException.AtByte(path, bytes.Length, $"truncated header: {dims} dimensions need {headerLength} bytes");
+            throw DataException.AtByte(path, 4 + got, $"truncated header: {dims} dimensions need {headerLength} bytes");
         }
         var sizes = new int[dims];
-        long items = 1;
         for (int d = 0; d < dims; d++)
         {
-            sizes[d] = BinaryPrimitives.ReadInt32BigEndian(bytes.AsSpan(4 + 4 * d));
+            sizes[d] = BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(4 * d));
             if (sizes[d] < 0)
             {
                 throw DataException.AtByte(path, 4 + 4 * d, $"negative dimension {sizes[d]}");
             }
-            items *= sizes[d];
         }
+        long items = DataFiles.ProductAtMost(sizes, MaxDataBytes)
+            ?? throw DataException.AtByte(path, 4, $"the dimensions [{string.Join(", ", sizes)}] make more than {MaxDataBytes} data bytes, the most one IDX file can hold");
         long expected = headerLength + items;
-        if (bytes.Length < expected)
+        if (stream.CanSeek && stream.Length < expected)
         {
-            throw DataException.AtByte(path, bytes.Length, $"truncated: the header promises {items} data bytes ending at byte {expected}, the file ends at byte {bytes.Length}");
+            throw DataException.AtByte(path, stream.Length, $"truncated: the header promises {items} data bytes ending at byte {expected}, the file ends at byte {stream.Length}");
         }
-        if (bytes.Length > expected)
+        // Grown as the bytes arrive, so a header that lies inside a .gz costs no more memory than the data.
+        var data = new byte[Math.Min(items, 1 << 20)];
+        int filled = 0;
+        while (filled < items)
         {
-            throw DataException.AtByte(path, expected, $"{bytes.Length - expected} unexpected bytes after the data");
+            if (filled == data.Length)
+            {
+                Array.Resize(ref data, (int)Math.Min(items, 2L * data.Length));
+            }
+            int read = ReadUpTo(stream, path, data.AsSpan(filled), headerLength + filled);
+            filled += read;
+            if (filled < data.Length)
+            {
+                long end = headerLength + filled;
+                throw DataException.AtByte(path, end, $"truncated: the header promises {items} data bytes ending at byte {expected}, the file ends at byte {end}");
+            }
         }
-        return (sizes, bytes, headerLength);
+        if (ReadUpTo(stream, path, new byte[1], expected) > 0)
+        {
+            string extra = stream.CanSeek ? $"{stream.Length - expected} unexpected bytes" : "unexpected bytes";
+            throw DataException.AtByte(path, expected, $"{extra} after the data");
+        }
+        return (sizes, data);
+    }
+
+    /// <summary>Fills <paramref name="into"/> unless the stream ends first; returns the bytes read.</summary>
+    private static int ReadUpTo(Stream stream, string path, Span<byte> into, long offset)
+    {
+        try
+        {
+            return stream.ReadAtLeast(into, into.Length, throwOnEndOfStream: false);
+        }
+        catch (Exception e) when (e is InvalidDataException or EndOfStreamException)
+        {
+            throw DataException.AtByte(path, offset, $"corrupt or truncated gzip stream ({e.Message})");
+        }
     }
 }
