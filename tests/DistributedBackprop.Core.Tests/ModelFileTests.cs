@@ -131,6 +131,20 @@ public sealed class ModelFileTests : IDisposable
     }
 
     [Fact]
+    public void TensorShapeWhoseProductWraps_IsRefusedNamingTheTensor()
+    {
+        // 65536^3·16384 floats are 2^64 bytes: the byte count wraps to 0 and matched the empty data_offsets.
+        string path = Path.Combine(_dir, "wrap.safetensors");
+        byte[] header = Encoding.UTF8.GetBytes("""{"big":{"dtype":"F32","shape":[65536,65536,65536,16384],"data_offsets":[0,0]}}""");
+        var bytes = new byte[8 + header.Length];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, (ulong)header.Length);
+        header.CopyTo(bytes, 8);
+        File.WriteAllBytes(path, bytes);
+        var error = Assert.Throws<ModelFileException>(() => SafeTensors.Read(path));
+        Assert.StartsWith($"{path}: tensor big: shape [65536,65536,65536,16384] has more than", error.Message);
+    }
+
+    [Fact]
     public void WriteAtomically_LeavesTheOldFileIntact_WhenWritingFails()
     {
         string path = Path.Combine(_dir, "keep.bin");

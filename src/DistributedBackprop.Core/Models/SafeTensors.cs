@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using System.Security.Cryptography;
 using System.Text.Json;
+using DistributedBackprop.Data;
 
 namespace DistributedBackprop.Models;
 
@@ -294,7 +295,8 @@ public static class SafeTensors
             {
                 throw new ModelFileException($"{path}: tensor {name} has a negative dimension");
             }
-            long elements = shape.Aggregate(1L, (a, b) => a * b);
+            long elements = DataFiles.ProductAtMost(shape, Array.MaxLength)
+                ?? throw new ModelFileException($"{path}: tensor {name}: shape [{string.Join(',', shape)}] has more than {Array.MaxLength} elements, the most one tensor can hold");
             if (offsets[1] - offsets[0] != elements * sizeof(float))
             {
                 throw new ModelFileException($"{path}: tensor {name}: shape [{string.Join(',', shape)}] needs {elements * 4} bytes, data_offsets give {offsets[1] - offsets[0]}");
