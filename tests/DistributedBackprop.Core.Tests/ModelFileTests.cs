@@ -144,6 +144,23 @@ public sealed class ModelFileTests : IDisposable
         Assert.StartsWith($"{path}: tensor big: shape [65536,65536,65536,16384] has more than", error.Message);
     }
 
+    [Theory]
+    [InlineData("not json")]
+    [InlineData("""{"a":1}""")]
+    [InlineData("[null,null]")]
+    [InlineData("null")]
+    public void ClassesJsonThatIsNotAnArrayOfStrings_IsRefusedNamingTheKey(string classesJson)
+    {
+        string path = Path.Combine(_dir, "classes.safetensors");
+        ModelFile model = Sample();
+        Dictionary<string, string> metadata = model.Metadata();
+        metadata["classes_json"] = classesJson;
+        DataFiles.WriteAtomically(path, s => SafeTensors.Write(s, model.ToTensors(), metadata));
+        var error = Assert.Throws<ModelFileException>(() => ModelFile.Load(path));
+        Assert.StartsWith($"{path}: __metadata__.classes_json is not a JSON array of strings", error.Message);
+        Assert.DoesNotContain('\n', error.Message);
+    }
+
     [Fact]
     public void WriteAtomically_LeavesTheOldFileIntact_WhenWritingFails()
     {

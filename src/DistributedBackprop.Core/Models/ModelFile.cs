@@ -107,7 +107,7 @@ public sealed class ModelFile
             throw new ModelFileException($"{path}: {e.Message}", e);
         }
         string[] classes = metadata.TryGetValue("classes_json", out string? classesJson)
-            ? JsonSerializer.Deserialize(classesJson, ModelJson.Default.StringArray) ?? []
+            ? ParseClassesJson(classesJson, path)
             : Require("classes").Split(',');
 
         Tensor Get(string name) => tensors.TryGetValue(name, out Tensor? t)
@@ -156,6 +156,25 @@ public sealed class ModelFile
         var extra = metadata.Where(kv => kv.Key is not ("format_version" or "activations" or "loss" or "classes" or "classes_json" or "producer"))
             .ToDictionary(kv => kv.Key, kv => kv.Value);
         return new ModelFile(architecture, parameters, new Preprocessing(shift.Data, scale.Data), classes, extra);
+    }
+
+    /// <summary>classes_json must be a JSON array of strings: a null name would break every class lookup later.</summary>
+    private static string[] ParseClassesJson(string json, string path)
+    {
+        string[]? classes;
+        try
+        {
+            classes = JsonSerializer.Deserialize(json, ModelJson.Default.StringArray);
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFileException($"{path}: __metadata__.classes_json is not a JSON array of strings ({e.Message})", e);
+        }
+        if (classes is null || classes.Any(c => c is null))
+        {
+            throw new ModelFileException($"{path}: __metadata__.classes_json is not a JSON array of strings (it holds null)");
+        }
+        return classes;
     }
 }
 
