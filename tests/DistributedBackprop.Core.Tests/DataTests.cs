@@ -317,6 +317,15 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
+    public void Idx_ZeroFeatures_NamesTheFile()
+    {
+        string images = WriteIdx("train-images-idx3-ubyte", 8, [5, 0, 0], []);
+        string labels = WriteIdx("train-labels-idx1-ubyte", 8, [5], new byte[5]);
+        var error = Assert.Throws<DataException>(() => IdxReader.Read(images, labels));
+        Assert.Contains("train-images-idx3-ubyte: 5 images of 0 features each (dimensions [5, 0, 0])", error.Message);
+    }
+
+    [Fact]
     public void Directory_WithoutIdxFiles_SaysWhatItLookedFor()
     {
         var error = Assert.Throws<DataException>(() => DataSources.Load(_dir, null));

@@ -38,6 +38,10 @@ public static class IdxReader
         }
         // The data's length is the product of the dimensions (bounded by ReadIdx), so no product is taken again.
         int features = images.Length / count;
+        if (features == 0)
+        {
+            throw DataException.InFile(imagesPath, $"{count} images of 0 features each (dimensions [{string.Join(", ", imageDims)}]); a data set needs at least one feature");
+        }
         var values = new float[images.Length];
         for (long i = 0; i < values.Length; i++)
         {
