@@ -185,6 +185,37 @@ public class TrainerTests
         }
     }
 
+    [Theory]
+    [InlineData("global_step", "abc", "__metadata__.global_step is 'abc', not a step count (a whole number ≥ 0)")]
+    [InlineData("global_step", "1e3", "__metadata__.global_step is '1e3', not a step count (a whole number ≥ 0)")]
+    [InlineData("optimizer_steps", "x", "__metadata__.optimizer_steps is 'x', not a step count (a whole number ≥ 0)")]
+    [InlineData("optimizer_steps", "-1", "__metadata__.optimizer_steps is '-1', not a step count (a whole number ≥ 0)")]
+    [InlineData("optimizer_steps", "5", "__metadata__.optimizer_steps 5 exceeds global_step 0")]
+    public void CheckpointStepsThatAreNotCounts_AreRefusedNamingTheKey(string key, string value, string expected)
+    {
+        var data = TestNetworks.RandomDataset(60, 10, 3, 2);
+        string path = Path.Combine(Path.GetTempPath(), $"dbp-ck-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            TrainingSession.Prepare(SmallConfig, data, null, 0.25).SaveCheckpoint(path);
+            RewriteCheckpoint(path, (_, metadata) => metadata[key] = value);
+            var error = Assert.Throws<Models.ModelFileException>(() => TrainingSession.Prepare(SmallConfig, data, null, 0.25).RestoreCheckpoint(path));
+            Assert.Equal($"{path}: {expected}", error.Message);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>Edits a checkpoint as another tool might, with a checksum that matches the edit.</summary>
+    private static void RewriteCheckpoint(string path, Action<Dictionary<string, Models.Tensor>, Dictionary<string, string>> edit)
+    {
+        var (tensors, metadata) = Models.SafeTensors.Read(path);
+        edit(tensors, metadata);
+        DataFiles.WriteAtomically(path, s => Models.SafeTensors.Write(s, tensors.Values.ToList(), metadata));
+    }
+
     [Fact]
     public void EpochPlan_IsASeededPermutation_WithAShortLastBatch()
     {

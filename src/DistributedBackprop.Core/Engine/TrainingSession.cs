@@ -242,6 +242,13 @@ public sealed class TrainingSession
         {
             throw new ModelFileException($"{path}: not a training checkpoint (a model file has no optimizer state; train anew)");
         }
+        long globalStep = ParseStepCount(stepText, "global_step", path);
+        long optimizerSteps = ParseStepCount(optimizerStepsText, "optimizer_steps", path);
+        if (optimizerSteps > globalStep)
+        {
+            // At most one update per step; a larger count would also make the Steps setter loop that long.
+            throw new ModelFileException($"{path}: __metadata__.optimizer_steps {optimizerSteps} exceeds global_step {globalStep}");
+        }
         if (!metadata.TryGetValue("config", out string? configJson))
         {
             throw new ModelFileException($"{path}: the checkpoint has no training configuration");
@@ -271,8 +278,8 @@ public sealed class TrainingSession
             }
             saved.Data.CopyTo(values, 0);
         }
-        GlobalStep = long.Parse(stepText, CultureInfo.InvariantCulture);
-        Optimizer.Steps = long.Parse(optimizerStepsText, CultureInfo.InvariantCulture);
+        GlobalStep = globalStep;
+        Optimizer.Steps = optimizerSteps;
         if (GlobalStep < 0 || GlobalStep > TotalSteps)
         {
             throw new ModelFileException($"{path}: global step {GlobalStep} is outside this run's {TotalSteps} steps");
@@ -293,6 +300,12 @@ public sealed class TrainingSession
             CatchUpValidation(path);
         }
     }
+
+    /// <summary>A step count as <see cref="SaveCheckpoint"/> writes it: digits only, no sign or spaces.</summary>
+    private static long ParseStepCount(string text, string key, string path) =>
+        long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out long count)
+            ? count
+            : throw new ModelFileException($"{path}: __metadata__.{key} is '{text}', not a step count (a whole number ≥ 0)");
 
     /// <summary>
     /// A checkpoint written at an epoch's end before that epoch was scored (a per-step checkpoint that fell on
