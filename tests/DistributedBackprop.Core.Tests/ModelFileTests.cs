@@ -162,6 +162,23 @@ public sealed class ModelFileTests : IDisposable
     }
 
     [Fact]
+    public void NonFiniteValues_AreRefusedNamingTheTensorAndTheFirstBadIndex()
+    {
+        string path = Path.Combine(_dir, "nan.safetensors");
+        ModelFile model = Sample();
+        model.Parameters[5] = float.NaN;
+        model.Parameters[7] = float.NaN;
+        model.Save(path);
+        Assert.Equal($"{path}: tensor layers.0.weight holds NaN at index 5; its values must be finite",
+            Assert.Throws<ModelFileException>(() => ModelFile.Load(path)).Message);
+
+        var infiniteScale = new ModelFile(model.Architecture, Sample().Parameters, new Preprocessing([1, 2, 3], [0.5f, float.NegativeInfinity, 2]), model.Classes);
+        infiniteScale.Save(path);
+        Assert.Equal($"{path}: tensor input.scale holds -Infinity at index 1; its values must be finite",
+            Assert.Throws<ModelFileException>(() => ModelFile.Load(path)).Message);
+    }
+
+    [Fact]
     public void WriteAtomically_LeavesTheOldFileIntact_WhenWritingFails()
     {
         string path = Path.Combine(_dir, "keep.bin");

@@ -193,27 +193,40 @@ public class TrainerTests
     [InlineData("optimizer_steps", "5", "__metadata__.optimizer_steps 5 exceeds global_step 0")]
     public void CheckpointStepsThatAreNotCounts_AreRefusedNamingTheKey(string key, string value, string expected)
     {
+        var (path, error) = RestoreEditedCheckpoint((_, metadata) => metadata[key] = value);
+        Assert.Equal($"{path}: {expected}", error);
+    }
+
+    [Theory]
+    [InlineData("optimizer.m")]
+    [InlineData("layers.0.bias")]
+    public void CheckpointWithNonFiniteState_IsRefusedNamingTheTensor(string tensor)
+    {
+        var (path, error) = RestoreEditedCheckpoint((tensors, _) => tensors[tensor].Data[3] = float.PositiveInfinity);
+        Assert.Equal($"{path}: tensor {tensor} holds Infinity at index 3; its values must be finite", error);
+    }
+
+    /// <summary>
+    /// Saves a fresh run's checkpoint, edits it as another tool might (with a checksum that matches the
+    /// edit) and restores it: the error message, and the path it should name.
+    /// </summary>
+    private static (string Path, string Error) RestoreEditedCheckpoint(Action<Dictionary<string, Models.Tensor>, Dictionary<string, string>> edit)
+    {
         var data = TestNetworks.RandomDataset(60, 10, 3, 2);
         string path = Path.Combine(Path.GetTempPath(), $"dbp-ck-{Guid.NewGuid():N}.safetensors");
         try
         {
             TrainingSession.Prepare(SmallConfig, data, null, 0.25).SaveCheckpoint(path);
-            RewriteCheckpoint(path, (_, metadata) => metadata[key] = value);
+            var (tensors, metadata) = Models.SafeTensors.Read(path);
+            edit(tensors, metadata);
+            DataFiles.WriteAtomically(path, s => Models.SafeTensors.Write(s, tensors.Values.ToList(), metadata));
             var error = Assert.Throws<Models.ModelFileException>(() => TrainingSession.Prepare(SmallConfig, data, null, 0.25).RestoreCheckpoint(path));
-            Assert.Equal($"{path}: {expected}", error.Message);
+            return (path, error.Message);
         }
         finally
         {
             File.Delete(path);
         }
-    }
-
-    /// <summary>Edits a checkpoint as another tool might, with a checksum that matches the edit.</summary>
-    private static void RewriteCheckpoint(string path, Action<Dictionary<string, Models.Tensor>, Dictionary<string, string>> edit)
-    {
-        var (tensors, metadata) = Models.SafeTensors.Read(path);
-        edit(tensors, metadata);
-        DataFiles.WriteAtomically(path, s => Models.SafeTensors.Write(s, tensors.Values.ToList(), metadata));
     }
 
     [Fact]

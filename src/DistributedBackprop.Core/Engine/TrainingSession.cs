@@ -276,6 +276,7 @@ public sealed class TrainingSession
             {
                 throw new ModelFileException($"{path}: optimizer state tensor {name} is missing or has the wrong size");
             }
+            ModelFile.RequireFinite(saved, path);
             saved.Data.CopyTo(values, 0);
         }
         GlobalStep = globalStep;

@@ -1,5 +1,7 @@
+using System.Globalization;
 using System.Text.Json;
 using DistributedBackprop.Data;
+using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 
 namespace DistributedBackprop.Models;
@@ -123,6 +125,8 @@ public sealed class ModelFile
             {
                 throw new ModelFileException($"{path}: layers.{l} has weight [{string.Join(',', weight.Shape)}] and bias [{string.Join(',', bias.Shape)}]; expected [out, in] and [out]");
             }
+            RequireFinite(weight, path);
+            RequireFinite(bias, path);
             layers.Add(new LayerSpec(weight.Shape[1], weight.Shape[0], activations[l]));
         }
         if (tensors.ContainsKey($"layers.{activations.Length}.weight"))
@@ -153,9 +157,25 @@ public sealed class ModelFile
         {
             throw new ModelFileException($"{path}: input.shift/input.scale must have {architecture.Inputs} values");
         }
+        RequireFinite(shift, path);
+        RequireFinite(scale, path);
         var extra = metadata.Where(kv => kv.Key is not ("format_version" or "activations" or "loss" or "classes" or "classes_json" or "producer"))
             .ToDictionary(kv => kv.Key, kv => kv.Value);
         return new ModelFile(architecture, parameters, new Preprocessing(shift.Data, scale.Data), classes, extra);
+    }
+
+    /// <summary>
+    /// NaN or infinity read from a file would flow through every layer unnoticed (evaluate printed loss NaN
+    /// and exited 0; a resumed run "diverged" at its first step): the file is refused at the first bad value.
+    /// </summary>
+    public static void RequireFinite(Tensor tensor, string path)
+    {
+        if (GuardedUpdate.IsFinite(tensor.Data))
+        {
+            return;
+        }
+        int at = Array.FindIndex(tensor.Data, v => !float.IsFinite(v));
+        throw new ModelFileException($"{path}: tensor {tensor.Name} holds {tensor.Data[at].ToString(CultureInfo.InvariantCulture)} at index {at}; its values must be finite");
     }
 
     /// <summary>classes_json must be a JSON array of strings: a null name would break every class lookup later.</summary>
