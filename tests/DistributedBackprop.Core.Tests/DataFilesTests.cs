@@ -95,4 +95,44 @@ public sealed class DataFilesTests : IDisposable
         Assert.Equal(text, await reader.ReadToEndAsync());
         await writer;
     }
+
+    private static byte[] Gzipped(string text)
+    {
+        using var packed = new MemoryStream();
+        using (var gzip = new GZipStream(packed, CompressionLevel.Optimal, leaveOpen: true))
+        {
+            gzip.Write(Encoding.UTF8.GetBytes(text));
+        }
+        return packed.ToArray();
+    }
+
+    private static string Rows(int count) =>
+        "a,b,label\n" + string.Join('\n', Enumerable.Range(0, count).Select(i => $"{i % 97},{i * 7 % 13},{(i % 2 == 0 ? "even" : "odd")}")) + "\n";
+
+    /// <summary>
+    /// .NET's GZipStream ends quietly where a cut file ends; the data set would be the rows before the cut. Cut
+    /// anywhere (inside the deflate data, inside the trailer), or with bytes after the trailer, a file is refused.
+    /// </summary>
+    [Fact]
+    public void AGzipFileCutShortOrWithBytesAfterIt_IsRefused_AWholeOneRead()
+    {
+        string text = Rows(20_000);
+        byte[] whole = Gzipped(text);
+        string path = Path.Combine(_dir, "rows.csv.gz");
+
+        File.WriteAllBytes(path, whole);
+        Assert.Equal(20_000, CsvReader.Read(path, new CsvOptions()).Rows);
+        using (var reader = new StreamReader(DataFiles.OpenMaybeGzip(path)))
+        {
+            Assert.Equal(text, reader.ReadToEnd());
+        }
+
+        foreach (byte[] bad in new[] { whole[..(whole.Length / 2)], whole[..^4], whole[..^1], [.. whole, (byte)'\n'] })
+        {
+            File.WriteAllBytes(path, bad);
+            var error = Assert.Throws<DataException>(() => CsvReader.Read(path, new CsvOptions()));
+            Assert.Contains($"{path}:", error.Message);
+            Assert.Contains("without a trailer (CRC-32 and length) that matches them", error.Message);
+        }
+    }
 }

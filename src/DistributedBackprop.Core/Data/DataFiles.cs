@@ -25,7 +25,7 @@ public static partial class DataFiles
         Stream content = file.CanSeek ? Rewound(file) : new PrefixedStream(magic.AsMemory(0, read), file);
         if (read == 2 && magic[0] == 0x1f && magic[1] == 0x8b)
         {
-            return new GZipStream(content, CompressionMode.Decompress);
+            return new CheckedGzipStream(content);
         }
         return content;
     }
@@ -272,5 +272,136 @@ internal sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream rest) :
             rest.Dispose();
         }
         base.Dispose(disposing);
+    }
+}
+
+/// <summary>
+/// A gzip file's content, checked against its trailer (RFC 1952: CRC-32 and length of the content) when it ends.
+/// .NET's GZipStream reports a file cut short as an early end, so a half-downloaded data set would train on
+/// part of its rows; here the end of the content throws <see cref="InvalidDataException"/> unless the last 8
+/// bytes of the file are the trailer of exactly the content read (which also catches bytes after it). A file of
+/// several concatenated gzip members fails the check too (its last trailer covers its last member only).
+/// </summary>
+internal sealed class CheckedGzipStream : Stream
+{
+    private readonly TailKeeper _compressed;
+    private readonly GZipStream _gzip;
+    private readonly System.IO.Hashing.Crc32 _crc = new();
+    private long _length;
+    private bool _verified;
+
+    public CheckedGzipStream(Stream compressed)
+    {
+        _compressed = new TailKeeper(compressed);
+        _gzip = new GZipStream(_compressed, CompressionMode.Decompress);
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        int read = _gzip.Read(buffer);
+        if (read > 0)
+        {
+            _crc.Append(buffer[..read]);
+            _length += read;
+        }
+        else if (buffer.Length > 0 && !_verified)
+        {
+            _verified = true;
+            Verify();
+        }
+        return read;
+    }
+
+    private void Verify()
+    {
+        _compressed.ReadToEnd();
+        ReadOnlySpan<byte> trailer = _compressed.Tail;
+        uint crc = _crc.GetCurrentHashAsUInt32(), size = unchecked((uint)_length);
+        if (trailer.Length < 8 || System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(trailer) != crc
+            || System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(trailer[4..]) != size)
+        {
+            throw new InvalidDataException($"the gzip data ends after {_length} bytes without a trailer (CRC-32 and length) that matches them: the file is cut short, corrupt, has bytes after its end, or joins several gzip files");
+        }
+    }
+
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _gzip.Dispose();
+        }
+        base.Dispose(disposing);
+    }
+
+    /// <summary>Passes a stream through, keeping the last 8 bytes that went by (where a gzip file keeps its trailer).</summary>
+    private sealed class TailKeeper(Stream inner) : Stream
+    {
+        private readonly byte[] _tail = new byte[8];
+        private int _kept;
+
+        public ReadOnlySpan<byte> Tail => _tail.AsSpan(0, _kept);
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            int read = inner.Read(buffer);
+            Keep(buffer[..read]);
+            return read;
+        }
+
+        /// <summary>Reads what the decompressor left unread (bytes after the trailer), so the tail is the file's last bytes.</summary>
+        public void ReadToEnd()
+        {
+            Span<byte> scratch = stackalloc byte[4096];
+            while (Read(scratch) > 0)
+            {
+            }
+        }
+
+        private void Keep(ReadOnlySpan<byte> bytes)
+        {
+            if (bytes.Length >= _tail.Length)
+            {
+                bytes[^_tail.Length..].CopyTo(_tail);
+                _kept = _tail.Length;
+                return;
+            }
+            int keep = Math.Min(_kept, _tail.Length - bytes.Length);
+            _tail.AsSpan(_kept - keep, keep).CopyTo(_tail);
+            bytes.CopyTo(_tail.AsSpan(keep));
+            _kept = keep + bytes.Length;
+        }
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                inner.Dispose();
+            }
+            base.Dispose(disposing);
+        }
     }
 }
