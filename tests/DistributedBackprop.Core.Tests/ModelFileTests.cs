@@ -128,6 +128,9 @@ public sealed class ModelFileTests : IDisposable
         string other = Path.Combine(_dir, "other.safetensors");
         DataFiles.WriteAtomically(other, s => SafeTensors.Write(s, [new Tensor("embedding", [2], [1, 2])], new Dictionary<string, string>()));
         Assert.Contains("not a DistributedBackprop model", Assert.Throws<ModelFileException>(() => ModelFile.Load(other)).Message);
+
+        Assert.Equal($"{_dir}: is a directory, not a safetensors file", Assert.Throws<ModelFileException>(() => ModelFile.Load(_dir)).Message);
+        Assert.Equal($"{_dir}: is a directory, not a safetensors file", Assert.Throws<ModelFileException>(() => SafeTensors.ReadMetadata(_dir)).Message);
     }
 
     [Fact]

@@ -136,6 +136,7 @@ public static class SafeTensors
 
     public static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) Read(string path)
     {
+        RefuseDirectory(path);
         byte[] bytes;
         try
         {
@@ -148,12 +149,22 @@ public static class SafeTensors
         return Read(bytes, path);
     }
 
+    /// <summary>On Linux, opening a directory fails with "access denied", which sends the user looking at permissions.</summary>
+    private static void RefuseDirectory(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            throw new ModelFileException($"{path}: is a directory, not a safetensors file");
+        }
+    }
+
     /// <summary>
     /// Only the __metadata__ of a file: its header is read, the tensors' data (and checksum) is not. For what
     /// needs a step number or a recipe out of a checkpoint that may be hundreds of megabytes.
     /// </summary>
     public static Dictionary<string, string> ReadMetadata(string path)
     {
+        RefuseDirectory(path);
         byte[] header;
         try
         {
