@@ -48,6 +48,13 @@ internal static class EvaluateCommand
                 return ExitCodes.Success;
             }
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"n {result.Rows}  loss {result.Loss:F6}  accuracy {result.Accuracy:P2}"));
+            if (file.Classes.Count > MaxClassesInMatrix)
+            {
+                Table mistaken = MostConfusedClasses(result, file.Classes, out int shown);
+                Console.WriteLine($"{file.Classes.Count} classes: the confusion matrix is in --json and --plot; below, the {shown} classes with the most mistakes");
+                AnsiConsole.Write(mistaken);
+                return ExitCodes.Success;
+            }
             var table = new Table().Border(TableBorder.Simple).Title("confusion matrix (rows: true class, columns: predicted)");
             table.AddColumn("");
             foreach (string name in file.Classes)
@@ -67,6 +74,45 @@ internal static class EvaluateCommand
             return ExitCodes.Success;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// Past this many classes the confusion matrix is not drawn as text: it would be wider than any terminal (and
+    /// 5,000 classes took Spectre.Console minutes to lay out). --json and --plot still give all of it.
+    /// </summary>
+    private const int MaxClassesInMatrix = 30;
+
+    /// <summary>The classes with the most misclassified rows: recall, and the class each is most often taken for.</summary>
+    private static Table MostConfusedClasses(EvaluationResult result, IReadOnlyList<string> classes, out int shown)
+    {
+        var rows = Enumerable.Range(0, classes.Count).Select(t =>
+        {
+            long total = 0, mistakes = 0;
+            int likeliest = -1;
+            for (int p = 0; p < classes.Count; p++)
+            {
+                total += result.Confusion[t, p];
+                if (p != t)
+                {
+                    mistakes += result.Confusion[t, p];
+                    if (likeliest < 0 || result.Confusion[t, p] > result.Confusion[t, likeliest]) likeliest = p;
+                }
+            }
+            return (Class: t, Total: total, Mistakes: mistakes, Likeliest: likeliest);
+        }).Where(r => r.Mistakes > 0).OrderByDescending(r => r.Mistakes).ThenBy(r => r.Class).Take(20).ToList();
+        shown = rows.Count;
+        var table = new Table().Border(TableBorder.Simple);
+        foreach (string heading in new[] { "true class", "rows", "wrong", "recall", "most often taken for" })
+        {
+            table.AddColumn(new TableColumn(heading));
+        }
+        foreach (var (t, total, mistakes, likeliest) in rows)
+        {
+            table.AddRow(Markup.Escape(classes[t]), total.ToString(CultureInfo.InvariantCulture), mistakes.ToString(CultureInfo.InvariantCulture),
+                string.Create(CultureInfo.InvariantCulture, $"{(double)(total - mistakes) / total:P1}"),
+                Markup.Escape(string.Create(CultureInfo.InvariantCulture, $"{classes[likeliest]} ({result.Confusion[t, likeliest]})")));
+        }
+        return table;
     }
 
     public static string ToJson(EvaluationResult result, IReadOnlyList<string> classes)
