@@ -13,15 +13,31 @@ public static class DbpProcess
     public static DbpResult Run(string workingDirectory, params string[] args) => Run(workingDirectory, new Dictionary<string, string>(), args);
 
     /// <summary>Runs dbp with extra environment variables (e.g. the runtime's instruction-set switches).</summary>
-    public static DbpResult Run(string workingDirectory, IReadOnlyDictionary<string, string> environment, params string[] args)
+    public static DbpResult Run(string workingDirectory, IReadOnlyDictionary<string, string> environment, params string[] args) =>
+        Run(workingDirectory, environment, [], args);
+
+    /// <summary>
+    /// Runs dbp as user nobody when the tests run as root (root reads every file, so a permission check needs
+    /// another user); the working directory and the files given must be reachable by that user.
+    /// </summary>
+    public static DbpResult RunUnprivileged(string workingDirectory, params string[] args) =>
+        Environment.UserName == "root"
+            ? Run(workingDirectory, new Dictionary<string, string>(), ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], args)
+            : Run(workingDirectory, args);
+
+    private static DbpResult Run(string workingDirectory, IReadOnlyDictionary<string, string> environment, string[] launcher, string[] args)
     {
-        var info = new ProcessStartInfo("dotnet")
+        var info = new ProcessStartInfo(launcher.Length > 0 ? launcher[0] : "dotnet")
         {
             WorkingDirectory = workingDirectory,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
+        foreach (string arg in launcher.Skip(1).Concat(launcher.Length > 0 ? ["dotnet"] : []))
+        {
+            info.ArgumentList.Add(arg);
+        }
         info.ArgumentList.Add(DllPath);
         foreach (string arg in args)
         {

@@ -62,6 +62,17 @@ public sealed class RunFileTests : IDisposable
         Assert.Equal("sgd", json.RootElement.GetProperty("optimizer").GetString());
     }
 
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void An_unreadable_run_file_is_one_line_naming_it_and_exit_code_2()
+    {
+        string run = File_("secret.json", """{ "epochs": 1 }""");
+        File.SetUnixFileMode(run, UnixFileMode.None);
+        File.SetUnixFileMode(_dir, (UnixFileMode)0b111_101_101); // nobody reaches the file, cannot read it
+        DbpProcess.AssertUsageError(DbpProcess.RunUnprivileged(_dir, "train", "--run", run), $"--run: {run} cannot be read (permission denied)");
+        DbpProcess.AssertUsageError(DbpProcess.Run(_dir, "train", "--run", _dir), $"--run: {_dir} is a directory");
+    }
+
     [Theory]
     [InlineData("""{ "epocs": 3 }""", "'epocs' is not an option of dbp train (did you mean 'epochs'?)")]
     [InlineData("""{ "epochs": 0 }""", "--epochs")]

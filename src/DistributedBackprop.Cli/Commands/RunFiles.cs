@@ -88,9 +88,21 @@ internal static class RunFiles
     /// <summary>The run file's options (name without dashes → value as typed).</summary>
     private static SortedDictionary<string, string> Load(string path, Command command)
     {
+        if (Directory.Exists(path))
+        {
+            throw new UsageException($"--run: {path} is a directory, not a run file or a model file");
+        }
         if (!File.Exists(path))
         {
             throw new UsageException($"--run: {path} does not exist");
+        }
+        try
+        {
+            using FileStream probe = File.OpenRead(path);
+        }
+        catch (UnauthorizedAccessException)
+        {
+            throw new UsageException($"--run: {path} cannot be read (permission denied)");
         }
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
