@@ -138,6 +138,26 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Theory]
+    [InlineData(new[] { "serve", "--insecure", "--bind-host", "not a host!!" }, "--bind-host not a host!!: not an IP address, nor a host name")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--insecure", "--bind-host", "bad host!" }, "--bind-host bad host!: not an IP address, nor a host name")]
+    [InlineData(new[] { "serve", "--insecure", "--bind-host", "203.0.113.5" }, "--bind-host 203.0.113.5: cannot bind to 203.0.113.5")]
+    public void ABindHostThatIsNotThisMachines_IsOneLineNamingTheOption_BeforeTheNodeStarts(string[] args, string expected) =>
+        DbpProcess.AssertUsageError(Dbp(args), expected, args[0]);
+
+    [Fact]
+    public void ABinaryClusterConfig_IsOneLineNamingTheFile_WithoutEchoingIt()
+    {
+        string config = Path.Combine(_dir, "bin.conf");
+        byte[] garbage = new byte[4096];
+        new Random(5).NextBytes(garbage);
+        garbage[0] = (byte)'a'; // a HOCON key, then the garbage the parser trips on
+        File.WriteAllBytes(config, garbage);
+        DbpResult result = Dbp("serve", "--cluster-config", config, "--show-config");
+        DbpProcess.AssertUsageError(result, $"{config}: not a HOCON configuration file", "serve");
+        Assert.True(result.Stderr.Length < 300, result.Stderr);
+    }
+
+    [Theory]
     [InlineData("0")]
     [InlineData("2")]
     [InlineData("2 --server-shards 3")]

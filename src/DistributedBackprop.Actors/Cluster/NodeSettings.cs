@@ -150,7 +150,17 @@ public sealed record NodeSettings
             {
                 throw new ArgumentException($"{ConfigFile}: configuration file not found");
             }
-            config = ConfigurationFactory.ParseString(File.ReadAllText(ConfigFile)).WithFallback(config);
+            try
+            {
+                config = ConfigurationFactory.ParseString(File.ReadAllText(ConfigFile)).WithFallback(config);
+            }
+            catch (Exception e) when (e is FormatException or ConfigurationException)
+            {
+                // The parser's message quotes the rest of the file: keep its first clause, printable, so a
+                // binary file is not dumped on the terminal.
+                string reason = new(e.Message.Split(':', '\n')[0].Where(c => !char.IsControl(c)).Take(120).ToArray());
+                throw new ArgumentException($"{ConfigFile}: not a HOCON configuration file ({reason.Trim()})");
+            }
         }
         var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]" };
         if (role == ClusterNaming.WorkerRole)

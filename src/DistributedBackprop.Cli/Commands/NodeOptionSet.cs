@@ -1,5 +1,8 @@
 using System.CommandLine;
+using System.Net;
+using System.Net.Sockets;
 using DistributedBackprop.Actors.Cluster;
+using DistributedBackprop.Actors.Transport;
 
 namespace DistributedBackprop.Cli.Commands;
 
@@ -24,16 +27,51 @@ internal sealed class NodeOptionSet
         }
     }
 
-    public NodeSettings Settings(ParseResult parse, int? port, IReadOnlyList<string>? seeds) => new NodeSettings
+    public NodeSettings Settings(ParseResult parse, int? port, IReadOnlyList<string>? seeds)
     {
-        BindHost = parse.GetValue(BindHost),
-        Port = port,
-        PublicHostname = parse.GetValue(PublicHostname),
-        SeedNodes = seeds,
-        BulkPort = parse.GetValue(BulkPort),
-        ConfigFile = parse.GetValue(Config),
-        Insecure = parse.GetValue(Insecure) ? true : null,
-    }.Resolve();
+        NodeSettings settings = new NodeSettings
+        {
+            BindHost = parse.GetValue(BindHost),
+            Port = port,
+            PublicHostname = parse.GetValue(PublicHostname),
+            SeedNodes = seeds,
+            BulkPort = parse.GetValue(BulkPort),
+            ConfigFile = parse.GetValue(Config),
+            Insecure = parse.GetValue(Insecure) ? true : null,
+        }.Resolve();
+        CheckBindHost(settings.BindHost);
+        return settings;
+    }
+
+    /// <summary>
+    /// --bind-host must name an address of this machine: resolved and bound (port 0, no listen) now, so a typo
+    /// is one line naming the option instead of a SocketException from deep inside the node's start.
+    /// </summary>
+    private static void CheckBindHost(string? host)
+    {
+        if (host is null or "0.0.0.0" or "*" or "::")
+        {
+            return;
+        }
+        IPAddress address;
+        try
+        {
+            address = BulkChannel.BindAddress(host);
+        }
+        catch (Exception e) when (e is SocketException or ArgumentException or InvalidOperationException)
+        {
+            throw new UsageException($"--bind-host {host}: not an IP address, nor a host name with an IPv4 address ({(e is InvalidOperationException ? "it has none" : e.Message)})");
+        }
+        try
+        {
+            using var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            socket.Bind(new IPEndPoint(address, 0));
+        }
+        catch (SocketException e)
+        {
+            throw new UsageException($"--bind-host {host}: cannot bind to {address} ({e.Message}); give an address of this machine, or 0.0.0.0 for all");
+        }
+    }
 
     /// <summary>--show-config: the parts of the configuration a user tunes.</summary>
     public static int Show(NodeSettings settings, string role)
