@@ -124,6 +124,16 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Theory]
+    [InlineData(new[] { "bench", "--inputs", "2000000000" }, "--inputs: the synthetic data would be 4,096 rows")]
+    [InlineData(new[] { "bench", "--batch-size", "2000000000" }, "--batch-size: the synthetic data would be 32,000,000,000 rows")]
+    [InlineData(new[] { "bench", "--gemm-shapes", "2000000000x2000000000x1" }, "--gemm-shapes: 2000000000x2000000000x1 has a matrix of 4,000,000,000,000,000,000 floats; at most 268,435,456")]
+    [InlineData(new[] { "bench", "--gemm-shapes", "128x784x256,100000x100000x100000" }, "--gemm-shapes: 100000x100000x100000 has a matrix of 10,000,000,000 floats")]
+    [InlineData(new[] { "bench", "--gemm-shapes", "10000x10000x10000" }, "--gemm-shapes: 10000x10000x10000 is 2E+12 flops (2·m·k·n); at most 1E+11 per product")]
+    [InlineData(new[] { "bench-transfer", "--floats", "2000000000", "--messages", "1", "--insecure" }, "--floats: must be at most 268,435,456 (a message is serialized into one byte array")]
+    public void BenchSizes_AreCheckedBeforeAllocating_InOneLineNamingTheOption(string[] args, string expected) =>
+        DbpProcess.AssertUsageError(Dbp(args), expected, args[0]);
+
+    [Theory]
     [InlineData(new[] { "worker", "--join", "127.0.0.1:9" }, "--token: a join token is required")]
     [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--token", "letmein" }, "--token: not a dbp join token")]
     [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--token", "DBPTKN-1-abc-def" }, "--token: malformed dbp join token")]

@@ -44,9 +44,13 @@ internal static class BenchCommand
             CustomParser = r =>
             {
                 string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
-                if (ParseShapes(text) is null)
+                if (ParseShapes(text) is not { } parsed)
                 {
                     r.AddError($"--gemm-shapes: '{text}' is not a list like 128x784x256,128x256x128");
+                }
+                else if (ShapeProblem(parsed) is string problem)
+                {
+                    r.AddError($"--gemm-shapes: {problem}");
                 }
                 return text;
             },
@@ -81,8 +85,12 @@ internal static class BenchCommand
             }
             int batchSize = config.BatchSize;
             string? dataPath = parse.GetValue(data);
+            if (dataPath is null)
+            {
+                CheckSyntheticData(batchSize, parse.GetValue(inputs), GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+            }
             Dataset rows = dataPath is null
-                ? SyntheticData.Create(Math.Max(batchSize * 16, 4096), parse.GetValue(inputs), parse.GetValue(outputs), seed: 1)
+                ? SyntheticData.Create((int)Math.Max(16L * batchSize, 4096), parse.GetValue(inputs), parse.GetValue(outputs), seed: 1)
                 : DataSources.Load(dataPath, null).Train;
             TrainingSession session = TrainingSession.Prepare(config, rows, test: null, testFraction: 0);
             int workerCount = parse.GetValue(workers);
@@ -114,6 +122,48 @@ internal static class BenchCommand
             return ExitCodes.Success;
         }));
         return command;
+    }
+
+    /// <summary>A --gemm-shapes matrix: at most 2^28 floats (1 GB).</summary>
+    private const long MaxGemmFloats = 1L << 28;
+
+    /// <summary>A --gemm-shapes product runs at least 25 times (20 warm-up calls, 5 windows): 10^11 flops is seconds a call on one core.</summary>
+    private const double MaxGemmFlops = 1e11;
+
+    /// <summary>Why a shape cannot be timed here (a matrix too large to allocate, a product too long to repeat), or null.</summary>
+    private static string? ShapeProblem(List<(int M, int K, int N)> shapes)
+    {
+        foreach (var (m, k, n) in shapes)
+        {
+            long largest = Math.Max((long)m * k, Math.Max((long)k * n, (long)m * n));
+            if (largest > MaxGemmFloats)
+            {
+                return string.Create(CultureInfo.InvariantCulture, $"{m}x{k}x{n} has a matrix of {largest:N0} floats; at most {MaxGemmFloats:N0} (1 GB) each");
+            }
+            double flops = 2.0 * m * k * n;
+            if (flops > MaxGemmFlops)
+            {
+                return string.Create(CultureInfo.InvariantCulture, $"{m}x{k}x{n} is {flops:G3} flops (2·m·k·n); at most {MaxGemmFlops:G1} per product, which is timed at least 25 times (20 warm-up calls, 5 windows)");
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// The synthetic data is 16 batches (at least 4,096 rows) of --inputs floats: refused before it is allocated
+    /// when one buffer cannot hold it, or it would take more than 40 % of the memory this process may use
+    /// (training needs the rest). Blamed on --inputs if even 4,096 rows do not fit, else on --batch-size.
+    /// </summary>
+    private static void CheckSyntheticData(int batchSize, int inputs, long availableBytes)
+    {
+        bool Fits(double rows) => rows * inputs <= Array.MaxLength && 4.0 * rows * inputs <= 0.4 * availableBytes;
+        double rows = Math.Max(16.0 * batchSize, 4096);
+        if (Fits(rows))
+        {
+            return;
+        }
+        throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+            $"{(Fits(4096) ? "--batch-size" : "--inputs")}: the synthetic data would be {rows:N0} rows (16 batches, at least 4,096) × {inputs:N0} inputs = {rows * inputs:N0} floats; one buffer holds at most {Array.MaxLength:N0} and this process can use {availableBytes / 1e9:F1} GB"));
     }
 
     private static List<(int M, int K, int N)>? ParseShapes(string text)

@@ -15,8 +15,11 @@ internal static class OptionParsing
     public static Option<int> PositiveInt(string name, string description, int defaultValue) =>
         IntInRange(name, description, defaultValue, 1);
 
-    /// <summary>An integer option ≥ <paramref name="min"/>; unparsable text and out-of-range values are parse errors naming the option.</summary>
-    public static Option<int> IntInRange(string name, string description, int defaultValue, int min, string? helpName = null) => new(name)
+    /// <summary>
+    /// An integer option in [<paramref name="min"/>, <paramref name="max"/>]; unparsable text and out-of-range values
+    /// are parse errors naming the option (above <paramref name="max"/>: with <paramref name="why"/>, the limit's reason).
+    /// </summary>
+    public static Option<int> IntInRange(string name, string description, int defaultValue, int min, string? helpName = null, int max = int.MaxValue, string? why = null) => new(name)
     {
         Description = description,
         HelpName = helpName,
@@ -32,6 +35,10 @@ internal static class OptionParsing
             if (value < min)
             {
                 r.AddError($"{name}: must be at least {min}, got {value}");
+            }
+            else if (value > max)
+            {
+                r.AddError(string.Create(CultureInfo.InvariantCulture, $"{name}: must be at most {max:N0}{(why is null ? "" : $" ({why})")}, got {value:N0}"));
             }
             return value;
         },

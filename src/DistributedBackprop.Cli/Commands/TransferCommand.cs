@@ -12,9 +12,13 @@ namespace DistributedBackprop.Cli.Commands;
 /// </summary>
 internal static class TransferCommand
 {
+    /// <summary>2^28 floats: a 1 GB message.</summary>
+    private const int MaxFloats = 1 << 28;
+
     public static Command Create()
     {
-        var floats = OptionParsing.PositiveInt("--floats", "Values per message (235,146 = a 784-256-128-10 gradient; 10,000,000 for a 10M-parameter model).", 235_146);
+        var floats = OptionParsing.IntInRange("--floats", "Values per message (235,146 = a 784-256-128-10 gradient; 10,000,000 for a 10M-parameter model).", 235_146, 1,
+            max: MaxFloats, why: "a message is serialized into one byte array, which holds at most 2 GB; 1 GB leaves room, and both processes hold one");
         var messages = OptionParsing.PositiveInt("--messages", "Messages to send.", 2000);
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
         var insecure = new Option<bool>("--insecure") { Description = "Plain TCP instead of mutual TLS (to measure what TLS costs)." };
