@@ -129,8 +129,10 @@ public sealed partial class CommandTests : IDisposable
     [InlineData(new[] { "bench", "--gemm-shapes", "2000000000x2000000000x1" }, "--gemm-shapes: 2000000000x2000000000x1 has a matrix of 4,000,000,000,000,000,000 floats; at most 268,435,456")]
     [InlineData(new[] { "bench", "--gemm-shapes", "128x784x256,100000x100000x100000" }, "--gemm-shapes: 100000x100000x100000 has a matrix of 10,000,000,000 floats")]
     [InlineData(new[] { "bench", "--gemm-shapes", "10000x10000x10000" }, "--gemm-shapes: 10000x10000x10000 is 2E+12 flops (2·m·k·n); at most 1E+11 per product")]
+    [InlineData(new[] { "bench", "--workers", "100000" }, "--workers: must be at most 1,024 (a step is cut into at most 1024 chunks (--chunks) or replicas, one per busy worker; more would only idle), got 100,000")]
+    [InlineData(new[] { "train", "--epochs", "1", "--workers", "100000" }, "--workers: must be at most 1,024")]
     [InlineData(new[] { "bench-transfer", "--floats", "2000000000", "--messages", "1", "--insecure" }, "--floats: must be at most 268,435,456 (a message is serialized into one byte array")]
-    public void BenchSizes_AreCheckedBeforeAllocating_InOneLineNamingTheOption(string[] args, string expected) =>
+    public void SizesAndCounts_AreCheckedBeforeAllocating_InOneLineNamingTheOption(string[] args, string expected) =>
         DbpProcess.AssertUsageError(Dbp(args), expected, args[0]);
 
     [Theory]

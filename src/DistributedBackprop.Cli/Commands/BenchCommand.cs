@@ -35,7 +35,7 @@ internal static class BenchCommand
         var warmup = OptionParsing.PositiveFloat("--warmup", "Warm-up time before timing, in seconds.", 2.0f);
         var noGemm = new Option<bool>("--no-gemm") { Description = "Skip the per-product GEMM measurements." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
-        var workers = OptionParsing.IntInRange("--workers", "Measure the actor path with this many worker actors (local mode); 0 (default): the plain trainer with --threads.", 0, 0);
+        var workers = OptionParsing.WorkersOption("Measure the actor path with this many worker actors (local mode); 0 (default): the plain trainer with --threads.");
         var data = new Option<string?>("--data") { Description = "Use this data set's training rows (and its feature/class counts) instead of synthetic data.", HelpName = "PATH" };
         var gemmShapes = new Option<string?>("--gemm-shapes")
         {

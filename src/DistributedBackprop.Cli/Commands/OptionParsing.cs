@@ -44,6 +44,10 @@ internal static class OptionParsing
         },
     };
 
+    /// <summary>--workers: 0 (no actors) up to as many workers as a step can have chunks to deal; every worker beyond --chunks idles.</summary>
+    public static Option<int> WorkersOption(string description) => IntInRange("--workers", description, 0, 0,
+        max: TrainingConfig.MaxUpdateParts, why: $"a step is cut into at most {TrainingConfig.MaxUpdateParts} chunks (--chunks) or replicas, one per busy worker; more would only idle");
+
     public static Option<float> PositiveFloat(string name, string description, float defaultValue) => new(name)
     {
         Description = description,

@@ -21,7 +21,7 @@ internal static class TrainCommand
         var printRun = RunFiles.PrintRunOption();
         // The default is the plain trainer on every core: on one machine it is faster than the worker actors
         // today (README, Performance), and the model is the same bits either way.
-        var workers = OptionParsing.IntInRange("--workers", "Worker actors sharing each step (local mode: one ActorSystem with a parameter server, as a cluster runs). 0: the plain trainer, no actors (faster on one machine). The model is the same for any value.", 0, 0);
+        var workers = OptionParsing.WorkersOption("Worker actors sharing each step (local mode: one ActorSystem with a parameter server, as a cluster runs). 0: the plain trainer, no actors (faster on one machine). The model is the same for any value.");
         var serverShards = ServerShardsOption("With --workers N: ");
         var threads = OptionParsing.PositiveInt("--threads", "With --workers 0: at most this many threads compute each step's chunks (timed against one thread as training goes, the faster kept; results do not depend on it). Default: the number of cores.", Environment.ProcessorCount);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "Write a resumable checkpoint here after every epoch.", HelpName = "FILE" };

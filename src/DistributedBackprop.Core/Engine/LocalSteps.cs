@@ -60,7 +60,7 @@ public sealed record LocalStepsSettings
     /// <summary>The first problem, as "--option: reason", or null.</summary>
     public string? Validate(int batchSize)
     {
-        if (Replicas < 2 || Replicas > 1024) return $"--replicas: local steps need between 2 and 1024 replicas, got {Replicas} (1: synchronous training)";
+        if (Replicas < 2 || Replicas > TrainingConfig.MaxUpdateParts) return $"--replicas: local steps need between 2 and {TrainingConfig.MaxUpdateParts} replicas, got {Replicas} (1: synchronous training)";
         if (Replicas > batchSize) return $"--replicas: {Replicas} replicas share each batch of {batchSize} rows; at most one replica per row";
         if (Steps < 2 || Steps > 1_000_000) return $"--local-steps: local steps need between 2 and 1000000 steps per round, got {Steps} (1: synchronous training)";
         if (!(OuterLearningRate > 0) || !float.IsFinite(OuterLearningRate))

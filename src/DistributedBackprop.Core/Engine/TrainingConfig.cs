@@ -63,6 +63,9 @@ public sealed record TrainingConfig
     /// </summary>
     public bool CheckpointsInsideEpochs() => LocalSteps is not { OuterOverlap: true };
 
+    /// <summary>The most chunks (or replicas) a step is cut into, hence the most workers that can share one.</summary>
+    public const int MaxUpdateParts = 1024;
+
     /// <summary>The parts an update is cut into, dealt to lanes or workers and reduced along their tree: the C chunks, or the R replicas.</summary>
     public int UpdateParts() => LocalSteps?.Replicas ?? Chunks;
 
@@ -120,7 +123,7 @@ public sealed record TrainingConfig
             return $"--loss: cross_entropy needs --output-activation softmax, not {OutputActivation.Name()}";
         if (Epochs < 1) return $"--epochs: must be at least 1, got {Epochs}";
         if (BatchSize < 1) return $"--batch-size: must be at least 1, got {BatchSize}";
-        if (Chunks < 1 || Chunks > 1024) return $"--chunks: must be between 1 and 1024, got {Chunks}";
+        if (Chunks < 1 || Chunks > MaxUpdateParts) return $"--chunks: must be between 1 and {MaxUpdateParts}, got {Chunks}";
         if (!(ValidationFraction >= 0 && ValidationFraction < 1))
             return string.Create(CultureInfo.InvariantCulture, $"--validation-fraction: must be in [0, 1), got {ValidationFraction}");
         if (EarlyStopping < 0) return $"--early-stopping: must be at least 0, got {EarlyStopping}";
