@@ -122,4 +122,20 @@ public sealed class PlotTests : IDisposable
         Assert.Equal(2, tiny.ExitCode);
         Assert.Contains("--width", tiny.Stderr);
     }
+
+    [Theory]
+    [InlineData("\"epoch_seconds\":1", "\"epoch_seconds\":1e300", "'epoch_seconds' is 1E+300, outside [0, 1E+09]")]
+    [InlineData("\"elapsed_seconds\":1", "\"elapsed_seconds\":-1e300", "'elapsed_seconds' is -1E+300, outside [0, 1E+09]")]
+    [InlineData("\"train_loss\":0.5", "\"train_loss\":1e308", "'train_loss' is 1E+308, outside [0, 1E+30]")]
+    [InlineData("\"train_accuracy\":0.8", "\"train_accuracy\":-1e308", "'train_accuracy' is -1E+308, outside [0, 1]")]
+    [InlineData("\"samples_per_second\":1", "\"samples_per_second\":1,\"worker_steps_per_second\":{\"w1\":1e308}", "'worker_steps_per_second.w1' is 1E+308, outside [0, 1E+30]")]
+    [InlineData("\"samples_per_second\":1,", "", "no 'samples_per_second' field")]
+    public void An_unplottable_or_missing_value_is_one_error_naming_file_line_and_field(string field, string replacement, string expected)
+    {
+        const string Good = "{\"epoch\":1,\"step\":5,\"train_loss\":0.5,\"train_accuracy\":0.8,\"samples_per_second\":1,\"epoch_seconds\":1,\"elapsed_seconds\":1,\"learning_rate\":0.1}";
+        string metrics = Path.Combine(_dir, "extreme.jsonl"), png = Path.Combine(_dir, "extreme.png");
+        File.WriteAllText(metrics, Good + "\n" + Good.Replace("\"epoch\":1", "\"epoch\":2", StringComparison.Ordinal).Replace(field, replacement, StringComparison.Ordinal) + "\n");
+        DbpProcess.AssertUsageError(DbpProcess.Run(_dir, "plot", metrics, "--out", png), $"{metrics}:2: not a dbp metrics line ({expected})", "plot");
+        Assert.False(File.Exists(png));
+    }
 }

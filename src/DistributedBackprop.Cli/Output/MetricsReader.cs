@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
@@ -45,32 +46,59 @@ internal static class MetricsReader
 
     private static string FirstLine(string message) => message.Split('\n')[0].TrimEnd();
 
+    /// <summary>
+    /// Plotted numbers are bounded: beyond ±1e30 the plot's autoscaler cannot span the axis, and a time beyond
+    /// 1e9 s (31 years) overflows a TimeSpan. A value outside is refused naming its field.
+    /// </summary>
+    private const double MaxPlotted = 1e30, MaxSeconds = 1e9;
+
     private static EpochReport Parse(JsonElement line) => new()
     {
-        Epoch = line.GetProperty("epoch").GetInt32(),
-        Step = line.GetProperty("step").GetInt64(),
-        TrainLoss = line.GetProperty("train_loss").GetDouble(),
-        TrainAccuracy = line.GetProperty("train_accuracy").GetDouble(),
-        ValidationLoss = Optional(line, "validation_loss"),
-        ValidationAccuracy = Optional(line, "validation_accuracy"),
-        BestEpoch = Optional(line, "best_epoch") is double best ? (int)best : null,
+        Epoch = Integer(line, "epoch"),
+        Step = Integer(line, "step"),
+        TrainLoss = Number(line, "train_loss", 0, MaxPlotted),
+        TrainAccuracy = Number(line, "train_accuracy", 0, 1),
+        ValidationLoss = Optional(line, "validation_loss", 0, MaxPlotted),
+        ValidationAccuracy = Optional(line, "validation_accuracy", 0, 1),
+        BestEpoch = Optional(line, "best_epoch", 0, int.MaxValue) is double best ? (int)best : null,
         StoppedEarly = line.TryGetProperty("stopped_early", out JsonElement stopped) && stopped.ValueKind == JsonValueKind.True,
-        TestLoss = Optional(line, "test_loss"),
-        TestAccuracy = Optional(line, "test_accuracy"),
-        SamplesPerSecond = line.GetProperty("samples_per_second").GetDouble(),
-        EpochTime = TimeSpan.FromSeconds(line.GetProperty("epoch_seconds").GetDouble()),
-        Elapsed = TimeSpan.FromSeconds(line.GetProperty("elapsed_seconds").GetDouble()),
-        LearningRate = line.GetProperty("learning_rate").GetSingle(),
-        Workers = line.TryGetProperty("workers", out JsonElement workers) ? workers.GetInt32() : 1,
+        TestLoss = Optional(line, "test_loss", 0, MaxPlotted),
+        TestAccuracy = Optional(line, "test_accuracy", 0, 1),
+        SamplesPerSecond = Number(line, "samples_per_second", 0, MaxPlotted),
+        EpochTime = TimeSpan.FromSeconds(Number(line, "epoch_seconds", 0, MaxSeconds)),
+        Elapsed = TimeSpan.FromSeconds(Number(line, "elapsed_seconds", 0, MaxSeconds)),
+        LearningRate = Field(line, "learning_rate").GetSingle(),
+        Workers = line.TryGetProperty("workers", out _) ? (int)Integer(line, "workers") : 1,
         WorkerStepsPerSecond = Map(line, "worker_steps_per_second"),
         WorkerBusyFraction = Map(line, "worker_busy_fraction"),
     };
 
-    private static double? Optional(JsonElement line, string name) =>
-        line.TryGetProperty(name, out JsonElement value) && value.ValueKind == JsonValueKind.Number ? value.GetDouble() : null;
+    private static JsonElement Field(JsonElement line, string name) =>
+        line.TryGetProperty(name, out JsonElement value) ? value
+        : throw new FormatException($"no '{name}' field");
+
+    private static int Integer(JsonElement line, string name) =>
+        Field(line, name) is { ValueKind: JsonValueKind.Number } value && value.TryGetInt32(out int integer) ? integer
+        : throw new FormatException($"'{name}' is not an integer");
+
+    private static double Number(JsonElement line, string name, double min, double max) => Bounded(name, Field(line, name), min, max);
+
+    private static double Bounded(string name, JsonElement value, double min, double max)
+    {
+        if (value.ValueKind != JsonValueKind.Number)
+        {
+            throw new FormatException($"'{name}' is not a number");
+        }
+        double number = value.GetDouble();
+        return number >= min && number <= max ? number
+            : throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' is {number:G4}, outside [{min:G4}, {max:G4}]"));
+    }
+
+    private static double? Optional(JsonElement line, string name, double min, double max) =>
+        line.TryGetProperty(name, out JsonElement value) && value.ValueKind == JsonValueKind.Number ? Bounded(name, value, min, max) : null;
 
     private static Dictionary<string, double>? Map(JsonElement line, string name) =>
         line.TryGetProperty(name, out JsonElement map) && map.ValueKind == JsonValueKind.Object
-            ? map.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble())
+            ? map.EnumerateObject().ToDictionary(p => p.Name, p => Bounded($"{name}.{p.Name}", p.Value, 0, MaxPlotted))
             : null;
 }
