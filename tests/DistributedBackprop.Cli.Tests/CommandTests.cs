@@ -239,6 +239,22 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Fact]
+    public void ACsvLineLongerThanTheLimit_IsRefusedBeforeItIsHeld_InOneLineWithFileAndLine()
+    {
+        // A few kB of gzip that expands to a line one character over the limit: the reader must stop at the limit.
+        string data = Path.Combine(_dir, "longline.csv.gz");
+        using (var gzip = new System.IO.Compression.GZipStream(File.Create(data), System.IO.Compression.CompressionLevel.SmallestSize))
+        {
+            gzip.Write("x1,x2,kind\n1,2,a\n"u8);
+            byte[] line = new byte[Data.CsvReader.MaxLineLength + 1];
+            Array.Fill(line, (byte)'1');
+            gzip.Write(line);
+        }
+        DbpProcess.AssertUsageError(Dbp("train", "--data", data, "--epochs", "1", "--progress", "none"),
+            string.Create(CultureInfo.InvariantCulture, $"{data}:3: line longer than {Data.CsvReader.MaxLineLength:N0} characters"));
+    }
+
+    [Fact]
     public void AHeaderlessCsv_KeepsEveryRow_TheModelEqualsTheSameDataWithAHeader()
     {
         string[] rows = File.ReadAllLines(BlobsCsv()).Skip(1).Select(r => r.Replace("red", "0", StringComparison.Ordinal).Replace("green", "1", StringComparison.Ordinal).Replace("blue", "2", StringComparison.Ordinal)).ToArray();

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.IO.Compression;
+using System.Text;
 
 namespace DistributedBackprop.Data;
 
@@ -62,12 +63,19 @@ public static class CsvReader
         return Read(reader, path, options);
     }
 
-    public static Dataset Read(TextReader reader, string file, CsvOptions options)
+    /// <summary>
+    /// The longest line read: a line is held whole before it is split, and a small gzip file can expand to a
+    /// line of a billion characters. 16 M characters is a row of a million features with room to spare.
+    /// </summary>
+    public const int MaxLineLength = 1 << 24;
+
+    public static Dataset Read(TextReader source, string file, CsvOptions options)
     {
+        var reader = new LineReader(source, file);
         string? header;
         try
         {
-            header = reader.ReadLine();
+            header = reader.ReadLine(1);
         }
         catch (InvalidDataException e)
         {
@@ -129,7 +137,7 @@ public static class CsvReader
         {
             try
             {
-                line = firstDataRow ?? reader.ReadLine();
+                line = firstDataRow ?? reader.ReadLine(lineNumber + 1);
                 firstDataRow = null;
             }
             catch (InvalidDataException e)
@@ -332,5 +340,51 @@ public static class CsvReader
             throw DataException.AtLine(file, lineNumber, "unterminated quoted field");
         }
         into.Add(field.ToString());
+    }
+
+    /// <summary>
+    /// TextReader.ReadLine (a line ends at \n, \r\n or \r) that refuses a line longer than <see cref="MaxLineLength"/>
+    /// before holding it, naming the file and line.
+    /// </summary>
+    private sealed class LineReader(TextReader reader, string file)
+    {
+        private readonly char[] _buffer = new char[1 << 16];
+        private readonly StringBuilder _line = new();
+        private int _start, _end;
+
+        public string? ReadLine(long lineNumber)
+        {
+            _line.Clear();
+            while (true)
+            {
+                if (_start == _end && !Fill())
+                {
+                    return _line.Length > 0 ? _line.ToString() : null;
+                }
+                int end = _buffer.AsSpan(_start, _end - _start).IndexOfAny('\r', '\n');
+                int take = end < 0 ? _end - _start : end;
+                if (_line.Length + (long)take > MaxLineLength)
+                {
+                    throw DataException.AtLine(file, lineNumber, string.Create(CultureInfo.InvariantCulture, $"line longer than {MaxLineLength:N0} characters"));
+                }
+                _line.Append(_buffer, _start, take);
+                _start += take;
+                if (end >= 0)
+                {
+                    if (_buffer[_start++] == '\r' && (_start < _end || Fill()) && _buffer[_start] == '\n')
+                    {
+                        _start++;
+                    }
+                    return _line.ToString();
+                }
+            }
+        }
+
+        private bool Fill()
+        {
+            _start = 0;
+            _end = reader.Read(_buffer, 0, _buffer.Length);
+            return _end > 0;
+        }
     }
 }
