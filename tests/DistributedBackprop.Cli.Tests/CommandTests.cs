@@ -150,10 +150,18 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Theory]
+    [InlineData(new[] { "serve", "--insecure", "--port", "70000" }, "--port: must be at most 65,535 (the largest TCP port), got 70,000")]
+    [InlineData(new[] { "serve", "--insecure", "--bulk-port", "70000" }, "--bulk-port: '70000' is not a port number (0 to 65535)")]
+    [InlineData(new[] { "serve", "--insecure", "--bulk-port", "-3" }, "--bulk-port: '-3' is not a port number (0 to 65535)")]
+    [InlineData(new[] { "serve", "--insecure", "--port", "65535" }, "--port 65535: the bulk channel's default port is the next one, 65536, beyond 65535; give --bulk-port")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--insecure", "--server-bulk-port", "70000" }, "--server-bulk-port: must be at most 65,535")]
+    [InlineData(new[] { "serve", "--token-file", "/nonexistent/x/token" }, "--token-file: directory /nonexistent/x does not exist")]
+    [InlineData(new[] { "train", "--epochs", "1", "--out", "" }, "--out: a file name is required, got ''")]
+    [InlineData(new[] { "plot", "metrics.jsonl", "--out", " " }, "--out: a file name is required, got ' '")]
     [InlineData(new[] { "serve", "--insecure", "--bind-host", "not a host!!" }, "--bind-host not a host!!: not an IP address, nor a host name")]
     [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--insecure", "--bind-host", "bad host!" }, "--bind-host bad host!: not an IP address, nor a host name")]
     [InlineData(new[] { "serve", "--insecure", "--bind-host", "203.0.113.5" }, "--bind-host 203.0.113.5: cannot bind to 203.0.113.5")]
-    public void ABindHostThatIsNotThisMachines_IsOneLineNamingTheOption_BeforeTheNodeStarts(string[] args, string expected) =>
+    public void BadNodeOptionsAndPaths_AreOneLineNamingTheOption_BeforeTheNodeStarts(string[] args, string expected) =>
         DbpProcess.AssertUsageError(Dbp(args), expected, args[0]);
 
     [Fact]

@@ -67,4 +67,11 @@ public sealed class ExportTests : IDisposable
         Assert.Single(garbage.Stderr.Trim().Split('\n'));
         Assert.Empty(Directory.GetFiles(_dir, "out.onnx*"));
     }
+
+    [Theory]
+    [InlineData("/nonexistent/x.onnx", "--onnx: directory /nonexistent does not exist")]
+    [InlineData(".", "--onnx: . is a directory")]
+    [InlineData("", "--onnx: a file name is required")]
+    public void An_unwritable_onnx_path_is_refused_up_front_naming_the_option(string onnx, string expected) =>
+        DbpProcess.AssertUsageError(DbpProcess.Run(_dir, "export", "--model", Path.Combine(_dir, "none.safetensors"), "--onnx", onnx), expected, "export");
 }

@@ -16,7 +16,7 @@ internal static class ServeCommand
     {
         var training = new TrainingOptionSet();
         var node = new NodeOptionSet();
-        var port = OptionParsing.IntInRange("--port", "Akka port of this node, the seed workers join (0 = any free port). Env: DBP_PORT.", 4053, 0);
+        var port = OptionParsing.PortOption("--port", "Akka port of this node, the seed workers join (0 = any free port). Env: DBP_PORT.", 4053, 0);
         var serverShards = TrainCommand.ServerShardsOption("");
         var minWorkers = OptionParsing.PositiveInt("--min-workers", "Training starts once this many workers have registered; later ones join from the next step.", 1);
         var output = new Option<string?>("--out") { Description = "Write the trained model here (safetensors).", HelpName = "FILE" };
@@ -53,6 +53,14 @@ internal static class ServeCommand
             };
             // The join handshake happens at the bulk port; by default it is the next port, where workers look for it.
             settings = settings with { BulkPort = settings.BulkPort ?? (settings.Port == 0 ? 0 : settings.Port + 1) };
+            if (settings.BulkPort > 65535)
+            {
+                throw new UsageException($"--port {settings.Port}: the bulk channel's default port is the next one, {settings.BulkPort}, beyond 65535; give --bulk-port");
+            }
+            if (parse.GetValue(tokenFile) is string tokenPath)
+            {
+                TrainCommand.CheckWritable(tokenPath, "--token-file");
+            }
             if (parse.GetValue(printRun))
             {
                 Console.WriteLine(RunFiles.Describe(parse, parse.CommandResult.Command));
@@ -194,13 +202,13 @@ internal static class WorkerCommand
     {
         var node = new NodeOptionSet();
         var join = new Option<string?>("--join") { Description = "The server's HOST:PORT (comma-separated for several seeds). Env: DBP_SEED_NODES.", HelpName = "HOST:PORT" };
-        var port = OptionParsing.IntInRange("--port", "Akka port of this node (0 = any free port). Env: DBP_PORT.", 0, 0);
+        var port = OptionParsing.PortOption("--port", "Akka port of this node (0 = any free port). Env: DBP_PORT.", 0, 0);
         var data = new Option<string?>("--data") { Description = "Where this node finds the training data (default: the path the server loaded). Its content must equal the server's.", HelpName = "PATH" };
         var stream = new Option<bool>("--stream-data") { Description = "Receive the training rows from the server instead of reading files." };
         var name = new Option<string?>("--name") { Description = "This worker's name (default: worker-HOST-XXXXXX, a random suffix: containers share PID 1, and may share a host name).", HelpName = "NAME" };
         var token = new Option<string?>("--token") { Description = "The join token `dbp serve` printed. Env: DBP_JOIN_TOKEN. (Visible in the process list: prefer --token-file.)", HelpName = "TOKEN" };
         var tokenFile = new Option<string?>("--token-file") { Description = "Read the join token from FILE (as written by `dbp serve --token-file`). Env: DBP_TOKEN_FILE.", HelpName = "FILE" };
-        var serverBulkPort = OptionParsing.IntInRange("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
+        var serverBulkPort = OptionParsing.PortOption("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
         var joinTimeout = OptionParsing.IntInRange("--join-timeout", "Keep knocking for this many seconds while the server does not answer at the start (it may still be starting); then exit 1. Env: DBP_JOIN_TIMEOUT. Default 300.", 300, 1);
         var rejoinTimeout = OptionParsing.IntInRange("--rejoin-timeout", "When the server is lost (killed, restarting, unreachable), keep trying to rejoin it for this many seconds (0: exit at once). Env: DBP_REJOIN_TIMEOUT. Default 300.", 300, 0);
         var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort, joinTimeout, rejoinTimeout };

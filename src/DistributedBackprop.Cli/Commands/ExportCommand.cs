@@ -19,8 +19,9 @@ internal static class ExportCommand
         var command = new Command("export", "Export a model to another format: ONNX, for ONNX Runtime and every framework that reads it.") { model, onnx };
         command.SetAction(parse => CommandRunner.Run("export", () =>
         {
-            ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             string path = parse.GetValue(onnx)!;
+            TrainCommand.CheckWritable(path, "--onnx");
+            ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             OnnxExport.Write(file, path);
             Console.WriteLine($"wrote {path}: ONNX opset {OnnxExport.OpsetVersion}, input {OnnxExport.InputName} [n, {file.Architecture.Inputs}], outputs {OnnxExport.FirstOutputName(file.Architecture)} [n, {file.Architecture.Outputs}] and {OnnxExport.PredictedName} [n] over classes {string.Join(',', file.Classes)}");
             return ExitCodes.Success;

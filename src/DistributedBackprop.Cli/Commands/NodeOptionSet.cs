@@ -14,7 +14,7 @@ internal sealed class NodeOptionSet
 {
     public Option<string?> BindHost { get; } = new("--bind-host") { Description = "Address to bind (Akka and the bulk channel); 0.0.0.0 for all interfaces. Env: DBP_BIND_HOST. Default 127.0.0.1.", HelpName = "HOST" };
     public Option<string?> PublicHostname { get; } = new("--public-hostname") { Description = "Address other nodes use to reach this one (a container's service name, a machine's IP). Env: DBP_PUBLIC_HOSTNAME. Default: the bind host, or this machine's first non-loopback IPv4 address when binding 0.0.0.0.", HelpName = "HOST" };
-    public Option<int?> BulkPort { get; } = new("--bulk-port") { Description = "Port of the bulk tensor channel (0 = any free port). Env: DBP_BULK_PORT.", HelpName = "PORT" };
+    public Option<int?> BulkPort { get; } = OptionParsing.OptionalPortOption("--bulk-port", "Port of the bulk tensor channel (0 = any free port). Env: DBP_BULK_PORT.", 0);
     public Option<string?> Config { get; } = new("--cluster-config") { Description = "HOCON file layered over the built-in cluster (Akka) configuration. Env: DBP_CONFIG. (Training options belong in a --run file.)", HelpName = "FILE" };
     public Option<bool> Insecure { get; } = new("--insecure") { Description = "No TLS, no join token, no certificates: anyone who can reach this node's ports can join, read and poison the run. Only for a trusted, isolated network; every node of the cluster must use it. Env: DBP_INSECURE=1." };
     public Option<bool> ShowConfig { get; } = new("--show-config") { Description = "Print the resulting Akka configuration (remote, cluster) and exit." };

@@ -44,6 +44,29 @@ internal static class OptionParsing
         },
     };
 
+    /// <summary>A TCP port: <paramref name="min"/> (0 where it means any free port, else 1) to 65535.</summary>
+    public static Option<int> PortOption(string name, string description, int defaultValue, int min) =>
+        IntInRange(name, description, defaultValue, min, "PORT", MaxPort, "the largest TCP port");
+
+    /// <summary>A port option without a default (the command or an environment variable decides).</summary>
+    public static Option<int?> OptionalPortOption(string name, string description, int min) => new(name)
+    {
+        Description = description,
+        HelpName = "PORT",
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int port) || port < min || port > MaxPort)
+            {
+                r.AddError($"{name}: '{text}' is not a port number ({min} to {MaxPort})");
+                return null;
+            }
+            return port;
+        },
+    };
+
+    private const int MaxPort = 65535;
+
     /// <summary>--workers: 0 (no actors) up to as many workers as a step can have chunks to deal; every worker beyond --chunks idles.</summary>
     public static Option<int> WorkersOption(string description) => IntInRange("--workers", description, 0, 0,
         max: TrainingConfig.MaxUpdateParts, why: $"a step is cut into at most {TrainingConfig.MaxUpdateParts} chunks (--chunks) or replicas, one per busy worker; more would only idle");

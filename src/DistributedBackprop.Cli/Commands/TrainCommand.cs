@@ -232,9 +232,9 @@ internal static class TrainCommand
         {
             return;
         }
-        if (path.Length == 0)
+        if (string.IsNullOrWhiteSpace(path))
         {
-            throw new UsageException($"{option}: the path is empty");
+            throw new UsageException($"{option}: a file name is required, got '{path}'");
         }
         string full = Path.GetFullPath(path);
         if (DataFiles.KindOf(full) == DataFiles.PathKind.Special)
