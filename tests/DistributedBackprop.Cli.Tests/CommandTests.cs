@@ -115,6 +115,7 @@ public sealed partial class CommandTests : IDisposable
     [InlineData("--test-fraction", "1", "--test-fraction: must be in [0, 1)")]
     [InlineData("--layers", "100000000", "--layers: the network would have 7,500,000,010 parameters")]
     [InlineData("--layers", "10000000", "--layers: training this network needs at least")]
+    [InlineData("--batch-size", "2000000000", "--batch-size: training this network needs at least")]
     public void BadOptions_GiveOneLineNamingTheOption_AndExitCode2(string option, string value, string expected)
     {
         DbpResult result = option == "--epochs" ? Dbp("train", option, value) : Dbp("train", option, value, "--epochs", "1");

@@ -73,6 +73,16 @@ public sealed class RunFileTests : IDisposable
         DbpProcess.AssertUsageError(DbpProcess.Run(_dir, "train", "--run", _dir), $"--run: {_dir} is a directory");
     }
 
+    [Fact]
+    public void A_model_whose_stored_configuration_is_broken_is_one_line_naming_the_file()
+    {
+        // A safetensors file of metadata only: its recipe is not JSON.
+        byte[] header = System.Text.Encoding.UTF8.GetBytes("""{"__metadata__": {"config": "{broken"}}""");
+        string model = Path.Combine(_dir, "broken.safetensors");
+        File.WriteAllBytes(model, [.. BitConverter.GetBytes((ulong)header.Length), .. header]);
+        DbpProcess.AssertUsageError(DbpProcess.Run(_dir, "train", "--run", model), $"{model}: the training configuration in its metadata is not valid");
+    }
+
     [Theory]
     [InlineData("""{ "epocs": 3 }""", "'epocs' is not an option of dbp train (did you mean 'epochs'?)")]
     [InlineData("""{ "epochs": 0 }""", "--epochs")]

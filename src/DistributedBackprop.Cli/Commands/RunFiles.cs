@@ -111,7 +111,15 @@ internal static class RunFiles
             {
                 throw new ModelFileException($"{path}: the model has no training configuration in its metadata");
             }
-            SortedDictionary<string, string> recipe = TrainingConfig.FromJson(config).AsOptions();
+            SortedDictionary<string, string> recipe;
+            try
+            {
+                recipe = TrainingConfig.FromJson(config).AsOptions();
+            }
+            catch (Exception e) when (e is JsonException or FormatException or NotSupportedException)
+            {
+                throw new ModelFileException($"{path}: the training configuration in its metadata is not valid ({e.Message.Split('\n')[0].TrimEnd()})");
+            }
             if (metadata.TryGetValue("kept", out string? kept) && kept is "best" or "last")
             {
                 recipe["keep"] = kept; // which parameters the file holds is part of reproducing it

@@ -106,11 +106,13 @@ public sealed record TrainingConfig
             // With overlap: two round bases, a start per lane and two generations of every replica's value.
             lanes = lanes * (4 + (int)Math.Log2(local.Replicas) + 1 + (local.OuterOverlap ? 1 : 0)) + 2 + (local.OuterOverlap ? 2 + 2 * local.Replicas : 0);
         }
-        double bytes = 4.0 * (parameters * (4 + lanes) + 3.0 * BatchSize * units);
+        double modelBytes = 4.0 * parameters * (4 + lanes), batchBytes = 4.0 * 3.0 * BatchSize * units;
+        double bytes = modelBytes + batchBytes;
         if (bytes > 0.8 * availableBytes)
         {
+            // Blame the larger share: a huge batch on a small network is --batch-size's doing.
             throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
-                $"--layers: training this network needs at least {bytes / 1e9:F1} GB ({parameters:N0} parameters, batch {BatchSize}); this process can use {availableBytes / 1e9:F1} GB"));
+                $"{(batchBytes > modelBytes ? "--batch-size" : "--layers")}: training this network needs at least {bytes / 1e9:F1} GB ({parameters:N0} parameters, batch {BatchSize}); this process can use {availableBytes / 1e9:F1} GB"));
         }
     }
 
