@@ -116,6 +116,9 @@ public sealed partial class CommandTests : IDisposable
     [InlineData("--layers", "100000000", "--layers: the network would have 7,500,000,010 parameters")]
     [InlineData("--layers", "10000000", "--layers: training this network needs at least")]
     [InlineData("--batch-size", "2000000000", "--batch-size: training this network needs at least")]
+    [InlineData("--lr", "1e300", "--lr: 1e300 is beyond a float's range (±3.4E+38)")]
+    [InlineData("--epochs", "99999999999", "--epochs: 99999999999 is too large (at most 2,147,483,647)")]
+    [InlineData("--seed", "x", "--seed: 'x' is not an integer from 0 to 18446744073709551615")]
     public void BadOptions_GiveOneLineNamingTheOption_AndExitCode2(string option, string value, string expected)
     {
         DbpResult result = option == "--epochs" ? Dbp("train", option, value) : Dbp("train", option, value, "--epochs", "1");

@@ -29,7 +29,10 @@ internal static class OptionParsing
             string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
             if (!int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int value))
             {
-                r.AddError($"{name}: '{text}' is not an integer");
+                bool integer = System.Numerics.BigInteger.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out System.Numerics.BigInteger big);
+                r.AddError(!integer ? $"{name}: '{text}' is not an integer"
+                    : big.Sign < 0 ? $"{name}: must be at least {min}, got {text}"
+                    : string.Create(CultureInfo.InvariantCulture, $"{name}: {text} is too large (at most {Math.Min(max, int.MaxValue):N0})"));
                 return defaultValue;
             }
             if (value < min)
@@ -108,6 +111,12 @@ internal static class OptionParsing
         if (!float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out float value))
         {
             r.AddError($"{name}: '{text}' is not a number");
+            return fallback;
+        }
+        // float.Parse rounds what is beyond float's range to ±∞: say so, rather than "must be positive, got 1e300".
+        if (float.IsInfinity(value) && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double wide) && double.IsFinite(wide))
+        {
+            r.AddError(string.Create(CultureInfo.InvariantCulture, $"{name}: {text} is beyond a float's range (±{float.MaxValue:G3})"));
             return fallback;
         }
         return value;
@@ -281,5 +290,14 @@ internal static class OptionParsing
     {
         Description = "Seed of every random choice (initial weights, split, epoch order). Same data + options + seed → same model bits.",
         DefaultValueFactory = _ => 1UL,
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count > 0 ? r.Tokens[0].Value : "";
+            if (!ulong.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out ulong seed))
+            {
+                r.AddError(string.Create(CultureInfo.InvariantCulture, $"--seed: '{text}' is not an integer from 0 to {ulong.MaxValue}"));
+            }
+            return seed;
+        },
     };
 }
