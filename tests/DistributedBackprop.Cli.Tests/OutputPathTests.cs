@@ -54,6 +54,15 @@ public sealed class OutputPathTests : IDisposable
     }
 
     [Fact]
+    public void AnExportOverItsModel_IsRefused_AndAnEmptyDataPathIsNotTheEmbeddedDigits()
+    {
+        Assert.Equal(0, Dbp("train", "--data", Data(), "--epochs", "1", "--out", "model.st", "--progress", "none").ExitCode);
+
+        DbpProcess.AssertUsageError(Dbp("export", "--model", "model.st", "--onnx", "./model.st"), "--onnx ./model.st: the same file as --model model.st", "export");
+        DbpProcess.AssertUsageError(Dbp("train", "--data", "", "--epochs", "1"), "--data: a path is required, got ''");
+    }
+
+    [Fact]
     public void ResumingFromTheCheckpointItKeepsWriting_IsAllowed()
     {
         string data = Data();

@@ -20,6 +20,7 @@ internal static class ExportCommand
         command.SetAction(parse => CommandRunner.Run("export", () =>
         {
             string path = parse.GetValue(onnx)!;
+            TrainCommand.CheckDistinct([("--onnx", path)], [("--model", parse.GetValue(model))]);
             TrainCommand.CheckWritable(path, "--onnx");
             ModelFile file = ModelFile.Load(parse.GetValue(model)!);
             OnnxExport.Write(file, path);

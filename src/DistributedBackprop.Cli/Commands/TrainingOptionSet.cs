@@ -221,6 +221,11 @@ internal sealed class TrainingOptionSet
     public (TrainingSession Session, double SplitFraction) PrepareSessionWithSplit(ParseResult parse, TrainingConfig config, string? dataOverride = null)
     {
         string? dataPath = dataOverride ?? parse.GetValue(Data);
+        if (dataPath is not null && string.IsNullOrWhiteSpace(dataPath))
+        {
+            // An empty path is a mistake (an unset variable in a script), not a request for the embedded digits.
+            throw new UsageException($"--data: a path is required, got '{dataPath}'");
+        }
         string? label = parse.GetValue(Label);
         CsvHeader header = parse.GetValue(Header);
         LoadedData loaded = DataSources.Load(dataPath, label, header);
