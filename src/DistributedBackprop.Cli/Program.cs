@@ -41,7 +41,7 @@ public static class Program
             string prefix = command == root.Name ? "dbp" : $"dbp {command}";
             foreach (string line in UsageErrors.Describe(parse, args))
             {
-                Console.Error.WriteLine($"{prefix}: {line}");
+                Console.Error.WriteLine($"{prefix}: {RunFiles.Current?.Attribute(line) ?? line}");
             }
             Console.Error.WriteLine($"(see: dbp {(command == root.Name ? "" : command + " ")}--help)");
             return ExitCodes.BadInput;

@@ -85,14 +85,17 @@ public sealed class RunFileTests : IDisposable
 
     [Theory]
     [InlineData("""{ "epocs": 3 }""", "'epocs' is not an option of dbp train (did you mean 'epochs'?)")]
-    [InlineData("""{ "epochs": 0 }""", "--epochs")]
+    [InlineData("""{ "epochs": 0 }""", "--epochs: must be at least 1, got 0 (from --run bad.json)")]
+    [InlineData("""{ "epochs": "x" }""", "--epochs: 'x' is not an integer (from --run bad.json)")]
+    [InlineData("""{ "layers": "0" }""", "(from --run bad.json)")]
+    [InlineData("""{ "nesterov": "yes" }""", "'nesterov' is a switch: true or false, got \"yes\"")]
     [InlineData("""[ "epochs" ]""", "a run file is a JSON object of options")]
     [InlineData("""{ "epochs": {"a": 1} }""", "'epochs' must be a string, a number, true/false or a list of them")]
     [InlineData("""{ "epochs": 3 """, "not a JSON run file")]
     public void A_bad_run_file_is_one_line_and_exit_code_2(string content, string expected)
     {
-        string run = File_("bad.json", content);
-        DbpResult result = DbpProcess.Run(_dir, "train", "--run", run);
+        File_("bad.json", content);
+        DbpResult result = DbpProcess.Run(_dir, "train", "--run", "bad.json");
         Assert.Equal(2, result.ExitCode);
         Assert.Contains(expected, result.Stderr);
         Assert.StartsWith("dbp train: ", result.Stderr);

@@ -20,14 +20,9 @@ internal static class CommandRunner
         {
             return body();
         }
-        catch (Exception e) when (e is DataException or ModelFileException or UsageException)
+        catch (Exception e) when (e is DataException or ModelFileException or UsageException or ArgumentException)
         {
-            Console.Error.WriteLine($"dbp {command}: {e.Message}");
-            return ExitCodes.BadInput;
-        }
-        catch (ArgumentException e)
-        {
-            Console.Error.WriteLine($"dbp {command}: {e.Message}");
+            Console.Error.WriteLine($"dbp {command}: {RunFiles.Current?.Attribute(e.Message) ?? e.Message}");
             return ExitCodes.BadInput;
         }
         catch (Engine.TrainingDivergedException e)

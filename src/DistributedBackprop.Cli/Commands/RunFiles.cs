@@ -26,11 +26,18 @@ internal static class RunFiles
         HelpName = "FILE",
     };
 
+    /// <summary>The run file of the command line being run and the options it supplied (none: null).</summary>
+    public static RunOrigin? Current => CurrentOrigin.Value;
+
+    // Per invocation (an async-local, not a static): tests run several command lines in one process at once.
+    private static readonly AsyncLocal<RunOrigin?> CurrentOrigin = new();
+
     public static Option<bool> PrintRunOption() => new("--print-run") { Description = "Print the resolved run (every option with its value, as a run file) and exit without training." };
 
     /// <summary>The command line with the run file's options inserted after the command name (those given on the line are left out).</summary>
     public static string[] Expand(string[] args, RootCommand root)
     {
+        CurrentOrigin.Value = null;
         if (args.Length < 2 || !Commands.Contains(args[0]))
         {
             return args;
@@ -70,6 +77,7 @@ internal static class RunFiles
                 inserted.Add(value);
             }
         }
+        CurrentOrigin.Value = new RunOrigin(path, inserted.Where(a => a.StartsWith("--", StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal));
         return [args[0], .. inserted, .. args[1..]];
     }
 
@@ -151,6 +159,11 @@ internal static class RunFiles
                     string? near = UsageErrors.Closest(name, names);
                     throw new UsageException($"{path}: '{property.Name}' is not an option of dbp {command.Name}" + (near is null ? "" : $" (did you mean '{near}'?)"));
                 }
+                if (command.Options.First(o => o.Name == "--" + name) is Option<bool> && property.Value.ValueKind is not (JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null))
+                {
+                    // Only true turns a switch on; "yes" or 1 used to be dropped without a word.
+                    throw new UsageException($"{path}: '{property.Name}' is a switch: true or false, got {property.Value.GetRawText()}");
+                }
                 string? value = Text(property.Value);
                 if (value is null && property.Value.ValueKind is not (JsonValueKind.Null or JsonValueKind.False))
                 {
@@ -222,4 +235,15 @@ internal static class RunFiles
     private static bool IsNumber(string text) =>
         decimal.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out decimal number)
         && number.ToString(CultureInfo.InvariantCulture) == text;
+}
+
+/// <summary>A run file and the options it put on the command line: an error about one of them names the file.</summary>
+internal sealed record RunOrigin(string Path, IReadOnlySet<string> Options)
+{
+    /// <summary><paramref name="message"/> ("--epochs: must be at least 1, got -1"), with the run file named if it supplied that option.</summary>
+    public string Attribute(string message)
+    {
+        int end = message.IndexOfAny([':', ' ']);
+        return end > 0 && Options.Contains(message[..end]) ? $"{message} (from --run {Path})" : message;
+    }
 }
