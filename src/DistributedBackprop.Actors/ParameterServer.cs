@@ -5,6 +5,7 @@ using Akka.Event;
 using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Reduction;
 
 namespace DistributedBackprop.Actors;
@@ -512,7 +513,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // this process's own code and the update checks the sum in its lanes before writing anything (a NaN or an
         // infinity in any part leaves the sum non-finite), on the core that has it in cache: a pass over the
         // gradient here cost ~60 µs a step (timed with temporary timestamps: docs/architecture.md).
-        if ((!_updateInHandler && !GuardedUpdate.IsFinite(message.Gradient)) || !double.IsFinite(message.Result.LossSum))
+        if ((!_updateInHandler && !FiniteValues.All(message.Gradient)) || !double.IsFinite(message.Result.LossSum))
         {
             Fail($"{worker.Name} sent a non-finite gradient (NaN or infinity) for step {message.Step}, chunks {message.Node}; training stopped, the parameters after step {_session.GlobalStep} are kept");
             return;

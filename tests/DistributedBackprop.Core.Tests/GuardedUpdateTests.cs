@@ -1,5 +1,6 @@
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
 using DistributedBackprop.Reduction;
@@ -126,14 +127,14 @@ public class GuardedUpdateTests
         foreach (int length in new[] { 0, 1, 7, 8, 15, 16, 17, 33, 100 })
         {
             float[] values = Enumerable.Range(0, length).Select(i => MathF.Sin(i) * 1e30f).ToArray();
-            Assert.True(GuardedUpdate.IsFinite(values));
+            Assert.True(FiniteValues.All(values));
             for (int at = 0; at < length; at++)
             {
                 foreach (float special in specials)
                 {
                     float kept = values[at];
                     values[at] = special;
-                    Assert.Equal(values.All(float.IsFinite), GuardedUpdate.IsFinite(values));
+                    Assert.Equal(values.All(float.IsFinite), FiniteValues.All(values));
                     values[at] = kept;
                 }
             }

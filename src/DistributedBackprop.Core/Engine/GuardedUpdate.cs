@@ -1,5 +1,4 @@
-using System.Numerics;
-using System.Runtime.InteropServices;
+using DistributedBackprop.Kernels;
 
 namespace DistributedBackprop.Engine;
 
@@ -135,7 +134,7 @@ public sealed class GuardedUpdate
         {
             int length = Math.Min(Block, end - from);
             _reducer.AddRange(from, length);
-            finite &= IsFinite(_gradient.AsSpan(from, length));
+            finite &= FiniteValues.All(_gradient.AsSpan(from, length));
         }
         _laneFinite[lane] = finite;
     }
@@ -152,38 +151,12 @@ public sealed class GuardedUpdate
             // The parameters show any overflow of SGD's or momentum's update (w ← w − γv) and a NaN or infinite
             // Adam m; Adam's v ← β2 v + (1 − β2) g² can overflow alone (the step m̂/(√v̂ + ε) is then 0, and
             // stays 0 for ever), so it is checked too.
-            finite &= IsFinite(parameters.AsSpan(from, length));
+            finite &= FiniteValues.All(parameters.AsSpan(from, length));
             if (_secondMoment is not null)
             {
-                finite &= IsFinite(_secondMoment.AsSpan(from, length));
+                finite &= FiniteValues.All(_secondMoment.AsSpan(from, length));
             }
         }
         _laneFinite[lane] = finite;
     }
-
-    /// <summary>
-    /// No NaN and no infinity: no value has an exponent field of all ones (IEEE 754). An and, a compare and
-    /// an or per vector, where TensorPrimitives.MaxMagnitude also selects the larger magnitude with NaN
-    /// handling; this runs over the gradient and the parameters every step.
-    /// </summary>
-    public static bool IsFinite(ReadOnlySpan<float> values)
-    {
-        ReadOnlySpan<int> bits = MemoryMarshal.Cast<float, int>(values);
-        var exponent = new Vector<int>(ExponentMask);
-        Vector<int> seen0 = Vector<int>.Zero, seen1 = Vector<int>.Zero;
-        int i = 0, width = Vector<int>.Count;
-        for (; i <= bits.Length - 2 * width; i += 2 * width)
-        {
-            seen0 |= Vector.Equals(new Vector<int>(bits[i..]) & exponent, exponent);
-            seen1 |= Vector.Equals(new Vector<int>(bits[(i + width)..]) & exponent, exponent);
-        }
-        bool finite = (seen0 | seen1) == Vector<int>.Zero;
-        for (; i < bits.Length; i++)
-        {
-            finite &= (bits[i] & ExponentMask) != ExponentMask;
-        }
-        return finite;
-    }
-
-    private const int ExponentMask = 0x7F80_0000;
 }

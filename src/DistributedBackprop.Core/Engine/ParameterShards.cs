@@ -1,3 +1,4 @@
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Optimizers;
 using DistributedBackprop.Reduction;
@@ -92,7 +93,7 @@ public sealed class ShardUpdate
     public bool Reduce()
     {
         _gradient = _reducer.Reduce().Gradient;
-        return GuardedUpdate.IsFinite(_gradient);
+        return FiniteValues.All(_gradient);
     }
 
     /// <summary>Applies the reduced step with γ = <paramref name="learningRate"/>; false if θ or Adam's v overflowed.</summary>
@@ -102,10 +103,10 @@ public sealed class ShardUpdate
         _optimizer.BeginStep();
         _optimizer.ApplySlice(Parameters, gradient, learningRate, Start);
         _gradient = null;
-        bool finite = GuardedUpdate.IsFinite(Parameters);
+        bool finite = FiniteValues.All(Parameters);
         if (_optimizer.SecondMoment is { } v)
         {
-            finite &= GuardedUpdate.IsFinite(v.AsSpan(Start, Count));
+            finite &= FiniteValues.All(v.AsSpan(Start, Count));
         }
         return finite;
     }

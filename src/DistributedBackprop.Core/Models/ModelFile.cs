@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using DistributedBackprop.Data;
-using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 
 namespace DistributedBackprop.Models;
@@ -170,7 +170,7 @@ public sealed class ModelFile
     /// </summary>
     public static void RequireFinite(Tensor tensor, string path)
     {
-        if (GuardedUpdate.IsFinite(tensor.Data))
+        if (FiniteValues.All(tensor.Data))
         {
             return;
         }
