@@ -123,6 +123,18 @@ public sealed class PlotTests : IDisposable
         Assert.Contains("--width", tiny.Stderr);
     }
 
+    [Fact]
+    public void Steps_beyond_32_bits_are_plotted()
+    {
+        // Steps are 64-bit counts: a long run's metrics must not be refused when its step passes 2^31.
+        const string Line = "{\"epoch\":1,\"step\":5000000000,\"train_loss\":0.5,\"train_accuracy\":0.8,\"samples_per_second\":1,\"epoch_seconds\":1,\"elapsed_seconds\":1,\"learning_rate\":0.1}";
+        string metrics = Path.Combine(_dir, "long.jsonl"), png = Path.Combine(_dir, "long.png");
+        File.WriteAllText(metrics, Line + "\n" + Line.Replace("\"epoch\":1", "\"epoch\":2", StringComparison.Ordinal).Replace("5000000000", "5000000100", StringComparison.Ordinal) + "\n");
+        DbpResult plot = DbpProcess.Run(_dir, "plot", metrics, "--out", png);
+        Assert.True(plot.ExitCode == 0, plot.Stderr);
+        Assert.True(File.Exists(png));
+    }
+
     [Theory]
     [InlineData("\"epoch_seconds\":1", "\"epoch_seconds\":1e300", "'epoch_seconds' is 1E+300, outside [0, 1E+09]")]
     [InlineData("\"elapsed_seconds\":1", "\"elapsed_seconds\":-1e300", "'elapsed_seconds' is -1E+300, outside [0, 1E+09]")]

@@ -32,7 +32,7 @@ internal static class OptionParsing
                 bool integer = System.Numerics.BigInteger.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out System.Numerics.BigInteger big);
                 r.AddError(!integer ? $"{name}: '{text}' is not an integer"
                     : big.Sign < 0 ? $"{name}: must be at least {min}, got {text}"
-                    : string.Create(CultureInfo.InvariantCulture, $"{name}: {text} is too large (at most {Math.Min(max, int.MaxValue):N0})"));
+                    : string.Create(CultureInfo.InvariantCulture, $"{name}: {text} is too large (at most {max:N0})"));
                 return defaultValue;
             }
             if (value < min)

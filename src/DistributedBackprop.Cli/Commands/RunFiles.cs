@@ -104,14 +104,6 @@ internal static class RunFiles
         {
             throw new UsageException($"--run: {path} does not exist");
         }
-        try
-        {
-            using FileStream probe = File.OpenRead(path);
-        }
-        catch (UnauthorizedAccessException)
-        {
-            throw new UsageException($"--run: {path} cannot be read (permission denied)");
-        }
         if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
         {
             Dictionary<string, string> metadata = SafeTensors.ReadMetadata(path);
@@ -138,6 +130,10 @@ internal static class RunFiles
         try
         {
             document = JsonDocument.Parse(File.ReadAllText(path), new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+        }
+        catch (UnauthorizedAccessException)
+        {
+            throw new UsageException($"--run: {path} cannot be read (permission denied)");
         }
         catch (JsonException e)
         {

@@ -278,8 +278,8 @@ internal static class TrainCommand
     /// </summary>
     internal static void CheckDistinct((string Option, string? Path)[] outputs, (string Option, string? Path)[] inputs, params (string, string)[] mayShare)
     {
-        var seen = new List<(string Option, string Path, string Canonical)>();
-        foreach (var (option, path) in inputs.Concat(outputs))
+        var seen = new List<(string Option, string Path, string Canonical, bool IsOutput)>();
+        foreach (var (option, path, isOutput) in inputs.Select(i => (i.Option, i.Path, false)).Concat(outputs.Select(o => (o.Option, o.Path, true))))
         {
             if (string.IsNullOrEmpty(path))
             {
@@ -291,10 +291,9 @@ internal static class TrainCommand
                 continue;
             }
             string canonical = File.Exists(full) ? File.ResolveLinkTarget(full, returnFinalTarget: true)?.FullName ?? full : full;
-            bool isOutput = outputs.Any(o => o.Option == option);
-            foreach (var (otherOption, otherPath, otherCanonical) in seen)
+            foreach (var (otherOption, otherPath, otherCanonical, otherIsOutput) in seen)
             {
-                bool clash = (isOutput || outputs.Any(o => o.Option == otherOption)) && otherCanonical == canonical
+                bool clash = (isOutput || otherIsOutput) && otherCanonical == canonical
                     && !mayShare.Contains((option, otherOption)) && !mayShare.Contains((otherOption, option));
                 if (clash)
                 {
@@ -303,7 +302,7 @@ internal static class TrainCommand
                         : $"{option} {path}: the same file as {otherOption} {otherPath}; writing it would destroy the other");
                 }
             }
-            seen.Add((option, path, canonical));
+            seen.Add((option, path, canonical, isOutput));
         }
     }
 

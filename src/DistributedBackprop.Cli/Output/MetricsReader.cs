@@ -54,8 +54,8 @@ internal static class MetricsReader
 
     private static EpochReport Parse(JsonElement line) => new()
     {
-        Epoch = Integer(line, "epoch"),
-        Step = Integer(line, "step"),
+        Epoch = (int)Count(line, "epoch", int.MaxValue),
+        Step = Count(line, "step", long.MaxValue),
         TrainLoss = Number(line, "train_loss", 0, MaxPlotted),
         TrainAccuracy = Number(line, "train_accuracy", 0, 1),
         ValidationLoss = Optional(line, "validation_loss", 0, MaxPlotted),
@@ -68,7 +68,7 @@ internal static class MetricsReader
         EpochTime = TimeSpan.FromSeconds(Number(line, "epoch_seconds", 0, MaxSeconds)),
         Elapsed = TimeSpan.FromSeconds(Number(line, "elapsed_seconds", 0, MaxSeconds)),
         LearningRate = Field(line, "learning_rate").GetSingle(),
-        Workers = line.TryGetProperty("workers", out _) ? (int)Integer(line, "workers") : 1,
+        Workers = line.TryGetProperty("workers", out _) ? (int)Count(line, "workers", int.MaxValue) : 1,
         WorkerStepsPerSecond = Map(line, "worker_steps_per_second"),
         WorkerBusyFraction = Map(line, "worker_busy_fraction"),
     };
@@ -77,9 +77,10 @@ internal static class MetricsReader
         line.TryGetProperty(name, out JsonElement value) ? value
         : throw new FormatException($"no '{name}' field");
 
-    private static int Integer(JsonElement line, string name) =>
-        Field(line, name) is { ValueKind: JsonValueKind.Number } value && value.TryGetInt32(out int integer) ? integer
-        : throw new FormatException($"'{name}' is not an integer");
+    /// <summary>An epoch, a step or a worker count: a whole number in [0, <paramref name="max"/>] (steps are 64-bit).</summary>
+    private static long Count(JsonElement line, string name, long max) =>
+        Field(line, name) is { ValueKind: JsonValueKind.Number } value && value.TryGetInt64(out long count) && count >= 0 && count <= max ? count
+        : throw new FormatException(string.Create(CultureInfo.InvariantCulture, $"'{name}' is not a whole number in [0, {max}]"));
 
     private static double Number(JsonElement line, string name, double min, double max) => Bounded(name, Field(line, name), min, max);
 

@@ -281,7 +281,7 @@ public sealed class TrainingSession
         }
         GlobalStep = globalStep;
         Optimizer.Steps = optimizerSteps;
-        if (GlobalStep < 0 || GlobalStep > TotalSteps)
+        if (GlobalStep > TotalSteps)
         {
             throw new ModelFileException($"{path}: global step {GlobalStep} is outside this run's {TotalSteps} steps");
         }
