@@ -235,8 +235,8 @@ public static unsafe class Gemm
     /// Asks for the C rows of the next tile while this one is computed. In <see cref="ChunkTreeProduct(StridedMatrix{float}, StridedMatrix{float}, ReadOnlySpan{int}, Span{float}, int, SimdTier)"/>
     /// C is the step's weight gradient (0.94 MB for 784-256-128-10, more than L2), written once a step, so each
     /// tile's stores missed the caches and the store queue filled behind them: `bench/profile.sh` put 6 % of a
-    /// two-worker step on the instructions after each tile. With the hint the whole step runs 1.21× faster with
-    /// 2 workers and 1.14–1.16× with one thread (README, "Prefetching the gradient's tiles"). A hint only: no
+    /// two-worker step on the instructions after each tile. With the hint the whole step runs 1.29× faster with
+    /// 2 workers and 1.11–1.14× with one thread at batch 128 (README, "Prefetching the gradient's tiles"). A hint only: no
     /// value changes. The plain products' C (a bias-started activation, written just before) is in cache already:
     /// the hint there measured nothing.
     /// </summary>
