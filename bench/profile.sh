@@ -7,6 +7,11 @@
 # Needs perf (Debian: linux-perf) and the right to use it (root, or kernel.perf_event_paranoid ≤ 1).
 #   bash bench/profile.sh [TOP] [DELAY_MS] -- [dbp bench options]
 #   e.g. bash bench/profile.sh 25 3000 -- --batch-size 128 --threads 1 --no-gemm --data ../shared/datasets/fashion-mnist
+# PROFILE_ANNOTATE=REGEX also prints, for each compiled method whose perf-map name matches REGEX, its machine
+# code (objdump) with the % of all samples on each instruction. The code is read from the running process
+# (/proc/PID/mem) 2 s after sampling starts, so the method must have been compiled (optimized) by then. A stall
+# is usually charged to the instruction after the one that waits (sample skid).
+#   e.g. PROFILE_ANNOTATE='Gemm::ChunkTreeProduct\(valuetype' bash bench/profile.sh 10 -- --workers 2 --no-gemm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=25; delay=3000
@@ -22,7 +27,27 @@ touch "$out/start"
 trap 'find /tmp -maxdepth 1 -name "perf*-[0-9]*.map" -newer "$out/start" -delete 2>/dev/null; rm -rf "$out"' EXIT
 DOTNET_PerfMapEnabled=3 DOTNET_ReadyToRun=0 DOTNET_EnableWriteXorExecute=0 \
   perf record --quiet -F 1999 -D "$delay" -o "$out/perf.data" -- \
-  dotnet src/DistributedBackprop.Cli/bin/Release/net10.0/dbp.dll bench "$@" > "$out/bench.txt"
+  dotnet src/DistributedBackprop.Cli/bin/Release/net10.0/dbp.dll bench "$@" > "$out/bench.txt" &
+recorder=$!
+if [ -n "${PROFILE_ANNOTATE:-}" ]; then
+  sleep "$(( (delay + 2000) / 1000 ))"
+  pid=$(pgrep -P "$recorder" | head -1)
+  # Each matching method's code, copied out of the process while it runs (JIT code exists only there).
+  [ -n "$pid" ] && python3 - "$pid" "$PROFILE_ANNOTATE" "$out" <<'PY'
+import re, sys
+pid, pattern, out = sys.argv[1:]
+with open(f'/tmp/perf-{pid}.map') as mapping, open(f'/proc/{pid}/mem', 'rb') as memory, open(f'{out}/regions.txt', 'w') as regions:
+    for line in mapping:
+        start, size, name = line.rstrip('\n').split(' ', 2)
+        if re.search(pattern, name) and '[Optimized' in name:
+            start, size = int(start, 16), int(size, 16)
+            memory.seek(start)
+            code = f'{out}/code-{start:x}.bin'
+            open(code, 'wb').write(memory.read(size))
+            regions.write(f'{start:x} {size:x} {code} {name}\n')
+PY
+fi
+wait "$recorder"
 cat "$out/bench.txt"
 echo "--- self time by method, % of samples after the first ${delay} ms (perf record -F 1999):"
 cat > "$out/methods.py" <<'PY'
@@ -47,3 +72,24 @@ for name, percent in sorted(percents.items(), key=lambda item: -item[1])[:top]:
     print(f'{percent:6.2f} %  {name}')
 PY
 perf report -i "$out/perf.data" --no-children --sort symbol --stdio 2>/dev/null | python3 "$out/methods.py" "$top"
+if [ -s "$out/regions.txt" ]; then
+  perf script -i "$out/perf.data" -F ip 2>/dev/null | python3 -c '
+import collections, subprocess, sys
+samples = collections.Counter(int(line, 16) for line in sys.stdin if line.strip())
+total = sum(samples.values())
+for region in open(sys.argv[1]):
+    start, size, code, name = region.rstrip("\n").split(" ", 3)
+    start, size = int(start, 16), int(size, 16)
+    here = {ip - start: n for ip, n in samples.items() if start <= ip < start + size}
+    print(f"--- {100 * sum(here.values()) / total:.2f} % of samples: {name}")
+    listing = subprocess.run(["objdump", "-D", "-b", "binary", "-mi386:x86-64", "-M", "intel", code], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        offset = line.split(":", 1)[0].strip()
+        if ":" not in line or not all(c in "0123456789abcdef" for c in offset) or not offset:
+            continue
+        n = here.get(int(offset, 16), 0)
+        print(f"{100 * n / total:6.2f} " if n else "       ", line)
+' "$out/regions.txt"
+elif [ -n "${PROFILE_ANNOTATE:-}" ]; then
+  echo "bench/profile.sh: no optimized method matched PROFILE_ANNOTATE='$PROFILE_ANNOTATE' 2 s into sampling" >&2
+fi
