@@ -36,14 +36,16 @@ public static class Program
         bool wantsHelp = args.Any(a => a is "-h" or "--help" or "-?");
         if (parse.Errors.Count > 0 && !wantsHelp)
         {
-            // One line per problem, naming the option, then a hint; exit code 2 like other usage errors.
+            // One line per problem, naming the option; the last ends with where to look (on its own line it made
+            // every mistyped option a two-line error). Exit code 2 like other usage errors.
             string command = parse.CommandResult.Command.Name;
             string prefix = command == root.Name ? "dbp" : $"dbp {command}";
-            foreach (string line in UsageErrors.Describe(parse, args))
+            IReadOnlyList<string> problems = UsageErrors.Describe(parse, args);
+            for (int i = 0; i < problems.Count; i++)
             {
-                Console.Error.WriteLine($"{prefix}: {RunFiles.Current?.Attribute(line) ?? line}");
+                string hint = i == problems.Count - 1 ? $" (see: {prefix} --help)" : "";
+                Console.Error.WriteLine($"{prefix}: {RunFiles.Current?.Attribute(problems[i]) ?? problems[i]}{hint}");
             }
-            Console.Error.WriteLine($"(see: dbp {(command == root.Name ? "" : command + " ")}--help)");
             return ExitCodes.BadInput;
         }
         if (wantsHelp)
