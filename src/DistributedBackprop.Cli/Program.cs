@@ -44,7 +44,7 @@ public static class Program
             for (int i = 0; i < problems.Count; i++)
             {
                 string hint = i == problems.Count - 1 ? $" (see: {prefix} --help)" : "";
-                Console.Error.WriteLine($"{prefix}: {RunFiles.Current?.Attribute(problems[i]) ?? problems[i]}{hint}");
+                Console.Error.WriteLine($"{prefix}: {RunFiles.Attribute(problems[i])}{hint}");
             }
             return ExitCodes.BadInput;
         }

@@ -22,7 +22,7 @@ internal static class CommandRunner
         }
         catch (Exception e) when (e is DataException or ModelFileException or UsageException or ArgumentException)
         {
-            Console.Error.WriteLine($"dbp {command}: {RunFiles.Current?.Attribute(e.Message) ?? e.Message}");
+            Console.Error.WriteLine($"dbp {command}: {RunFiles.Attribute(e.Message)}");
             return ExitCodes.BadInput;
         }
         catch (Engine.TrainingDivergedException e)

@@ -26,10 +26,14 @@ internal static class RunFiles
         HelpName = "FILE",
     };
 
-    /// <summary>The run file of the command line being run and the options it supplied (none: null).</summary>
-    public static RunOrigin? Current => CurrentOrigin.Value;
+    /// <summary>
+    /// <paramref name="message"/>, naming the run file if the command line being run got the option the message is
+    /// about from one (<see cref="RunOrigin.Attribute"/>).
+    /// </summary>
+    public static string Attribute(string message) => CurrentOrigin.Value?.Attribute(message) ?? message;
 
-    // Per invocation (an async-local, not a static): tests run several command lines in one process at once.
+    // The run file of the command line being run and the options it supplied (none: null). Per invocation (an
+    // async-local, not a static): tests run several command lines in one process at once.
     private static readonly AsyncLocal<RunOrigin?> CurrentOrigin = new();
 
     public static Option<bool> PrintRunOption() => new("--print-run") { Description = "Print the resolved run (every option with its value, as a run file) and exit without training." };
