@@ -31,9 +31,10 @@ DOTNET_PerfMapEnabled=3 DOTNET_ReadyToRun=0 DOTNET_EnableWriteXorExecute=0 \
 recorder=$!
 if [ -n "${PROFILE_ANNOTATE:-}" ]; then
   sleep "$(( (delay + 2000) / 1000 ))"
-  pid=$(pgrep -P "$recorder" | head -1)
+  pid=$(pgrep -P "$recorder" | head -1 || true)
   # Each matching method's code, copied out of the process while it runs (JIT code exists only there).
-  [ -n "$pid" ] && python3 - "$pid" "$PROFILE_ANNOTATE" "$out" <<'PY'
+  # A failure here must not end the script while perf still records in the background: it is reported, then waited for.
+  [ -n "$pid" ] && python3 - "$pid" "$PROFILE_ANNOTATE" "$out" <<'PY' || echo "bench/profile.sh: could not copy the code of PID ${pid:-?} (the run ended within 2 s of sampling?)" >&2
 import re, sys
 pid, pattern, out = sys.argv[1:]
 with open(f'/tmp/perf-{pid}.map') as mapping, open(f'/proc/{pid}/mem', 'rb') as memory, open(f'{out}/regions.txt', 'w') as regions:
