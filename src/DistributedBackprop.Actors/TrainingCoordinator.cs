@@ -100,8 +100,17 @@ public sealed class TrainingCoordinator : ReceiveActor
     /// <param name="minimumWorkers">training starts once this many workers have registered (local and remote); default: <paramref name="workers"/>.</param>
     /// <param name="serverShards">the parameter server's shards (<c>--server-shards</c>; 1: θ stays in the server).</param>
     /// <param name="threads">local mode's threads, installed in this actor system (<see cref="ComputeThreads"/>).</param>
-    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1, ComputeThreads? threads = null) =>
-        Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers, serverShards, threads));
+    /// <remarks>
+    /// In local mode the coordinator runs on the parameter server's thread: its per-step work is one observer call,
+    /// and on the thread pool each step's <see cref="StepApplied"/> woke a pool thread that spun and switched on the
+    /// cores the workers compute on (7.4 % of all samples of a two-worker run, docs/architecture.md, "Threads in
+    /// local mode"). Evaluation and the observers' disk writes stay off it (Task.Run).
+    /// </remarks>
+    public static Props Props(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, TaskCompletionSource<TrainingOutcome> completion, int minimumWorkers = -1, int serverShards = 1, ComputeThreads? threads = null)
+    {
+        Props props = Akka.Actor.Props.Create(() => new TrainingCoordinator(session, workers, observer, checkpoints, completion, minimumWorkers, serverShards, threads));
+        return threads is null ? props : props.WithDispatcher(ComputeThreads.DispatcherId(0));
+    }
 
     /// <summary>The parameter server's name under the coordinator.</summary>
     public const string ServerName = "parameter-server";
