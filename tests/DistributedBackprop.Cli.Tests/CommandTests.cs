@@ -127,6 +127,25 @@ public sealed partial class CommandTests : IDisposable
         Assert.Empty(result.Stdout.Trim());
     }
 
+    [Fact]
+    public void AnErrorQuotingAPathWithANewlineOrAnEscape_StaysOneLine()
+    {
+        // Both used to print the path as it is: the first error took two lines, the second sent ESC to the terminal.
+        string data = Path.Combine(_dir, "a\nb.csv");
+        DbpProcess.AssertUsageError(Dbp("train", "--data", data), $"{_dir}/a\\nb.csv: no such file or directory");
+        string output = Path.Combine(_dir, "no\u001b[2Jdir", "model.safetensors");
+        DbpResult result = Dbp("train", "--epochs", "1", "--out", output);
+        DbpProcess.AssertUsageError(result, "--out: directory " + _dir + "/no\\u001B[2Jdir does not exist");
+        Assert.DoesNotContain('\u001b', result.Stderr);
+    }
+
+    [Theory]
+    [InlineData("plain", "plain")]
+    [InlineData("a\nb\r\tc", "a\\nb\\r\\tc")]
+    [InlineData("bell\u0007 esc\u001b del\u007f é", "bell\\u0007 esc\\u001B del\\u007F é")]
+    public void OneLine_WritesEveryControlCharacterAsAVisibleEscape(string text, string expected) =>
+        Assert.Equal(expected, DistributedBackprop.Cli.Output.OneLine.Of(text));
+
     [Theory]
     [InlineData(new[] { "bench", "--inputs", "2000000000" }, "--inputs: the synthetic data would be 4,096 rows")]
     [InlineData(new[] { "bench", "--batch-size", "2000000000" }, "--batch-size: the synthetic data would be 32,000,000,000 rows")]

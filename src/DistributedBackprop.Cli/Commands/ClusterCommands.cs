@@ -96,7 +96,7 @@ internal static class ServeCommand
                 {
                     throw new UsageException($"--checkpoint: {checkpointPath} exists but is not this run's checkpoint ({e.Message}); move it away, or pass it to --resume deliberately");
                 }
-                Console.Error.WriteLine($"dbp serve: resuming from {checkpointPath} at step {session.GlobalStep} of {session.TotalSteps}");
+                OneLine.ToStandardError($"dbp serve: resuming from {checkpointPath} at step {session.GlobalStep} of {session.TotalSteps}");
             }
             TrainCommand.CheckDistinct([("--out", modelPath), ("--metrics", metricsPath), ("--plot", parse.GetValue(plot)), ("--checkpoint", checkpointPath)],
                 [("--data", parse.GetValue(training.Data)), ("--test-data", parse.GetValue(training.TestData)), ("--resume", parse.GetValue(resume))],
@@ -181,7 +181,7 @@ internal static class ServeCommand
         string join = $"dbp worker --join {server.Address.Host}:{server.Address.Port}" + (bulkPort == server.Address.Port + 1 ? "" : $" --server-bulk-port {bulkPort}");
         if (server.Authority is { } authority)
         {
-            Console.Error.WriteLine($"dbp serve: cluster CA and join token in {authority.StateDirectory}" + (settings.TokenFile is { } file ? $"; token written to {file} (mode 0600)" : ""));
+            OneLine.ToStandardError($"dbp serve: cluster CA and join token in {authority.StateDirectory}" + (settings.TokenFile is { } file ? $"; token written to {file} (mode 0600)" : ""));
             join += settings.TokenFile is { } tokenFile ? $" --token-file {tokenFile}" : $" --token {authority.Token}";
         }
         else
@@ -191,7 +191,7 @@ internal static class ServeCommand
             join += " --insecure";
         }
         Console.Error.WriteLine($"dbp serve: listening at {server.Address} (bulk channel {server.Channel.Endpoint}); waiting for {wanted} worker(s)");
-        Console.Error.WriteLine($"dbp serve: workers join with: {join}");
+        OneLine.ToStandardError($"dbp serve: workers join with: {join}");
     }
 }
 
@@ -256,7 +256,7 @@ internal static class WorkerCommand
                 signal.Cancel = true;
                 cancel.Cancel();
             });
-            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"dbp worker {DateTime.Now:HH:mm:ss.fff}: {line}"))), cancel.Token).GetAwaiter().GetResult();
+            WorkerExit exit = ClusterWorker.RunAsync(settings, new WorkerNodeOptions(workerName, parse.GetValue(data), parse.GetValue(stream), line => OneLine.ToStandardError(string.Create(CultureInfo.InvariantCulture, $"dbp worker {DateTime.Now:HH:mm:ss.fff}: {line}"))), cancel.Token).GetAwaiter().GetResult();
             (exit.ExitCode == 0 ? Console.Out : Console.Error).WriteLine($"dbp worker: {exit.Message}");
             return exit.ExitCode;
         }, handlesInterrupt: true));

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using DistributedBackprop.Cli.Output;
 using DistributedBackprop.Data;
 using DistributedBackprop.Models;
 
@@ -22,27 +23,27 @@ internal static class CommandRunner
         }
         catch (Exception e) when (e is DataException or ModelFileException or UsageException or ArgumentException)
         {
-            Console.Error.WriteLine($"dbp {command}: {RunFiles.Attribute(e.Message)}");
+            OneLine.ToStandardError($"dbp {command}: {RunFiles.Attribute(e.Message)}");
             return ExitCodes.BadInput;
         }
         catch (Engine.TrainingDivergedException e)
         {
-            Console.Error.WriteLine($"dbp {command}: training stopped: {e.Message}");
+            OneLine.ToStandardError($"dbp {command}: training stopped: {e.Message}");
             return ExitCodes.Failure;
         }
         catch (TrainingStoppedException e)
         {
-            Console.Error.WriteLine($"dbp {command}: training stopped: {e.Message}");
+            OneLine.ToStandardError($"dbp {command}: training stopped: {e.Message}");
             return ExitCodes.Failure;
         }
         catch (IOException e)
         {
-            Console.Error.WriteLine($"dbp {command}: {e.Message}");
+            OneLine.ToStandardError($"dbp {command}: {e.Message}");
             return ExitCodes.Failure;
         }
         catch (OperationCanceledException)
         {
-            Console.Error.WriteLine($"dbp {command}: cancelled");
+            OneLine.ToStandardError($"dbp {command}: cancelled");
             return ExitCodes.Interrupted;
         }
     }

@@ -147,7 +147,7 @@ internal sealed class TrainingOptionSet
     {
         foreach (string line in lines)
         {
-            Console.Error.WriteLine($"dbp {command}: warning: {line}");
+            Output.OneLine.ToStandardError($"dbp {command}: warning: {line}");
         }
     }
 

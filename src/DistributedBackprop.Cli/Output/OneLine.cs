@@ -1,0 +1,51 @@
+using System.Globalization;
+using System.Text;
+
+namespace DistributedBackprop.Cli.Output;
+
+/// <summary>
+/// What dbp writes to standard error as one line stays one line: an error quotes paths, values from files and
+/// names or reasons sent by peers, any of which can hold a newline (a path <c>/tmp/a⏎b.csv</c> printed its error
+/// over two lines) or a terminal escape sequence (a hostile peer's reason could rewrite the operator's screen).
+/// Every control character is written as a visible escape instead: <c>\n</c>, <c>\r</c>, <c>\t</c>, else <c>\u001B</c>.
+/// </summary>
+internal static class OneLine
+{
+    public static string Of(string text)
+    {
+        int first = IndexOfControl(text);
+        if (first < 0)
+        {
+            return text;
+        }
+        var line = new StringBuilder(text.Length + 8).Append(text, 0, first);
+        for (int i = first; i < text.Length; i++)
+        {
+            char c = text[i];
+            _ = c switch
+            {
+                '\n' => line.Append("\\n"),
+                '\r' => line.Append("\\r"),
+                '\t' => line.Append("\\t"),
+                _ when char.IsControl(c) => line.Append("\\u").Append(((int)c).ToString("X4", CultureInfo.InvariantCulture)),
+                _ => line.Append(c),
+            };
+        }
+        return line.ToString();
+    }
+
+    /// <summary>Writes <paramref name="text"/> to standard error as one line (<see cref="Of"/>).</summary>
+    public static void ToStandardError(string text) => Console.Error.WriteLine(Of(text));
+
+    private static int IndexOfControl(string text)
+    {
+        for (int i = 0; i < text.Length; i++)
+        {
+            if (char.IsControl(text[i]))
+            {
+                return i;
+            }
+        }
+        return -1;
+    }
+}
