@@ -22,14 +22,22 @@ internal static class OneLine
         for (int i = first; i < text.Length; i++)
         {
             char c = text[i];
-            _ = c switch
+            switch (c)
             {
-                '\n' => line.Append("\\n"),
-                '\r' => line.Append("\\r"),
-                '\t' => line.Append("\\t"),
-                _ when char.IsControl(c) => line.Append("\\u").Append(((int)c).ToString("X4", CultureInfo.InvariantCulture)),
-                _ => line.Append(c),
-            };
+                case '\n': line.Append("\\n"); break;
+                case '\r': line.Append("\\r"); break;
+                case '\t': line.Append("\\t"); break;
+                default:
+                    if (char.IsControl(c))
+                    {
+                        line.Append("\\u").Append(((int)c).ToString("X4", CultureInfo.InvariantCulture));
+                    }
+                    else
+                    {
+                        line.Append(c);
+                    }
+                    break;
+            }
         }
         return line.ToString();
     }
