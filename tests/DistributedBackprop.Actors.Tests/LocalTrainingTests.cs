@@ -38,6 +38,19 @@ public sealed class LocalTrainingTests
     }
 
     /// <summary>
+    /// The coordinator shares the server's thread: every step's report reaches the observer there, so no thread-pool
+    /// thread is woken per step to spin on the workers' cores (docs/architecture.md, "Threads in local mode").
+    /// </summary>
+    [Fact]
+    public async Task StepReports_ReachTheObserverOnTheServersThread_NotTheThreadPool()
+    {
+        var threads = new ThreadRecorder();
+        TrainingSession session = await TrainWithActors(2, threads);
+        Assert.Equal(session.TotalSteps, threads.Names.Count);
+        Assert.All(threads.Names, name => Assert.Equal("dbp-compute-1", name));
+    }
+
+    /// <summary>
     /// Parameter shards: θ and the optimizer state cut into K slices, each reduced and updated by its own actor,
     /// give the plain trainer's bits for any K and any N (K = 1 is the server's own update). The checkpoint a
     /// sharded run writes mid-way (collected from the shards) resumes to the same bits as well.
@@ -345,6 +358,13 @@ public sealed class LocalTrainingTests
         public ITrainingObserver Inner { get; set; } = NullObserver.Instance;
         public void StepCompleted(StepReport report) => Inner.StepCompleted(report);
         public void EpochCompleted(EpochReport report) => Inner.EpochCompleted(report);
+    }
+
+    private sealed class ThreadRecorder : ITrainingObserver
+    {
+        public List<string?> Names { get; } = [];
+        public void StepCompleted(StepReport report) => Names.Add(Thread.CurrentThread.Name);
+        public void EpochCompleted(EpochReport report) { }
     }
 
     private sealed class RecordingObserver : ITrainingObserver
