@@ -377,7 +377,7 @@ public static unsafe class Gemm
     /// NR-float pieces of the slivers. Sliver by sliver (as for Bᵀ), every 64-byte piece came from a new row, a stride
     /// of rs floats that crosses a page every row or so where the hardware's stride prefetch stops: a B larger than
     /// L2 (the batch's activations in ∂J/∂W = δᵀ·a, 0.8 MB at batch 256) was read at the cache's latency, line by
-    /// line. Read in order, each row streams: packing fell from 6.4 % to 3.5 % of a plain training step at batch 256
+    /// line. Read in order, each row streams: packing fell from 5.7–6.4 % to 3.5 % of a plain training step at batch 256
     /// (README, "Packing B row by row"). Four rows at a time (shorter write strides) measured the same.
     /// </summary>
     private static void PackRowMajorB(float* b, int rs, int kc, int nc, int nr, float* dst)
