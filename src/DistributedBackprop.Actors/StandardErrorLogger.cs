@@ -35,6 +35,6 @@ public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<IL
         string source = e.LogSource.Split('/').LastOrDefault() ?? e.LogSource;
         string time = e.Timestamp.ToUniversalTime().ToString("HH:mm:ss.fff", System.Globalization.CultureInfo.InvariantCulture);
         string line = $"dbp {time} [{level}] {source}: {e.Message}{(e is Error { Cause: { } cause } ? ": " + cause.Message : "")}";
-        Console.Error.WriteLine(line);
+        OneLine.ToStandardError(line);
     }
 }

@@ -29,7 +29,7 @@ public static class Program
         }
         catch (Exception e) when (e is UsageException or Models.ModelFileException or IOException or FormatException or System.Text.Json.JsonException)
         {
-            Output.OneLine.ToStandardError($"dbp {args[0]}: {e.Message}");
+            Actors.OneLine.ToStandardError($"dbp {args[0]}: {e.Message}");
             return ExitCodes.BadInput;
         }
         ParseResult parse = root.Parse(args);
@@ -44,7 +44,7 @@ public static class Program
             for (int i = 0; i < problems.Count; i++)
             {
                 string hint = i == problems.Count - 1 ? $" (see: {prefix} --help)" : "";
-                Output.OneLine.ToStandardError($"{prefix}: {RunFiles.Attribute(problems[i])}{hint}");
+                Actors.OneLine.ToStandardError($"{prefix}: {RunFiles.Attribute(problems[i])}{hint}");
             }
             return ExitCodes.BadInput;
         }

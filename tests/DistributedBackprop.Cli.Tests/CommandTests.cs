@@ -144,7 +144,7 @@ public sealed partial class CommandTests : IDisposable
     [InlineData("a\nb\r\tc", "a\\nb\\r\\tc")]
     [InlineData("bell\u0007 esc\u001b del\u007f é", "bell\\u0007 esc\\u001B del\\u007F é")]
     public void OneLine_WritesEveryControlCharacterAsAVisibleEscape(string text, string expected) =>
-        Assert.Equal(expected, DistributedBackprop.Cli.Output.OneLine.Of(text));
+        Assert.Equal(expected, DistributedBackprop.Actors.OneLine.Of(text));
 
     [Theory]
     [InlineData(new[] { "bench", "--inputs", "2000000000" }, "--inputs: the synthetic data would be 4,096 rows")]

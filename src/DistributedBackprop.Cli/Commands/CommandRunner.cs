@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using DistributedBackprop.Cli.Output;
+using DistributedBackprop.Actors;
 using DistributedBackprop.Data;
 using DistributedBackprop.Models;
 

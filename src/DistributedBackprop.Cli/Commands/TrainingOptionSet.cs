@@ -147,7 +147,7 @@ internal sealed class TrainingOptionSet
     {
         foreach (string line in lines)
         {
-            Output.OneLine.ToStandardError($"dbp {command}: warning: {line}");
+            Actors.OneLine.ToStandardError($"dbp {command}: warning: {line}");
         }
     }
 

@@ -274,5 +274,5 @@ internal sealed class MembershipLog(int minimumWorkers) : ITrainingObserver
             : $"worker {name} died ({workers} worker{(workers == 1 ? "" : "s")} left; its chunks go to the others)");
 
     private static void Write(string line) =>
-        Output.OneLine.ToStandardError(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"dbp serve {DateTime.Now:HH:mm:ss}: {line}"));
+        Actors.OneLine.ToStandardError(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"dbp serve {DateTime.Now:HH:mm:ss}: {line}"));
 }

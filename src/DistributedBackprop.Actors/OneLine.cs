@@ -1,15 +1,18 @@
 using System.Globalization;
 using System.Text;
 
-namespace DistributedBackprop.Cli.Output;
+namespace DistributedBackprop.Actors;
 
 /// <summary>
-/// What dbp writes to standard error as one line stays one line: an error quotes paths, values from files and
+/// What dbp writes to standard error as one line stays one line (the CLI's errors and status lines, and Akka's log
+/// events through <see cref="StandardErrorLogger"/>): an error quotes paths, values from files and
 /// names or reasons sent by peers, any of which can hold a newline (a path <c>/tmp/a⏎b.csv</c> printed its error
 /// over two lines) or a terminal escape sequence (a hostile peer's reason could rewrite the operator's screen).
 /// Every control character is written as a visible escape instead: <c>\n</c>, <c>\r</c>, <c>\t</c>, else <c>\u001B</c>.
+/// This is the guarantee where lines leave the process; <see cref="Security.ClusterAuthority.Printable"/> still bounds a
+/// peer's text where it enters a message (80 characters, control characters as '?').
 /// </summary>
-internal static class OneLine
+public static class OneLine
 {
     public static string Of(string text)
     {
