@@ -15,6 +15,11 @@
 #   over_plain_one_core                     samples/s ÷ the plain trainer's on one core (`dbp train
 #                                           --workers 0 --threads 1`, synchronous, measured before and after
 #                                           the cluster in this run: the median of both runs' epochs after the first)
+#   host_cpu_busy, cpu_ms_per_update       how busy this host's cores were over those epochs, and CPU-ms per
+#                                           update by group (compute, bulk_channel, kernel_softirq, other; see
+#                                           bench/host-cpu.py)
+#   step_time_over_bound_with_host_cpu      the same ratio with a third limit, the host's CPU work per update ÷
+#                                           its cores: near 1, the run measured this box's CPU, not the network
 # Usage (repo root, as root; cleans up its namespaces):
 #   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H [--outer-overlap]
 #        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--epochs 3]
@@ -60,12 +65,12 @@ names=(s); for i in $(seq 1 "$workers"); do names+=("w$i"); done
 netns_up "${names[@]}" >/dev/null
 # Shape both directions of every node's link: its eth0 (what it sends) and its veth end on the bridge (what
 # it receives). A token bucket with a burst of a few packets' worth and a bounded queue, like a switch port.
-ip link set "$bridge" mtu "$mtu"
+ip -n "$switch" link set "$bridge" mtu "$mtu"
 for n in "${names[@]}"; do
-  ip link set "v$n$tag" mtu "$mtu"
+  ip -n "$switch" link set "v$n$tag" mtu "$mtu"
   ip -n "dbp$n$tag" link set eth0 mtu "$mtu"
   ip netns exec "dbp$n$tag" tc qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 20ms
-  tc qdisc add dev "v$n$tag" root tbf rate "$rate" burst 64kb latency 20ms
+  ip netns exec "$switch" tc qdisc add dev "v$n$tag" root tbf rate "$rate" burst 64kb latency 20ms
 done
 counters() { # NAME: "rx tx" bytes of the node's eth0
   ip netns exec "dbp$1$tag" cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth0/statistics/tx_bytes | tr '\n' ' '
@@ -82,12 +87,15 @@ taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/
 ip netns exec "dbps$tag" "$dbp" serve "${args[@]}" --bind-host 10.77.0.1 --port 4053 --min-workers "$workers" \
   --state-dir "$work/state" --token-file "$work/token" --metrics "$work/metrics.jsonl" --progress none >"$work/server.log" 2>&1 &
 server=$!; pids+=("$server")
+# Where the host's CPU goes while the cluster trains (every node shares this machine's cores and kernel).
+python3 bench/host-cpu.py "$work/cpu.jsonl" "$work/metrics.jsonl" & sampler=$!; pids+=("$sampler")
 for _ in $(seq 1 100); do grep -q "listening at" "$work/server.log" && break; sleep 0.1; done
 for i in $(seq 1 "$workers"); do
   ip netns exec "dbpw$i$tag" "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host "10.77.0.$((i + 1))" --name "w$i" >"$work/w$i.log" 2>&1 &
   pids+=($!)
 done
 wait "$server" || { tail -5 "$work/server.log"; say "FAIL: the server exited non-zero"; exit 1; }
+kill "$sampler"; wait "$sampler" 2>/dev/null || true
 wait
 # And once more after, into the same file: this machine's speed drifts over minutes, so the reference
 # brackets the cluster run.
@@ -95,8 +103,8 @@ taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/
   || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }
 
 for n in "${names[@]}"; do echo "$n ${before[$n]} $(counters "$n")"; done > "$work/links.txt"
-python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" <<'PY'
-import json, math, statistics, sys
+python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" "$work/cpu.jsonl" <<'PY'
+import json, math, os, statistics, sys
 epochs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bits, workers, shards, rate = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 replicas, local_steps, mtu = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[10])
@@ -122,11 +130,40 @@ bound = max(compute, link_seconds)
 samples = statistics.median(e["samples_per_second"] for e in later)
 plain_samples = statistics.median(e["samples_per_second"] for run in plain_runs for e in (run[1:] or run))
 unit = "step" if local_steps == 1 else f"round of {local_steps} steps"
+# The host's CPU over the epochs the step time comes from (samples from the end of the first epoch to the
+# last one before the final epoch ended): how busy the cores were, and CPU-seconds per update by group.
+samples_cpu = [json.loads(l) for l in open(sys.argv[11]) if l.strip()]
+window = [c for c in samples_cpu if 1 <= c["epochs"] < len(epochs)] or samples_cpu
+cpu = None
+if len(window) >= 2:
+    a, b = window[0], window[-1]
+    host = [y - x for x, y in zip(a["host"], b["host"])]
+    seconds, cores, hz = b["t"] - a["t"], os.cpu_count(), os.sysconf("SC_CLK_TCK")
+    per_update = lambda ticks: ticks / hz / seconds * step_seconds
+    groups = {}
+    for thread, (key, user, system) in b["ticks"].items():
+        group = key.split(".")[1]
+        _, user0, system0 = a["ticks"].get(thread, (key, 0, 0))  # a thread born in the window started at 0
+        groups[group] = groups.get(group, 0) + per_update(user + system - user0 - system0)
+    # Interrupt work is charged to no thread: its share of the host's time, in CPU-seconds per update.
+    groups["kernel_softirq"] = (host[5] + host[6]) / sum(host) * cores * step_seconds
+    busy = 1 - (host[3] + host[4]) / sum(host)
+    work = busy * cores * step_seconds  # CPU-seconds the whole host spent per update
+    cpu = {"host_cpu_busy": round(busy, 3), "cores": cores,
+           "cpu_ms_per_update": {g: round(v * 1e3, 2) for g, v in sorted(groups.items())},
+           "transport_cpu_over_compute": round((groups.get("bulk_channel", 0) + groups["kernel_softirq"]) / groups["compute"], 2) if groups.get("compute") else None,
+           "cpu_bound_seconds": round(work / cores, 5)}
 print(f"[network-sim] {workers} worker(s), {shards} shard(s), {replicas} replica(s) x {local_steps} local step(s), {rate} links (MTU {mtu}): "
       f"busiest link {busiest} {links[busiest] / 1e6:.2f} MB/{unit} = {links[busiest] / model_bytes:.2f} M; {unit} {step_seconds * 1e3:.1f} ms, "
       f"bound {bound * 1e3:.1f} ms (compute {compute * 1e3:.1f} ms, link {link_seconds * 1e3:.1f} ms); "
       f"{samples:.0f} samples/s, the plain trainer on one core {plain_samples:.0f} ({samples / plain_samples:.2f}x); "
       f"final test accuracy {epochs[-1].get('test_accuracy', 0) * 100:.2f} % (plain {plain[-1].get('test_accuracy', 0) * 100:.2f} %)")
+if cpu:
+    ms = cpu["cpu_ms_per_update"]
+    print(f"[network-sim] host CPU {cpu['host_cpu_busy'] * 100:.0f} % busy on {cpu['cores']} cores; CPU ms per {unit}: compute {ms.get('compute', 0):.1f}, "
+          f"bulk channel {ms.get('bulk_channel', 0):.1f}, kernel softirq {ms['kernel_softirq']:.1f}, other {ms.get('other', 0):.1f} "
+          f"(transport ÷ compute {cpu['transport_cpu_over_compute']}); with the host's CPU as a third limit the bound is "
+          f"{max(bound, cpu['cpu_bound_seconds']) * 1e3:.1f} ms ({step_seconds / max(bound, cpu['cpu_bound_seconds']):.2f} x)")
 print(json.dumps({
     "workers": workers, "shards": shards, "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
     "busiest_link": busiest, "busiest_link_bytes_per_step": round(links[busiest]),
@@ -137,5 +174,7 @@ print(json.dumps({
     "plain_one_core_samples_per_second": round(plain_samples),
     "over_plain_one_core": round(samples / plain_samples, 3),
     "test_accuracy": epochs[-1].get("test_accuracy"), "plain_test_accuracy": plain[-1].get("test_accuracy"),
+    **(cpu or {}),
+    **({"step_time_over_bound_with_host_cpu": round(step_seconds / max(bound, cpu["cpu_bound_seconds"]), 3)} if cpu else {}),
 }))
 PY
