@@ -87,7 +87,7 @@ public sealed class BulkChannel : IDisposable
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
         _listener.Start(backlog: 128);
         Endpoint = $"{publicHost}:{((IPEndPoint)_listener.LocalEndpoint).Port}";
-        _ = Task.Run(AcceptLoop);
+        new Thread(AcceptLoop) { IsBackground = true, Name = "dbp-bulk-accept" }.Start();
     }
 
     /// <summary>host:port where peers reach this node's channel.</summary>
@@ -195,14 +195,23 @@ public sealed class BulkChannel : IDisposable
         return (endpoint[..colon].Trim('[', ']'), port);
     }
 
-    private async Task AcceptLoop()
+    /// <summary>
+    /// Accepts on a thread of its own and admits each connection on another, all with blocking calls. Why not
+    /// async: .NET on Linux turns a socket non-blocking for good at its first asynchronous call, and from then
+    /// on emulates every blocking call on it through epoll — a readiness event wakes the sockets thread, which
+    /// queues the read to the thread pool, which does it and wakes the caller: three threads woken per read that
+    /// waits, instead of one. A connection's receive thread waits for most of its reads, so with the async
+    /// handshake that cost a worker node 45–55 % of a core at 100 Mbit/s (thread pool and sockets thread,
+    /// measured by bench/host-cpu.py's per-thread sampling). Sockets here never see an asynchronous call.
+    /// </summary>
+    private void AcceptLoop()
     {
         while (!_stop.IsCancellationRequested)
         {
             TcpClient client;
             try
             {
-                client = await _listener.AcceptTcpClientAsync(_stop.Token).ConfigureAwait(false);
+                client = _listener.AcceptTcpClient();
             }
             catch (Exception) when (_stop.IsCancellationRequested)
             {
@@ -237,15 +246,24 @@ public sealed class BulkChannel : IDisposable
                     oldest.Cancel();
                 }
             }
-            _ = Task.Run(() => Admit(client, peer, slot));
+            // The thread that admits a connection goes on to receive on it.
+            new Thread(() => Admit(client, peer, slot)) { IsBackground = true, Name = "dbp-bulk-receive" }.Start();
         }
     }
 
-    /// <summary>Authenticates a new connection within the handshake deadline, then hands it to the join desk or to a receive thread.</summary>
-    private async Task Admit(TcpClient client, string peer, LinkedListNode<CancellationTokenSource> slot)
+    /// <summary>
+    /// Authenticates a new connection within the handshake deadline, then hands it to the join desk or to a receive
+    /// thread (this one). Blocking calls: the deadline, or eviction by newer handshakes, closes the socket, which
+    /// ends the call that waits on it.
+    /// </summary>
+    private void Admit(TcpClient client, string peer, LinkedListNode<CancellationTokenSource> slot)
     {
         bool receiving = false;
         CancellationTokenSource deadline = slot.Value;
+        CancellationTokenRegistration abort = deadline.Token.Register(client.Dispose);
+        Stream? receiveStream = null;
+        PeerIdentity? receiveIdentity = null;
+        bool receiveMagicConsumed = false;
         try
         {
             Configure(client);
@@ -256,7 +274,7 @@ public sealed class BulkChannel : IDisposable
             {
                 socket = new ReadBufferedStream(stream, TlsIoBuffer);
                 var ssl = new SslStream(socket, leaveInnerStreamOpen: false);
-                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                ssl.AuthenticateAsServer(new SslServerAuthenticationOptions
                 {
                     ServerCertificateContext = _certificateContext,
                     ClientCertificateRequired = true,
@@ -264,12 +282,12 @@ public sealed class BulkChannel : IDisposable
                     RemoteCertificateValidationCallback = (_, certificate, _, _) => certificate is null || _identity.Validate(certificate, out _) is not null,
                     EnabledSslProtocols = SslProtocols.Tls13 | SslProtocols.Tls12,
                     CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-                }, deadline.Token).ConfigureAwait(false);
+                });
                 identity = ssl.RemoteCertificate is { } presented ? _identity.Validate(presented, out _) : null;
                 stream = ssl;
             }
             byte[] magic = new byte[4];
-            await stream.ReadExactlyAsync(magic, deadline.Token).ConfigureAwait(false);
+            stream.ReadExactly(magic);
             if (magic.AsSpan().SequenceEqual(Enrollment.Magic))
             {
                 if (_desk is null)
@@ -277,7 +295,8 @@ public sealed class BulkChannel : IDisposable
                     Refused(peer, "join handshake on a node that does not enroll others");
                     return;
                 }
-                await _desk.ServeAsync(stream, peer, deadline.Token).ConfigureAwait(false);
+                // A join is rare and short: its socket may go asynchronous.
+                _desk.ServeAsync(stream, peer, deadline.Token).GetAwaiter().GetResult();
                 return;
             }
             if (!magic.AsSpan().SequenceEqual(Magic))
@@ -296,22 +315,25 @@ public sealed class BulkChannel : IDisposable
                 // The sender's key for this connection's records, inside TLS; acknowledged, so it sends no
                 // record before this side has stopped reading TLS (SealedRecords).
                 byte[] key = new byte[SealedRecords.KeyBytes];
-                await stream.ReadExactlyAsync(key, deadline.Token).ConfigureAwait(false);
-                await stream.WriteAsync(new byte[] { 1 }, deadline.Token).ConfigureAwait(false);
-                await stream.FlushAsync(deadline.Token).ConfigureAwait(false);
+                stream.ReadExactly(key);
+                stream.Write([1]);
+                stream.Flush();
                 // Records are read straight from the socket (a quarter-megabyte record in one or two calls,
                 // opened in place) unless the TLS layer left bytes in the buffer.
                 stream = new SealedReader(socket.Buffered == 0 ? socket.Inner : socket, key, stream);
                 magicConsumed = false;
             }
+            // Admitted: past this point neither the deadline nor an eviction may close the connection. If one
+            // already did, the receive loop's first read fails and the peer reconnects.
+            abort.Dispose();
             receiving = true;
-            new Thread(() => ReceiveLoop(client, stream, identity, peer, magicConsumed)) { IsBackground = true, Name = "dbp-bulk-receive" }.Start();
+            (receiveStream, receiveIdentity, receiveMagicConsumed) = (stream, identity, magicConsumed);
         }
         catch (Exception e)
         {
             if (!_stop.IsCancellationRequested)
             {
-                Refused(peer, e is OperationCanceledException ? $"no handshake within {_settings.HandshakeTimeout.TotalSeconds:0.#} s, or evicted by newer connections ({_settings.MaxPendingHandshakes} may handshake at once)" : $"handshake failed: {e.Message}");
+                Refused(peer, deadline.IsCancellationRequested || e is OperationCanceledException ? $"no handshake within {_settings.HandshakeTimeout.TotalSeconds:0.#} s, or evicted by newer connections ({_settings.MaxPendingHandshakes} may handshake at once)" : $"handshake failed: {e.Message}");
             }
         }
         finally
@@ -323,12 +345,17 @@ public sealed class BulkChannel : IDisposable
                     _handshaking.Remove(slot);
                 }
             }
+            abort.Dispose();
             deadline.Dispose();
             if (!receiving)
             {
                 client.Dispose();
                 Interlocked.Decrement(ref _open);
             }
+        }
+        if (receiving)
+        {
+            ReceiveLoop(client, receiveStream!, receiveIdentity, peer, receiveMagicConsumed);
         }
     }
 
@@ -463,10 +490,16 @@ public sealed class BulkChannel : IDisposable
     private Stream Connect(TcpClient client, string endpoint, Address peer)
     {
         var (host, port) = ParseEndpoint(endpoint);
-        using (var connect = new CancellationTokenSource(_settings.ConnectTimeout))
+        // Blocking calls only, as on the accepting side (see AcceptLoop). Linux bounds a blocking connect by the
+        // socket's send timeout (SO_SNDTIMEO); closing the socket at the deadline is the backstop. A handshake that
+        // outlives its deadline is ended by closing the socket.
+        client.SendTimeout = (int)_settings.ConnectTimeout.TotalMilliseconds;
+        using (var connect = new CancellationTokenSource(_settings.ConnectTimeout + TimeSpan.FromSeconds(1)))
+        using (connect.Token.Register(client.Dispose))
         {
-            client.ConnectAsync(host, port, connect.Token).AsTask().GetAwaiter().GetResult();
+            client.Connect(host, port);
         }
+        client.SendTimeout = 0;
         Stream stream = client.GetStream();
         if (_identity is null)
         {
@@ -476,9 +509,10 @@ public sealed class BulkChannel : IDisposable
         var socket = new ReadBufferedStream(stream, TlsIoBuffer);
         var ssl = new SslStream(socket, leaveInnerStreamOpen: false);
         using var deadline = new CancellationTokenSource(_settings.HandshakeTimeout);
+        using CancellationTokenRegistration abort = deadline.Token.Register(client.Dispose);
         try
         {
-            ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+            ssl.AuthenticateAsClient(new SslClientAuthenticationOptions
             {
                 TargetHost = "dbp",
                 ClientCertificateContext = _certificateContext,
@@ -494,7 +528,7 @@ public sealed class BulkChannel : IDisposable
                 },
                 EnabledSslProtocols = SslProtocols.Tls13 | SslProtocols.Tls12,
                 CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-            }, deadline.Token).GetAwaiter().GetResult();
+            });
             // A fresh key for this connection's records, sent inside the authenticated TLS session; the
             // receiver's acknowledgement says it has stopped reading TLS.
             byte[] key = RandomNumberGenerator.GetBytes(SealedRecords.KeyBytes);
@@ -502,7 +536,8 @@ public sealed class BulkChannel : IDisposable
             ssl.Write(key);
             ssl.Flush();
             byte[] acknowledged = new byte[1];
-            ssl.ReadExactlyAsync(acknowledged, deadline.Token).AsTask().GetAwaiter().GetResult();
+            ssl.ReadExactly(acknowledged);
+            abort.Dispose(); // connected: the deadline no longer applies
             return new SealedWriter(socket.Inner, key, ssl);
         }
         catch (AuthenticationException e) when (problem is not null)
