@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using DistributedBackprop.Actors.Cluster;
+using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
 
@@ -23,7 +24,7 @@ public sealed class ClusterTrainingTests : IDisposable
     private static NodeSettings WorkerSettings(ClusterServer server) => Loopback.Worker(server);
 
     [Fact]
-    public async Task ServerAndThreeWorkerNodes_GiveTheBitsOfLocalMode()
+    public async Task ServerAndThreeWorkerNodes_GiveTheBitsOfLocalMode_OnBlockingSockets()
     {
         string path = WriteCsv(Fixtures.Blobs(200));
         TrainingConfig config = Fixtures.Config();
@@ -46,15 +47,55 @@ public sealed class ClusterTrainingTests : IDisposable
             ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("node-3", null, StreamData: true)),
         ];
         TrainingOutcome outcome = await server.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+        // Both ends of every connection to the server's bulk channel are in this process, still open: the server's
+        // accepted sockets (TLS as server) and the workers' (TLS as client) must never have gone non-blocking.
+        List<(string Connection, bool NonBlocking)> bulk = OpenTcpSocketsOnPort(BulkChannel.ParseEndpoint(server.Channel.Endpoint).Port);
         await server.AnnounceFinishAsync(new TrainingFinished(outcome.Steps, true, "done"));
         WorkerExit[] exits = await Task.WhenAll(workers).WaitAsync(TimeSpan.FromSeconds(30));
 
+        Assert.True(bulk.Count >= 6, $"expected both ends of 3 workers' connections to the bulk channel, found {bulk.Count}");
+        Assert.All(bulk, b => Assert.False(b.NonBlocking, $"bulk channel socket {b.Connection} is non-blocking: an asynchronous call on it makes every read go through epoll and the thread pool"));
         Fixtures.AssertSameBits(oracle, session.Parameters, "server + 3 worker nodes over loopback TCP");
         Assert.All(exits, e => Assert.Equal(0, e.ExitCode));
         Assert.Equal(3, outcome.Epochs[^1].Workers);
         Assert.True(server.Channel.BytesSent > 0 && server.Channel.BytesReceived > 0, "tensors must travel on the bulk channel");
         Assert.Equal(3, server.Desk.Issued);
         Assert.Equal(0, server.Channel.Refusals);
+    }
+
+    /// <summary>
+    /// This process's established TCP sockets with <paramref name="port"/> at either end, and whether each file
+    /// descriptor has O_NONBLOCK (from /proc: net/tcp and tcp6 for the connections' inodes, fd for ours, fdinfo
+    /// for the flags). .NET sets O_NONBLOCK at a socket's first asynchronous call and never clears it.
+    /// </summary>
+    private static List<(string Connection, bool NonBlocking)> OpenTcpSocketsOnPort(int port)
+    {
+        const int ONonBlock = 0x800; // 04000 octal, Linux
+        var connections = new Dictionary<string, string>();
+        foreach (string table in new[] { "/proc/self/net/tcp", "/proc/self/net/tcp6" })
+        {
+            foreach (string line in File.ReadLines(table).Skip(1))
+            {
+                string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                int local = Convert.ToInt32(f[1][(f[1].LastIndexOf(':') + 1)..], 16), remote = Convert.ToInt32(f[2][(f[2].LastIndexOf(':') + 1)..], 16);
+                if (f[3] == "01" && (local == port || remote == port))
+                {
+                    connections[f[9]] = $"{local}->{remote}";
+                }
+            }
+        }
+        var found = new List<(string, bool)>();
+        foreach (string fd in Directory.GetFiles("/proc/self/fd"))
+        {
+            string? target = new FileInfo(fd).LinkTarget;
+            if (target is null || !target.StartsWith("socket:[", StringComparison.Ordinal) || !connections.TryGetValue(target[8..^1], out string? connection))
+            {
+                continue;
+            }
+            string flags = File.ReadLines($"/proc/self/fdinfo/{Path.GetFileName(fd)}").First(l => l.StartsWith("flags:", StringComparison.Ordinal));
+            found.Add((connection, (Convert.ToInt32(flags["flags:".Length..].Trim(), 8) & ONonBlock) != 0));
+        }
+        return found;
     }
 
     [Fact]

@@ -222,7 +222,16 @@ public sealed class BulkChannel : IDisposable
                 _log.Warning("bulk channel accept failed: {0}", e.Message);
                 continue;
             }
-            string peer = client.Client.RemoteEndPoint?.ToString() ?? "?";
+            string peer;
+            try
+            {
+                peer = client.Client.RemoteEndPoint?.ToString() ?? "?";
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                client.Dispose(); // reset before it was looked at: on this thread, an escaped exception would end the process
+                continue;
+            }
             if (Interlocked.Increment(ref _open) > _settings.MaxConnections)
             {
                 Interlocked.Decrement(ref _open);
@@ -247,7 +256,25 @@ public sealed class BulkChannel : IDisposable
                 }
             }
             // The thread that admits a connection goes on to receive on it.
-            new Thread(() => Admit(client, peer, slot)) { IsBackground = true, Name = "dbp-bulk-receive" }.Start();
+            try
+            {
+                new Thread(() => Admit(client, peer, slot)) { IsBackground = true, Name = "dbp-bulk-receive" }.Start();
+            }
+            catch (OutOfMemoryException)
+            {
+                // No thread to be had (a process limit): refuse this one rather than let the exception end the node.
+                lock (_handshaking)
+                {
+                    if (slot.List is not null)
+                    {
+                        _handshaking.Remove(slot);
+                    }
+                }
+                deadline.Dispose();
+                client.Dispose();
+                Interlocked.Decrement(ref _open);
+                Refused(peer, "no thread to admit the connection");
+            }
         }
     }
 
@@ -316,6 +343,9 @@ public sealed class BulkChannel : IDisposable
                 // record before this side has stopped reading TLS (SealedRecords).
                 byte[] key = new byte[SealedRecords.KeyBytes];
                 stream.ReadExactly(key);
+                // Admitted before the acknowledgement: once the peer has it, it sends frames, so the deadline must
+                // not close the connection after that (its first frames would be lost unreported).
+                Admitted();
                 stream.Write([1]);
                 stream.Flush();
                 // Records are read straight from the socket (a quarter-megabyte record in one or two calls,
@@ -323,9 +353,7 @@ public sealed class BulkChannel : IDisposable
                 stream = new SealedReader(socket.Buffered == 0 ? socket.Inner : socket, key, stream);
                 magicConsumed = false;
             }
-            // Admitted: past this point neither the deadline nor an eviction may close the connection. If one
-            // already did, the receive loop's first read fails and the peer reconnects.
-            abort.Dispose();
+            Admitted();
             receiving = true;
             (receiveStream, receiveIdentity, receiveMagicConsumed) = (stream, identity, magicConsumed);
         }
@@ -356,6 +384,17 @@ public sealed class BulkChannel : IDisposable
         if (receiving)
         {
             ReceiveLoop(client, receiveStream!, receiveIdentity, peer, receiveMagicConsumed);
+        }
+
+        // Past this point neither the deadline nor an eviction may close the connection: the registration is
+        // removed (waiting for a close already under way), and if one came first the connection is refused.
+        void Admitted()
+        {
+            abort.Dispose();
+            if (deadline.IsCancellationRequested)
+            {
+                throw new OperationCanceledException();
+            }
         }
     }
 
@@ -492,12 +531,20 @@ public sealed class BulkChannel : IDisposable
         var (host, port) = ParseEndpoint(endpoint);
         // Blocking calls only, as on the accepting side (see AcceptLoop). Linux bounds a blocking connect by the
         // socket's send timeout (SO_SNDTIMEO); closing the socket at the deadline is the backstop. A handshake that
-        // outlives its deadline is ended by closing the socket.
+        // outlives its deadline is ended by closing the socket. (A host name's lookup is not bounded by either: the
+        // endpoints the cluster hands out are addresses, or names a container network resolves locally.)
         client.SendTimeout = (int)_settings.ConnectTimeout.TotalMilliseconds;
         using (var connect = new CancellationTokenSource(_settings.ConnectTimeout + TimeSpan.FromSeconds(1)))
         using (connect.Token.Register(client.Dispose))
         {
-            client.Connect(host, port);
+            try
+            {
+                client.Connect(host, port);
+            }
+            catch (Exception e) when (connect.IsCancellationRequested)
+            {
+                throw new TimeoutException($"no connection to {endpoint} within {_settings.ConnectTimeout.TotalSeconds:0.#} s", e);
+            }
         }
         client.SendTimeout = 0;
         Stream stream = client.GetStream();
@@ -544,6 +591,11 @@ public sealed class BulkChannel : IDisposable
         {
             ssl.Dispose();
             throw new AuthenticationException(problem, e);
+        }
+        catch (Exception e) when (deadline.IsCancellationRequested && e is not AuthenticationException)
+        {
+            ssl.Dispose();
+            throw new TimeoutException($"no TLS handshake with {endpoint} within {_settings.HandshakeTimeout.TotalSeconds:0.#} s", e);
         }
     }
 
