@@ -148,11 +148,12 @@ if len(window) >= 2:
     # Interrupt work is charged to no thread: its share of the host's time, in CPU-seconds per update.
     groups["kernel_softirq"] = (host[5] + host[6]) / sum(host) * cores * step_seconds
     busy = 1 - (host[3] + host[4]) / sum(host)
-    work = busy * cores * step_seconds  # CPU-seconds the whole host spent per update
     cpu = {"host_cpu_busy": round(busy, 3), "cores": cores,
            "cpu_ms_per_update": {g: round(v * 1e3, 2) for g, v in sorted(groups.items())},
            "transport_cpu_over_compute": round((groups.get("bulk_channel", 0) + groups["kernel_softirq"]) / groups["compute"], 2) if groups.get("compute") else None,
-           "cpu_bound_seconds": round(work / cores, 5)}
+           # The host's CPU work per update ÷ its cores (busy · cores · step ÷ cores): near the step when busy is near 1.
+           "cpu_bound_seconds": round(busy * step_seconds, 5)}
+    cpu["step_time_over_bound_with_host_cpu"] = round(step_seconds / max(bound, cpu["cpu_bound_seconds"]), 3)
 print(f"[network-sim] {workers} worker(s), {shards} shard(s), {replicas} replica(s) x {local_steps} local step(s), {rate} links (MTU {mtu}): "
       f"busiest link {busiest} {links[busiest] / 1e6:.2f} MB/{unit} = {links[busiest] / model_bytes:.2f} M; {unit} {step_seconds * 1e3:.1f} ms, "
       f"bound {bound * 1e3:.1f} ms (compute {compute * 1e3:.1f} ms, link {link_seconds * 1e3:.1f} ms); "
@@ -163,7 +164,7 @@ if cpu:
     print(f"[network-sim] host CPU {cpu['host_cpu_busy'] * 100:.0f} % busy on {cpu['cores']} cores; CPU ms per {unit}: compute {ms.get('compute', 0):.1f}, "
           f"bulk channel {ms.get('bulk_channel', 0):.1f}, kernel softirq {ms['kernel_softirq']:.1f}, other {ms.get('other', 0):.1f} "
           f"(transport ÷ compute {cpu['transport_cpu_over_compute']}); with the host's CPU as a third limit the bound is "
-          f"{max(bound, cpu['cpu_bound_seconds']) * 1e3:.1f} ms ({step_seconds / max(bound, cpu['cpu_bound_seconds']):.2f} x)")
+          f"{max(bound, cpu['cpu_bound_seconds']) * 1e3:.1f} ms ({cpu['step_time_over_bound_with_host_cpu']:.2f} x)")
 print(json.dumps({
     "workers": workers, "shards": shards, "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
     "busiest_link": busiest, "busiest_link_bytes_per_step": round(links[busiest]),
@@ -175,6 +176,5 @@ print(json.dumps({
     "over_plain_one_core": round(samples / plain_samples, 3),
     "test_accuracy": epochs[-1].get("test_accuracy"), "plain_test_accuracy": plain[-1].get("test_accuracy"),
     **(cpu or {}),
-    **({"step_time_over_bound_with_host_cpu": round(step_seconds / max(bound, cpu["cpu_bound_seconds"]), 3)} if cpu else {}),
 }))
 PY
