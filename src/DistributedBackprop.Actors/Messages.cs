@@ -168,10 +168,11 @@ public sealed record ShardReady(int Shard, long Step) : IWireMessage;
 public sealed record ShardMap(IReadOnlyList<PeerActor> Shards) : IWireMessage;
 
 /// <summary>
-/// Worker → parameter shard: the shard's slice of one canonical node's gradient at step <see cref="Step"/>.
-/// Ownership passes to the shard (it adds into it) until the step is applied.
+/// Worker → parameter shard: one piece of the shard's slice of one canonical node's gradient at step <see cref="Step"/>,
+/// starting at <see cref="Offset"/> of the slice (a piece of <see cref="Engine.ShardUpdate.Pieces"/>: sent as soon as
+/// the backward pass has finished it). Ownership passes to the shard (it adds into it) until the step is applied.
 /// </summary>
-public sealed record GradientSlice(long Step, TreeNode Node, float[] Values) : IWireMessage
+public sealed record GradientSlice(long Step, TreeNode Node, int Offset, float[] Values) : IWireMessage
 {
     /// <summary>Set by the bulk channel when <see cref="Values"/> came from its pool: the shard returns it after the step. Not sent.</summary>
     public Transport.FloatArrayPool? Pool { get; init; }

@@ -12,8 +12,9 @@ namespace DistributedBackprop.Actors;
 /// cluster, so that node's link carries its slice for every worker instead of the server's link carrying
 /// all of θ for every worker.
 ///
-/// Protocol, per step: workers send their slices of each node gradient (<see cref="GradientSlice"/>); when the
-/// chunk tree is covered the shard sums them and reports <see cref="SliceReduced"/> (finite or not) to the
+/// Protocol, per step: workers send their slices of each node gradient in pieces, each as soon as the backward pass
+/// has finished it (<see cref="GradientSlice"/>, <see cref="ShardUpdate.Pieces"/>); a piece is summed when the chunk
+/// tree is covered for it, and when every piece is, the shard reports <see cref="SliceReduced"/> (finite or not) to the
 /// parameter server; the server, once every shard's sum is finite, sends <see cref="ApplySlice"/> with γ and
 /// the workers; the shard applies, reports <see cref="SliceApplied"/> and sends each worker θ's slice for the
 /// next step (<see cref="ParameterSlice"/>). <see cref="PublishSlice"/> sends the current slice to newcomers,
@@ -85,12 +86,12 @@ public sealed class ParameterShard : ReceiveActor
             }
             return;
         }
-        if (!ChunkTree.IsCanonical(slice.Node, _parts) || slice.Values.Length != _update.Count)
+        if (!ChunkTree.IsCanonical(slice.Node, _parts) || _update.PieceAt(slice.Offset, slice.Values.Length) < 0)
         {
-            _courier.Send(_server, new ShardFailed(_shard, $"{Sender.Path} sent shard {_shard} a gradient slice of {slice.Values.Length} values for node {slice.Node} of step {slice.Step}; the shard holds {_update.Count} parameters of a tree over {_parts} parts"), Self);
+            _courier.Send(_server, new ShardFailed(_shard, $"{Sender.Path} sent shard {_shard} a gradient piece of {slice.Values.Length} values at {slice.Offset} for node {slice.Node} of step {slice.Step}; the shard holds {_update.Count} parameters in {_update.Pieces.Count} pieces, of a tree over {_parts} parts"), Self);
             return;
         }
-        if (!_update.TryAdd(slice.Node, slice.Values))
+        if (!_update.TryAdd(slice.Node, slice.Offset, slice.Values))
         {
             slice.Pool?.Return(slice.Values);
             return;

@@ -286,23 +286,59 @@ public sealed class Worker : ReceiveActor, IWithTimers
         foreach (TreeNode node in _nodes)
         {
             long start = Stopwatch.GetTimestamp();
-            // With shards the node's gradient is only cut into slices here: one scratch buffer serves every node.
+            // With shards the node's gradient is only cut into pieces here: one scratch buffer serves every node.
             float[] gradient = _shards is null ? Rent(message.Step) : _sliceScratch ??= new float[_setup.Architecture.ParameterCount];
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
-            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start);
-            if (_shards is null)
+            PieceSender? sender = _shards is null ? null : (_pieceSender ??= new PieceSender(this)).Begin(message.Step, node, gradient);
+            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start, sender);
+            if (sender is null)
             {
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
                 continue;
             }
-            // Each shard gets its slice first; the server, which only counts what is covered, the node's figures after.
-            for (int s = 0; s < _shards.Length; s++)
-            {
-                float[] slice = Rent(message.Step, _shardPlan!.Count(s));
-                Array.Copy(gradient, _shardPlan.Start(s), slice, 0, slice.Length);
-                _courier.Send(_shards[s], new GradientSlice(message.Step, node, slice), Self);
-            }
+            // The shards get what the backward pass has not released yet (all of a round's value); the server, which
+            // only counts what is covered, the node's figures after every piece.
+            sender.Released(0);
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, [], Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
+        }
+    }
+
+    private PieceSender? _pieceSender;
+
+    /// <summary>
+    /// Sends each piece of a node's gradient (<see cref="ShardPlan.Pieces"/>) to its shard as soon as the backward
+    /// pass releases it, so the last layers' gradients travel while the first layers' are still being computed.
+    /// </summary>
+    private sealed class PieceSender(Worker worker) : IGradientRelease
+    {
+        private (int Shard, int Start, int Count)[] _pieces = [];
+        private ShardPlan? _plan;
+        private long _step;
+        private TreeNode _node;
+        private float[] _gradient = [];
+        /// <summary>The highest piece not sent yet (pieces go last first).</summary>
+        private int _next;
+
+        public PieceSender Begin(long step, TreeNode node, float[] gradient)
+        {
+            if (!ReferenceEquals(_plan, worker._shardPlan))
+            {
+                _plan = worker._shardPlan!;
+                _pieces = _plan.Pieces(worker._setup.Architecture);
+            }
+            (_step, _node, _gradient, _next) = (step, node, gradient, _pieces.Length - 1);
+            return this;
+        }
+
+        public void Released(int from)
+        {
+            for (; _next >= 0 && _pieces[_next].Start >= from; _next--)
+            {
+                var (shard, start, count) = _pieces[_next];
+                float[] piece = worker.Rent(_step, count);
+                Array.Copy(_gradient, start, piece, 0, count);
+                worker._courier.Send(worker._shards![shard], new GradientSlice(_step, _node, start - _plan!.Start(shard), piece), worker.Self);
+            }
         }
     }
 

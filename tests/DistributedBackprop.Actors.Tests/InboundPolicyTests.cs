@@ -44,7 +44,7 @@ public sealed class InboundPolicyTests
         worker.SetRun(parameters, 10);
         server.SetRun(parameters, 10);
         string shard = ClusterNaming.ShardPathPrefix + "0-1";
-        long slice = PayloadBytes(new GradientSlice(long.MaxValue, new TreeNode(0, 8), new float[parameters]));
+        long slice = PayloadBytes(new GradientSlice(long.MaxValue, new TreeNode(0, 8), int.MaxValue, new float[parameters]));
         Assert.Null(worker.Check("GL", shard, ClusterNaming.WorkerRole, slice));
         Assert.Contains("may only go to", worker.Check("GL", ClusterNaming.WorkerActorPath, ClusterNaming.WorkerRole, slice));
         Assert.Contains("may only go to", worker.Check("GL", "/user/worker-agent", ClusterNaming.WorkerRole, slice));

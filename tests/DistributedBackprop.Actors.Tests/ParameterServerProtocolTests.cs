@@ -148,17 +148,26 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         return (refs, theta, work);
     }
 
-    /// <summary>An honest sharded answer: each shard its slice of each node, the server the figures.</summary>
+    /// <summary>An honest sharded answer: each shard its pieces of each node, the server the figures.</summary>
     private static void DeliverSharded(Harness h, TestProbe worker, IActorRef[] shards, float[] theta, ComputeGradients work)
     {
-        var plan = new ShardPlan(h.Session.Parameters.Length, shards.Length);
         foreach (GradientsComputed answer in h.Answer(work with { Parameters = theta }))
         {
-            for (int s = 0; s < shards.Length; s++)
-            {
-                shards[s].Tell(new GradientSlice(answer.Step, answer.Node, answer.Gradient.AsSpan(plan.Start(s), plan.Count(s)).ToArray()), worker.Ref);
-            }
+            SendPieces(h, worker, shards, answer);
             h.Server.Tell(answer with { Gradient = [] }, worker.Ref);
+        }
+    }
+
+    /// <summary>A node's gradient to the shards in the pieces a worker sends (<see cref="ShardPlan.Pieces"/>), the last first; those of <paramref name="skipShard"/> lost.</summary>
+    private static void SendPieces(Harness h, TestProbe worker, IActorRef[] shards, GradientsComputed answer, int skipShard = -1)
+    {
+        var plan = new ShardPlan(h.Session.Parameters.Length, shards.Length);
+        foreach (var (shard, start, count) in plan.Pieces(h.Session.Architecture).Reverse())
+        {
+            if (shard != skipShard)
+            {
+                shards[shard].Tell(new GradientSlice(answer.Step, answer.Node, start - plan.Start(shard), answer.Gradient.AsSpan(start, count).ToArray()), worker.Ref);
+            }
         }
     }
 
@@ -173,9 +182,9 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         // has summed: the shards drop its slices, the server refuses the sum; were either taken, the honest
         // slices would be duplicates and the step NaN.
         var plan = new ShardPlan(h.Session.Parameters.Length, 2);
-        for (int s = 0; s < 2; s++)
+        foreach (var (shard, start, count) in plan.Pieces(h.Session.Architecture))
         {
-            shards[s].Tell(new GradientSlice(work.Step, new TreeNode(0, 8), Enumerable.Repeat(float.NaN, plan.Count(s)).ToArray()), stranger.Ref);
+            shards[shard].Tell(new GradientSlice(work.Step, new TreeNode(0, 8), start - plan.Start(shard), Enumerable.Repeat(float.NaN, count).ToArray()), stranger.Ref);
         }
         h.Server.Tell(new SliceReduced(work.Step, 0, true), stranger.Ref);
         for (int step = 0; step < h.Session.StepsPerEpoch; step++)
@@ -208,19 +217,11 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Harness h = Start(new StepDeadline(TimeSpan.FromMilliseconds(300)), null, 2, worker);
         h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
         var (shards, theta, work) = ShardedWork(h, worker, 2);
-        var plan = new ShardPlan(h.Session.Parameters.Length, 2);
         foreach (var (lo, hi) in new[] { (0, 4), (4, 8) })
         {
             foreach (GradientsComputed answer in h.Answer(work with { Parameters = theta, ChunkLo = lo, ChunkHi = hi }))
             {
-                for (int s = 0; s < 2; s++)
-                {
-                    if (s == 1 && lo == 4)
-                    {
-                        continue; // lost on its way to shard 1
-                    }
-                    shards[s].Tell(new GradientSlice(answer.Step, answer.Node, answer.Gradient.AsSpan(plan.Start(s), plan.Count(s)).ToArray()), worker.Ref);
-                }
+                SendPieces(h, worker, shards, answer, skipShard: lo == 4 ? 1 : -1); // [4, 8) lost on its way to shard 1
                 h.Server.Tell(answer with { Gradient = [] }, worker.Ref);
             }
         }
@@ -240,9 +241,9 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Harness h = Start(null, null, 3, worker);
         h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
         var (shards, theta, work) = ShardedWork(h, worker, 3);
-        shards[1].Tell(new GradientSlice(work.Step, new TreeNode(0, 8), new float[5]), worker.Ref);
+        shards[1].Tell(new GradientSlice(work.Step, new TreeNode(0, 8), 0, new float[5]), worker.Ref);
         TrainingFailed failure = h.Coordinator.ExpectMsg<TrainingFailed>();
-        Assert.Contains("a gradient slice of 5 values", failure.Reason);
+        Assert.Contains("a gradient piece of 5 values at 0", failure.Reason);
         Assert.False(failure.Restartable);
         // Honest gradients afterwards change nothing: no step is applied.
         DeliverSharded(h, worker, shards, theta, work);

@@ -40,7 +40,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new HostShard(2, 5, 700, 699, [1f, -2f, float.NaN], [[3f, 4f, 5f], [6f, 7f, float.PositiveInfinity]]),
         new ShardReady(4, 12),
         new ShardMap([new PeerActor("akka.tcp://dbp@10.0.0.2:4053/user/worker-agent/shard-0-1#123", "10.0.0.2:4054"), new PeerActor("akka://dbp/user/x", "")]),
-        new GradientSlice(17, new TreeNode(2, 2), [0.25f, -0f]),
+        new GradientSlice(17, new TreeNode(2, 2), 65_536, [0.25f, -0f]),
         new SliceReduced(17, 3, false),
         new ApplySlice(17, 18, 0.01f, [new PeerActor("akka.tcp://dbp@10.0.0.3:4053/user/worker-agent/worker#9", "10.0.0.3:4054")]),
         new SliceApplied(17, 3, true),

@@ -72,11 +72,16 @@ public class ParameterShardsTests
             optimizer.ApplyRange(whole, sum, 0.05f, 0, whole.Length);
             for (int s = 0; s < shards; s++)
             {
-                foreach (var (node, gradient) in nodes)
+                // Pieces as the backward pass releases them (the last first), the nodes' pieces interleaved.
+                foreach (var (offset, count) in updates[s].Pieces.Reverse())
                 {
-                    Assert.True(updates[s].TryAdd(node, gradient.AsSpan(plan.Start(s), plan.Count(s)).ToArray()));
+                    Assert.False(updates[s].IsComplete);
+                    foreach (var (node, gradient) in nodes)
+                    {
+                        Assert.True(updates[s].TryAdd(node, offset, gradient.AsSpan(plan.Start(s) + offset, count).ToArray()));
+                    }
+                    Assert.False(updates[s].TryAdd(new TreeNode(4, 1), offset, new float[count])); // a duplicate
                 }
-                Assert.False(updates[s].TryAdd(new TreeNode(4, 1), new float[plan.Count(s)])); // a duplicate
                 Assert.True(updates[s].IsComplete);
                 Assert.True(updates[s].Reduce());
                 Assert.True(updates[s].Apply(0.05f));
@@ -106,7 +111,7 @@ public class ParameterShardsTests
         var update = new ShardUpdate(Arch, settings, 1, 20, (float[])slice.Clone(), 0, ShardUpdate.StateSlicesOf(optimizer, 20, 10));
         float[] poisoned = new float[10];
         poisoned[3] = float.PositiveInfinity;
-        Assert.True(update.TryAdd(new TreeNode(0, 1), poisoned));
+        Assert.True(update.TryAdd(new TreeNode(0, 1), 0, poisoned));
         Assert.False(update.Reduce());
         Assert.Equal(Bits(slice), Bits(update.Parameters));
         Assert.Equal(0, update.OptimizerSteps);
@@ -118,11 +123,36 @@ public class ParameterShardsTests
         var settings = new OptimizerSettings { Kind = OptimizerKind.Sgd };
         var update = new ShardUpdate(Arch, settings, 8, 0, new float[10], 0, []);
         Assert.Equal([(0, 8)], update.MissingRuns());
-        Assert.True(update.TryAdd(new TreeNode(2, 2), new float[10]));
-        Assert.True(update.TryAdd(new TreeNode(6, 1), new float[10]));
+        Assert.True(update.TryAdd(new TreeNode(2, 2), 0, new float[10]));
+        Assert.True(update.TryAdd(new TreeNode(6, 1), 0, new float[10]));
         Assert.Equal([(0, 2), (4, 6), (7, 8)], update.MissingRuns());
-        Assert.False(update.TryAdd(new TreeNode(0, 4), new float[10])); // overlaps [2,4): refused, [0,2) stays missing
+        Assert.False(update.TryAdd(new TreeNode(0, 4), 0, new float[10])); // overlaps [2,4): refused, [0,2) stays missing
         Assert.Equal([(0, 2), (4, 6), (7, 8)], update.MissingRuns());
+    }
+
+    /// <summary>
+    /// A slice that a release point cuts (Arch's W_2 starts at 40) comes in two pieces: a part is missing until
+    /// both of its pieces are in, a piece is summed as soon as its parts are, and a piece the cut does not have is
+    /// refused (the shard reports its sender).
+    /// </summary>
+    [Fact]
+    public void ASliceInPieces_CountsAPartOnlyWithAllItsPieces_AndRefusesPiecesItDoesNotHave()
+    {
+        var settings = new OptimizerSettings { Kind = OptimizerKind.Sgd };
+        var update = new ShardUpdate(Arch, settings, 4, 30, new float[20], 0, []);
+        Assert.Equal([(0, 10), (10, 10)], update.Pieces);
+        Assert.True(update.TryAdd(new TreeNode(0, 4), 10, new float[10]));
+        Assert.Equal([(0, 4)], update.MissingRuns());
+        Assert.True(update.TryAdd(new TreeNode(0, 2), 0, new float[10]));
+        Assert.Equal([(2, 4)], update.MissingRuns());
+        Assert.False(update.IsComplete);
+        Assert.Throws<ArgumentException>(() => update.TryAdd(new TreeNode(2, 2), 0, new float[20]));
+        Assert.Throws<ArgumentException>(() => update.TryAdd(new TreeNode(2, 2), 5, new float[10]));
+        Assert.Equal(-1, update.PieceAt(0, 20));
+        Assert.True(update.TryAdd(new TreeNode(2, 2), 0, new float[10]));
+        Assert.True(update.IsComplete);
+        Assert.Empty(update.MissingRuns());
+        Assert.True(update.Reduce());
     }
 
     [Fact]

@@ -22,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 7;
+    public const int ProtocolVersion = 8;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -111,7 +111,7 @@ public static class WireFormat
             case HostShard m: w.Int(m.Shard); w.Int(m.Shards); w.Long(m.Step); w.Long(m.OptimizerSteps); w.Floats(m.Parameters); w.FloatArrays(m.State); break;
             case ShardReady m: w.Int(m.Shard); w.Long(m.Step); break;
             case ShardMap m: w.Peers(m.Shards); break;
-            case GradientSlice m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Floats(m.Values); break;
+            case GradientSlice m: w.Long(m.Step); w.Int(m.Node.Lo); w.Int(m.Node.Size); w.Int(m.Offset); w.Floats(m.Values); break;
             case SliceReduced m: w.Long(m.Step); w.Int(m.Shard); w.Bool(m.Finite); break;
             case ApplySlice m: w.Long(m.Step); w.Long(m.NextStep); w.Float(m.LearningRate); w.Peers(m.Workers); break;
             case SliceApplied m: w.Long(m.Step); w.Int(m.Shard); w.Bool(m.Finite); break;
@@ -156,7 +156,7 @@ public static class WireFormat
             "HS" => new HostShard(r.Int(), r.Int(), r.Long(), r.Long(), r.Floats(), r.FloatArrays()),
             "SY" => new ShardReady(r.Int(), r.Long()),
             "SM" => new ShardMap(r.Peers()),
-            "GL" => new GradientSlice(r.Long(), new TreeNode(r.Int(), r.Int()), r.Floats()),
+            "GL" => new GradientSlice(r.Long(), new TreeNode(r.Int(), r.Int()), r.Int(), r.Floats()),
             "SR" => new SliceReduced(r.Long(), r.Int(), r.Bool()),
             "AP" => new ApplySlice(r.Long(), r.Long(), r.Float(), r.Peers()),
             "SP" => new SliceApplied(r.Long(), r.Int(), r.Bool()),

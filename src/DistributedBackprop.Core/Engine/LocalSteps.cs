@@ -210,7 +210,9 @@ public interface IUpdatePartComputer
     /// <param name="partResults">with local steps, receives each of the node's replicas' own figures (index 0: the
     /// node's first replica) unless empty; chunks leave it alone (their per-chunk figures are not reported).</param>
     /// <param name="start">with local steps and <c>--outer-overlap</c>, where the node's replicas start (<see cref="RoundStart"/>).</param>
-    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters);
+    /// <param name="release">if given, told each part of <paramref name="result"/> as soon as it is final (a chunk's
+    /// gradient, layer by layer); a round's value is final only at its end, so it is never told.</param>
+    BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters, IGradientRelease? release = null);
 }
 
 /// <summary>The parts of one update: their count and who computes them, from the configuration alone.</summary>
@@ -238,8 +240,8 @@ public static class UpdateParts
 /// <summary>A synchronous step's part: the gradient of a node of its chunk tree.</summary>
 public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int chunks) : IUpdatePartComputer
 {
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters) =>
-        gradients.Compute(parameters, plan.BatchRows(stepInEpoch), chunks, node, result);
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters, IGradientRelease? release = null) =>
+        gradients.Compute(parameters, plan.BatchRows(stepInEpoch), chunks, node, result, release);
 }
 
 /// <summary>
@@ -285,7 +287,7 @@ public sealed class ReplicaRoundComputer : IUpdatePartComputer
     private readonly ChunkTree.KnownValue<(float[] Values, BatchResult Result)> _runLeaf;
     private readonly Func<(float[] Values, BatchResult Result), (float[] Values, BatchResult Result), (float[] Values, BatchResult Result)> _addRight;
 
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters)
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters, IGradientRelease? release = null)
     {
         if (start == RoundStart.MinusOwnChange && (_changes is null || stepInEpoch == 0))
         {

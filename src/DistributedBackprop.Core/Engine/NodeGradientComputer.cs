@@ -34,7 +34,8 @@ public sealed class NodeGradientComputer
     /// <param name="chunks">C, the number of chunks every batch is cut into.</param>
     /// <param name="node">the canonical tree node to compute.</param>
     /// <param name="gradient">receives ∂J/∂θ of the node (J normalised by the whole batch).</param>
-    public BatchResult Compute(ReadOnlySpan<float> parameters, ReadOnlySpan<int> batchRows, int chunks, TreeNode node, Span<float> gradient)
+    /// <param name="release">if given, told each part of <paramref name="gradient"/> as soon as it is final.</param>
+    public BatchResult Compute(ReadOnlySpan<float> parameters, ReadOnlySpan<int> batchRows, int chunks, TreeNode node, Span<float> gradient, IGradientRelease? release = null)
     {
         if (!ChunkTree.IsCanonical(node, chunks))
         {
@@ -65,7 +66,7 @@ public sealed class NodeGradientComputer
             labels[r] = _data.Labels[row];
         }
         _network.Forward(parameters, rows);
-        return _network.Backward(parameters, labels, _chunkStarts.AsSpan(0, count + 1), batchRows.Length, gradient);
+        return _network.Backward(parameters, labels, _chunkStarts.AsSpan(0, count + 1), batchRows.Length, gradient, release);
     }
 
     private int[] _labelBuffer = [];

@@ -27,21 +27,42 @@ public sealed record ShardPlan
     public int Start(int shard) => (int)((long)shard * ParameterCount / Shards);
 
     public int Count(int shard) => Start(shard + 1) - Start(shard);
+
+    /// <summary>
+    /// The pieces a node's gradient travels to the shards in, ascending: each shard's slice cut at the backward
+    /// pass's release points (<see cref="ReleaseOrder.Cut"/>, as the shard cuts it), with its first parameter.
+    /// </summary>
+    public (int Shard, int Start, int Count)[] Pieces(Architecture architecture)
+    {
+        if (architecture.ParameterCount != ParameterCount)
+        {
+            throw new ArgumentException($"the network has {architecture.ParameterCount} parameters, the plan {ParameterCount}");
+        }
+        return Enumerable.Range(0, Shards)
+            .SelectMany(s => ReleaseOrder.Cut(architecture, Start(s), Count(s)).Select(p => (s, Start(s) + p.Offset, p.Count)))
+            .ToArray();
+    }
 }
 
 /// <summary>
 /// One shard's share of the parameter server's work, as a plain class: it owns slice
 /// [<see cref="Start"/>, <see cref="Start"/> + <see cref="Count"/>) of θ and of the optimizer state, collects
-/// the slices of a step's node gradients, reduces them along the chunk tree (<see cref="TreeReducer"/>), checks
-/// the sum, and applies W ← W − γ ∂J/∂W to its slice. The two phases are apart on purpose: no shard writes
-/// before every shard's sum is known to be finite, so a NaN anywhere leaves all of θ at the last good step.
+/// the pieces of a step's node gradients (<see cref="Pieces"/>: the slice cut where the backward pass releases
+/// its gradient, so workers send each as soon as it is computed), reduces each piece along the chunk tree
+/// (<see cref="TreeReducer"/>) as soon as every part of it is in, checks the sums, and applies W ← W − γ ∂J/∂W
+/// to its slice. Summing and applying are apart on purpose: no shard writes before every shard's sum is known
+/// to be finite, so a NaN anywhere leaves all of θ at the last good step.
 /// </summary>
 public sealed class ShardUpdate
 {
     private readonly Optimizer _optimizer;
-    private readonly TreeReducer _reducer;
+    private readonly (int Offset, int Count)[] _pieces;
+    /// <summary>One reducer per piece: a piece is summed as soon as its last part is in, while the others still travel.</summary>
+    private readonly TreeReducer[] _reducers;
+    private readonly float[]?[] _sums;
     private readonly int _parts;
-    private float[]? _gradient;
+    private int _summed;
+    private bool _finite = true;
 
     /// <param name="stateSlices">this slice of each optimizer state tensor, in <see cref="Optimizer.StateTensors"/> order.</param>
     public ShardUpdate(Architecture architecture, OptimizerSettings settings, int parts, int start, float[] parameters, long optimizerSteps, IReadOnlyList<float[]> stateSlices)
@@ -59,8 +80,13 @@ public sealed class ShardUpdate
             stateSlices[i].CopyTo(state[i].Values, start);
         }
         _parts = parts;
-        _reducer = new TreeReducer(parts, parameters.Length);
+        _pieces = ReleaseOrder.Cut(architecture, start, parameters.Length);
+        _reducers = _pieces.Select(p => new TreeReducer(parts, p.Count)).ToArray();
+        _sums = new float[_pieces.Length][];
     }
+
+    /// <summary>The pieces of the slice a node's gradient comes in: offsets from <see cref="Start"/>, ascending.</summary>
+    public IReadOnlyList<(int Offset, int Count)> Pieces => _pieces;
 
     /// <summary>The first parameter of the slice.</summary>
     public int Start { get; }
@@ -73,36 +99,76 @@ public sealed class ShardUpdate
     /// <summary>Updates applied so far (Adam's t), as the server's session counts them.</summary>
     public long OptimizerSteps => _optimizer.Steps;
 
-    public bool IsComplete => _reducer.IsComplete;
+    /// <summary>Every piece of every part is in and summed.</summary>
+    public bool IsComplete => _summed == _pieces.Length;
 
-    /// <summary>The runs [Lo, Hi) of parts whose slices have not arrived, in order.</summary>
+    /// <summary>The runs [Lo, Hi) of parts of which some piece has not arrived, in order.</summary>
     public List<(int Lo, int Hi)> MissingRuns()
     {
         var runs = new List<(int Lo, int Hi)>();
-        _reducer.AddUncoveredRuns(0, _parts, runs);
+        for (int c = 0; c < _parts;)
+        {
+            int lo = c;
+            while (c < _parts && !Covered(c)) c++;
+            if (c > lo) runs.Add((lo, c));
+            while (c < _parts && Covered(c)) c++;
+        }
         return runs;
     }
 
-    /// <summary>
-    /// A node's slice of gradient (borrowed until the next <see cref="Reset"/>; added into in place), or false if
-    /// one of its parts is already covered (a duplicate).
-    /// </summary>
-    public bool TryAdd(TreeNode node, float[] values) => _reducer.TryAdd(node, values, default);
+    private bool Covered(int part) => _reducers.All(r => r.IsCovered(part));
 
-    /// <summary>Sums the complete step's node slices along the chunk tree; false if the sum is not finite.</summary>
-    public bool Reduce()
+    /// <summary>The index of the piece at <paramref name="offset"/> of <paramref name="count"/> values, or −1 if there is none.</summary>
+    public int PieceAt(int offset, int count)
     {
-        _gradient = _reducer.Reduce().Gradient;
-        return FiniteValues.All(_gradient);
+        int i = Array.BinarySearch(_pieces, (offset, count));
+        return i >= 0 ? i : -1;
     }
+
+    /// <summary>
+    /// A node's piece of gradient at <paramref name="offset"/> of the slice (borrowed until the next <see cref="Reset"/>;
+    /// added into in place), or false if one of its parts is already covered in that piece (a duplicate). A piece
+    /// whose last part this is gets summed at once.
+    /// </summary>
+    public bool TryAdd(TreeNode node, int offset, float[] values)
+    {
+        int piece = PieceAt(offset, values.Length);
+        if (piece < 0)
+        {
+            throw new ArgumentException($"no piece of {values.Length} values starts at {offset} of the slice at {Start}");
+        }
+        TreeReducer reducer = _reducers[piece];
+        if (!reducer.TryAdd(node, values, default))
+        {
+            return false;
+        }
+        if (reducer.IsComplete)
+        {
+            float[] sum = reducer.Reduce().Gradient;
+            _sums[piece] = sum;
+            _finite &= FiniteValues.All(sum);
+            _summed++;
+        }
+        return true;
+    }
+
+    /// <summary>Whether the complete step's sum is finite (each piece was summed along the chunk tree as it completed).</summary>
+    public bool Reduce() => IsComplete ? _finite : throw new InvalidOperationException($"only {_summed} of {_pieces.Length} pieces are summed");
 
     /// <summary>Applies the reduced step with γ = <paramref name="learningRate"/>; false if θ or Adam's v overflowed.</summary>
     public bool Apply(float learningRate)
     {
-        float[] gradient = _gradient ?? throw new InvalidOperationException("no reduced step to apply");
+        if (!IsComplete)
+        {
+            throw new InvalidOperationException("no reduced step to apply");
+        }
         _optimizer.BeginStep();
-        _optimizer.ApplySlice(Parameters, gradient, learningRate, Start);
-        _gradient = null;
+        for (int i = 0; i < _pieces.Length; i++)
+        {
+            var (offset, count) = _pieces[i];
+            _optimizer.ApplySlice(Parameters.AsSpan(offset, count), _sums[i], learningRate, Start + offset);
+        }
+        Array.Clear(_sums);
         bool finite = FiniteValues.All(Parameters);
         if (_optimizer.SecondMoment is { } v)
         {
@@ -114,8 +180,13 @@ public sealed class ShardUpdate
     /// <summary>Forgets the node slices of the step (call before collecting the next one).</summary>
     public void Reset()
     {
-        _reducer.Reset();
-        _gradient = null;
+        foreach (TreeReducer reducer in _reducers)
+        {
+            reducer.Reset();
+        }
+        Array.Clear(_sums);
+        _summed = 0;
+        _finite = true;
     }
 
     /// <summary>Copies of this slice of each optimizer state tensor, in <see cref="Optimizer.StateTensors"/> order.</summary>

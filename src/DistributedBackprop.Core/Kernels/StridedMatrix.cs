@@ -39,5 +39,15 @@ public readonly ref struct StridedMatrix<T>
 
     public StridedMatrix<T> Transposed() => new(Data, Cols, Rows, ColStride, RowStride);
 
+    /// <summary>Rows [<paramref name="first"/>, <paramref name="first"/> + <paramref name="count"/>) as a view of their own.</summary>
+    public StridedMatrix<T> RowRange(int first, int count)
+    {
+        if (first < 0 || count < 0 || first > Rows - count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(first), $"rows [{first}, {first} + {count}) of a matrix of {Rows}");
+        }
+        return count == 0 || Cols == 0 ? new(Data, count, Cols, RowStride, ColStride) : new(Data[(first * RowStride)..], count, Cols, RowStride, ColStride);
+    }
+
     public T this[int row, int col] => Data[row * RowStride + col * ColStride];
 }

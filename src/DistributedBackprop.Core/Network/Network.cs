@@ -124,9 +124,10 @@ public sealed class Network<T>
     /// ∂J/∂W and ∂J/∂b, and the loss, are the canonical chunk-tree sums of <see cref="ChunkTree"/>.
     /// <paramref name="normaliser"/> is n of J = 1/n Σ (the global batch, not this node's rows), so
     /// gradients of the parts of a batch add up to the gradient of the batch.
-    /// Writes (does not accumulate into) <paramref name="gradient"/>, laid out like the parameters.
+    /// Writes (does not accumulate into) <paramref name="gradient"/>, laid out like the parameters; tells
+    /// <paramref name="release"/>, if given, each part as soon as it is final (<see cref="ReleaseOrder"/>).
     /// </summary>
-    public BatchResult Backward(ReadOnlySpan<T> parameters, ReadOnlySpan<int> labels, ReadOnlySpan<int> chunkStarts, int normaliser, Span<T> gradient)
+    public BatchResult Backward(ReadOnlySpan<T> parameters, ReadOnlySpan<int> labels, ReadOnlySpan<int> chunkStarts, int normaliser, Span<T> gradient, IGradientRelease? release = null)
     {
         CheckParameters(parameters);
         if (gradient.Length != _arch.ParameterCount)
@@ -153,14 +154,23 @@ public sealed class Network<T>
             ReadOnlySpan<T> delta = _delta.AsSpan(0, rows * outputs);
             ReadOnlySpan<T> below = l == 0 ? _input.AsSpan(0, rows * inputs) : _a[l - 1].AsSpan(0, rows * inputs);
 
-            // ∂J/∂W_l = δ_lᵀ · a_{l−1}: (out, rows)·(rows, in), summed over rows chunk by chunk.
-            ChunkTreeProduct(
-                StridedMatrix<T>.RowMajor(delta, rows, outputs).Transposed(),
-                StridedMatrix<T>.RowMajor(below, rows, inputs),
-                chunkStarts, _arch.Weight(gradient, l), inputs);
-
-            // ∂J/∂b_l = Σ_rows δ_l, same chunk tree.
+            // ∂J/∂b_l = Σ_rows δ_l, summed over rows chunk by chunk along the chunk tree.
             BiasGradient(delta, outputs, chunkStarts, _arch.Bias(gradient, l));
+
+            // ∂J/∂W_l = δ_lᵀ · a_{l−1}: (out, rows)·(rows, in), same chunk tree. With someone to tell, in blocks of
+            // rows, the last first, each released when done (every element is its own chain: the same bits).
+            var deltaTransposed = StridedMatrix<T>.RowMajor(delta, rows, outputs).Transposed();
+            var belowRows = StridedMatrix<T>.RowMajor(below, rows, inputs);
+            Span<T> weightGradient = _arch.Weight(gradient, l);
+            int blockRows = release is null ? outputs : ReleaseOrder.BlockRows(_arch, l);
+            for (int end = outputs; end > 0;)
+            {
+                int first = ReleaseOrder.FirstRowOfBlock(end, blockRows);
+                ChunkTreeProduct(deltaTransposed.RowRange(first, end - first), belowRows, chunkStarts,
+                    weightGradient.Slice(first * inputs, (end - first) * inputs), inputs);
+                release?.Released(_arch.WeightOffset(l) + first * inputs);
+                end = first;
+            }
 
             if (l == 0)
             {
