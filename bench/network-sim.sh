@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A measured network model for cluster mode: one network namespace per node (server 10.77.0.1, workers .2,
 # .3, …) on a bridge, every node's link shaped to RATE in each direction with `tc tbf` (netem is not
-# available here), `dbp serve` + N `dbp worker` processes, 784-256-128-10 on Fashion-MNIST, batch 256, SGD.
+# available here), `dbp serve` + N `dbp worker` processes, 784-256-128-10 on Fashion-MNIST, batch 256 (--batch-size), SGD.
 # With --replicas R --local-steps H (local steps), an update is a round of H steps: one exchange of θ and
 # the replicas' changes. Every "step" below is an update (H = 1: a step).
 # All nodes share this machine's cores, so besides samples/s it reports what does not depend on them:
@@ -22,14 +22,14 @@
 #                                           its cores: near 1, the run measured this box's CPU, not the network
 # Usage (repo root, as root; cleans up its namespaces):
 #   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H [--outer-overlap]
-#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--epochs 3]
+#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--epochs 3] [--batch-size 256]
 # --mtu: the links' frame size (9000: jumbo frames). All nodes' kernels share this machine's cores, so each
 # packet's cost in the bridge, the shaper and TCP is paid by the same two cores the workers compute on (at
 # 1500 bytes the kernel's packet processing took ~35 % of a core at H = 32; on machines of their own it would not).
 # Ends with one JSON line. --shards K runs `dbp serve --server-shards K` (shards on the worker nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-workers=2; shards=1; rate=1gbit; mtu=1500; epochs=3; replicas=1; local_steps=1; outer=()
+workers=2; shards=1; rate=1gbit; mtu=1500; epochs=3; batch=256; replicas=1; local_steps=1; outer=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers=$2; shift 2 ;;
@@ -37,16 +37,18 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --mtu) mtu=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
+    --batch-size) batch=$2; shift 2 ;;
     --replicas) replicas=$2; shift 2 ;;
     --local-steps) local_steps=$2; shift 2 ;;
     --outer-overlap) outer+=(--outer-overlap); shift ;;
     --outer-momentum|--outer-lr|--outer-optimizer) outer+=("$1" "$2"); shift 2 ;;
-    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --mtu BYTES --epochs E)" >&2; exit 2 ;;
+    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --mtu BYTES --epochs E --batch-size B)" >&2; exit 2 ;;
   esac
 done
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] && [ "$workers" -le 16 ] || { echo "network-sim: --workers: 1 to 16, got $workers" >&2; exit 2; }
 [[ "$replicas" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --replicas: a positive integer, got $replicas" >&2; exit 2; }
 [[ "$local_steps" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --local-steps: a positive integer, got $local_steps" >&2; exit 2; }
+[[ "$batch" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --batch-size: a positive integer, got $batch" >&2; exit 2; }
 [[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --shards: a positive integer, got $shards" >&2; exit 2; }
 [[ "$mtu" =~ ^[1-9][0-9]*$ ]] && [ "$mtu" -ge 1280 ] && [ "$mtu" -le 65535 ] || { echo "network-sim: --mtu: 1280 to 65535 bytes, got $mtu" >&2; exit 2; }
 if [ "$shards" -gt 1 ] && [ "$replicas" -gt 1 ] && [ "$local_steps" -gt 1 ]; then
@@ -78,7 +80,7 @@ counters() { # NAME: "rx tx" bytes of the node's eth0
 declare -A before
 for n in "${names[@]}"; do before[$n]=$(counters "$n"); done
 
-sync=(--data "$data" --layers 256,128 --batch-size 256 --epochs "$epochs" --optimizer sgd --lr 0.05)
+sync=(--data "$data" --layers 256,128 --batch-size "$batch" --epochs "$epochs" --optimizer sgd --lr 0.05)
 # --shards K: the parameter server's K shards, placed round robin on the worker nodes (co-located).
 args=("${sync[@]}" --replicas "$replicas" --local-steps "$local_steps" --server-shards "$shards" "${outer[@]}")
 # The reference: the plain trainer on one core, synchronous (no local steps), on this machine, before and after.
@@ -103,7 +105,7 @@ taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/
   || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }
 
 for n in "${names[@]}"; do echo "$n ${before[$n]} $(counters "$n")"; done > "$work/links.txt"
-python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" "$work/cpu.jsonl" <<'PY'
+python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" "$work/cpu.jsonl" "$batch" <<'PY'
 import json, math, os, statistics, sys
 epochs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bits, workers, shards, rate = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
@@ -166,7 +168,7 @@ if cpu:
           f"(transport ÷ compute {cpu['transport_cpu_over_compute']}); with the host's CPU as a third limit the bound is "
           f"{max(bound, cpu['cpu_bound_seconds']) * 1e3:.1f} ms ({cpu['step_time_over_bound_with_host_cpu']:.2f} x)")
 print(json.dumps({
-    "workers": workers, "shards": shards, "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
+    "workers": workers, "shards": shards, "batch_size": int(sys.argv[12]), "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
     "busiest_link": busiest, "busiest_link_bytes_per_step": round(links[busiest]),
     "busiest_link_bytes_per_step_over_model": round(links[busiest] / model_bytes, 3),
     "step_seconds": round(step_seconds, 5), "compute_seconds": round(compute, 5), "link_seconds": round(link_seconds, 5),

@@ -290,7 +290,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
             float[] gradient = _shards is null ? Rent(message.Step) : _sliceScratch ??= new float[_setup.Architecture.ParameterCount];
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
             PieceSender? sender = _shards is null ? null : (_pieceSender ??= new PieceSender(this)).Begin(message.Step, node, gradient);
-            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start, sender);
+            // Blocks cost some compute (∂J/∂W's right operand is packed once per block): only worth it when a piece crosses a link.
+            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start, sender is { AnyRemote: true } ? sender : null);
             if (sender is null)
             {
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
@@ -298,7 +299,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             }
             // The shards get what the backward pass has not released yet (all of a round's value); the server, which
             // only counts what is covered, the node's figures after every piece.
-            sender.Released(0);
+            sender.SendRest();
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, [], Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
         }
     }
@@ -307,17 +308,20 @@ public sealed class Worker : ReceiveActor, IWithTimers
 
     /// <summary>
     /// Sends each piece of a node's gradient (<see cref="ShardPlan.Pieces"/>) to its shard as soon as the backward
-    /// pass releases it, so the last layers' gradients travel while the first layers' are still being computed.
+    /// pass releases it, so most of the gradient travels while the rest is still being computed. It asks for the
+    /// blocks that other nodes' shards wait for first: the pieces for this node's own shards cross no link, so they
+    /// can come last.
     /// </summary>
     private sealed class PieceSender(Worker worker) : IGradientRelease
     {
         private (int Shard, int Start, int Count)[] _pieces = [];
+        private int[] _starts = [];
+        private bool[] _sent = [];
+        private bool[] _remote = [];
         private ShardPlan? _plan;
         private long _step;
         private TreeNode _node;
         private float[] _gradient = [];
-        /// <summary>The highest piece not sent yet (pieces go last first).</summary>
-        private int _next;
 
         public PieceSender Begin(long step, TreeNode node, float[] gradient)
         {
@@ -325,20 +329,85 @@ public sealed class Worker : ReceiveActor, IWithTimers
             {
                 _plan = worker._shardPlan!;
                 _pieces = _plan.Pieces(worker._setup.Architecture);
+                _starts = _pieces.Select(p => p.Start).ToArray();
+                _sent = new bool[_pieces.Length];
+                _remote = worker._shards!.Select(shard => !worker._courier.IsLocal(shard.Path.Address)).ToArray();
+                AnyRemote = _remote.Contains(true);
             }
-            (_step, _node, _gradient, _next) = (step, node, gradient, _pieces.Length - 1);
+            (_step, _node, _gradient) = (step, node, gradient);
+            Array.Clear(_sent);
             return this;
         }
 
-        public void Released(int from)
+        /// <summary>Whether any shard is on another node (in local mode none is: nothing to overlap).</summary>
+        public bool AnyRemote { get; private set; }
+
+        public void OrderBlocks(int layer, Span<int> order)
         {
-            for (; _next >= 0 && _pieces[_next].Start >= from; _next--)
+            // A stable partition: the blocks with a piece for another node first, each group still last first.
+            Span<int> local = order.Length <= 256 ? stackalloc int[order.Length] : new int[order.Length];
+            int remote = 0, locals = 0;
+            foreach (int block in order)
             {
-                var (shard, start, count) = _pieces[_next];
-                float[] piece = worker.Rent(_step, count);
-                Array.Copy(_gradient, start, piece, 0, count);
-                worker._courier.Send(worker._shards![shard], new GradientSlice(_step, _node, start - _plan!.Start(shard), piece), worker.Self);
+                var (start, count) = ReleaseBlocks.Range(worker._setup.Architecture, layer, block);
+                if (HasRemotePiece(start, count))
+                {
+                    order[remote++] = block;
+                }
+                else
+                {
+                    local[locals++] = block;
+                }
             }
+            local[..locals].CopyTo(order[remote..]);
+        }
+
+        private bool HasRemotePiece(int start, int count)
+        {
+            for (int i = FirstPieceAt(start); i < _pieces.Length && _pieces[i].Start < start + count; i++)
+            {
+                if (_remote[_pieces[i].Shard])
+                {
+                    return true;
+                }
+            }
+            return false;
+        }
+
+        private int FirstPieceAt(int start)
+        {
+            int i = Array.BinarySearch(_starts, start);
+            return i >= 0 ? i : ~i;
+        }
+
+        public void Released(int start, int count)
+        {
+            for (int i = FirstPieceAt(start); i < _pieces.Length && _pieces[i].Start < start + count; i++)
+            {
+                Send(i);
+            }
+        }
+
+        /// <summary>Sends every piece not sent yet, the last first (all of a round's value: it is released only at its end).</summary>
+        public void SendRest()
+        {
+            for (int i = _pieces.Length - 1; i >= 0; i--)
+            {
+                Send(i);
+            }
+        }
+
+        private void Send(int i)
+        {
+            if (_sent[i])
+            {
+                return;
+            }
+            _sent[i] = true;
+            var (shard, start, count) = _pieces[i];
+            float[] piece = worker.Rent(_step, count);
+            Array.Copy(_gradient, start, piece, 0, count);
+            worker._courier.Send(worker._shards![shard], new GradientSlice(_step, _node, start - _plan!.Start(shard), piece), worker.Self);
         }
     }
 

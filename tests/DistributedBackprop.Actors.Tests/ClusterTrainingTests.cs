@@ -98,6 +98,34 @@ public sealed class ClusterTrainingTests : IDisposable
         return found;
     }
 
+    /// <summary>
+    /// Three parameter shards on two worker nodes (one hosts two), and a first layer of 300 × 300 weights, so its
+    /// gradient is released in two blocks and each worker sends the blocks another node's shard waits for first:
+    /// the pieces, summed by each shard as they complete, give the plain trainer's bits.
+    /// </summary>
+    [Fact]
+    public async Task ShardsOnTheWorkerNodes_TakingGradientsInPiecesAsReleased_GiveThePlainTrainersBits()
+    {
+        string path = WriteCsv(Fixtures.Blobs(120, features: 300));
+        Dataset data = CsvReader.Read(path, new CsvOptions());
+        TrainingConfig config = Fixtures.Config(epochs: 2) with { HiddenLayers = [300] };
+        float[] oracle = Fixtures.PlainTrainer(config, data);
+        TrainingSession session = TrainingSession.Prepare(config, data, null, 0.2);
+        Assert.Equal(2, Network.ReleaseBlocks.BlockCount(session.Architecture, 0));
+        await using ClusterServer server = ClusterServer.Start(session, ServerSettings(), minimumWorkers: 2, NullObserver.Instance, null, new ServerData(path, null, 0.2), serverShards: 3);
+        Task<WorkerExit>[] workers =
+        [
+            ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("node-1", path, StreamData: false)),
+            ClusterWorker.RunAsync(WorkerSettings(server), new WorkerNodeOptions("node-2", path, StreamData: false)),
+        ];
+        TrainingOutcome outcome = await server.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+        await server.AnnounceFinishAsync(new TrainingFinished(outcome.Steps, true, "done"));
+        WorkerExit[] exits = await Task.WhenAll(workers).WaitAsync(TimeSpan.FromSeconds(30));
+        Fixtures.AssertSameBits(oracle, session.Parameters, "3 shards on 2 worker nodes, gradients in released pieces");
+        Assert.All(exits, e => Assert.Equal(0, e.ExitCode));
+        Assert.Equal(0, server.Channel.Refusals);
+    }
+
     [Fact]
     public async Task Insecure_PlainTcpWithoutToken_GivesTheSameBits()
     {

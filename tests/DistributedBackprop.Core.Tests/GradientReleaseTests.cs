@@ -5,50 +5,59 @@ using DistributedBackprop.Reduction;
 namespace DistributedBackprop.Tests;
 
 /// <summary>
-/// The backward pass's releases (issue 9's overlap): where they fall, that what is released is final, and that
-/// computing ∂J/∂W in released blocks gives the bits of computing it whole.
+/// The backward pass's releases (issue 9's overlap): where the blocks fall, that what is released is final and
+/// released once, and that computing ∂J/∂W in blocks, in any order, gives the bits of computing it whole.
 /// </summary>
 public class GradientReleaseTests
 {
     [Fact]
-    public void ReleasePoints_Of784_256_128_10_AreEachLayerAndFourBlocksOfTheFirst()
+    public void Blocks_Of784_256_128_10_AreEachSmallLayerAndFourBlocksOfTheFirst()
     {
         var arch = Architecture.Create(784, [256, 128], 10, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
-        // W_1 is 256 × 784 = 200,704 weights: four blocks of 64 rows (50,176 weights), the last rows first.
-        Assert.Equal([arch.WeightOffset(2), arch.WeightOffset(1), 192 * 784, 128 * 784, 64 * 784, 0], ReleaseOrder.Points(arch));
-        Assert.Equal(64, ReleaseOrder.BlockRows(arch, 0));
-        Assert.Equal(128, ReleaseOrder.BlockRows(arch, 1));
+        // W_1 is 256 × 784 = 200,704 weights: four blocks of 64 rows (50,176 weights); b_1 goes with the last.
+        Assert.Equal([0, 64 * 784, 128 * 784, 192 * 784, arch.WeightOffset(1), arch.WeightOffset(2)], ReleaseBlocks.Starts(arch));
+        Assert.Equal((192 * 784, 64 * 784 + 256), ReleaseBlocks.Range(arch, 0, 3));
+        Assert.Equal((arch.WeightOffset(2), 128 * 10 + 10), ReleaseBlocks.Range(arch, 2, 0));
+        Assert.Equal(4, ReleaseBlocks.BlockCount(arch, 0));
+        Assert.Equal(1, ReleaseBlocks.BlockCount(arch, 1));
     }
 
     [Theory]
     [InlineData(3, 2, 2)]
     [InlineData(300, 260, 10)]
     [InlineData(70_000, 3, 2)]
-    public void ReleasePoints_Decrease_EndAtZero_StartEveryLayer_AndHoldAtMostABlock(int inputs, int hidden, int outputs)
+    [InlineData(20_000, 5, 2)]
+    public void Blocks_TileTheParameters_InLayerOrder_AndHoldAtMostABlocksWeights(int inputs, int hidden, int outputs)
     {
         var arch = Architecture.Create(inputs, [hidden], outputs, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
-        int[] points = ReleaseOrder.Points(arch);
-        Assert.Equal(0, points[^1]);
-        int previous = arch.ParameterCount;
-        foreach (int point in points)
-        {
-            Assert.True(point < previous, $"{point} after {previous}");
-            int layer = Enumerable.Range(0, arch.Layers.Count).Last(l => arch.WeightOffset(l) <= point);
-            int weights = Math.Min(previous, arch.BiasOffset(layer)) - point;
-            Assert.True(weights <= Math.Max(ReleaseOrder.BlockFloats, arch.Layers[layer].Inputs), $"a block of {weights} weights");
-            previous = point;
-        }
+        int next = 0;
         for (int l = 0; l < arch.Layers.Count; l++)
         {
-            Assert.Contains(arch.WeightOffset(l), points);
+            for (int b = 0; b < ReleaseBlocks.BlockCount(arch, l); b++)
+            {
+                var (start, count) = ReleaseBlocks.Range(arch, l, b);
+                Assert.Equal(next, start);
+                int weights = Math.Min(start + count, arch.BiasOffset(l)) - start;
+                Assert.True(weights <= Math.Max(ReleaseBlocks.BlockFloats, arch.Layers[l].Inputs), $"a block of {weights} weights");
+                next = start + count;
+            }
+            Assert.Equal(arch.BiasOffset(l) + arch.Layers[l].Outputs, next);
         }
+        Assert.Equal(arch.ParameterCount, next);
+        Assert.Throws<ArgumentOutOfRangeException>(() => ReleaseBlocks.Range(arch, 0, ReleaseBlocks.BlockCount(arch, 0)));
     }
 
+    public static TheoryData<int, int, bool> Orders => new()
+    {
+        { 1, 1, false },
+        { 3, 2, false },
+        { 3, 2, true },
+        { 8, 5, true },
+    };
+
     [Theory]
-    [InlineData(1, 1)]
-    [InlineData(3, 2)]
-    [InlineData(8, 5)]
-    public void WhatIsReleased_IsFinal_AndTheGradientHasTheBitsOfOneWithoutReleases(int chunks, int shards)
+    [MemberData(nameof(Orders))]
+    public void WhatIsReleased_IsFinal_ReleasedOnce_AndTheGradientHasTheBitsOfOneWithoutReleases(int chunks, int shards, bool firstRowsFirst)
     {
         // 300 inputs × 260 hidden: W_1 is 78,000 weights, so it is computed and released in two blocks.
         var arch = Architecture.Create(300, [260], 10, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
@@ -60,41 +69,66 @@ public class GradientReleaseTests
         BatchResult wholeResult = new NodeGradientComputer(arch, data).Compute(theta, batch, chunks, node, whole);
 
         var released = new float[arch.ParameterCount];
-        var recorder = new Recorder(released);
+        var recorder = new Recorder(released, firstRowsFirst);
         BatchResult releasedResult = new NodeGradientComputer(arch, data).Compute(theta, batch, chunks, node, released, recorder);
         Assert.Equal(wholeResult, releasedResult);
-        Assert.Equal(ReleaseOrder.Points(arch), recorder.Points);
         Assert.Equal(Bits(whole), Bits(released));
-        // Each suffix as it was when released is what the gradient ended as: nothing released was written again.
-        foreach (var (from, snapshot) in recorder.Snapshots)
+        // Layers last first; within layer 0 the blocks in the order asked for.
+        int[] expectedStarts = firstRowsFirst ? [ReleaseBlocks.Range(arch, 1, 0).Start, 0, 130 * 300] : [ReleaseBlocks.Range(arch, 1, 0).Start, 130 * 300, 0];
+        Assert.Equal(expectedStarts, recorder.Ranges.Select(r => r.Start));
+        Assert.Equal(arch.ParameterCount, recorder.Ranges.Sum(r => r.Values.Length));
+        // Each block as it was when released is what the gradient ended as: nothing released was written again.
+        foreach (var (start, snapshot) in recorder.Ranges)
         {
-            Assert.Equal(Bits(whole.AsSpan(from).ToArray()), Bits(snapshot));
+            Assert.Equal(Bits(whole.AsSpan(start, snapshot.Length).ToArray()), Bits(snapshot));
         }
 
-        // The shards' pieces tile the parameters, each inside one shard's slice and one release.
+        // The shards' pieces tile the parameters, each inside one shard's slice and one block.
         var plan = new ShardPlan(arch.ParameterCount, shards);
-        var pieces = plan.Pieces(arch);
         int next = 0;
-        foreach (var (shard, start, count) in pieces)
+        foreach (var (shard, start, count) in plan.Pieces(arch))
         {
             Assert.Equal(next, start);
             Assert.InRange(start, plan.Start(shard), plan.Start(shard) + plan.Count(shard) - count);
-            int releasedAt = recorder.Points.First(p => p <= start);
-            Assert.True(start + count <= recorder.Points.Prepend(arch.ParameterCount).Last(p => p > releasedAt), $"piece at {start} spans two releases");
+            Assert.Contains(recorder.Ranges, r => r.Start <= start && start + count <= r.Start + r.Values.Length);
             next = start + count;
         }
         Assert.Equal(arch.ParameterCount, next);
     }
 
-    private sealed class Recorder(float[] gradient) : IGradientRelease
+    [Fact]
+    public void AnOrderThatIsNotAPermutation_IsRefused()
     {
-        public List<int> Points { get; } = [];
-        public List<(int From, float[] Values)> Snapshots { get; } = [];
+        var arch = Architecture.Create(300, [260], 10, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
+        var data = TestNetworks.RandomDataset(4, 300, 10, 11);
+        var gradient = new float[arch.ParameterCount];
+        float[] theta = TestNetworks.ToFloat(TestNetworks.RandomParameters(arch, 12));
+        var error = Assert.Throws<InvalidOperationException>(() =>
+            new NodeGradientComputer(arch, data).Compute(theta, [0, 1, 2, 3], 1, ChunkTree.Root(1), gradient, new Duplicating()));
+        Assert.Contains("not a permutation", error.Message);
+    }
 
-        public void Released(int from)
+    private sealed class Recorder(float[] gradient, bool firstRowsFirst) : IGradientRelease
+    {
+        public List<(int Start, float[] Values)> Ranges { get; } = [];
+
+        public void OrderBlocks(int layer, Span<int> order)
         {
-            Points.Add(from);
-            Snapshots.Add((from, gradient.AsSpan(from).ToArray()));
+            if (firstRowsFirst)
+            {
+                order.Reverse();
+            }
+        }
+
+        public void Released(int start, int count) => Ranges.Add((start, gradient.AsSpan(start, count).ToArray()));
+    }
+
+    private sealed class Duplicating : IGradientRelease
+    {
+        public void OrderBlocks(int layer, Span<int> order) => order.Clear();
+
+        public void Released(int start, int count)
+        {
         }
     }
 

@@ -30,7 +30,7 @@ public sealed record ShardPlan
 
     /// <summary>
     /// The pieces a node's gradient travels to the shards in, ascending: each shard's slice cut at the backward
-    /// pass's release points (<see cref="ReleaseOrder.Cut"/>, as the shard cuts it), with its first parameter.
+    /// pass's blocks (<see cref="ReleaseBlocks.Cut"/>, as the shard cuts it), with its first parameter.
     /// </summary>
     public (int Shard, int Start, int Count)[] Pieces(Architecture architecture)
     {
@@ -39,7 +39,7 @@ public sealed record ShardPlan
             throw new ArgumentException($"the network has {architecture.ParameterCount} parameters, the plan {ParameterCount}");
         }
         return Enumerable.Range(0, Shards)
-            .SelectMany(s => ReleaseOrder.Cut(architecture, Start(s), Count(s)).Select(p => (s, Start(s) + p.Offset, p.Count)))
+            .SelectMany(s => ReleaseBlocks.Cut(architecture, Start(s), Count(s)).Select(p => (s, Start(s) + p.Offset, p.Count)))
             .ToArray();
     }
 }
@@ -80,7 +80,7 @@ public sealed class ShardUpdate
             stateSlices[i].CopyTo(state[i].Values, start);
         }
         _parts = parts;
-        _pieces = ReleaseOrder.Cut(architecture, start, parameters.Length);
+        _pieces = ReleaseBlocks.Cut(architecture, start, parameters.Length);
         _reducers = _pieces.Select(p => new TreeReducer(parts, p.Count)).ToArray();
         _sums = new float[_pieces.Length][];
     }

@@ -7,23 +7,30 @@ namespace DistributedBackprop.Network;
 public interface IGradientRelease
 {
     /// <summary>
-    /// Parameters [<paramref name="from"/>, P) of the gradient are final: the backward pass writes none of them again.
-    /// Called with each point of <see cref="ReleaseOrder.Points"/> in turn, so <paramref name="from"/> only decreases.
+    /// Chooses the order in which layer <paramref name="layer"/>'s blocks of ∂J/∂W (<see cref="ReleaseBlocks"/>) are
+    /// computed: <paramref name="order"/> holds them last first and may be permuted in place. Every element is its
+    /// own chain, so any order gives the same bits; a worker puts first the blocks another node's shard waits for.
     /// </summary>
-    void Released(int from);
+    void OrderBlocks(int layer, Span<int> order);
+
+    /// <summary>
+    /// Parameters [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of the gradient are
+    /// final: one block of <see cref="ReleaseBlocks"/>, released once, never written again.
+    /// </summary>
+    void Released(int start, int count);
 }
 
 /// <summary>
-/// Where the backward pass hands its gradient over, as a pure function of the architecture, so a worker and a shard
-/// agree on the pieces without telling each other. Backpropagation finishes the layers last first: layer l's ∂J/∂b_l
-/// and then its ∂J/∂W_l in blocks of rows, the last rows first. The layout puts b_l after W_l and layer l after
-/// layer l − 1, so each release is a suffix of the parameters. A block holds at most <see cref="BlockFloats"/>
-/// weights (784-256-128-10: W_1 in four blocks of 64 rows), so the largest layer, differentiated last, does not
-/// hold back the whole of its gradient until its last row is done.
+/// The blocks in which the backward pass finishes the gradient, as a pure function of the architecture, so a
+/// worker and a shard agree on the pieces without telling each other. Backpropagation finishes the layers last
+/// first, and within layer l its ∂J/∂W_l in blocks of rows (∂J/∂b_l, computed before them, goes with the block of
+/// the last rows, which it follows in the layout). A block holds at most <see cref="BlockFloats"/> weights
+/// (784-256-128-10: W_1 in four blocks of 64 rows), so the largest layer, differentiated last, does not hold back
+/// its whole gradient until its last row is done.
 /// </summary>
-public static class ReleaseOrder
+public static class ReleaseBlocks
 {
-    /// <summary>The most weights one release holds (256 KiB), unless one row of W is more.</summary>
+    /// <summary>The most weights one block holds (256 KiB), unless one row of W is more.</summary>
     public const int BlockFloats = 65_536;
 
     /// <summary>Rows of W_l per block: the layer's rows cut into the fewest blocks of at most <see cref="BlockFloats"/>, as even as can be.</summary>
@@ -34,24 +41,37 @@ public static class ReleaseOrder
         return (int)((spec.Outputs + blocks - 1) / blocks);
     }
 
-    /// <summary>The release points in the order the backward pass reaches them: decreasing, the last one 0.</summary>
-    public static int[] Points(Architecture architecture)
+    /// <summary>How many blocks layer <paramref name="layer"/> is released in.</summary>
+    public static int BlockCount(Architecture architecture, int layer)
     {
-        var points = new List<int>();
-        for (int l = architecture.Layers.Count - 1; l >= 0; l--)
-        {
-            int rows = BlockRows(architecture, l), inputs = architecture.Layers[l].Inputs;
-            for (int end = architecture.Layers[l].Outputs; end > 0; end = FirstRowOfBlock(end, rows))
-            {
-                points.Add(architecture.WeightOffset(l) + FirstRowOfBlock(end, rows) * inputs);
-            }
-        }
-        return points.ToArray();
+        int rows = BlockRows(architecture, layer);
+        return (architecture.Layers[layer].Outputs + rows - 1) / rows;
     }
 
+    /// <summary>Block <paramref name="block"/> of layer <paramref name="layer"/> as parameters: its rows of W_l, and b_l with the last block.</summary>
+    public static (int Start, int Count) Range(Architecture architecture, int layer, int block)
+    {
+        LayerSpec spec = architecture.Layers[layer];
+        int rows = BlockRows(architecture, layer);
+        int first = block * rows, end = Math.Min(first + rows, spec.Outputs);
+        if (block < 0 || first >= spec.Outputs)
+        {
+            throw new ArgumentOutOfRangeException(nameof(block), $"layer {layer} has {BlockCount(architecture, layer)} blocks");
+        }
+        int start = architecture.WeightOffset(layer) + first * spec.Inputs;
+        int stop = end == spec.Outputs ? architecture.BiasOffset(layer) + spec.Outputs : architecture.WeightOffset(layer) + end * spec.Inputs;
+        return (start, stop - start);
+    }
+
+    /// <summary>Every block's first parameter, ascending: where a shard's slice is cut besides its own ends.</summary>
+    public static int[] Starts(Architecture architecture) =>
+        Enumerable.Range(0, architecture.Layers.Count)
+            .SelectMany(l => Enumerable.Range(0, BlockCount(architecture, l)).Select(b => Range(architecture, l, b).Start))
+            .ToArray();
+
     /// <summary>
-    /// Parameters [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) cut at the release
-    /// points inside them: each piece is final at one release. Offsets are from <paramref name="start"/>, ascending.
+    /// Parameters [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) cut where blocks
+    /// start: each piece lies in one block. Offsets are from <paramref name="start"/>, ascending.
     /// </summary>
     public static (int Offset, int Count)[] Cut(Architecture architecture, int start, int count)
     {
@@ -59,7 +79,7 @@ public static class ReleaseOrder
         {
             throw new ArgumentOutOfRangeException(nameof(start), $"[{start}, {start} + {count}) is not a range of the {architecture.ParameterCount} parameters");
         }
-        var cuts = Points(architecture).Where(p => p > start && p < start + count).Order().Append(start + count).ToArray();
+        var cuts = Starts(architecture).Where(p => p > start && p < start + count).Append(start + count).ToArray();
         var pieces = new (int Offset, int Count)[cuts.Length];
         int from = start;
         for (int i = 0; i < cuts.Length; i++)
@@ -69,7 +89,4 @@ public static class ReleaseOrder
         }
         return pieces;
     }
-
-    /// <summary>The first row of the block that ends at row <paramref name="end"/> (blocks start at multiples of <paramref name="blockRows"/>).</summary>
-    public static int FirstRowOfBlock(int end, int blockRows) => (end - 1) / blockRows * blockRows;
 }

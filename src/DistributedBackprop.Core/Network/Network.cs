@@ -125,7 +125,7 @@ public sealed class Network<T>
     /// <paramref name="normaliser"/> is n of J = 1/n Σ (the global batch, not this node's rows), so
     /// gradients of the parts of a batch add up to the gradient of the batch.
     /// Writes (does not accumulate into) <paramref name="gradient"/>, laid out like the parameters; tells
-    /// <paramref name="release"/>, if given, each part as soon as it is final (<see cref="ReleaseOrder"/>).
+    /// <paramref name="release"/>, if given, each part as soon as it is final (<see cref="ReleaseBlocks"/>).
     /// </summary>
     public BatchResult Backward(ReadOnlySpan<T> parameters, ReadOnlySpan<int> labels, ReadOnlySpan<int> chunkStarts, int normaliser, Span<T> gradient, IGradientRelease? release = null)
     {
@@ -158,18 +158,21 @@ public sealed class Network<T>
             BiasGradient(delta, outputs, chunkStarts, _arch.Bias(gradient, l));
 
             // ∂J/∂W_l = δ_lᵀ · a_{l−1}: (out, rows)·(rows, in), same chunk tree. With someone to tell, in blocks of
-            // rows, the last first, each released when done (every element is its own chain: the same bits).
+            // rows in the order it asks for, each released when done (every element is its own chain: the same bits).
             var deltaTransposed = StridedMatrix<T>.RowMajor(delta, rows, outputs).Transposed();
             var belowRows = StridedMatrix<T>.RowMajor(below, rows, inputs);
             Span<T> weightGradient = _arch.Weight(gradient, l);
-            int blockRows = release is null ? outputs : ReleaseOrder.BlockRows(_arch, l);
-            for (int end = outputs; end > 0;)
+            int blockRows = release is null ? outputs : ReleaseBlocks.BlockRows(_arch, l);
+            foreach (int block in BlockOrder(l, (outputs + blockRows - 1) / blockRows, release))
             {
-                int first = ReleaseOrder.FirstRowOfBlock(end, blockRows);
-                ChunkTreeProduct(deltaTransposed.RowRange(first, end - first), belowRows, chunkStarts,
-                    weightGradient.Slice(first * inputs, (end - first) * inputs), inputs);
-                release?.Released(_arch.WeightOffset(l) + first * inputs);
-                end = first;
+                int first = block * blockRows, count = Math.Min(blockRows, outputs - first);
+                ChunkTreeProduct(deltaTransposed.RowRange(first, count), belowRows, chunkStarts,
+                    weightGradient.Slice(first * inputs, count * inputs), inputs);
+                if (release is not null)
+                {
+                    var (start, length) = ReleaseBlocks.Range(_arch, l, block);
+                    release.Released(start, length);
+                }
             }
 
             if (l == 0)
@@ -195,6 +198,36 @@ public sealed class Network<T>
         }
         return new BatchResult(lossSum, correct, rows);
     }
+
+    /// <summary>Layer <paramref name="layer"/>'s blocks last first, or in the order <paramref name="release"/> puts them (checked: each once).</summary>
+    private ReadOnlySpan<int> BlockOrder(int layer, int blocks, IGradientRelease? release)
+    {
+        if (_blockOrder.Length < 2 * blocks)
+        {
+            _blockOrder = new int[2 * blocks];
+        }
+        Span<int> order = _blockOrder.AsSpan(0, blocks), seen = _blockOrder.AsSpan(blocks, blocks);
+        for (int i = 0; i < blocks; i++)
+        {
+            order[i] = blocks - 1 - i;
+        }
+        if (release is null)
+        {
+            return order;
+        }
+        release.OrderBlocks(layer, order);
+        seen.Clear();
+        foreach (int block in order)
+        {
+            if ((uint)block >= (uint)blocks || seen[block]++ != 0)
+            {
+                throw new InvalidOperationException($"the order of layer {layer}'s {blocks} blocks is not a permutation of them");
+            }
+        }
+        return order;
+    }
+
+    private int[] _blockOrder = [];
 
     /// <summary>
     /// δ_L per row. Softmax + cross-entropy: δ = (a − y)/n directly (the softmax Jacobian and the log
