@@ -56,6 +56,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
     /// <summary>With parameter shards: where they are, their slices, θ assembled from them and each slice's step.</summary>
     private IActorRef[]? _shards;
     private ShardPlan? _shardPlan;
+    private PieceRelease? _pieceRelease;
     private float[] _theta = [];
     private long[] _sliceSteps = [];
     /// <summary>Work whose θ has not fully arrived from the shards yet.</summary>
@@ -151,6 +152,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
         }
         _shards = shards;
         _shardPlan = new ShardPlan(_setup.Architecture.ParameterCount, shards.Length);
+        _pieceRelease = new PieceRelease(_setup.Architecture, _shardPlan, shards.Select(s => !_courier.IsLocal(s.Path.Address)).ToArray(), SendPiece);
         _theta = new float[_setup.Architecture.ParameterCount];
         _sliceSteps = Enumerable.Repeat(-1L, shards.Length).ToArray();
         _waiting.Clear();
@@ -289,126 +291,33 @@ public sealed class Worker : ReceiveActor, IWithTimers
             // With shards the node's gradient is only cut into pieces here: one scratch buffer serves every node.
             float[] gradient = _shards is null ? Rent(message.Step) : _sliceScratch ??= new float[_setup.Architecture.ParameterCount];
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];
-            PieceSender? sender = _shards is null ? null : (_pieceSender ??= new PieceSender(this)).Begin(message.Step, node, gradient);
-            // Blocks cost some compute (∂J/∂W's right operand is packed once per block): only worth it when a piece crosses a link.
-            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start, sender is { AnyRemote: true } ? sender : null);
-            if (sender is null)
+            PieceRelease? release = _pieceRelease;
+            _releasing = (message.Step, node, gradient);
+            release?.Begin();
+            // Blocks only when a piece crosses a link: they cost the backward pass a little (2-3 %), and gain nothing locally.
+            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start, release is { AnyRemote: true } ? release : null);
+            if (release is null)
             {
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
                 continue;
             }
             // The shards get what the backward pass has not released yet (all of a round's value); the server, which
             // only counts what is covered, the node's figures after every piece.
-            sender.SendRest();
+            release.SendRest();
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, [], Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
         }
     }
 
-    private PieceSender? _pieceSender;
+    /// <summary>With shards: what the pieces being sent are cut from (the node being computed).</summary>
+    private (long Step, TreeNode Node, float[] Gradient) _releasing;
 
-    /// <summary>
-    /// Sends each piece of a node's gradient (<see cref="ShardPlan.Pieces"/>) to its shard as soon as the backward
-    /// pass releases it, so most of the gradient travels while the rest is still being computed. It asks for the
-    /// blocks that other nodes' shards wait for first: the pieces for this node's own shards cross no link, so they
-    /// can come last.
-    /// </summary>
-    private sealed class PieceSender(Worker worker) : IGradientRelease
+    /// <summary>A piece of the node being computed, to its shard (<see cref="PieceRelease"/> says when).</summary>
+    private void SendPiece(int shard, int start, int count)
     {
-        private (int Shard, int Start, int Count)[] _pieces = [];
-        private int[] _starts = [];
-        private bool[] _sent = [];
-        private bool[] _remote = [];
-        private ShardPlan? _plan;
-        private long _step;
-        private TreeNode _node;
-        private float[] _gradient = [];
-
-        public PieceSender Begin(long step, TreeNode node, float[] gradient)
-        {
-            if (!ReferenceEquals(_plan, worker._shardPlan))
-            {
-                _plan = worker._shardPlan!;
-                _pieces = _plan.Pieces(worker._setup.Architecture);
-                _starts = _pieces.Select(p => p.Start).ToArray();
-                _sent = new bool[_pieces.Length];
-                _remote = worker._shards!.Select(shard => !worker._courier.IsLocal(shard.Path.Address)).ToArray();
-                AnyRemote = _remote.Contains(true);
-            }
-            (_step, _node, _gradient) = (step, node, gradient);
-            Array.Clear(_sent);
-            return this;
-        }
-
-        /// <summary>Whether any shard is on another node (in local mode none is: nothing to overlap).</summary>
-        public bool AnyRemote { get; private set; }
-
-        public void OrderBlocks(int layer, Span<int> order)
-        {
-            // A stable partition: the blocks with a piece for another node first, each group still last first.
-            Span<int> local = order.Length <= 256 ? stackalloc int[order.Length] : new int[order.Length];
-            int remote = 0, locals = 0;
-            foreach (int block in order)
-            {
-                var (start, count) = ReleaseBlocks.Range(worker._setup.Architecture, layer, block);
-                if (HasRemotePiece(start, count))
-                {
-                    order[remote++] = block;
-                }
-                else
-                {
-                    local[locals++] = block;
-                }
-            }
-            local[..locals].CopyTo(order[remote..]);
-        }
-
-        private bool HasRemotePiece(int start, int count)
-        {
-            for (int i = FirstPieceAt(start); i < _pieces.Length && _pieces[i].Start < start + count; i++)
-            {
-                if (_remote[_pieces[i].Shard])
-                {
-                    return true;
-                }
-            }
-            return false;
-        }
-
-        private int FirstPieceAt(int start)
-        {
-            int i = Array.BinarySearch(_starts, start);
-            return i >= 0 ? i : ~i;
-        }
-
-        public void Released(int start, int count)
-        {
-            for (int i = FirstPieceAt(start); i < _pieces.Length && _pieces[i].Start < start + count; i++)
-            {
-                Send(i);
-            }
-        }
-
-        /// <summary>Sends every piece not sent yet, the last first (all of a round's value: it is released only at its end).</summary>
-        public void SendRest()
-        {
-            for (int i = _pieces.Length - 1; i >= 0; i--)
-            {
-                Send(i);
-            }
-        }
-
-        private void Send(int i)
-        {
-            if (_sent[i])
-            {
-                return;
-            }
-            _sent[i] = true;
-            var (shard, start, count) = _pieces[i];
-            float[] piece = worker.Rent(_step, count);
-            Array.Copy(_gradient, start, piece, 0, count);
-            worker._courier.Send(worker._shards![shard], new GradientSlice(_step, _node, start - _plan!.Start(shard), piece), worker.Self);
-        }
+        var (step, node, gradient) = _releasing;
+        float[] piece = Rent(step, count);
+        Array.Copy(gradient, start, piece, 0, count);
+        _courier.Send(_shards![shard], new GradientSlice(step, node, start - _shardPlan!.Start(shard), piece), Self);
     }
 
     /// <summary>

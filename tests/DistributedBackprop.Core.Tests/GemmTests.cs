@@ -103,6 +103,54 @@ public class GemmTests
         }
     }
 
+    /// <summary>
+    /// In blocks of C's rows, in any order, each block told once when complete: the bits of the whole product,
+    /// with B packed once (the first shapes) and, past <see cref="Gemm.PackOnceFloats"/>, packed again per block.
+    /// At each block's report its rows already hold their final values.
+    /// </summary>
+    [Theory]
+    [InlineData(256, 784, 64, 64)]
+    [InlineData(130, 300, 40, 37)]
+    [InlineData(20, 2100, 2050, 6)]
+    public void ChunkTreeProduct_InRowBlocks_InAnyOrder_HasTheBitsOfTheWholeProduct(int m, int n, int k, int blockRows)
+    {
+        int blocks = (m + blockRows - 1) / blockRows;
+        Assert.Equal(n == 2100, (long)(n + 15) / 16 * 16 * k > Gemm.PackOnceFloats);
+        foreach (int chunks in new[] { 1, 5 })
+        {
+            float[] a = Random(m * k, m + 7 * k), b = Random(k * n, n + 11 * k);
+            var am = StridedMatrix<float>.RowMajor(a, k, m).Transposed();
+            var bm = StridedMatrix<float>.RowMajor(b, k, n);
+            int[] starts = Enumerable.Range(0, chunks + 1).Select(c => ChunkTree.ChunkStart(k, chunks, c)).ToArray();
+            float[] whole = new float[m * n];
+            Gemm.ChunkTreeProduct(am, bm, starts, whole, n);
+            foreach (int[] order in new[] { Enumerable.Range(0, blocks).Reverse().ToArray(), Enumerable.Range(0, blocks).Select(i => i * 7 % blocks).ToArray() })
+            {
+                Assert.Equal(blocks, order.Distinct().Count());
+                float[] blocked = new float[m * n];
+                blocked.AsSpan().Fill(float.NaN);
+                var done = new RowsDone(whole, blocked, n, blockRows);
+                Gemm.ChunkTreeProduct(am, bm, starts, blocked, n, new RowBlocks(blockRows, order, done), SimdTiers.Best);
+                Assert.Equal(order, done.Blocks);
+                AssertBitwise(whole, blocked, $"m={m} n={n} k={k} chunks={chunks} blocks [{string.Join(",", order)}]");
+            }
+        }
+        Assert.Throws<ArgumentException>(() => Gemm.ChunkTreeProduct(StridedMatrix<float>.RowMajor(new float[m * k], m, k), StridedMatrix<float>.RowMajor(new float[k * n], k, n),
+            [0, k], new float[m * n], n, new RowBlocks(blockRows, new int[blocks], new RowsDone([], [], n, blockRows)), SimdTiers.Best));
+    }
+
+    private sealed class RowsDone(float[] whole, float[] blocked, int n, int blockRows) : IRowBlockDone
+    {
+        public List<int> Blocks { get; } = [];
+
+        public void Done(int block)
+        {
+            int first = block * blockRows * n, end = Math.Min(first + blockRows * n, whole.Length);
+            Assert.Equal(whole.AsSpan(first, end - first).ToArray(), blocked.AsSpan(first, end - first).ToArray());
+            Blocks.Add(block);
+        }
+    }
+
     [Fact]
     public void SlabDepth_CutsKIntoTheFewestSlabs_TheLastShallowerByLessThanTheirCount()
     {

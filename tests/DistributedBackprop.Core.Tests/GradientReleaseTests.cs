@@ -103,7 +103,7 @@ public class GradientReleaseTests
         var data = TestNetworks.RandomDataset(4, 300, 10, 11);
         var gradient = new float[arch.ParameterCount];
         float[] theta = TestNetworks.ToFloat(TestNetworks.RandomParameters(arch, 12));
-        var error = Assert.Throws<InvalidOperationException>(() =>
+        var error = Assert.Throws<ArgumentException>(() =>
             new NodeGradientComputer(arch, data).Compute(theta, [0, 1, 2, 3], 1, ChunkTree.Root(1), gradient, new Duplicating()));
         Assert.Contains("not a permutation", error.Message);
     }
@@ -133,4 +133,49 @@ public class GradientReleaseTests
     }
 
     private static int[] Bits(float[] values) => values.Select(BitConverter.SingleToInt32Bits).ToArray();
+}
+
+/// <summary>A worker's side of the overlap (<see cref="PieceRelease"/>): the blocks other nodes wait for first, each piece sent once.</summary>
+public class PieceReleaseTests
+{
+    private static readonly Architecture Mnist = Architecture.Create(784, [256, 128], 10, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
+
+    [Theory]
+    [InlineData(false, true, new[] { 3, 2, 1, 0 })] // beside shard 0 (W_1's rows up to ~150): W_1's last rows go to shard 1
+    [InlineData(true, false, new[] { 2, 1, 0, 3 })] // beside shard 1: W_1's first rows go to shard 0, its own last
+    [InlineData(false, false, new[] { 3, 2, 1, 0 })] // both shards here (local mode): the backward pass's own order
+    public void RemoteBlocksComeFirst_AndEveryPieceIsSentOnce_WhenItsBlockIsReleased(bool shard0Remote, bool shard1Remote, int[] expectedOrder)
+    {
+        var plan = new ShardPlan(Mnist.ParameterCount, 2);
+        var sent = new List<(int Shard, int Start, int Count)>();
+        var release = new PieceRelease(Mnist, plan, [shard0Remote, shard1Remote], (shard, start, count) => sent.Add((shard, start, count)));
+        Assert.Equal(shard0Remote || shard1Remote, release.AnyRemote);
+        int[] order = [3, 2, 1, 0];
+        release.OrderBlocks(0, order);
+        Assert.Equal(expectedOrder, order);
+
+        for (int node = 0; node < 2; node++)
+        {
+            release.Begin();
+            sent.Clear();
+            // Layer 2, layer 1, then layer 0's blocks in the order asked for.
+            foreach (var (layer, block) in new[] { (2, 0), (1, 0) }.Concat(order.Select(b => (0, b))))
+            {
+                var (start, count) = ReleaseBlocks.Range(Mnist, layer, block);
+                int before = sent.Count;
+                release.Released(start, count);
+                Assert.All(sent.Skip(before), p => Assert.InRange(p.Start, start, start + count - p.Count));
+                Assert.Equal(count, sent.Skip(before).Sum(p => p.Count));
+            }
+            release.SendRest(); // nothing left
+            Assert.Equal(plan.Pieces(Mnist).Order(), sent.Order());
+        }
+
+        // Nothing released (a round's value): every piece at the end, the last first.
+        release.Begin();
+        sent.Clear();
+        release.SendRest();
+        Assert.Equal(plan.Pieces(Mnist).Reverse(), sent);
+        Assert.Throws<ArgumentException>(() => new PieceRelease(Mnist, plan, [true], (_, _, _) => { }));
+    }
 }

@@ -155,6 +155,35 @@ public class ParameterShardsTests
         Assert.True(update.Reduce());
     }
 
+    /// <summary>
+    /// Pieces lost crosswise (node [2,4)'s first piece and node [0,2)'s second arrived, the other halves did not):
+    /// the missing runs are cut where the pieces' coverage changes, so the nodes they are computed again as each
+    /// complete a piece instead of being refused by both as duplicates (one run [0,4) would come back as node
+    /// [0,4), which overlaps what each piece has).
+    /// </summary>
+    [Fact]
+    public void MissingRuns_AfterPiecesLostCrosswise_AreNodesEachPieceTakes()
+    {
+        var settings = new OptimizerSettings { Kind = OptimizerKind.Sgd };
+        var update = new ShardUpdate(Arch, settings, 4, 30, new float[20], 0, []);
+        Assert.True(update.TryAdd(new TreeNode(2, 2), 0, new float[10]));
+        Assert.True(update.TryAdd(new TreeNode(0, 2), 10, new float[10]));
+        List<(int Lo, int Hi)> runs = update.MissingRuns();
+        Assert.Equal([(0, 2), (2, 4)], runs);
+        foreach (var (lo, hi) in runs)
+        {
+            foreach (TreeNode node in ChunkTree.Decompose(lo, hi, 4))
+            {
+                foreach (var (offset, count) in update.Pieces)
+                {
+                    update.TryAdd(node, offset, new float[count]);
+                }
+            }
+        }
+        Assert.True(update.IsComplete);
+        Assert.Empty(update.MissingRuns());
+    }
+
     [Fact]
     public void StateSlicesThatDoNotFitTheOptimizer_AreRefused()
     {

@@ -8,18 +8,30 @@ namespace DistributedBackprop.Actors.Transport;
 /// with them (the worker after computing, the server after applying a step); an array not returned is
 /// simply collected.
 /// </summary>
-public sealed class FloatArrayPool
+/// <param name="maxKeptFloats">the most floats kept in all.</param>
+public sealed class FloatArrayPool(long maxKeptFloats = FloatArrayPool.MaxKeptFloats)
 {
-    private const int KeptPerSize = 16;
-    // Lengths come from peers' frames: keep arrays of a few sizes only (a run uses one or two), so a peer
-    // cannot make the pool hold arrays of every length it likes.
-    private const int MaxSizes = 8;
+    /// <summary>
+    /// The most floats kept by default (256 MiB). Lengths come from peers' frames, and a step brings one array per
+    /// piece of gradient (several lengths per shard with the overlap's blocks): the bound is on the total, and on
+    /// the number of lengths (<see cref="MaxLengths"/>), so a peer cannot make the pool hold more whatever it sends.
+    /// </summary>
+    public const long MaxKeptFloats = 64L << 20;
+
+    /// <summary>The most different lengths kept (a run's messages bring a few dozen at most).</summary>
+    public const int MaxLengths = 64;
+
     private readonly ConcurrentDictionary<int, ConcurrentBag<float[]>> _free = new();
+    private long _kept;
+
+    /// <summary>Floats held in the pool now.</summary>
+    public long KeptFloats => Interlocked.Read(ref _kept);
 
     public float[] Rent(int length)
     {
         if (length > 0 && _free.TryGetValue(length, out var bag) && bag.TryTake(out float[]? array))
         {
+            Interlocked.Add(ref _kept, -array.Length);
             return array;
         }
         return length == 0 ? [] : GC.AllocateUninitializedArray<float>(length);
@@ -33,15 +45,17 @@ public sealed class FloatArrayPool
         }
         if (!_free.TryGetValue(array.Length, out var bag))
         {
-            if (_free.Count >= MaxSizes)
+            if (_free.Count >= MaxLengths)
             {
                 return;
             }
             bag = _free.GetOrAdd(array.Length, _ => []);
         }
-        if (bag.Count < KeptPerSize)
+        if (Interlocked.Add(ref _kept, array.Length) > maxKeptFloats)
         {
-            bag.Add(array);
+            Interlocked.Add(ref _kept, -array.Length);
+            return;
         }
+        bag.Add(array);
     }
 }

@@ -102,21 +102,34 @@ public sealed class ShardUpdate
     /// <summary>Every piece of every part is in and summed.</summary>
     public bool IsComplete => _summed == _pieces.Length;
 
-    /// <summary>The runs [Lo, Hi) of parts of which some piece has not arrived, in order.</summary>
+    /// <summary>
+    /// The runs [Lo, Hi) of parts of which some piece has not arrived, in order. A run is also cut wherever the
+    /// pieces' coverage changes: a run is computed again as the canonical nodes of its parts, and a node whose
+    /// parts are partly covered in a piece would be refused by that piece (a duplicate) and never complete it.
+    /// </summary>
     public List<(int Lo, int Hi)> MissingRuns()
     {
         var runs = new List<(int Lo, int Hi)>();
         for (int c = 0; c < _parts;)
         {
-            int lo = c;
-            while (c < _parts && !Covered(c)) c++;
-            if (c > lo) runs.Add((lo, c));
-            while (c < _parts && Covered(c)) c++;
+            if (!Missing(c))
+            {
+                c++;
+                continue;
+            }
+            int lo = c++;
+            while (c < _parts && SameCoverage(lo, c))
+            {
+                c++;
+            }
+            runs.Add((lo, c));
         }
         return runs;
     }
 
-    private bool Covered(int part) => _reducers.All(r => r.IsCovered(part));
+    private bool Missing(int part) => !_reducers.All(r => r.IsCovered(part));
+
+    private bool SameCoverage(int part, int other) => _reducers.All(r => r.IsCovered(part) == r.IsCovered(other));
 
     /// <summary>The index of the piece at <paramref name="offset"/> of <paramref name="count"/> values, or −1 if there is none.</summary>
     public int PieceAt(int offset, int count)
@@ -204,6 +217,109 @@ public sealed class ShardUpdate
         foreach (var (_, values) in optimizer.StateTensors())
         {
             stateSlices[i++].CopyTo(values, start);
+        }
+    }
+}
+
+/// <summary>
+/// A worker's side of the overlap, as a plain class: which pieces of a node's gradient (<see cref="ShardPlan.Pieces"/>)
+/// each release of the backward pass makes ready, each handed to <c>send</c> once, and the order to ask for a layer's
+/// blocks in: those with a piece for a shard on another node first (each group still last first), so they cross
+/// their links while the rest is computed; the pieces for this node's own shards cross no link and come last.
+/// </summary>
+public sealed class PieceRelease : IGradientRelease
+{
+    private readonly Architecture _architecture;
+    private readonly (int Shard, int Start, int Count)[] _pieces;
+    private readonly int[] _starts;
+    private readonly bool[] _remote;
+    private readonly bool[] _sent;
+    private readonly Action<int, int, int> _send;
+
+    /// <param name="remote">per shard, whether it is on another node.</param>
+    /// <param name="send">called with (shard, first parameter, count) of each piece as it becomes ready.</param>
+    public PieceRelease(Architecture architecture, ShardPlan plan, IReadOnlyList<bool> remote, Action<int, int, int> send)
+    {
+        if (remote.Count != plan.Shards)
+        {
+            throw new ArgumentException($"{remote.Count} remote flags for {plan.Shards} shards");
+        }
+        _architecture = architecture;
+        _pieces = plan.Pieces(architecture);
+        _starts = _pieces.Select(p => p.Start).ToArray();
+        _remote = remote.ToArray();
+        _sent = new bool[_pieces.Length];
+        _send = send;
+        AnyRemote = _remote.Contains(true);
+    }
+
+    /// <summary>Whether any shard is on another node (in local mode none is: nothing to overlap).</summary>
+    public bool AnyRemote { get; }
+
+    /// <summary>A new node's gradient: no piece sent yet.</summary>
+    public void Begin() => Array.Clear(_sent);
+
+    public void OrderBlocks(int layer, Span<int> order)
+    {
+        Span<int> local = order.Length <= 256 ? stackalloc int[order.Length] : new int[order.Length];
+        int remote = 0, locals = 0;
+        foreach (int block in order)
+        {
+            var (start, count) = ReleaseBlocks.Range(_architecture, layer, block);
+            if (HasRemotePiece(start, count))
+            {
+                order[remote++] = block;
+            }
+            else
+            {
+                local[locals++] = block;
+            }
+        }
+        local[..locals].CopyTo(order[remote..]);
+    }
+
+    public void Released(int start, int count)
+    {
+        for (int i = FirstPieceAt(start); i < _pieces.Length && _pieces[i].Start < start + count; i++)
+        {
+            Send(i);
+        }
+    }
+
+    /// <summary>Sends every piece not sent yet, the last first (all of a value no backward pass released: a round's).</summary>
+    public void SendRest()
+    {
+        for (int i = _pieces.Length - 1; i >= 0; i--)
+        {
+            Send(i);
+        }
+    }
+
+    private bool HasRemotePiece(int start, int count)
+    {
+        for (int i = FirstPieceAt(start); i < _pieces.Length && _pieces[i].Start < start + count; i++)
+        {
+            if (_remote[_pieces[i].Shard])
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private int FirstPieceAt(int start)
+    {
+        int i = Array.BinarySearch(_starts, start);
+        return i >= 0 ? i : ~i;
+    }
+
+    private void Send(int i)
+    {
+        if (!_sent[i])
+        {
+            _sent[i] = true;
+            var (shard, start, count) = _pieces[i];
+            _send(shard, start, count);
         }
     }
 }

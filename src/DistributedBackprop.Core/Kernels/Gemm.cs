@@ -108,33 +108,50 @@ public static unsafe class Gemm
     public static void ChunkTreeProduct(StridedMatrix<float> a, StridedMatrix<float> b, ReadOnlySpan<int> chunkStarts, Span<float> c, int ldc) =>
         ChunkTreeProduct(a, b, chunkStarts, c, ldc, SimdTiers.Best);
 
-    public static void ChunkTreeProduct(StridedMatrix<float> a, StridedMatrix<float> b, ReadOnlySpan<int> chunkStarts, Span<float> c, int ldc, SimdTier tier)
+    public static void ChunkTreeProduct(StridedMatrix<float> a, StridedMatrix<float> b, ReadOnlySpan<int> chunkStarts, Span<float> c, int ldc, SimdTier tier) =>
+        ChunkTreeProduct(a, b, chunkStarts, c, ldc, default, tier);
+
+    /// <summary>
+    /// The same product in blocks of rows of C, in the order <see cref="RowBlocks.Order"/> gives, telling
+    /// <see cref="RowBlocks.Done"/> each block as soon as it is complete (each element is the same chain whatever
+    /// the blocks: the same bits). B is packed once for all blocks when it fits <see cref="PackOnceFloats"/>, so
+    /// blocks cost no extra packing of B.
+    /// </summary>
+    public static void ChunkTreeProduct(StridedMatrix<float> a, StridedMatrix<float> b, ReadOnlySpan<int> chunkStarts, Span<float> c, int ldc, RowBlocks blocks, SimdTier tier)
     {
         int m = a.Rows, k = a.Cols, n = b.Cols;
         CheckShapes(a, b, c, ldc);
         CheckChunkStarts(chunkStarts, k);
-        if (m == 0 || n == 0)
+        int blockRows = blocks.Done is null ? Math.Max(m, 1) : blocks.BlockRows;
+        ReadOnlySpan<int> order = blocks.Done is null ? [0] : blocks.Order;
+        if (blocks.Done is not null)
         {
-            return;
+            CheckRowBlocks(m, blockRows, order);
         }
         int chunks = chunkStarts.Length - 1;
-        tier = NarrowerTierFor(n, tier);
-        GemmBlocking blk = GemmBlocking.For(tier);
-        int mr = blk.MR, nr = blk.NR, tileSize = mr * nr;
-        if (chunks == 0 || k == 0)
+        if (m == 0 || n == 0 || chunks == 0 || k == 0)
         {
-            for (int i = 0; i < m; i++)
+            for (int i = 0; i < m && n > 0; i++)
             {
                 c.Slice(i * ldc, n).Clear();
             }
+            foreach (int block in blocks.Done is null ? [] : order)
+            {
+                blocks.Done!.Done(block);
+            }
             return;
         }
+        tier = NarrowerTierFor(n, tier);
+        GemmBlocking blk = GemmBlocking.For(tier);
+        int mr = blk.MR, nr = blk.NR, tileSize = mr * nr;
         // The whole k extent must be packed at once (chunks are not split), so block sizes shrink as k grows.
         int perK = Math.Max(1, GemmBlocking.ChunkTreeBlockBytes / (k * sizeof(float)));
         int mcBlock = Math.Clamp(perK / mr * mr, mr, blk.MC);
         int ncBlock = Math.Clamp(perK / nr * nr, nr, blk.NC);
         float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(mcBlock, m), mr) * k);
-        float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(ncBlock, n), nr) * k);
+        // Several blocks would each pack all of B again: pack it whole once if it fits (panel jc then starts at jc·k).
+        bool packOnce = order.Length > 1 && (long)RoundUp(n, nr) * k <= PackOnceFloats;
+        float* packB = (t_packB ??= new()).Ensure(packOnce ? RoundUp(n, nr) * k : RoundUp(Math.Min(ncBlock, n), nr) * k);
         int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
         // The tree walk is the same for every tile, so it is planned once: each chunk's leaf slot and the slots it
@@ -147,44 +164,78 @@ public static unsafe class Gemm
         fixed (int* starts = chunkStarts, leafSlot = plan)
         {
             int* firstAddend = leafSlot + chunks, addendSlot = firstAddend + chunks + 1;
-            for (int jc = 0; jc < n; jc += ncBlock)
+            if (packOnce)
             {
-                int nc = Math.Min(ncBlock, n - jc);
-                PackB(pb, b.RowStride, b.ColStride, 0, k, jc, nc, nr, packB);
-                for (int ic = 0; ic < m; ic += mcBlock)
+                PackB(pb, b.RowStride, b.ColStride, 0, k, 0, n, nr, packB);
+            }
+            foreach (int block in order)
+            {
+                int rowStart = block * blockRows, rowEnd = Math.Min(rowStart + blockRows, m);
+                for (int jc = 0; jc < n; jc += ncBlock)
                 {
-                    int mc = Math.Min(mcBlock, m - ic);
-                    PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, packA);
-                    for (int jr = 0; jr < nc; jr += nr)
+                    int nc = Math.Min(ncBlock, n - jc);
+                    if (!packOnce)
                     {
-                        int cols = Math.Min(nr, nc - jr);
-                        for (int ir = 0; ir < mc; ir += mr)
+                        PackB(pb, b.RowStride, b.ColStride, 0, k, jc, nc, nr, packB);
+                    }
+                    float* panel = packOnce ? packB + (long)jc * k : packB;
+                    for (int ic = rowStart; ic < rowEnd; ic += mcBlock)
+                    {
+                        int mc = Math.Min(mcBlock, rowEnd - ic);
+                        PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, packA);
+                        for (int jr = 0; jr < nc; jr += nr)
                         {
-                            int rows = Math.Min(mr, mc - ir);
-                            float* aSliver = packA + (long)ir * k;
-                            float* bSliver = packB + (long)jr * k;
-                            float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
-                            bool fullTile = rows == mr && cols == nr;
-                            if (ir + mr < mc)
+                            int cols = Math.Min(nr, nc - jr);
+                            for (int ir = 0; ir < mc; ir += mr)
                             {
-                                PrefetchTile(cTile + (long)mr * ldc, ldc, Math.Min(mr, mc - ir - mr), cols);
-                            }
-                            else if (jr + nr < nc)
-                            {
-                                PrefetchTile(pc + (long)ic * ldc + jc + jr + nr, ldc, Math.Min(mr, mc), Math.Min(nr, nc - jr - nr));
-                            }
-                            MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, addendSlot, aSliver, bSliver, stack, addends,
-                                fullTile ? cTile : null, ldc);
-                            if (!fullTile)
-                            {
-                                CopyTile(stack, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);
+                                int rows = Math.Min(mr, mc - ir);
+                                float* aSliver = packA + (long)ir * k;
+                                float* bSliver = panel + (long)jr * k;
+                                float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
+                                bool fullTile = rows == mr && cols == nr;
+                                if (ir + mr < mc)
+                                {
+                                    PrefetchTile(cTile + (long)mr * ldc, ldc, Math.Min(mr, mc - ir - mr), cols);
+                                }
+                                else if (jr + nr < nc)
+                                {
+                                    PrefetchTile(pc + (long)ic * ldc + jc + jr + nr, ldc, Math.Min(mr, mc), Math.Min(nr, nc - jr - nr));
+                                }
+                                MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, addendSlot, aSliver, bSliver, stack, addends,
+                                    fullTile ? cTile : null, ldc);
+                                if (!fullTile)
+                                {
+                                    CopyTile(stack, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);
+                                }
                             }
                         }
                     }
                 }
+                blocks.Done?.Done(block);
             }
         }
     }
+
+    /// <summary>The blocks must be a permutation of the ⌈m / blockRows⌉ blocks of C's rows: each row computed once.</summary>
+    internal static void CheckRowBlocks(int m, int blockRows, ReadOnlySpan<int> order)
+    {
+        if (blockRows < 1 || order.Length != (m + blockRows - 1) / blockRows)
+        {
+            throw new ArgumentException($"{order.Length} blocks of {blockRows} rows do not cover the {m} rows of C");
+        }
+        Span<bool> seen = order.Length <= 1024 ? stackalloc bool[order.Length] : new bool[order.Length];
+        foreach (int block in order)
+        {
+            if ((uint)block >= (uint)order.Length || seen[block])
+            {
+                throw new ArgumentException($"the order of C's {order.Length} row blocks is not a permutation of them");
+            }
+            seen[block] = true;
+        }
+    }
+
+    /// <summary>The most floats B may take packed whole for a blocked chunk-tree product (16 MiB); beyond, each block packs it again.</summary>
+    public const int PackOnceFloats = 4 << 20;
 
     /// <summary>
     /// The canonical tree's binary-counter walk (<see cref="TreeWalk"/>) over a stack of tile slots, as

@@ -51,3 +51,23 @@ public readonly ref struct StridedMatrix<T>
 
     public T this[int row, int col] => Data[row * RowStride + col * ColStride];
 }
+
+/// <summary>Told by a blocked product each block of C's rows as soon as it is complete.</summary>
+public interface IRowBlockDone
+{
+    void Done(int block);
+}
+
+/// <summary>
+/// C's rows in blocks for <see cref="Gemm.ChunkTreeProduct(StridedMatrix{float}, StridedMatrix{float}, ReadOnlySpan{int}, Span{float}, int, RowBlocks, SimdTier)"/>:
+/// block b is rows [b·<see cref="BlockRows"/>, (b + 1)·<see cref="BlockRows"/>) (the last one shorter), computed in
+/// <see cref="Order"/> (a permutation of the blocks), each told to <see cref="Done"/> when complete. default: one block, no one told.
+/// </summary>
+public readonly ref struct RowBlocks(int blockRows, ReadOnlySpan<int> order, IRowBlockDone done)
+{
+    public int BlockRows { get; } = blockRows;
+
+    public ReadOnlySpan<int> Order { get; } = order;
+
+    public IRowBlockDone? Done { get; } = done;
+}

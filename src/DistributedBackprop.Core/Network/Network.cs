@@ -161,18 +161,16 @@ public sealed class Network<T>
             // rows in the order it asks for, each released when done (every element is its own chain: the same bits).
             var deltaTransposed = StridedMatrix<T>.RowMajor(delta, rows, outputs).Transposed();
             var belowRows = StridedMatrix<T>.RowMajor(below, rows, inputs);
-            Span<T> weightGradient = _arch.Weight(gradient, l);
-            int blockRows = release is null ? outputs : ReleaseBlocks.BlockRows(_arch, l);
-            foreach (int block in BlockOrder(l, (outputs + blockRows - 1) / blockRows, release))
+            if (release is null)
             {
-                int first = block * blockRows, count = Math.Min(blockRows, outputs - first);
-                ChunkTreeProduct(deltaTransposed.RowRange(first, count), belowRows, chunkStarts,
-                    weightGradient.Slice(first * inputs, count * inputs), inputs);
-                if (release is not null)
-                {
-                    var (start, length) = ReleaseBlocks.Range(_arch, l, block);
-                    release.Released(start, length);
-                }
+                ChunkTreeProduct(deltaTransposed, belowRows, chunkStarts, _arch.Weight(gradient, l), inputs);
+            }
+            else
+            {
+                int blockRows = ReleaseBlocks.BlockRows(_arch, l);
+                ReadOnlySpan<int> order = BlockOrder(l, (outputs + blockRows - 1) / blockRows, release);
+                (_releaser ??= new BlockReleaser(_arch)).Begin(l, release);
+                ChunkTreeProductInBlocks(deltaTransposed, belowRows, chunkStarts, _arch.Weight(gradient, l), inputs, blockRows, order, _releaser);
             }
 
             if (l == 0)
@@ -199,31 +197,20 @@ public sealed class Network<T>
         return new BatchResult(lossSum, correct, rows);
     }
 
-    /// <summary>Layer <paramref name="layer"/>'s blocks last first, or in the order <paramref name="release"/> puts them (checked: each once).</summary>
-    private ReadOnlySpan<int> BlockOrder(int layer, int blocks, IGradientRelease? release)
+    /// <summary>Layer <paramref name="layer"/>'s blocks last first, in the order <paramref name="release"/> puts them (checked: each once).</summary>
+    private ReadOnlySpan<int> BlockOrder(int layer, int blocks, IGradientRelease release)
     {
-        if (_blockOrder.Length < 2 * blocks)
+        if (_blockOrder.Length < blocks)
         {
-            _blockOrder = new int[2 * blocks];
+            _blockOrder = new int[blocks];
         }
-        Span<int> order = _blockOrder.AsSpan(0, blocks), seen = _blockOrder.AsSpan(blocks, blocks);
+        Span<int> order = _blockOrder.AsSpan(0, blocks);
         for (int i = 0; i < blocks; i++)
         {
             order[i] = blocks - 1 - i;
         }
-        if (release is null)
-        {
-            return order;
-        }
         release.OrderBlocks(layer, order);
-        seen.Clear();
-        foreach (int block in order)
-        {
-            if ((uint)block >= (uint)blocks || seen[block]++ != 0)
-            {
-                throw new InvalidOperationException($"the order of layer {layer}'s {blocks} blocks is not a permutation of them");
-            }
-        }
+        Gemm.CheckRowBlocks(blocks, 1, order);
         return order;
     }
 
@@ -349,6 +336,39 @@ public sealed class Network<T>
         else
         {
             NaiveGemm.ChunkTreeProduct(a, b, chunkStarts, c, ldc);
+        }
+    }
+
+    /// <summary>∂J/∂W_l in blocks of rows in <paramref name="order"/>, each told to <paramref name="done"/> when complete.</summary>
+    private static void ChunkTreeProductInBlocks(StridedMatrix<T> a, StridedMatrix<T> b, ReadOnlySpan<int> chunkStarts, Span<T> c, int ldc, int blockRows, ReadOnlySpan<int> order, IRowBlockDone done)
+    {
+        if (typeof(T) == typeof(float))
+        {
+            Gemm.ChunkTreeProduct(AsFloat(a), AsFloat(b), chunkStarts, MemoryMarshal.Cast<T, float>(c), ldc, new RowBlocks(blockRows, order, done), SimdTiers.Best);
+            return;
+        }
+        foreach (int block in order)
+        {
+            int first = block * blockRows, count = Math.Min(blockRows, a.Rows - first);
+            NaiveGemm.ChunkTreeProduct(a.RowRange(first, count), b, chunkStarts, c[(first * ldc)..], ldc);
+            done.Done(block);
+        }
+    }
+
+    private BlockReleaser? _releaser;
+
+    /// <summary>Turns a finished block of ∂J/∂W_l's rows into the parameters it releases (with b_l for the last one).</summary>
+    private sealed class BlockReleaser(Architecture architecture) : IRowBlockDone
+    {
+        private int _layer;
+        private IGradientRelease? _release;
+
+        public void Begin(int layer, IGradientRelease release) => (_layer, _release) = (layer, release);
+
+        public void Done(int block)
+        {
+            var (start, count) = ReleaseBlocks.Range(architecture, _layer, block);
+            _release!.Released(start, count);
         }
     }
 
