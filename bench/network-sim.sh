@@ -20,6 +20,8 @@
 #                                           bench/host-cpu.py)
 #   step_time_over_bound_with_host_cpu      the same ratio with a third limit, the host's CPU work per update ÷
 #                                           its cores: near 1, the run measured this box's CPU, not the network
+#   tcp_retransmitted_segments_per_step,    the nodes' TCP segments sent again and retransmission timeouts
+#   tcp_timeouts_per_step                   (each ≥ 200 ms of silence), summed over every node's namespace
 # Usage (repo root, as root; cleans up its namespaces):
 #   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H [--outer-overlap]
 #        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--epochs 3] [--batch-size 256]
@@ -74,8 +76,12 @@ for n in "${names[@]}"; do
   ip netns exec "dbp$n$tag" tc qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 20ms
   ip netns exec "$switch" tc qdisc add dev "v$n$tag" root tbf rate "$rate" burst 64kb latency 20ms
 done
-counters() { # NAME: "rx tx" bytes of the node's eth0
+counters() { # NAME: "rx tx" bytes of the node's eth0, then its TCP stack's retransmitted segments and retransmission timeouts
   ip netns exec "dbp$1$tag" cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth0/statistics/tx_bytes | tr '\n' ' '
+  ip netns exec "dbp$1$tag" awk '$1 == "Tcp:" && !h { for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next }
+    $1 == "Tcp:" { r = $col["RetransSegs"] } END { printf "%s ", r }' /proc/net/snmp
+  ip netns exec "dbp$1$tag" awk '$1 == "TcpExt:" && !h { for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next }
+    $1 == "TcpExt:" { t = $col["TCPTimeouts"] } END { printf "%s ", t }' /proc/net/netstat
 }
 declare -A before
 for n in "${names[@]}"; do before[$n]=$(counters "$n"); done
@@ -119,10 +125,13 @@ model_bytes = (784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10) * 4
 steps_per_epoch = epochs[0]["step"]
 updates_per_epoch = math.ceil(steps_per_epoch / local_steps)
 steps = updates_per_epoch * len(epochs)
-links = {}
+links, retransmits, timeouts = {}, 0, 0
 for line in open(sys.argv[2]):
-    name, rx0, tx0, rx1, tx1 = line.split()
+    name, rx0, tx0, re0, to0, rx1, tx1, re1, to1 = line.split()
     links[name] = max(int(rx1) - int(rx0), int(tx1) - int(tx0)) / steps
+    # Segments sent again, and retransmission timeouts (each at least 200 ms of silence), over the whole run.
+    retransmits += int(re1) - int(re0)
+    timeouts += int(to1) - int(to0)
 busiest = max(links, key=links.get)
 later = epochs[1:] or epochs
 step_seconds = statistics.median(e["epoch_seconds"] / updates_per_epoch for e in later)
@@ -160,7 +169,8 @@ print(f"[network-sim] {workers} worker(s), {shards} shard(s), {replicas} replica
       f"busiest link {busiest} {links[busiest] / 1e6:.2f} MB/{unit} = {links[busiest] / model_bytes:.2f} M; {unit} {step_seconds * 1e3:.1f} ms, "
       f"bound {bound * 1e3:.1f} ms (compute {compute * 1e3:.1f} ms, link {link_seconds * 1e3:.1f} ms); "
       f"{samples:.0f} samples/s, the plain trainer on one core {plain_samples:.0f} ({samples / plain_samples:.2f}x); "
-      f"final test accuracy {epochs[-1].get('test_accuracy', 0) * 100:.2f} % (plain {plain[-1].get('test_accuracy', 0) * 100:.2f} %)")
+      f"final test accuracy {epochs[-1].get('test_accuracy', 0) * 100:.2f} % (plain {plain[-1].get('test_accuracy', 0) * 100:.2f} %); "
+      f"TCP: {retransmits / steps:.1f} segments sent again and {timeouts / steps:.2f} retransmission timeouts per {unit}")
 if cpu:
     ms = cpu["cpu_ms_per_update"]
     print(f"[network-sim] host CPU {cpu['host_cpu_busy'] * 100:.0f} % busy on {cpu['cores']} cores; CPU ms per {unit}: compute {ms.get('compute', 0):.1f}, "
@@ -173,6 +183,7 @@ print(json.dumps({
     "busiest_link_bytes_per_step_over_model": round(links[busiest] / model_bytes, 3),
     "step_seconds": round(step_seconds, 5), "compute_seconds": round(compute, 5), "link_seconds": round(link_seconds, 5),
     "step_time_over_bound": round(step_seconds / bound, 3),
+    "tcp_retransmitted_segments_per_step": round(retransmits / steps, 2), "tcp_timeouts_per_step": round(timeouts / steps, 3),
     "samples_per_second": round(samples),
     "plain_one_core_samples_per_second": round(plain_samples),
     "over_plain_one_core": round(samples / plain_samples, 3),

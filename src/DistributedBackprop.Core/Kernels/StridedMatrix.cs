@@ -52,7 +52,10 @@ public readonly ref struct StridedMatrix<T>
     public T this[int row, int col] => Data[row * RowStride + col * ColStride];
 }
 
-/// <summary>Told by a blocked product each block of C's rows as soon as it is complete.</summary>
+/// <summary>
+/// Told by a blocked product each block of C's rows as soon as it is complete. Called in the middle of the product,
+/// while this thread's packing buffers hold its operands: it must not run a product of <see cref="Gemm"/> itself.
+/// </summary>
 public interface IRowBlockDone
 {
     void Done(int block);
