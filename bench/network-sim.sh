@@ -24,32 +24,34 @@
 #   tcp_timeouts_per_step                   (each ≥ 200 ms of silence), summed over every node's namespace
 # Usage (repo root, as root; cleans up its namespaces):
 #   bash bench/network-sim.sh --workers N [--shards K] [--replicas R --local-steps H [--outer-overlap]
-#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--epochs 3] [--batch-size 256]
+#        [--outer-optimizer O --outer-lr G --outer-momentum M]] [--rate 1gbit] [--mtu 1500] [--queue-ms 20] [--epochs 3] [--batch-size 256]
 # --mtu: the links' frame size (9000: jumbo frames). All nodes' kernels share this machine's cores, so each
 # packet's cost in the bridge, the shaper and TCP is paid by the same two cores the workers compute on (at
 # 1500 bytes the kernel's packet processing took ~35 % of a core at H = 32; on machines of their own it would not).
 # Ends with one JSON line. --shards K runs `dbp serve --server-shards K` (shards on the worker nodes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-workers=2; shards=1; rate=1gbit; mtu=1500; epochs=3; batch=256; replicas=1; local_steps=1; outer=()
+workers=2; shards=1; rate=1gbit; mtu=1500; queue_ms=20; epochs=3; batch=256; replicas=1; local_steps=1; outer=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) workers=$2; shift 2 ;;
     --shards) shards=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --mtu) mtu=$2; shift 2 ;;
+    --queue-ms) queue_ms=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --batch-size) batch=$2; shift 2 ;;
     --replicas) replicas=$2; shift 2 ;;
     --local-steps) local_steps=$2; shift 2 ;;
     --outer-overlap) outer+=(--outer-overlap); shift ;;
     --outer-momentum|--outer-lr|--outer-optimizer) outer+=("$1" "$2"); shift 2 ;;
-    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --mtu BYTES --epochs E --batch-size B)" >&2; exit 2 ;;
+    *) echo "network-sim: unknown option $1 (--workers N --shards K --replicas R --local-steps H --outer-overlap --outer-optimizer/--outer-lr/--outer-momentum V --rate R --mtu BYTES --queue-ms MS --epochs E --batch-size B)" >&2; exit 2 ;;
   esac
 done
 [[ "$workers" =~ ^[1-9][0-9]*$ ]] && [ "$workers" -le 16 ] || { echo "network-sim: --workers: 1 to 16, got $workers" >&2; exit 2; }
 [[ "$replicas" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --replicas: a positive integer, got $replicas" >&2; exit 2; }
 [[ "$local_steps" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --local-steps: a positive integer, got $local_steps" >&2; exit 2; }
+[[ "$queue_ms" =~ ^[1-9][0-9]*$ ]] && [ "$queue_ms" -le 1000 ] || { echo "network-sim: --queue-ms: 1 to 1000, got $queue_ms" >&2; exit 2; }
 [[ "$batch" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --batch-size: a positive integer, got $batch" >&2; exit 2; }
 [[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "network-sim: --shards: a positive integer, got $shards" >&2; exit 2; }
 [[ "$mtu" =~ ^[1-9][0-9]*$ ]] && [ "$mtu" -ge 1280 ] && [ "$mtu" -le 65535 ] || { echo "network-sim: --mtu: 1280 to 65535 bytes, got $mtu" >&2; exit 2; }
@@ -68,13 +70,14 @@ source tests/integration/netns-lib.sh
 names=(s); for i in $(seq 1 "$workers"); do names+=("w$i"); done
 netns_up "${names[@]}" >/dev/null
 # Shape both directions of every node's link: its eth0 (what it sends) and its veth end on the bridge (what
-# it receives). A token bucket with a burst of a few packets' worth and a bounded queue, like a switch port.
+# it receives). A token bucket with a burst of a few packets' worth and a bounded queue, like a switch port
+# (--queue-ms: how long a full queue takes to drain; 20 ms is 250 KB at 100 Mbit/s).
 ip -n "$switch" link set "$bridge" mtu "$mtu"
 for n in "${names[@]}"; do
   ip -n "$switch" link set "v$n$tag" mtu "$mtu"
   ip -n "dbp$n$tag" link set eth0 mtu "$mtu"
-  ip netns exec "dbp$n$tag" tc qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 20ms
-  ip netns exec "$switch" tc qdisc add dev "v$n$tag" root tbf rate "$rate" burst 64kb latency 20ms
+  ip netns exec "dbp$n$tag" tc qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency "${queue_ms}ms"
+  ip netns exec "$switch" tc qdisc add dev "v$n$tag" root tbf rate "$rate" burst 64kb latency "${queue_ms}ms"
 done
 counters() { # NAME: "rx tx" bytes of the node's eth0, then its TCP stack's retransmitted segments and retransmission timeouts
   ip netns exec "dbp$1$tag" cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth0/statistics/tx_bytes | tr '\n' ' '
@@ -111,7 +114,7 @@ taskset -c 0 "$dbp" train "${sync[@]}" --workers 0 --threads 1 --metrics "$work/
   || { tail -3 "$work/plain.log"; say "FAIL: the plain trainer failed"; exit 1; }
 
 for n in "${names[@]}"; do echo "$n ${before[$n]} $(counters "$n")"; done > "$work/links.txt"
-python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" "$work/cpu.jsonl" "$batch" <<'PY'
+python3 - "$work/metrics.jsonl" "$work/links.txt" "$bits" "$workers" "$shards" "$rate" "$replicas" "$local_steps" "$work/plain.jsonl" "$mtu" "$work/cpu.jsonl" "$batch" "$queue_ms" <<'PY'
 import json, math, os, statistics, sys
 epochs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 bits, workers, shards, rate = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
@@ -178,7 +181,7 @@ if cpu:
           f"(transport ÷ compute {cpu['transport_cpu_over_compute']}); with the host's CPU as a third limit the bound is "
           f"{max(bound, cpu['cpu_bound_seconds']) * 1e3:.1f} ms ({cpu['step_time_over_bound_with_host_cpu']:.2f} x)")
 print(json.dumps({
-    "workers": workers, "shards": shards, "batch_size": int(sys.argv[12]), "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
+    "workers": workers, "shards": shards, "batch_size": int(sys.argv[12]), "queue_ms": int(sys.argv[13]), "replicas": replicas, "local_steps": local_steps, "rate": rate, "mtu": mtu, "model_bytes": model_bytes, "updates": steps,
     "busiest_link": busiest, "busiest_link_bytes_per_step": round(links[busiest]),
     "busiest_link_bytes_per_step_over_model": round(links[busiest] / model_bytes, 3),
     "step_seconds": round(step_seconds, 5), "compute_seconds": round(compute, 5), "link_seconds": round(link_seconds, 5),
