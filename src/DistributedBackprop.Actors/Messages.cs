@@ -191,8 +191,12 @@ public sealed record ApplySlice(long Step, long NextStep, float LearningRate, IR
 /// <summary>Parameter shard → parameter server: step <see cref="Step"/> is applied; <see cref="Finite"/> is false if the update overflowed.</summary>
 public sealed record SliceApplied(long Step, int Shard, bool Finite) : IWireMessage;
 
-/// <summary>Parameter shard → worker: the shard's slice of θ for step <see cref="Step"/>. Read-only; the worker copies it.</summary>
-public sealed record ParameterSlice(long Step, int Shard, float[] Values) : IWireMessage
+/// <summary>
+/// Parameter shard → worker: one piece of the shard's slice of θ for step <see cref="Step"/>, starting at
+/// <see cref="Offset"/> of the slice (a piece of <see cref="Engine.ShardPlan.ParameterPieces"/>, sent in its order so
+/// the worker's forward pass can start on the first while the rest travel). Read-only; the worker copies it.
+/// </summary>
+public sealed record ParameterSlice(long Step, int Shard, int Offset, float[] Values) : IWireMessage
 {
     /// <summary>Set by the bulk channel when <see cref="Values"/> came from its pool: the worker returns it after copying. Not sent.</summary>
     public Transport.FloatArrayPool? Pool { get; init; }

@@ -122,18 +122,29 @@ public sealed class ParameterShard : ReceiveActor
         Publish(message.Workers);
     }
 
-    /// <summary>θ's slice as it is now, to each of <paramref name="workers"/>; their gradient slices are taken from now on.</summary>
+    /// <summary>
+    /// θ's slice as it is now, to each of <paramref name="workers"/>, in pieces in the order the forward pass needs
+    /// them (<see cref="ShardUpdate.ParameterPieces"/>); their gradient slices are taken from now on.
+    /// </summary>
     private void Publish(IReadOnlyList<PeerActor> workers)
     {
-        // A fresh copy: the workers (and the bulk channel's queues) read it after the next apply has rewritten
-        // the slice. One copy serves every worker: it is never written.
-        var slice = new ParameterSlice(_step, _shard, (float[])_update.Parameters.Clone());
+        var recipients = new List<IActorRef>(workers.Count);
         foreach (PeerActor peer in workers)
         {
             if (_courier.Resolve(peer) is { } worker)
             {
                 _workers.Add(worker);
-                _courier.Send(worker, slice, Self);
+                recipients.Add(worker);
+            }
+        }
+        foreach (var (offset, count) in _update.ParameterPieces)
+        {
+            // A fresh copy: the workers (and the bulk channel's queues) read it after the next apply has rewritten
+            // the slice. One copy serves every worker: it is never written.
+            var piece = new ParameterSlice(_step, _shard, offset, _update.Parameters.AsSpan(offset, count).ToArray());
+            foreach (IActorRef worker in recipients)
+            {
+                _courier.Send(worker, piece, Self);
             }
         }
     }

@@ -53,12 +53,15 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly Courier _courier = Courier.Get(Context.System);
     private EpochPlan? _plan;
     private bool _working;
-    /// <summary>With parameter shards: where they are, their slices, θ assembled from them and each slice's step.</summary>
+    /// <summary>With parameter shards: where they are, their slices, and θ assembled from their pieces.</summary>
     private IActorRef[]? _shards;
     private ShardPlan? _shardPlan;
     private PieceRelease? _pieceRelease;
-    private float[] _theta = [];
-    private long[] _sliceSteps = [];
+    private ThetaAssembly? _theta;
+    /// <summary>With a shard on another node: this worker's computer, to run a node's forward pass while θ arrives.</summary>
+    private IForwardAhead? _ahead;
+    /// <summary>The step whose first node's forward pass runs ahead, or −1.</summary>
+    private long _aheadStep = -1;
     /// <summary>Work whose θ has not fully arrived from the shards yet.</summary>
     private readonly List<ComputeGradients> _waiting = [];
     private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
@@ -153,8 +156,11 @@ public sealed class Worker : ReceiveActor, IWithTimers
         _shards = shards;
         _shardPlan = new ShardPlan(_setup.Architecture.ParameterCount, shards.Length);
         _pieceRelease = new PieceRelease(_setup.Architecture, _shardPlan, shards.Select(s => !_courier.IsLocal(s.Path.Address)).ToArray(), SendPiece);
-        _theta = new float[_setup.Architecture.ParameterCount];
-        _sliceSteps = Enumerable.Repeat(-1L, shards.Length).ToArray();
+        _theta = new ThetaAssembly(_setup.Architecture, _shardPlan);
+        // Ahead only when a piece crosses a link: in local mode θ's pieces come at once, and the forward pass in
+        // blocks would only cost.
+        _ahead = _pieceRelease.AnyRemote ? _computer as IForwardAhead : null;
+        _aheadStep = -1;
         _waiting.Clear();
         _log.Info("{0} takes θ from {1} parameter shards", _name, shards.Length);
         foreach (var (slice, sender) in _early)
@@ -172,20 +178,21 @@ public sealed class Worker : ReceiveActor, IWithTimers
         _earlyFloats = 0;
     }
 
-    /// <summary>A shard's slice of θ for a step: copied into place; work waiting for that step's θ runs once every slice is there.</summary>
+    /// <summary>
+    /// A piece of a shard's slice of θ for a step: copied into place; work waiting for that step's θ runs once θ is
+    /// whole, and until then its first node's forward pass runs on what has come.
+    /// </summary>
     private void TakeSlice(ParameterSlice slice)
     {
-        ShardPlan plan = _shardPlan!;
-        if (slice.Values.Length != plan.Count(slice.Shard) || slice.Step < _sliceSteps[slice.Shard])
+        ThetaAssembly theta = _theta!;
+        bool taken = theta.Take(slice.Shard, slice.Step, slice.Offset, slice.Values);
+        slice.Pool?.Return(slice.Values);
+        if (!taken)
         {
-            _log.Warning("{0} dropped shard {1}'s slice of {2} values for step {3}", _name, slice.Shard, slice.Values.Length, slice.Step);
-            slice.Pool?.Return(slice.Values);
+            _log.Warning("{0} dropped shard {1}'s piece of {2} values at {3} for step {4}", _name, slice.Shard, slice.Values.Length, slice.Offset, slice.Step);
             return;
         }
-        slice.Values.CopyTo(_theta, plan.Start(slice.Shard));
-        slice.Pool?.Return(slice.Values);
-        _sliceSteps[slice.Shard] = slice.Step;
-        long oldest = _sliceSteps.Min(), whole = WholeThetaStep();
+        long oldest = theta.OldestStep, whole = theta.WholeStep;
         for (int i = 0; i < _waiting.Count;)
         {
             ComputeGradients work = _waiting[i];
@@ -195,7 +202,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
                 _waiting.RemoveAt(i);
                 if (work.Step == whole)
                 {
-                    Compute(work, _theta);
+                    Compute(work, theta.Theta);
                 }
             }
             else
@@ -203,13 +210,28 @@ public sealed class Worker : ReceiveActor, IWithTimers
                 i++;
             }
         }
+        RunAhead();
     }
 
-    /// <summary>The step every slice of θ is at, or −1 while the shards' slices are of different steps.</summary>
-    private long WholeThetaStep()
+    /// <summary>
+    /// With a shard on another node: the forward pass of the first node of the oldest waiting work, as far as the
+    /// pieces of its step that have come allow (the rest of θ is still on its way).
+    /// </summary>
+    private void RunAhead()
     {
-        long oldest = _sliceSteps.Min();
-        return oldest == _sliceSteps.Max() ? oldest : -1;
+        if (_ahead is null || _waiting.Count == 0)
+        {
+            return;
+        }
+        ComputeGradients work = _waiting.MinBy(w => w.Step)!;
+        if (work.Step != _aheadStep)
+        {
+            _aheadStep = work.Step;
+            _nodes.Clear();
+            ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, _setup.Config.UpdateParts(), _nodes);
+            _ahead.BeginForward(PlanFor(work), work.StepInEpoch, _nodes[0]);
+        }
+        _ahead.AdvanceForward(_theta!.Theta, _theta.At(work.Step));
     }
 
     private void Work(ComputeGradients message)
@@ -235,13 +257,14 @@ public sealed class Worker : ReceiveActor, IWithTimers
             return;
         }
         // θ comes from the shards. Slices of this step all here: compute; some newer: the step is over; else wait.
-        if (WholeThetaStep() == message.Step)
+        if (_theta!.WholeStep == message.Step)
         {
-            Compute(message, _theta);
+            Compute(message, _theta.Theta);
         }
-        else if (_sliceSteps.Max() <= message.Step)
+        else if (_theta.NewestStep <= message.Step)
         {
             _waiting.Add(message);
+            RunAhead();
         }
     }
 
@@ -253,10 +276,9 @@ public sealed class Worker : ReceiveActor, IWithTimers
             announce(message.Step);
         }
         TrainingConfig config = _setup.Config;
-        if (_plan is null || _plan.Epoch != message.Epoch)
-        {
-            _plan = EpochPlan.Create(_setup.Train.Rows, config.BatchSize, config.Seed, message.Epoch, recycle: _plan);
-        }
+        EpochPlan plan = PlanFor(message);
+        // A node begun ahead is finished by the computer itself (same step and node); a later one starts afresh.
+        _aheadStep = -1;
         if (message.Step > _newestWork)
         {
             (_newerWork, _newestWork) = (_newestWork, message.Step);
@@ -295,7 +317,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _releasing = (message.Step, node, gradient);
             release?.Begin();
             // Blocks only when a piece crosses a link: they cost the backward pass a little (2-3 %), and gain nothing locally.
-            BatchResult result = _computer.Compute(parameters, _plan, message.StepInEpoch, node, gradient, parts, message.Start, release is { AnyRemote: true } ? release : null);
+            BatchResult result = _computer.Compute(parameters, plan, message.StepInEpoch, node, gradient, parts, message.Start, release is { AnyRemote: true } ? release : null);
             if (release is null)
             {
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
@@ -306,6 +328,15 @@ public sealed class Worker : ReceiveActor, IWithTimers
             release.SendRest();
             _courier.Send(_server, new GradientsComputed(message.Step, node, result, [], Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
         }
+    }
+
+    private EpochPlan PlanFor(ComputeGradients work)
+    {
+        if (_plan is null || _plan.Epoch != work.Epoch)
+        {
+            _plan = EpochPlan.Create(_setup.Train.Rows, _setup.Config.BatchSize, _setup.Config.Seed, work.Epoch, recycle: _plan);
+        }
+        return _plan;
     }
 
     /// <summary>With shards: what the pieces being sent are cut from (the node being computed).</summary>

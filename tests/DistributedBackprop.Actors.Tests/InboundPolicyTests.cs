@@ -52,7 +52,7 @@ public sealed class InboundPolicyTests
         // Control of a shard comes from the server only; θ slices reach the worker from other worker nodes' shards.
         Assert.Contains("may only come from a parameter-server node", worker.Check("AP", shard, ClusterNaming.WorkerRole, 100));
         Assert.Null(worker.Check("AP", shard, ClusterNaming.ServerRole, 100));
-        Assert.Null(worker.Check("PL", ClusterNaming.WorkerActorPath, ClusterNaming.WorkerRole, PayloadBytes(new ParameterSlice(1, 0, new float[parameters]))));
+        Assert.Null(worker.Check("PL", ClusterNaming.WorkerActorPath, ClusterNaming.WorkerRole, PayloadBytes(new ParameterSlice(1, 0, 0, new float[parameters]))));
         // A shard's whole state (Adam: θ, m and v) fits; the server takes it only from worker nodes.
         long state = PayloadBytes(new SliceCollected(1, 0, 2, 3, new float[parameters], [new float[parameters], new float[parameters]]));
         Assert.Null(server.Check("SX", ClusterNaming.ParameterServerPath, ClusterNaming.WorkerRole, state));

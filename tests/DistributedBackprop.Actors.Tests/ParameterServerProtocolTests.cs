@@ -116,36 +116,36 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     }
 
     /// <summary>
-    /// A worker as it is with parameter shards: the shard map, θ assembled from the shards' slices, the step's
+    /// A worker as it is with parameter shards: the shard map, θ assembled from the shards' pieces, the step's
     /// work from the server; returns the shards and θ for the step.
     /// </summary>
     private (IActorRef[] Shards, float[] Theta, ComputeGradients Work) ShardedWork(Harness h, TestProbe worker, int shards, bool mapKnown = false)
     {
         ShardMap? map = null;
-        var slices = new Dictionary<int, (IActorRef From, ParameterSlice Slice)>();
+        var plan = new ShardPlan(h.Session.Parameters.Length, shards);
+        var assembly = new ThetaAssembly(h.Session.Architecture, plan);
+        var refs = new IActorRef[shards];
         ComputeGradients? work = null;
-        while ((map is null && !mapKnown) || work is null || slices.Count < shards)
+        while ((map is null && !mapKnown) || work is null || assembly.WholeStep != work.Step)
         {
             object message = worker.ReceiveOne(TimeSpan.FromSeconds(10)) ?? throw new TimeoutException("the worker got nothing");
             switch (message)
             {
                 case ShardMap m: map = m; break;
-                case ParameterSlice m: slices[m.Shard] = (worker.LastSender, m); break;
+                case ParameterSlice m:
+                    Assert.True(assembly.Take(m.Shard, m.Step, m.Offset, m.Values), $"shard {m.Shard} sent a piece of {m.Values.Length} at {m.Offset} for step {m.Step}");
+                    Assert.True(refs[m.Shard] is null || refs[m.Shard].Equals(worker.LastSender));
+                    refs[m.Shard] = worker.LastSender;
+                    break;
                 case ComputeGradients m: work = m; break;
             }
         }
-        var plan = new ShardPlan(h.Session.Parameters.Length, shards);
-        var theta = new float[h.Session.Parameters.Length];
-        var refs = new IActorRef[shards];
-        foreach (var (shard, (from, slice)) in slices)
+        for (int shard = 0; shard < shards; shard++)
         {
-            Assert.Equal(work.Step, slice.Step);
-            Assert.True(map is null || map.Shards[shard].Path == Akka.Serialization.Serialization.SerializedActorPath(from));
-            slice.Values.CopyTo(theta, plan.Start(shard));
-            refs[shard] = from;
+            Assert.True(map is null || map.Shards[shard].Path == Akka.Serialization.Serialization.SerializedActorPath(refs[shard]));
         }
         Assert.Empty(work.Parameters); // θ comes from the shards, not with the work
-        return (refs, theta, work);
+        return (refs, assembly.Theta, work);
     }
 
     /// <summary>An honest sharded answer: each shard its pieces of each node, the server the figures.</summary>

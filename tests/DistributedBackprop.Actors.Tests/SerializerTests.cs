@@ -44,7 +44,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new SliceReduced(17, 3, false),
         new ApplySlice(17, 18, 0.01f, [new PeerActor("akka.tcp://dbp@10.0.0.3:4053/user/worker-agent/worker#9", "10.0.0.3:4054")]),
         new SliceApplied(17, 3, true),
-        new ParameterSlice(18, 1, [9f, 8f]),
+        new ParameterSlice(18, 1, 7, [9f, 8f]),
         new PublishSlice([]),
         new CollectSlice(5),
         new SliceCollected(5, 1, 18, 18, [1f], [[2f], [3f]]),

@@ -22,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 8;
+    public const int ProtocolVersion = 9;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {
@@ -115,7 +115,7 @@ public static class WireFormat
             case SliceReduced m: w.Long(m.Step); w.Int(m.Shard); w.Bool(m.Finite); break;
             case ApplySlice m: w.Long(m.Step); w.Long(m.NextStep); w.Float(m.LearningRate); w.Peers(m.Workers); break;
             case SliceApplied m: w.Long(m.Step); w.Int(m.Shard); w.Bool(m.Finite); break;
-            case ParameterSlice m: w.Long(m.Step); w.Int(m.Shard); w.Floats(m.Values); break;
+            case ParameterSlice m: w.Long(m.Step); w.Int(m.Shard); w.Int(m.Offset); w.Floats(m.Values); break;
             case PublishSlice m: w.Peers(m.Workers); break;
             case CollectSlice m: w.Long(m.Request); break;
             case SliceCollected m: w.Long(m.Request); w.Int(m.Shard); w.Long(m.Step); w.Long(m.OptimizerSteps); w.Floats(m.Parameters); w.FloatArrays(m.State); break;
@@ -160,7 +160,7 @@ public static class WireFormat
             "SR" => new SliceReduced(r.Long(), r.Int(), r.Bool()),
             "AP" => new ApplySlice(r.Long(), r.Long(), r.Float(), r.Peers()),
             "SP" => new SliceApplied(r.Long(), r.Int(), r.Bool()),
-            "PL" => new ParameterSlice(r.Long(), r.Int(), r.Floats()),
+            "PL" => new ParameterSlice(r.Long(), r.Int(), r.Int(), r.Floats()),
             "PB" => new PublishSlice(r.Peers()),
             "CL" => new CollectSlice(r.Long()),
             "SX" => new SliceCollected(r.Long(), r.Int(), r.Long(), r.Long(), r.Floats(), r.FloatArrays()),

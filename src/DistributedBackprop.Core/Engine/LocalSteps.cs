@@ -238,10 +238,45 @@ public static class UpdateParts
 }
 
 /// <summary>A synchronous step's part: the gradient of a node of its chunk tree.</summary>
-public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int chunks) : IUpdatePartComputer
+public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int chunks) : IUpdatePartComputer, IForwardAhead
 {
-    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters, IGradientRelease? release = null) =>
-        gradients.Compute(parameters, plan.BatchRows(stepInEpoch), chunks, node, result, release);
+    /// <summary>The node whose forward pass runs ahead (<see cref="BeginForward"/>), if any.</summary>
+    private (int Epoch, int StepInEpoch, TreeNode Node)? _ahead;
+
+    public BatchResult Compute(float[] parameters, EpochPlan plan, int stepInEpoch, TreeNode node, float[] result, BatchResult[] partResults, RoundStart start = RoundStart.FromParameters, IGradientRelease? release = null)
+    {
+        if (_ahead != (plan.Epoch, stepInEpoch, node))
+        {
+            gradients.Begin(plan.BatchRows(stepInEpoch), chunks, node);
+        }
+        _ahead = null;
+        return gradients.Finish(parameters, result, release);
+    }
+
+    public void BeginForward(EpochPlan plan, int stepInEpoch, TreeNode node)
+    {
+        gradients.Begin(plan.BatchRows(stepInEpoch), chunks, node);
+        _ahead = (plan.Epoch, stepInEpoch, node);
+    }
+
+    public bool AdvanceForward(float[] parameters, IParameterPresence present) =>
+        _ahead is not null && gradients.AdvanceForward(parameters, present);
+}
+
+/// <summary>
+/// A computer that can run a node's forward pass ahead of its θ, block by block as the parameters arrive from the
+/// shards (issue 9's overlap on θ's way back). <see cref="IUpdatePartComputer.Compute"/> of that node then finishes
+/// it; of any other node it starts afresh. A round of local steps has no such start: its replicas' first forward
+/// passes are the only ones on θ itself.
+/// </summary>
+public interface IForwardAhead
+{
+    /// <summary>Gathers the node's rows and starts its forward pass (any node begun before is dropped).</summary>
+    void BeginForward(EpochPlan plan, int stepInEpoch, TreeNode node);
+
+    /// <summary>Runs the begun forward pass as far as <paramref name="present"/> allows; true once complete, false also if nothing was begun.</summary>
+    /// <param name="parameters">θ of the step where <paramref name="present"/> says so; the node's Compute must get the same values.</param>
+    bool AdvanceForward(float[] parameters, IParameterPresence present);
 }
 
 /// <summary>

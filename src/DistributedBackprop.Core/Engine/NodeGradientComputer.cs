@@ -37,6 +37,16 @@ public sealed class NodeGradientComputer
     /// <param name="release">if given, told each part of <paramref name="gradient"/> as soon as it is final.</param>
     public BatchResult Compute(ReadOnlySpan<float> parameters, ReadOnlySpan<int> batchRows, int chunks, TreeNode node, Span<float> gradient, IGradientRelease? release = null)
     {
+        Begin(batchRows, chunks, node);
+        return Finish(parameters, gradient, release);
+    }
+
+    /// <summary>
+    /// Gathers the node's rows and starts its forward pass, which <see cref="AdvanceForward"/> runs ahead as θ
+    /// arrives and <see cref="Finish"/> completes.
+    /// </summary>
+    public void Begin(ReadOnlySpan<int> batchRows, int chunks, TreeNode node)
+    {
         if (!ChunkTree.IsCanonical(node, chunks))
         {
             throw new ArgumentException($"{node} is not a node of the chunk tree over {chunks} chunks");
@@ -55,6 +65,8 @@ public sealed class NodeGradientComputer
         {
             _chunkStarts[c] = ChunkTree.ChunkStart(batchRows.Length, chunks, firstChunk + c) - rowStart;
         }
+        _chunkCount = count;
+        _normaliser = batchRows.Length;
 
         Span<float> input = _network.Input(rows);
         Span<int> labels = LabelBuffer(rows);
@@ -65,8 +77,37 @@ public sealed class NodeGradientComputer
             _data.Row(row).CopyTo(input.Slice(r * features, features));
             labels[r] = _data.Labels[row];
         }
-        _network.Forward(parameters, rows);
-        return _network.Backward(parameters, labels, _chunkStarts.AsSpan(0, count + 1), batchRows.Length, gradient, release);
+        _rows = rows;
+        _network.BeginForward(rows);
+    }
+
+    /// <summary>The begun node's forward pass as far as <paramref name="present"/> allows; true once it is complete.</summary>
+    /// <param name="parameters">θ of this step where <paramref name="present"/> says so; nothing else in it is read.</param>
+    public bool AdvanceForward(ReadOnlySpan<float> parameters, IParameterPresence present)
+    {
+        CheckBegun();
+        return _network.AdvanceForward(parameters, present);
+    }
+
+    /// <summary>Completes the begun node's forward pass and runs its backward pass: the node's gradient.</summary>
+    /// <param name="parameters">θ of this step, whole: the same values any part of the forward pass ran ahead on.</param>
+    public BatchResult Finish(ReadOnlySpan<float> parameters, Span<float> gradient, IGradientRelease? release = null)
+    {
+        CheckBegun();
+        _network.AdvanceForward(parameters, AllParameters.Instance);
+        int rows = _rows;
+        _rows = -1;
+        return _network.Backward(parameters, LabelBuffer(rows), _chunkStarts.AsSpan(0, _chunkCount + 1), _normaliser, gradient, release);
+    }
+
+    private int _rows = -1, _chunkCount, _normaliser;
+
+    private void CheckBegun()
+    {
+        if (_rows < 0)
+        {
+            throw new InvalidOperationException("no node was begun");
+        }
     }
 
     private int[] _labelBuffer = [];

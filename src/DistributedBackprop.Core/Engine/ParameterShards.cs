@@ -42,6 +42,174 @@ public sealed record ShardPlan
             .SelectMany(s => ReleaseBlocks.Cut(architecture, Start(s), Count(s)).Select(p => (s, Start(s) + p.Offset, p.Count)))
             .ToArray();
     }
+
+    /// <summary>
+    /// The pieces shard <paramref name="shard"/> sends its slice of θ in, in the order it sends them: the slice cut
+    /// where the forward pass's blocks start (<see cref="ReleaseBlocks.Starts"/>, the same blocks of rows of W_l) and
+    /// where each layer's bias starts; layer by layer, each layer's bias first. A block of the forward pass needs its
+    /// rows of W_l and its entries of b_l (<see cref="Network{T}.AdvanceForward"/>), and b_l follows W_l in the
+    /// layout: sent in place, it would hold back every block of the layer until the layer's last rows had come.
+    /// Offsets are from the slice's start.
+    /// </summary>
+    public (int Offset, int Count)[] ParameterPieces(Architecture architecture, int shard)
+    {
+        if (architecture.ParameterCount != ParameterCount)
+        {
+            throw new ArgumentException($"the network has {architecture.ParameterCount} parameters, the plan {ParameterCount}");
+        }
+        ArgumentOutOfRangeException.ThrowIfNegative(shard);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(shard, Shards);
+        return ParameterPieces(architecture, Start(shard), Count(shard));
+    }
+
+    /// <summary><see cref="ParameterPieces(Architecture, int)"/> of the slice [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>).</summary>
+    public static (int Offset, int Count)[] ParameterPieces(Architecture architecture, int start, int count)
+    {
+        int end = start + count;
+        int[] cuts = ReleaseBlocks.Starts(architecture)
+            .Concat(Enumerable.Range(0, architecture.Layers.Count).Select(architecture.BiasOffset))
+            .Where(p => p > start && p < end).Append(end).Distinct().Order().ToArray();
+        var pieces = new List<(int Offset, int Count)>(cuts.Length);
+        int from = start;
+        foreach (int cut in cuts)
+        {
+            pieces.Add((from - start, cut - from));
+            from = cut;
+        }
+        return pieces
+            .OrderBy(p => LayerAt(architecture, start + p.Offset))
+            .ThenBy(p => start + p.Offset >= architecture.BiasOffset(LayerAt(architecture, start + p.Offset)) ? 0 : 1)
+            .ThenBy(p => p.Offset)
+            .ToArray();
+    }
+
+    private static int LayerAt(Architecture architecture, int parameter)
+    {
+        int layer = architecture.Layers.Count - 1;
+        while (architecture.WeightOffset(layer) > parameter)
+        {
+            layer--;
+        }
+        return layer;
+    }
+}
+
+/// <summary>
+/// A worker's θ put together from its shards' pieces (<see cref="ShardPlan.ParameterPieces"/>), as a plain class: per
+/// shard, the step of the pieces it holds and which of them have come; whether a range of θ is there for a step
+/// (the forward pass runs ahead on what is: <see cref="At"/>), and the step θ is whole at. A piece of a newer step
+/// than a shard's starts that shard's slice afresh; one of an older step, or one that is not a piece of the
+/// shard's cut, is refused and changes nothing.
+/// </summary>
+public sealed class ThetaAssembly
+{
+    private readonly ShardPlan _plan;
+    private readonly (int Offset, int Count)[][] _pieces;
+    private readonly int[][] _offsets;
+    private readonly bool[][] _held;
+    private readonly int[] _heldCount;
+    private readonly long[] _steps;
+
+    public ThetaAssembly(Architecture architecture, ShardPlan plan)
+    {
+        _plan = plan;
+        _pieces = Enumerable.Range(0, plan.Shards).Select(s => plan.ParameterPieces(architecture, s).OrderBy(p => p.Offset).ToArray()).ToArray();
+        _offsets = _pieces.Select(pieces => pieces.Select(p => p.Offset).ToArray()).ToArray();
+        _held = _pieces.Select(pieces => new bool[pieces.Length]).ToArray();
+        _heldCount = new int[plan.Shards];
+        _steps = Enumerable.Repeat(-1L, plan.Shards).ToArray();
+        Theta = new float[plan.ParameterCount];
+    }
+
+    /// <summary>θ as put together so far; only what <see cref="At"/> says is there belongs to a step.</summary>
+    public float[] Theta { get; }
+
+    /// <summary>The lowest step any shard's pieces are of (−1 before the first piece of some shard).</summary>
+    public long OldestStep => _steps.Min();
+
+    /// <summary>The highest step any shard's pieces are of.</summary>
+    public long NewestStep => _steps.Max();
+
+    /// <summary>The step every shard's whole slice is of, or −1 while θ is not whole.</summary>
+    public long WholeStep
+    {
+        get
+        {
+            for (int shard = 0; shard < _steps.Length; shard++)
+            {
+                if (_steps[shard] != _steps[0] || _heldCount[shard] != _held[shard].Length)
+                {
+                    return -1;
+                }
+            }
+            return _steps[0];
+        }
+    }
+
+    /// <summary>Copies a piece of shard <paramref name="shard"/>'s slice for <paramref name="step"/> into place; false if refused.</summary>
+    /// <param name="offset">the piece's first parameter, from the slice's start.</param>
+    public bool Take(int shard, long step, int offset, ReadOnlySpan<float> values)
+    {
+        if ((uint)shard >= (uint)_steps.Length || step < _steps[shard])
+        {
+            return false;
+        }
+        int piece = Array.BinarySearch(_offsets[shard], offset);
+        if (piece < 0 || _pieces[shard][piece].Count != values.Length)
+        {
+            return false;
+        }
+        if (step > _steps[shard])
+        {
+            _steps[shard] = step;
+            Array.Clear(_held[shard]);
+            _heldCount[shard] = 0;
+        }
+        values.CopyTo(Theta.AsSpan(_plan.Start(shard) + offset));
+        if (!_held[shard][piece])
+        {
+            _held[shard][piece] = true;
+            _heldCount[shard]++;
+        }
+        return true;
+    }
+
+    /// <summary>Whether every piece of θ overlapping [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) is there for <paramref name="step"/>.</summary>
+    public bool Has(long step, int start, int count)
+    {
+        int end = start + count;
+        for (int shard = 0; shard < _steps.Length; shard++)
+        {
+            int lo = Math.Max(start, _plan.Start(shard)), hi = Math.Min(end, _plan.Start(shard) + _plan.Count(shard));
+            if (lo >= hi)
+            {
+                continue;
+            }
+            if (_steps[shard] != step)
+            {
+                return false;
+            }
+            lo -= _plan.Start(shard);
+            hi -= _plan.Start(shard);
+            int i = Array.BinarySearch(_offsets[shard], lo);
+            for (i = i >= 0 ? i : ~i - 1; i < _offsets[shard].Length && _offsets[shard][i] < hi; i++)
+            {
+                if (!_held[shard][i])
+                {
+                    return false;
+                }
+            }
+        }
+        return true;
+    }
+
+    /// <summary>What is there of θ for <paramref name="step"/>, as the forward pass asks.</summary>
+    public IParameterPresence At(long step) => new StepPresence(this, step);
+
+    private sealed class StepPresence(ThetaAssembly assembly, long step) : IParameterPresence
+    {
+        public bool Has(int start, int count) => assembly.Has(step, start, count);
+    }
 }
 
 /// <summary>
@@ -81,12 +249,16 @@ public sealed class ShardUpdate
         }
         _parts = parts;
         _pieces = ReleaseBlocks.Cut(architecture, start, parameters.Length);
+        ParameterPieces = ShardPlan.ParameterPieces(architecture, start, parameters.Length);
         _reducers = _pieces.Select(p => new TreeReducer(parts, p.Count)).ToArray();
         _sums = new float[_pieces.Length][];
     }
 
     /// <summary>The pieces of the slice a node's gradient comes in: offsets from <see cref="Start"/>, ascending.</summary>
     public IReadOnlyList<(int Offset, int Count)> Pieces => _pieces;
+
+    /// <summary>The pieces θ's slice goes to the workers in, in sending order (<see cref="ShardPlan.ParameterPieces(Architecture, int)"/>).</summary>
+    public IReadOnlyList<(int Offset, int Count)> ParameterPieces { get; }
 
     /// <summary>The first parameter of the slice.</summary>
     public int Start { get; }

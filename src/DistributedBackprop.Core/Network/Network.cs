@@ -38,6 +38,7 @@ public sealed class Network<T>
         _z = new T[architecture.Layers.Count][];
         _a = new T[architecture.Layers.Count][];
         _scratchRow = new T[architecture.MaxWidth];
+        _unitBlockDone = new bool[Enumerable.Range(0, architecture.Layers.Count).Max(l => ReleaseBlocks.BlockCount(architecture, l))];
         for (int l = 0; l < _z.Length; l++)
         {
             _z[l] = [];
@@ -69,31 +70,117 @@ public sealed class Network<T>
     /// </summary>
     public void Forward(ReadOnlySpan<T> parameters, int rows)
     {
-        CheckParameters(parameters);
+        BeginForward(rows);
+        AdvanceForward(parameters, AllParameters.Instance);
+    }
+
+    /// <summary>
+    /// Starts a forward pass on the rows in <see cref="Input"/> that <see cref="AdvanceForward"/> runs as far as the
+    /// parameters present allow (θ arriving in pieces).
+    /// </summary>
+    public void BeginForward(int rows)
+    {
         if ((uint)rows > (uint)_capacity)
         {
             throw new ArgumentOutOfRangeException(nameof(rows), $"{rows} rows requested but Input() was sized for {_capacity}");
         }
-        for (int l = 0; l < _arch.Layers.Count; l++)
+        _forwardRows = rows;
+        _forwardLayer = 0;
+        Array.Clear(_unitBlockDone);
+    }
+
+    /// <summary>
+    /// Runs the begun forward pass as far as <paramref name="present"/> allows and tells whether it is complete.
+    /// Layer l's units go in the blocks of rows of W_l that <see cref="ReleaseBlocks"/> cuts: a block's z columns
+    /// need only its rows of W_l and its entries of b_l, and each element is one chain over the layer's inputs
+    /// whichever block it is computed in, so the bits are those of the whole layer at once. Runs of adjacent ready
+    /// blocks go in one product; σ_l is applied when the whole layer is done (softmax needs whole rows), and layer
+    /// l + 1 starts only then. Parameters not present are never read.
+    /// </summary>
+    public bool AdvanceForward(ReadOnlySpan<T> parameters, IParameterPresence present)
+    {
+        CheckParameters(parameters);
+        if (_forwardRows < 0)
         {
-            LayerSpec layer = _arch.Layers[l];
-            // x: (rows, in), W: (out, in), z = x·Wᵀ + b
-            ReadOnlySpan<T> x = l == 0 ? _input.AsSpan(0, rows * layer.Inputs) : _a[l - 1].AsSpan(0, rows * layer.Inputs);
-            Span<T> z = _z[l].AsSpan(0, rows * layer.Outputs);
-            ReadOnlySpan<T> bias = _arch.Bias(parameters, l);
-            for (int r = 0; r < rows; r++)
+            throw new InvalidOperationException("no forward pass was begun");
+        }
+        while (_forwardLayer < _arch.Layers.Count)
+        {
+            int l = _forwardLayer, blocks = ReleaseBlocks.BlockCount(_arch, l);
+            bool complete = true;
+            for (int b = 0; b < blocks;)
             {
-                bias.CopyTo(z.Slice(r * layer.Outputs, layer.Outputs));
+                if (_unitBlockDone[b] || !UnitBlockReady(l, b, present))
+                {
+                    complete &= _unitBlockDone[b];
+                    b++;
+                    continue;
+                }
+                int end = b + 1;
+                while (end < blocks && !_unitBlockDone[end] && UnitBlockReady(l, end, present))
+                {
+                    end++;
+                }
+                int blockRows = ReleaseBlocks.BlockRows(_arch, l);
+                LayerUnits(parameters, l, b * blockRows, Math.Min(end * blockRows, _arch.Layers[l].Outputs));
+                _unitBlockDone.AsSpan(b, end - b).Fill(true);
+                b = end;
             }
-            MultiplyAdd(
-                StridedMatrix<T>.RowMajor(x, rows, layer.Inputs),
-                StridedMatrix<T>.RowMajor(_arch.Weight(parameters, l), layer.Outputs, layer.Inputs).Transposed(),
-                z, layer.Outputs);
-            Span<T> a = _a[l].AsSpan(0, rows * layer.Outputs);
-            for (int r = 0; r < rows; r++)
+            if (!complete)
             {
-                Activations.ForwardRow(layer.Activation, z.Slice(r * layer.Outputs, layer.Outputs), a.Slice(r * layer.Outputs, layer.Outputs));
+                return false;
             }
+            Activate(l);
+            _forwardLayer++;
+            Array.Clear(_unitBlockDone);
+        }
+        return true;
+    }
+
+    /// <summary>Whether the forward pass begun last has run every layer.</summary>
+    public bool ForwardComplete => _forwardRows >= 0 && _forwardLayer == _arch.Layers.Count;
+
+    private int _forwardRows = -1;
+    private int _forwardLayer;
+    /// <summary>The current layer's blocks of units done (at most 256 KiB of W_l a block, so few).</summary>
+    private bool[] _unitBlockDone = [];
+
+    private bool UnitBlockReady(int layer, int block, IParameterPresence present)
+    {
+        LayerSpec spec = _arch.Layers[layer];
+        int blockRows = ReleaseBlocks.BlockRows(_arch, layer);
+        int first = block * blockRows, units = Math.Min(blockRows, spec.Outputs - first);
+        return present.Has(_arch.WeightOffset(layer) + first * spec.Inputs, units * spec.Inputs)
+            && present.Has(_arch.BiasOffset(layer) + first, units);
+    }
+
+    /// <summary>z_l's columns [<paramref name="first"/>, <paramref name="end"/>): its units' rows of W_l and entries of b_l.</summary>
+    private void LayerUnits(ReadOnlySpan<T> parameters, int l, int first, int end)
+    {
+        // x: (rows, in), W: (out, in), z = x·Wᵀ + b; here only units [first, end) of out.
+        LayerSpec layer = _arch.Layers[l];
+        int rows = _forwardRows, units = end - first;
+        ReadOnlySpan<T> x = l == 0 ? _input.AsSpan(0, rows * layer.Inputs) : _a[l - 1].AsSpan(0, rows * layer.Inputs);
+        Span<T> z = _z[l].AsSpan(0, rows * layer.Outputs);
+        ReadOnlySpan<T> bias = _arch.Bias(parameters, l).Slice(first, units);
+        for (int r = 0; r < rows; r++)
+        {
+            bias.CopyTo(z.Slice(r * layer.Outputs + first, units));
+        }
+        MultiplyAdd(
+            StridedMatrix<T>.RowMajor(x, rows, layer.Inputs),
+            StridedMatrix<T>.RowMajor(_arch.Weight(parameters, l).Slice(first * layer.Inputs, units * layer.Inputs), units, layer.Inputs).Transposed(),
+            z[first..], layer.Outputs);
+    }
+
+    /// <summary>a_l = σ_l(z_l), row by row.</summary>
+    private void Activate(int l)
+    {
+        int outputs = _arch.Layers[l].Outputs;
+        Span<T> z = _z[l].AsSpan(0, _forwardRows * outputs), a = _a[l].AsSpan(0, _forwardRows * outputs);
+        for (int r = 0; r < _forwardRows; r++)
+        {
+            Activations.ForwardRow(_arch.Layers[l].Activation, z.Slice(r * outputs, outputs), a.Slice(r * outputs, outputs));
         }
     }
 
@@ -135,6 +222,7 @@ public sealed class Network<T>
             throw new ArgumentException($"gradient has {gradient.Length} elements, the network has {_arch.ParameterCount} parameters");
         }
         int rows = labels.Length;
+        CheckForwardDone(rows);
         int chunks = chunkStarts.Length - 1;
         if (chunks < 1 || chunkStarts[0] != 0 || chunkStarts[^1] != rows)
         {
@@ -375,6 +463,14 @@ public sealed class Network<T>
     private static StridedMatrix<float> AsFloat(StridedMatrix<T> m) =>
         new(MemoryMarshal.Cast<T, float>(m.Data), m.Rows, m.Cols, m.RowStride, m.ColStride);
 
+    private void CheckForwardDone(int rows)
+    {
+        if (!ForwardComplete || rows != _forwardRows)
+        {
+            throw new InvalidOperationException($"the forward pass on {rows} rows is not complete");
+        }
+    }
+
     private void CheckParameters(ReadOnlySpan<T> parameters)
     {
         if (parameters.Length != _arch.ParameterCount)
@@ -391,6 +487,7 @@ public sealed class Network<T>
             return;
         }
         _capacity = Math.Max(rows, _capacity * 2);
+        _forwardRows = -1;
         _input = new T[_capacity * _arch.Inputs];
         for (int l = 0; l < _arch.Layers.Count; l++)
         {
