@@ -62,6 +62,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private IForwardAhead? _ahead;
     /// <summary>The step whose first node's forward pass runs ahead, or −1.</summary>
     private long _aheadStep = -1;
+    /// <summary>Time spent on that forward pass so far: part of the node's compute time as reported to the server.</summary>
+    private long _aheadTicks;
     /// <summary>Work whose θ has not fully arrived from the shards yet.</summary>
     private readonly List<ComputeGradients> _waiting = [];
     private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
@@ -229,9 +231,12 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _aheadStep = work.Step;
             _nodes.Clear();
             ChunkTree.Decompose(work.ChunkLo, work.ChunkHi, _setup.Config.UpdateParts(), _nodes);
+            _aheadTicks = 0;
             _ahead.BeginForward(PlanFor(work), work.StepInEpoch, _nodes[0]);
         }
+        long start = Stopwatch.GetTimestamp();
         _ahead.AdvanceForward(_theta!.Theta, _theta.At(work.Step));
+        _aheadTicks += Stopwatch.GetTimestamp() - start;
     }
 
     private void Work(ComputeGradients message)
@@ -277,7 +282,9 @@ public sealed class Worker : ReceiveActor, IWithTimers
         }
         TrainingConfig config = _setup.Config;
         EpochPlan plan = PlanFor(message);
-        // A node begun ahead is finished by the computer itself (same step and node); a later one starts afresh.
+        // A node begun ahead is finished by the computer itself (same step and node); a later one starts afresh. The
+        // time it ran ahead counts in the first node's compute time.
+        long aheadTicks = _aheadStep == message.Step ? _aheadTicks : 0;
         _aheadStep = -1;
         if (message.Step > _newestWork)
         {
@@ -309,7 +316,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
         }
         foreach (TreeNode node in _nodes)
         {
-            long start = Stopwatch.GetTimestamp();
+            long start = Stopwatch.GetTimestamp() - aheadTicks;
+            aheadTicks = 0;
             // With shards the node's gradient is only cut into pieces here: one scratch buffer serves every node.
             float[] gradient = _shards is null ? Rent(message.Step) : _sliceScratch ??= new float[_setup.Architecture.ParameterCount];
             var parts = new BatchResult[UpdateParts.FiguresPerNode(config, node)];

@@ -139,6 +139,41 @@ public class GemmTests
             [0, k], new float[m * n], n, new RowBlocks(blockRows, new int[blocks], new RowsDone([], [], n, blockRows)), SimdTiers.Best));
     }
 
+    /// <summary>
+    /// The forward pass's blocks of units: A·B in column blocks, in a scattered order, A packed by the first block's
+    /// product and kept for the others (<see cref="Gemm.PackedLeft"/>), has the naive product's bits on every tier,
+    /// around the MR, MC and slab edges; a kept A of another shape is not used; the narrow path ignores it.
+    /// </summary>
+    [Theory]
+    [InlineData(2048, 256, 784, 64)]
+    [InlineData(97, 100, 2 * 320 + 1, 33)]
+    [InlineData(7, 40, 5, 17)]
+    [InlineData(129, 37, 300, 12)]
+    public void MultiplyAdd_InColumnBlocks_WithAKeptPackedA_EqualsNaiveBitForBit(int m, int n, int k, int blockColumns)
+    {
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            float[] a = Random(m * k, m + 3 * k), bT = Random(n * k, n + 5 * k);
+            var am = StridedMatrix<float>.RowMajor(a, m, k);
+            var bm = StridedMatrix<float>.RowMajor(bT, n, k).Transposed();
+            float[] expected = GuardedOutput(m, n, seed: 9);
+            float[] actual = (float[])expected.Clone();
+            NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), n);
+            var kept = new Gemm.PackedLeft();
+            // A different A's packing first: of another shape, so it must not be used.
+            Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(Random((m + 1) * k, 1), m + 1, k), bm, new float[(m + 1) * n], n, tier, kept);
+            kept.Reset();
+            int blocks = (n + blockColumns - 1) / blockColumns;
+            foreach (int block in Enumerable.Range(0, blocks).Select(i => i * 5 % blocks).Distinct().Concat(Enumerable.Range(0, blocks)).Distinct())
+            {
+                int first = block * blockColumns, columns = Math.Min(blockColumns, n - first);
+                var columnsOfB = StridedMatrix<float>.RowMajor(bT.AsSpan(first * k, columns * k), columns, k).Transposed();
+                Gemm.MultiplyAdd(am, columnsOfB, actual.AsSpan(8 + first), n, tier, kept);
+            }
+            AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} blocks of {blockColumns}");
+        }
+    }
+
     private sealed class RowsDone(float[] whole, float[] blocked, int n, int blockRows) : IRowBlockDone
     {
         public List<int> Blocks { get; } = [];

@@ -19,6 +19,31 @@ namespace DistributedBackprop.Kernels;
 /// </summary>
 public static unsafe class Gemm
 {
+    /// <summary>
+    /// A left operand A packed once for several products A·B_j with the same A: the forward pass's blocks of units,
+    /// run as their rows of W_l arrive, would otherwise each pack the whole batch's inputs again (4 × 6.4 MB for
+    /// layer 1 of 784-256-128-10 at batch 2,048). Packed by the first product given it after <see cref="Reset"/>, for
+    /// that product's tier and shape; a product of another tier or shape, or one the narrow path takes, packs A for
+    /// itself as usual. Packing changes no value, so the bits are those of products that pack A each time.
+    /// </summary>
+    public sealed class PackedLeft
+    {
+        private readonly PackBuffer _buffer = new();
+        private int _m, _k;
+        private SimdTier _tier;
+
+        internal bool Packed { get; private set; }
+
+        /// <summary>A is another matrix (or has changed): the next product packs it again.</summary>
+        public void Reset() => Packed = false;
+
+        internal bool Fits(int m, int k, SimdTier tier) => Packed && m == _m && k == _k && tier == _tier;
+
+        internal float* Ensure(int floats) => _buffer.Ensure(floats);
+
+        internal void Keep(int m, int k, SimdTier tier) => (_m, _k, _tier, Packed) = (m, k, tier, true);
+    }
+
     [ThreadStatic] private static PackBuffer? t_packA;
     [ThreadStatic] private static PackBuffer? t_packB;
     [ThreadStatic] private static PackBuffer? t_tiles;
@@ -31,7 +56,9 @@ public static unsafe class Gemm
     public static void MultiplyAdd(StridedMatrix<float> a, StridedMatrix<float> b, Span<float> c, int ldc) =>
         MultiplyAdd(a, b, c, ldc, SimdTiers.Best);
 
-    public static void MultiplyAdd(StridedMatrix<float> a, StridedMatrix<float> b, Span<float> c, int ldc, SimdTier tier)
+    /// <param name="packedA">if given, A as packed by an earlier product with it (since its <see cref="PackedLeft.Reset"/>),
+    /// or packed into it by this one: the caller's word that A is the same matrix each time.</param>
+    public static void MultiplyAdd(StridedMatrix<float> a, StridedMatrix<float> b, Span<float> c, int ldc, SimdTier tier, PackedLeft? packedA = null)
     {
         int m = a.Rows, k = a.Cols, n = b.Cols;
         CheckShapes(a, b, c, ldc);
@@ -51,6 +78,11 @@ public static unsafe class Gemm
         float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(blk.MC, m), mr) * slab);
         float* packB = (t_packB ??= new()).Ensure(RoundUp(Math.Min(blk.NC, n), nr) * slab);
         float* tile = (t_tiles ??= new()).Ensure(mr * nr);
+        // All of A packed once (slab at p0 from p0·mPadded, its MC blocks at ic·kc within), if the caller keeps it.
+        bool keepA = packedA is not null && (!packedA.Packed || packedA.Fits(m, k, tier));
+        bool packKept = keepA && !packedA!.Packed;
+        int mPadded = RoundUp(m, mr);
+        float* keptA = keepA ? packedA!.Ensure(mPadded * k) : null;
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
         {
@@ -67,7 +99,19 @@ public static unsafe class Gemm
                     for (int ic = 0; ic < m; ic += blk.MC)
                     {
                         int mc = Math.Min(blk.MC, m - ic);
-                        PackA(pa, a.RowStride, a.ColStride, ic, mc, pcIdx, kc, mr, packA);
+                        float* aBlock = packA;
+                        if (keepA)
+                        {
+                            aBlock = keptA + (long)pcIdx * mPadded + (long)ic * kc;
+                            if (packKept && jc == 0)
+                            {
+                                PackA(pa, a.RowStride, a.ColStride, ic, mc, pcIdx, kc, mr, aBlock);
+                            }
+                        }
+                        else
+                        {
+                            PackA(pa, a.RowStride, a.ColStride, ic, mc, pcIdx, kc, mr, packA);
+                        }
                         // Loops 2 and 1 (jr, ir): micro-tiles.
                         for (int jr = 0; jr < nc; jr += nr)
                         {
@@ -76,7 +120,7 @@ public static unsafe class Gemm
                             {
                                 int rows = Math.Min(mr, mc - ir);
                                 float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
-                                float* aSliver = packA + (long)ir * kc;
+                                float* aSliver = aBlock + (long)ir * kc;
                                 float* bSliver = packB + (long)jr * kc;
                                 if (rows == mr && cols == nr)
                                 {
@@ -93,6 +137,10 @@ public static unsafe class Gemm
                     }
                 }
             }
+        }
+        if (packKept)
+        {
+            packedA!.Keep(m, k, tier);
         }
     }
 

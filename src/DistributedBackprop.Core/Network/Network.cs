@@ -87,6 +87,7 @@ public sealed class Network<T>
         _forwardRows = rows;
         _forwardLayer = 0;
         Array.Clear(_unitBlockDone);
+        _packedInput.Reset();
     }
 
     /// <summary>
@@ -133,6 +134,7 @@ public sealed class Network<T>
             Activate(l);
             _forwardLayer++;
             Array.Clear(_unitBlockDone);
+            _packedInput.Reset();
         }
         return true;
     }
@@ -142,6 +144,8 @@ public sealed class Network<T>
 
     private int _forwardRows = -1;
     private int _forwardLayer;
+    /// <summary>The current layer's input as packed by its first product, while the layer runs in blocks.</summary>
+    private readonly Gemm.PackedLeft _packedInput = new();
     /// <summary>The current layer's blocks of units done (at most 256 KiB of W_l a block, so few).</summary>
     private bool[] _unitBlockDone = [];
 
@@ -167,10 +171,11 @@ public sealed class Network<T>
         {
             bias.CopyTo(z.Slice(r * layer.Outputs + first, units));
         }
+        // A layer computed in several products (blocks arriving apart) packs its input once for all of them.
         MultiplyAdd(
             StridedMatrix<T>.RowMajor(x, rows, layer.Inputs),
             StridedMatrix<T>.RowMajor(_arch.Weight(parameters, l).Slice(first * layer.Inputs, units * layer.Inputs), units, layer.Inputs).Transposed(),
-            z[first..], layer.Outputs);
+            z[first..], layer.Outputs, units < layer.Outputs ? _packedInput : null);
     }
 
     /// <summary>a_l = σ_l(z_l), row by row.</summary>
@@ -403,11 +408,11 @@ public sealed class Network<T>
         TensorPrimitives.Add(target, _biasStack.AsSpan(right * width, width), target);
     }
 
-    private static void MultiplyAdd(StridedMatrix<T> a, StridedMatrix<T> b, Span<T> c, int ldc)
+    private static void MultiplyAdd(StridedMatrix<T> a, StridedMatrix<T> b, Span<T> c, int ldc, Gemm.PackedLeft? packedA = null)
     {
         if (typeof(T) == typeof(float))
         {
-            Gemm.MultiplyAdd(AsFloat(a), AsFloat(b), MemoryMarshal.Cast<T, float>(c), ldc);
+            Gemm.MultiplyAdd(AsFloat(a), AsFloat(b), MemoryMarshal.Cast<T, float>(c), ldc, SimdTiers.Best, packedA);
         }
         else
         {
