@@ -161,6 +161,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
         _theta = new ThetaAssembly(_setup.Architecture, _shardPlan);
         // Ahead only when a piece crosses a link: in local mode θ's pieces come at once, and the forward pass in
         // blocks would only cost.
+        (_computer as IForwardAhead)?.Abandon();
         _ahead = _pieceRelease.AnyRemote ? _computer as IForwardAhead : null;
         _aheadStep = -1;
         _waiting.Clear();
@@ -221,11 +222,13 @@ public sealed class Worker : ReceiveActor, IWithTimers
     /// </summary>
     private void RunAhead()
     {
-        if (_ahead is null || _waiting.Count == 0)
+        // Work of a step some shard has moved past can no longer run: the oldest of the rest.
+        long newest = _theta!.NewestStep;
+        ComputeGradients? work = _waiting.Where(w => w.Step >= newest && w.ChunkLo < w.ChunkHi).MinBy(w => w.Step);
+        if (_ahead is null || work is null)
         {
             return;
         }
-        ComputeGradients work = _waiting.MinBy(w => w.Step)!;
         if (work.Step != _aheadStep)
         {
             _aheadStep = work.Step;
@@ -235,7 +238,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _ahead.BeginForward(PlanFor(work), work.StepInEpoch, _nodes[0]);
         }
         long start = Stopwatch.GetTimestamp();
-        _ahead.AdvanceForward(_theta!.Theta, _theta.At(work.Step));
+        _ahead.AdvanceForward(_theta.Theta, _theta.At(work.Step));
         _aheadTicks += Stopwatch.GetTimestamp() - start;
     }
 
@@ -285,6 +288,11 @@ public sealed class Worker : ReceiveActor, IWithTimers
         // A node begun ahead is finished by the computer itself (same step and node); a later one starts afresh. The
         // time it ran ahead counts in the first node's compute time.
         long aheadTicks = _aheadStep == message.Step ? _aheadTicks : 0;
+        if (_aheadStep != message.Step)
+        {
+            // Whatever the computer was begun on belongs to other work (dropped, or of another map).
+            (_computer as IForwardAhead)?.Abandon();
+        }
         _aheadStep = -1;
         if (message.Step > _newestWork)
         {

@@ -128,6 +128,20 @@ public class ForwardAheadTests
         Assert.Equal(Bits(Plain(other)), Bits(gradient));
         computer.Compute(theta, plan, 1, first, gradient, []);
         Assert.Equal(Bits(Plain(first)), Bits(gradient));
+
+        // The pass run ahead is what Compute finishes: run on other values (a caller's breach of contract), it shows.
+        float[] otherTheta = TestNetworks.ToFloat(TestNetworks.RandomParameters(arch, 44));
+        ahead.BeginForward(plan, 1, first);
+        ahead.AdvanceForward(otherTheta, present);
+        computer.Compute(theta, plan, 1, first, gradient, []);
+        Assert.NotEqual(Bits(Plain(first)), Bits(gradient));
+        // Abandoned, it is not finished: the same node and step start afresh.
+        ahead.BeginForward(plan, 1, first);
+        ahead.AdvanceForward(otherTheta, present);
+        ahead.Abandon();
+        Assert.False(ahead.AdvanceForward(theta, present));
+        computer.Compute(theta, plan, 1, first, gradient, []);
+        Assert.Equal(Bits(Plain(first)), Bits(gradient));
     }
 
     [Fact]
@@ -195,6 +209,10 @@ public class ForwardAheadTests
         Assert.False(assembly.Take(1, 5, offset + 1, theta.AsSpan(0, count)));         // not where a piece starts
         Assert.False(assembly.Take(1, 5, offset, theta.AsSpan(0, count - 1)));         // not a piece's length
         Assert.False(assembly.Take(2, 5, offset, theta.AsSpan(0, count)));             // no such shard
+        Assert.False(assembly.Take(-1, 5, offset, theta.AsSpan(0, count)));
+        Assert.False(assembly.Take(1, 5, -offset - 1, theta.AsSpan(0, count)));
+        Assert.False(assembly.Take(1, 5, int.MinValue, theta.AsSpan(0, count)));
+        Assert.False(assembly.Take(1, -1, offset, theta.AsSpan(0, count)));            // no step is below 0
         Assert.Equal(-1, assembly.NewestStep);
 
         Assert.True(Take(1, 5, 0));
@@ -229,6 +247,11 @@ public class ForwardAheadTests
         Assert.False(assembly.Has(6, arch.BiasOffset(0), 1));
         Assert.False(Take(0, 5, 0));
         Assert.True(assembly.Has(5, plan.Start(1), plan.Count(1)));
+        // Ranges that are empty or not in θ are not there.
+        Assert.False(assembly.Has(5, plan.Start(1), 0));
+        Assert.False(assembly.Has(5, plan.Start(1), -1));
+        Assert.False(assembly.Has(5, arch.ParameterCount - 1, 2));
+        Assert.False(assembly.Has(5, -1, 2));
     }
 
     /// <summary>The definition: a flag per parameter.</summary>

@@ -149,6 +149,7 @@ public class GemmTests
     [InlineData(97, 100, 2 * 320 + 1, 33)]
     [InlineData(7, 40, 5, 17)]
     [InlineData(129, 37, 300, 12)]
+    [InlineData(3, 4200, 5, 2100)]
     public void MultiplyAdd_InColumnBlocks_WithAKeptPackedA_EqualsNaiveBitForBit(int m, int n, int k, int blockColumns)
     {
         foreach (SimdTier tier in Enum.GetValues<SimdTier>())
@@ -157,20 +158,27 @@ public class GemmTests
             var am = StridedMatrix<float>.RowMajor(a, m, k);
             var bm = StridedMatrix<float>.RowMajor(bT, n, k).Transposed();
             float[] expected = GuardedOutput(m, n, seed: 9);
-            float[] actual = (float[])expected.Clone();
             NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), n);
             var kept = new Gemm.PackedLeft();
-            // A different A's packing first: of another shape, so it must not be used.
+            // First a different A's packing, of another shape, kept: it must not be used (each block packs for
+            // itself); then, reset, A packed by the first block and kept for the others.
             Gemm.MultiplyAdd(StridedMatrix<float>.RowMajor(Random((m + 1) * k, 1), m + 1, k), bm, new float[(m + 1) * n], n, tier, kept);
-            kept.Reset();
-            int blocks = (n + blockColumns - 1) / blockColumns;
-            foreach (int block in Enumerable.Range(0, blocks).Select(i => i * 5 % blocks).Distinct().Concat(Enumerable.Range(0, blocks)).Distinct())
+            foreach (bool reset in new[] { false, true })
             {
-                int first = block * blockColumns, columns = Math.Min(blockColumns, n - first);
-                var columnsOfB = StridedMatrix<float>.RowMajor(bT.AsSpan(first * k, columns * k), columns, k).Transposed();
-                Gemm.MultiplyAdd(am, columnsOfB, actual.AsSpan(8 + first), n, tier, kept);
+                if (reset)
+                {
+                    kept.Reset();
+                }
+                float[] actual = GuardedOutput(m, n, seed: 9);
+                int blocks = (n + blockColumns - 1) / blockColumns;
+                foreach (int block in Enumerable.Range(0, blocks).Select(i => i * 5 % blocks).Distinct().Concat(Enumerable.Range(0, blocks)).Distinct())
+                {
+                    int first = block * blockColumns, columns = Math.Min(blockColumns, n - first);
+                    var columnsOfB = StridedMatrix<float>.RowMajor(bT.AsSpan(first * k, columns * k), columns, k).Transposed();
+                    Gemm.MultiplyAdd(am, columnsOfB, actual.AsSpan(8 + first), n, tier, kept);
+                }
+                AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} blocks of {blockColumns}, {(reset ? "kept" : "another shape's kept")}");
             }
-            AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} blocks of {blockColumns}");
         }
     }
 

@@ -261,6 +261,8 @@ public sealed class ChunkGradientComputer(NodeGradientComputer gradients, int ch
 
     public bool AdvanceForward(float[] parameters, IParameterPresence present) =>
         _ahead is not null && gradients.AdvanceForward(parameters, present);
+
+    public void Abandon() => _ahead = null;
 }
 
 /// <summary>
@@ -277,6 +279,9 @@ public interface IForwardAhead
     /// <summary>Runs the begun forward pass as far as <paramref name="present"/> allows; true once complete, false also if nothing was begun.</summary>
     /// <param name="parameters">θ of the step where <paramref name="present"/> says so; the node's Compute must get the same values.</param>
     bool AdvanceForward(float[] parameters, IParameterPresence present);
+
+    /// <summary>The begun node is not to be finished: its next Compute, even of the same step and node, starts afresh.</summary>
+    void Abandon();
 }
 
 /// <summary>

@@ -150,7 +150,7 @@ public sealed class ThetaAssembly
     /// <param name="offset">the piece's first parameter, from the slice's start.</param>
     public bool Take(int shard, long step, int offset, ReadOnlySpan<float> values)
     {
-        if ((uint)shard >= (uint)_steps.Length || step < _steps[shard])
+        if ((uint)shard >= (uint)_steps.Length || step < 0 || step < _steps[shard])
         {
             return false;
         }
@@ -174,9 +174,13 @@ public sealed class ThetaAssembly
         return true;
     }
 
-    /// <summary>Whether every piece of θ overlapping [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) is there for <paramref name="step"/>.</summary>
+    /// <summary>Whether every piece of θ overlapping [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) is there for <paramref name="step"/> (false for a range that is empty or not in θ).</summary>
     public bool Has(long step, int start, int count)
     {
+        if (start < 0 || count < 1 || start > Theta.Length - count)
+        {
+            return false;
+        }
         int end = start + count;
         for (int shard = 0; shard < _steps.Length; shard++)
         {
