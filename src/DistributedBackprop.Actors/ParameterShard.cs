@@ -32,6 +32,7 @@ public sealed class ParameterShard : ReceiveActor
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly HashSet<IActorRef> _workers = [];
     private readonly List<(float[] Array, FloatArrayPool Pool)> _pooled = [];
+    private readonly List<IActorRef> _recipients = [];
     private long _step;
     private long _dropped;
 
@@ -128,7 +129,8 @@ public sealed class ParameterShard : ReceiveActor
     /// </summary>
     private void Publish(IReadOnlyList<PeerActor> workers)
     {
-        var recipients = new List<IActorRef>(workers.Count);
+        List<IActorRef> recipients = _recipients;
+        recipients.Clear();
         foreach (PeerActor peer in workers)
         {
             if (_courier.Resolve(peer) is { } worker)

@@ -222,10 +222,20 @@ public sealed class Worker : ReceiveActor, IWithTimers
     /// </summary>
     private void RunAhead()
     {
+        if (_ahead is null)
+        {
+            return;
+        }
         // Work of a step some shard has moved past can no longer run: the oldest of the rest.
-        long newest = _theta!.NewestStep;
-        ComputeGradients? work = _waiting.Where(w => w.Step >= newest && w.ChunkLo < w.ChunkHi).MinBy(w => w.Step);
-        if (_ahead is null || work is null)
+        ComputeGradients? work = null;
+        foreach (ComputeGradients waiting in _waiting)
+        {
+            if (waiting.Step >= _theta!.NewestStep && waiting.ChunkLo < waiting.ChunkHi && (work is null || waiting.Step < work.Step))
+            {
+                work = waiting;
+            }
+        }
+        if (work is null)
         {
             return;
         }
@@ -238,7 +248,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _ahead.BeginForward(PlanFor(work), work.StepInEpoch, _nodes[0]);
         }
         long start = Stopwatch.GetTimestamp();
-        _ahead.AdvanceForward(_theta.Theta, _theta.At(work.Step));
+        _ahead.AdvanceForward(_theta!.Theta, _theta.At(work.Step));
         _aheadTicks += Stopwatch.GetTimestamp() - start;
     }
 

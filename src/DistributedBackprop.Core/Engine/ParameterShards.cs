@@ -63,25 +63,12 @@ public sealed record ShardPlan
     }
 
     /// <summary><see cref="ParameterPieces(Architecture, int)"/> of the slice [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>).</summary>
-    public static (int Offset, int Count)[] ParameterPieces(Architecture architecture, int start, int count)
-    {
-        int end = start + count;
-        int[] cuts = ReleaseBlocks.Starts(architecture)
-            .Concat(Enumerable.Range(0, architecture.Layers.Count).Select(architecture.BiasOffset))
-            .Where(p => p > start && p < end).Append(end).Distinct().Order().ToArray();
-        var pieces = new List<(int Offset, int Count)>(cuts.Length);
-        int from = start;
-        foreach (int cut in cuts)
-        {
-            pieces.Add((from - start, cut - from));
-            from = cut;
-        }
-        return pieces
+    public static (int Offset, int Count)[] ParameterPieces(Architecture architecture, int start, int count) =>
+        ReleaseBlocks.Cut(architecture, start, count, alsoAt: Enumerable.Range(0, architecture.Layers.Count).Select(architecture.BiasOffset))
             .OrderBy(p => LayerAt(architecture, start + p.Offset))
             .ThenBy(p => start + p.Offset >= architecture.BiasOffset(LayerAt(architecture, start + p.Offset)) ? 0 : 1)
             .ThenBy(p => p.Offset)
             .ToArray();
-    }
 
     private static int LayerAt(Architecture architecture, int parameter)
     {
@@ -119,6 +106,7 @@ public sealed class ThetaAssembly
         _heldCount = new int[plan.Shards];
         _steps = Enumerable.Repeat(-1L, plan.Shards).ToArray();
         Theta = new float[plan.ParameterCount];
+        _presence = new StepPresence(this);
     }
 
     /// <summary>θ as put together so far; only what <see cref="At"/> says is there belongs to a step.</summary>
@@ -207,12 +195,20 @@ public sealed class ThetaAssembly
         return true;
     }
 
-    /// <summary>What is there of θ for <paramref name="step"/>, as the forward pass asks.</summary>
-    public IParameterPresence At(long step) => new StepPresence(this, step);
-
-    private sealed class StepPresence(ThetaAssembly assembly, long step) : IParameterPresence
+    /// <summary>What is there of θ for <paramref name="step"/>, as the forward pass asks (one object, valid until the next call).</summary>
+    public IParameterPresence At(long step)
     {
-        public bool Has(int start, int count) => assembly.Has(step, start, count);
+        _presence.Step = step;
+        return _presence;
+    }
+
+    private readonly StepPresence _presence;
+
+    private sealed class StepPresence(ThetaAssembly assembly) : IParameterPresence
+    {
+        public long Step { get; set; }
+
+        public bool Has(int start, int count) => assembly.Has(Step, start, count);
     }
 }
 

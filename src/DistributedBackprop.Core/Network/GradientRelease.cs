@@ -48,16 +48,23 @@ public static class ReleaseBlocks
         return (architecture.Layers[layer].Outputs + rows - 1) / rows;
     }
 
+    /// <summary>Block <paramref name="block"/> of layer <paramref name="layer"/> as rows of W_l (the layer's units) [First, End).</summary>
+    public static (int First, int End) Rows(Architecture architecture, int layer, int block)
+    {
+        int outputs = architecture.Layers[layer].Outputs, rows = BlockRows(architecture, layer);
+        int first = block * rows;
+        if (block < 0 || first >= outputs)
+        {
+            throw new ArgumentOutOfRangeException(nameof(block), $"layer {layer} has {BlockCount(architecture, layer)} blocks");
+        }
+        return (first, Math.Min(first + rows, outputs));
+    }
+
     /// <summary>Block <paramref name="block"/> of layer <paramref name="layer"/> as parameters: its rows of W_l, and b_l with the last block.</summary>
     public static (int Start, int Count) Range(Architecture architecture, int layer, int block)
     {
         LayerSpec spec = architecture.Layers[layer];
-        int rows = BlockRows(architecture, layer);
-        int first = block * rows, end = Math.Min(first + rows, spec.Outputs);
-        if (block < 0 || first >= spec.Outputs)
-        {
-            throw new ArgumentOutOfRangeException(nameof(block), $"layer {layer} has {BlockCount(architecture, layer)} blocks");
-        }
+        var (first, end) = Rows(architecture, layer, block);
         int start = architecture.WeightOffset(layer) + first * spec.Inputs;
         int stop = end == spec.Outputs ? architecture.BiasOffset(layer) + spec.Outputs : architecture.WeightOffset(layer) + end * spec.Inputs;
         return (start, stop - start);
@@ -71,15 +78,16 @@ public static class ReleaseBlocks
 
     /// <summary>
     /// Parameters [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) cut where blocks
-    /// start: each piece lies in one block. Offsets are from <paramref name="start"/>, ascending.
+    /// start, and also at <paramref name="alsoAt"/>: each piece lies in one block. Offsets are from
+    /// <paramref name="start"/>, ascending.
     /// </summary>
-    public static (int Offset, int Count)[] Cut(Architecture architecture, int start, int count)
+    public static (int Offset, int Count)[] Cut(Architecture architecture, int start, int count, IEnumerable<int>? alsoAt = null)
     {
         if (start < 0 || count < 1 || start > architecture.ParameterCount - count)
         {
             throw new ArgumentOutOfRangeException(nameof(start), $"[{start}, {start} + {count}) is not a range of the {architecture.ParameterCount} parameters");
         }
-        var cuts = Starts(architecture).Where(p => p > start && p < start + count).Append(start + count).ToArray();
+        var cuts = Starts(architecture).Concat(alsoAt ?? []).Where(p => p > start && p < start + count).Append(start + count).Distinct().Order().ToArray();
         var pieces = new (int Offset, int Count)[cuts.Length];
         int from = start;
         for (int i = 0; i < cuts.Length; i++)

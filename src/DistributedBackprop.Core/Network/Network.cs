@@ -122,8 +122,7 @@ public sealed class Network<T>
                 {
                     end++;
                 }
-                int blockRows = ReleaseBlocks.BlockRows(_arch, l);
-                LayerUnits(parameters, l, b * blockRows, Math.Min(end * blockRows, _arch.Layers[l].Outputs));
+                LayerUnits(parameters, l, ReleaseBlocks.Rows(_arch, l, b).First, ReleaseBlocks.Rows(_arch, l, end - 1).End);
                 _unitBlockDone.AsSpan(b, end - b).Fill(true);
                 b = end;
             }
@@ -152,8 +151,8 @@ public sealed class Network<T>
     private bool UnitBlockReady(int layer, int block, IParameterPresence present)
     {
         LayerSpec spec = _arch.Layers[layer];
-        int blockRows = ReleaseBlocks.BlockRows(_arch, layer);
-        int first = block * blockRows, units = Math.Min(blockRows, spec.Outputs - first);
+        var (first, end) = ReleaseBlocks.Rows(_arch, layer, block);
+        int units = end - first;
         return present.Has(_arch.WeightOffset(layer) + first * spec.Inputs, units * spec.Inputs)
             && present.Has(_arch.BiasOffset(layer) + first, units);
     }
