@@ -15,7 +15,14 @@ namespace DistributedBackprop.Actors;
 /// config, and the content hash of the raw data the rows came from (checked by the server).
 /// <see cref="FirstWork"/>, if given, is called (on the worker's thread) with the step of its first work.
 /// </summary>
-public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config, string DataHash, Action<long>? FirstWork = null);
+public sealed record WorkerSetup(Architecture Architecture, Dataset Train, TrainingConfig Config, string DataHash, Action<long>? FirstWork = null)
+{
+    /// <summary>
+    /// Runs the forward pass ahead on θ's pieces even when every shard is in this process (where the pieces come at
+    /// once and it would only cost): lets a test drive that path with shards it plays itself.
+    /// </summary>
+    public bool ForwardAheadWithLocalShards { get; init; }
+}
 
 /// <summary>
 /// A worker. Registers with the parameter server on start (<see cref="RegisterWorker"/>), then answers each
@@ -162,7 +169,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
         // Ahead only when a piece crosses a link: in local mode θ's pieces come at once, and the forward pass in
         // blocks would only cost.
         (_computer as IForwardAhead)?.Abandon();
-        _ahead = _pieceRelease.AnyRemote ? _computer as IForwardAhead : null;
+        _ahead = _pieceRelease.AnyRemote || _setup.ForwardAheadWithLocalShards ? _computer as IForwardAhead : null;
         _aheadStep = -1;
         _waiting.Clear();
         _log.Info("{0} takes θ from {1} parameter shards", _name, shards.Length);

@@ -1,10 +1,12 @@
 using Akka.Actor;
+using Akka.TestKit;
 using Akka.TestKit.Xunit2;
 using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
 using DistributedBackprop.Reduction;
+using DistributedBackprop.Randomness;
 
 namespace DistributedBackprop.Actors.Tests;
 
@@ -120,6 +122,99 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
         Assert.Equal(epoch1 + 2, server.ExpectMsg<GradientsComputed>().Step);
         // Returned after epoch 1's first round was computed (its answer may come first): by this later answer, surely.
         Assert.Same(pooled0, pool.Rent(count));
+    }
+
+    /// <summary>
+    /// θ from three shards in pieces, the forward pass run ahead on them (forced: the shards here are probes in this
+    /// process), with a first layer of two blocks. Pieces come in scattered orders, before and after their work, two
+    /// steps' pieces interleaved (shard 0 moves on to step 2 while step 1 is half in, so step 1 can never be whole),
+    /// and a stale piece amid a later step's. Each answer has the bits of the plain gradient on its own step's θ
+    /// (every step's θ differs, so a value of another step would show), and the work whose θ can never be whole
+    /// gets no answer: the next answer, and every shard's next piece, is step 2's.
+    /// </summary>
+    [Fact]
+    public void Worker_RunningAheadOnθsPieces_OfTwoStepsInterleaved_AnswersWithThePlainGradientsBits()
+    {
+        TrainingConfig config = Fixtures.Config() with { HiddenLayers = [300] };
+        TrainingSession session = TrainingSession.Prepare(config, Fixtures.Blobs(120, features: 300), null, 0.2);
+        Architecture architecture = session.Architecture;
+        Assert.Equal(2, ReleaseBlocks.BlockCount(architecture, 0));
+        var setup = new WorkerSetup(architecture, session.Train, config, session.DataHash) { ForwardAheadWithLocalShards = true };
+        TestProbe server = CreateTestProbe();
+        TestProbe[] shards = [CreateTestProbe(), CreateTestProbe(), CreateTestProbe()];
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", setup));
+        server.ExpectMsg<RegisterWorker>();
+        Courier courier = Courier.Get(Sys);
+        worker.Tell(new ShardMap([.. shards.Select(s => courier.Describe(s.Ref))]), server.Ref);
+
+        var plan = new ShardPlan(architecture.ParameterCount, shards.Length);
+        var random = new Xoshiro256(5);
+        var thetas = new Dictionary<long, float[]>();
+        float[] Theta(long step) => thetas.TryGetValue(step, out float[]? theta) ? theta
+            : thetas[step] = [.. session.Parameters.Select(w => w * (0.5f + random.NextSingle()))];
+        // Step s's pieces of θ, shard by shard, each shard's in the order it sends them.
+        List<(int Shard, ParameterSlice Piece)> Pieces(long step, params int[] of) =>
+            [.. of.SelectMany(shard => plan.ParameterPieces(architecture, shard).Select(p =>
+                (shard, new ParameterSlice(step, shard, p.Offset, Theta(step).AsSpan(plan.Start(shard) + p.Offset, p.Count).ToArray()))))];
+        void Send(IEnumerable<(int Shard, ParameterSlice Piece)> pieces)
+        {
+            foreach (var (shard, piece) in pieces)
+            {
+                worker.Tell(piece, shards[shard].Ref);
+            }
+        }
+        List<(int, ParameterSlice)> Shuffled(List<(int, ParameterSlice)> pieces) => [.. pieces.OrderBy(_ => random.NextInt(1 << 30))];
+        void Work(long step) =>
+            worker.Tell(new ComputeGradients(step, (int)(step / session.StepsPerEpoch), (int)(step % session.StepsPerEpoch), 0, config.Chunks, []), server.Ref);
+        var engine = new NodeGradientComputer(architecture, session.Train);
+        void ExpectAnswer(long step)
+        {
+            GradientsComputed answer = server.ExpectMsg<GradientsComputed>();
+            Assert.Equal((step, new TreeNode(0, config.Chunks)), (answer.Step, answer.Node));
+            var gradient = new float[architecture.ParameterCount];
+            for (int shard = 0; shard < shards.Length; shard++)
+            {
+                for (int received = 0; received < plan.Count(shard);)
+                {
+                    GradientSlice piece = shards[shard].ExpectMsg<GradientSlice>();
+                    Assert.Equal(step, piece.Step);
+                    piece.Values.CopyTo(gradient, plan.Start(shard) + piece.Offset);
+                    received += piece.Values.Length;
+                }
+            }
+            var expected = new float[architecture.ParameterCount];
+            ReadOnlySpan<int> rows = EpochPlan.Create(session.Train.Rows, config.BatchSize, config.Seed, (int)(step / session.StepsPerEpoch)).BatchRows((int)(step % session.StepsPerEpoch));
+            BatchResult result = engine.Compute(Theta(step), rows, config.Chunks, answer.Node, expected);
+            Fixtures.AssertSameBits(expected, gradient, $"the gradient of step {step}, from θ's pieces run ahead on");
+            Assert.Equal(result, answer.Result);
+        }
+
+        // Work first, then its pieces in a scattered order: the pass runs ahead on each.
+        Work(0);
+        Send(Shuffled(Pieces(0, 0, 1, 2)));
+        ExpectAnswer(0);
+
+        // Step 1 half in (the pass runs ahead on it), then shard 0 moves on to step 2; the rest of step 1 comes too late.
+        Work(1);
+        List<(int, ParameterSlice)> shard1 = Pieces(1, 1);
+        Send(Pieces(1, 0));
+        Send(shard1.Take(shard1.Count / 2));
+        Send(Pieces(2, 0));
+        Send(shard1.Skip(shard1.Count / 2));
+        Send(Pieces(1, 2));
+        Work(2);
+        Send(Enumerable.Reverse(Pieces(2, 1, 2)));
+        ExpectAnswer(2);
+
+        // Every piece before its work (nothing to run ahead of), then a step whose pieces come last first, a stale one amid them.
+        Send(Shuffled(Pieces(3, 0, 1, 2)));
+        Work(3);
+        ExpectAnswer(3);
+        Work(4);
+        List<(int, ParameterSlice)> step4 = [.. Enumerable.Reverse(Pieces(4, 0, 1, 2))];
+        step4.Insert(step4.Count / 2, Pieces(3, 1)[0]);
+        Send(step4);
+        ExpectAnswer(4);
     }
 
     [Fact]
