@@ -102,7 +102,9 @@ server=$!; pids+=("$server")
 python3 bench/host-cpu.py "$work/cpu.jsonl" "$work/metrics.jsonl" & sampler=$!; pids+=("$sampler")
 for _ in $(seq 1 100); do grep -q "listening at" "$work/server.log" && break; sleep 0.1; done
 for i in $(seq 1 "$workers"); do
-  ip netns exec "dbpw$i$tag" "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host "10.77.0.$((i + 1))" --name "w$i" >"$work/w$i.log" 2>&1 &
+  # Each worker is told its link's rate (a real NIC reports it; the namespaces' veth ends report 10 Gbit/s), so its
+  # bulk channel paces each connection at the link's share of each peer (DBP_LINK_RATE=off: unpaced, to compare).
+  ip netns exec "dbpw$i$tag" "$dbp" worker --join 10.77.0.1:4053 --token-file "$work/token" --bind-host "10.77.0.$((i + 1))" --link-rate "${DBP_LINK_RATE:-$rate}" --name "w$i" >"$work/w$i.log" 2>&1 &
   pids+=($!)
 done
 wait "$server" || { tail -5 "$work/server.log"; say "FAIL: the server exited non-zero"; exit 1; }

@@ -178,6 +178,8 @@ public sealed partial class CommandTests : IDisposable
     [InlineData(new[] { "serve", "--insecure", "--bulk-port", "-3" }, "--bulk-port: '-3' is not a port number (0 to 65535)")]
     [InlineData(new[] { "serve", "--insecure", "--port", "65535" }, "--port 65535: the bulk channel's default port is the next one, 65536, beyond 65535; give --bulk-port")]
     [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--insecure", "--server-bulk-port", "70000" }, "--server-bulk-port: must be at most 65,535")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--insecure", "--link-rate", "3furlongs" }, "--link-rate: '3furlongs' is not a link rate (auto, off, or 1mbit to 10000gbit")]
+    [InlineData(new[] { "worker", "--join", "127.0.0.1:9", "--insecure", "--link-rate", "100kbit" }, "--link-rate: '100kbit' is not a link rate")]
     [InlineData(new[] { "serve", "--token-file", "/nonexistent/x/token" }, "--token-file: directory /nonexistent/x does not exist")]
     [InlineData(new[] { "train", "--epochs", "1", "--out", "" }, "--out: a file name is required, got ''")]
     [InlineData(new[] { "plot", "metrics.jsonl", "--out", " " }, "--out: a file name is required, got ' '")]
@@ -186,6 +188,16 @@ public sealed partial class CommandTests : IDisposable
     [InlineData(new[] { "serve", "--insecure", "--bind-host", "203.0.113.5" }, "--bind-host 203.0.113.5: cannot bind to 203.0.113.5")]
     public void BadNodeOptionsAndPaths_AreOneLineNamingTheOption_BeforeTheNodeStarts(string[] args, string expected) =>
         DbpProcess.AssertUsageError(Dbp(args), expected, args[0]);
+
+    [Fact]
+    public void ABadLinkRateInAClusterConfig_IsOneLineNamingTheFileAndTheSetting()
+    {
+        string config = Path.Combine(_dir, "pace.conf");
+        File.WriteAllText(config, "dbp.bulk-channel.link-rate = fast\n");
+        DbpProcess.AssertUsageError(Dbp("worker", "--join", "127.0.0.1:9", "--insecure", "--cluster-config", config), $"{config}: dbp.bulk-channel.link-rate: 'fast' is not a link rate", "worker");
+        DbpResult fromEnvironment = DbpProcess.Run(_dir, new Dictionary<string, string> { ["DBP_LINK_RATE"] = "quick" }, "worker", "--join", "127.0.0.1:9", "--insecure");
+        DbpProcess.AssertUsageError(fromEnvironment, "DBP_LINK_RATE: 'quick' is not a link rate", "worker");
+    }
 
     [Fact]
     public void ABinaryClusterConfig_IsOneLineNamingTheFile_WithoutEchoingIt()

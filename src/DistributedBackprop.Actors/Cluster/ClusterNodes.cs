@@ -209,7 +209,7 @@ public static class ClusterWorker
         WorkerExit? result = null;
         try
         {
-            Courier.Get(system).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), enrolled.Identity, InboundPolicy.WorkerNode());
+            Courier.Get(system).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), enrolled.Identity, InboundPolicy.WorkerNode(), paced: true);
             var exit = new TaskCompletionSource<WorkerExit>(TaskCreationOptions.RunContinuationsAsynchronously);
             system.ActorOf(WorkerAgent.Props(options, contact, exit), ClusterNaming.WorkerAgentName);
             // Not JoinSeedNodesAsync: it completes when this node is Up in its own view, and a node that joined

@@ -23,6 +23,9 @@ public sealed record NodeSettings
     public string? PublicHostname { get; init; }
     public IReadOnlyList<string>? SeedNodes { get; init; }
     public int? BulkPort { get; init; }
+
+    /// <summary>The node's link for the bulk channel's pacing (<see cref="Transport.LinkPacing.Parse"/>: auto, off, or e.g. 1gbit); null: the HOCON file's.</summary>
+    public string? LinkRate { get; init; }
     public string? ConfigFile { get; init; }
 
     /// <summary>--insecure: no TLS, no token, no certificates (a trusted lab network only).</summary>
@@ -64,6 +67,7 @@ public sealed record NodeSettings
             PublicHostname = PublicHostname ?? environment("DBP_PUBLIC_HOSTNAME"),
             SeedNodes = SeedNodes ?? environment("DBP_SEED_NODES")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             BulkPort = BulkPort ?? Int(environment("DBP_BULK_PORT"), "DBP_BULK_PORT"),
+            LinkRate = LinkRate ?? Rate(environment("DBP_LINK_RATE"), "DBP_LINK_RATE"),
             ConfigFile = ConfigFile ?? environment("DBP_CONFIG"),
             Insecure = Insecure ?? (environment("DBP_INSECURE") is { } insecure ? insecure is "1" or "true" or "yes" : null),
             Token = Token ?? environment("DBP_JOIN_TOKEN"),
@@ -73,6 +77,16 @@ public sealed record NodeSettings
             RejoinTimeout = RejoinTimeout ?? Seconds(environment("DBP_REJOIN_TIMEOUT"), "DBP_REJOIN_TIMEOUT"),
             JoinTimeout = JoinTimeout ?? Seconds(environment("DBP_JOIN_TIMEOUT"), "DBP_JOIN_TIMEOUT"),
         };
+    }
+
+    /// <summary>A link rate from an environment variable, checked here so a typo is one line naming the variable.</summary>
+    private static string? Rate(string? text, string name)
+    {
+        if (text is not null)
+        {
+            Transport.LinkPacing.Parse(text, name);
+        }
+        return text;
     }
 
     /// <summary>A duration in seconds from an environment variable: 0 to a week.</summary>
@@ -161,6 +175,15 @@ public sealed record NodeSettings
                 string reason = new(e.Message.Split(':', '\n')[0].Where(c => !char.IsControl(c)).Take(120).ToArray());
                 throw new ArgumentException($"{ConfigFile}: not a HOCON configuration file ({reason.Trim()})");
             }
+            try
+            {
+                // Checked now, so a bad value is one line naming the file, not a failure as the bulk channel starts.
+                Transport.LinkPacing.Parse(config.GetString("dbp.bulk-channel.link-rate", "auto"), "dbp.bulk-channel.link-rate");
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"{ConfigFile}: {e.Message}");
+            }
         }
         var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]" };
         if (role == ClusterNaming.WorkerRole)
@@ -177,6 +200,11 @@ public sealed record NodeSettings
             overrides.Add($"akka.remote.dot-netty.tcp.public-hostname = \"{AdvertisedHost()}\"");
         }
         overrides.Add($"akka.remote.dot-netty.tcp.enable-ssl = {(Tls ? "true" : "false")}");
+        if (LinkRate is not null)
+        {
+            // Checked where it was given (Resolve, the option); quoted so HOCON takes it as it is.
+            overrides.Add($"dbp.bulk-channel.link-rate = \"{LinkRate.Trim()}\"");
+        }
         return ConfigurationFactory.ParseString(string.Join('\n', overrides)).WithFallback(config);
     }
 

@@ -31,9 +31,11 @@ public sealed class Courier : IExtension
     /// <summary>The node's bulk channel, once started.</summary>
     public BulkChannel? Channel { get; private set; }
 
-    public BulkChannel StartChannel(string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null)
+    /// <param name="paced">a worker node: its bulk frames go to nodes that others send to at the same time (shards, the
+    /// server), so each connection is paced at the link's share of each peer (<see cref="LinkPacing"/>).</param>
+    public BulkChannel StartChannel(string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null, bool paced = false)
     {
-        Channel ??= new BulkChannel(_system, bindHost, port, publicHost, identity, policy, desk);
+        Channel ??= new BulkChannel(_system, bindHost, port, publicHost, identity, policy, desk) { Paced = paced };
         _system.RegisterOnTermination(() => Channel.Dispose());
         return Channel;
     }

@@ -211,7 +211,8 @@ internal static class WorkerCommand
         var serverBulkPort = OptionParsing.PortOption("--server-bulk-port", "The server's bulk channel port, where the join handshake happens (default: the --join port + 1). Env: DBP_SERVER_BULK_PORT.", 0, 1);
         var joinTimeout = OptionParsing.IntInRange("--join-timeout", "Keep knocking for this many seconds while the server does not answer at the start (it may still be starting); then exit 1. Env: DBP_JOIN_TIMEOUT. Default 300.", 300, 1);
         var rejoinTimeout = OptionParsing.IntInRange("--rejoin-timeout", "When the server is lost (killed, restarting, unreachable), keep trying to rejoin it for this many seconds (0: exit at once). Env: DBP_REJOIN_TIMEOUT. Default 300.", 300, 0);
-        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort, joinTimeout, rejoinTimeout };
+        var linkRate = new Option<string?>("--link-rate") { Description = "This node's network link (e.g. 100mbit, 1gbit, 2.5gbit): the bulk channel paces each connection at the link's share of each peer it sends tensors to, so a step's all-to-all does not overflow a switch's queues. auto: the speed the network interface reports (none on loopback: unpaced); off: no pacing. Env: DBP_LINK_RATE. Default auto.", HelpName = "RATE" };
+        var command = new Command("worker", "Join a cluster started with `dbp serve` and compute gradients until training is over (exit code 0).") { join, port, data, stream, name, token, tokenFile, serverBulkPort, joinTimeout, rejoinTimeout, linkRate };
         node.AddTo(command);
         command.SetAction(parse => CommandRunner.Run("worker", () =>
         {
@@ -226,6 +227,7 @@ internal static class WorkerCommand
                 ServerBulkPort = parse.GetResult(serverBulkPort) is { Implicit: false } ? parse.GetValue(serverBulkPort) : settings.ServerBulkPort,
                 RejoinTimeout = parse.GetResult(rejoinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(rejoinTimeout)) : settings.RejoinTimeout,
                 JoinTimeout = parse.GetResult(joinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(joinTimeout)) : settings.JoinTimeout,
+                LinkRate = NodeOptionSet.CheckLinkRate(parse.GetValue(linkRate)) ?? settings.LinkRate,
             };
             if (parse.GetValue(node.ShowConfig))
             {
@@ -235,6 +237,9 @@ internal static class WorkerCommand
             {
                 throw new UsageException("--join: the server's HOST:PORT is required (or set DBP_SEED_NODES)");
             }
+            // The node's configuration is built only once the server has enrolled it: a bad --cluster-config (or a bad
+            // value in it) is reported now, not after minutes of knocking.
+            settings.BuildConfig(ClusterNaming.WorkerRole);
             foreach (string seed in settings.SeedNodes)
             {
                 settings.SeedAddress(seed); // validates HOST:PORT before anything starts
