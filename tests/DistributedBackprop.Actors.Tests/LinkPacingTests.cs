@@ -52,7 +52,9 @@ public sealed class LinkPacingTests(ITestOutputHelper output) : TestKit(
         Assert.Equal(1, LinkPacing.BulkPeers([4_000, 2_000]));
         Assert.Equal(1, LinkPacing.BulkPeers([]));
         Assert.Equal(12_500_000UL / 3, LinkPacing.PerConnection(100_000_000, 3));
-        Assert.Equal(12_500_000UL, LinkPacing.PerConnection(100_000_000, 0));
+        // Nothing to share with one bulk peer (a single server's worker): unpaced.
+        Assert.Equal(0UL, LinkPacing.PerConnection(100_000_000, 1));
+        Assert.Equal(0UL, LinkPacing.PerConnection(100_000_000, 0));
         Assert.Equal(0UL, LinkPacing.PerConnection(0, 3));
     }
 
@@ -82,6 +84,7 @@ public sealed class LinkPacingTests(ITestOutputHelper output) : TestKit(
         }
         using var c = new DrainingListener();
         AwaitAssert(() => Assert.True(a.Received > 2 << 20 && b.Received > 2 << 20), TimeSpan.FromSeconds(20));
+        // The first frame went when a was the only bulk peer (unpaced); a later one paced it at half the link.
         channel.Send(c.Endpoint, recipient.Ref, new ComputeGradients(0, 0, 0, 0, 1, new float[8]), TestActor);
         AwaitAssert(() => Assert.True(c.Received > 0), TimeSpan.FromSeconds(20));
         IReadOnlyDictionary<string, ulong> pacing = channel.Pacing();

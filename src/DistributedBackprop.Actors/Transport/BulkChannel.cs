@@ -696,7 +696,8 @@ public sealed class BulkChannel : IDisposable
             }
             var value = new byte[8];
             int length = socket.GetRawSocketOption(SolSocket, SoMaxPacingRate, value);
-            return length == 4 ? BitConverter.ToUInt32(value) : BitConverter.ToUInt64(value);
+            ulong rate = length == 4 ? BitConverter.ToUInt32(value) : BitConverter.ToUInt64(value);
+            return rate is uint.MaxValue or ulong.MaxValue ? 0 : rate;
         }
         private readonly Queue<(Frame Frame, long Since)> _waiting = new();
         private readonly Timer _expiry;
@@ -873,8 +874,8 @@ public sealed class BulkChannel : IDisposable
             }
             try
             {
-                // SO_MAX_PACING_RATE (Linux): the kernel spaces the connection's packets at this rate.
-                socket.SetRawSocketOption(SolSocket, SoMaxPacingRate, BitConverter.GetBytes(rate));
+                // SO_MAX_PACING_RATE (Linux): the kernel spaces the connection's packets at this rate (all ones: unlimited).
+                socket.SetRawSocketOption(SolSocket, SoMaxPacingRate, BitConverter.GetBytes(rate == 0 ? ulong.MaxValue : rate));
                 _pacedAt = rate;
                 Volatile.Write(ref _pacedSocket, socket);
             }
