@@ -21,7 +21,7 @@ public sealed record WorkerSetup(Architecture Architecture, Dataset Train, Train
     /// Runs the forward pass ahead on θ's pieces even when every shard is in this process (where the pieces come at
     /// once and it would only cost): lets a test drive that path with shards it plays itself.
     /// </summary>
-    public bool ForwardAheadWithLocalShards { get; init; }
+    internal bool ForwardAheadWithLocalShards { get; init; }
 }
 
 /// <summary>

@@ -78,8 +78,10 @@ public sealed class BulkChannel : IDisposable
     private long _bytesSent, _bytesReceived, _refusals;
     private int _open;
 
-    public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null)
+    /// <param name="paced">see <see cref="Paced"/>.</param>
+    public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null, bool paced = false)
     {
+        Paced = paced;
         _system = system;
         _actors = new BoundedCache<string, IActorRef>(system.Provider.ResolveActorRef);
         _log = Logging.GetLogger(system, "bulk-channel");
@@ -89,7 +91,13 @@ public sealed class BulkChannel : IDisposable
         _desk = desk;
         _settings = BulkChannelSettings.From(system.Settings.Config);
         _listener = new TcpListener(BindAddress(bindHost), port);
-        LinkBitsPerSecond = _settings.LinkBitsPerSecond ?? LinkPacing.Detect(BindAddress(bindHost));
+        if (paced)
+        {
+            LinkBitsPerSecond = _settings.LinkBitsPerSecond ?? LinkPacing.Detect(BindAddress(bindHost));
+            _log.Info(LinkBitsPerSecond > 0
+                ? $"bulk channel: a link of {LinkBitsPerSecond / 1e6:0.#} Mbit/s ({(_settings.LinkBitsPerSecond is null ? "as the interface reports it" : "dbp.bulk-channel.link-rate")}), each connection paced at its share of each bulk peer"
+                : $"bulk channel: not paced ({(_settings.LinkBitsPerSecond is null ? "no Ethernet interface of 100 Mbit/s or more reports its speed" : "link-rate off")})");
+        }
         // Two processes must never share a port silently.
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
         _listener.Start(backlog: 128);
@@ -108,9 +116,9 @@ public sealed class BulkChannel : IDisposable
     /// whose slices go to nodes that other workers send to at the same time (shards, the server). The server's
     /// channel is not paced: each worker it sends θ to hears from it alone, and pacing its connections, even each at
     /// the link's rate, made the step slower (4 workers at 1 Gbit/s, one shard: 66–69 ms a step against 59–62 ms
-    /// unpaced; with only the workers paced 62.8–62.9 ms).
+    /// unpaced).
     /// </summary>
-    public bool Paced { get; init; }
+    public bool Paced { get; }
 
     /// <summary>
     /// The peers this node sends the bulk of its bytes to now: those whose recent bytes (<see cref="Outgoing.RecentBytes"/>)
@@ -120,13 +128,15 @@ public sealed class BulkChannel : IDisposable
     internal int BulkPeers()
     {
         long now = Stopwatch.GetTimestamp();
-        Span<double> recent = stackalloc double[Math.Min(_outgoing.Count, 1024)];
+        // Enumerated directly (no Count, no Values: both take every lock of the dictionary, and Values copies it);
+        // peers beyond the first 256 are not counted (a node's bulk peers are the cluster's workers).
+        Span<double> recent = stackalloc double[256];
         int peers = 0;
-        foreach (Lazy<Outgoing> connection in _outgoing.Values)
+        foreach (KeyValuePair<string, Lazy<Outgoing>> connection in _outgoing)
         {
-            if (connection.IsValueCreated && peers < recent.Length)
+            if (connection.Value.IsValueCreated && peers < recent.Length)
             {
-                recent[peers++] = connection.Value.RecentBytes(now);
+                recent[peers++] = connection.Value.Value.RecentBytes(now);
             }
         }
         return LinkPacing.BulkPeers(recent[..peers]);
@@ -685,19 +695,32 @@ public sealed class BulkChannel : IDisposable
             }
         }
 
-        /// <summary>The pacing rate last set on the connection's socket, bytes per second (0: unpaced).</summary>
+        /// <summary>The pacing rate last set on <see cref="_pacedSocket"/>, bytes per second (0: unpaced).</summary>
         private ulong _pacedAt;
+        private Socket? _pacedSocket;
+        /// <summary>The connection's socket now (whether paced or not), for <see cref="PacingInKernel"/>.</summary>
+        private Socket? _socket;
+        private bool _unpaceable;
+        private const int SolSocket = 1, SoMaxPacingRate = 47;
 
+        /// <summary>SO_MAX_PACING_RATE of the connection's socket as the kernel holds it, bytes per second (0: unpaced, or no connection).</summary>
         public ulong PacingInKernel()
         {
-            if (Volatile.Read(ref _pacedSocket) is not { } socket)
+            if (Volatile.Read(ref _socket) is not { } socket)
             {
                 return 0;
             }
-            var value = new byte[8];
-            int length = socket.GetRawSocketOption(SolSocket, SoMaxPacingRate, value);
-            ulong rate = length == 4 ? BitConverter.ToUInt32(value) : BitConverter.ToUInt64(value);
-            return rate is uint.MaxValue or ulong.MaxValue ? 0 : rate;
+            try
+            {
+                var value = new byte[8];
+                int length = socket.GetRawSocketOption(SolSocket, SoMaxPacingRate, value);
+                ulong rate = length == 4 ? BitConverter.ToUInt32(value) : BitConverter.ToUInt64(value);
+                return rate is uint.MaxValue or ulong.MaxValue ? 0 : rate;
+            }
+            catch (ObjectDisposedException)
+            {
+                return 0; // closed since (a reconnect)
+            }
         }
         private readonly Queue<(Frame Frame, long Since)> _waiting = new();
         private readonly Timer _expiry;
@@ -862,7 +885,8 @@ public sealed class BulkChannel : IDisposable
         /// </summary>
         private void Pace(Socket socket, long payloadBytes)
         {
-            if (!_channel.Paced || _channel.LinkBitsPerSecond <= 0 || _unpaceable)
+            Volatile.Write(ref _socket, socket);
+            if (!_channel.Paced || _channel.LinkBitsPerSecond <= 0 || _unpaceable || !OperatingSystem.IsLinux())
             {
                 return;
             }
@@ -885,10 +909,6 @@ public sealed class BulkChannel : IDisposable
                 _channel._log.Warning("bulk channel: cannot pace the connection to {0} ({1}); it sends unpaced", _endpoint, e.Message);
             }
         }
-
-        private Socket? _pacedSocket;
-        private bool _unpaceable;
-        private const int SolSocket = 1, SoMaxPacingRate = 47;
 
         /// <summary>This side never reads: a readable socket with nothing to read means the peer has closed it.</summary>
         private static bool PeerClosed(TcpClient client)

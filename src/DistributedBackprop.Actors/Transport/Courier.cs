@@ -35,7 +35,7 @@ public sealed class Courier : IExtension
     /// server), so each connection is paced at the link's share of each peer (<see cref="LinkPacing"/>).</param>
     public BulkChannel StartChannel(string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null, bool paced = false)
     {
-        Channel ??= new BulkChannel(_system, bindHost, port, publicHost, identity, policy, desk) { Paced = paced };
+        Channel ??= new BulkChannel(_system, bindHost, port, publicHost, identity, policy, desk, paced);
         _system.RegisterOnTermination(() => Channel.Dispose());
         return Channel;
     }

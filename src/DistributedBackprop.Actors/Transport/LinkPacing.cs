@@ -13,8 +13,8 @@ namespace DistributedBackprop.Actors.Transport;
 /// so every link receives from N − 1 senders together (incast). Unpaced, each flow probes for the whole link
 /// (BBR's start-up sends at ~2.9 × its estimate), a shallow switch queue overflows, and the losses cost more
 /// than the bytes: on the simulated network (`bench/network-sim.sh --workers 4 --shards 4 --rate 100mbit --mtu
-/// 9000 --batch-size 2048 --epochs 2`, 20 ms queues) the step took 2.6–3.0 × its bound, with each connection
-/// paced at the link's rate ÷ 3 1.13 ×. So each connection is paced (SO_MAX_PACING_RATE, the kernel's own
+/// 9000 --batch-size 2048 --epochs 2`, 20 ms queues) the step took 2.4–3.0 × its bound, with each connection
+/// paced at the link's rate ÷ 3 1.10–1.17 ×. So each connection is paced (SO_MAX_PACING_RATE, the kernel's own
 /// pacing) at the link's rate ÷ the number of peers this node sends the bulk of its bytes to
 /// (<see cref="BulkPeers"/>).
 /// </summary>
@@ -68,7 +68,7 @@ public static class LinkPacing
         {
             return 0;
         }
-        Match m = Regex.Match(text, @"^(\d+(?:\.\d+)?)(k|m|g)bit$");
+        Match m = Regex.Match(text, @"^([0-9]+(?:\.[0-9]+)?)(k|m|g)bit$");
         double bits = m.Success ? double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) * m.Groups[2].Value switch { "k" => 1e3, "m" => 1e6, _ => 1e9 } : 0;
         if (!m.Success || bits < 1e6 || bits > 1e13)
         {
@@ -78,9 +78,10 @@ public static class LinkPacing
     }
 
     /// <summary>
-    /// The speed, in bits per second, that the network interface holding <paramref name="address"/> reports (for
-    /// a wildcard address, the fastest interface that is up, not loopback); 0 when none reports one (loopback,
-    /// many virtual interfaces): then nothing is paced.
+    /// The speed, in bits per second, that the Ethernet interface holding <paramref name="address"/> reports (for
+    /// a wildcard address, the fastest Ethernet interface that is up); 0 when none reports one: then nothing is
+    /// paced. Only Ethernet, and only 100 Mbit/s or more: loopback reports nothing, and tunnels (tun/tap, VPNs)
+    /// report 10 Mbit/s whatever they carry; pacing below the real link would cost more than incast.
     /// </summary>
     public static long Detect(IPAddress address)
     {
@@ -90,7 +91,7 @@ public static class LinkPacing
             long best = 0;
             foreach (NetworkInterface nic in NetworkInterface.GetAllNetworkInterfaces())
             {
-                if (nic.OperationalStatus != OperationalStatus.Up || nic.NetworkInterfaceType == NetworkInterfaceType.Loopback)
+                if (nic.OperationalStatus != OperationalStatus.Up || nic.NetworkInterfaceType is not (NetworkInterfaceType.Ethernet or NetworkInterfaceType.GigabitEthernet or NetworkInterfaceType.FastEthernetT or NetworkInterfaceType.FastEthernetFx) || nic.Speed < 100_000_000)
                 {
                     continue;
                 }
@@ -110,8 +111,9 @@ public static class LinkPacing
 
     /// <summary>
     /// Bytes per second one connection may send: the link's share of each of <paramref name="bulkPeers"/>; 0 (unpaced)
-    /// with one bulk peer or none, where there is nothing to share: a worker of a single server, paced at its link's
-    /// rate, took 4–5 % longer a step (4 workers at 1 Gbit/s: 64.0–65.2 ms against 61.6–62.3 ms unpaced).
+    /// with one bulk peer or none, where there is nothing to share: the workers of a single server, each paced at its
+    /// link's rate, made the step slower (4 workers at 1 Gbit/s: 62.8–65.2 ms in four runs against 60.8–62.3 ms
+    /// unpaced in the same series).
     /// </summary>
     public static ulong PerConnection(long linkBitsPerSecond, int bulkPeers) =>
         linkBitsPerSecond <= 0 || bulkPeers < 2 ? 0 : (ulong)(linkBitsPerSecond / 8 / bulkPeers);
