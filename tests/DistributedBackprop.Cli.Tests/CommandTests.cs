@@ -197,6 +197,11 @@ public sealed partial class CommandTests : IDisposable
         DbpProcess.AssertUsageError(Dbp("worker", "--join", "127.0.0.1:9", "--insecure", "--cluster-config", config), $"{config}: dbp.bulk-channel.link-rate: 'fast' is not a link rate", "worker");
         DbpResult fromEnvironment = DbpProcess.Run(_dir, new Dictionary<string, string> { ["DBP_LINK_RATE"] = "quick" }, "worker", "--join", "127.0.0.1:9", "--insecure");
         DbpProcess.AssertUsageError(fromEnvironment, "DBP_LINK_RATE: 'quick' is not a link rate", "worker");
+        // Given as an option, the file's value is not the one used: the worker goes on to knock (nobody answers).
+        DbpResult overridden = Dbp("worker", "--join", "127.0.0.1:9", "--insecure", "--cluster-config", config, "--link-rate", "1gbit", "--join-timeout", "1");
+        Assert.Equal(1, overridden.ExitCode);
+        Assert.Contains("no server answered at 127.0.0.1:9", overridden.Stderr);
+        Assert.DoesNotContain("is not a link rate", overridden.Stderr);
     }
 
     [Fact]

@@ -67,7 +67,7 @@ public sealed record NodeSettings
             PublicHostname = PublicHostname ?? environment("DBP_PUBLIC_HOSTNAME"),
             SeedNodes = SeedNodes ?? environment("DBP_SEED_NODES")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
             BulkPort = BulkPort ?? Int(environment("DBP_BULK_PORT"), "DBP_BULK_PORT"),
-            LinkRate = LinkRate ?? Rate(environment("DBP_LINK_RATE"), "DBP_LINK_RATE"),
+            LinkRate = LinkRate ?? Transport.LinkPacing.Checked(environment("DBP_LINK_RATE"), "DBP_LINK_RATE"),
             ConfigFile = ConfigFile ?? environment("DBP_CONFIG"),
             Insecure = Insecure ?? (environment("DBP_INSECURE") is { } insecure ? insecure is "1" or "true" or "yes" : null),
             Token = Token ?? environment("DBP_JOIN_TOKEN"),
@@ -77,16 +77,6 @@ public sealed record NodeSettings
             RejoinTimeout = RejoinTimeout ?? Seconds(environment("DBP_REJOIN_TIMEOUT"), "DBP_REJOIN_TIMEOUT"),
             JoinTimeout = JoinTimeout ?? Seconds(environment("DBP_JOIN_TIMEOUT"), "DBP_JOIN_TIMEOUT"),
         };
-    }
-
-    /// <summary>A link rate from an environment variable, checked here so a typo is one line naming the variable.</summary>
-    private static string? Rate(string? text, string name)
-    {
-        if (text is not null)
-        {
-            Transport.LinkPacing.Parse(text, name);
-        }
-        return text;
     }
 
     /// <summary>A duration in seconds from an environment variable: 0 to a week.</summary>
@@ -177,8 +167,12 @@ public sealed record NodeSettings
             }
             try
             {
-                // Checked now, so a bad value is one line naming the file, not a failure as the bulk channel starts.
-                Transport.LinkPacing.Parse(config.GetString("dbp.bulk-channel.link-rate", "auto"), "dbp.bulk-channel.link-rate");
+                // Checked now, so a bad value is one line naming the file, not a failure as the bulk channel starts;
+                // only when it is the one used (an option or variable overrides it).
+                if (LinkRate is null)
+                {
+                    Transport.LinkPacing.Parse(config.GetString("dbp.bulk-channel.link-rate", "auto"), "dbp.bulk-channel.link-rate");
+                }
             }
             catch (ArgumentException e)
             {

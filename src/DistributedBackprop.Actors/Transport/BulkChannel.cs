@@ -78,10 +78,15 @@ public sealed class BulkChannel : IDisposable
     private long _bytesSent, _bytesReceived, _refusals;
     private int _open;
 
-    /// <param name="paced">see <see cref="Paced"/>.</param>
+    /// <param name="paced">
+    /// Each connection paced at the link's share of each bulk peer (<see cref="BulkPeers"/>): for a worker node, whose
+    /// slices go to nodes that other workers send to at the same time (shards, the server). The server's channel is
+    /// not paced: each worker it sends θ to hears from it alone, and pacing its connections, even each at the link's
+    /// rate, made the step slower (`bench/network-sim.sh --workers 4 --shards 1 --rate 1gbit --epochs 2`: 66–69 ms a
+    /// step against 59–62 ms unpaced).
+    /// </param>
     public BulkChannel(ExtendedActorSystem system, string bindHost, int port, string publicHost, NodeIdentity? identity, InboundPolicy policy, EnrollmentDesk? desk = null, bool paced = false)
     {
-        Paced = paced;
         _system = system;
         _actors = new BoundedCache<string, IActorRef>(system.Provider.ResolveActorRef);
         _log = Logging.GetLogger(system, "bulk-channel");
@@ -93,10 +98,14 @@ public sealed class BulkChannel : IDisposable
         _listener = new TcpListener(BindAddress(bindHost), port);
         if (paced)
         {
-            LinkBitsPerSecond = _settings.LinkBitsPerSecond ?? LinkPacing.Detect(BindAddress(bindHost));
+            // SO_MAX_PACING_RATE is Linux's: elsewhere the link stays 0, and nothing is paced.
+            LinkBitsPerSecond = OperatingSystem.IsLinux() ? _settings.LinkBitsPerSecond ?? LinkPacing.Detect(BindAddress(bindHost)) : 0;
+            string source = !OperatingSystem.IsLinux() ? "pacing needs Linux"
+                : _settings.LinkBitsPerSecond is not null ? "dbp.bulk-channel.link-rate"
+                : LinkBitsPerSecond > 0 ? "as the interface reports it" : "no Ethernet interface of 100 Mbit/s or more reports its speed";
             _log.Info(LinkBitsPerSecond > 0
-                ? $"bulk channel: a link of {LinkBitsPerSecond / 1e6:0.#} Mbit/s ({(_settings.LinkBitsPerSecond is null ? "as the interface reports it" : "dbp.bulk-channel.link-rate")}), each connection paced at its share of each bulk peer"
-                : $"bulk channel: not paced ({(_settings.LinkBitsPerSecond is null ? "no Ethernet interface of 100 Mbit/s or more reports its speed" : "link-rate off")})");
+                ? $"bulk channel: a link of {LinkBitsPerSecond / 1e6:0.#} Mbit/s ({source}), each connection paced at its share of each bulk peer"
+                : $"bulk channel: not paced ({source})");
         }
         // Two processes must never share a port silently.
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
@@ -108,17 +117,8 @@ public sealed class BulkChannel : IDisposable
     /// <summary>host:port where peers reach this node's channel.</summary>
     public string Endpoint { get; }
 
-    /// <summary>The link the connections' pacing shares out, in bits per second (0: not paced).</summary>
+    /// <summary>The link the connections' pacing shares out, in bits per second; 0: not paced (the server, link-rate off, no speed known, not Linux).</summary>
     public long LinkBitsPerSecond { get; }
-
-    /// <summary>
-    /// Each connection paced at the link's share of each bulk peer (<see cref="BulkPeers"/>): set on a worker node,
-    /// whose slices go to nodes that other workers send to at the same time (shards, the server). The server's
-    /// channel is not paced: each worker it sends θ to hears from it alone, and pacing its connections, even each at
-    /// the link's rate, made the step slower (4 workers at 1 Gbit/s, one shard: 66–69 ms a step against 59–62 ms
-    /// unpaced).
-    /// </summary>
-    public bool Paced { get; }
 
     /// <summary>
     /// The peers this node sends the bulk of its bytes to now: those whose recent bytes (<see cref="Outgoing.RecentBytes"/>)
@@ -695,11 +695,9 @@ public sealed class BulkChannel : IDisposable
             }
         }
 
-        /// <summary>The pacing rate last set on <see cref="_pacedSocket"/>, bytes per second (0: unpaced).</summary>
-        private ulong _pacedAt;
-        private Socket? _pacedSocket;
-        /// <summary>The connection's socket now (whether paced or not), for <see cref="PacingInKernel"/>.</summary>
+        /// <summary>The connection's socket now (paced or not), and the pacing rate last set on it, bytes per second (0: unpaced).</summary>
         private Socket? _socket;
+        private ulong _pacedAt;
         private bool _unpaceable;
         private const int SolSocket = 1, SoMaxPacingRate = 47;
 
@@ -885,14 +883,15 @@ public sealed class BulkChannel : IDisposable
         /// </summary>
         private void Pace(Socket socket, long payloadBytes)
         {
+            bool fresh = socket != _socket;
             Volatile.Write(ref _socket, socket);
-            if (!_channel.Paced || _channel.LinkBitsPerSecond <= 0 || _unpaceable || !OperatingSystem.IsLinux())
+            if (_channel.LinkBitsPerSecond <= 0 || _unpaceable)
             {
                 return;
             }
             Sent(payloadBytes, Stopwatch.GetTimestamp());
             ulong rate = LinkPacing.PerConnection(_channel.LinkBitsPerSecond, _channel.BulkPeers());
-            if (rate == _pacedAt && socket == _pacedSocket)
+            if (rate == _pacedAt && !fresh)
             {
                 return;
             }
@@ -901,7 +900,6 @@ public sealed class BulkChannel : IDisposable
                 // SO_MAX_PACING_RATE (Linux): the kernel spaces the connection's packets at this rate (all ones: unlimited).
                 socket.SetRawSocketOption(SolSocket, SoMaxPacingRate, BitConverter.GetBytes(rate == 0 ? ulong.MaxValue : rate));
                 _pacedAt = rate;
-                Volatile.Write(ref _pacedSocket, socket);
             }
             catch (Exception e) when (e is SocketException or PlatformNotSupportedException)
             {

@@ -77,6 +77,16 @@ public static class LinkPacing
         return (long)bits;
     }
 
+    /// <summary><paramref name="value"/> as given (null: not given), once <see cref="Parse"/> has taken it: a bad one is an <see cref="ArgumentException"/> naming <paramref name="setting"/>.</summary>
+    public static string? Checked(string? value, string setting)
+    {
+        if (value is not null)
+        {
+            Parse(value, setting);
+        }
+        return value;
+    }
+
     /// <summary>
     /// The speed, in bits per second, that the Ethernet interface holding <paramref name="address"/> reports (for
     /// a wildcard address, the fastest Ethernet interface that is up); 0 when none reports one: then nothing is
@@ -112,8 +122,8 @@ public static class LinkPacing
     /// <summary>
     /// Bytes per second one connection may send: the link's share of each of <paramref name="bulkPeers"/>; 0 (unpaced)
     /// with one bulk peer or none, where there is nothing to share: the workers of a single server, each paced at its
-    /// link's rate, made the step slower (4 workers at 1 Gbit/s: 62.8–65.2 ms in four runs against 60.8–62.3 ms
-    /// unpaced in the same series).
+    /// link's rate, made the step slower (`bench/network-sim.sh --workers 4 --shards 1 --rate 1gbit --epochs 2`:
+    /// 62.8–65.2 ms in four runs against 60.8–62.3 ms unpaced in the same series).
     /// </summary>
     public static ulong PerConnection(long linkBitsPerSecond, int bulkPeers) =>
         linkBitsPerSecond <= 0 || bulkPeers < 2 ? 0 : (ulong)(linkBitsPerSecond / 8 / bulkPeers);

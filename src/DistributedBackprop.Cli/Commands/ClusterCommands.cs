@@ -227,7 +227,7 @@ internal static class WorkerCommand
                 ServerBulkPort = parse.GetResult(serverBulkPort) is { Implicit: false } ? parse.GetValue(serverBulkPort) : settings.ServerBulkPort,
                 RejoinTimeout = parse.GetResult(rejoinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(rejoinTimeout)) : settings.RejoinTimeout,
                 JoinTimeout = parse.GetResult(joinTimeout) is { Implicit: false } ? TimeSpan.FromSeconds(parse.GetValue(joinTimeout)) : settings.JoinTimeout,
-                LinkRate = NodeOptionSet.CheckLinkRate(parse.GetValue(linkRate)) ?? settings.LinkRate,
+                LinkRate = LinkPacing.Checked(parse.GetValue(linkRate), "--link-rate") ?? settings.LinkRate,
             };
             if (parse.GetValue(node.ShowConfig))
             {

@@ -43,23 +43,6 @@ internal sealed class NodeOptionSet
         return settings;
     }
 
-    /// <summary>A worker's --link-rate, checked here so a typo is one line naming the option.</summary>
-    public static string? CheckLinkRate(string? rate)
-    {
-        if (rate is not null)
-        {
-            try
-            {
-                LinkPacing.Parse(rate, "--link-rate");
-            }
-            catch (ArgumentException e)
-            {
-                throw new UsageException(e.Message);
-            }
-        }
-        return rate;
-    }
-
     /// <summary>
     /// --bind-host must name an address of this machine: resolved and bound (port 0, no listen) now, so a typo
     /// is one line naming the option instead of a SocketException from deep inside the node's start.
