@@ -45,6 +45,12 @@ public class GemmTests
             foreach (int m in EdgeSizes(b.MC)) shapes.Add((m, 17, 9));
             foreach (int n in EdgeSizes(b.NC)) shapes.Add((2, n, 3));
         }
+        // AVX2's row edges (a block's last 1–4 rows in 4×16 or 2×32 tiles): every remainder of 6, at the end of a
+        // block of MC = 96 rows too, against lone, paired, partial and odd counts of 16-column slivers, over several slabs.
+        foreach (int m in new[] { 2, 3, 4, 8, 9, 10, 32, 100, 98 })
+            foreach (int n in new[] { 3, 16, 17, 33, 48, 64 })
+                foreach (int k in new[] { 5, 2 * GemmBlocking.Vector256.KC + 1 })
+                    shapes.Add((m, n, k));
         shapes.Add((0, 5, 3));
         shapes.Add((4, 0, 3));
         shapes.Add((4, 5, 0));

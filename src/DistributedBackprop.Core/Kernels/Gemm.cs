@@ -112,11 +112,13 @@ public static unsafe class Gemm
                         {
                             PackA(pa, a.RowStride, a.ColStride, ic, mc, pcIdx, kc, mr, packA);
                         }
-                        // Loops 2 and 1 (jr, ir): micro-tiles.
+                        // Loops 2 and 1 (jr, ir): micro-tiles; on AVX2 a block's last 1–4 rows after them, in tiles of their own.
+                        int edgeRows = tier == SimdTier.Vector256 && mc % mr < mr - 1 ? mc % mr : 0;
+                        int bodyRows = mc - edgeRows;
                         for (int jr = 0; jr < nc; jr += nr)
                         {
                             int cols = Math.Min(nr, nc - jr);
-                            for (int ir = 0; ir < mc; ir += mr)
+                            for (int ir = 0; ir < bodyRows; ir += mr)
                             {
                                 int rows = Math.Min(mr, mc - ir);
                                 float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
@@ -134,6 +136,10 @@ public static unsafe class Gemm
                                 }
                             }
                         }
+                        if (edgeRows > 0)
+                        {
+                            MultiplyEdgeRows(edgeRows, kc, aBlock + (long)bodyRows * kc, packB, nc, pc + (long)(ic + bodyRows) * ldc + jc, ldc, tile);
+                        }
                     }
                 }
             }
@@ -141,6 +147,43 @@ public static unsafe class Gemm
         if (packKept)
         {
             packedA!.Keep(m, k, tier);
+        }
+    }
+
+    /// <summary>
+    /// AVX2: the last <paramref name="rows"/> (1–4) rows of a block, whose packed sliver is padded to 6 rows, against every
+    /// B sliver of the panel: 3–4 rows in 4×16 tiles, 1–2 rows in 2×32 tiles (two B slivers at a time), so a batch 2 rows
+    /// past a multiple of 6 does the work of its rows, not of 6 (<see cref="MicroKernels.FourRowsBy16"/>). Tiles that
+    /// stick out of C go through <paramref name="tile"/> (4×16 or 2×32 floats), zero-padded. The same chains: the same bits.
+    /// </summary>
+    private static void MultiplyEdgeRows(int rows, int kc, float* aSliver, float* packB, int nc, float* cRows, int ldc, float* tile)
+    {
+        int width = rows > 2 ? 16 : 32, tileRows = rows > 2 ? 4 : 2;
+        for (int jr = 0; jr < nc; jr += width)
+        {
+            int cols = Math.Min(width, nc - jr);
+            float* left = packB + (long)jr * kc, cTile = cRows + jr;
+            // A lone last sliver is its own right half too; those columns are dropped with the tile.
+            float* right = cols > 16 ? left + 16L * kc : left;
+            bool whole = rows == tileRows && cols == width;
+            float* c = whole ? cTile : tile;
+            nint ldt = whole ? ldc : width;
+            if (!whole)
+            {
+                CopyTile(cTile, ldc, tile, width, rows, cols, zeroPad: true, tileRows, width);
+            }
+            if (tileRows == 4)
+            {
+                MicroKernels.FourRowsBy16(kc, aSliver, left, c, ldt);
+            }
+            else
+            {
+                MicroKernels.TwoRowsBy32(kc, aSliver, left, right, c, ldt);
+            }
+            if (!whole)
+            {
+                CopyTile(tile, width, cTile, ldc, rows, cols, zeroPad: false, tileRows, width);
+            }
         }
     }
 

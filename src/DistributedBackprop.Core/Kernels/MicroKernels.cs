@@ -208,6 +208,66 @@ internal static unsafe class MicroKernels
         c50 = Vector256.FusedMultiplyAdd(av, b0, c50); c51 = Vector256.FusedMultiplyAdd(av, b1, c51);
     }
 
+    /// <summary>
+    /// AVX2's row edges: the same chains for the first 4 rows of a packed 6-row sliver (A's stride per p stays 6),
+    /// C continued from its current values. A 6×16 tile for a block's last 2, 3 or 4 rows did the work of 6: a batch
+    /// of 32, 128 or 512 is 2 rows past a multiple of 6, which cost (32×784)·(784×256) 11 % (36 rows' work for 32).
+    /// Eight accumulators, as many as two FMA ports with a 4-cycle latency keep busy.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void FourRowsBy16(int kc, float* a, float* b, float* c, nint ldc)
+    {
+        Vector256<float> c00 = Vector256.Load(c), c01 = Vector256.Load(c + 8);
+        Vector256<float> c10 = Vector256.Load(c + ldc), c11 = Vector256.Load(c + ldc + 8);
+        Vector256<float> c20 = Vector256.Load(c + 2 * ldc), c21 = Vector256.Load(c + 2 * ldc + 8);
+        Vector256<float> c30 = Vector256.Load(c + 3 * ldc), c31 = Vector256.Load(c + 3 * ldc + 8);
+        for (int p = 0; p < kc; p++)
+        {
+            Vector256<float> b0 = Vector256.Load(b), b1 = Vector256.Load(b + 8);
+            Vector256<float> av = Vector256.Create(a[0]);
+            c00 = Vector256.FusedMultiplyAdd(av, b0, c00); c01 = Vector256.FusedMultiplyAdd(av, b1, c01);
+            av = Vector256.Create(a[1]);
+            c10 = Vector256.FusedMultiplyAdd(av, b0, c10); c11 = Vector256.FusedMultiplyAdd(av, b1, c11);
+            av = Vector256.Create(a[2]);
+            c20 = Vector256.FusedMultiplyAdd(av, b0, c20); c21 = Vector256.FusedMultiplyAdd(av, b1, c21);
+            av = Vector256.Create(a[3]);
+            c30 = Vector256.FusedMultiplyAdd(av, b0, c30); c31 = Vector256.FusedMultiplyAdd(av, b1, c31);
+            a += GemmBlocking.Vector256.MR;
+            b += 16;
+        }
+        c00.Store(c); c01.Store(c + 8);
+        c10.Store(c + ldc); c11.Store(c + ldc + 8);
+        c20.Store(c + 2 * ldc); c21.Store(c + 2 * ldc + 8);
+        c30.Store(c + 3 * ldc); c31.Store(c + 3 * ldc + 8);
+    }
+
+    /// <summary>
+    /// The first 2 rows of a packed 6-row sliver against two 16-column B slivers side by side (C's columns 0–15 from
+    /// <paramref name="left"/>, 16–31 from <paramref name="right"/>): 2×16 alone would have 4 chains, half what the FMA
+    /// ports need. C continued from its current values.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void TwoRowsBy32(int kc, float* a, float* left, float* right, float* c, nint ldc)
+    {
+        Vector256<float> c00 = Vector256.Load(c), c01 = Vector256.Load(c + 8), c02 = Vector256.Load(c + 16), c03 = Vector256.Load(c + 24);
+        Vector256<float> c10 = Vector256.Load(c + ldc), c11 = Vector256.Load(c + ldc + 8), c12 = Vector256.Load(c + ldc + 16), c13 = Vector256.Load(c + ldc + 24);
+        for (int p = 0; p < kc; p++)
+        {
+            Vector256<float> b0 = Vector256.Load(left), b1 = Vector256.Load(left + 8), b2 = Vector256.Load(right), b3 = Vector256.Load(right + 8);
+            Vector256<float> av = Vector256.Create(a[0]);
+            c00 = Vector256.FusedMultiplyAdd(av, b0, c00); c01 = Vector256.FusedMultiplyAdd(av, b1, c01);
+            c02 = Vector256.FusedMultiplyAdd(av, b2, c02); c03 = Vector256.FusedMultiplyAdd(av, b3, c03);
+            av = Vector256.Create(a[1]);
+            c10 = Vector256.FusedMultiplyAdd(av, b0, c10); c11 = Vector256.FusedMultiplyAdd(av, b1, c11);
+            c12 = Vector256.FusedMultiplyAdd(av, b2, c12); c13 = Vector256.FusedMultiplyAdd(av, b3, c13);
+            a += GemmBlocking.Vector256.MR;
+            left += 16;
+            right += 16;
+        }
+        c00.Store(c); c01.Store(c + 8); c02.Store(c + 16); c03.Store(c + 24);
+        c10.Store(c + ldc); c11.Store(c + ldc + 8); c12.Store(c + ldc + 16); c13.Store(c + ldc + 24);
+    }
+
     /// <summary>128-bit lanes with hardware FMA (ARM64 NEON: 24 accumulators + 4 B vectors + 1 broadcast of its 32 registers); the 6×16 panel of the other tiers.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Kernel6x16Neon(int kc, float* a, float* b, float* c, nint ldc, TileMode mode, float** addends, int addendCount)
