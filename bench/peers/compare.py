@@ -4,7 +4,7 @@ same moment: for each round, each configuration runs ours, then PyTorch, back to
 computed per round and the median reported, because absolute figures drift on a shared machine.
 
     /usr/bin/python3 bench/peers/compare.py training [--rounds 3] [--batches 32,128,512] [--threads 1,2]
-    /usr/bin/python3 bench/peers/compare.py gemm [--rounds 3]
+    /usr/bin/python3 bench/peers/compare.py gemm [--rounds 3] [--batches 32,128,512]
     /usr/bin/python3 bench/peers/compare.py actors [--rounds 3]
 
 PyTorch is Debian's python3-torch with OpenBLAS (apt: python3-torch python3-threadpoolctl
@@ -51,15 +51,6 @@ def torch(batch, threads, coretype):
     m = re.search(r"median\s+([0-9.]+) samples/s", out)
     kernel = re.search(r"'openblas', '[^']*', '([^']*)'", out)
     return float(m.group(1)), kernel.group(1) if kernel else "?"
-
-
-def numpy_gemm(coretype):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    env.pop("OPENBLAS_CORETYPE", None)
-    if coretype:
-        env["OPENBLAS_CORETYPE"] = coretype
-    out = subprocess.run(["/usr/bin/python3", os.path.join(PEERS, "gemm_bench.py")], check=True, capture_output=True, text=True, env=env).stdout
-    return {f"{m}x{k}x{n}": float(g) for m, k, _, n, g in re.findall(r"GEMM (\d+)x(\d+) @ (\d+)x(\d+): median\s+([0-9.]+)", out)}
 
 
 def training(args):
@@ -117,26 +108,54 @@ def actors(args):
     print(f"- rounds: {len(runs)}")
 
 
+# OpenBLAS timed on any list of shapes with the peers' own loop (gemm_bench.bench: 5 repetitions of ~0.4 s, median).
+NUMPY_SHAPES = """import json, statistics, sys
+sys.path.insert(0, sys.argv[1])
+from gemm_bench import bench
+print(json.dumps({s: statistics.median(bench(*map(int, s.split("x")))) for s in sys.argv[2:]}))
+"""
+
+
+def numpy_gemm_shapes(coretype, shapes):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    env.pop("OPENBLAS_CORETYPE", None)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    out = subprocess.run(["/usr/bin/python3", "-c", NUMPY_SHAPES, PEERS, *shapes], check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out)
+
+
 def gemm(args):
-    shapes = ["128x784x256", "128x256x128", "128x128x10", "784x128x256", "128x256x784", "32x784x256", "512x784x256"]
-    rows = {}
+    """Every matrix product of a 784-256-128-10 step at each batch (forward, input gradients, and the weight
+    gradients as the trainer runs them: the chunk tree's product over 8 chunks), ours from `dbp bench`'s own
+    timing of the step's products, OpenBLAS on the same (m×k)·(k×n) as a plain product, both as a fraction of
+    the peak FLOP/s `dbp bench` measures for one core with a pure-FMA loop."""
+    rows, peaks = {}, []
     for r in range(args.rounds):
-        out = subprocess.run([DBP, "bench", "--inputs", "16", "--layers", "none", "--outputs", "2", "--seconds", "0.1", "--windows", "1",
-                              "--warmup", "0.1", "--no-gemm", "--gemm-shapes", ",".join(shapes), "--json"], check=True, capture_output=True, text=True).stdout
-        mine = {f"{g['m']}x{g['k']}x{g['n']}": g["gflops"] for g in json.loads(out)["gemm"]}
-        detected = numpy_gemm(None)
-        forced = numpy_gemm(args.coretype)
-        for s in shapes:
-            rows.setdefault(s, []).append((mine[s], detected.get(s, float("nan")), forced.get(s, float("nan"))))
+        for batch in args.batches:
+            out = subprocess.run([DBP, "bench", "--batch-size", str(batch), "--seconds", "0.1", "--windows", "1", "--warmup", "0.1", "--json"],
+                                 check=True, capture_output=True, text=True).stdout
+            report = json.loads(out)
+            peaks.append(report["peak_gflops"])
+            # Two products may share a shape (layer 1's input and weight gradients at batch 128): keyed by name too.
+            mine = {(f"layer {g['layer']} {g['product']}", f"{g['m']}x{g['k']}x{g['n']}"): g["gflops"] for g in report["gemm"]}
+            shapes = sorted({shape for _, shape in mine})
+            detected = numpy_gemm_shapes(None, shapes)
+            forced = numpy_gemm_shapes(args.coretype, shapes)
+            for (name, shape), gflops in mine.items():
+                rows.setdefault((batch, name, shape), []).append((gflops, detected[shape], forced[shape]))
         print(f"round {r + 1} done", file=sys.stderr)
-    print(f"| (m×k)·(k×n) | ours GFLOP/s | OpenBLAS as detected | OpenBLAS {args.coretype} | ours / best OpenBLAS |")
-    print("|---|---|---|---|---|")
-    for s in shapes:
-        runs = rows[s]
-        m, k, n = s.split("x")
+    peak = statistics.median(peaks)
+    print(f"peak of one core (pure-FMA loop, `dbp bench`): {peak:.1f} GFLOP/s")
+    print()
+    print(f"| batch | product | (m×k)·(k×n) | ours GFLOP/s (of peak) | OpenBLAS as detected | OpenBLAS {args.coretype} | ours / best OpenBLAS |")
+    print("|---|---|---|---|---|---|---|")
+    for (batch, name, shape), runs in rows.items():
+        m, k, n = shape.split("x")
         med = lambda i: statistics.median(x[i] for x in runs)
         ratio = statistics.median(x[0] / max(x[1], x[2]) for x in runs)
-        print(f"| ({m}×{k})·({k}×{n}) | {med(0):.1f} | {med(1):.1f} | {med(2):.1f} | {ratio:.2f} (n={len(runs)}) |")
+        print(f"| {batch} | {name} | ({m}×{k})·({k}×{n}) | {med(0):.1f} ({med(0) / peak:.0%}) | {med(1):.1f} ({med(1) / peak:.0%}) "
+              f"| {med(2):.1f} ({med(2) / peak:.0%}) | {ratio:.2f} (n={len(runs)}) |")
 
 
 def main():
