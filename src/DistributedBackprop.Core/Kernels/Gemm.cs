@@ -249,12 +249,19 @@ public static unsafe class Gemm
         // then adds in registers (every merge is one addend of one leaf: chunks − 1 in all).
         Span<int> plan = chunks <= 512 ? stackalloc int[3 * chunks + 1] : new int[3 * chunks + 1];
         PlanTreeWalk(chunks, maxDepth, plan[..chunks], plan.Slice(chunks, chunks + 1), plan[(2 * chunks + 1)..]);
-        float** addends = stackalloc float*[maxDepth];
+        // The addends' tiles as addresses, once per product: each leaf then passes its run of them as it is.
+        Span<nint> addendTiles = chunks <= 512 ? stackalloc nint[chunks] : new nint[chunks];
 
         fixed (float* pa = a.Data, pb = b.Data, pc = c)
         fixed (int* starts = chunkStarts, leafSlot = plan)
+        fixed (nint* addendAddresses = addendTiles)
         {
             int* firstAddend = leafSlot + chunks, addendSlot = firstAddend + chunks + 1;
+            float** addends = (float**)addendAddresses;
+            for (int t = 0; t < firstAddend[chunks]; t++)
+            {
+                addends[t] = stack + addendSlot[t] * tileSize;
+            }
             if (packOnce)
             {
                 PackB(pb, b.RowStride, b.ColStride, 0, k, 0, n, nr, packB);
@@ -292,7 +299,7 @@ public static unsafe class Gemm
                                 {
                                     PrefetchTile(pc + (long)ic * ldc + jc + jr + nr, ldc, Math.Min(mr, mc), Math.Min(nr, nc - jr - nr));
                                 }
-                                MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, addendSlot, aSliver, bSliver, stack, addends,
+                                MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends,
                                     fullTile ? cTile : null, ldc);
                                 if (!fullTile)
                                 {
