@@ -101,8 +101,10 @@ def actors(args):
                      ("ddp_2", "PyTorch DDP, 2 gloo processes × 128"), ("ddp_base", "PyTorch 1 process, no DDP, batch 128")]:
         print(f"| {label} | {med(k):,.0f} |")
     print()
-    print(f"- scaling, 2 workers / 1 worker: {ratio('workers_2', 'workers_1'):.2f}")
-    print(f"- actor overhead, 1 worker / plain trainer: {ratio('workers_1', 'plain_1t'):.2f}")
+    rounds = lambda a, b: ", ".join(f"{x[a] / x[b]:.2f}" for x in runs)
+    print(f"- scaling, 2 workers / 1 worker: {ratio('workers_2', 'workers_1'):.2f} (rounds {rounds('workers_2', 'workers_1')})")
+    print(f"- actor overhead, 1 worker / plain trainer: {ratio('workers_1', 'plain_1t'):.2f} (rounds {rounds('workers_1', 'plain_1t')})")
+    print(f"- 2 workers / plain trainer with 2 threads: {ratio('workers_2', 'plain_2t'):.2f} (rounds {rounds('workers_2', 'plain_2t')})")
     print(f"- 2 workers / PyTorch 2 threads: {ratio('workers_2', 'torch_2t'):.2f}; 2 workers / PyTorch DDP: {ratio('workers_2', 'ddp_2'):.2f}")
     print(f"- parameter server share of the step with 2 workers: {med('server_fraction'):.1%}; waiting for the slower worker: {med('wait_fraction'):.1%}")
     print(f"- rounds: {len(runs)}")
