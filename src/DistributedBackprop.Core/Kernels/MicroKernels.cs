@@ -5,7 +5,8 @@ namespace DistributedBackprop.Kernels;
 
 /// <summary>
 /// Register-tiled micro-kernels: C[0..MR, 0..NR] = C (or 0) + Σ_p a[p, :] ⊗ b[p, :] over packed slivers,
-/// a: kc×MR (MR values per p), b: kc×NR (NR values per p). Each output element is one FMA chain in
+/// a: kc×MR (MR values per p), b: kc×NR (NR values per p); AVX2's edge kernels take fewer rows of such an a sliver
+/// (<see cref="Kernel4x16"/>, <see cref="Kernel2x32"/>). Each output element is one FMA chain in
 /// p order, starting from the loaded C or from +0 — the definition <see cref="NaiveGemm"/> spells out.
 /// The chain may then have tiles added to it before it is stored (the chunk tree's merges, <see cref="Gemm.ChunkTreeProduct(StridedMatrix{float}, StridedMatrix{float}, ReadOnlySpan{int}, Span{float}, int, SimdTier)"/>).
 /// </summary>
@@ -36,7 +37,7 @@ internal static unsafe class MicroKernels
     /// One tile's leaves of the chunk tree, in chunk order, as <c>Gemm.PlanTreeWalk</c> planned them: chunk c's chain
     /// over rows [starts[c], starts[c+1]) of the slivers from +0, plus the tiles addends[firstAddend[c] ..
     /// firstAddend[c+1]) in that order (slots of <paramref name="stack"/>, their addresses worked out once per product:
-    /// 1.05 × on the weight gradients at batch 32, `bash bench/gemm-ab.sh 64e5092 100 32`), stored in slot leafSlot[c]
+    /// 1.03–1.05 × on the weight gradients at batch 32, 1.00–1.02 × at 128, `bash bench/gemm-ab.sh 64e5092 100 B`), stored in slot leafSlot[c]
     /// of <paramref name="stack"/> (tiles MR×NR, row stride NR); the last chunk's result, the root, goes to
     /// <paramref name="root"/> (row stride ldc) if it is given.
     /// </summary>
@@ -213,7 +214,7 @@ internal static unsafe class MicroKernels
     /// Eight accumulators, as many as two FMA ports with a 4-cycle latency keep busy.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void FourRowsBy16(int kc, float* a, float* b, float* c, nint ldc)
+    public static void Kernel4x16(int kc, float* a, float* b, float* c, nint ldc)
     {
         Vector256<float> c00 = Vector256.Load(c), c01 = Vector256.Load(c + 8);
         Vector256<float> c10 = Vector256.Load(c + ldc), c11 = Vector256.Load(c + ldc + 8);
@@ -245,7 +246,7 @@ internal static unsafe class MicroKernels
     /// ports need. C continued from its current values.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void TwoRowsBy32(int kc, float* a, float* left, float* right, float* c, nint ldc)
+    public static void Kernel2x32(int kc, float* a, float* left, float* right, float* c, nint ldc)
     {
         Vector256<float> c00 = Vector256.Load(c), c01 = Vector256.Load(c + 8), c02 = Vector256.Load(c + 16), c03 = Vector256.Load(c + 24);
         Vector256<float> c10 = Vector256.Load(c + ldc), c11 = Vector256.Load(c + ldc + 8), c12 = Vector256.Load(c + ldc + 16), c13 = Vector256.Load(c + ldc + 24);
