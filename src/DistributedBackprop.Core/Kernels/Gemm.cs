@@ -114,8 +114,8 @@ public static unsafe class Gemm
                             PackA(pa, a.RowStride, a.ColStride, ic, mc, pcIdx, kc, mr, packA);
                         }
                         // Loops 2 and 1 (jr, ir): micro-tiles; on AVX2 a block's last 1–4 rows after them, in tiles of their own
-                        // (run sliver by sliver instead, while each B sliver is in L1: 0.98–1.00 ×, so kept simple).
-                        // (5 rows stay in the padded 6×16 tile: 5/6 of its work is useful.)
+                        // (5 rows stay in the padded 6×16 tile: 5/6 of its work is useful). Run sliver by sliver instead,
+                        // while each B sliver is in L1, they measured 0.98–1.00 × (`bash bench/gemm-ab.sh 1ff0e9d 100 32`).
                         int edgeRows = tier == SimdTier.Vector256 && mc % mr < mr - 1 ? mc % mr : 0;
                         int bodyRows = mc - edgeRows;
                         for (int jr = 0; jr < nc; jr += nr)
@@ -161,13 +161,14 @@ public static unsafe class Gemm
     /// </summary>
     private static void MultiplyEdgeRows(int rows, int kc, float* aSliver, float* packB, int nc, float* cRows, int ldc, float* tile)
     {
-        int width = rows > 2 ? 16 : 32, tileRows = rows > 2 ? 4 : 2;
+        const int nr = 16;
+        int width = rows > 2 ? nr : 2 * nr, tileRows = rows > 2 ? 4 : 2;
         for (int jr = 0; jr < nc; jr += width)
         {
             int cols = Math.Min(width, nc - jr);
             float* left = packB + (long)jr * kc, cTile = cRows + jr;
             // A lone last sliver is its own right half too; those columns are dropped with the tile.
-            float* right = cols > 16 ? left + 16L * kc : left;
+            float* right = cols > nr ? left + (long)nr * kc : left;
             bool whole = rows == tileRows && cols == width;
             float* c = whole ? cTile : tile;
             nint ldt = whole ? ldc : width;
