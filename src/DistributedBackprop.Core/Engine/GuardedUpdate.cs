@@ -144,9 +144,12 @@ public sealed class GuardedUpdate
         var (start, count) = Slice(lane);
         float[] parameters = _session.Parameters;
         bool finite = true;
-        for (int from = start, end = start + count; from < end; from += Block)
+        // Backwards, block by block: the gradient's blocks the reduce pass touched last are still in this core's
+        // L2 (512 KB on Zen 3, a lane's slice of the gradient is 0.47 MB for 784-256-128-10 on two lanes), so they are
+        // applied first, before the blocks read from L3 push them out. Element-wise: the same bits in any order.
+        for (int from = start + (count - 1) / Block * Block; count > 0 && from >= start; from -= Block)
         {
-            int length = Math.Min(Block, end - from);
+            int length = Math.Min(Block, start + count - from);
             _session.Optimizer.ApplyRange(parameters, _gradient, _learningRate, from, length);
             // The parameters show any overflow of SGD's or momentum's update (w ← w − γv) and a NaN or infinite
             // Adam m; Adam's v ← β2 v + (1 − β2) g² can overflow alone (the step m̂/(√v̂ + ε) is then 0, and
