@@ -7,6 +7,8 @@
 #   DBP_INSECURE=1 bash bench/cluster-vs-local.sh [rounds] [epochs]   (plain TCP, --insecure)
 #   DBP_SHARDS=2 bash bench/cluster-vs-local.sh …   (the cluster with `--server-shards 2`: a shard on each worker
 #                                                    node, so half of θ and of each gradient stays in its process)
+#   DBP_TIMELINE=1 bash bench/cluster-vs-local.sh …   (also where each cluster round's steps spend their time:
+#                                                    DBP_STEP_TIMELINE for its three processes, bench/step-timeline.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}; epochs=${2:-4}
@@ -22,18 +24,21 @@ rows=[json.loads(l).get('worker_busy_fraction') or {} for l in open(sys.argv[1])
 print(', '.join(f'{w} {statistics.median(r[w] for r in rows if w in r):.2f}' for w in sorted(rows[-1])))" "$1"; }
 for r in $(seq 1 "$rounds"); do
   "$dbp" train "${args[@]}" --workers 2 --metrics "$work/local.jsonl" >/dev/null
-  "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" ${DBP_INSECURE:+--insecure} --server-shards "${DBP_SHARDS:-1}" \
+  timeline=()
+  [ -n "${DBP_TIMELINE:-}" ] && timeline=(env DBP_STEP_TIMELINE="$work/timeline-$r")
+  "${timeline[@]}" "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" ${DBP_INSECURE:+--insecure} --server-shards "${DBP_SHARDS:-1}" \
     --state-dir "$work/state" --token-file "$work/token" >"$work/serve.out" 2>"$work/serve.err" &
   server=$!
   for _ in $(seq 1 200); do grep -q "workers join with" "$work/serve.err" && break; sleep 0.1; done
   # The exact worker command line the server printed (join address, bulk port, token file or --insecure).
   read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$work/serve.err" | head -1 | sed 's/.*dbp //')"
-  "$dbp" "${join[@]}" >/dev/null 2>&1 &
-  "$dbp" "${join[@]}" >/dev/null 2>&1 &
+  "${timeline[@]}" "$dbp" "${join[@]}" >/dev/null 2>&1 &
+  "${timeline[@]}" "$dbp" "${join[@]}" >/dev/null 2>&1 &
   wait "$server"
   wait
   l=$(median "$work/local.jsonl"); c=$(median "$work/cluster.jsonl")
   echo "round $r: local mode $l samples/s, cluster (3 processes) $c samples/s, ratio $(python3 -c "print(round($c/$l, 3))")"
   grep '^cluster:' "$work/serve.out"
   echo "  workers busy (median fraction of epochs 2..): cluster $(busy "$work/cluster.jsonl"); local $(busy "$work/local.jsonl")"
+  [ -n "${DBP_TIMELINE:-}" ] && python3 bench/step-timeline.py "$work/timeline-$r" | sed 's/^/  /'
 done

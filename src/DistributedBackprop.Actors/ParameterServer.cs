@@ -421,6 +421,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
                 continue;
             }
             // With shards θ comes from them: the work names the step only.
+            StepTimeline.Mark("dealt", step.Step, worker.Name);
             _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, _shards is null ? step.Parameters : []), Self);
         }
         _assignments.Clear();
@@ -478,6 +479,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     private void AcceptFrom(WorkerSlot worker, GradientsComputed message)
     {
+        StepTimeline.Mark("arrived", message.Step, worker.Name);
         if (_scheduler.HeardFrom(worker))
         {
             _log.Info("{0} answers again (step {1}); it gets work from the next step", worker.Name, message.Step);
@@ -606,6 +608,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail(GuardedUpdate.Describe(applied.Outcome, _session.GlobalStep));
             return;
         }
+        StepTimeline.Mark("applied", applied.Step, "server");
         _session.EndStep();
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
@@ -965,6 +968,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             return;
         }
+        StepTimeline.MarkShard("slice-summed", m.Step, m.Shard);
         _shards!.Reduced(m.Shard, m.Finite);
         ApplyOnShards();
     }

@@ -103,6 +103,7 @@ public sealed class ParameterShard : ReceiveActor
         }
         if (_update.IsComplete)
         {
+            StepTimeline.MarkShard("slice-summing", _step, _shard);
             _courier.Send(_server, new SliceReduced(_step, _shard, _update.Reduce()), Self);
         }
     }
@@ -114,7 +115,9 @@ public sealed class ParameterShard : ReceiveActor
             _courier.Send(_server, new ShardFailed(_shard, $"asked to apply step {message.Step}, but shard {_shard} has {(_update.IsComplete ? "summed" : "not yet summed")} step {_step}"), Self);
             return;
         }
+        StepTimeline.MarkShard("slice-applying", message.Step, _shard);
         bool finite = _update.Apply(message.LearningRate);
+        StepTimeline.MarkShard("slice-applied", message.Step, _shard);
         _courier.Send(_server, new SliceApplied(message.Step, _shard, finite), Self);
         _update.Reset();
         ReturnPooled();

@@ -261,6 +261,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
 
     private void Work(ComputeGradients message)
     {
+        StepTimeline.Mark("received", message.Step, _name);
         if (_shards is null)
         {
             if (message.Parameters.Length > 0)
@@ -300,6 +301,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _working = true;
             announce(message.Step);
         }
+        // With shards, after θ's last piece (the forward pass may have run ahead on the others).
+        StepTimeline.Mark("started", message.Step, _name);
         TrainingConfig config = _setup.Config;
         EpochPlan plan = PlanFor(message);
         // A node begun ahead is finished by the computer itself (same step and node); a later one starts afresh. The
@@ -351,6 +354,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             release?.Begin();
             // Blocks only when a piece crosses a link: they cost the backward pass a little (2-3 %), and gain nothing locally.
             BatchResult result = _computer.Compute(parameters, plan, message.StepInEpoch, node, gradient, parts, message.Start, release is { AnyRemote: true } ? release : null);
+            StepTimeline.Mark("computed", message.Step, _name);
             if (release is null)
             {
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);

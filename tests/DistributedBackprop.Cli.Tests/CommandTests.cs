@@ -492,6 +492,45 @@ public sealed partial class CommandTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// DBP_STEP_TIMELINE: a real run with 2 worker actors writes, for every step, the server's `dealt`, each worker's
+    /// `received`, `started` and `computed`, the server's `arrived` per worker and `applied`, in causal order on the
+    /// one clock (bench/step-timeline.py reads these lines).
+    /// </summary>
+    [Fact]
+    public void StepTimeline_RecordsEveryStepsEvents_InCausalOrder()
+    {
+        string timeline = Path.Combine(_dir, "timeline");
+        DbpResult result = DbpProcess.Run(_dir, new Dictionary<string, string> { ["DBP_STEP_TIMELINE"] = timeline },
+            "train", "--data", BlobsCsv(), "--layers", "8", "--epochs", "2", "--batch-size", "32", "--workers", "2", "--progress", "none");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        string[] files = Directory.GetFiles(timeline, "*.tsv");
+        Assert.Single(files);
+        string[] lines = File.ReadAllLines(files[0]);
+        Assert.StartsWith("# ticks per second ", lines[0]);
+        var events = lines.Skip(1).Select(line => line.Split('\t')).Select(f => (Ticks: long.Parse(f[0]), What: f[1], Step: long.Parse(f[2]), Who: f[3])).ToList();
+        // 120 rows, a fifth held out for the test (--test-fraction 0.2): 96 in batches of 32, 3 steps an epoch, 2 epochs.
+        var steps = events.GroupBy(e => e.Step).ToDictionary(g => g.Key, g => g.ToList());
+        Assert.Equal(6, steps.Count);
+        foreach (var (step, marks) in steps)
+        {
+            long At(string what, string who) => Assert.Single(marks, m => m.What == what && m.Who == who).Ticks;
+            long applied = At("applied", "server");
+            foreach (string worker in marks.Where(m => m.What == "dealt").Select(m => m.Who))
+            {
+                long dealt = At("dealt", worker), received = At("received", worker), started = At("started", worker);
+                // A worker's run of chunks may be several nodes of the tree: a gradient computed and arriving for each.
+                long[] computed = marks.Where(m => m.What == "computed" && m.Who == worker).Select(m => m.Ticks).Order().ToArray();
+                long[] arrived = marks.Where(m => m.What == "arrived" && m.Who == worker).Select(m => m.Ticks).Order().ToArray();
+                Assert.NotEmpty(computed);
+                Assert.Equal(computed.Length, arrived.Length);
+                Assert.True(dealt <= received && received <= started && started <= computed[0], $"step {step}, {worker}: dealt {dealt}, received {received}, started {started}, computed {computed[0]}");
+                Assert.All(computed.Zip(arrived), pair => Assert.True(pair.First <= pair.Second && pair.Second <= applied, $"step {step}, {worker}: computed {pair.First}, arrived {pair.Second}, applied {applied}"));
+            }
+            Assert.InRange(marks.Count(m => m.What == "dealt"), 1, 2);
+        }
+    }
+
     [Fact]
     public void BenchWithWorkers_MeasuresTheActorPath()
     {
