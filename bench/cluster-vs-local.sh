@@ -40,5 +40,7 @@ for r in $(seq 1 "$rounds"); do
   echo "round $r: local mode $l samples/s, cluster (3 processes) $c samples/s, ratio $(python3 -c "print(round($c/$l, 3))")"
   grep '^cluster:' "$work/serve.out"
   echo "  workers busy (median fraction of epochs 2..): cluster $(busy "$work/cluster.jsonl"); local $(busy "$work/local.jsonl")"
-  [ -n "${DBP_TIMELINE:-}" ] && python3 bench/step-timeline.py "$work/timeline-$r" | sed 's/^/  /'
+  if [ -n "${DBP_TIMELINE:-}" ]; then
+    python3 bench/step-timeline.py "$work/timeline-$r" | sed 's/^/  /' || echo "  (no timeline for round $r)"
+  fi
 done

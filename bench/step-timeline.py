@@ -2,12 +2,14 @@
 """Where a step's time goes between the processes of a run on one host: reads the DIR/PID.tsv files that
 DBP_STEP_TIMELINE=DIR makes `dbp serve`, `dbp worker` and `dbp train --workers N` write (StepTimeline.cs), and
 prints for each event the median and quartiles of its time after the step's first `dealt` (the server sending the
-step's work), first and last over the processes that record it, and the step's length (one `dealt` to the next).
-The first quarter of the steps (JIT, connections) and the last two are left out, or pass --from STEP.
+step's work), first and last over the processes that record it, and the step's length (one `dealt` to the next
+dealt step: with local steps the steps go by H). The first quarter of the steps (JIT, connections) and the last two
+are left out, or pass --from STEP. A line cut short (a process killed before its buffer was written) is skipped.
 The clock is the host's monotonic clock: processes on different machines cannot be compared this way.
   python3 bench/step-timeline.py DIR [--from STEP]
-Events: server dealt / arrived (a worker's gradient in) / applied; worker received (its work) / started (θ whole) /
-computed; with --server-shards: shard slice-summing, server slice-summed, shard slice-applying / slice-applied."""
+Events: server dealt / arrived (a worker's gradient in) / applied (with shards: told them to apply); worker received
+(its work) / started (θ whole) / computed; with --server-shards: shard slice-summing, server slice-summed, shard
+slice-applying / slice-applied."""
 import argparse, collections, glob, os, statistics, sys
 
 
@@ -21,29 +23,36 @@ def main():
         sys.exit(f"step-timeline.py: no .tsv files in {args.dir} (was DBP_STEP_TIMELINE={args.dir} set for the run?)")
     events = collections.defaultdict(lambda: collections.defaultdict(list))
     per_second = None
+    cut = 0
     for path in files:
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for number, line in enumerate(f, 1):
                 if line.startswith("# ticks per second "):
                     per_second = float(line.split()[4].rstrip(";"))
                     continue
                 fields = line.rstrip("\n").split("\t")
-                if len(fields) != 4:
-                    sys.exit(f"step-timeline.py: {path}:{number}: expected ticks, event, step, who")
-                ticks, what, step, _who = fields
-                events[int(step)][what].append(int(ticks))
+                try:
+                    ticks, what, step, _who = fields
+                    events[int(step)][what].append(int(ticks))
+                except ValueError:
+                    cut += 1
+    if cut:
+        print(f"step-timeline.py: skipped {cut} line(s) that are not ticks, event, step, who", file=sys.stderr)
     if per_second is None:
         sys.exit(f"step-timeline.py: no header line in the files of {args.dir}")
     dealt = sorted(s for s in events if "dealt" in events[s])
     if len(dealt) < 4:
         sys.exit(f"step-timeline.py: only {len(dealt)} steps with a `dealt` event in {args.dir}")
     first = args.first if args.first is not None else dealt[len(dealt) // 4]
-    steps = [s for s in dealt if first <= s <= dealt[-3] and "dealt" in events.get(s + 1, {})]
+    following = dict(zip(dealt, dealt[1:]))
+    steps = [s for s in dealt if first <= s <= dealt[-3]]
+    if not steps:
+        sys.exit(f"step-timeline.py: no dealt step from {first} to {dealt[-3]} in {args.dir}")
     micro = 1e6 / per_second
     rows = collections.defaultdict(list)
     for s in steps:
         start = min(events[s]["dealt"])
-        rows["(next step dealt)"].append((min(events[s + 1]["dealt"]) - start) * micro)
+        rows["(next step dealt)"].append((min(events[following[s]]["dealt"]) - start) * micro)
         for what, ticks in events[s].items():
             rows[f"{what}, first"].append((min(ticks) - start) * micro)
             if len(ticks) > 1:

@@ -382,6 +382,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         float[] aheadBase = step.StepInEpoch == 0 ? [] : _roundBases!.BaseOf(_session.UpdateInEpoch + 1);
         foreach (ChunkAssignment<WorkerSlot> work in dealing)
         {
+            StepTimeline.Mark("dealt", _aheadStep, work.Worker.Name);
             _courier.Send(work.Worker.Ref, new ComputeGradients(_aheadStep, step.Epoch, aheadInEpoch, work.Lo, work.Hi, aheadBase) { Start = RoundStart.MinusOwnChange }, Self);
             _dealtAhead.Add(work);
         }
@@ -444,6 +445,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             // A new array per message: it is lent to the worker (in one process) for as long as it computes.
             var start = new float[change.Length];
             ReplicaChanges.StartOf(step.Parameters, change, _chunks, start);
+            StepTimeline.Mark("dealt", step.Step, worker.Name);
             _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, replica, replica + 1, start), Self);
         }
     }
@@ -458,6 +460,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _log.Warning("ignored gradients for step {0} from unregistered {1}", message.Step, Sender.Path);
             return;
         }
+        // As it comes: an answer to a round dealt ahead waits here for its round, a stale one is dropped after.
+        StepTimeline.Mark("arrived", message.Step, worker.Name);
         if (_roundBases is not null && message.Step == _aheadStep && !_failed && _step?.Step != message.Step)
         {
             // An answer to the round dealt ahead: kept until that round is the server's. Each worker was dealt
@@ -479,7 +483,6 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     private void AcceptFrom(WorkerSlot worker, GradientsComputed message)
     {
-        StepTimeline.Mark("arrived", message.Step, worker.Name);
         if (_scheduler.HeardFrom(worker))
         {
             _log.Info("{0} answers again (step {1}); it gets work from the next step", worker.Name, message.Step);
@@ -608,6 +611,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail(GuardedUpdate.Describe(applied.Outcome, _session.GlobalStep));
             return;
         }
+        // With shards: the server has told them to apply (they do so after; their own events say when).
         StepTimeline.Mark("applied", applied.Step, "server");
         _session.EndStep();
         _epoch.Add(applied.Result, applied.LearningRate);
@@ -1032,6 +1036,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
             WorkerSlot helper = helpers[i % helpers.Length];
             _log.Warning("parameter shard {0} lacks parts [{1}, {2}) of step {3}; {4} computes them again", m.Shard, m.Lo[i], m.Hi[i], step.Step, helper.Name);
+            StepTimeline.Mark("dealt", step.Step, helper.Name);
             _courier.Send(helper.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, m.Lo[i], m.Hi[i], []), Self);
         }
     }

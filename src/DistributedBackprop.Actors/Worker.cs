@@ -301,8 +301,6 @@ public sealed class Worker : ReceiveActor, IWithTimers
             _working = true;
             announce(message.Step);
         }
-        // With shards, after θ's last piece (the forward pass may have run ahead on the others).
-        StepTimeline.Mark("started", message.Step, _name);
         TrainingConfig config = _setup.Config;
         EpochPlan plan = PlanFor(message);
         // A node begun ahead is finished by the computer itself (same step and node); a later one starts afresh. The
@@ -342,6 +340,8 @@ public sealed class Worker : ReceiveActor, IWithTimers
         {
             ChunkTree.Decompose(message.ChunkLo, message.ChunkHi, config.UpdateParts(), _nodes);
         }
+        // With shards, after θ's last piece (the forward pass may have run ahead on the others).
+        StepTimeline.Mark("started", message.Step, _name);
         foreach (TreeNode node in _nodes)
         {
             long start = Stopwatch.GetTimestamp() - aheadTicks;

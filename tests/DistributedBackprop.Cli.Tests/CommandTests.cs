@@ -495,7 +495,7 @@ public sealed partial class CommandTests : IDisposable
     /// <summary>
     /// DBP_STEP_TIMELINE: a real run with 2 worker actors writes, for every step, the server's `dealt`, each worker's
     /// `received`, `started` and `computed`, the server's `arrived` per worker and `applied`, in causal order on the
-    /// one clock (bench/step-timeline.py reads these lines).
+    /// one clock (bench/step-timeline.py reads these lines). The shards' events are not covered here.
     /// </summary>
     [Fact]
     public void StepTimeline_RecordsEveryStepsEvents_InCausalOrder()
@@ -514,20 +514,23 @@ public sealed partial class CommandTests : IDisposable
         Assert.Equal(6, steps.Count);
         foreach (var (step, marks) in steps)
         {
-            long At(string what, string who) => Assert.Single(marks, m => m.What == what && m.Who == who).Ticks;
-            long applied = At("applied", "server");
-            foreach (string worker in marks.Where(m => m.What == "dealt").Select(m => m.Who))
+            // The first of each: a step that waits past its deadline is dealt again (a second `dealt`, and an answer
+            // that may arrive after the update), and a worker's run may be several nodes (a `computed` and an
+            // `arrived` each).
+            long First(string what, string who) => marks.Where(m => m.What == what && m.Who == who).Select(m => m.Ticks).DefaultIfEmpty(long.MaxValue).Min();
+            long applied = Assert.Single(marks, m => m.What == "applied").Ticks;
+            string[] dealtTo = marks.Where(m => m.What == "dealt").Select(m => m.Who).Distinct().ToArray();
+            Assert.InRange(dealtTo.Length, 1, 2);
+            // Dealt again: the laggard's answer may come after the update (and be dropped as stale).
+            bool dealtOnce = marks.Count(m => m.What == "dealt") == dealtTo.Length;
+            foreach (string worker in dealtTo)
             {
-                long dealt = At("dealt", worker), received = At("received", worker), started = At("started", worker);
-                // A worker's run of chunks may be several nodes of the tree: a gradient computed and arriving for each.
-                long[] computed = marks.Where(m => m.What == "computed" && m.Who == worker).Select(m => m.Ticks).Order().ToArray();
-                long[] arrived = marks.Where(m => m.What == "arrived" && m.Who == worker).Select(m => m.Ticks).Order().ToArray();
-                Assert.NotEmpty(computed);
-                Assert.Equal(computed.Length, arrived.Length);
-                Assert.True(dealt <= received && received <= started && started <= computed[0], $"step {step}, {worker}: dealt {dealt}, received {received}, started {started}, computed {computed[0]}");
-                Assert.All(computed.Zip(arrived), pair => Assert.True(pair.First <= pair.Second && pair.Second <= applied, $"step {step}, {worker}: computed {pair.First}, arrived {pair.Second}, applied {applied}"));
+                long dealt = First("dealt", worker), received = First("received", worker), started = First("started", worker);
+                long computed = First("computed", worker), arrived = First("arrived", worker);
+                Assert.True(dealt <= received && received <= started && started <= computed && computed <= arrived && (arrived <= applied || !dealtOnce),
+                    $"step {step}, {worker}: dealt {dealt}, received {received}, started {started}, computed {computed}, arrived {arrived}, applied {applied} (long.MaxValue: missing)");
             }
-            Assert.InRange(marks.Count(m => m.What == "dealt"), 1, 2);
+            Assert.True(dealtTo.Min(worker => First("arrived", worker)) <= applied, $"step {step}: applied before any gradient arrived");
         }
     }
 

@@ -58,8 +58,9 @@ public class GuardedUpdateTests
     }
 
     /// <remarks>
-    /// A hidden layer of 2,000 makes 18,003 parameters (5 inputs, 3 classes): several of the update's 4,096-value blocks per lane, the
-    /// last one partial, walked backwards by the apply pass (every block must be applied once).
+    /// A hidden layer of 2,000 makes 18,003 parameters (5 inputs, 3 classes): several of the update's 4,096-value blocks
+    /// per lane, the last one partial, walked backwards by the apply pass (every block must be applied once); 1,365 makes
+    /// 12,288 = 3 whole blocks (one lane) or one per lane (three); 70 lanes of hidden 7's 66 parameters leave some lanes empty.
     /// </remarks>
     [Theory]
     [InlineData(OptimizerKind.Sgd, 1, 7)]
@@ -68,6 +69,9 @@ public class GuardedUpdateTests
     [InlineData(OptimizerKind.Sgd, 1, 2000)]
     [InlineData(OptimizerKind.Sgd, 2, 2000)]
     [InlineData(OptimizerKind.Adam, 3, 2000)]
+    [InlineData(OptimizerKind.Sgd, 1, 1365)]
+    [InlineData(OptimizerKind.Momentum, 3, 1365)]
+    [InlineData(OptimizerKind.Sgd, 70, 7)]
     public void Applied_GivesTheBitsOfTheUnguardedUpdate_WithAnyNumberOfLanes(OptimizerKind kind, int lanes, int hidden)
     {
         TrainingSession guarded = Session(kind, 0.1f, hidden), plain = Session(kind, 0.1f, hidden);

@@ -144,9 +144,10 @@ public sealed class GuardedUpdate
         var (start, count) = Slice(lane);
         float[] parameters = _session.Parameters;
         bool finite = true;
-        // Backwards, block by block: the gradient's blocks the reduce pass touched last are still in this core's
-        // L2 (512 KB on Zen 3, a lane's slice of the gradient is 0.47 MB for 784-256-128-10 on two lanes), so they are
-        // applied first, before the blocks read from L3 push them out. Element-wise: the same bits in any order.
+        // Backwards, block by block: the last blocks the reduce pass touched may still be in L2 when the same thread
+        // takes this lane (the plain trainer's lanes keep their threads; 512 KB of L2 on Zen 3 against a lane's 0.47 MB
+        // of gradient plus the addends streamed past), so they are applied first, before the blocks read from L3 push
+        // them out. The blocks are the same as forwards (each element the same vector or scalar path): the same bits.
         for (int from = start + (count - 1) / Block * Block; count > 0 && from >= start; from -= Block)
         {
             int length = Math.Min(Block, start + count - from);
