@@ -218,6 +218,48 @@ public class StepSchedulerTests
         Assert.False(h["c"].Suspect);
     }
 
+    /// <summary>
+    /// A step nobody answers (workers that stay members but whose work never arrives) is dealt around at every
+    /// deadline. Each deadline must deal each missing chunk once: collecting the laggards' runs one by one, including
+    /// the copies earlier deadlines dealt them, doubled the frames each time (a server, 20 deadlines in, queued millions
+    /// and ran out of memory).
+    /// </summary>
+    [Theory]
+    [InlineData(8, 1)]
+    [InlineData(8, 2)]
+    [InlineData(8, 3)]
+    [InlineData(5, 8)]
+    public void AStepNobodyAnswers_IsDealtAroundOnceAChunk_AtEveryDeadline(int chunks, int workers)
+    {
+        var h = new Harness(chunks, Enumerable.Range(0, workers).Select(i => $"w{i}").ToArray());
+        h.Start(TimeSpan.FromHours(1));
+        for (int deadline = 0; deadline < 30; deadline++)
+        {
+            h.Sent.Clear();
+            Assert.NotNull(h.Scheduler.DealAround(null, null, Stopwatch.GetTimestamp(), h.Sent));
+            Assert.InRange(h.Sent.Count, 1, chunks);
+            AssertContiguousCover(chunks, h.Sent);
+        }
+        // Once answers come, the step completes.
+        h.DeliverAll();
+        Assert.True(h.Coverage.IsComplete);
+    }
+
+    [Fact]
+    public void AWorkerThatLeavesAfterDeadlines_LeavesEachOfItsMissingChunksOnce()
+    {
+        var h = new Harness(8, "a", "b");
+        h.Start(TimeSpan.FromHours(1));
+        for (int deadline = 0; deadline < 5; deadline++)
+        {
+            h.Scheduler.DealAround(null, null, Stopwatch.GetTimestamp(), h.Sent);
+        }
+        h.Sent.Clear();
+        Assert.Equal(Departure.Reassigned, h.Scheduler.Remove(h["a"], inStep: true, h.Sent));
+        // a was dealt its half again at every deadline (six copies by now): b gets it once.
+        Assert.Equal([("b", 0, 4)], h.Sent.Select(w => (w.Worker.Name, w.Lo, w.Hi)));
+    }
+
     [Fact]
     public void NothingMissing_DealsNothingAndSuspectsNobody()
     {

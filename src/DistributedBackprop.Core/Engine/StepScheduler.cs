@@ -189,11 +189,9 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
         {
             return Departure.NothingMissing;
         }
-        var uncovered = new List<(int Lo, int Hi)>();
-        foreach (var (lo, hi) in worker.Assigned)
-        {
-            coverage.AddUncoveredRuns(lo, hi, uncovered);
-        }
+        var missing = new bool[chunks];
+        MarkUncovered(worker.Assigned, missing);
+        List<(int Lo, int Hi)> uncovered = Runs(missing);
         if (uncovered.Count == 0)
         {
             return Departure.NothingMissing;
@@ -226,26 +224,17 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
     public DealtAround<TWorker>? DealAround(TWorker? only, (int Lo, int Hi)? run, long now, List<ChunkAssignment<TWorker>> into)
     {
         var laggards = new List<TWorker>();
-        var missing = new List<(int Lo, int Hi)>();
+        // A chunk is dealt around once however many laggards hold it: a worker's runs include what earlier rounds of
+        // this dealt to it, so collecting them run by run (as this did) dealt every missing chunk again once per
+        // copy, doubling the frames at each deadline of a step nobody answers (a million after twenty).
+        var missing = new bool[chunks];
         foreach (TWorker worker in _workers)
         {
             if (only is not null && worker != only)
             {
                 continue;
             }
-            int before = missing.Count;
-            if (run is var (runLo, runHi))
-            {
-                coverage.AddUncoveredRuns(runLo, runHi, missing);
-            }
-            else
-            {
-                foreach (var (lo, hi) in worker.Assigned)
-                {
-                    coverage.AddUncoveredRuns(lo, hi, missing);
-                }
-            }
-            if (missing.Count > before)
+            if (run is var (runLo, runHi) ? MarkUncovered([(runLo, runHi)], missing) : MarkUncovered(worker.Assigned, missing))
             {
                 laggards.Add(worker);
             }
@@ -259,7 +248,7 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
         {
             helpers = laggards;
         }
-        if (missing.Count == 0 || helpers.Count == 0)
+        if (laggards.Count == 0 || helpers.Count == 0)
         {
             return null;
         }
@@ -268,7 +257,7 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
             laggard.Suspect = true;
         }
         DealtAt = now;
-        DealAmong(helpers, missing, into);
+        DealAmong(helpers, Runs(missing), into);
         return new DealtAround<TWorker>(laggards, helpers);
     }
 
@@ -284,6 +273,45 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
                 Assign(workers[i], lo + a, lo + b, into);
             }
         }
+    }
+
+    /// <summary>Marks in <paramref name="missing"/> the chunks of <paramref name="runs"/> not covered yet; true if there was any.</summary>
+    private bool MarkUncovered(IEnumerable<(int Lo, int Hi)> runs, bool[] missing)
+    {
+        bool any = false;
+        foreach (var (lo, hi) in runs)
+        {
+            for (int c = lo; c < hi; c++)
+            {
+                if (!coverage.IsCovered(c))
+                {
+                    missing[c] = true;
+                    any = true;
+                }
+            }
+        }
+        return any;
+    }
+
+    /// <summary>The maximal runs of marked chunks, in order: each chunk in one run.</summary>
+    private static List<(int Lo, int Hi)> Runs(bool[] marked)
+    {
+        var runs = new List<(int Lo, int Hi)>();
+        for (int c = 0; c < marked.Length;)
+        {
+            if (!marked[c])
+            {
+                c++;
+                continue;
+            }
+            int lo = c;
+            while (c < marked.Length && marked[c])
+            {
+                c++;
+            }
+            runs.Add((lo, c));
+        }
+        return runs;
     }
 
     private static void Assign(TWorker worker, int lo, int hi, List<ChunkAssignment<TWorker>> into)

@@ -44,19 +44,6 @@ public sealed class TreeReducer
 
     public bool IsCovered(int chunk) => _covered[chunk];
 
-    /// <summary>Adds to <paramref name="runs"/> the maximal runs of chunks in [lo, hi) not covered yet, in order.</summary>
-    public void AddUncoveredRuns(int lo, int hi, List<(int Lo, int Hi)> runs)
-    {
-        int c = lo;
-        while (c < hi)
-        {
-            while (c < hi && _covered[c]) c++;
-            int start = c;
-            while (c < hi && !_covered[c]) c++;
-            if (c > start) runs.Add((start, c));
-        }
-    }
-
     public void Reset()
     {
         Array.Clear(_gradients);
