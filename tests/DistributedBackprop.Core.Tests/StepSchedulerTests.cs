@@ -24,6 +24,9 @@ public class StepSchedulerTests
             }
         }
 
+        /// <summary><paramref name="workers"/> workers named w0, w1, ….</summary>
+        public static Harness OfWorkers(int chunks, int workers) => new(chunks, Enumerable.Range(0, workers).Select(i => $"w{i}").ToArray());
+
         public int Chunks { get; }
         public TreeReducer Coverage { get; }
         public StepScheduler<ScheduledWorker> Scheduler { get; }
@@ -86,7 +89,7 @@ public class StepSchedulerTests
     [InlineData(5, 8)]
     public void StartStep_DealsEveryChunkOnce_InContiguousRuns_ToAtMostOneWorkerPerChunk(int chunks, int workers)
     {
-        var h = new Harness(chunks, Enumerable.Range(0, workers).Select(i => $"w{i}").ToArray());
+        var h = Harness.OfWorkers(chunks, workers);
         h.Start(TimeSpan.FromSeconds(1));
         Assert.Equal(Math.Min(chunks, workers), h.Sent.Count);
         AssertContiguousCover(chunks, h.Sent);
@@ -231,7 +234,7 @@ public class StepSchedulerTests
     [InlineData(5, 8)]
     public void AStepNobodyAnswers_IsDealtAroundOnceAChunk_AtEveryDeadline(int chunks, int workers)
     {
-        var h = new Harness(chunks, Enumerable.Range(0, workers).Select(i => $"w{i}").ToArray());
+        var h = Harness.OfWorkers(chunks, workers);
         h.Start(TimeSpan.FromHours(1));
         for (int deadline = 0; deadline < 30; deadline++)
         {
