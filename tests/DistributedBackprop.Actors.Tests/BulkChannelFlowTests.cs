@@ -36,11 +36,8 @@ public sealed class BulkChannelFlowTests(ITestOutputHelper output) : TestKit(
     [Fact]
     public void APeerThatStopsReading_NeverHoldsTheSendingActor_AndEveryFrameItCannotTakeIsReported()
     {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var accepted = new List<Socket>();
-        listener.BeginAcceptSocket(r => { lock (accepted) accepted.Add(listener.EndAcceptSocket(r)); }, null); // accepts, never reads
-        string endpoint = $"127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}";
+        using var peer = new NonReadingPeer();
+        string endpoint = peer.Endpoint;
         BulkChannel channel = Courier.Get(Sys).StartChannel("127.0.0.1", 0, "127.0.0.1", identity: null, InboundPolicy.None());
         TestProbe report = CreateTestProbe(), recipient = CreateTestProbe();
         // 16 MB frames: two fill the socket buffers, two more the window; the other eight wait beside it.
@@ -60,9 +57,121 @@ public sealed class BulkChannelFlowTests(ITestOutputHelper output) : TestKit(
         Assert.All(failed, f => Assert.Contains("no room among the 2 frames in flight", f.Reason));
         // In order: the frames that waited longest are reported first.
         Assert.Equal(failed.Select(f => ((ComputeGradients)f.Message).Step).Order(), failed.Select(f => ((ComputeGradients)f.Message).Step));
-        lock (accepted)
-        {
-            accepted.ForEach(s => s.Dispose());
-        }
     }
 }
+
+/// <summary>A listener on loopback that accepts one connection and never reads from it.</summary>
+internal sealed class NonReadingPeer : IDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly List<Socket> _accepted = [];
+
+    public NonReadingPeer()
+    {
+        _listener.Start();
+        _listener.BeginAcceptSocket(r => { lock (_accepted) _accepted.Add(_listener.EndAcceptSocket(r)); }, null);
+        Endpoint = $"127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
+    }
+
+    public string Endpoint { get; }
+
+    public bool Connected
+    {
+        get { lock (_accepted) return _accepted.Count == 1; }
+    }
+
+    public void Dispose()
+    {
+        lock (_accepted)
+        {
+            _accepted.ForEach(s => s.Dispose());
+        }
+        _listener.Dispose();
+    }
+}
+
+/// <summary>
+/// The frames waiting beside a peer's full window are bounded by count and bytes: a sender far past what the
+/// protocol ever has waiting (a bug) gets its frames refused at once, instead of the node holding them until it
+/// runs out of memory. The peer accepts and never reads; a 64 MB frame first jams the writer (no socket buffer
+/// takes it), so the window's two frames and what waits beside it are exact.
+/// </summary>
+public sealed class BulkChannelWaitingBoundTests(ITestOutputHelper output) : TestKit(
+    ConfigurationFactory.ParseString("dbp.bulk-channel { max-frames-in-flight = 2, send-timeout = 1s, max-frames-waiting = 3, max-bytes-waiting = 10MB }")
+        .WithFallback(LocalTraining.LoadConfig()), output: output)
+{
+    private const int JamFloats = 16 << 20;
+
+    /// <summary>Sends a frame of each size (steps 0, 1, …, continuing across messages) when told, then says so.</summary>
+    private sealed class Sender : ReceiveActor
+    {
+        public Sender(BulkChannel channel, string endpoint, IActorRef recipient, IActorRef reportTo)
+        {
+            int step = 0;
+            Receive<int[]>(sizes =>
+            {
+                foreach (int floats in sizes)
+                {
+                    channel.Send(endpoint, recipient, new ComputeGradients(step++, 0, 0, 0, 1, new float[floats]), reportTo);
+                }
+                reportTo.Tell("sent");
+            });
+        }
+    }
+
+    [Fact]
+    public void FramesPastMaxFramesWaiting_AreReportedAtOnce_AndTheOnesWaitingAfterSendTimeout()
+    {
+        var (refusedAtOnce, timedOut) = SendPastAJam([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+
+        // Steps 1 and 2 fill the window, 3–5 wait, 6–10 are refused while the sender is still sending.
+        Assert.Equal([6, 7, 8, 9, 10], refusedAtOnce.Select(f => ((ComputeGradients)f.Message).Step));
+        Assert.All(refusedAtOnce, f => Assert.Contains("3 frames (0 MB) already wait for room (max-frames-waiting 3", f.Reason));
+        Assert.Equal([3, 4, 5], timedOut.Select(f => ((ComputeGradients)f.Message).Step));
+    }
+
+    [Fact]
+    public void AFramePastMaxBytesWaiting_IsReportedAtOnce_ButTheFirstWaitingFrameIsTakenWhateverItsSize()
+    {
+        // Step 3 (12 MB) waits alone although it is over the 10 MB; step 4 (4 bytes of floats) would make more.
+        var (refusedAtOnce, timedOut) = SendPastAJam([1, 1, 3 << 20, 1, 1]);
+
+        Assert.Equal([4, 5], refusedAtOnce.Select(f => ((ComputeGradients)f.Message).Step));
+        Assert.All(refusedAtOnce, f => Assert.Contains("1 frames (12.6 MB) already wait for room", f.Reason));
+        Assert.Equal([3], timedOut.Select(f => ((ComputeGradients)f.Message).Step));
+    }
+
+    /// <summary>
+    /// Jams the writer with step 0, then sends frames of <paramref name="sizes"/> floats: the reports that came
+    /// before the sender said "sent" (refused at once), and then those past send-timeout.
+    /// </summary>
+    private (List<DeliveryFailed> RefusedAtOnce, List<DeliveryFailed> TimedOut) SendPastAJam(int[] sizes)
+    {
+        using var peer = new NonReadingPeer();
+        string endpoint = peer.Endpoint;
+        BulkChannel channel = Courier.Get(Sys).StartChannel("127.0.0.1", 0, "127.0.0.1", identity: null, InboundPolicy.None());
+        TestProbe report = CreateTestProbe(), recipient = CreateTestProbe();
+        IActorRef sender = Sys.ActorOf(Akka.Actor.Props.Create(() => new Sender(channel, endpoint, recipient.Ref, report.Ref)));
+        sender.Tell(new[] { JamFloats });
+        report.ExpectMsg("sent", TimeSpan.FromSeconds(10));
+        // The writer connects after it took the jam from the window, and never finishes writing it.
+        AwaitCondition(() => peer.Connected, TimeSpan.FromSeconds(10));
+
+        sender.Tell(sizes);
+        var refusedAtOnce = new List<DeliveryFailed>();
+        for (object message = report.ReceiveOne(TimeSpan.FromSeconds(10))!; message is not "sent"; message = report.ReceiveOne(TimeSpan.FromSeconds(10))!)
+        {
+            refusedAtOnce.Add(Assert.IsType<DeliveryFailed>(message));
+        }
+        var timedOut = new List<DeliveryFailed>();
+        // The window's frames are never reported while the peer stays connected: only the waiting ones come.
+        for (int i = 0; i < sizes.Length - 2 - refusedAtOnce.Count; i++)
+        {
+            DeliveryFailed failed = report.ExpectMsg<DeliveryFailed>(TimeSpan.FromSeconds(10));
+            Assert.Contains("no room among the 2 frames in flight", failed.Reason);
+            timedOut.Add(failed);
+        }
+        return (refusedAtOnce, timedOut);
+    }
+}
+

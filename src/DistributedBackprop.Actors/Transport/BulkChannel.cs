@@ -22,6 +22,12 @@ public sealed record BulkChannelSettings(int MaxConnections, int MaxPendingHands
     /// <summary>The node's link in bits per second, which the connections' pacing shares out (<see cref="LinkPacing"/>); null: detect it; 0: no pacing.</summary>
     public long? LinkBitsPerSecond { get; init; }
 
+    /// <summary>Frames that may wait beside a peer's full window; one more is reported undeliverable at once.</summary>
+    public int MaxFramesWaiting { get; init; } = 1024;
+
+    /// <summary>Payload bytes that may wait beside a peer's full window (the first waiting frame is taken whatever its size).</summary>
+    public long MaxBytesWaiting { get; init; } = 2L << 30;
+
     public static BulkChannelSettings From(Akka.Configuration.Config config)
     {
         Akka.Configuration.Config c = config.GetConfig("dbp.bulk-channel") ?? throw new InvalidOperationException("dbp.bulk-channel is missing from the configuration");
@@ -29,6 +35,8 @@ public sealed record BulkChannelSettings(int MaxConnections, int MaxPendingHands
             c.GetTimeSpan("idle-timeout"), c.GetInt("max-frames-in-flight"), c.GetTimeSpan("send-timeout"), c.GetTimeSpan("connect-timeout"), c.GetInt("max-path-bytes"))
         {
             LinkBitsPerSecond = LinkPacing.Parse(c.GetString("link-rate", "auto"), "dbp.bulk-channel.link-rate"),
+            MaxFramesWaiting = c.GetInt("max-frames-waiting"),
+            MaxBytesWaiting = c.GetByteSize("max-bytes-waiting") ?? throw new InvalidOperationException("dbp.bulk-channel.max-bytes-waiting is missing from the configuration"),
         };
     }
 }
@@ -75,7 +83,7 @@ public sealed class BulkChannel : IDisposable
     private readonly BoundedCache<string, IActorRef> _actors;
     private readonly CancellationTokenSource _stop = new();
     private readonly LinkedList<CancellationTokenSource> _handshaking = new();
-    private long _bytesSent, _bytesReceived, _refusals;
+    private long _bytesSent, _bytesReceived, _refusals, _undelivered;
     private int _open;
 
     /// <param name="paced">
@@ -213,9 +221,14 @@ public sealed class BulkChannel : IDisposable
         }
     }
 
+    /// <summary>Tells the frame's sender; logs the first few, then one line per hundred (a sender in a loop must not flood the log).</summary>
     private void Dropped(Frame frame, string reason)
     {
-        _log.Warning("bulk channel: could not deliver a {0} to {1}: {2}", frame.Message.GetType().Name, frame.Recipient, reason);
+        long count = Interlocked.Increment(ref _undelivered);
+        if (count <= 20 || count % 100 == 0)
+        {
+            _log.Warning("bulk channel: could not deliver a {0} to {1}: {2} ({3} undelivered so far)", frame.Message.GetType().Name, frame.Recipient, reason, count);
+        }
         frame.SenderRef.Tell(new DeliveryFailed(frame.RecipientRef, frame.Message, reason));
     }
 
@@ -720,7 +733,8 @@ public sealed class BulkChannel : IDisposable
                 return 0; // closed since (a reconnect)
             }
         }
-        private readonly Queue<(Frame Frame, long Since)> _waiting = new();
+        private readonly Queue<(Frame Frame, long Since, long Bytes)> _waiting = new();
+        private long _waitingBytes;
         private readonly Timer _expiry;
 
         public Outgoing(BulkChannel channel, string endpoint, Address peer)
@@ -739,23 +753,51 @@ public sealed class BulkChannel : IDisposable
         /// Queues a frame without waiting: into the window if it has room and nothing waits before it, else
         /// at the end of the frames waiting beside it (order kept), which move in as the writer frees room and
         /// are reported undeliverable after send-timeout. Waiting frames are bounded by what the protocol
-        /// sends within send-timeout (a step's work or gradients per peer), not by the network.
+        /// sends within send-timeout (a step's work or gradients per peer), not by the network, and beyond
+        /// max-frames-waiting or max-bytes-waiting a frame is reported undeliverable at once.
         /// </summary>
         public void Enqueue(Frame frame)
         {
+            string reason;
             lock (_gate)
             {
                 if (_waiting.Count == 0 && TryAdd(frame, out _))
                 {
                     return;
                 }
-                if (!Queue.IsAddingCompleted)
+                long bytes = PayloadLength(frame.Message);
+                if (Queue.IsAddingCompleted)
                 {
-                    _waiting.Enqueue((frame, Stopwatch.GetTimestamp()));
+                    reason = "the connection is closed";
+                }
+                else if (TooManyWaiting(bytes) is { } refusal)
+                {
+                    reason = refusal;
+                }
+                else
+                {
+                    _waiting.Enqueue((frame, Stopwatch.GetTimestamp(), bytes));
+                    _waitingBytes += bytes;
                     return;
                 }
             }
-            _channel.Dropped(frame, "the connection is closed");
+            _channel.Dropped(frame, reason);
+        }
+
+        /// <summary>
+        /// Why a frame of <paramref name="bytes"/> may not join the frames waiting, or null if it may. The protocol
+        /// never has more than a few steps' frames waiting for one peer; a sender far past that is a bug, and
+        /// its frames are refused here rather than held until the process runs out of memory.
+        /// </summary>
+        private string? TooManyWaiting(long bytes)
+        {
+            BulkChannelSettings limits = _channel._settings;
+            if (_waiting.Count >= limits.MaxFramesWaiting || (_waiting.Count > 0 && _waitingBytes + bytes > limits.MaxBytesWaiting))
+            {
+                return $"{_waiting.Count} frames ({_waitingBytes / 1e6:0.#} MB) already wait for room (max-frames-waiting {limits.MaxFramesWaiting}, " +
+                    $"max-bytes-waiting {limits.MaxBytesWaiting / 1e6:0.#} MB): the sender is far ahead of what the peer reads";
+            }
+            return null;
         }
 
         private bool TryAdd(Frame frame, out bool closed)
@@ -799,7 +841,7 @@ public sealed class BulkChannel : IDisposable
             {
                 while (_waiting.Count > 0)
                 {
-                    var (frame, since) = _waiting.Peek();
+                    var (frame, since, bytes) = _waiting.Peek();
                     if (Stopwatch.GetElapsedTime(since) > _channel._settings.SendTimeout)
                     {
                         (failed ??= []).Add((frame, $"no room among the {_channel._settings.MaxFramesInFlight} frames in flight for {_channel._settings.SendTimeout.TotalSeconds:0.#} s (the peer reads too slowly, or not at all)"));
@@ -813,6 +855,7 @@ public sealed class BulkChannel : IDisposable
                         (failed ??= []).Add((frame, "the connection is closed"));
                     }
                     _waiting.Dequeue();
+                    _waitingBytes -= bytes;
                 }
             }
             foreach (var (frame, reason) in failed ?? [])
