@@ -133,9 +133,10 @@ public class GuardedUpdateTests
     [Fact]
     public void FiniteCheck_AgreesWithTheNaiveOne_ForEveryPositionLengthAndSpecialValue()
     {
+        // Lengths through the four-vector loop, the one-vector loop and the scalar tail at 128-, 256- and 512-bit widths.
         float[] specials = [float.NaN, float.PositiveInfinity, float.NegativeInfinity, float.MaxValue, -float.MaxValue, float.Epsilon, -0f, 1e-40f,
             BitConverter.Int32BitsToSingle(unchecked((int)0xFFC0_0001))]; // a negative NaN with payload
-        foreach (int length in new[] { 0, 1, 7, 8, 15, 16, 17, 33, 100 })
+        foreach (int length in new[] { 0, 1, 7, 8, 15, 16, 17, 33, 40, 63, 64, 65, 72, 100, 130 })
         {
             float[] values = Enumerable.Range(0, length).Select(i => MathF.Sin(i) * 1e30f).ToArray();
             Assert.True(FiniteValues.All(values));

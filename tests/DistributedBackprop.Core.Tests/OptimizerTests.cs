@@ -100,6 +100,36 @@ public class OptimizerTests
         Assert.Equal(w, pieces);
     }
 
+    [Theory]
+    [InlineData(OptimizerKind.Sgd)]
+    [InlineData(OptimizerKind.Momentum)]
+    [InlineData(OptimizerKind.Adam)]
+    public void ApplyRange_SaysWhetherWhatItWroteIsFinite_AtEveryPosition(OptimizerKind kind)
+    {
+        // 20-9-3: sections of 180, 9, 27 and 3 values, so each position is in a vector body or a scalar tail on
+        // every SIMD width. One gradient of 1e30 overflows there: SGD's and momentum's w − γg with γ = 1e10, and
+        // Adam's v ← β2 v + (1 − β2) g² (its w stays finite: m / √v is then 0).
+        Architecture arch = Architecture.Create(20, [9], 3, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
+        var settings = new OptimizerSettings { Kind = kind, WeightDecay = 0.01f };
+        float learningRate = kind == OptimizerKind.Adam ? 1e-3f : 1e10f;
+        float[] gradient = Enumerable.Repeat(1e-12f, arch.ParameterCount).ToArray();
+        var calm = new Optimizer(arch, settings);
+        calm.BeginStep();
+        Assert.True(calm.ApplyRange(new float[arch.ParameterCount], gradient, learningRate, 0, arch.ParameterCount));
+        for (int at = 0; at < arch.ParameterCount; at++)
+        {
+            var optimizer = new Optimizer(arch, settings);
+            optimizer.BeginStep();
+            gradient[at] = 1e30f;
+            float[] parameters = new float[arch.ParameterCount];
+            bool finite = optimizer.ApplyRange(parameters, gradient, learningRate, 0, arch.ParameterCount);
+            gradient[at] = 1e-12f;
+            float[] state = optimizer.SecondMoment ?? parameters;
+            Assert.False(float.IsFinite(state[at]), $"position {at}: the overflow did not happen");
+            Assert.False(finite, $"position {at}: {kind}'s overflow there was not reported");
+        }
+    }
+
     [Fact]
     public void Schedules_GiveTheDocumentedRates()
     {

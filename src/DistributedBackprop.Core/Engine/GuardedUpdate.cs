@@ -34,7 +34,6 @@ public sealed class GuardedUpdate
     private readonly TreeReducer _reducer;
     private readonly int _lanes;
     private readonly bool[] _laneFinite;
-    private readonly float[]? _secondMoment;
     private readonly Action<int> _reduceLane, _applyLane;
     private float[] _gradient = [];
     private float _learningRate;
@@ -48,7 +47,6 @@ public sealed class GuardedUpdate
         _reducer = reducer;
         _lanes = lanes;
         _laneFinite = new bool[lanes];
-        _secondMoment = session.Optimizer.SecondMoment;
         _reduceLane = ReduceLane;
         _applyLane = ApplyLane;
         _before = session.Config.LocalSteps is null ? null : new float[session.Parameters.Length];
@@ -151,15 +149,8 @@ public sealed class GuardedUpdate
         for (int from = start + (count - 1) / Block * Block; count > 0 && from >= start; from -= Block)
         {
             int length = Math.Min(Block, start + count - from);
-            _session.Optimizer.ApplyRange(parameters, _gradient, _learningRate, from, length);
-            // The parameters show any overflow of SGD's or momentum's update (w ← w − γv) and a NaN or infinite
-            // Adam m; Adam's v ← β2 v + (1 − β2) g² can overflow alone (the step m̂/(√v̂ + ε) is then 0, and
-            // stays 0 for ever), so it is checked too.
-            finite &= FiniteValues.All(parameters.AsSpan(from, length));
-            if (_secondMoment is not null)
-            {
-                finite &= FiniteValues.All(_secondMoment.AsSpan(from, length));
-            }
+            // Checked as written: the new parameters and Adam's v (Optimizer.ApplySection says why those).
+            finite &= _session.Optimizer.ApplyRange(parameters, _gradient, _learningRate, from, length);
         }
         _laneFinite[lane] = finite;
     }

@@ -348,17 +348,14 @@ public sealed class ShardUpdate
             throw new InvalidOperationException("no reduced step to apply");
         }
         _optimizer.BeginStep();
+        bool finite = true;
         for (int i = 0; i < _pieces.Length; i++)
         {
             var (offset, count) = _pieces[i];
-            _optimizer.ApplySlice(Parameters.AsSpan(offset, count), _sums[i], learningRate, Start + offset);
+            // Checked as written: the new parameters and Adam's v.
+            finite &= _optimizer.ApplySlice(Parameters.AsSpan(offset, count), _sums[i], learningRate, Start + offset);
         }
         Array.Clear(_sums);
-        bool finite = FiniteValues.All(Parameters);
-        if (_optimizer.SecondMoment is { } v)
-        {
-            finite &= FiniteValues.All(v.AsSpan(Start, Count));
-        }
         return finite;
     }
 

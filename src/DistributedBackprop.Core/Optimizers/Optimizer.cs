@@ -1,4 +1,7 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
+using MemoryMarshal = System.Runtime.InteropServices.MemoryMarshal;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 
 namespace DistributedBackprop.Optimizers;
@@ -99,148 +102,185 @@ public sealed class Optimizer
     /// <summary>
     /// Updates parameters [start, start + count) of the step begun by <see cref="BeginStep"/>. The update is
     /// element-wise, so disjoint ranges may run on different threads and give the same bits as one call.
+    /// Returns whether every value it wrote is finite (<see cref="ApplySection"/> says which are checked).
     /// </summary>
-    public void ApplyRange(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start, int count)
+    public bool ApplyRange(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start, int count)
     {
         if (parameters.Length != _arch.ParameterCount || gradient.Length != _arch.ParameterCount)
         {
             throw new ArgumentException($"expected {_arch.ParameterCount} parameters and gradients, got {parameters.Length} and {gradient.Length}");
         }
-        ApplyWindow(parameters, gradient, 0, learningRate, start, start + count);
+        return ApplyWindow(parameters, gradient, 0, learningRate, start, start + count);
     }
 
     /// <summary>
     /// Updates a shard's slice: <paramref name="parameters"/> and <paramref name="gradient"/> hold parameters
     /// [start, start + length) of the model (the optimizer state stays indexed by the model's parameter index).
     /// Element for element the same arithmetic as <see cref="ApplyRange"/>, so K slices give one pass's bits.
+    /// Returns whether every value it wrote is finite.
     /// </summary>
-    public void ApplySlice(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start)
+    public bool ApplySlice(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start)
     {
         if (parameters.Length != gradient.Length || start < 0 || (long)start + parameters.Length > _arch.ParameterCount)
         {
             throw new ArgumentException($"a slice of {parameters.Length} parameters and {gradient.Length} gradients at {start} does not fit {_arch.ParameterCount} parameters");
         }
-        ApplyWindow(parameters, gradient, start, learningRate, start, start + parameters.Length);
+        return ApplyWindow(parameters, gradient, start, learningRate, start, start + parameters.Length);
     }
 
     /// <summary>Parameters [start, end) of the model; element 0 of the spans is parameter <paramref name="origin"/>.</summary>
-    private void ApplyWindow(Span<float> parameters, ReadOnlySpan<float> gradient, int origin, float learningRate, int start, int end)
+    private bool ApplyWindow(Span<float> parameters, ReadOnlySpan<float> gradient, int origin, float learningRate, int start, int end)
     {
+        bool finite = true;
         for (int l = 0; l < _arch.Layers.Count; l++)
         {
             // Weights then biases of layer l; weight decay on the weights only.
-            ApplyIntersection(parameters, gradient, origin, _arch.WeightOffset(l), _arch.WeightCount(l), start, end, learningRate, Settings.WeightDecay);
-            ApplyIntersection(parameters, gradient, origin, _arch.BiasOffset(l), _arch.Layers[l].Outputs, start, end, learningRate, 0f);
+            finite &= ApplyIntersection(parameters, gradient, origin, _arch.WeightOffset(l), _arch.WeightCount(l), start, end, learningRate, Settings.WeightDecay);
+            finite &= ApplyIntersection(parameters, gradient, origin, _arch.BiasOffset(l), _arch.Layers[l].Outputs, start, end, learningRate, 0f);
         }
+        return finite;
     }
 
-    private void ApplyIntersection(Span<float> parameters, ReadOnlySpan<float> gradient, int origin, int offset, int count, int start, int end, float lr, float decay)
+    private bool ApplyIntersection(Span<float> parameters, ReadOnlySpan<float> gradient, int origin, int offset, int count, int start, int end, float lr, float decay)
     {
         int from = Math.Max(offset, start), to = Math.Min(offset + count, end);
-        if (from < to)
-        {
-            ApplySection(parameters.Slice(from - origin, to - from), gradient.Slice(from - origin, to - from), from, lr, decay);
-        }
+        return from >= to || ApplySection(parameters.Slice(from - origin, to - from), gradient.Slice(from - origin, to - from), from, lr, decay);
     }
 
-    /// <summary>One section of one tensor: <paramref name="w"/> and <paramref name="g"/> start at parameter <paramref name="offset"/>.</summary>
-    private void ApplySection(Span<float> w, ReadOnlySpan<float> g, int offset, float lr, float decay)
+    /// <summary>
+    /// One section of one tensor: <paramref name="w"/> and <paramref name="g"/> start at parameter <paramref name="offset"/>.
+    /// Returns whether the new parameters, and Adam's new v, are finite: they show any overflow of SGD's or
+    /// momentum's update (w ← w − γv) and a NaN or infinite Adam m; Adam's v ← β2 v + (1 − β2) g² can overflow
+    /// alone (the step m̂/(√v̂ + ε) is then 0, and stays 0 for ever). Each value is checked in the register it was
+    /// computed in, rather than read again by a second pass.
+    /// </summary>
+    private bool ApplySection(Span<float> w, ReadOnlySpan<float> g, int offset, float lr, float decay)
     {
         int count = w.Length;
-        switch (Settings.Kind)
+        // The loops below index g, v and m by w's length without bounds checks.
+        if (g.Length != count)
         {
-            case OptimizerKind.Sgd:
-                Sgd(w, g, lr, decay);
-                break;
-            case OptimizerKind.Momentum:
-                Momentum(w, g, Velocity.AsSpan(offset, count), lr, decay, Settings.Momentum, Settings.Nesterov);
-                break;
-            case OptimizerKind.Adam:
-                Adam(w, g, FirstMoment.AsSpan(offset, count), SecondMoment.AsSpan(offset, count), lr, decay);
-                break;
+            throw new ArgumentException($"{count} parameters but {g.Length} gradients");
         }
+        return Settings.Kind switch
+        {
+            OptimizerKind.Sgd => Sgd(w, g, lr, decay),
+            OptimizerKind.Momentum => Momentum(w, g, Velocity.AsSpan(offset, count), lr, decay, Settings.Momentum, Settings.Nesterov),
+            OptimizerKind.Adam => Adam(w, g, FirstMoment.AsSpan(offset, count), SecondMoment.AsSpan(offset, count), lr, decay),
+            _ => throw new InvalidOperationException($"unknown optimizer {Settings.Kind}"),
+        };
     }
 
     // SGD (lecture): w ← w − γ(g + λw)
-    private static void Sgd(Span<float> w, ReadOnlySpan<float> g, float lr, float decay)
+    private static bool Sgd(Span<float> w, ReadOnlySpan<float> g, float lr, float decay)
     {
-        int i = 0;
+        ref float wr = ref MemoryMarshal.GetReference(w);
+        ref float gr = ref MemoryMarshal.GetReference(g);
+        nuint count = (nuint)w.Length, width = (nuint)Vector<float>.Count, i = 0;
+        Vector<int> notFinite = Vector<int>.Zero;
         if (Vector.IsHardwareAccelerated)
         {
-            for (; i <= w.Length - Vector<float>.Count; i += Vector<float>.Count)
+            for (; i + width <= count; i += width)
             {
-                var wi = new Vector<float>(w[i..]);
-                var gi = new Vector<float>(g[i..]) + wi * decay;
-                (wi - gi * lr).CopyTo(w[i..]);
+                var wi = Vector.LoadUnsafe(ref wr, i);
+                var gi = Vector.LoadUnsafe(ref gr, i) + wi * decay;
+                Vector<float> updated = wi - gi * lr;
+                updated.StoreUnsafe(ref wr, i);
+                notFinite |= FiniteValues.NotFinite(updated);
             }
         }
-        for (; i < w.Length; i++)
+        bool finite = FiniteValues.None(notFinite);
+        for (; i < count; i++)
         {
-            float gi = g[i] + w[i] * decay;
-            w[i] = w[i] - gi * lr;
+            ref float wi = ref Unsafe.Add(ref wr, i);
+            float gi = Unsafe.Add(ref gr, i) + wi * decay;
+            wi = wi - gi * lr;
+            finite &= float.IsFinite(wi);
         }
+        return finite;
     }
 
     // Momentum (Sutskever et al. 2013, PyTorch form): v ← μv + (g + λw); w ← w − γv,
     // or with Nesterov w ← w − γ(g + λw + μv).
-    private static void Momentum(Span<float> w, ReadOnlySpan<float> g, Span<float> v, float lr, float decay, float mu, bool nesterov)
+    private static bool Momentum(Span<float> w, ReadOnlySpan<float> g, Span<float> v, float lr, float decay, float mu, bool nesterov)
     {
-        int i = 0;
+        ref float wr = ref MemoryMarshal.GetReference(w);
+        ref float gr = ref MemoryMarshal.GetReference(g);
+        ref float vr = ref MemoryMarshal.GetReference(v);
+        nuint count = (nuint)w.Length, width = (nuint)Vector<float>.Count, i = 0;
+        Vector<int> notFinite = Vector<int>.Zero;
         if (Vector.IsHardwareAccelerated)
         {
-            for (; i <= w.Length - Vector<float>.Count; i += Vector<float>.Count)
+            for (; i + width <= count; i += width)
             {
-                var wi = new Vector<float>(w[i..]);
-                var gi = new Vector<float>(g[i..]) + wi * decay;
-                var vi = new Vector<float>(v[i..]) * mu + gi;
-                vi.CopyTo(v[i..]);
+                var wi = Vector.LoadUnsafe(ref wr, i);
+                var gi = Vector.LoadUnsafe(ref gr, i) + wi * decay;
+                var vi = Vector.LoadUnsafe(ref vr, i) * mu + gi;
+                vi.StoreUnsafe(ref vr, i);
                 var step = nesterov ? gi + vi * mu : vi;
-                (wi - step * lr).CopyTo(w[i..]);
+                Vector<float> updated = wi - step * lr;
+                updated.StoreUnsafe(ref wr, i);
+                notFinite |= FiniteValues.NotFinite(updated);
             }
         }
-        for (; i < w.Length; i++)
+        bool finite = FiniteValues.None(notFinite);
+        for (; i < count; i++)
         {
-            float gi = g[i] + w[i] * decay;
-            float vi = v[i] * mu + gi;
-            v[i] = vi;
+            ref float wi = ref Unsafe.Add(ref wr, i);
+            float gi = Unsafe.Add(ref gr, i) + wi * decay;
+            float vi = Unsafe.Add(ref vr, i) * mu + gi;
+            Unsafe.Add(ref vr, i) = vi;
             float step = nesterov ? gi + vi * mu : vi;
-            w[i] = w[i] - step * lr;
+            wi = wi - step * lr;
+            finite &= float.IsFinite(wi);
         }
+        return finite;
     }
 
     // Adam (Kingma & Ba 2015, Alg. 1) with decoupled decay (AdamW):
     //   m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
     //   w ← w − γλw − (γ / (1−β1^t)) · m / (√v / √(1−β2^t) + ε)
-    private void Adam(Span<float> w, ReadOnlySpan<float> g, Span<float> m, Span<float> v, float lr, float decay)
+    private bool Adam(Span<float> w, ReadOnlySpan<float> g, Span<float> m, Span<float> v, float lr, float decay)
     {
         float beta1 = Settings.Beta1, beta2 = Settings.Beta2, eps = Settings.Epsilon;
         float stepSize = (float)(lr / (1 - _beta1Power));
         float sqrtCorrection2 = (float)Math.Sqrt(1 - _beta2Power);
         float keep = 1f - lr * decay;
         float oneMinusBeta1 = 1f - beta1, oneMinusBeta2 = 1f - beta2;
-        int i = 0;
+        ref float wr = ref MemoryMarshal.GetReference(w);
+        ref float gr = ref MemoryMarshal.GetReference(g);
+        ref float mr = ref MemoryMarshal.GetReference(m);
+        ref float vr = ref MemoryMarshal.GetReference(v);
+        nuint count = (nuint)w.Length, width = (nuint)Vector<float>.Count, i = 0;
+        Vector<int> notFinite = Vector<int>.Zero;
         if (Vector.IsHardwareAccelerated)
         {
-            for (; i <= w.Length - Vector<float>.Count; i += Vector<float>.Count)
+            for (; i + width <= count; i += width)
             {
-                var gi = new Vector<float>(g[i..]);
-                var mi = new Vector<float>(m[i..]) * beta1 + gi * oneMinusBeta1;
-                var vi = new Vector<float>(v[i..]) * beta2 + gi * gi * oneMinusBeta2;
-                mi.CopyTo(m[i..]);
-                vi.CopyTo(v[i..]);
+                var gi = Vector.LoadUnsafe(ref gr, i);
+                var mi = Vector.LoadUnsafe(ref mr, i) * beta1 + gi * oneMinusBeta1;
+                var vi = Vector.LoadUnsafe(ref vr, i) * beta2 + gi * gi * oneMinusBeta2;
+                mi.StoreUnsafe(ref mr, i);
+                vi.StoreUnsafe(ref vr, i);
                 var denominator = Vector.SquareRoot(vi) / sqrtCorrection2 + new Vector<float>(eps);
-                (new Vector<float>(w[i..]) * keep - mi / denominator * stepSize).CopyTo(w[i..]);
+                Vector<float> updated = Vector.LoadUnsafe(ref wr, i) * keep - mi / denominator * stepSize;
+                updated.StoreUnsafe(ref wr, i);
+                notFinite |= FiniteValues.NotFinite(updated) | FiniteValues.NotFinite(vi);
             }
         }
-        for (; i < w.Length; i++)
+        bool finite = FiniteValues.None(notFinite);
+        for (; i < count; i++)
         {
-            float gi = g[i];
-            float mi = m[i] * beta1 + gi * oneMinusBeta1;
-            float vi = v[i] * beta2 + gi * gi * oneMinusBeta2;
-            m[i] = mi;
-            v[i] = vi;
+            float gi = Unsafe.Add(ref gr, i);
+            float mi = Unsafe.Add(ref mr, i) * beta1 + gi * oneMinusBeta1;
+            float vi = Unsafe.Add(ref vr, i) * beta2 + gi * gi * oneMinusBeta2;
+            Unsafe.Add(ref mr, i) = mi;
+            Unsafe.Add(ref vr, i) = vi;
             float denominator = MathF.Sqrt(vi) / sqrtCorrection2 + eps;
-            w[i] = w[i] * keep - mi / denominator * stepSize;
+            ref float wi = ref Unsafe.Add(ref wr, i);
+            wi = wi * keep - mi / denominator * stepSize;
+            finite &= float.IsFinite(wi) && float.IsFinite(vi);
         }
+        return finite;
     }
 }
