@@ -8,6 +8,8 @@
 # bits. On a VM whose speed swings within a minute this resolves differences of a few percent that
 # process-level alternation (bench/ab-step.sh) cannot. BASE must have the public API the harness calls.
 #   bash bench/gemm-ab.sh BASE [ROUNDS] [BATCH]        e.g. bash bench/gemm-ab.sh 3f2490c 100 128
+# GEMMAB_ROWS=60000: the training step on a data set as large as Fashion-MNIST (rows gathered from memory, not
+# the cache); default max(16 × batch, 4096) rows, as `dbp bench`'s synthetic set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${1:?usage: bench/gemm-ab.sh BASE [ROUNDS] [BATCH]}; rounds=${2:-100}; batch=${3:-128}

@@ -76,7 +76,9 @@ foreach (Product product in products)
         HiddenLayers = [256, 128], BatchSize = batch, Chunks = Chunks, Epochs = 1_000_000,
         Optimizer = new B.Optimizers.OptimizerSettings { Kind = B.Optimizers.OptimizerKind.Sgd, LearningRate = 0.01f },
     };
-    int rows = Math.Max(batch * 16, 4096);
+    // GEMMAB_ROWS: a data set as large as a real one (Fashion-MNIST: 60000), whose rows a batch gathers from memory
+    // rather than from the cache; by default as small as `dbp bench`'s synthetic set.
+    int rows = int.TryParse(Environment.GetEnvironmentVariable("GEMMAB_ROWS"), out int asked) && asked >= batch ? asked : Math.Max(batch * 16, 4096);
     TrainingSession session = TrainingSession.Prepare(config, SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
     B.Engine.TrainingSession baselineSession = B.Engine.TrainingSession.Prepare(baselineConfig, B.Data.SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
     using var trainer = new Trainer(session);
@@ -117,7 +119,7 @@ foreach (Product product in products)
     }
     Array.Sort(ratios);
     bool sameBits = Bits.Same(session.Parameters, baselineSession.Parameters);
-    Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
+    Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, {rows} rows of data, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
 }
 
 static double Median(double[] values) => Quantile(values.Order().ToArray(), 0.5);
