@@ -78,7 +78,16 @@ foreach (Product product in products)
     };
     // GEMMAB_ROWS: a data set as large as a real one (Fashion-MNIST: 60000), whose rows a batch gathers from memory
     // rather than from the cache; by default as small as `dbp bench`'s synthetic set.
-    int rows = int.TryParse(Environment.GetEnvironmentVariable("GEMMAB_ROWS"), out int asked) && asked >= batch ? asked : Math.Max(batch * 16, 4096);
+    string? askedRows = Environment.GetEnvironmentVariable("GEMMAB_ROWS");
+    int rows = Math.Max(batch * 16, 4096);
+    if (!string.IsNullOrEmpty(askedRows))
+    {
+        if (!int.TryParse(askedRows, out rows) || rows < batch)
+        {
+            Console.Error.WriteLine($"GEMMAB_ROWS: expected a whole number of rows of at least the batch ({batch}), got '{askedRows}'");
+            return 2;
+        }
+    }
     TrainingSession session = TrainingSession.Prepare(config, SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
     B.Engine.TrainingSession baselineSession = B.Engine.TrainingSession.Prepare(baselineConfig, B.Data.SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
     using var trainer = new Trainer(session);

@@ -40,7 +40,8 @@ public sealed class BulkChannelFlowTests(ITestOutputHelper output) : TestKit(
         string endpoint = peer.Endpoint;
         BulkChannel channel = Courier.Get(Sys).StartChannel("127.0.0.1", 0, "127.0.0.1", identity: null, InboundPolicy.None());
         TestProbe report = CreateTestProbe(), recipient = CreateTestProbe();
-        // 16 MB frames: two fill the socket buffers, two more the window; the other eight wait beside it.
+        // 16 MB frames: the writer holds one (no socket buffer takes it), two fill the window, the others wait
+        // beside it (at least eight of them, whenever the writer takes its first).
         const int frames = 12, floats = 4 << 20;
         IActorRef sender = Sys.ActorOf(Akka.Actor.Props.Create(() => new Sender(channel, endpoint, recipient.Ref, report.Ref, frames, floats)));
 
@@ -68,6 +69,9 @@ internal sealed class NonReadingPeer : IDisposable
 
     public NonReadingPeer()
     {
+        // Small and fixed (no autotuning; accepted sockets inherit it): what the peer's kernel takes is bounded
+        // whatever this host's TCP settings, so a large frame cannot be written out.
+        _listener.Server.ReceiveBufferSize = 64 << 10;
         _listener.Start();
         _listener.BeginAcceptSocket(r => { lock (_accepted) _accepted.Add(_listener.EndAcceptSocket(r)); }, null);
         Endpoint = $"127.0.0.1:{((IPEndPoint)_listener.LocalEndpoint).Port}";
@@ -100,8 +104,6 @@ public sealed class BulkChannelWaitingBoundTests(ITestOutputHelper output) : Tes
     ConfigurationFactory.ParseString("dbp.bulk-channel { max-frames-in-flight = 2, send-timeout = 1s, max-frames-waiting = 3, max-bytes-waiting = 10MB }")
         .WithFallback(LocalTraining.LoadConfig()), output: output)
 {
-    private const int JamFloats = 16 << 20;
-
     /// <summary>Sends a frame of each size (steps 0, 1, …, continuing across messages) when told, then says so.</summary>
     private sealed class Sender : ReceiveActor
     {
@@ -122,56 +124,93 @@ public sealed class BulkChannelWaitingBoundTests(ITestOutputHelper output) : Tes
     [Fact]
     public void FramesPastMaxFramesWaiting_AreReportedAtOnce_AndTheOnesWaitingAfterSendTimeout()
     {
-        var (refusedAtOnce, timedOut) = SendPastAJam([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+        using var jammed = new JammedPeer(this);
+        var (refusedAtOnce, timedOut) = jammed.Send([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
 
         // Steps 1 and 2 fill the window, 3–5 wait, 6–10 are refused while the sender is still sending.
-        Assert.Equal([6, 7, 8, 9, 10], refusedAtOnce.Select(f => ((ComputeGradients)f.Message).Step));
+        Assert.Equal([6, 7, 8, 9, 10], Steps(refusedAtOnce));
         Assert.All(refusedAtOnce, f => Assert.Contains("3 frames (0 MB) already wait for room (max-frames-waiting 3", f.Reason));
-        Assert.Equal([3, 4, 5], timedOut.Select(f => ((ComputeGradients)f.Message).Step));
+        Assert.Equal([3, 4, 5], Steps(timedOut));
+
+        // Once they are reported, three may wait again.
+        (refusedAtOnce, timedOut) = jammed.Send([1, 1, 1, 1]);
+        Assert.Equal([14], Steps(refusedAtOnce));
+        Assert.Equal([11, 12, 13], Steps(timedOut));
     }
 
     [Fact]
     public void AFramePastMaxBytesWaiting_IsReportedAtOnce_ButTheFirstWaitingFrameIsTakenWhateverItsSize()
     {
+        using var jammed = new JammedPeer(this);
         // Step 3 (12 MB) waits alone although it is over the 10 MB; step 4 (4 bytes of floats) would make more.
-        var (refusedAtOnce, timedOut) = SendPastAJam([1, 1, 3 << 20, 1, 1]);
+        var (refusedAtOnce, timedOut) = jammed.Send([1, 1, 3 << 20, 1, 1]);
 
-        Assert.Equal([4, 5], refusedAtOnce.Select(f => ((ComputeGradients)f.Message).Step));
+        Assert.Equal([4, 5], Steps(refusedAtOnce));
         Assert.All(refusedAtOnce, f => Assert.Contains("1 frames (12.6 MB) already wait for room", f.Reason));
-        Assert.Equal([3], timedOut.Select(f => ((ComputeGradients)f.Message).Step));
+        Assert.Equal([3], Steps(timedOut));
+
+        // Its bytes left with it: two small frames wait together now.
+        (refusedAtOnce, timedOut) = jammed.Send([1, 1]);
+        Assert.Empty(refusedAtOnce);
+        Assert.Equal([6, 7], Steps(timedOut));
     }
+
+    private static IEnumerable<long> Steps(IEnumerable<DeliveryFailed> reports) => reports.Select(f => ((ComputeGradients)f.Message).Step);
 
     /// <summary>
-    /// Jams the writer with step 0, then sends frames of <paramref name="sizes"/> floats: the reports that came
-    /// before the sender said "sent" (refused at once), and then those past send-timeout.
+    /// A peer that never reads, its connection's writer jammed by a 64 MB frame (step 0) that no socket buffer takes
+    /// (the listener's receive buffer is small, which also turns its autotuning off), so the window's two frames
+    /// and what waits beside them are exact.
     /// </summary>
-    private (List<DeliveryFailed> RefusedAtOnce, List<DeliveryFailed> TimedOut) SendPastAJam(int[] sizes)
+    private sealed class JammedPeer : IDisposable
     {
-        using var peer = new NonReadingPeer();
-        string endpoint = peer.Endpoint;
-        BulkChannel channel = Courier.Get(Sys).StartChannel("127.0.0.1", 0, "127.0.0.1", identity: null, InboundPolicy.None());
-        TestProbe report = CreateTestProbe(), recipient = CreateTestProbe();
-        IActorRef sender = Sys.ActorOf(Akka.Actor.Props.Create(() => new Sender(channel, endpoint, recipient.Ref, report.Ref)));
-        sender.Tell(new[] { JamFloats });
-        report.ExpectMsg("sent", TimeSpan.FromSeconds(10));
-        // The writer connects after it took the jam from the window, and never finishes writing it.
-        AwaitCondition(() => peer.Connected, TimeSpan.FromSeconds(10));
+        private const int JamFloats = 16 << 20;
+        private readonly NonReadingPeer _peer = new();
+        private readonly TestProbe _report;
+        private readonly IActorRef _sender;
+        private bool _windowFull;
 
-        sender.Tell(sizes);
-        var refusedAtOnce = new List<DeliveryFailed>();
-        for (object message = report.ReceiveOne(TimeSpan.FromSeconds(10))!; message is not "sent"; message = report.ReceiveOne(TimeSpan.FromSeconds(10))!)
+        public JammedPeer(BulkChannelWaitingBoundTests test)
         {
-            refusedAtOnce.Add(Assert.IsType<DeliveryFailed>(message));
+            BulkChannel channel = Courier.Get(test.Sys).StartChannel("127.0.0.1", 0, "127.0.0.1", identity: null, InboundPolicy.None());
+            _report = test.CreateTestProbe();
+            TestProbe recipient = test.CreateTestProbe();
+            string endpoint = _peer.Endpoint;
+            _sender = test.Sys.ActorOf(Akka.Actor.Props.Create(() => new Sender(channel, endpoint, recipient.Ref, _report.Ref)));
+            _sender.Tell(new[] { JamFloats });
+            _report.ExpectMsg("sent", TimeSpan.FromSeconds(10));
+            // The writer connects after it took the jam from the window, and never finishes writing it.
+            test.AwaitCondition(() => _peer.Connected, TimeSpan.FromSeconds(10));
         }
-        var timedOut = new List<DeliveryFailed>();
-        // The window's frames are never reported while the peer stays connected: only the waiting ones come.
-        for (int i = 0; i < sizes.Length - 2 - refusedAtOnce.Count; i++)
+
+        /// <summary>
+        /// Sends frames of <paramref name="sizes"/> floats: those refused at once (the reason says so, and every one
+        /// came before the sender finished), and those that waited and were reported after send-timeout. The window's
+        /// two frames are never reported while the peer stays connected.
+        /// </summary>
+        public (List<DeliveryFailed> RefusedAtOnce, List<DeliveryFailed> TimedOut) Send(int[] sizes)
         {
-            DeliveryFailed failed = report.ExpectMsg<DeliveryFailed>(TimeSpan.FromSeconds(10));
-            Assert.Contains("no room among the 2 frames in flight", failed.Reason);
-            timedOut.Add(failed);
+            _sender.Tell(sizes);
+            var beforeSent = new List<DeliveryFailed>();
+            for (object? message = _report.ReceiveOne(TimeSpan.FromSeconds(10)); message is not "sent"; message = _report.ReceiveOne(TimeSpan.FromSeconds(10)))
+            {
+                beforeSent.Add(Assert.IsType<DeliveryFailed>(message));
+            }
+            var reports = new List<DeliveryFailed>(beforeSent);
+            // The first frames after the jam fill the window and stay there; every later one is reported.
+            int reported = _windowFull ? sizes.Length : sizes.Length - 2;
+            _windowFull = true;
+            while (reports.Count < reported)
+            {
+                reports.Add(_report.ExpectMsg<DeliveryFailed>(TimeSpan.FromSeconds(10)));
+            }
+            List<DeliveryFailed> refused = reports.Where(f => f.Reason.Contains("already wait for room")).ToList();
+            Assert.All(refused, f => Assert.Contains(f, beforeSent));
+            List<DeliveryFailed> timedOut = reports.Where(f => f.Reason.Contains("no room among the 2 frames in flight")).ToList();
+            Assert.Equal(reports.Count, refused.Count + timedOut.Count);
+            return (refused, timedOut);
         }
-        return (refusedAtOnce, timedOut);
+
+        public void Dispose() => _peer.Dispose();
     }
 }
-

@@ -131,6 +131,30 @@ public class OptimizerTests
     }
 
     [Fact]
+    public void AdamsApplyRange_ReportsAWeightThatOverflows_WhileItsStateStaysFinite()
+    {
+        // AdamW's decoupled decay w·(1 − γλ): with γ = 1e37 and λ = 0.01 a weight of 1e4 becomes −1e39, while m and
+        // v (from a gradient of 1e-12) stay small. The weights only: the biases take no decay.
+        Architecture arch = Architecture.Create(20, [9], 3, Activation.Relu, Activation.Softmax, Loss.CrossEntropy);
+        var settings = new OptimizerSettings { Kind = OptimizerKind.Adam, WeightDecay = 0.01f };
+        float[] gradient = Enumerable.Repeat(1e-12f, arch.ParameterCount).ToArray();
+        for (int l = 0; l < arch.Layers.Count; l++)
+        {
+            for (int at = arch.WeightOffset(l); at < arch.WeightOffset(l) + arch.WeightCount(l); at++)
+            {
+                var optimizer = new Optimizer(arch, settings);
+                optimizer.BeginStep();
+                float[] parameters = new float[arch.ParameterCount];
+                parameters[at] = 1e4f;
+                bool finite = optimizer.ApplyRange(parameters, gradient, 1e37f, 0, arch.ParameterCount);
+                Assert.True(optimizer.SecondMoment!.All(float.IsFinite), $"position {at}: v overflowed too");
+                Assert.False(float.IsFinite(parameters[at]), $"position {at}: the overflow did not happen");
+                Assert.False(finite, $"position {at}: the weight's overflow was not reported");
+            }
+        }
+    }
+
+    [Fact]
     public void Schedules_GiveTheDocumentedRates()
     {
         var step = new OptimizerSettings { LearningRate = 1f, Schedule = ScheduleKind.Step, DecayEvery = 2, DecayFactor = 0.5f };

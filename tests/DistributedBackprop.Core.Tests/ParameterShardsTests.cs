@@ -117,6 +117,22 @@ public class ParameterShardsTests
         Assert.Equal(0, update.OptimizerSteps);
     }
 
+    [Theory]
+    [InlineData(OptimizerKind.Sgd)]
+    [InlineData(OptimizerKind.Adam)]
+    public void AnUpdateThatOverflows_IsReportedByTheShard(OptimizerKind kind)
+    {
+        // A finite sum whose update is not: SGD's w − γg with γ = 1e30; Adam's v ← β2 v + (1 − β2) g² with g = 1e30.
+        var settings = new OptimizerSettings { Kind = kind };
+        var optimizer = new Optimizer(Arch, settings);
+        var update = new ShardUpdate(Arch, settings, 1, 20, new float[10], 0, ShardUpdate.StateSlicesOf(optimizer, 20, 10));
+        float[] gradient = Enumerable.Repeat(0.5f, 10).ToArray();
+        gradient[9] = kind == OptimizerKind.Adam ? 1e30f : 1e10f;
+        Assert.True(update.TryAdd(new TreeNode(0, 1), 0, gradient));
+        Assert.True(update.Reduce());
+        Assert.False(update.Apply(kind == OptimizerKind.Adam ? 1e-3f : 1e30f));
+    }
+
     [Fact]
     public void MissingRuns_AreTheUncoveredPartsInContiguousRuns()
     {

@@ -23,7 +23,7 @@ public sealed record BulkChannelSettings(int MaxConnections, int MaxPendingHands
     public long? LinkBitsPerSecond { get; init; }
 
     /// <summary>Frames that may wait beside a peer's full window; one more is reported undeliverable at once.</summary>
-    public int MaxFramesWaiting { get; init; } = 1024;
+    public int MaxFramesWaiting { get; init; } = 65536;
 
     /// <summary>Payload bytes that may wait beside a peer's full window (the first waiting frame is taken whatever its size).</summary>
     public long MaxBytesWaiting { get; init; } = 2L << 30;
@@ -35,8 +35,10 @@ public sealed record BulkChannelSettings(int MaxConnections, int MaxPendingHands
             c.GetTimeSpan("idle-timeout"), c.GetInt("max-frames-in-flight"), c.GetTimeSpan("send-timeout"), c.GetTimeSpan("connect-timeout"), c.GetInt("max-path-bytes"))
         {
             LinkBitsPerSecond = LinkPacing.Parse(c.GetString("link-rate", "auto"), "dbp.bulk-channel.link-rate"),
-            MaxFramesWaiting = c.GetInt("max-frames-waiting"),
-            MaxBytesWaiting = c.GetByteSize("max-bytes-waiting") ?? throw new InvalidOperationException("dbp.bulk-channel.max-bytes-waiting is missing from the configuration"),
+            MaxFramesWaiting = c.GetInt("max-frames-waiting") is int frames and >= 1 ? frames
+                : throw new ArgumentException($"dbp.bulk-channel.max-frames-waiting: must be at least 1, got {c.GetInt("max-frames-waiting")}"),
+            MaxBytesWaiting = c.GetByteSize("max-bytes-waiting") is long bytes and >= 0 ? bytes
+                : throw new ArgumentException("dbp.bulk-channel.max-bytes-waiting: must be a size of 0 bytes or more (e.g. 2GiB)"),
         };
     }
 }
@@ -83,7 +85,7 @@ public sealed class BulkChannel : IDisposable
     private readonly BoundedCache<string, IActorRef> _actors;
     private readonly CancellationTokenSource _stop = new();
     private readonly LinkedList<CancellationTokenSource> _handshaking = new();
-    private long _bytesSent, _bytesReceived, _refusals, _undelivered;
+    private long _bytesSent, _bytesReceived, _refusals;
     private int _open;
 
     /// <param name="paced">
@@ -221,26 +223,31 @@ public sealed class BulkChannel : IDisposable
         }
     }
 
-    /// <summary>Tells the frame's sender; logs the first few, then one line per hundred (a sender in a loop must not flood the log).</summary>
+    /// <summary>Tells the frame's sender, and logs it within <see cref="_undeliveredLog"/>'s budget (a sender in a loop must not flood the log).</summary>
     private void Dropped(Frame frame, string reason)
     {
-        long count = Interlocked.Increment(ref _undelivered);
-        if (count <= 20 || count % 100 == 0)
+        if (_undeliveredLog.Take() is { } unlogged)
         {
-            _log.Warning("bulk channel: could not deliver a {0} to {1}: {2} ({3} undelivered so far)", frame.Message.GetType().Name, frame.Recipient, reason, count);
+            _log.Warning("bulk channel: could not deliver a {0} to {1}: {2}{3}", frame.Message.GetType().Name, frame.Recipient, reason,
+                unlogged > 0 ? $" ({unlogged} more undelivered frames were not logged before this one)" : "");
         }
         frame.SenderRef.Tell(new DeliveryFailed(frame.RecipientRef, frame.Message, reason));
     }
 
-    /// <summary>Counts and logs what a peer did wrong; after the first few, one line per hundred (a flood must not flood the log).</summary>
+    private readonly LogBudget _undeliveredLog = new(20, TimeSpan.FromSeconds(10));
+
+    /// <summary>Counts and logs what a peer did wrong, within <see cref="_refusedLog"/>'s budget (a flood must not flood the log).</summary>
     private void Refused(string peer, string reason)
     {
         long count = Interlocked.Increment(ref _refusals);
-        if (count <= 20 || count % 100 == 0)
+        if (_refusedLog.Take() is { } unlogged)
         {
-            _log.Warning("bulk channel: closed the connection from {0}: {1} ({2} refused so far)", peer, reason, count);
+            _log.Warning("bulk channel: closed the connection from {0}: {1} ({2} refused so far{3})", peer, reason, count,
+                unlogged > 0 ? $", {unlogged} of them not logged" : "");
         }
     }
+
+    private readonly LogBudget _refusedLog = new(20, TimeSpan.FromSeconds(10));
 
     /// <summary>The address a bind host names: 0.0.0.0 or * for every IPv4 interface, :: for IPv6, a literal, or a host name's IPv4 address.</summary>
     public static IPAddress BindAddress(string bindHost) => bindHost switch
@@ -765,23 +772,41 @@ public sealed class BulkChannel : IDisposable
                 {
                     return;
                 }
-                long bytes = PayloadLength(frame.Message);
                 if (Queue.IsAddingCompleted)
                 {
                     reason = "the connection is closed";
                 }
-                else if (TooManyWaiting(bytes) is { } refusal)
-                {
-                    reason = refusal;
-                }
                 else
                 {
-                    _waiting.Enqueue((frame, Stopwatch.GetTimestamp(), bytes));
-                    _waitingBytes += bytes;
-                    return;
+                    long bytes = Measure(frame.Message, out string? unwritable);
+                    if ((unwritable ?? TooManyWaiting(bytes)) is { } refusal)
+                    {
+                        reason = refusal;
+                    }
+                    else
+                    {
+                        _waiting.Enqueue((frame, Stopwatch.GetTimestamp(), bytes));
+                        _waitingBytes += bytes;
+                        return;
+                    }
                 }
             }
             _channel.Dropped(frame, reason);
+        }
+
+        /// <summary>The payload's length, or −1 with the reason if the wire format cannot write it (the writer would report it the same way).</summary>
+        private static long Measure(object message, out string? unwritable)
+        {
+            try
+            {
+                unwritable = null;
+                return PayloadLength(message);
+            }
+            catch (Exception e)
+            {
+                unwritable = e.Message;
+                return -1;
+            }
         }
 
         /// <summary>

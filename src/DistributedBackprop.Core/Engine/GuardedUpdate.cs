@@ -120,8 +120,8 @@ public sealed class GuardedUpdate
         return (start, end - start);
     }
 
-    // Both passes walk their slice in blocks small enough to stay in the core's cache, so the checks read
-    // values just written instead of streaming the slice from memory again.
+    // Both passes walk their slice in blocks small enough to stay in the core's cache: the reduce pass's check reads
+    // the sums just written instead of streaming the slice from memory again (the apply pass checks in registers).
     private const int Block = 4096;
 
     private void ReduceLane(int lane)

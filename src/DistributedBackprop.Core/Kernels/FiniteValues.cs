@@ -5,8 +5,9 @@ using System.Runtime.InteropServices;
 namespace DistributedBackprop.Kernels;
 
 /// <summary>
-/// The finite check of every update, of every gradient a peer sends and of every tensor read from a model or a
-/// checkpoint: one implementation below the engine, the network code and the file formats.
+/// The finite check of every summed gradient, of every gradient a peer sends and of every tensor read from a model
+/// or a checkpoint, and the per-vector test the optimizer applies to what it writes: one implementation below the
+/// engine, the network code and the file formats.
 /// </summary>
 public static class FiniteValues
 {

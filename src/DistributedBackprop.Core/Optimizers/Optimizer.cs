@@ -102,7 +102,7 @@ public sealed class Optimizer
     /// <summary>
     /// Updates parameters [start, start + count) of the step begun by <see cref="BeginStep"/>. The update is
     /// element-wise, so disjoint ranges may run on different threads and give the same bits as one call.
-    /// Returns whether every value it wrote is finite (<see cref="ApplySection"/> says which are checked).
+    /// Returns whether the new parameters, and Adam's new v, are all finite (<see cref="ApplySection"/> says why those).
     /// </summary>
     public bool ApplyRange(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start, int count)
     {
@@ -117,7 +117,7 @@ public sealed class Optimizer
     /// Updates a shard's slice: <paramref name="parameters"/> and <paramref name="gradient"/> hold parameters
     /// [start, start + length) of the model (the optimizer state stays indexed by the model's parameter index).
     /// Element for element the same arithmetic as <see cref="ApplyRange"/>, so K slices give one pass's bits.
-    /// Returns whether every value it wrote is finite.
+    /// Returns whether the new parameters, and Adam's new v, are all finite.
     /// </summary>
     public bool ApplySlice(Span<float> parameters, ReadOnlySpan<float> gradient, float learningRate, int start)
     {
