@@ -16,23 +16,6 @@ namespace DistributedBackprop.Actors.Tests;
 public sealed class BulkChannelFlowTests(ITestOutputHelper output) : TestKit(
     ConfigurationFactory.ParseString("dbp.bulk-channel { max-frames-in-flight = 2, send-timeout = 1s }").WithFallback(LocalTraining.LoadConfig()), output: output)
 {
-    /// <summary>Sends its frames on the channel when told, then says so.</summary>
-    private sealed class Sender : ReceiveActor
-    {
-        public Sender(BulkChannel channel, string endpoint, IActorRef recipient, IActorRef reportTo, int frames, int floats)
-        {
-            ReceiveAny(_ =>
-            {
-                for (int i = 0; i < frames; i++)
-                {
-                    // DeliveryFailed goes to reportTo directly: it must come after "sent", i.e. after this loop.
-                    channel.Send(endpoint, recipient, new ComputeGradients(i, 0, 0, 0, 1, new float[floats]), reportTo);
-                }
-                reportTo.Tell("sent");
-            });
-        }
-    }
-
     [Fact]
     public void APeerThatStopsReading_NeverHoldsTheSendingActor_AndEveryFrameItCannotTakeIsReported()
     {
@@ -43,9 +26,9 @@ public sealed class BulkChannelFlowTests(ITestOutputHelper output) : TestKit(
         // 16 MB frames: the writer holds one (no socket buffer takes it), two fill the window, the others wait
         // beside it (at least eight of them, whenever the writer takes its first).
         const int frames = 12, floats = 4 << 20;
-        IActorRef sender = Sys.ActorOf(Akka.Actor.Props.Create(() => new Sender(channel, endpoint, recipient.Ref, report.Ref, frames, floats)));
+        IActorRef sender = Sys.ActorOf(Akka.Actor.Props.Create(() => new FrameSender(channel, endpoint, recipient.Ref, report.Ref)));
 
-        sender.Tell("go");
+        sender.Tell(Enumerable.Repeat(floats, frames).ToArray());
 
         // With sends that wait for room, the 5th frame would hold the actor for send-timeout (1 s) and its
         // DeliveryFailed would reach the probe before "sent".
@@ -58,6 +41,26 @@ public sealed class BulkChannelFlowTests(ITestOutputHelper output) : TestKit(
         Assert.All(failed, f => Assert.Contains("no room among the 2 frames in flight", f.Reason));
         // In order: the frames that waited longest are reported first.
         Assert.Equal(failed.Select(f => ((ComputeGradients)f.Message).Step).Order(), failed.Select(f => ((ComputeGradients)f.Message).Step));
+    }
+}
+
+/// <summary>
+/// Sends a frame of each size it is told (steps 0, 1, …, continuing across messages) on the channel, then says
+/// "sent". A DeliveryFailed for a frame refused while it sends goes to reportTo directly, before "sent".
+/// </summary>
+internal sealed class FrameSender : ReceiveActor
+{
+    public FrameSender(BulkChannel channel, string endpoint, IActorRef recipient, IActorRef reportTo)
+    {
+        int step = 0;
+        Receive<int[]>(sizes =>
+        {
+            foreach (int floats in sizes)
+            {
+                channel.Send(endpoint, recipient, new ComputeGradients(step++, 0, 0, 0, 1, new float[floats]), reportTo);
+            }
+            reportTo.Tell("sent");
+        });
     }
 }
 
@@ -104,23 +107,6 @@ public sealed class BulkChannelWaitingBoundTests(ITestOutputHelper output) : Tes
     ConfigurationFactory.ParseString("dbp.bulk-channel { max-frames-in-flight = 2, send-timeout = 1s, max-frames-waiting = 3, max-bytes-waiting = 10MB }")
         .WithFallback(LocalTraining.LoadConfig()), output: output)
 {
-    /// <summary>Sends a frame of each size (steps 0, 1, …, continuing across messages) when told, then says so.</summary>
-    private sealed class Sender : ReceiveActor
-    {
-        public Sender(BulkChannel channel, string endpoint, IActorRef recipient, IActorRef reportTo)
-        {
-            int step = 0;
-            Receive<int[]>(sizes =>
-            {
-                foreach (int floats in sizes)
-                {
-                    channel.Send(endpoint, recipient, new ComputeGradients(step++, 0, 0, 0, 1, new float[floats]), reportTo);
-                }
-                reportTo.Tell("sent");
-            });
-        }
-    }
-
     [Fact]
     public void FramesPastMaxFramesWaiting_AreReportedAtOnce_AndTheOnesWaitingAfterSendTimeout()
     {
@@ -176,7 +162,7 @@ public sealed class BulkChannelWaitingBoundTests(ITestOutputHelper output) : Tes
             _report = test.CreateTestProbe();
             TestProbe recipient = test.CreateTestProbe();
             string endpoint = _peer.Endpoint;
-            _sender = test.Sys.ActorOf(Akka.Actor.Props.Create(() => new Sender(channel, endpoint, recipient.Ref, _report.Ref)));
+            _sender = test.Sys.ActorOf(Akka.Actor.Props.Create(() => new FrameSender(channel, endpoint, recipient.Ref, _report.Ref)));
             _sender.Tell(new[] { JamFloats });
             _report.ExpectMsg("sent", TimeSpan.FromSeconds(10));
             // The writer connects after it took the jam from the window, and never finishes writing it.

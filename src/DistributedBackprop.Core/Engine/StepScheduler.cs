@@ -234,7 +234,7 @@ public sealed class StepScheduler<TWorker>(int chunks, TreeReducer coverage, boo
             {
                 continue;
             }
-            if (run is var (runLo, runHi) ? MarkUncovered([(runLo, runHi)], missing) : MarkUncovered(worker.Assigned, missing))
+            if (MarkUncovered(run is { } given ? [given] : worker.Assigned, missing))
             {
                 laggards.Add(worker);
             }
