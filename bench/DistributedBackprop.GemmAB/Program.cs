@@ -130,6 +130,7 @@ foreach (Product product in products)
     bool sameBits = Bits.Same(session.Parameters, baselineSession.Parameters);
     Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, {rows} rows of data, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
 }
+return 0;
 
 static double Median(double[] values) => Quantile(values.Order().ToArray(), 0.5);
 
