@@ -243,7 +243,12 @@ public static unsafe class Gemm
         int perK = Math.Max(1, GemmBlocking.ChunkTreeBlockBytes / (k * sizeof(float)));
         int mcBlock = Math.Clamp(perK / mr * mr, mr, blk.MC);
         int ncBlock = Math.Clamp(perK / nr * nr, nr, blk.NC);
-        float* packA = (t_packA ??= new()).Ensure(RoundUp(Math.Min(mcBlock, m), mr) * k);
+        // With B cut into several column blocks (k large: 4 at batch 512 for layer 0's 784 columns), each block packed A
+        // again, the same δᵀ through the same transposes every time: a block of rows' A is packed once, at the first
+        // column block, and read back for the others when it fits KeepAFloats.
+        int rowsPerBlock = Math.Min(blockRows, m);
+        bool keepA = ncBlock < n && (long)RoundUp(rowsPerBlock, mr) * k <= KeepAFloats;
+        float* packA = (t_packA ??= new()).Ensure(RoundUp(keepA ? rowsPerBlock : Math.Min(mcBlock, m), mr) * k);
         // Several blocks would each pack all of B again: pack it whole once if it fits (panel jc then starts at jc·k).
         bool packOnce = order.Length > 1 && (long)RoundUp(n, nr) * k <= PackOnceFloats;
         float* packB = (t_packB ??= new()).Ensure(packOnce ? RoundUp(n, nr) * k : RoundUp(Math.Min(ncBlock, n), nr) * k);
@@ -284,14 +289,19 @@ public static unsafe class Gemm
                     for (int ic = rowStart; ic < rowEnd; ic += mcBlock)
                     {
                         int mc = Math.Min(mcBlock, rowEnd - ic);
-                        PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, packA);
+                        // Kept: this MC block's slivers at (ic − rowStart)·k, mcBlock being a whole number of slivers.
+                        float* aBlock = keepA ? packA + (long)(ic - rowStart) * k : packA;
+                        if (!keepA || jc == 0)
+                        {
+                            PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, aBlock);
+                        }
                         for (int jr = 0; jr < nc; jr += nr)
                         {
                             int cols = Math.Min(nr, nc - jr);
                             for (int ir = 0; ir < mc; ir += mr)
                             {
                                 int rows = Math.Min(mr, mc - ir);
-                                float* aSliver = packA + (long)ir * k;
+                                float* aSliver = aBlock + (long)ir * k;
                                 float* bSliver = panel + (long)jr * k;
                                 float* cTile = pc + (long)(ic + ir) * ldc + jc + jr;
                                 bool fullTile = rows == mr && cols == nr;
@@ -338,6 +348,9 @@ public static unsafe class Gemm
 
     /// <summary>The most floats B may take packed whole for a blocked chunk-tree product (16 MiB); beyond, each block packs it again.</summary>
     public const int PackOnceFloats = 4 << 20;
+
+    /// <summary>The most floats a chunk-tree product keeps A packed in across B's column blocks (4 MiB); beyond, each column block packs it again.</summary>
+    public const int KeepAFloats = 1 << 20;
 
     /// <summary>
     /// The canonical tree's binary-counter walk (<see cref="TreeWalk"/>) over a stack of tile slots, as
