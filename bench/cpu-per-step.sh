@@ -5,10 +5,12 @@
 # for SHORT and for LONG epochs, takes each process's user + system CPU (/usr/bin/time), the run's wall time (of `train`
 # or `serve`) and the metrics' steps, and divides the differences by the steps between them, so start-up and data loading cancel out
 # (each epoch's evaluation stays in, in every mode alike). For each mode: CPU ms per step, wall ms per step, cores
-# busy, and the cluster's ceiling against local mode: local wall per step ÷ (cluster CPU per step ÷ cores). No
-# arrangement of the cluster's threads can beat that ceiling on this host; the last line is one JSON object.
+# busy, and the cluster's ceiling against local mode: local wall per step ÷ (cluster CPU per step ÷ cores). At the
+# CPU a step measured (this code's transport, sealing and idle spinning included) no schedule of the cluster's
+# threads can beat that ceiling on this host; only less CPU a step or more cores can. The last line is one JSON object.
 #   bash bench/cpu-per-step.sh [SHORT] [LONG]          (default 2 and 8 epochs)
 set -euo pipefail
+shopt -s inherit_errexit   # a failing run inside $(…) stops the script too
 cd "$(dirname "$0")/.."
 short=${1:-2}; long=${2:-8}
 case "$short$long" in *[!0-9]*|"") echo "bench/cpu-per-step.sh: SHORT and LONG must be whole numbers of epochs" >&2; exit 2;; esac
@@ -24,17 +26,26 @@ run() {
   local mode=$1 epochs=$2 dir; dir=$(mktemp -d "$work/run.XXXXXX")
   local args=(--data "$data" --layers 256,128 --batch-size 256 --epochs "$epochs" --optimizer sgd --lr 0.05 --progress none --metrics "$dir/m.jsonl")
   if [ "$mode" = local ]; then
-    /usr/bin/time -f "%e %U %S" -o "$dir/t.local" "$dbp" train "${args[@]}" --workers 2 >/dev/null
+    /usr/bin/time -f "%e %U %S" -o "$dir/t.local" "$dbp" train "${args[@]}" --workers 2 >/dev/null || true
   else
     local insecure=(); [ "$mode" = insecure ] && insecure=(--insecure)
-    /usr/bin/time -f "%e %U %S" -o "$dir/t.serve" "$dbp" serve "${args[@]}" --port 0 --min-workers 2 "${insecure[@]}" \
+    /usr/bin/time -f "%e %U %S" -o "$dir/t.serve" timeout 1800 "$dbp" serve "${args[@]}" --port 0 --min-workers 2 "${insecure[@]}" \
       --state-dir "$dir/state" --token-file "$dir/token" >"$dir/serve.out" 2>"$dir/serve.err" &
     local server=$!
     for _ in $(seq 1 200); do grep -q "workers join with" "$dir/serve.err" && break; sleep 0.1; done
+    if ! grep -q "workers join with" "$dir/serve.err"; then
+      kill "$server" 2>/dev/null || true
+      echo "bench/cpu-per-step.sh: dbp serve printed no join line within 20 s:" >&2; cat "$dir/serve.err" >&2; exit 1
+    fi
     local join; read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$dir/serve.err" | head -1 | sed 's/.*dbp //')"
     /usr/bin/time -f "%e %U %S" -o "$dir/t.worker1" "$dbp" "${join[@]}" >/dev/null 2>&1 &
     /usr/bin/time -f "%e %U %S" -o "$dir/t.worker2" "$dbp" "${join[@]}" >/dev/null 2>&1 &
-    wait "$server"; wait
+    wait "$server" || true; wait || true
+  fi
+  # /usr/bin/time writes "Command exited with non-zero status N" before the figures of a process that failed
+  # (the failures above are let through to be named here).
+  if grep -l "Command exited\|Command terminated" "$dir"/t.* >/dev/null; then
+    echo "bench/cpu-per-step.sh: a $mode run failed ($(grep -h "Command" "$dir"/t.* | head -1))" >&2; exit 1
   fi
   python3 -c "
 import json,sys
@@ -48,8 +59,9 @@ print(cpu, rows[-1]['step'], wall)" "$dir/m.jsonl" "$dir"/t.*
 cores=$(nproc)
 results=()
 for mode in local secure insecure; do
-  read -r cpu1 steps1 secs1 <<<"$(run "$mode" "$short")"
-  read -r cpu2 steps2 secs2 <<<"$(run "$mode" "$long")"
+  first=$(run "$mode" "$short"); second=$(run "$mode" "$long")   # an assignment: a failed run stops the script
+  read -r cpu1 steps1 secs1 <<<"$first"
+  read -r cpu2 steps2 secs2 <<<"$second"
   results+=("$mode $cpu1 $steps1 $secs1 $cpu2 $steps2 $secs2")
 done
 printf '%s\n' "${results[@]}" | python3 -c "

@@ -95,11 +95,12 @@ public class GemmTests
     }
 
     /// <summary>
-    /// k deep enough that the chunk-tree product cuts B into several column blocks and A into several row blocks
-    /// (512 KiB of packed panels over k = 1,400: 64–80 columns and 88–90 rows a block on every tier), so A is packed at
-    /// the first column block and read back, at each row block's place, for the others.
+    /// k deep enough that the chunk-tree product cuts B into several column blocks and A into several MC blocks of
+    /// rows (512 KiB of packed panels: at k = 8,000, 12 rows and 16 columns a block on AVX2, 16 and 32 on AVX-512; at
+    /// k = 6,000, 18 and 16 on AVX2, 16 and 32 on AVX-512), the last of each ragged, so A is packed at the first column
+    /// block and read back, at each MC block's place, for the others. Small m and n keep the naive reference quick.
     /// </summary>
-    public static IEnumerable<object[]> KeptAShapes() => [[100, 200, 1400], [13, 150, 3000]];
+    public static IEnumerable<object[]> KeptAShapes() => [[20, 40, 8000], [26, 70, 6000]];
 
     [Theory]
     [MemberData(nameof(Shapes))]
@@ -127,13 +128,15 @@ public class GemmTests
 
     /// <summary>
     /// In blocks of C's rows, in any order, each block told once when complete: the bits of the whole product,
-    /// with B packed once (the first shapes) and, past <see cref="Gemm.PackOnceFloats"/>, packed again per block.
+    /// with B packed once (the first and last shapes) and, past <see cref="Gemm.PackOnceFloats"/>, packed again per block.
     /// At each block's report its rows already hold their final values.
     /// </summary>
     [Theory]
     [InlineData(256, 784, 64, 64)]
     [InlineData(130, 300, 40, 37)]
     [InlineData(20, 2100, 2050, 6)]
+    // Row blocks of several MC blocks each, B in several column blocks packed once: A kept per row block.
+    [InlineData(250, 300, 1400, 100)]
     public void ChunkTreeProduct_InRowBlocks_InAnyOrder_HasTheBitsOfTheWholeProduct(int m, int n, int k, int blockRows)
     {
         int blocks = (m + blockRows - 1) / blockRows;

@@ -291,6 +291,7 @@ public static unsafe class Gemm
                         int mc = Math.Min(mcBlock, rowEnd - ic);
                         // Kept: this MC block's slivers at (ic − rowStart)·k, mcBlock being a whole number of slivers.
                         float* aBlock = keepA ? packA + (long)(ic - rowStart) * k : packA;
+                        Debug.Assert(!keepA || (long)(ic - rowStart + RoundUp(mc, mr)) * k <= (long)RoundUp(rowsPerBlock, mr) * k, "kept A's MC block must lie inside its buffer");
                         if (!keepA || jc == 0)
                         {
                             PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, aBlock);
