@@ -11,6 +11,7 @@
 #                                                    DBP_STEP_TIMELINE for its three processes, bench/step-timeline.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/join-line.sh   # worker_arguments
 rounds=${1:-3}; epochs=${2:-4}
 data=${DBP_FMNIST:-../shared/datasets/fashion-mnist}
 dbp=src/DistributedBackprop.Cli/bin/Release/net10.0/dbp
@@ -29,9 +30,9 @@ for r in $(seq 1 "$rounds"); do
   "${timeline[@]}" "$dbp" serve "${args[@]}" --port 0 --min-workers 2 --metrics "$work/cluster.jsonl" ${DBP_INSECURE:+--insecure} --server-shards "${DBP_SHARDS:-1}" \
     --state-dir "$work/state" --token-file "$work/token" >"$work/serve.out" 2>"$work/serve.err" &
   server=$!
-  for _ in $(seq 1 200); do grep -q "workers join with" "$work/serve.err" && break; sleep 0.1; done
   # The exact worker command line the server printed (join address, bulk port, token file or --insecure).
-  read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$work/serve.err" | head -1 | sed 's/.*dbp //')"
+  arguments=$(worker_arguments "$work/serve.err") || { kill "$server"; exit 1; }
+  read -r -a join <<<"$arguments"
   "${timeline[@]}" "$dbp" "${join[@]}" >/dev/null 2>&1 &
   "${timeline[@]}" "$dbp" "${join[@]}" >/dev/null 2>&1 &
   wait "$server"

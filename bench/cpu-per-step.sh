@@ -12,6 +12,7 @@
 set -euo pipefail
 shopt -s inherit_errexit   # a failing run inside $(…) stops the script too
 cd "$(dirname "$0")/.."
+source bench/join-line.sh   # worker_arguments
 short=${1:-2}; long=${2:-8}
 case "$short$long" in *[!0-9]*|"") echo "bench/cpu-per-step.sh: SHORT and LONG must be whole numbers of epochs" >&2; exit 2;; esac
 [ "$short" -ge 1 ] && [ "$long" -gt "$short" ] || { echo "bench/cpu-per-step.sh: need 1 ≤ SHORT < LONG (got $short, $long)" >&2; exit 2; }
@@ -32,12 +33,9 @@ run() {
     /usr/bin/time -f "%e %U %S" -o "$dir/t.serve" timeout 1800 "$dbp" serve "${args[@]}" --port 0 --min-workers 2 "${insecure[@]}" \
       --state-dir "$dir/state" --token-file "$dir/token" >"$dir/serve.out" 2>"$dir/serve.err" &
     local server=$!
-    for _ in $(seq 1 200); do grep -q "workers join with" "$dir/serve.err" && break; sleep 0.1; done
-    if ! grep -q "workers join with" "$dir/serve.err"; then
-      kill "$server" 2>/dev/null || true
-      echo "bench/cpu-per-step.sh: dbp serve printed no join line within 20 s:" >&2; cat "$dir/serve.err" >&2; exit 1
-    fi
-    local join; read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$dir/serve.err" | head -1 | sed 's/.*dbp //')"
+    local arguments join
+    arguments=$(worker_arguments "$dir/serve.err") || { kill "$server" 2>/dev/null; exit 1; }
+    read -r -a join <<<"$arguments"
     /usr/bin/time -f "%e %U %S" -o "$dir/t.worker1" "$dbp" "${join[@]}" >/dev/null 2>&1 &
     /usr/bin/time -f "%e %U %S" -o "$dir/t.worker2" "$dbp" "${join[@]}" >/dev/null 2>&1 &
     wait "$server" || true; wait || true

@@ -11,6 +11,7 @@
 #   sudo bash bench/straggler.sh [rounds] [epochs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/join-line.sh   # worker_arguments
 rounds=${1:-2}; epochs=${2:-12}
 [ "$(id -u)" = 0 ] || { echo "straggler bench: needs root (cgroups)"; exit 1; }
 cpu=/sys/fs/cgroup/cpu
@@ -48,8 +49,9 @@ run() {
   "$dbp" serve "${args[@]}" --port 0 --min-workers 3 --cluster-config "$work/$dealing.hocon" --metrics "$work/$name.jsonl" \
     --state-dir "$work/state" --token-file "$work/state/token" >"$work/$name.out" 2>"$work/$name.err" &
   local server=$!
-  for _ in $(seq 1 200); do grep -q "workers join with" "$work/$name.err" && break; sleep 0.1; done
-  read -r -a join <<<"$(grep -o 'workers join with: dbp worker .*' "$work/$name.err" | head -1 | sed 's/.*dbp //')"
+  local arguments join
+  arguments=$(worker_arguments "$work/$name.err") || { kill "$server"; exit 1; }
+  read -r -a join <<<"$arguments"
   local workers=()
   for i in 0 1 2; do
     "$dbp" "${join[@]}" --name "w$i" >"$work/$name-w$i.log" 2>&1 &

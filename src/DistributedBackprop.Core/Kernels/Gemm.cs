@@ -246,9 +246,9 @@ public static unsafe class Gemm
         // With B cut into several column blocks (k large: 4 at batch 512 for layer 0's 784 columns), each block packed A
         // again, the same δᵀ through the same transposes every time: a block of rows' A is packed once, at the first
         // column block, and read back for the others when it fits KeepAFloats.
-        int rowsPerBlock = Math.Min(blockRows, m);
-        bool keepA = ncBlock < n && (long)RoundUp(rowsPerBlock, mr) * k <= KeepAFloats;
-        float* packA = (t_packA ??= new()).Ensure(RoundUp(keepA ? rowsPerBlock : Math.Min(mcBlock, m), mr) * k);
+        int keptRows = RoundUp(Math.Min(blockRows, m), mr);
+        bool keepA = ncBlock < n && (long)keptRows * k <= KeepAFloats;
+        float* packA = (t_packA ??= new()).Ensure((keepA ? keptRows : RoundUp(Math.Min(mcBlock, m), mr)) * k);
         // Several blocks would each pack all of B again: pack it whole once if it fits (panel jc then starts at jc·k).
         bool packOnce = order.Length > 1 && (long)RoundUp(n, nr) * k <= PackOnceFloats;
         float* packB = (t_packB ??= new()).Ensure(packOnce ? RoundUp(n, nr) * k : RoundUp(Math.Min(ncBlock, n), nr) * k);
@@ -291,7 +291,7 @@ public static unsafe class Gemm
                         int mc = Math.Min(mcBlock, rowEnd - ic);
                         // Kept: this MC block's slivers at (ic − rowStart)·k, mcBlock being a whole number of slivers.
                         float* aBlock = keepA ? packA + (long)(ic - rowStart) * k : packA;
-                        Debug.Assert(!keepA || (long)(ic - rowStart + RoundUp(mc, mr)) * k <= (long)RoundUp(rowsPerBlock, mr) * k, "kept A's MC block must lie inside its buffer");
+                        Debug.Assert(!keepA || ic - rowStart + RoundUp(mc, mr) <= keptRows, "kept A's MC block must lie inside its buffer");
                         if (!keepA || jc == 0)
                         {
                             PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, aBlock);
