@@ -1,4 +1,5 @@
 using DistributedBackprop.Data;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Reduction;
 
@@ -68,14 +69,12 @@ public sealed class NodeGradientComputer
         _chunkCount = count;
         _normaliser = batchRows.Length;
 
-        Span<float> input = _network.Input(rows);
+        ReadOnlySpan<int> nodeRows = batchRows.Slice(rowStart, rows);
+        RowGather.Copy(_data.Values, _data.Features, nodeRows, _network.Input(rows));
         Span<int> labels = LabelBuffer(rows);
-        int features = _data.Features;
         for (int r = 0; r < rows; r++)
         {
-            int row = batchRows[rowStart + r];
-            _data.Row(row).CopyTo(input.Slice(r * features, features));
-            labels[r] = _data.Labels[row];
+            labels[r] = _data.Labels[nodeRows[r]];
         }
         _rows = rows;
         _network.BeginForward(rows);
