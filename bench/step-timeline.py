@@ -7,7 +7,8 @@ dealt step: with local steps the steps go by H). The first quarter of the steps 
 are left out, or pass --from STEP. A line cut short (a process killed before its buffer was written) is skipped.
 The clock is the host's monotonic clock: processes on different machines cannot be compared this way.
   python3 bench/step-timeline.py DIR [--from STEP]
-Events: server dealt / arrived (a worker's gradient in) / applied (with shards: told them to apply); worker received
+Events: server dealt / arrived (a worker's gradient in) / covered (every chunk in: the sum and update start) / applied
+(with shards: told them to apply); worker received
 (its work) / started (θ whole) / computed; with --server-shards: shard slice-summing, server slice-summed, shard
 slice-applying / slice-applied."""
 import argparse, collections, glob, os, statistics, sys

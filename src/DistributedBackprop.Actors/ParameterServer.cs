@@ -548,6 +548,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         {
             _epoch.WaitingForSlowest += Stopwatch.GetElapsedTime(_step.FirstArrival.Value, now).TotalSeconds;
             _step.CoveredAt = now;
+            StepTimeline.Mark("covered", message.Step, "server");
             if (_shards is null)
             {
                 FinishStep(now);
