@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """This host's memory, as a training step's gather meets it: a sequential copy of a Fashion-MNIST-sized float32
 array (60,000 × 784, 188 MB; GB/s counted read + write) and batches of rows gathered from it at random (GB/s of rows
-copied). Five rounds each after one warm-up; prints the median and range.
+copied), five rounds each after one warm-up, median and range; then the copy rate by size (one array of 0.5 to 64 MB
+copied into another, again and again): where it falls is how much of the last-level cache this process really has.
   /usr/bin/python3 bench/memory-rate.py [BATCH]        (default 128)"""
 import statistics
 import sys
@@ -34,3 +35,11 @@ batches = iter([rng.permutation(rows)[:batch] for _ in range(6)])
 gather = measure(lambda: np.take(data, next(batches), axis=0, out=out), out.nbytes)
 for name, rates in [("sequential copy (read + write)", sequential), (f"gather of {batch} random rows", gather)]:
     print(f"{name}: median {statistics.median(rates):.2f} GB/s (range {min(rates):.2f}–{max(rates):.2f})")
+
+# By size: the same copy on arrays small enough to stay in cache, up to far past it (at least 0.2 s each).
+for megabytes in [0.5, 1, 2, 4, 8, 16, 64]:
+    small = np.ones(int(megabytes * 1e6 / 4), dtype=np.float32)
+    target = np.empty_like(small)
+    repeats = max(3, int(400 / megabytes))
+    rates = measure(lambda: [np.copyto(target, small) for _ in range(repeats)], 2 * small.nbytes * repeats)
+    print(f"copy of {megabytes:g} MB into another (working set {2 * megabytes:g} MB): median {statistics.median(rates):.1f} GB/s (range {min(rates):.1f}–{max(rates):.1f})")
