@@ -39,13 +39,26 @@ public class RowGatherTests
     }
 
     [Fact]
-    public void RowsOutsideTheTable_OrADestinationTooSmall_AreRefusedBeforeAnythingIsCopied()
+    public void ADestinationOfExactlyTheRows_IsFilled()
     {
-        float[] table = new float[10 * 4];
+        float[] table = [.. Enumerable.Range(1, 10 * 20).Select(i => (float)i)];
+        float[] destination = new float[3 * 20];
+        RowGather.Copy(table, 20, [9, 0, 4], destination);
+        Assert.Equal(table.AsSpan(9 * 20, 20).ToArray(), destination.AsSpan(0, 20).ToArray());
+        Assert.Equal(table.AsSpan(0, 20).ToArray(), destination.AsSpan(20, 20).ToArray());
+        Assert.Equal(table.AsSpan(4 * 20, 20).ToArray(), destination.AsSpan(40, 20).ToArray());
+    }
+
+    [Fact]
+    public void RowsOutsideTheTable_ADestinationTooSmall_OrNoWidth_AreRefusedBeforeAnythingIsCopied()
+    {
+        // Rows of non-zero values, so a copy of the good rows before the bad one would show.
+        float[] table = [.. Enumerable.Range(1, 10 * 4).Select(i => (float)i)];
         float[] destination = new float[3 * 4];
-        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.Copy(table, 4, [0, 10, 1], destination));
-        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.Copy(table, 4, [-1], destination));
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.Copy(table, 4, [0, 1, 10], destination));
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.Copy(table, 4, [2, -1], destination));
         Assert.Throws<ArgumentException>(() => RowGather.Copy(table, 4, [0, 1, 2, 3], destination));
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.Copy(table, 0, [0], destination));
         Assert.All(destination, value => Assert.Equal(0f, value));
     }
 }

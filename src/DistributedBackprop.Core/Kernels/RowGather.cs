@@ -4,9 +4,10 @@ namespace DistributedBackprop.Kernels;
 
 /// <summary>
 /// A batch's rows copied out of the data set into one dense matrix (the network's input). The rows are random
-/// lines of a table far larger than the cache (Fashion-MNIST: 188 MB), so the copy waits on memory: one row at
-/// a time, each row's 49 lines follow one another through one stream of misses. Here a group of rows is copied
-/// 64 bytes of each in turn, so the misses of all the group's rows are in flight together.
+/// rows of a table far larger than the cache (Fashion-MNIST: 188 MB), so the copy waits on memory: copied one row at
+/// a time, each row's ~50 lines come one after another. Here a group of rows is copied 64 bytes of each in turn,
+/// meant to keep the misses of all the group's rows in flight together (measured: the step's speed below, not the
+/// misses themselves).
 /// </summary>
 public static unsafe class RowGather
 {
