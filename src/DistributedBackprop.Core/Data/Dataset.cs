@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Runtime.InteropServices;
+using DistributedBackprop.Kernels;
 
 namespace DistributedBackprop.Data;
 
@@ -46,10 +47,10 @@ public sealed class Dataset
     public Dataset Subset(ReadOnlySpan<int> indices, string? source = null)
     {
         var values = new float[indices.Length * Features];
+        RowGather.Copy(Values, Features, indices, values);
         var labels = new int[indices.Length];
         for (int i = 0; i < indices.Length; i++)
         {
-            Row(indices[i]).CopyTo(values.AsSpan(i * Features, Features));
             labels[i] = Labels[indices[i]];
         }
         return new Dataset(source ?? Source, Features, values, labels, Classes, Kind);

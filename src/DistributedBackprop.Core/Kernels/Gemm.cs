@@ -555,16 +555,11 @@ public static unsafe class Gemm
             float* s = b + (long)p * rs;
             float* d = dst + (long)p * nr;
             int jr = 0;
-            if (nr == 16)
+            if (nr == CacheLine.Floats)
             {
-                for (; jr < fullCols; jr += 16)
+                for (; jr < fullCols; jr += CacheLine.Floats)
                 {
-                    // One 64-byte piece: four 16-byte moves, inline (no call to Memmove per piece).
-                    float* piece = d + (long)jr * kc;
-                    Vector128.Store(Vector128.Load(s + jr), piece);
-                    Vector128.Store(Vector128.Load(s + jr + 4), piece + 4);
-                    Vector128.Store(Vector128.Load(s + jr + 8), piece + 8);
-                    Vector128.Store(Vector128.Load(s + jr + 12), piece + 12);
+                    CacheLine.Copy(s + jr, d + (long)jr * kc);
                 }
             }
             for (; jr < fullCols; jr += nr)

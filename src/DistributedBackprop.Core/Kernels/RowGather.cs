@@ -1,5 +1,3 @@
-using System.Runtime.Intrinsics;
-
 namespace DistributedBackprop.Kernels;
 
 /// <summary>
@@ -13,12 +11,9 @@ public static unsafe class RowGather
 {
     /// <summary>
     /// Rows copied side by side. The training step against row-by-row copies, Fashion-MNIST-sized data
-    /// (`GEMMAB_ROWS=60000 bash bench/gemm-ab.sh BASE 120 512`): 4 rows 1.031 ×, 8 rows 1.026 ×, 16 rows 0.988 ×.
+    /// (`GEMMAB_ROWS=60000 bash bench/gemm-ab.sh fc17d74 120 512`, `GroupRows` edited): 4 rows 1.031 ×, 8 rows 1.026 ×, 16 rows 0.988 ×.
     /// </summary>
     private const int GroupRows = 4;
-
-    /// <summary>One cache line of floats.</summary>
-    private const int Piece = 16;
 
     /// <summary>destination row r ← table row rows[r] (each <paramref name="width"/> floats, row-major, dense).</summary>
     public static void Copy(ReadOnlySpan<float> table, int width, ReadOnlySpan<int> rows, Span<float> destination)
@@ -36,7 +31,7 @@ public static unsafe class RowGather
                 throw new ArgumentOutOfRangeException(nameof(rows), $"row {row} of a table of {tableRows}");
             }
         }
-        int pieces = width / Piece, tail = width - pieces * Piece;
+        int whole = width / CacheLine.Floats * CacheLine.Floats, tail = width - whole;
         fixed (float* source = table, target = destination)
         {
             float** from = stackalloc float*[GroupRows];
@@ -48,20 +43,16 @@ public static unsafe class RowGather
                     from[g] = source + (long)rows[first + g] * width;
                 }
                 float* to = target + (long)first * width;
-                for (int p = 0; p < pieces * Piece; p += Piece)
+                for (int p = 0; p < whole; p += CacheLine.Floats)
                 {
                     for (int g = 0; g < group; g++)
                     {
-                        float* s = from[g] + p, d = to + (long)g * width + p;
-                        Vector128.Store(Vector128.Load(s), d);
-                        Vector128.Store(Vector128.Load(s + 4), d + 4);
-                        Vector128.Store(Vector128.Load(s + 8), d + 8);
-                        Vector128.Store(Vector128.Load(s + 12), d + 12);
+                        CacheLine.Copy(from[g] + p, to + (long)g * width + p);
                     }
                 }
                 for (int g = 0; tail > 0 && g < group; g++)
                 {
-                    new ReadOnlySpan<float>(from[g] + pieces * Piece, tail).CopyTo(new Span<float>(to + (long)g * width + pieces * Piece, tail));
+                    new ReadOnlySpan<float>(from[g] + whole, tail).CopyTo(new Span<float>(to + (long)g * width + whole, tail));
                 }
             }
         }
