@@ -88,10 +88,18 @@ foreach (Product product in products)
             return 2;
         }
     }
+    // GEMMAB_THREADS: the trainer's --threads (default 1); with 2, the lanes' gradients are summed by the update.
+    string? askedThreads = Environment.GetEnvironmentVariable("GEMMAB_THREADS");
+    int threads = 1;
+    if (!string.IsNullOrEmpty(askedThreads) && (!int.TryParse(askedThreads, out threads) || threads < 1 || threads > Chunks))
+    {
+        Console.Error.WriteLine($"GEMMAB_THREADS: expected a whole number of threads from 1 to {Chunks}, got '{askedThreads}'");
+        return 2;
+    }
     TrainingSession session = TrainingSession.Prepare(config, SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
     B.Engine.TrainingSession baselineSession = B.Engine.TrainingSession.Prepare(baselineConfig, B.Data.SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
-    using var trainer = new Trainer(session);
-    using var baselineTrainer = new B.Engine.Trainer(baselineSession);
+    using var trainer = new Trainer(session, threads);
+    using var baselineTrainer = new B.Engine.Trainer(baselineSession, threads);
     int steps = Math.Max(1, 1280 / batch);
     double Run(bool onBaseline)
     {
@@ -128,7 +136,7 @@ foreach (Product product in products)
     }
     Array.Sort(ratios);
     bool sameBits = Bits.Same(session.Parameters, baselineSession.Parameters);
-    Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, {rows} rows of data, 1 thread, sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
+    Console.WriteLine($"training step 784-256-128-10, batch {batch}, {Chunks} chunks, {rows} rows of data, {threads} thread(s) (lanes used: {trainer.LanesInUse} and {baselineTrainer.LanesInUse} baseline), sgd ({steps} steps a round): baseline {Median(baselineRates):N0}, this tree {Median(newRates):N0} samples/s; ratio median {Quantile(ratios, 0.5):F3} (quartiles {Quantile(ratios, 0.25):F3}–{Quantile(ratios, 0.75):F3}); parameters after {(10 + rounds) * steps} steps: {(sameBits ? "same bits" : "BITS DIFFER")}");
 }
 return 0;
 

@@ -68,6 +68,12 @@ public sealed record GradientsComputed(long Step, TreeNode Node, BatchResult Res
 
     /// <summary>Set by the bulk channel when <see cref="Gradient"/> came from its pool: the server returns it once the step is applied. Not sent.</summary>
     public Transport.FloatArrayPool? Pool { get; init; }
+
+    /// <summary>
+    /// The largest magnitude in <see cref="Gradient"/> (<see cref="Kernels.FiniteValues.Bound"/>), as a worker in the
+    /// server's own process computed it; +∞ (no bound) otherwise. Not sent: a peer's gradient is bounded by the server.
+    /// </summary>
+    public float Bound { get; init; } = float.PositiveInfinity;
 }
 
 /// <summary>

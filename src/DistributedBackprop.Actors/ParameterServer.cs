@@ -514,16 +514,18 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             Fail($"{worker.Name} sent {message.PartResults.Length} part results with node {message.Node} for step {message.Step}; it covers {parts}");
             return;
         }
-        // A peer's gradient is checked as it arrives, to name the worker it came from. In local mode the workers are
-        // this process's own code and the update checks the sum in its lanes before writing anything (a NaN or an
-        // infinity in any part leaves the sum non-finite), on the core that has it in cache: a pass over the
-        // gradient here cost ~60 µs a step (timed with temporary timestamps: docs/architecture.md).
-        if ((!_updateInHandler && !FiniteValues.All(message.Gradient)) || !double.IsFinite(message.Result.LossSum))
+        // A peer's gradient is bounded as it arrives (a NaN or an infinity gives no bound), which checks it and names
+        // the worker it came from; the bounds let the update add and apply in one pass (TreeReducer.SumIsFinite). In
+        // local mode the workers are this process's own code and bound the gradient on the core that wrote it: a pass
+        // here cost ~60 µs a step (timed with temporary timestamps: docs/architecture.md). One that brings no bound
+        // (a NaN or an infinity in it) leaves the update to check the sum before writing anything.
+        float bound = _updateInHandler ? message.Bound : FiniteValues.Bound(message.Gradient);
+        if ((!_updateInHandler && !float.IsFinite(bound)) || !double.IsFinite(message.Result.LossSum))
         {
             Fail($"{worker.Name} sent a non-finite gradient (NaN or infinity) for step {message.Step}, chunks {message.Node}; training stopped, the parameters after step {_session.GlobalStep} are kept");
             return;
         }
-        if (!_reducer.TryAdd(message.Node, message.Gradient, message.Result, message.PartResults))
+        if (!_reducer.TryAdd(message.Node, message.Gradient, message.Result, message.PartResults, bound))
         {
             message.Pool?.Return(message.Gradient);
             _duplicatesDropped++;

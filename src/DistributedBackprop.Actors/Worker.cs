@@ -5,6 +5,7 @@ using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Data;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Reduction;
 
@@ -76,10 +77,13 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
     private long _earlyFloats;
     private float[]? _sliceScratch;
+    /// <summary>The server is in this process (local mode): it takes each gradient's bound from here rather than reading the gradient again.</summary>
+    private readonly bool _boundsGradients;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
     {
         _server = server;
+        _boundsGradients = _courier.IsLocal(server.Path.Address);
         _name = name;
         _setup = setup;
         _changes = UpdateParts.CreateChanges(setup.Config, setup.Architecture.ParameterCount);
@@ -357,7 +361,9 @@ public sealed class Worker : ReceiveActor, IWithTimers
             StepTimeline.Mark("computed", message.Step, _name);
             if (release is null)
             {
-                _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts }, Self);
+                // Bounded here, on the core that just wrote the gradient, the update need not check the sum before applying it.
+                float bound = _boundsGradients ? FiniteValues.Bound(gradient) : float.PositiveInfinity;
+                _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts, Bound = bound }, Self);
                 continue;
             }
             // The shards get what the backward pass has not released yet (all of a round's value); the server, which

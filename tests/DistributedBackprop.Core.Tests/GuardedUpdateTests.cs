@@ -21,8 +21,11 @@ public class GuardedUpdateTests
         Optimizer = new OptimizerSettings { Kind = kind, LearningRate = learningRate, WeightDecay = 0.01f },
     }, TestNetworks.RandomDataset(64, 5, 3, 2), null, 0);
 
-    /// <summary>A reducer holding one gradient per chunk, filled by <paramref name="value"/>(chunk, index).</summary>
-    private static TreeReducer Reducer(int parameters, Func<int, int, float> value)
+    /// <summary>
+    /// A reducer holding one gradient per chunk, filled by <paramref name="value"/>(chunk, index); each with its bound
+    /// (<see cref="FiniteValues.Bound"/>) if <paramref name="bounded"/>, as local workers and the plain trainer's lanes give it.
+    /// </summary>
+    private static TreeReducer Reducer(int parameters, Func<int, int, float> value, bool bounded = false)
     {
         var reducer = new TreeReducer(Chunks, parameters);
         for (int c = 0; c < Chunks; c++)
@@ -32,7 +35,8 @@ public class GuardedUpdateTests
             {
                 gradient[i] = value(c, i);
             }
-            Assert.True(reducer.TryAdd(new TreeNode(c, 1), gradient, new BatchResult(1, 0, 1)));
+            float bound = bounded ? FiniteValues.Bound(gradient) : float.PositiveInfinity;
+            Assert.True(reducer.TryAdd(new TreeNode(c, 1), gradient, new BatchResult(1, 0, 1), default, bound));
         }
         return reducer;
     }
@@ -74,31 +78,69 @@ public class GuardedUpdateTests
     [InlineData(OptimizerKind.Sgd, 70, 7)]
     public void Applied_GivesTheBitsOfTheUnguardedUpdate_WithAnyNumberOfLanes(OptimizerKind kind, int lanes, int hidden)
     {
-        TrainingSession guarded = Session(kind, 0.1f, hidden), plain = Session(kind, 0.1f, hidden);
+        // Checked first (two passes), and with every gradient bounded (added and applied in one pass).
+        TrainingSession guarded = Session(kind, 0.1f, hidden), bounded = Session(kind, 0.1f, hidden), plain = Session(kind, 0.1f, hidden);
         int n = guarded.Parameters.Length;
         Func<int, int, float> value = (c, i) => MathF.Sin(c * 31 + i) * 0.1f;
         for (int step = 0; step < 3; step++)
         {
-            TreeReducer reducer = Reducer(n, value);
-            var (gradient, _) = reducer.Plan();
-            var update = new GuardedUpdate(guarded, reducer, lanes);
-            Assert.Equal(UpdateOutcome.Applied, update.Apply(gradient, work => Parallel.For(0, lanes, work), out _));
-            guarded.EndStep();
+            foreach (var (session, withBounds) in new[] { (guarded, false), (bounded, true) })
+            {
+                TreeReducer reducer = Reducer(n, value, withBounds);
+                var (gradient, _) = reducer.Plan();
+                Assert.Equal(withBounds, reducer.SumIsFinite);
+                var update = new GuardedUpdate(session, reducer, lanes);
+                Assert.Equal(UpdateOutcome.Applied, update.Apply(gradient, work => Parallel.For(0, lanes, work), out _));
+                session.EndStep();
+            }
 
             var (reference, _) = Reducer(n, value).Reduce();
             plain.ApplyStep(reference);
         }
         AssertBitsEqual(State(plain), State(guarded));
+        AssertBitsEqual(State(plain), State(bounded));
         Assert.Equal(plain.Optimizer.Steps, guarded.Optimizer.Steps);
+        Assert.Equal(plain.Optimizer.Steps, bounded.Optimizer.Steps);
     }
 
-    [Fact]
-    public void ChunkGradientsThatOverflowWhenAdded_WriteNothing()
+    /// <summary>
+    /// One node (the plain trainer's one lane, local mode's one worker): nothing to add, the root's own values are applied
+    /// with no copy through the lane's scratch, and are left as they were.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void ABoundedSingleNode_IsAppliedAsTheUnguardedUpdate(int lanes)
+    {
+        TrainingSession bounded = Session(OptimizerKind.Momentum, 0.1f, 2000), plain = Session(OptimizerKind.Momentum, 0.1f, 2000);
+        float[] gradient = Enumerable.Range(0, bounded.Parameters.Length).Select(i => MathF.Cos(i) * 0.2f).ToArray();
+        float[] kept = (float[])gradient.Clone();
+        var reducer = new TreeReducer(Chunks, gradient.Length);
+        Assert.True(reducer.TryAdd(ChunkTree.Root(Chunks), gradient, new BatchResult(1, 0, 1), default, FiniteValues.Bound(gradient)));
+        Assert.True(reducer.SumIsFinite);
+
+        Assert.Equal(UpdateOutcome.Applied, new GuardedUpdate(bounded, reducer, lanes).Apply(reducer.Plan().Gradient, work => Sequential(work, lanes), out _));
+        bounded.EndStep();
+        plain.ApplyStep(kept);
+
+        AssertBitsEqual(State(plain), State(bounded));
+        Assert.Equal(kept, gradient);
+    }
+
+    /// <remarks>
+    /// Bounded, each chunk's bound is 3e38: their sum is past float.MaxValue / 4, so the update still checks the sum before
+    /// writing. A rule that trusted finite bounds alone would add and apply in one pass and write θ before meeting the infinity.
+    /// </remarks>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ChunkGradientsThatOverflowWhenAdded_WriteNothing(bool bounded)
     {
         TrainingSession session = Session(OptimizerKind.Adam, 0.01f);
         float[][] before = State(session);
         // Each chunk's value is finite; their sum is not.
-        TreeReducer reducer = Reducer(session.Parameters.Length, (c, i) => i == 3 ? 3e38f : 0.5f);
+        TreeReducer reducer = Reducer(session.Parameters.Length, (c, i) => i == 3 ? 3e38f : 0.5f, bounded);
+        Assert.False(reducer.SumIsFinite);
         var (gradient, _) = reducer.Plan();
         var update = new GuardedUpdate(session, reducer, 2);
 
@@ -128,6 +170,64 @@ public class GuardedUpdateTests
 
         Assert.Equal(UpdateOutcome.ParametersNotFinite, outcome);
         Assert.Contains("the update overflowed", GuardedUpdate.Describe(outcome, session.GlobalStep));
+    }
+
+    [Fact]
+    public void SumIsFinite_NeedsEveryNodesBound_AndTheirSumWithinAQuarterOfFloatsRange()
+    {
+        float quarter = float.MaxValue / 4;
+        TreeReducer With(params float[] bounds)
+        {
+            var reducer = new TreeReducer(bounds.Length, 2);
+            for (int c = 0; c < bounds.Length; c++)
+            {
+                Assert.True(reducer.TryAdd(new TreeNode(c, 1), [0, 0], new BatchResult(0, 0, 1), default, bounds[c]));
+            }
+            return reducer;
+        }
+
+        Assert.True(With(0, 0).SumIsFinite);
+        Assert.True(With(quarter / 2, quarter / 2).SumIsFinite);
+        Assert.True(With(quarter, 0, 0).SumIsFinite);
+        Assert.False(With(quarter, quarter / 1e6f).SumIsFinite);
+        Assert.False(With(1, float.PositiveInfinity).SumIsFinite);
+        Assert.False(With(float.NaN, 1).SumIsFinite);
+        Assert.False(With(float.MaxValue, 0).SumIsFinite);
+        // Reset forgets the bounds; an incomplete step proves nothing.
+        TreeReducer reducer = With(float.PositiveInfinity, 1);
+        reducer.Reset();
+        Assert.True(reducer.TryAdd(new TreeNode(0, 2), [0, 0], new BatchResult(0, 0, 2), default, 1));
+        Assert.True(reducer.SumIsFinite);
+        reducer.Reset();
+        Assert.True(reducer.TryAdd(new TreeNode(0, 1), [0, 0], new BatchResult(0, 0, 1), default, 1));
+        Assert.False(reducer.SumIsFinite);
+    }
+
+    [Fact]
+    public void Bound_IsTheLargestMagnitude_OrNotFinite_ForEveryPositionLengthAndSpecialValue()
+    {
+        // Lengths through the four-vector loop, the one-vector loop and the scalar tail at 128-, 256- and 512-bit widths.
+        float[] specials = [float.NaN, float.PositiveInfinity, float.NegativeInfinity, float.MaxValue, -float.MaxValue, float.Epsilon, -0f, -1e-40f,
+            -3e37f, BitConverter.Int32BitsToSingle(unchecked((int)0xFFC0_0001))]; // a negative NaN with payload
+        static float Naive(float[] values) =>
+            values.Any(float.IsNaN) ? float.NaN : values.Length == 0 ? 0 : values.Max(MathF.Abs);
+        foreach (int length in new[] { 0, 1, 7, 8, 15, 16, 17, 33, 40, 63, 64, 65, 72, 100, 130 })
+        {
+            float[] values = Enumerable.Range(0, length).Select(i => MathF.Sin(i) * 1e30f).ToArray();
+            Assert.Equal(Naive(values), FiniteValues.Bound(values));
+            for (int at = 0; at < length; at++)
+            {
+                foreach (float special in specials)
+                {
+                    float kept = values[at];
+                    values[at] = special;
+                    float bound = FiniteValues.Bound(values), naive = Naive(values);
+                    // Any NaN gives a NaN (its payload may differ); otherwise the exact largest magnitude, +∞ included.
+                    Assert.True(float.IsNaN(naive) ? float.IsNaN(bound) : bound == naive, $"length {length}, {special} at {at}: {bound} vs {naive}");
+                    values[at] = kept;
+                }
+            }
+        }
     }
 
     [Fact]

@@ -34,7 +34,9 @@ public sealed class GuardedUpdate
     private readonly TreeReducer _reducer;
     private readonly int _lanes;
     private readonly bool[] _laneFinite;
-    private readonly Action<int> _reduceLane, _applyLane;
+    /// <summary>Each lane's block of the sum when it is added and applied in one pass (made on the lane's thread at first use).</summary>
+    private readonly float[]?[] _laneSums;
+    private readonly Action<int> _reduceLane, _applyLane, _addAndApplyLane;
     private float[] _gradient = [];
     private float _learningRate;
     /// <summary>With local steps: θ before the outer step, to report the step's norm.</summary>
@@ -47,8 +49,10 @@ public sealed class GuardedUpdate
         _reducer = reducer;
         _lanes = lanes;
         _laneFinite = new bool[lanes];
+        _laneSums = new float[lanes][];
         _reduceLane = ReduceLane;
         _applyLane = ApplyLane;
+        _addAndApplyLane = AddAndApplyLane;
         _before = session.Config.LocalSteps is null ? null : new float[session.Parameters.Length];
     }
 
@@ -71,11 +75,17 @@ public sealed class GuardedUpdate
     public UpdateOutcome Apply(float[] gradient, Action<Action<int>> forEachLane, out float learningRate)
     {
         _gradient = gradient;
-        forEachLane(_reduceLane);
-        if (!AllLanesFinite())
+        // Bounded: the sum cannot hold a NaN or an infinity, so it is added block by block just before each block is
+        // applied, with no pass to check it first (and no trip of the whole sum through memory between the two).
+        bool bounded = _reducer.SumIsFinite;
+        if (!bounded)
         {
-            learningRate = 0;
-            return UpdateOutcome.GradientNotFinite;
+            forEachLane(_reduceLane);
+            if (!AllLanesFinite())
+            {
+                learningRate = 0;
+                return UpdateOutcome.GradientNotFinite;
+            }
         }
         _learningRate = _session.BeginStep();
         // Reported: the step's γ; with local steps the inner schedule's at the round's first step (the outer γ is constant).
@@ -84,7 +94,7 @@ public sealed class GuardedUpdate
         {
             _session.Parameters.CopyTo(_before, 0);
         }
-        forEachLane(_applyLane);
+        forEachLane(bounded ? _addAndApplyLane : _applyLane);
         if (_before is not null)
         {
             LastStepNorm = Distance(_before, _session.Parameters);
@@ -133,6 +143,26 @@ public sealed class GuardedUpdate
             int length = Math.Min(Block, end - from);
             _reducer.AddRange(from, length);
             finite &= FiniteValues.All(_gradient.AsSpan(from, length));
+        }
+        _laneFinite[lane] = finite;
+    }
+
+    /// <summary>
+    /// The sum's blocks added into the lane's scratch (16 KB, in L1) and applied from there in turn: the sum is never
+    /// written to memory and read back, one pass over the addends and θ (~3.8 MB a step for 784-256-128-10 from two
+    /// nodes with SGD, against ~5.6 for the two passes).
+    /// </summary>
+    private void AddAndApplyLane(int lane)
+    {
+        var (start, count) = Slice(lane);
+        Span<float> parameters = _session.Parameters;
+        Span<float> scratch = _laneSums[lane] ??= new float[Block];
+        bool finite = true;
+        for (int from = start, end = start + count; from < end; from += Block)
+        {
+            int length = Math.Min(Block, end - from);
+            ReadOnlySpan<float> sum = _reducer.SumRange(from, length, scratch);
+            finite &= _session.Optimizer.ApplySlice(parameters.Slice(from, length), sum, _learningRate, from);
         }
         _laneFinite[lane] = finite;
     }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Reduction;
 
@@ -170,7 +171,7 @@ public sealed class Trainer : IDisposable
         {
             for (int i = 0; i < lane.Nodes.Count; i++)
             {
-                _reducer.TryAdd(lane.Nodes[i], lane.Gradients[i], lane.Results[i], lane.PartResults[i]);
+                _reducer.TryAdd(lane.Nodes[i], lane.Gradients[i], lane.Results[i], lane.PartResults[i], lane.Bounds[i]);
             }
         }
         var (gradient, result) = _reducer.Plan();
@@ -201,6 +202,7 @@ public sealed class Trainer : IDisposable
         for (int i = 0; i < lane.Nodes.Count; i++)
         {
             lane.Results[i] = lane.Computer.Compute(_base, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i], lane.PartResults[i], _roundStart);
+            lane.Bounds[i] = FiniteValues.Bound(lane.Gradients[i]);
         }
     }
 
@@ -217,12 +219,16 @@ public sealed class Trainer : IDisposable
             Nodes = nodes;
             Gradients = nodes.Select(_ => new float[parameterCount]).ToArray();
             Results = new BatchResult[nodes.Count];
+            Bounds = new float[nodes.Count];
         }
 
         public IUpdatePartComputer Computer { get; }
         public List<TreeNode> Nodes { get; }
         public float[][] Gradients { get; }
         public BatchResult[] Results { get; }
+
+        /// <summary>Per node, the largest magnitude in its gradient (<see cref="FiniteValues.Bound"/>).</summary>
+        public float[] Bounds { get; }
 
         /// <summary>Per node, its parts' own figures (with local steps: each replica's; else empty).</summary>
         public BatchResult[][] PartResults { get; }

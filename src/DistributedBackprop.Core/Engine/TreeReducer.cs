@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using DistributedBackprop.Reduction;
 
@@ -21,7 +22,11 @@ public sealed class TreeReducer
     private readonly bool[] _covered;
     private readonly (float[] Left, float[] Right)[] _additions;
     private int _coveredCount;
+    /// <summary>Σ of the received nodes' bounds (<see cref="FiniteValues.Bound"/>); NaN or +∞ once one came without.</summary>
+    private double _boundSum;
     private int _additionCount;
+    /// <summary>The buffer the last <see cref="Plan"/> ends the sum in.</summary>
+    private float[] _root = [];
     // The fold's two callbacks, made once: Plan runs every step and allocates nothing.
     private readonly ChunkTree.KnownValue<(float[] Gradient, BatchResult Result)> _received;
     private readonly Func<(float[] Gradient, BatchResult Result), (float[] Gradient, BatchResult Result), (float[] Gradient, BatchResult Result)> _planAddition;
@@ -53,15 +58,18 @@ public sealed class TreeReducer
         Array.Clear(_additions);
         _coveredCount = 0;
         _additionCount = 0;
+        _boundSum = 0;
     }
 
     /// <summary>
     /// Accepts a node's gradient, or refuses it (returns false) when any of its chunks is already covered.
     /// The reducer borrows <paramref name="gradient"/> until <see cref="Reset"/>; it may write into it.
     /// <paramref name="partResults"/>, if not empty, are the figures of each part the node covers (with local
-    /// steps: its replicas), kept for <see cref="PartResults"/>.
+    /// steps: its replicas), kept for <see cref="PartResults"/>. <paramref name="bound"/>, if known, is the largest
+    /// magnitude in <paramref name="gradient"/> (<see cref="FiniteValues.Bound"/>) as computed by this process: it lets
+    /// the update skip checking the sum before applying it (<see cref="SumIsFinite"/>). A peer's word is not a bound.
     /// </summary>
-    public bool TryAdd(TreeNode node, float[] gradient, BatchResult result, ReadOnlySpan<BatchResult> partResults = default)
+    public bool TryAdd(TreeNode node, float[] gradient, BatchResult result, ReadOnlySpan<BatchResult> partResults = default, float bound = float.PositiveInfinity)
     {
         if (!ChunkTree.IsCanonical(node, _chunks))
         {
@@ -84,6 +92,7 @@ public sealed class TreeReducer
             _covered[c] = true;
         }
         _coveredCount += end - node.Lo;
+        _boundSum += bound;
         int index = ChunkTree.HeapIndex(node, _chunks);
         _gradients[index] = gradient;
         _results[index] = result;
@@ -97,6 +106,15 @@ public sealed class TreeReducer
         }
         return true;
     }
+
+    /// <summary>
+    /// Whether every received gradient came with a bound and the bounds prove the sum finite: every element of the
+    /// sum, and of every partial sum the tree adds on the way, is at most Σ bounds in magnitude before rounding, and
+    /// rounding can raise a partial sum of n addends by at most a factor (1 + 2⁻²⁴)ⁿ⁻¹ (under 1.0001 for any chunk
+    /// count this runs); Σ bounds ≤ float.MaxValue / 4 leaves that and the double sum's own rounding far inside
+    /// float's range. So an update may write θ while adding, with no pass to check the sum first.
+    /// </summary>
+    public bool SumIsFinite => IsComplete && _boundSum <= float.MaxValue / 4.0;
 
     /// <summary>Each part's own figures, in part order, as the nodes brought them (default for a part whose node brought none).</summary>
     public ReadOnlySpan<BatchResult> PartResults => _partResults;
@@ -121,7 +139,9 @@ public sealed class TreeReducer
             throw new InvalidOperationException($"only {_coveredCount} of {_chunks} chunks have arrived");
         }
         _additionCount = 0;
-        return ChunkTree.Fold(_chunks, _received, _planAddition);
+        var root = ChunkTree.Fold(_chunks, _received, _planAddition);
+        _root = root.Gradient;
+        return root;
     }
 
     /// <summary>Performs the planned additions on elements [start, start + count).</summary>
@@ -133,6 +153,31 @@ public sealed class TreeReducer
             Span<float> target = left.AsSpan(start, count);
             TensorPrimitives.Add(target, right.AsSpan(start, count), target);
         }
+    }
+
+    /// <summary>
+    /// The sum on elements [start, start + count) without storing it in the root's buffer: the planned additions run
+    /// as in <see cref="AddRange"/> but the last one (the root's: a fold plans it last) writes into
+    /// <paramref name="scratch"/>, and the result is that span, or the root's own elements when there is nothing to
+    /// add. Every element is the same additions in the same order: the same bits. An update that applies the sum
+    /// block by block so never writes the whole sum out and reads it back.
+    /// </summary>
+    public ReadOnlySpan<float> SumRange(int start, int count, Span<float> scratch)
+    {
+        if (_additionCount == 0)
+        {
+            return _root.AsSpan(start, count);
+        }
+        for (int i = 0; i < _additionCount - 1; i++)
+        {
+            var (left, right) = _additions[i];
+            Span<float> target = left.AsSpan(start, count);
+            TensorPrimitives.Add(target, right.AsSpan(start, count), target);
+        }
+        var (rootLeft, rootRight) = _additions[_additionCount - 1];
+        Span<float> sum = scratch[..count];
+        TensorPrimitives.Add(rootLeft.AsSpan(start, count), rootRight.AsSpan(start, count), sum);
+        return sum;
     }
 
     private bool Received(TreeNode node, out (float[] Gradient, BatchResult Result) value)
