@@ -26,7 +26,9 @@ public enum UpdateOutcome
 /// twice: the summed gradient (chunk gradients that are each finite can still overflow when added) in every
 /// slice before any slice is written, so a non-finite gradient leaves the parameters and optimizer state of
 /// the last good step bit for bit; and the result, so an update that overflows is caught at its step rather
-/// than as a NaN loss later. One implementation for the plain trainer's lanes and the parameter server.
+/// than as a NaN loss later. When the nodes' bounds prove the sum finite (<see cref="TreeReducer.SumIsFinite"/>),
+/// the first check needs no pass: the sum is added and applied block by block in one.
+/// One implementation for the plain trainer's lanes and the parameter server.
 /// </summary>
 public sealed class GuardedUpdate
 {
