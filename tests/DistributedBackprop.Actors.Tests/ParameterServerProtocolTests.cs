@@ -3,6 +3,7 @@ using Akka.TestKit;
 using Akka.TestKit.Xunit2;
 using DistributedBackprop.Actors.Serialization;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
 using DistributedBackprop.Reduction;
@@ -58,11 +59,15 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
 
     private Harness Start(StepDeadline? deadline, TrainingConfig? config, params TestProbe[] workers) => Start(deadline, config, 1, workers);
 
-    private Harness Start(StepDeadline? deadline, TrainingConfig? config, int shards, params TestProbe[] workers)
+    private Harness Start(StepDeadline? deadline, TrainingConfig? config, int shards, params TestProbe[] workers) => Start(deadline, config, shards, null, workers);
+
+    /// <param name="threads">local mode's threads: the server runs its update on them and takes each gradient's bound from its worker.</param>
+    private Harness Start(StepDeadline? deadline, TrainingConfig? config, int shards, ComputeThreads? threads, params TestProbe[] workers)
     {
         TrainingSession session = Fixtures.Session(config);
         TestProbe coordinator = CreateTestProbe("coordinator");
-        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref, deadline, shards), "parameter-server");
+        threads?.Install(Sys);
+        IActorRef server = Sys.ActorOf(ParameterServer.Props(session, coordinator.Ref, deadline, shards, threads), "parameter-server");
         for (int i = 0; i < workers.Length; i++)
         {
             server.Tell(Credentials(session, $"worker-{i + 1}"), workers[i].Ref);
@@ -425,13 +430,77 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a non-finite gradient");
     }
 
-    [Fact]
-    public void FiniteGradientsWhoseSumOverflows_StopTraining_BeforeAnyParameterIsWritten()
+    /// <summary>
+    /// Bounded gradients are added and applied in one pass through the update's own scratch, so the workers' buffers
+    /// are not written (the two passes add into the left one). A peer's bound is the server's own pass (the wire has
+    /// none); in local mode it is the worker's. In local mode without one the update checks first, and writes the sum:
+    /// the control showing the buffers can tell the two paths apart.
+    /// </summary>
+    [Theory]
+    [InlineData(false, false, false)]
+    [InlineData(true, true, false)]
+    [InlineData(true, false, true)]
+    public void BoundedGradients_AreAddedAndApplied_InOnePass_WithTheBitsOfThePlainTrainer(bool local, bool workersBound, bool sumWritten)
     {
-        // Each worker's gradient passes the per-message check; their sum at element 17 is +infinity. The
-        // update checks the summed gradient in every slice before writing any, so the parameters stay.
+        var threads = local ? new ComputeThreads(2, "test-bounded") : null;
+        OnThreads(threads, () => BoundedStep(threads, workersBound, sumWritten));
+    }
+
+    /// <summary>Runs <paramref name="test"/>, then stops the actor system before the threads its server ran on.</summary>
+    private void OnThreads(ComputeThreads? threads, Action test)
+    {
+        try
+        {
+            test();
+        }
+        finally
+        {
+            Shutdown();
+            threads?.Dispose();
+        }
+    }
+
+    private void BoundedStep(ComputeThreads? threads, bool workersBound, bool sumWritten)
+    {
         TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
-        Harness h = Start(w1, w2);
+        Harness h = Start(null, null, 1, threads, w1, w2);
+        h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
+        ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>();
+        var sent = new List<(float[] Buffer, float[] Values)>();
+        foreach (var (worker, work) in new[] { (w1, a), (w2, b) })
+        {
+            foreach (GradientsComputed answer in h.Answer(work))
+            {
+                sent.Add((answer.Gradient, (float[])answer.Gradient.Clone()));
+                h.Server.Tell(workersBound ? answer with { Bound = FiniteValues.Bound(answer.Gradient) } : answer, worker.Ref);
+            }
+        }
+        Assert.Equal(1, h.Coordinator.ExpectMsg<StepApplied>().GlobalStep);
+        Fixtures.AssertSameBits(PlainTrainerAfter(1), w1.ExpectMsg<ComputeGradients>().Parameters, "parameters broadcast after step 0");
+        Assert.Equal(2, sent.Count);
+        bool written = sent.Any(s => !s.Buffer.Select(BitConverter.SingleToInt32Bits).SequenceEqual(s.Values.Select(BitConverter.SingleToInt32Bits)));
+        Assert.Equal(sumWritten, written);
+    }
+
+    /// <summary>
+    /// Each worker's gradient finite, their sum at element 17 +∞: bounds of 3e38 each prove nothing, so the update
+    /// checks the sum in every slice before writing any, and the parameters stay. In local mode the same, and a
+    /// worker's gradient with a NaN (which has no bound) too. (A peer's NaN is refused on arrival, above.)
+    /// </summary>
+    [Theory]
+    [InlineData(false, 3e38f)]
+    [InlineData(true, 3e38f)]
+    [InlineData(true, float.NaN)]
+    public void ANonFiniteSum_StopsTraining_BeforeAnyParameterIsWritten(bool local, float poison)
+    {
+        var threads = local ? new ComputeThreads(2, "test-poison") : null;
+        OnThreads(threads, () => PoisonedStep(threads, poison));
+    }
+
+    private void PoisonedStep(ComputeThreads? threads, float poison)
+    {
+        TestProbe w1 = CreateTestProbe(), w2 = CreateTestProbe();
+        Harness h = Start(null, null, 1, threads, w1, w2);
         h.Server.Tell(new TrainEpoch(0), h.Coordinator.Ref);
         ComputeGradients a = w1.ExpectMsg<ComputeGradients>(), b = w2.ExpectMsg<ComputeGradients>();
         float[] before = (float[])h.Session.Parameters.Clone();
@@ -439,13 +508,14 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
         {
             foreach (GradientsComputed answer in h.Answer(work))
             {
-                float[] huge = (float[])answer.Gradient.Clone();
-                huge[17] = 3e38f;
-                h.Server.Tell(answer with { Gradient = huge }, worker.Ref);
+                float[] poisoned = (float[])answer.Gradient.Clone();
+                poisoned[17] = poison;
+                // As a local worker bounds it; a peer's bound is the server's own.
+                h.Server.Tell(answer with { Gradient = poisoned, Bound = FiniteValues.Bound(poisoned) }, worker.Ref);
             }
         }
         Assert.Contains("the summed gradient is not finite", h.Coordinator.ExpectMsg<TrainingFailed>().Reason);
-        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a sum that overflowed");
+        Fixtures.AssertSameBits(before, h.Session.Parameters, "parameters after a sum that is not finite");
         Assert.Equal(0, h.Session.GlobalStep);
     }
 

@@ -94,6 +94,15 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
     }
 
     [Fact]
+    public void AGradientsBound_IsNotSent_APeersGradientArrivesWithoutOne()
+    {
+        var message = new GradientsComputed(3, new TreeNode(0, 1), new BatchResult(1, 0, 1), [0.5f, -2f], 0) { Bound = 1e-30f };
+        var back = (GradientsComputed)RoundTrip(message);
+        Assert.Equal(float.PositiveInfinity, back.Bound);
+        Assert.Equal(message.Gradient, back.Gradient);
+    }
+
+    [Fact]
     public void GradientPayload_IsRawFloat32_FourBytesPerValue()
     {
         var serializer = (SerializerWithStringManifest)Sys.Serialization.FindSerializerFor(new TrainEpoch(0));

@@ -3,6 +3,7 @@ using Akka.TestKit;
 using Akka.TestKit.Xunit2;
 using DistributedBackprop.Actors.Transport;
 using DistributedBackprop.Engine;
+using DistributedBackprop.Kernels;
 using DistributedBackprop.Network;
 using Xunit.Abstractions;
 using DistributedBackprop.Reduction;
@@ -37,6 +38,8 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
             BatchResult result = engine.Compute(parameters, batch, session.Config.Chunks, answer.Node, expected);
             Fixtures.AssertSameBits(expected, answer.Gradient, $"worker gradient of node {answer.Node}");
             Assert.Equal(result, answer.Result);
+            // The server is in this process: the worker bounds its gradient for the update (TreeReducer.SumIsFinite).
+            Assert.Equal(FiniteValues.Bound(expected), answer.Bound);
         }
     }
 

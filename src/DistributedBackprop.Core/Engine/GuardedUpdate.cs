@@ -69,7 +69,9 @@ public sealed class GuardedUpdate
 
     /// <summary>
     /// Adds the planned tree additions into <paramref name="gradient"/> (the buffer <see cref="TreeReducer.Plan"/>
-    /// returned), checks it, starts the session's step (γ for this step) and applies it. <paramref name="forEachLane"/>
+    /// returned), checks it, starts the session's step (γ for this step) and applies it; when the nodes' bounds prove
+    /// the sum finite, adds and applies it block by block instead (<see cref="TreeReducer.SumRange"/>), and
+    /// <paramref name="gradient"/> is then not the sum afterwards (nothing reads it after the update). <paramref name="forEachLane"/>
     /// runs an action once for every lane 0 … <see cref="Lanes"/> − 1, in parallel, and returns when all are done.
     /// On <see cref="UpdateOutcome.Applied"/> the caller ends the step (<see cref="TrainingSession.EndStep"/>);
     /// on <see cref="UpdateOutcome.GradientNotFinite"/> the session is as it was before the call.

@@ -10,7 +10,9 @@ namespace DistributedBackprop.Engine;
 /// chunk tree (<see cref="ChunkTree"/>), whatever decomposition they arrived in. Tracks coverage chunk by
 /// chunk, so a node that overlaps one already received (a duplicate or a stale reassignment) is refused
 /// rather than counted twice. Reduction adds in place into the received buffers (left += right), so it
-/// allocates nothing; the root's buffer holds the result.
+/// allocates nothing; after <see cref="Reduce"/> (or <see cref="AddRange"/> over every element) the root's buffer
+/// holds the result; <see cref="SumRange"/> hands it out block by block instead, and leaves the root's buffer short
+/// of its last addition.
 /// </summary>
 public sealed class TreeReducer
 {
@@ -59,6 +61,7 @@ public sealed class TreeReducer
         _coveredCount = 0;
         _additionCount = 0;
         _boundSum = 0;
+        _root = [];
     }
 
     /// <summary>
@@ -92,7 +95,8 @@ public sealed class TreeReducer
             _covered[c] = true;
         }
         _coveredCount += end - node.Lo;
-        _boundSum += bound;
+        // Only a magnitude counts: a negative bound (or NaN) is no bound, and must not lower the sum.
+        _boundSum += bound >= 0 ? bound : double.PositiveInfinity;
         int index = ChunkTree.HeapIndex(node, _chunks);
         _gradients[index] = gradient;
         _results[index] = result;
@@ -110,9 +114,9 @@ public sealed class TreeReducer
     /// <summary>
     /// Whether every received gradient came with a bound and the bounds prove the sum finite: every element of the
     /// sum, and of every partial sum the tree adds on the way, is at most Σ bounds in magnitude before rounding, and
-    /// rounding can raise a partial sum of n addends by at most a factor (1 + 2⁻²⁴)ⁿ⁻¹ (under 1.0001 for any chunk
-    /// count this runs); Σ bounds ≤ float.MaxValue / 4 leaves that and the double sum's own rounding far inside
-    /// float's range. So an update may write θ while adding, with no pass to check the sum first.
+    /// each rounding raises a partial sum by at most a factor 1 + 2⁻²⁴, once per level of the tree: (1 + 2⁻²⁴)^depth
+    /// with depth ≤ 31 for any int chunk count. Σ bounds ≤ float.MaxValue / 4 leaves that and the double sum's own
+    /// rounding far inside float's range. So an update may write θ while adding, with no pass to check the sum first.
     /// </summary>
     public bool SumIsFinite => IsComplete && _boundSum <= float.MaxValue / 4.0;
 
@@ -129,8 +133,9 @@ public sealed class TreeReducer
 
     /// <summary>
     /// Works out, without touching gradient values, which buffer ends up holding the root and the
-    /// additions (left += right, in tree order) that put it there. Follow with <see cref="AddRange"/> over
-    /// every element once; the additions are element-wise, so disjoint ranges may run in parallel.
+    /// additions (left += right, in tree order) that put it there. Follow with <see cref="AddRange"/> or
+    /// <see cref="SumRange"/> over every element once (not both); the additions are element-wise, so disjoint
+    /// ranges may run in parallel.
     /// </summary>
     public (float[] Gradient, BatchResult Result) Plan()
     {
