@@ -431,8 +431,8 @@ public sealed class ParameterServerProtocolTests(ITestOutputHelper output) : Tes
     }
 
     /// <summary>
-    /// Bounded gradients are added and applied in one pass through the update's own scratch, so the workers' buffers
-    /// are not written (the two passes add into the left one). A peer's bound is the server's own pass (the wire has
+    /// Bounded gradients are added and applied in one pass through the update's own scratch, so with two nodes (the
+    /// only addition is the root's) the workers' buffers are not written (the two passes add into the left one). A peer's bound is the server's own pass (the wire has
     /// none); in local mode it is the worker's. In local mode without one the update checks first, and writes the sum:
     /// the control showing the buffers can tell the two paths apart.
     /// </summary>

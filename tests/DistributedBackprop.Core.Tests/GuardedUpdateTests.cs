@@ -167,8 +167,9 @@ public class GuardedUpdateTests
     [InlineData(OptimizerKind.Adam, true)]
     public void AnUpdateThatOverflows_IsCaughtAtItsStep(OptimizerKind kind, bool bounded)
     {
-        // SGD and momentum: γ = 1e30 times a gradient of 1e10 is past float's 3.4e38. Adam normalises the
-        // step, so its weights stay finite; but v ← β2 v + (1 − β2) g² with g = 1e30 overflows the state.
+        // SGD and momentum: γ = 1e30. The first, good step (summed gradient 1) leaves w ≈ −1e30; in the second, γ times
+        // the gradient of 1e10, or times weight decay's 0.01 w, is past float's 3.4e38. Adam normalises the step, so
+        // its weights stay finite; but v ← β2 v + (1 − β2) g² with g = 1e30 overflows the state.
         float huge = kind == OptimizerKind.Adam ? 1e30f : 1e10f;
         float learningRate = kind == OptimizerKind.Adam ? 1e-3f : 1e30f;
         TrainingSession session = Session(kind, learningRate);
