@@ -156,7 +156,8 @@ public sealed class TrainingCoordinator : ReceiveActor
     private void StartWorker()
     {
         string name = $"worker-{++_workersStarted}";
-        Props props = Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config, _session.DataHash));
+        // With local mode's threads the server takes each gradient's bound from its worker (ParameterServer, arrival).
+        Props props = Worker.Props(_server, name, new WorkerSetup(_session.Architecture, _session.Train, _session.Config, _session.DataHash) { BoundsGradients = _threads is not null });
         if (_threads is null)
         {
             Context.ActorOf(props, name);

@@ -23,6 +23,13 @@ public sealed record WorkerSetup(Architecture Architecture, Dataset Train, Train
     /// once and it would only cost): lets a test drive that path with shards it plays itself.
     /// </summary>
     internal bool ForwardAheadWithLocalShards { get; init; }
+
+    /// <summary>
+    /// Local mode: the parameter server runs in this process on the same threads and takes each gradient's bound
+    /// from the worker (<see cref="GradientsComputed.Bound"/>) rather than reading the gradient again; elsewhere
+    /// the server bounds what arrives, and the worker sends none.
+    /// </summary>
+    public bool BoundsGradients { get; init; }
 }
 
 /// <summary>
@@ -77,13 +84,10 @@ public sealed class Worker : ReceiveActor, IWithTimers
     private readonly List<(ParameterSlice Slice, IActorRef Sender)> _early = [];
     private long _earlyFloats;
     private float[]? _sliceScratch;
-    /// <summary>The server is in this process (local mode): it takes each gradient's bound from here rather than reading the gradient again.</summary>
-    private readonly bool _boundsGradients;
 
     public Worker(IActorRef server, string name, WorkerSetup setup)
     {
         _server = server;
-        _boundsGradients = _courier.IsLocal(server.Path.Address);
         _name = name;
         _setup = setup;
         _changes = UpdateParts.CreateChanges(setup.Config, setup.Architecture.ParameterCount);
@@ -362,7 +366,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             if (release is null)
             {
                 // Bounded here, on the core that just wrote the gradient, the update need not check the sum before applying it.
-                float bound = _boundsGradients ? FiniteValues.Bound(gradient) : float.PositiveInfinity;
+                float bound = _setup.BoundsGradients ? FiniteValues.Bound(gradient) : float.PositiveInfinity;
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts, Bound = bound }, Self);
                 continue;
             }

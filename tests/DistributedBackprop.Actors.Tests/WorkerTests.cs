@@ -13,12 +13,16 @@ namespace DistributedBackprop.Actors.Tests;
 
 public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTraining.LoadConfig(), output: output)
 {
-    [Fact]
-    public void Worker_RegistersThenComputesTheEnginesGradientForEachNodeOfItsRange()
+    /// <param name="boundsGradients">local mode's setup: the worker sends each gradient's bound; else none (+∞).</param>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Worker_RegistersThenComputesTheEnginesGradientForEachNodeOfItsRange(bool boundsGradients)
     {
         TrainingSession session = Fixtures.Session();
         var server = CreateTestProbe();
-        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", new WorkerSetup(session.Architecture, session.Train, session.Config, session.DataHash)), "worker-1");
+        var setup = new WorkerSetup(session.Architecture, session.Train, session.Config, session.DataHash) { BoundsGradients = boundsGradients };
+        IActorRef worker = Sys.ActorOf(Worker.Props(server.Ref, "worker-1", setup), "worker-1");
         RegisterWorker registration = server.ExpectMsg<RegisterWorker>();
         Assert.Equal("worker-1", registration.WorkerName);
         Assert.Equal(session.DataHash, registration.DataHash);
@@ -38,8 +42,8 @@ public sealed class WorkerTests(ITestOutputHelper output) : TestKit(LocalTrainin
             BatchResult result = engine.Compute(parameters, batch, session.Config.Chunks, answer.Node, expected);
             Fixtures.AssertSameBits(expected, answer.Gradient, $"worker gradient of node {answer.Node}");
             Assert.Equal(result, answer.Result);
-            // The server is in this process: the worker bounds its gradient for the update (TreeReducer.SumIsFinite).
-            Assert.Equal(FiniteValues.Bound(expected), answer.Bound);
+            // Local mode: the worker bounds its gradient for the update (TreeReducer.SumIsFinite); elsewhere the server does.
+            Assert.Equal(boundsGradients ? FiniteValues.Bound(expected) : float.PositiveInfinity, answer.Bound);
         }
     }
 

@@ -150,9 +150,12 @@ public sealed class TreeReducer
     }
 
     /// <summary>Performs the planned additions on elements [start, start + count).</summary>
-    public void AddRange(int start, int count)
+    public void AddRange(int start, int count) => AddInPlace(_additionCount, start, count);
+
+    /// <summary>The first <paramref name="additions"/> planned additions (left += right) on elements [start, start + count).</summary>
+    private void AddInPlace(int additions, int start, int count)
     {
-        for (int i = 0; i < _additionCount; i++)
+        for (int i = 0; i < additions; i++)
         {
             var (left, right) = _additions[i];
             Span<float> target = left.AsSpan(start, count);
@@ -173,12 +176,7 @@ public sealed class TreeReducer
         {
             return _root.AsSpan(start, count);
         }
-        for (int i = 0; i < _additionCount - 1; i++)
-        {
-            var (left, right) = _additions[i];
-            Span<float> target = left.AsSpan(start, count);
-            TensorPrimitives.Add(target, right.AsSpan(start, count), target);
-        }
+        AddInPlace(_additionCount - 1, start, count);
         var (rootLeft, rootRight) = _additions[_additionCount - 1];
         Span<float> sum = scratch[..count];
         TensorPrimitives.Add(rootLeft.AsSpan(start, count), rootRight.AsSpan(start, count), sum);

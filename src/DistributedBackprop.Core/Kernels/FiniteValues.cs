@@ -12,42 +12,18 @@ namespace DistributedBackprop.Kernels;
 public static class FiniteValues
 {
     /// <summary>
-    /// No NaN and no infinity: no value has an exponent field of all ones (IEEE 754). An and, a compare and
-    /// an or per vector, where TensorPrimitives.MaxMagnitude also selects the larger magnitude with NaN
-    /// handling; this runs over the gradient every step, mostly on blocks just written (in L1), so the loop
-    /// loads by reference (no span slicing per vector) into four independent accumulators.
+    /// No NaN and no infinity: exactly when <see cref="Bound"/> is finite (one loop for both, an and and an integer
+    /// max per vector; this runs over gradients every step, mostly on blocks just written, in L1).
     /// </summary>
-    public static bool All(ReadOnlySpan<float> values)
-    {
-        ref int bits = ref Unsafe.As<float, int>(ref MemoryMarshal.GetReference(values));
-        nuint length = (nuint)values.Length, width = (nuint)Vector<int>.Count, i = 0;
-        var exponent = new Vector<int>(ExponentMask);
-        Vector<int> seen0 = Vector<int>.Zero, seen1 = Vector<int>.Zero, seen2 = Vector<int>.Zero, seen3 = Vector<int>.Zero;
-        for (; i + 4 * width <= length; i += 4 * width)
-        {
-            seen0 |= Vector.Equals(Vector.LoadUnsafe(ref bits, i) & exponent, exponent);
-            seen1 |= Vector.Equals(Vector.LoadUnsafe(ref bits, i + width) & exponent, exponent);
-            seen2 |= Vector.Equals(Vector.LoadUnsafe(ref bits, i + 2 * width) & exponent, exponent);
-            seen3 |= Vector.Equals(Vector.LoadUnsafe(ref bits, i + 3 * width) & exponent, exponent);
-        }
-        for (; i + width <= length; i += width)
-        {
-            seen0 |= Vector.Equals(Vector.LoadUnsafe(ref bits, i) & exponent, exponent);
-        }
-        bool finite = ((seen0 | seen1) | (seen2 | seen3)) == Vector<int>.Zero;
-        for (; i < length; i++)
-        {
-            finite &= (Unsafe.Add(ref bits, i) & ExponentMask) != ExponentMask;
-        }
-        return finite;
-    }
+    public static bool All(ReadOnlySpan<float> values) => float.IsFinite(Bound(values));
 
     /// <summary>
     /// The largest magnitude in <paramref name="values"/> (0 when empty), or NaN or +∞ when a value is not finite:
     /// the bound a node's gradient comes with, so that a sum of gradients can be known finite before it is computed
     /// (|Σ g| ≤ Σ max |g|). The magnitudes are compared as integers: the bits of |x| (sign cleared) order like the
     /// values, with +∞ above every finite value and every NaN above +∞, so one integer max per vector needs no NaN
-    /// handling and returns a NaN or +∞ exactly when one is there.
+    /// handling and returns a NaN or +∞ exactly when one is there. The loop loads by reference (no span slicing
+    /// per vector) into four independent accumulators.
     /// </summary>
     public static float Bound(ReadOnlySpan<float> values)
     {
