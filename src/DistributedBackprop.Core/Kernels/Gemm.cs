@@ -453,6 +453,15 @@ public static unsafe class Gemm
                     }
                     continue;
                 }
+                // A full 8-row sliver (AVX-512's MR): one 32-byte copy per p.
+                if (rows == 8 && mr == 8)
+                {
+                    for (int p = 0; p < kc; p++)
+                    {
+                        Vector256.Store(Vector256.Load(src + (long)p * cs), sliver + (long)p * 8);
+                    }
+                    continue;
+                }
                 for (int p = 0; p < kc; p++)
                 {
                     float* s = src + (long)p * cs;
@@ -464,15 +473,22 @@ public static unsafe class Gemm
             }
             else
             {
-                // Row-major A: a full 6-row sliver is transposed 8 values of p at a time in registers (the rows
+                // Row-major A: a full 6- or 8-row sliver is transposed 8 values of p at a time in registers (6 rows
                 // as the first 6 of an 8×8 block); the ragged rest walks each row, scattering into the sliver.
                 int fullP = 0;
-                if (cs == 1 && rows == 6 && mr == 6 && Avx2.IsSupported)
+                if (cs == 1 && rows == mr && (mr == 6 || mr == 8) && Avx2.IsSupported)
                 {
                     fullP = kc / 8 * 8;
                     for (int p = 0; p < fullP; p += 8)
                     {
-                        PackSixRowsOfEight(src + p, rs, sliver + (long)p * 6);
+                        if (mr == 8)
+                        {
+                            Transpose8x8(src + p, rs, sliver + (long)p * 8, 8);
+                        }
+                        else
+                        {
+                            PackSixRowsOfEight(src + p, rs, sliver + (long)p * 6);
+                        }
                     }
                 }
                 for (int r = 0; r < rows; r++)
