@@ -525,9 +525,15 @@ public static unsafe class Gemm
             {
                 fullP = kc / 8 * 8;
                 int fullJ = cols / 8 * 8;
+                // With 16-lane registers, 16 rows of W at a time: 16 values of a row of B per store.
+                int wideJ = Avx512F.IsSupported ? cols / 16 * 16 : 0;
                 for (int p = 0; p < fullP; p += 8)
                 {
-                    for (int j = 0; j < fullJ; j += 8)
+                    for (int j = 0; j < wideJ; j += 16)
+                    {
+                        Transpose16x8(src + (long)j * cs + p, cs, sliver + (long)p * nr + j, nr);
+                    }
+                    for (int j = wideJ; j < fullJ; j += 8)
                     {
                         Transpose8x8(src + (long)j * cs + p, cs, sliver + (long)p * nr + j, nr);
                     }
@@ -610,6 +616,41 @@ public static unsafe class Gemm
         Avx.Store(dst + 6 * dstStride, r6);
         Avx.Store(dst + 7 * dstStride, r7);
     }
+
+    /// <summary>
+    /// dst[q, r] = src[r, q] for a 16×8 block (16 rows of 8 values in, 8 rows of 16 out): the 8×8 transpose above run
+    /// on both halves of 512-bit registers at once (rows r and r + 8 share a register), its last step a two-source
+    /// permute per output row that picks the 128-bit lanes of both halves. Half the shuffles and stores per value of
+    /// two 8×8 transposes.
+    /// </summary>
+    private static void Transpose16x8(float* src, long srcStride, float* dst, long dstStride)
+    {
+        Vector512<float> r0 = Rows(src, srcStride, 0), r1 = Rows(src, srcStride, 1), r2 = Rows(src, srcStride, 2), r3 = Rows(src, srcStride, 3);
+        Vector512<float> r4 = Rows(src, srcStride, 4), r5 = Rows(src, srcStride, 5), r6 = Rows(src, srcStride, 6), r7 = Rows(src, srcStride, 7);
+        Vector512<float> t0 = Avx512F.UnpackLow(r0, r1), t1 = Avx512F.UnpackHigh(r0, r1);
+        Vector512<float> t2 = Avx512F.UnpackLow(r2, r3), t3 = Avx512F.UnpackHigh(r2, r3);
+        Vector512<float> t4 = Avx512F.UnpackLow(r4, r5), t5 = Avx512F.UnpackHigh(r4, r5);
+        Vector512<float> t6 = Avx512F.UnpackLow(r6, r7), t7 = Avx512F.UnpackHigh(r6, r7);
+        Vector512<double> u0 = Avx512F.Shuffle(t0, t2, 0x44).AsDouble(), u1 = Avx512F.Shuffle(t0, t2, 0xEE).AsDouble();
+        Vector512<double> u2 = Avx512F.Shuffle(t1, t3, 0x44).AsDouble(), u3 = Avx512F.Shuffle(t1, t3, 0xEE).AsDouble();
+        Vector512<double> u4 = Avx512F.Shuffle(t4, t6, 0x44).AsDouble(), u5 = Avx512F.Shuffle(t4, t6, 0xEE).AsDouble();
+        Vector512<double> u6 = Avx512F.Shuffle(t5, t7, 0x44).AsDouble(), u7 = Avx512F.Shuffle(t5, t7, 0xEE).AsDouble();
+        // In 64-bit elements: the low (or high) 128-bit lane of each half of the first source, then of the second.
+        Vector512<long> low = Vector512.Create(0L, 1, 8, 9, 4, 5, 12, 13), high = Vector512.Create(2L, 3, 10, 11, 6, 7, 14, 15);
+        Avx512F.Store(dst, Avx512F.PermuteVar8x64x2(u0, low, u4).AsSingle());
+        Avx512F.Store(dst + dstStride, Avx512F.PermuteVar8x64x2(u1, low, u5).AsSingle());
+        Avx512F.Store(dst + 2 * dstStride, Avx512F.PermuteVar8x64x2(u2, low, u6).AsSingle());
+        Avx512F.Store(dst + 3 * dstStride, Avx512F.PermuteVar8x64x2(u3, low, u7).AsSingle());
+        Avx512F.Store(dst + 4 * dstStride, Avx512F.PermuteVar8x64x2(u0, high, u4).AsSingle());
+        Avx512F.Store(dst + 5 * dstStride, Avx512F.PermuteVar8x64x2(u1, high, u5).AsSingle());
+        Avx512F.Store(dst + 6 * dstStride, Avx512F.PermuteVar8x64x2(u2, high, u6).AsSingle());
+        Avx512F.Store(dst + 7 * dstStride, Avx512F.PermuteVar8x64x2(u3, high, u7).AsSingle());
+    }
+
+    /// <summary>Rows r and r + 8 of a 16×8 block, as the low and high halves of one register.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Rows(float* src, long srcStride, int r) =>
+        Vector512.Create(Avx.LoadVector256(src + r * srcStride), Avx.LoadVector256(src + (r + 8) * srcStride));
 
     /// <summary>
     /// An A sliver's 8 values of p from 6 rows (srcStride floats apart): dst[q·6 + r] = src[r·srcStride + q]. The
