@@ -13,7 +13,7 @@ kernel ("Prescott"), the peer is measured twice, as detected and with OPENBLAS_C
 best kernel the CPU runs (--coretype, default SkylakeX when the CPU has AVX-512, else Haswell), and the
 faster of the two is the one ratios are taken against.
 """
-import argparse, json, os, re, statistics, subprocess, sys
+import argparse, json, os, re, signal, statistics, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -32,12 +32,27 @@ def ours(batch, threads, extra=()):
     return json.loads(out)
 
 
+DDP_SECONDS = 300
+
+
 def ddp(coretype):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     env.pop("OPENBLAS_CORETYPE", None)
     if coretype:
         env["OPENBLAS_CORETYPE"] = coretype
-    out = subprocess.run(["/usr/bin/python3", os.path.join(PEERS, "torch_ddp.py")], check=True, capture_output=True, text=True, env=env, cwd=PEERS).stdout
+    # On a Zen 5 VM (2026-12-02) a gloo process spun at 100 % for 14 minutes without finishing: bounded, and the
+    # whole process group ended (the spawned processes would outlive their parent), so the round goes on without it.
+    proc = subprocess.Popen(["/usr/bin/python3", os.path.join(PEERS, "torch_ddp.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=PEERS, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=DDP_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        print(f"compare.py: PyTorch DDP did not finish within {DDP_SECONDS} s; its figures are left out of this round", file=sys.stderr)
+        return {}
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
     return {name: float(v) for name, v in re.findall(r"^(\w+)\s+world=\d+ batch/proc=\d+ ddp=\w+: median\s+([0-9.]+)", out, re.M)}
 
 

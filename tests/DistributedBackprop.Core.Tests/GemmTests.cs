@@ -269,6 +269,42 @@ public class GemmTests
         }
     }
 
+    /// <summary>
+    /// Operands whose rows are padded (row stride above the row's length, as a view of a wider matrix): a packer that
+    /// confused the stride with the length (every shape above is dense) would read the padding. Shapes that fill 6- and
+    /// 8-row A slivers and 16-row blocks of Wᵀ, with ragged edges, on every tier and transpose.
+    /// </summary>
+    [Theory]
+    [InlineData(9, 37, 31)]
+    [InlineData(16, 48, 40)]
+    [InlineData(13, 17, 300)]
+    public void MultiplyAdd_WithPaddedRows_EqualsNaiveBitForBit(int m, int n, int k)
+    {
+        const int Padding = 5;
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            foreach (bool transA in new[] { false, true })
+            {
+                foreach (bool transB in new[] { false, true })
+                {
+                    // Stored rows of A (B): m (k) rows of k (n) values, or their transposes; each row padded with values that must not be read.
+                    int aRows = transA ? k : m, aCols = transA ? m : k, bRows = transB ? n : k, bCols = transB ? k : n;
+                    float[] a = Random(aRows * (aCols + Padding), m * 7 + k), b = Random(bRows * (bCols + Padding), n * 5 + k);
+                    var am = new StridedMatrix<float>(a, aRows, aCols, aCols + Padding, 1);
+                    var bm = new StridedMatrix<float>(b, bRows, bCols, bCols + Padding, 1);
+                    if (transA) am = am.Transposed();
+                    if (transB) bm = bm.Transposed();
+                    int ldc = n + 2;
+                    float[] expected = GuardedOutput(m, ldc, seed: 3);
+                    float[] actual = (float[])expected.Clone();
+                    NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), ldc);
+                    Gemm.MultiplyAdd(am, bm, actual.AsSpan(8), ldc, tier);
+                    AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} transA={transA} transB={transB}");
+                }
+            }
+        }
+    }
+
     [Fact]
     public void MultiplyAdd_RejectsMismatchedShapes()
     {

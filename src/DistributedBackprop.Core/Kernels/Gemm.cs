@@ -476,19 +476,20 @@ public static unsafe class Gemm
                 // Row-major A: a full 6- or 8-row sliver is transposed 8 values of p at a time in registers (6 rows
                 // as the first 6 of an 8×8 block); the ragged rest walks each row, scattering into the sliver.
                 int fullP = 0;
-                if (cs == 1 && rows == mr && (mr == 6 || mr == 8) && Avx2.IsSupported)
+                if (cs == 1 && rows == 8 && mr == 8 && Avx2.IsSupported)
                 {
                     fullP = kc / 8 * 8;
                     for (int p = 0; p < fullP; p += 8)
                     {
-                        if (mr == 8)
-                        {
-                            Transpose8x8(src + p, rs, sliver + (long)p * 8, 8);
-                        }
-                        else
-                        {
-                            PackSixRowsOfEight(src + p, rs, sliver + (long)p * 6);
-                        }
+                        Transpose8x8(src + p, rs, sliver + (long)p * 8, 8);
+                    }
+                }
+                else if (cs == 1 && rows == 6 && mr == 6 && Avx2.IsSupported)
+                {
+                    fullP = kc / 8 * 8;
+                    for (int p = 0; p < fullP; p += 8)
+                    {
+                        PackSixRowsOfEight(src + p, rs, sliver + (long)p * 6);
                     }
                 }
                 for (int r = 0; r < rows; r++)
@@ -518,15 +519,17 @@ public static unsafe class Gemm
             int cols = Math.Min(nr, nc - jr);
             float* sliver = dst + (long)jr * kc;
             float* src = b + (long)p0 * rs + (long)(j0 + jr) * cs;
-            // B = Wᵀ with W row-major: each column of B is a contiguous row of W. Full 8×8 blocks are
-            // transposed in registers; the ragged rest element by element.
+            // B = Wᵀ with W row-major: each column of B is a contiguous row of W. Full 8×8 blocks (16×8 with
+            // AVX-512) are transposed in registers; the ragged rest element by element.
             int fullP = 0;
             if (rs == 1 && Avx2.IsSupported)
             {
                 fullP = kc / 8 * 8;
                 int fullJ = cols / 8 * 8;
-                // With 16-lane registers, 16 rows of W at a time: 16 values of a row of B per store.
-                int wideJ = Avx512F.IsSupported ? cols / 16 * 16 : 0;
+                // With 16-lane registers, 16 rows of W at a time: one 64-byte store per row of B instead of two
+                // 32-byte ones, and fewer shuffles (the step 1.04 × at batch 32, README "Wᵀ packed 16 rows at a
+                // time"). Only where .NET itself runs 512-bit vectors: elsewhere it judged them slower.
+                int wideJ = Avx512F.IsSupported && Vector512.IsHardwareAccelerated ? cols / 16 * 16 : 0;
                 for (int p = 0; p < fullP; p += 8)
                 {
                     for (int j = 0; j < wideJ; j += 16)
@@ -620,13 +623,13 @@ public static unsafe class Gemm
     /// <summary>
     /// dst[q, r] = src[r, q] for a 16×8 block (16 rows of 8 values in, 8 rows of 16 out): the 8×8 transpose above run
     /// on both halves of 512-bit registers at once (rows r and r + 8 share a register), its last step a two-source
-    /// permute per output row that picks the 128-bit lanes of both halves. Half the shuffles and stores per value of
-    /// two 8×8 transposes.
+    /// permute per output row that picks the 128-bit lanes of both halves. Per value, half the stores of two 8×8
+    /// transposes and 32 shuffles (8 of them the inserts that pair the rows) instead of 48.
     /// </summary>
     private static void Transpose16x8(float* src, long srcStride, float* dst, long dstStride)
     {
-        Vector512<float> r0 = Rows(src, srcStride, 0), r1 = Rows(src, srcStride, 1), r2 = Rows(src, srcStride, 2), r3 = Rows(src, srcStride, 3);
-        Vector512<float> r4 = Rows(src, srcStride, 4), r5 = Rows(src, srcStride, 5), r6 = Rows(src, srcStride, 6), r7 = Rows(src, srcStride, 7);
+        Vector512<float> r0 = RowAndRowEightBelow(src, srcStride, 0), r1 = RowAndRowEightBelow(src, srcStride, 1), r2 = RowAndRowEightBelow(src, srcStride, 2), r3 = RowAndRowEightBelow(src, srcStride, 3);
+        Vector512<float> r4 = RowAndRowEightBelow(src, srcStride, 4), r5 = RowAndRowEightBelow(src, srcStride, 5), r6 = RowAndRowEightBelow(src, srcStride, 6), r7 = RowAndRowEightBelow(src, srcStride, 7);
         Vector512<float> t0 = Avx512F.UnpackLow(r0, r1), t1 = Avx512F.UnpackHigh(r0, r1);
         Vector512<float> t2 = Avx512F.UnpackLow(r2, r3), t3 = Avx512F.UnpackHigh(r2, r3);
         Vector512<float> t4 = Avx512F.UnpackLow(r4, r5), t5 = Avx512F.UnpackHigh(r4, r5);
@@ -635,7 +638,8 @@ public static unsafe class Gemm
         Vector512<double> u2 = Avx512F.Shuffle(t1, t3, 0x44).AsDouble(), u3 = Avx512F.Shuffle(t1, t3, 0xEE).AsDouble();
         Vector512<double> u4 = Avx512F.Shuffle(t4, t6, 0x44).AsDouble(), u5 = Avx512F.Shuffle(t4, t6, 0xEE).AsDouble();
         Vector512<double> u6 = Avx512F.Shuffle(t5, t7, 0x44).AsDouble(), u7 = Avx512F.Shuffle(t5, t7, 0xEE).AsDouble();
-        // In 64-bit elements: the low (or high) 128-bit lane of each half of the first source, then of the second.
+        // In 64-bit elements (0–7 the first source, 8–15 the second): for each 256-bit half in turn, its low (or high)
+        // 128-bit lane from the first source, then the same lane from the second: rows 0–3, 4–7, 8–11, 12–15 of one column.
         Vector512<long> low = Vector512.Create(0L, 1, 8, 9, 4, 5, 12, 13), high = Vector512.Create(2L, 3, 10, 11, 6, 7, 14, 15);
         Avx512F.Store(dst, Avx512F.PermuteVar8x64x2(u0, low, u4).AsSingle());
         Avx512F.Store(dst + dstStride, Avx512F.PermuteVar8x64x2(u1, low, u5).AsSingle());
@@ -649,7 +653,7 @@ public static unsafe class Gemm
 
     /// <summary>Rows r and r + 8 of a 16×8 block, as the low and high halves of one register.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Rows(float* src, long srcStride, int r) =>
+    private static Vector512<float> RowAndRowEightBelow(float* src, long srcStride, int r) =>
         Vector512.Create(Avx.LoadVector256(src + r * srcStride), Avx.LoadVector256(src + (r + 8) * srcStride));
 
     /// <summary>
