@@ -83,12 +83,7 @@ public class GemmTests
                     float[] a = Random(m * k, m * 31 + k), b = Random(k * n, n * 17 + k);
                     var am = transA ? StridedMatrix<float>.RowMajor(a, k, m).Transposed() : StridedMatrix<float>.RowMajor(a, m, k);
                     var bm = transB ? StridedMatrix<float>.RowMajor(b, n, k).Transposed() : StridedMatrix<float>.RowMajor(b, k, n);
-                    int ldc = n + 3;
-                    float[] expected = GuardedOutput(m, ldc, seed: 5);
-                    float[] actual = (float[])expected.Clone();
-                    NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), ldc);
-                    Gemm.MultiplyAdd(am, bm, actual.AsSpan(8), ldc, tier);
-                    AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} transA={transA} transB={transB}");
+                    AssertProductEqualsNaive(am, bm, ldc: n + 3, seed: 5, tier, $"{tier} m={m} n={n} k={k} transA={transA} transB={transB}");
                 }
             }
         }
@@ -294,12 +289,7 @@ public class GemmTests
                     var bm = new StridedMatrix<float>(b, bRows, bCols, bCols + Padding, 1);
                     if (transA) am = am.Transposed();
                     if (transB) bm = bm.Transposed();
-                    int ldc = n + 2;
-                    float[] expected = GuardedOutput(m, ldc, seed: 3);
-                    float[] actual = (float[])expected.Clone();
-                    NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), ldc);
-                    Gemm.MultiplyAdd(am, bm, actual.AsSpan(8), ldc, tier);
-                    AssertBitwise(expected, actual, $"{tier} m={m} n={n} k={k} transA={transA} transB={transB}");
+                    AssertProductEqualsNaive(am, bm, ldc: n + 2, seed: 3, tier, $"{tier} m={m} n={n} k={k} transA={transA} transB={transB} padded");
                 }
             }
         }
@@ -312,6 +302,16 @@ public class GemmTests
             StridedMatrix<float>.RowMajor(new float[6], 2, 3), StridedMatrix<float>.RowMajor(new float[8], 4, 2), new float[4], 2));
         Assert.Throws<ArgumentException>(() => Gemm.MultiplyAdd(
             StridedMatrix<float>.RowMajor(new float[6], 2, 3), StridedMatrix<float>.RowMajor(new float[6], 3, 2), new float[3], 2));
+    }
+
+    /// <summary>C += A·B by the fast GEMM and by the naive chain, into the same guarded output: the same bits.</summary>
+    private static void AssertProductEqualsNaive(StridedMatrix<float> am, StridedMatrix<float> bm, int ldc, int seed, SimdTier tier, string context)
+    {
+        float[] expected = GuardedOutput(am.Rows, ldc, seed);
+        float[] actual = (float[])expected.Clone();
+        NaiveGemm.MultiplyAdd(am, bm, expected.AsSpan(8), ldc);
+        Gemm.MultiplyAdd(am, bm, actual.AsSpan(8), ldc, tier);
+        AssertBitwise(expected, actual, context);
     }
 
     private static float[] GuardedOutput(int m, int ldc, int seed)
