@@ -25,6 +25,13 @@ public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<IL
         {
             return;
         }
+        // A port in use: the node reports it itself, in one line naming the option (PortInUseException), and
+        // Akka's remoting then stops "abruptly", which says nothing more.
+        if (e.LogLevel() == LogLevel.ErrorLevel && e.Message?.ToString() is { } text
+            && (text.StartsWith("Failed to bind to ", StringComparison.Ordinal) || text.StartsWith("Remoting system has been terminated abruptly", StringComparison.Ordinal)))
+        {
+            return;
+        }
         string level = e.LogLevel() switch
         {
             LogLevel.ErrorLevel => "error",

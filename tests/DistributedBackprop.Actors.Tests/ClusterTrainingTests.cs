@@ -143,6 +143,50 @@ public sealed class ClusterTrainingTests : IDisposable
         Fixtures.AssertSameBits(oracle, session.Parameters, "insecure cluster");
     }
 
+    /// <summary>
+    /// A node's Akka port is chosen free, then released until the node binds it (its certificate names the
+    /// address first): another process can take it meanwhile. Here the first port handed to the server and to
+    /// the worker is held by a listener: each must choose another (the worker says so) and the run must have the
+    /// plain trainer's bits. A port the user pinned is not chosen again: it is one error naming the option.
+    /// </summary>
+    [Fact]
+    public async Task ChosenPortsTakenBeforeTheBind_TheNodesChooseAgain_APinnedOneIsAnError()
+    {
+        string path = WriteCsv(Fixtures.Blobs(160));
+        Dataset data = CsvReader.Read(path, new CsvOptions());
+        float[] oracle = Fixtures.PlainTrainer(Fixtures.Config(), data);
+        using var squatter = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        squatter.Start();
+        int taken = ((System.Net.IPEndPoint)squatter.LocalEndpoint).Port;
+        int serverChoices = 0, workerChoices = 0;
+        Func<string, int> TakenFirst(Func<int> count) => host => count() == 1 ? taken : new NodeSettings().FreePort(host);
+
+        TrainingSession session = TrainingSession.Prepare(Fixtures.Config(), data, null, 0.2);
+        await using ClusterServer server = ClusterServer.Start(session, ServerSettings() with { FreePort = TakenFirst(() => Interlocked.Increment(ref serverChoices)) },
+            minimumWorkers: 1, NullObserver.Instance, null, new ServerData(path, null, 0.2));
+        Assert.Equal(2, serverChoices);
+        Assert.NotEqual(taken, server.Address.Port);
+
+        PortInUseException pinned = await Assert.ThrowsAsync<PortInUseException>(() =>
+            ClusterWorker.RunAsync(WorkerSettings(server) with { Port = taken }, new WorkerNodeOptions("pinned", null, false)).WaitAsync(TimeSpan.FromMinutes(1)));
+        Assert.Equal($"--port: 127.0.0.1:{taken} is already in use by another process", pinned.Message);
+
+        var announced = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        Task<WorkerExit> worker = ClusterWorker.RunAsync(WorkerSettings(server) with { FreePort = TakenFirst(() => Interlocked.Increment(ref workerChoices)) },
+            new WorkerNodeOptions("unlucky", null, false, announced.Enqueue));
+        await Task.WhenAny(server.Completion, worker).WaitAsync(TimeSpan.FromMinutes(2));
+        if (worker.IsCompleted)
+        {
+            Assert.Fail($"the worker ended before training did: {(await worker).Message}");
+        }
+        TrainingOutcome outcome = await server.Completion;
+        await server.AnnounceFinishAsync(new TrainingFinished(outcome.Steps, true, "done"));
+        Assert.Equal(0, (await worker.WaitAsync(TimeSpan.FromSeconds(30))).ExitCode);
+        Assert.Contains($"the port this node chose, {taken}, was taken by another process before it bound it; choosing another", announced);
+        Assert.Equal(2, workerChoices);
+        Fixtures.AssertSameBits(oracle, session.Parameters, "nodes whose first chosen port was taken");
+    }
+
     [Fact]
     public async Task WorkerWithDifferentData_IsRefused_WithAClearErrorOnItsSide()
     {

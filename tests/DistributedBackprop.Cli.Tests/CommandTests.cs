@@ -189,6 +189,18 @@ public sealed partial class CommandTests : IDisposable
     public void BadNodeOptionsAndPaths_AreOneLineNamingTheOption_BeforeTheNodeStarts(string[] args, string expected) =>
         DbpProcess.AssertUsageError(Dbp(args), expected, args[0]);
 
+    /// <summary>A port another process listens on: one line naming the option and the address, exit 2, no stack trace.</summary>
+    [Fact]
+    public void PortsInUse_AreOneLineNamingTheOption()
+    {
+        using var squatter = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        squatter.Start();
+        int taken = ((System.Net.IPEndPoint)squatter.LocalEndpoint).Port;
+        DbpProcess.AssertUsageError(Dbp("serve", "--insecure", "--port", $"{taken}", "--bulk-port", "0"), $"dbp serve: --port: 127.0.0.1:{taken} is already in use by another process", "serve");
+        DbpProcess.AssertUsageError(Dbp("serve", "--insecure", "--port", "0", "--bulk-port", $"{taken}"),
+            $"dbp serve: --bulk-port: 127.0.0.1:{taken} is already in use by another process (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", "serve");
+    }
+
     [Fact]
     public void ABadLinkRateInAClusterConfig_IsOneLineNamingTheFileAndTheSetting()
     {

@@ -7,6 +7,10 @@ namespace DistributedBackprop.Cli.Tests;
 /// <summary>A dbp process running in the background, its output lines collected as they come.</summary>
 public sealed class RunningDbp : IDisposable
 {
+    /// <summary>Every dbp process a test started and has not disposed: a wait that fails shows their output too
+    /// (a server waiting for a worker says nothing of why the worker did not come).</summary>
+    private static readonly ConcurrentDictionary<RunningDbp, byte> Live = new();
+
     private readonly Process _process;
     private readonly ConcurrentQueue<string> _lines = new();
 
@@ -30,7 +34,8 @@ public sealed class RunningDbp : IDisposable
         _process.Start();
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
-        Name = string.Join(' ', args.Take(3));
+        Name = string.Join(' ', args.Take(3)) + (args.SkipWhile(a => a != "--name").Skip(1).FirstOrDefault() is { } name ? $" ({name})" : "");
+        Live.TryAdd(this, 0);
     }
 
     public string Name { get; }
@@ -65,18 +70,21 @@ public sealed class RunningDbp : IDisposable
                 {
                     if (regex.Match(line) is { Success: true } last) return last;
                 }
-                throw new InvalidOperationException($"{Name} exited with {_process.ExitCode} before printing /{pattern}/:\n{Output}");
+                throw new InvalidOperationException($"{Name} exited with {_process.ExitCode} before printing /{pattern}/:\n{Output}{OthersOutput()}");
             }
             Thread.Sleep(20);
         }
-        throw new TimeoutException($"{Name} did not print /{pattern}/ within {timeout}:\n{Output}");
+        throw new TimeoutException($"{Name} did not print /{pattern}/ within {timeout}:\n{Output}{OthersOutput()}");
     }
+
+    private string OthersOutput() => string.Concat(Live.Keys.Where(other => other != this).Select(other =>
+        $"\n--- {other.Name}{(other._process.HasExited ? $" (exited with {other._process.ExitCode})" : " (running)")}:\n{other.Output}"));
 
     public int WaitForExit(TimeSpan timeout)
     {
         if (!_process.WaitForExit(timeout))
         {
-            throw new TimeoutException($"{Name} did not exit within {timeout}:\n{Output}");
+            throw new TimeoutException($"{Name} did not exit within {timeout}:\n{Output}{OthersOutput()}");
         }
         _process.WaitForExit();
         return _process.ExitCode;
@@ -94,6 +102,7 @@ public sealed class RunningDbp : IDisposable
 
     public void Dispose()
     {
+        Live.TryRemove(this, out _);
         if (!_process.HasExited)
         {
             _process.Kill(entireProcessTree: true);

@@ -26,11 +26,25 @@ public sealed class ClusterServer : IAsyncDisposable
         Authority = settings.Tls
             ? ClusterAuthority.LoadOrCreate(settings.StateDirectory ?? ClusterAuthority.DefaultStateDirectory(), settings.NewToken, settings.TokenFile)
             : null;
-        int port = settings.ChoosePort();
-        Address address = settings.NodeAddress(port);
-        NodeIdentity? identity = Authority?.IssueOwn(ClusterNaming.ServerRole, ClusterNaming.ServerRole, address.ToString());
-        Akka.Configuration.Config config = (settings with { Port = port }).BuildConfig(ClusterNaming.ServerRole);
-        System = ActorSystem.Create(ClusterNaming.SystemName, NodeSettings.BuildSetup(config, identity));
+        Address address;
+        NodeIdentity? identity;
+        Akka.Configuration.Config config;
+        for (int attempt = 1; ; attempt++)
+        {
+            int port = settings.ChoosePort();
+            address = settings.NodeAddress(port);
+            identity = Authority?.IssueOwn(ClusterNaming.ServerRole, ClusterNaming.ServerRole, address.ToString());
+            config = (settings with { Port = port }).BuildConfig(ClusterNaming.ServerRole);
+            try
+            {
+                System = PortInUseException.CreateSystem(NodeSettings.BuildSetup(config, identity), config.GetString("akka.remote.dot-netty.tcp.hostname"), port, "--port");
+                break;
+            }
+            catch (PortInUseException) when (settings.Port is not > 0 && attempt < PortInUseException.ChoicesBeforeGivingUp)
+            {
+                // --port 0: a port chosen free was taken before the bind (the certificate names it first); choose again.
+            }
+        }
         var cluster = Akka.Cluster.Cluster.Get(System);
         Address = cluster.SelfAddress;
         if (!Address.Equals(address))
@@ -43,7 +57,15 @@ public sealed class ClusterServer : IAsyncDisposable
         BulkChannel? channel = null;
         Desk = new EnrollmentDesk(Authority, Address.ToString(), () => channel!.Endpoint,
             claimed => cluster.State.Members.Any(m => Enrollment.SameAddress(m.Address.ToString(), claimed)), Akka.Event.Logging.GetLogger(System, "enrollment"));
-        channel = Courier.Get(System).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), identity, policy, Desk);
+        try
+        {
+            channel = Courier.Get(System).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), identity, policy, Desk);
+        }
+        catch (PortInUseException e)
+        {
+            System.Terminate().Wait();
+            throw new PortInUseException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e);
+        }
         Channel = channel;
         long frameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
         var relay = new FormationObserver(observer, clock);
@@ -160,6 +182,7 @@ public static class ClusterWorker
         TimeSpan rejoinFor = settings.RejoinTimeout ?? DefaultRejoinTimeout;
         TimeSpan joinFor = settings.JoinTimeout ?? DefaultJoinTimeout;
         Stopwatch? lost = null;
+        int portsTaken = 0;
         while (true)
         {
             // Each incarnation gets its own address (a free port unless one is pinned) and certificate.
@@ -188,7 +211,18 @@ public static class ClusterWorker
             lost = null;
             // Stopping the old node is only cut short for a rejoin that will happen, on ports of its own.
             bool mayCutStopShort = rejoinFor > TimeSpan.Zero && !(settings.Port is > 0 || settings.BulkPort is > 0);
-            WorkerExit exit = await RunIncarnationAsync(settings with { Port = port }, options, enrolled, contact, mayCutStopShort, cancellation).ConfigureAwait(false);
+            WorkerExit exit;
+            try
+            {
+                exit = await RunIncarnationAsync(settings with { Port = port }, options, enrolled, contact, mayCutStopShort, cancellation).ConfigureAwait(false);
+            }
+            catch (PortInUseException e) when (e.Port == port && settings.Port is not > 0 && ++portsTaken < PortInUseException.ChoicesBeforeGivingUp)
+            {
+                // The port was free when chosen, but it is released between the choice and Akka's bind (the
+                // certificate names the address before the node starts): another process took it meanwhile.
+                options.Announce?.Invoke($"the port this node chose, {port}, was taken by another process before it bound it; choosing another");
+                continue;
+            }
             if (!exit.ServerLost || rejoinFor <= TimeSpan.Zero || cancellation.IsCancellationRequested)
             {
                 return exit;
@@ -205,7 +239,7 @@ public static class ClusterWorker
     private static async Task<WorkerExit> RunIncarnationAsync(NodeSettings settings, WorkerNodeOptions options, EnrollmentResult enrolled, ServerContact contact, bool mayCutStopShort, CancellationToken cancellation)
     {
         Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.WorkerRole);
-        ActorSystem system = ActorSystem.Create(ClusterNaming.SystemName, NodeSettings.BuildSetup(config, enrolled.Identity));
+        ActorSystem system = PortInUseException.CreateSystem(NodeSettings.BuildSetup(config, enrolled.Identity), config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.Port!.Value, "--port");
         WorkerExit? result = null;
         try
         {

@@ -112,7 +112,18 @@ public sealed record NodeSettings
         {
             return port;
         }
-        var probe = new TcpListener(Transport.BulkChannel.BindAddress(BindHost ?? "127.0.0.1"), 0);
+        return FreePort(BindHost ?? "127.0.0.1");
+    }
+
+    /// <summary>
+    /// A port free on the bind host now (it may be taken again before the node binds it: the worker then
+    /// chooses another). Tests replace it to hand out a port that is already taken.
+    /// </summary>
+    internal Func<string, int> FreePort { get; init; } = ProbeFreePort;
+
+    private static int ProbeFreePort(string bindHost)
+    {
+        var probe = new TcpListener(Transport.BulkChannel.BindAddress(bindHost), 0);
         probe.Start();
         int chosen = ((IPEndPoint)probe.LocalEndpoint).Port;
         probe.Stop();

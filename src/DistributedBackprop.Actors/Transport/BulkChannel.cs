@@ -119,7 +119,15 @@ public sealed class BulkChannel : IDisposable
         }
         // Two processes must never share a port silently.
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, false);
-        _listener.Start(backlog: 128);
+        try
+        {
+            _listener.Start(backlog: 128);
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse)
+        {
+            _listener.Dispose();
+            throw new Cluster.PortInUseException($"--bulk-port: {bindHost}:{port} is already in use by another process", port, e);
+        }
         Endpoint = $"{publicHost}:{((IPEndPoint)_listener.LocalEndpoint).Port}";
         new Thread(AcceptLoop) { IsBackground = true, Name = "dbp-bulk-accept" }.Start();
     }
