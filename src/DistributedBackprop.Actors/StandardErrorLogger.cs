@@ -16,7 +16,10 @@ public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<IL
         Receive<LogEvent>(Write);
     }
 
-    private static void Write(LogEvent e)
+    /// <summary>This system's remoting could not bind its port: the node reports that itself (<see cref="Cluster.PortUnavailableException"/>).</summary>
+    private bool _bindRefused;
+
+    private void Write(LogEvent e)
     {
         // A peer that leaves or dies closes its association; the cluster's own events (a worker "died",
         // "left") already say so in words, so the transport's stack traces about it are dropped.
@@ -25,10 +28,16 @@ public sealed class StandardErrorLogger : ReceiveActor, IRequiresMessageQueue<IL
         {
             return;
         }
-        // A port in use: the node reports it itself, in one line naming the option (PortInUseException), and
-        // Akka's remoting then stops "abruptly", which says nothing more.
-        if (e.LogLevel() == LogLevel.ErrorLevel && e.Message?.ToString() is { } text
-            && (text.StartsWith("Failed to bind to ", StringComparison.Ordinal) || text.StartsWith("Remoting system has been terminated abruptly", StringComparison.Ordinal)))
+        // A port that cannot be bound: the node reports it itself, in one line naming the option, and the
+        // remoting it failed to start then stops "abruptly", which says nothing more. Only then: elsewhere an
+        // abrupt stop of remoting is news.
+        if (e is Error { Cause: { } failure } && Cluster.PortUnavailableException.BindRefusal(failure) is not null
+            && e.Message?.ToString()?.StartsWith("Failed to bind to ", StringComparison.Ordinal) == true)
+        {
+            _bindRefused = true;
+            return;
+        }
+        if (_bindRefused && e.LogLevel() == LogLevel.ErrorLevel && e.Message?.ToString()?.StartsWith("Remoting system has been terminated abruptly", StringComparison.Ordinal) == true)
         {
             return;
         }

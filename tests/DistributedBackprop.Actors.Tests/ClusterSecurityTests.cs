@@ -81,7 +81,7 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
         // 2. An Akka node without TLS, and one with a certificate from another cluster's CA that accepts any
         //    server: both try to join the seed and to stop the parameter server.
         using ActorSystem plain = ActorSystem.Create(ClusterNaming.SystemName, RogueConfig("akka.tcp"));
-        int foreignPort = new NodeSettings { BindHost = "127.0.0.1", Port = 0 }.ChoosePort();
+        int foreignPort = new NodeSettings { BindHost = "127.0.0.1", Port = 0 }.ChoosePort("127.0.0.1");
         NodeIdentity foreignIdentity = otherCluster.IssueOwn(ClusterNaming.WorkerRole, "mallory", $"akka.ssl.tcp://dbp@127.0.0.1:{foreignPort}");
         using ActorSystem foreign = ActorSystem.Create(ClusterNaming.SystemName, ActorSystemSetupFor(
             RogueConfig("akka.ssl.tcp").WithFallback(ConfigurationFactory.ParseString($"akka.remote.dot-netty.tcp.port = {foreignPort}")),
@@ -166,7 +166,7 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
 
         // Mallory holds the token: she enrolls, becomes a cluster member, and runs a bulk channel.
         var settings = new NodeSettings { BindHost = "127.0.0.1", Port = 0 };
-        int port = settings.ChoosePort();
+        int port = settings.ChoosePort("127.0.0.1");
         Address self = settings.NodeAddress(port);
         EnrollmentResult enrolled = await Enrollment.EnrollAsync(host, bulkPort, server.Authority!.Token, "mallory", self.ToString(), CancellationToken.None);
         Config config = (settings with { Port = port }).BuildConfig(ClusterNaming.WorkerRole);
@@ -176,7 +176,7 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
 
         // The honest worker's address is fixed in advance, so Mallory can speak in its name from the start.
         NodeSettings honestSettings = Loopback.Worker(server);
-        honestSettings = honestSettings with { Port = honestSettings.ChoosePort() };
+        honestSettings = honestSettings with { Port = honestSettings.ChoosePort("127.0.0.1") };
         Address honestAddress = honestSettings.NodeAddress(honestSettings.Port!.Value);
         var provider = ((ExtendedActorSystem)mallory).Provider;
         IActorRef parameterServer = provider.ResolveActorRef($"{server.Address}{ClusterNaming.ParameterServerPath}");

@@ -7,9 +7,12 @@ namespace DistributedBackprop.Cli.Tests;
 /// <summary>A dbp process running in the background, its output lines collected as they come.</summary>
 public sealed class RunningDbp : IDisposable
 {
-    /// <summary>Every dbp process a test started and has not disposed: a wait that fails shows their output too
-    /// (a server waiting for a worker says nothing of why the worker did not come).</summary>
+    /// <summary>Every dbp process started and not disposed: a wait that fails shows the output of those its test started
+    /// too, told by their working directory, each test's own (a server waiting for a worker says nothing of why the
+    /// worker did not come).</summary>
     private static readonly ConcurrentDictionary<RunningDbp, byte> Live = new();
+
+    private readonly string _workingDirectory;
 
     private readonly Process _process;
     private readonly ConcurrentQueue<string> _lines = new();
@@ -28,6 +31,7 @@ public sealed class RunningDbp : IDisposable
         {
             info.ArgumentList.Add(arg);
         }
+        _workingDirectory = workingDirectory;
         _process = new Process { StartInfo = info };
         _process.OutputDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
         _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) _lines.Enqueue(e.Data); };
@@ -77,8 +81,20 @@ public sealed class RunningDbp : IDisposable
         throw new TimeoutException($"{Name} did not print /{pattern}/ within {timeout}:\n{Output}{OthersOutput()}");
     }
 
-    private string OthersOutput() => string.Concat(Live.Keys.Where(other => other != this).Select(other =>
-        $"\n--- {other.Name}{(other._process.HasExited ? $" (exited with {other._process.ExitCode})" : " (running)")}:\n{other.Output}"));
+    private string OthersOutput() => string.Concat(Live.Keys.Where(other => other != this && other._workingDirectory == _workingDirectory).Select(other =>
+        $"\n--- {other.Name} ({other.State()}):\n{other.Output}"));
+
+    private string State()
+    {
+        try
+        {
+            return _process.HasExited ? $"exited with {_process.ExitCode}" : "running";
+        }
+        catch (InvalidOperationException)
+        {
+            return "disposed meanwhile";
+        }
+    }
 
     public int WaitForExit(TimeSpan timeout)
     {

@@ -29,26 +29,32 @@ public sealed class ClusterServer : IAsyncDisposable
         Address address;
         NodeIdentity? identity;
         Akka.Configuration.Config config;
-        for (int attempt = 1; ; attempt++)
+        string bindHost = settings.BindHost ?? settings.BuildConfig(ClusterNaming.ServerRole).GetString("akka.remote.dot-netty.tcp.hostname");
+        for (int choice = 1; ; choice++)
         {
-            int port = settings.ChoosePort();
+            int port = settings.ChoosePort(bindHost);
             address = settings.NodeAddress(port);
             identity = Authority?.IssueOwn(ClusterNaming.ServerRole, ClusterNaming.ServerRole, address.ToString());
             config = (settings with { Port = port }).BuildConfig(ClusterNaming.ServerRole);
             try
             {
-                System = PortInUseException.CreateSystem(NodeSettings.BuildSetup(config, identity), config.GetString("akka.remote.dot-netty.tcp.hostname"), port, "--port");
+                System = PortUnavailableException.CreateSystem(NodeSettings.BuildSetup(config, identity), bindHost, port, "--port");
                 break;
             }
-            catch (PortInUseException) when (settings.Port is not > 0 && attempt < PortInUseException.ChoicesBeforeGivingUp)
+            catch (PortUnavailableException e) when (e.InUse && settings.Port is not > 0)
             {
                 // --port 0: a port chosen free was taken before the bind (the certificate names it first); choose again.
+                if (choice == PortUnavailableException.ChoicesBeforeGivingUp)
+                {
+                    throw PortUnavailableException.NoneFree(bindHost, e);
+                }
             }
         }
         var cluster = Akka.Cluster.Cluster.Get(System);
         Address = cluster.SelfAddress;
         if (!Address.Equals(address))
         {
+            System.Terminate().Wait();
             throw new InvalidOperationException($"the node started at {Address}, not at {address} as its certificate says");
         }
         cluster.Join(Address);
@@ -61,10 +67,10 @@ public sealed class ClusterServer : IAsyncDisposable
         {
             channel = Courier.Get(System).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), identity, policy, Desk);
         }
-        catch (PortInUseException e)
+        catch (PortUnavailableException e)
         {
             System.Terminate().Wait();
-            throw new PortInUseException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e);
+            throw new PortUnavailableException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e.InUse, e);
         }
         Channel = channel;
         long frameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
@@ -183,10 +189,11 @@ public static class ClusterWorker
         TimeSpan joinFor = settings.JoinTimeout ?? DefaultJoinTimeout;
         Stopwatch? lost = null;
         int portsTaken = 0;
+        string bindHost = settings.BindHost ?? settings.BuildConfig(ClusterNaming.WorkerRole).GetString("akka.remote.dot-netty.tcp.hostname");
         while (true)
         {
             // Each incarnation gets its own address (a free port unless one is pinned) and certificate.
-            int port = settings.ChoosePort();
+            int port = settings.ChoosePort(bindHost);
             Address self = settings.NodeAddress(port);
             TimeSpan patience = lost is null ? joinFor : rejoinFor - lost.Elapsed;
             (EnrollmentResult enrolled, ServerContact contact)? joined;
@@ -208,6 +215,7 @@ public static class ClusterWorker
                     ? $"no server answered at {string.Join(", ", seeds)} within {joinFor.TotalSeconds:0} s (--join-timeout); is `dbp serve` running, and is its bulk port (the --join port + 1 unless --server-bulk-port) reachable from here?"
                     : $"the server did not come back within {rejoinFor.TotalSeconds:0} s");
             }
+            Stopwatch? lostBeforeThisStart = lost;
             lost = null;
             // Stopping the old node is only cut short for a rejoin that will happen, on ports of its own.
             bool mayCutStopShort = rejoinFor > TimeSpan.Zero && !(settings.Port is > 0 || settings.BulkPort is > 0);
@@ -216,13 +224,19 @@ public static class ClusterWorker
             {
                 exit = await RunIncarnationAsync(settings with { Port = port }, options, enrolled, contact, mayCutStopShort, cancellation).ConfigureAwait(false);
             }
-            catch (PortInUseException e) when (e.Port == port && settings.Port is not > 0 && ++portsTaken < PortInUseException.ChoicesBeforeGivingUp)
+            catch (PortUnavailableException e) when (e.InUse && e.Port == port && settings.Port is not > 0)
             {
                 // The port was free when chosen, but it is released between the choice and Akka's bind (the
                 // certificate names the address before the node starts): another process took it meanwhile.
+                if (++portsTaken == PortUnavailableException.ChoicesBeforeGivingUp)
+                {
+                    throw PortUnavailableException.NoneFree(bindHost, e);
+                }
                 options.Announce?.Invoke($"the port this node chose, {port}, was taken by another process before it bound it; choosing another");
+                lost = lostBeforeThisStart; // a rejoin keeps the time it has left
                 continue;
             }
+            portsTaken = 0;
             if (!exit.ServerLost || rejoinFor <= TimeSpan.Zero || cancellation.IsCancellationRequested)
             {
                 return exit;
@@ -239,7 +253,7 @@ public static class ClusterWorker
     private static async Task<WorkerExit> RunIncarnationAsync(NodeSettings settings, WorkerNodeOptions options, EnrollmentResult enrolled, ServerContact contact, bool mayCutStopShort, CancellationToken cancellation)
     {
         Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.WorkerRole);
-        ActorSystem system = PortInUseException.CreateSystem(NodeSettings.BuildSetup(config, enrolled.Identity), config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.Port!.Value, "--port");
+        ActorSystem system = PortUnavailableException.CreateSystem(NodeSettings.BuildSetup(config, enrolled.Identity), config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.Port!.Value, "--port");
         WorkerExit? result = null;
         try
         {

@@ -106,13 +106,14 @@ public sealed record NodeSettings
     /// This node's Akka port: the one configured, or — for port 0 — a free one picked now, because a node's
     /// certificate names its Akka address, so the address must be known before the node starts.
     /// </summary>
-    public int ChoosePort()
+    /// <param name="bindHost">the host the node's remoting binds (its configured hostname): the port is probed there.</param>
+    public int ChoosePort(string bindHost)
     {
         if (Port is int port and > 0)
         {
             return port;
         }
-        return FreePort(BindHost ?? "127.0.0.1");
+        return FreePort(bindHost);
     }
 
     /// <summary>

@@ -15,7 +15,11 @@ namespace DistributedBackprop.Actors.Cluster;
 public sealed record WorkerExit(int ExitCode, string Message, bool ServerLost = false);
 
 /// <summary>What a worker node was told on its command line; <see cref="Announce"/> receives one-line progress news (the first step computed).</summary>
-public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData, Action<string>? Announce = null);
+public sealed record WorkerNodeOptions(string Name, string? DataOverride, bool StreamData, Action<string>? Announce = null)
+{
+    /// <summary>How long a join may take before the worker says which stage it is at (it keeps trying; on two idle cores a join takes ~1 s).</summary>
+    internal TimeSpan AdmissionPatience { get; init; } = TimeSpan.FromSeconds(30);
+}
 
 /// <summary>Where the server is, as the join handshake said (its Akka address and bulk channel endpoint).</summary>
 public sealed record ServerContact(Address Address, string BulkEndpoint);
@@ -58,6 +62,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         Receive<ClusterEvents.UnreachableMember>(m => _log.Warning("node {0} is unreachable", m.Member.Address));
         Receive<ClusterEvents.IClusterDomainEvent>(_ => { });
         Receive<RetryJoin>(_ => AskToJoin());
+        Receive<CheckAdmission>(_ => SayWhereTheJoinStands());
         Receive<JoinAccepted>(_ => FromServer(), Accepted);
         Receive<JoinRefused>(_ => FromServer(), r => Exit(2, $"the server refused this node: {r.Reason}"));
         Receive<TrainingDataChunk>(_ => FromServer(), Chunk);
@@ -81,9 +86,25 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
 
     private bool FromServer() => Sender.Path.Address.Equals(_contact.Address);
 
-    protected override void PreStart() =>
+    protected override void PreStart()
+    {
         _cluster.Subscribe(Self, ClusterEvents.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvents.MemberUp), typeof(ClusterEvents.MemberWeaklyUp), typeof(ClusterEvents.MemberRemoved), typeof(ClusterEvents.UnreachableMember));
+        Timers.StartSingleTimer("admission", CheckAdmission.Instance, _options.AdmissionPatience);
+    }
+
+    /// <summary>A join that has not finished says which stage it is stuck at, once: a silent worker cannot be told from a slow one.</summary>
+    private void SayWhereTheJoinStands()
+    {
+        if (_server is null)
+        {
+            _options.Announce?.Invoke($"after {_options.AdmissionPatience.TotalSeconds:0.#} s this node is not yet a member of the server's cluster at {_contact.Address} (the Akka join; still trying)");
+        }
+        else if (_accepted is null)
+        {
+            _options.Announce?.Invoke($"after {_options.AdmissionPatience.TotalSeconds:0.#} s the server's gatekeeper has not accepted this node (still asking every 2 s)");
+        }
+    }
 
     protected override void PostStop()
     {
@@ -138,7 +159,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
         int features = accepted.PreprocessShift.Length;
         _courier.Channel!.Policy.SetRun(config.BuildArchitecture(features, Classes(accepted)).ParameterCount, features, config.LocalSteps?.Replicas ?? 0);
-        _log.Info("joined; training {0}", accepted.Architecture);
+        _options.Announce?.Invoke($"joined the server at {_contact.BulkEndpoint}; training {accepted.Architecture}");
         if (_options.StreamData)
         {
             _courier.Send(Sender, RequestTrainingData.Instance, Self);
@@ -257,6 +278,11 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     private sealed record RetryJoin : INoSerializationVerificationNeeded
     {
         public static readonly RetryJoin Instance = new();
+    }
+
+    private sealed record CheckAdmission : INoSerializationVerificationNeeded
+    {
+        public static readonly CheckAdmission Instance = new();
     }
 
     private sealed record DataReady(Dataset Train, string Hash, TrainingConfig Config) : INoSerializationVerificationNeeded;

@@ -123,10 +123,10 @@ public sealed class BulkChannel : IDisposable
         {
             _listener.Start(backlog: 128);
         }
-        catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse)
+        catch (SocketException e)
         {
             _listener.Dispose();
-            throw new Cluster.PortInUseException($"--bulk-port: {bindHost}:{port} is already in use by another process", port, e);
+            throw Cluster.PortUnavailableException.For("--bulk-port", bindHost, port, e, e);
         }
         Endpoint = $"{publicHost}:{((IPEndPoint)_listener.LocalEndpoint).Port}";
         new Thread(AcceptLoop) { IsBackground = true, Name = "dbp-bulk-accept" }.Start();

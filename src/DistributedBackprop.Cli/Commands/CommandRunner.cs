@@ -21,7 +21,7 @@ internal static class CommandRunner
         {
             return body();
         }
-        catch (Exception e) when (e is DataException or ModelFileException or UsageException or ArgumentException or Actors.Cluster.PortInUseException)
+        catch (Exception e) when (e is DataException or ModelFileException or UsageException or ArgumentException or Actors.Cluster.PortUnavailableException)
         {
             OneLine.ToStandardError($"dbp {command}: {RunFiles.Attribute(e.Message)}");
             return ExitCodes.BadInput;
