@@ -201,6 +201,18 @@ public sealed partial class CommandTests : IDisposable
             $"dbp serve: --bulk-port: 127.0.0.1:{taken} is already in use by another process (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", "serve");
     }
 
+    /// <summary>A cluster config's hostname that is no address of this machine: one line naming it, exit 2, with any port or a pinned one.</summary>
+    [Fact]
+    public void AConfigHostnameNotOnThisMachine_IsOneLineNamingIt()
+    {
+        string config = Path.Combine(_dir, "elsewhere.conf");
+        File.WriteAllText(config, "akka.remote.dot-netty.tcp.hostname = \"203.0.113.5\"\n");
+        DbpProcess.AssertUsageError(Dbp("serve", "--insecure", "--port", "0", "--cluster-config", config),
+            "dbp serve: 203.0.113.5: this node cannot listen on it (AddressNotAvailable); check --bind-host, or akka.remote.dot-netty.tcp.hostname in the cluster config", "serve");
+        DbpProcess.AssertUsageError(Dbp("serve", "--insecure", "--port", "4081", "--cluster-config", config),
+            "dbp serve: --port: 203.0.113.5:4081 cannot be bound: 203.0.113.5 is not an address of this machine", "serve");
+    }
+
     [Fact]
     public void ABadLinkRateInAClusterConfig_IsOneLineNamingTheFileAndTheSetting()
     {

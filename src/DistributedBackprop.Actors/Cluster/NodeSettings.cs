@@ -124,8 +124,19 @@ public sealed record NodeSettings
 
     private static int ProbeFreePort(string bindHost)
     {
-        var probe = new TcpListener(Transport.BulkChannel.BindAddress(bindHost), 0);
-        probe.Start();
+        TcpListener? probe = null;
+        try
+        {
+            probe = new TcpListener(Transport.BulkChannel.BindAddress(bindHost), 0);
+            probe.Start();
+        }
+        catch (Exception e) when (e is SocketException or InvalidOperationException)
+        {
+            // --bind-host is checked where it is given; a hostname from --cluster-config is checked here.
+            probe?.Dispose();
+            string why = e is SocketException socket ? socket.SocketErrorCode.ToString() : "no IPv4 address";
+            throw new ArgumentException($"{bindHost}: this node cannot listen on it ({why}); check --bind-host, or akka.remote.dot-netty.tcp.hostname in the cluster config");
+        }
         int chosen = ((IPEndPoint)probe.LocalEndpoint).Port;
         probe.Stop();
         return chosen;

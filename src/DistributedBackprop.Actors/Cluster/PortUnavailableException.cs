@@ -38,6 +38,7 @@ public sealed class PortUnavailableException(string message, int port, bool inUs
         bool inUse = refusal.SocketErrorCode == SocketError.AddressAlreadyInUse;
         string why = inUse ? "is already in use by another process"
             : refusal.SocketErrorCode == SocketError.AccessDenied ? "cannot be bound: permission denied (ports below 1024 need the right to bind them)"
+            : refusal.SocketErrorCode == SocketError.AddressNotAvailable ? $"cannot be bound: {host} is not an address of this machine (--bind-host, or akka.remote.dot-netty.tcp.hostname in the cluster config)"
             : $"cannot be bound ({refusal.SocketErrorCode})";
         return new PortUnavailableException($"{option}: {host}:{port} {why}", port, inUse, inner);
     }

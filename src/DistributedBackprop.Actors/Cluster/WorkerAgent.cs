@@ -96,6 +96,12 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     /// <summary>A join that has not finished says which stage it is stuck at, once: a silent worker cannot be told from a slow one.</summary>
     private void SayWhereTheJoinStands()
     {
+        if (_exit.Task.IsCompleted)
+        {
+            // This incarnation is over (refused, stopped, or its server lost while it stops in the background): a
+            // new one may be joining, and this line would speak for it.
+            return;
+        }
         if (_server is null)
         {
             _options.Announce?.Invoke($"after {_options.AdmissionPatience.TotalSeconds:0.#} s this node is not yet a member of the server's cluster at {_contact.Address} (the Akka join; still trying)");
@@ -155,6 +161,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         }
         _accepted = accepted;
         Timers.Cancel("join");
+        Timers.Cancel("admission");
         // From now on tensors of this run's size may arrive, and no larger.
         TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
         int features = accepted.PreprocessShift.Length;
