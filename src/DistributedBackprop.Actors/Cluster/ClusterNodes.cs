@@ -70,6 +70,10 @@ public sealed class ClusterServer : IAsyncDisposable
         catch (PortUnavailableException e)
         {
             System.Terminate().Wait();
+            if (!e.InUse)
+            {
+                throw;
+            }
             throw new PortUnavailableException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e.InUse, e);
         }
         Channel = channel;
