@@ -171,6 +171,9 @@ public sealed class ClusterTrainingTests : IDisposable
         PortUnavailableException pinned = await Assert.ThrowsAsync<PortUnavailableException>(() =>
             ClusterWorker.RunAsync(WorkerSettings(server) with { Port = taken }, new WorkerNodeOptions("pinned", null, false)).WaitAsync(TimeSpan.FromMinutes(1)));
         Assert.Equal($"--port: 127.0.0.1:{taken} is already in use by another process", pinned.Message);
+        // Found by the node's own trial of the port, not by a started ActorSystem's remoting (whose dying words can
+        // reach standard output after the logger stops): a bare socket refusal, not Akka's nest of aggregates.
+        Assert.IsType<System.Net.Sockets.SocketException>(pinned.InnerException);
         int hopelessChoices = 0;
         IOException workerGaveUp = await Assert.ThrowsAsync<IOException>(() => ClusterWorker.RunAsync(
             WorkerSettings(server) with { FreePort = _ => { Interlocked.Increment(ref hopelessChoices); return taken; } }, new WorkerNodeOptions("hopeless", null, false)).WaitAsync(TimeSpan.FromMinutes(1)));
