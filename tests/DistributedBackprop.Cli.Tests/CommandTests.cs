@@ -210,7 +210,7 @@ public sealed partial class CommandTests : IDisposable
         DbpProcess.AssertUsageError(Dbp("serve", "--insecure", "--port", "0", "--cluster-config", config),
             "dbp serve: 203.0.113.5: this node cannot listen on it (AddressNotAvailable); check --bind-host, or akka.remote.dot-netty.tcp.hostname in the cluster config", "serve");
         DbpProcess.AssertUsageError(Dbp("serve", "--insecure", "--port", "4081", "--cluster-config", config),
-            "dbp serve: --port: 203.0.113.5:4081 cannot be bound: 203.0.113.5 is not an address of this machine", "serve");
+            "dbp serve: --bulk-port: 203.0.113.5:4082 cannot be bound: 203.0.113.5 is not an address of this machine", "serve"); // tried first: --port + 1
     }
 
     [Fact]

@@ -30,6 +30,19 @@ public sealed class ClusterServer : IAsyncDisposable
         NodeIdentity? identity;
         Akka.Configuration.Config config;
         string bindHost = settings.BindHost ?? settings.BuildConfig(ClusterNaming.ServerRole).GetString("akka.remote.dot-netty.tcp.hostname");
+        if (settings.BulkPort is int pinnedBulk and > 0)
+        {
+            // Before the node starts: refused later, the started node must leave its own cluster, which under load
+            // took over 5 s and logged a warning (seen in the CLI test of this error).
+            try
+            {
+                PortUnavailableException.Try(bindHost, pinnedBulk, "--bulk-port");
+            }
+            catch (PortUnavailableException e) when (e.InUse)
+            {
+                throw new PortUnavailableException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e.InUse, e);
+            }
+        }
         for (int choice = 1; ; choice++)
         {
             int port = settings.ChoosePort(bindHost);

@@ -48,14 +48,12 @@ public sealed class PortUnavailableException(string message, int port, bool inUs
         new($"{ChoicesBeforeGivingUp} ports chosen free on {host} were each taken by another process before this node could bind them (the last {last.Port}); something is taking ports as fast as they are freed", last);
 
     /// <summary>
-    /// Starts a node's ActorSystem, whose remoting binds <paramref name="host"/>:<paramref name="port"/>; a bind
-    /// refused is reported as this exception (<paramref name="option"/> names the setting, e.g. "--port").
+    /// Binds <paramref name="host"/>:<paramref name="port"/> and lets it go, or throws this exception: a port is
+    /// tried before a node starts what would have to be shut down again (an ActorSystem's cluster leaving can
+    /// take seconds and log them) if it were refused.
     /// </summary>
-    public static ActorSystem CreateSystem(ActorSystemSetup setup, string host, int port, string option)
+    public static void Try(string host, int port, string option)
     {
-        // Tried first by itself: an ActorSystem whose remoting fails to bind terminates as it throws, and its
-        // last words ("Remoting system has been terminated abruptly") can reach standard output after this
-        // process's logger has stopped (2 runs in 20). Only a port taken in the instant between stays Akka's to find.
         var trial = new TcpListener(Transport.BulkChannel.BindAddress(host), port);
         try
         {
@@ -70,6 +68,18 @@ public sealed class PortUnavailableException(string message, int port, bool inUs
         {
             trial.Stop();
         }
+    }
+
+    /// <summary>
+    /// Starts a node's ActorSystem, whose remoting binds <paramref name="host"/>:<paramref name="port"/>; a bind
+    /// refused is reported as this exception (<paramref name="option"/> names the setting, e.g. "--port").
+    /// </summary>
+    public static ActorSystem CreateSystem(ActorSystemSetup setup, string host, int port, string option)
+    {
+        // Tried first by itself: an ActorSystem whose remoting fails to bind terminates as it throws, and its
+        // last words ("Remoting system has been terminated abruptly") can reach standard output after this
+        // process's logger has stopped (2 runs in 20). Only a port taken in the instant between stays Akka's to find.
+        Try(host, port, option);
         try
         {
             return ActorSystem.Create(ClusterNaming.SystemName, setup);
