@@ -40,7 +40,7 @@ public sealed class ClusterServer : IAsyncDisposable
             }
             catch (PortUnavailableException e) when (e.InUse)
             {
-                throw new PortUnavailableException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e.InUse, e);
+                throw WithBulkPortDefault(e);
             }
         }
         for (int choice = 1; ; choice++)
@@ -78,16 +78,17 @@ public sealed class ClusterServer : IAsyncDisposable
             claimed => cluster.State.Members.Any(m => Enrollment.SameAddress(m.Address.ToString(), claimed)), Akka.Event.Logging.GetLogger(System, "enrollment"));
         try
         {
-            channel = Courier.Get(System).StartChannel(settings.BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.BulkPort ?? 0, settings.AdvertisedHost(), identity, policy, Desk);
+            channel = Courier.Get(System).StartChannel(bindHost, settings.BulkPort ?? 0, settings.AdvertisedHost(), identity, policy, Desk);
         }
         catch (PortUnavailableException e)
         {
+            // Taken in the instant since its trial above (or chosen free by the system: never refused so).
             System.Terminate().Wait();
-            if (!e.InUse)
+            if (e.InUse)
             {
-                throw;
+                throw WithBulkPortDefault(e);
             }
-            throw new PortUnavailableException($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e.InUse, e);
+            throw;
         }
         Channel = channel;
         long frameSize = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size") ?? 128000;
@@ -96,6 +97,10 @@ public sealed class ClusterServer : IAsyncDisposable
         System.ActorOf(TrainingCoordinator.Props(session, 0, relay, checkpoints, _completion, minimumWorkers, serverShards), "coordinator");
         _gatekeeper = System.ActorOf(Gatekeeper.Props(session, data, frameSize), ClusterNaming.GatekeeperName);
     }
+
+    /// <summary>A bulk port in use, with where its number came from when the user gave only --port.</summary>
+    private static PortUnavailableException WithBulkPortDefault(PortUnavailableException e) =>
+        new($"{e.Message} (the server's bulk channel takes --port + 1 unless --bulk-port says otherwise)", e.Port, e.InUse, e);
 
     /// <summary>The run the parameter server trains (read it once <see cref="Completion"/> has completed).</summary>
     public TrainingSession Session { get; }
