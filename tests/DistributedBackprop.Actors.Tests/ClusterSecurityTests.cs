@@ -153,6 +153,47 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
         }
     }
 
+    /// <summary>
+    /// A port that accepts and closes mid-handshake, where the server connects out: a worker dying as the server
+    /// reconnects, or a dead worker's port now another process's. Akka.Remote shuts a node down on any failed
+    /// outbound TLS handshake; the server's ActorSystem terminated and the run waited for ever (a CI hang).
+    /// </summary>
+    [Fact]
+    public async Task AFailedOutboundTlsHandshake_DoesNotStopTheServer_AndTheRunKeepsItsBits()
+    {
+        Run run = Prepare(epochs: 40);
+        await using ClusterServer server = StartServer(run);
+        Task<WorkerExit> worker = StartWorker(server, "w1");
+        using var closer = new TcpListener(System.Net.IPAddress.Loopback, 0);
+        closer.Start();
+        int port = ((System.Net.IPEndPoint)closer.LocalEndpoint).Port;
+        using var stop = new CancellationTokenSource();
+        Task closing = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                using TcpClient accepted = await closer.AcceptTcpClientAsync(stop.Token);
+                accepted.Client.Close();
+            }
+        });
+        while (server.Session.GlobalStep == 0 && !server.Completion.IsCompleted)
+        {
+            await Task.Delay(20);
+        }
+        Assert.True(server.System.HasExtension<TlsFailureHold>(), "the server node has no hold");
+        TlsFailureHold hold = server.System.GetExtension<TlsFailureHold>();
+        // The server starts a TLS handshake with the port, which closes it: Akka asks the node to shut down.
+        server.System.ActorSelection($"akka.ssl.tcp://{ClusterNaming.SystemName}@127.0.0.1:{port}/user/anyone").Tell("hello");
+        for (int i = 0; i < 600 && !hold.Held; i++)
+        {
+            await Task.Delay(50);
+        }
+        Assert.True(hold.Held, "the outbound handshake never failed (the test proves nothing)");
+        Assert.Equal(run.Oracle, await Finish(server, worker));
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => closing);
+    }
+
     private static Akka.Actor.Setup.ActorSystemSetup ActorSystemSetupFor(Config config, DotNettySslSetup tls) =>
         Akka.Actor.Setup.ActorSystemSetup.Create(BootstrapSetup.Create().WithConfig(config), tls);
 

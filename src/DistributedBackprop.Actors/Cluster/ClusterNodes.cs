@@ -63,11 +63,17 @@ public sealed class ClusterServer : IAsyncDisposable
                 }
             }
         }
+        TlsFailureHold.Install(System);
+        // A node that stops before training finished (whatever stopped it) ends the run with a failure: nothing
+        // else would complete it, and `dbp serve` would wait for ever. Restartable: like a crash, the workers wait
+        // and a restart resumes from the checkpoint.
+        System.WhenTerminated.ContinueWith(_ => _completion.TrySetException(new TrainingFailedException(
+            $"the server's Akka node stopped before training finished ({CoordinatedShutdown.Get(System).ShutdownReason?.GetType().Name ?? "terminated"})", restartable: true)), TaskScheduler.Default);
         var cluster = Akka.Cluster.Cluster.Get(System);
         Address = cluster.SelfAddress;
         if (!Address.Equals(address))
         {
-            System.Terminate().Wait();
+            TlsFailureHold.Terminate(System).Wait();
             throw new InvalidOperationException($"the node started at {Address}, not at {address} as its certificate says");
         }
         cluster.Join(Address);
@@ -83,7 +89,7 @@ public sealed class ClusterServer : IAsyncDisposable
         catch (PortUnavailableException e)
         {
             // Taken in the instant since its trial above (or chosen free by the system: never refused so).
-            System.Terminate().Wait();
+            TlsFailureHold.Terminate(System).Wait();
             if (e.InUse)
             {
                 throw WithBulkPortDefault(e);
@@ -146,7 +152,7 @@ public sealed class ClusterServer : IAsyncDisposable
             await Task.Delay(100).ConfigureAwait(false);
         }
         await Leave(System).ConfigureAwait(false);
-        await System.Terminate().ConfigureAwait(false);
+        await TlsFailureHold.Terminate(System).ConfigureAwait(false);
     }
 
     /// <summary>Leaves the cluster gracefully, giving up after a few seconds.</summary>
@@ -276,6 +282,7 @@ public static class ClusterWorker
     {
         Akka.Configuration.Config config = settings.BuildConfig(ClusterNaming.WorkerRole);
         ActorSystem system = PortUnavailableException.CreateSystem(NodeSettings.BuildSetup(config, enrolled.Identity), config.GetString("akka.remote.dot-netty.tcp.hostname"), settings.Port!.Value, "--port");
+        TlsFailureHold.Install(system);
         WorkerExit? result = null;
         try
         {
@@ -324,7 +331,7 @@ public static class ClusterWorker
     /// </summary>
     internal static async Task StopAsync(ActorSystem system, bool waitForAll, Action<string>? announce)
     {
-        Task terminated = system.Terminate();
+        Task terminated = TlsFailureHold.Terminate(system);
         if (waitForAll)
         {
             await terminated.ConfigureAwait(false);

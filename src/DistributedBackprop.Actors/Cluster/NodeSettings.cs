@@ -202,7 +202,7 @@ public sealed record NodeSettings
                 throw new ArgumentException($"{ConfigFile}: {e.Message}");
             }
         }
-        var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]" };
+        var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]", TlsFailureHold.HoldPhaseTimeout };
         if (role == ClusterNaming.WorkerRole)
         {
             // The worker command handles SIGTERM and Ctrl-C itself (leave, then stop, exit 0); Akka's own hook on
