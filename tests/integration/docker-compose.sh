@@ -13,12 +13,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
-if docker compose version >/dev/null 2>&1; then compose() { docker compose "$@"; }; else compose() { docker-compose "$@"; }; fi
+if docker compose version >/dev/null 2>&1; then compose_cmd=(docker compose); else compose_cmd=(docker-compose); fi
+compose() { "${compose_cmd[@]}" "$@"; }
 project=dbp-it-$$
 work=$(mktemp -d)
 cleanup() { compose -p "$project" down -v --remove-orphans >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 say() { echo "[docker-compose test] $*"; }
+# Every wait here is bounded: a run that hangs (a worker that never joins, a server that never ends) fails with
+# every container's last lines instead of holding CI until its own limit (one CI run was lost so, with no output).
+logs() { compose -p "$project" logs --timestamps --tail 80 2>&1 | sed 's/^/  | /'; }
+fail() { logs; say "FAIL: $*"; exit 1; }
 
 say "publishing dbp and building the image"
 dotnet publish src/DistributedBackprop.Cli -c Release -o out/dbp >/dev/null
@@ -34,13 +39,15 @@ start=$(date +%s.%N)
 # Without --exit-code-from: it implies --abort-on-container-exit, which stops the server when a worker that was
 # told training is over exits before the server's own shutdown is done. `up` waits for every container instead,
 # and the server's exit code is read from the container.
-DBP_OUTPUT_DIR="$work/out1" compose -p "$project" up --scale worker=2 >"$work/run1.log" 2>&1 \
-  || { cat "$work/run1.log"; say "FAIL: compose run exited non-zero"; exit 1; }
+DBP_OUTPUT_DIR="$work/out1" timeout 300 "${compose_cmd[@]}" -p "$project" up --scale worker=2 >"$work/run1.log" 2>&1 \
+  || { cat "$work/run1.log"; say "FAIL: compose run exited non-zero (124: it ran over 300 s)"; exit 1; }
 server_code=$(docker inspect --format '{{.State.ExitCode}}' "$(compose -p "$project" ps -q server)")
 [ "$server_code" = 0 ] || { cat "$work/run1.log"; say "FAIL: the server exited with $server_code"; exit 1; }
 say "run 1 took $(echo "$(date +%s.%N) - $start" | bc) s"
 cmp "$work/local.safetensors" "$work/out1/model.safetensors" || { say "FAIL: model differs from local mode"; exit 1; }
 test "$(wc -l < "$work/out1/metrics.jsonl")" -eq 30 || { say "FAIL: expected 30 metrics lines"; exit 1; }
+# The healthcheck reads the socket table: a probe that connected was a failed TLS handshake each second.
+! grep -q "TLS handshake failed" "$work/run1.log" || { grep -m3 "TLS handshake failed" "$work/run1.log"; say "FAIL: the server logged failed TLS handshakes (the healthcheck's?)"; exit 1; }
 compose -p "$project" down -v >/dev/null 2>&1
 test -z "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" || { say "FAIL: containers left after down"; exit 1; }
 say "run 1: model equals local mode, down left nothing"
@@ -48,10 +55,14 @@ say "run 1: model equals local mode, down left nothing"
 say "run 2: a worker is killed mid-run"
 mkdir -p "$work/out2"
 DBP_OUTPUT_DIR="$work/out2" DBP_MIN_WORKERS=3 DBP_TRAIN_ARGS="--epochs 200" compose -p "$project" up -d --scale worker=3 >/dev/null 2>&1
-for _ in $(seq 1 300); do
-  [ -f "$work/out2/metrics.jsonl" ] && [ "$(wc -l < "$work/out2/metrics.jsonl")" -ge 20 ] && break
+# Training starts once all three have joined: without 20 epochs in 120 s, one never did (the kill below would
+# leave a server waiting for its third worker for ever).
+epochs_seen=0
+for _ in $(seq 1 600); do
+  [ -f "$work/out2/metrics.jsonl" ] && epochs_seen=$(wc -l < "$work/out2/metrics.jsonl") && [ "$epochs_seen" -ge 20 ] && break
   sleep 0.2
 done
+[ "$epochs_seen" -ge 20 ] || fail "run 2: $epochs_seen epochs after 120 s with 3 workers (did each join?)"
 image=distributedbackprop/dbp:local
 token=$(docker run --rm --entrypoint cat -v "${project}_dbp-join:/j:ro" "$image" /j/token)
 case "$token" in DBPTKN-1-*) ;; *) say "FAIL: no join token in the dbp-join volume"; exit 1 ;; esac
@@ -71,7 +82,7 @@ victim=$(docker ps -q --filter "label=com.docker.compose.project=$project" --fil
 docker kill "$victim" >/dev/null
 killed_at=$(date +%s.%N)
 server=$(docker ps -q --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=server")
-code=$(docker wait "$server")
+code=$(timeout 300 docker wait "$server") || fail "run 2: the server did not end within 300 s of the worker's kill"
 compose -p "$project" logs server > "$work/run2.log" 2>&1
 [ "$code" = 0 ] || { cat "$work/run2.log"; say "FAIL: server exited with $code"; exit 1; }
 # Noticed by DeathWatch ("worker … died"), or first by the step deadline or an undeliverable frame (the
