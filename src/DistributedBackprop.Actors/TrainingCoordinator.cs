@@ -142,9 +142,18 @@ public sealed class TrainingCoordinator : ReceiveActor
         _server.Tell(new TrainEpoch(_session.Epoch, NeedParameters));
     }
 
-    /// <summary>Whatever stops the coordinator, the caller waiting on the run learns of it.</summary>
-    protected override void PostStop() =>
-        _completion.TrySetException(new TrainingFailedException("the training coordinator stopped before the run finished"));
+    /// <summary>
+    /// Whatever stops the coordinator, the caller waiting on the run learns of it. Stopped with its whole node
+    /// (a coordinated shutdown is under way), the run ends as a crash would, restartable: the workers wait and a
+    /// restart resumes from the checkpoint. A node stopping under a run is not the run's fault.
+    /// </summary>
+    protected override void PostStop()
+    {
+        var nodeStopping = CoordinatedShutdown.Get(Context.System).ShutdownReason;
+        _completion.TrySetException(nodeStopping is null
+            ? new TrainingFailedException("the training coordinator stopped before the run finished")
+            : new TrainingFailedException($"the server's Akka node stopped before training finished ({nodeStopping.GetType().Name})", restartable: true));
+    }
 
     protected override SupervisorStrategy SupervisorStrategy() =>
         new OneForOneStrategy(e =>

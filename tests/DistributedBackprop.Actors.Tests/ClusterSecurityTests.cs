@@ -194,6 +194,29 @@ public sealed class ClusterSecurityTests(ITestOutputHelper output) : IDisposable
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => closing);
     }
 
+    /// <summary>
+    /// A server node that stops under its run (whatever stops it) ends the run as a crash would, restartable, and
+    /// telling the workers is skipped at once: an Ask on the stopped system never timed out (its scheduler had stopped).
+    /// </summary>
+    [Fact]
+    public async Task AServerNodeThatStopsUnderItsRun_EndsItRestartable_AndNothingWaitsOnIt()
+    {
+        Run run = Prepare(epochs: 200);
+        await using ClusterServer server = StartServer(run);
+        Task<WorkerExit> worker = StartWorker(server, "w1");
+        while (server.Session.GlobalStep == 0 && !server.Completion.IsCompleted)
+        {
+            await Task.Delay(20);
+        }
+        await CoordinatedShutdown.Get(server.System).Run(CoordinatedShutdown.UnknownReason.Instance).WaitAsync(TimeSpan.FromSeconds(60));
+        var failed = await Assert.ThrowsAsync<TrainingFailedException>(() => server.Completion.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.True(failed.Restartable, failed.Message);
+        Assert.Contains("the server's Akka node stopped before training finished", failed.Message);
+        await server.AnnounceFinishAsync(new TrainingFinished(0, false, "unused")).WaitAsync(TimeSpan.FromSeconds(5));
+        WorkerExit exit = await worker.WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.True(exit.ServerLost || exit.ExitCode != 0, exit.Message);
+    }
+
     private static Akka.Actor.Setup.ActorSystemSetup ActorSystemSetupFor(Config config, DotNettySslSetup tls) =>
         Akka.Actor.Setup.ActorSystemSetup.Create(BootstrapSetup.Create().WithConfig(config), tls);
 

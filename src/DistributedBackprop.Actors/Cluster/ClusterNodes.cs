@@ -64,11 +64,6 @@ public sealed class ClusterServer : IAsyncDisposable
             }
         }
         TlsFailureHold.Install(System);
-        // A node that stops before training finished (whatever stopped it) ends the run with a failure: nothing
-        // else would complete it, and `dbp serve` would wait for ever. Restartable: like a crash, the workers wait
-        // and a restart resumes from the checkpoint.
-        System.WhenTerminated.ContinueWith(_ => _completion.TrySetException(new TrainingFailedException(
-            $"the server's Akka node stopped before training finished ({CoordinatedShutdown.Get(System).ShutdownReason?.GetType().Name ?? "terminated"})", restartable: true)), TaskScheduler.Default);
         var cluster = Akka.Cluster.Cluster.Get(System);
         Address = cluster.SelfAddress;
         if (!Address.Equals(address))
@@ -136,7 +131,12 @@ public sealed class ClusterServer : IAsyncDisposable
     /// <summary>Tells every worker node training is over, so their processes exit.</summary>
     public async Task AnnounceFinishAsync(TrainingFinished message)
     {
-        await _gatekeeper.Ask<Status.Success>(new AnnounceFinish(message), TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        if (System.WhenTerminated.IsCompleted)
+        {
+            // Nobody to announce it (and an Ask's timeout needs the stopped system's scheduler: it would wait for ever).
+            return;
+        }
+        await _gatekeeper.Ask<Status.Success>(new AnnounceFinish(message), TimeSpan.FromSeconds(10)).WaitAsync(TimeSpan.FromSeconds(15)).ConfigureAwait(false);
         // Give Akka.Remote a moment to deliver before the system goes down.
         await Task.Delay(TimeSpan.FromMilliseconds(500)).ConfigureAwait(false);
     }
