@@ -188,6 +188,94 @@ public sealed class ClusterProcessTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
+    /// A member's port that accepts and closes: a worker pinned to it joins, is SIGKILLed, and a listener takes
+    /// the port. The server, reconnecting to the dead member, fails a TLS handshake it started, and Akka.Remote
+    /// 1.5.74 answers that by shutting the whole node down. Returns once the server says it kept running.
+    /// The server must be started with <see cref="QuickRetries"/>: with Akka's 5 s between attempts to reach a
+    /// lost node, the dead member was often removed before the server tried its port again.
+    /// </summary>
+    private PortThatCloses HoldTheServer(RunningDbp server, string[] join)
+    {
+        int port = FreeLoopbackPort();
+        using (var victim = new RunningDbp(_dir, [.. join, "--name", "victim", "--port", port.ToString(CultureInfo.InvariantCulture)]))
+        {
+            victim.WaitFor("joined the server at", TimeSpan.FromMinutes(1));
+            victim.KillHard();
+        }
+        var closer = new PortThatCloses(port);
+        server.WaitFor("kept this node running after a failed outbound TLS handshake", TimeSpan.FromMinutes(1));
+        return closer;
+    }
+
+    /// <summary>A cluster config whose nodes try a lost peer again after 100 ms, not 5 s.</summary>
+    private string[] QuickRetries()
+    {
+        string file = Path.Combine(_dir, "quick-retries.hocon");
+        File.WriteAllText(file, "akka.remote.retry-gate-closed-for = 100ms\n");
+        return ["--cluster-config", file];
+    }
+
+    private sealed class PortThatCloses : IDisposable
+    {
+        private readonly System.Net.Sockets.TcpListener _listener;
+        private readonly Thread _thread;
+
+        public PortThatCloses(int port)
+        {
+            _listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
+            _listener.Start();
+            _thread = new Thread(() =>
+            {
+                try
+                {
+                    while (true)
+                    {
+                        using System.Net.Sockets.Socket accepted = _listener.AcceptSocket();
+                    }
+                }
+                catch (System.Net.Sockets.SocketException)
+                {
+                    // Stopped.
+                }
+            }) { IsBackground = true };
+            _thread.Start();
+        }
+
+        public void Dispose()
+        {
+            _listener.Stop();
+            _thread.Join();
+        }
+    }
+
+    [IntegrationFact("multiprocess")]
+    public void AFailedOutboundHandshake_KeepsTheServerRunning_AndItTrainsThePlainTrainersBytes()
+    {
+        string local = Path.Combine(_dir, "local.safetensors"), clustered = Path.Combine(_dir, "cluster.safetensors");
+        Assert.Equal(0, DbpProcess.Run(_dir, ["train", .. Run, "--workers", "2", "--out", local, "--progress", "none"]).ExitCode);
+        using var server = new RunningDbp(_dir, Serve([.. Run, .. QuickRetries(), "--min-workers", "2", "--out", clustered, "--progress", "plain"]));
+        string[] join = JoinCommand(server);
+        using PortThatCloses closer = HoldTheServer(server, join);
+        using var w1 = new RunningDbp(_dir, [.. join, "--name", "w1"]);
+        using var w2 = new RunningDbp(_dir, [.. join, "--name", "w2"]);
+        Assert.Equal(0, server.WaitForExit(TimeSpan.FromMinutes(3)));
+        Assert.Equal(0, w1.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Equal(0, w2.WaitForExit(TimeSpan.FromSeconds(30)));
+        Assert.Equal(File.ReadAllBytes(local), File.ReadAllBytes(clustered));
+    }
+
+    /// <summary>SIGTERM stops a held server at once: its exit releases the hold before Akka's own exit hook waits on it.</summary>
+    [IntegrationFact("multiprocess")]
+    public void AHeldServer_StopsOnSigterm()
+    {
+        using var server = new RunningDbp(_dir, Serve([.. Run, .. QuickRetries(), "--min-workers", "2", "--progress", "plain", "--out", Path.Combine(_dir, "unused.safetensors")]));
+        using PortThatCloses closer = HoldTheServer(server, JoinCommand(server));
+        server.Terminate();
+        Assert.Equal(143, server.WaitForExit(TimeSpan.FromSeconds(60)));
+        Assert.DoesNotContain("Unhandled exception", server.Output);
+    }
+
+    /// <summary>
     /// With one server and one worker, the worker's death leaves the server alone in the cluster. The
     /// default split-brain strategy (keep-majority) could down the server here; keep-oldest with
     /// down-if-alone off must keep it, and a new worker must be able to finish the run.

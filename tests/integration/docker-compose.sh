@@ -22,7 +22,7 @@ trap cleanup EXIT
 say() { echo "[docker-compose test] $*"; }
 # Every wait here is bounded: a run that hangs (a worker that never joins, a server that never ends) fails with
 # every container's last lines instead of holding CI until its own limit (one CI run was lost so, with no output).
-logs() { compose -p "$project" logs --timestamps --tail 80 2>&1 | sed 's/^/  | /'; }
+logs() { compose -p "$project" logs --timestamps --tail 80 2>&1 | sed 's/^/  | /' || true; }
 fail() { logs; say "FAIL: $*"; exit 1; }
 
 say "publishing dbp and building the image"
@@ -40,14 +40,16 @@ start=$(date +%s.%N)
 # told training is over exits before the server's own shutdown is done. `up` waits for every container instead,
 # and the server's exit code is read from the container.
 DBP_OUTPUT_DIR="$work/out1" timeout 300 "${compose_cmd[@]}" -p "$project" up --scale worker=2 >"$work/run1.log" 2>&1 \
-  || { cat "$work/run1.log"; say "FAIL: compose run exited non-zero (124: it ran over 300 s)"; exit 1; }
+  || { code=$?; cat "$work/run1.log"; say "FAIL: compose run exited with $code (124: it ran over 300 s)"; exit 1; }
 server_code=$(docker inspect --format '{{.State.ExitCode}}' "$(compose -p "$project" ps -q server)")
 [ "$server_code" = 0 ] || { cat "$work/run1.log"; say "FAIL: the server exited with $server_code"; exit 1; }
 say "run 1 took $(echo "$(date +%s.%N) - $start" | bc) s"
 cmp "$work/local.safetensors" "$work/out1/model.safetensors" || { say "FAIL: model differs from local mode"; exit 1; }
 test "$(wc -l < "$work/out1/metrics.jsonl")" -eq 30 || { say "FAIL: expected 30 metrics lines"; exit 1; }
 # The healthcheck reads the socket table: a probe that connected was a failed TLS handshake each second.
-! grep -q "TLS handshake failed" "$work/run1.log" || { grep -m3 "TLS handshake failed" "$work/run1.log"; say "FAIL: the server logged failed TLS handshakes (the healthcheck's?)"; exit 1; }
+# Only inbound connections from the container itself: a worker's own handshakes may fail as it exits.
+! grep -q "Rejected incoming connection from \[\[::ffff:127.0.0.1\]" "$work/run1.log" \
+  || { grep -m3 "Rejected incoming connection" "$work/run1.log"; say "FAIL: the server refused connections from itself (the healthcheck's?)"; exit 1; }
 compose -p "$project" down -v >/dev/null 2>&1
 test -z "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" || { say "FAIL: containers left after down"; exit 1; }
 say "run 1: model equals local mode, down left nothing"

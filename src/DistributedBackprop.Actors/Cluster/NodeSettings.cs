@@ -202,13 +202,13 @@ public sealed record NodeSettings
                 throw new ArgumentException($"{ConfigFile}: {e.Message}");
             }
         }
-        var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]", TlsFailureHold.HoldPhaseTimeout };
-        if (role == ClusterNaming.WorkerRole)
-        {
-            // The worker command handles SIGTERM and Ctrl-C itself (leave, then stop, exit 0); Akka's own hook on
-            // process exit would leave first and the agent would take its own leaving for a lost server.
-            overrides.Add("akka.coordinated-shutdown.run-by-clr-shutdown-hook = off");
-        }
+        var overrides = new List<string> { $"akka.cluster.roles = [\"{role}\"]", TlsFailureHold.NodeConfig };
+        // Akka's own hook on SIGTERM, Ctrl-C and process exit is off on every node: the commands handle them. The
+        // worker leaves, then stops, exit 0 (with Akka's hook it left first and the agent took its own leaving for a
+        // lost server). The server exits at once, 143 or 130, as a crash would: the workers keep knocking and rejoin
+        // its restart. Akka's hook ran a coordinated shutdown inside the signal handler and waited for it, which a
+        // held failed handshake (TlsFailureHold) made a wait of days: a SIGTERM did not stop a held server.
+        overrides.Add("akka.coordinated-shutdown.run-by-clr-shutdown-hook = off");
         if (BindHost is not null) overrides.Add($"akka.remote.dot-netty.tcp.hostname = \"{BindHost}\"");
         if (Port is int port) overrides.Add($"akka.remote.dot-netty.tcp.port = {port}");
         string? bind = BindHost ?? config.GetString("akka.remote.dot-netty.tcp.hostname", null);

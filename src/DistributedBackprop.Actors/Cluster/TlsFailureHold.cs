@@ -19,14 +19,19 @@ namespace DistributedBackprop.Actors.Cluster;
 /// A task in the first phase of the node's coordinated shutdown holds a run begun for that reason. The node
 /// really stops when it leaves the cluster, is removed from it (downed, cut off) or is stopped by this program
 /// (<see cref="Terminate"/>); each releases the hold and the shutdown goes on as usual. Shutdowns for any
-/// other reason are never held. Needs <see cref="HoldPhaseTimeout"/> in the node's config, which
+/// other reason are never held. Needs <see cref="NodeConfig"/> in the node's config, which
 /// <see cref="NodeSettings.BuildConfig"/> sets.
 /// </para>
 /// </summary>
 public sealed class TlsFailureHold : IExtension
 {
-    /// <summary>The phase timeout that lets the hold last as long as the node (the phase recovers when it runs out).</summary>
-    public const string HoldPhaseTimeout = "akka.coordinated-shutdown.phases.before-service-unbind.timeout = 3650d";
+    /// <summary>
+    /// The config line a node needs for the hold: the first phase may last 20 days (it recovers when that runs
+    /// out). Not longer: Akka's exit hook, if a config turned it on, waits for the sum of the phase timeouts with
+    /// Task.Wait, which refuses more than 24.8 days. The hook is off (NodeSettings.BuildConfig): it would wait on
+    /// a held shutdown inside the SIGTERM handler.
+    /// </summary>
+    public const string NodeConfig = "akka.coordinated-shutdown.phases.before-service-unbind.timeout = 20d";
 
     /// <summary>The reason Akka.Remote gives (an internal type, so it is known by name).</summary>
     private const string HandshakeFailureReason = "Akka.Remote.Transport.DotNetty.TlsHandshakeFailureReason";
