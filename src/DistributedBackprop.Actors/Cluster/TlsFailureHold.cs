@@ -11,8 +11,9 @@ namespace DistributedBackprop.Actors.Cluster;
 /// (<c>TcpHandlers.UserEventTriggered</c>), and that includes a peer that closes the connection mid-handshake,
 /// or a port that now belongs to another cluster's node. For example, the server may reconnect to a worker
 /// that is dying, or to the port of a dead worker that another process took. The server's ActorSystem then
-/// terminated in silence, and nothing completed the run: `dbp serve` waited for ever. In CI, one
-/// docker-compose run hung so, and a third worker never joined. Akka only logs the inbound counterpart
+/// terminated under its run, and `dbp serve` waited for ever: telling the workers the run had failed was an Ask,
+/// whose timeout needed the stopped system's scheduler. A CI run of the docker-compose suite hung after a worker's
+/// kill in a way this explains (not proven to be it). Akka only logs the inbound counterpart
 /// (akka.net#7939). The failed association is gated and retried by Akka itself, so the node has no reason to stop.
 /// </para>
 /// <para>

@@ -13,8 +13,9 @@ internal static class CommandRunner
     {
         // Ctrl-C and SIGTERM end the process through the runtime's exit handlers (the runtime's own handling of
         // Ctrl-C skips them): a checkpoint being written is finished or its temporary file removed
-        // (DataFiles.WriteAtomically), and a cluster node's actor system shuts down. Exit codes as shells report
-        // a death by the signal: 130 and 143.
+        // (DataFiles.WriteAtomically). A server's actor system is not shut down first (Akka's own hook is off,
+        // see NodeSettings.BuildConfig): it stops as a crash would and its workers rejoin its restart. Exit codes
+        // as shells report a death by the signal: 130 and 143.
         using PosixSignalRegistration? interrupt = handlesInterrupt ? null : PosixSignalRegistration.Create(PosixSignal.SIGINT, ExitOn(ExitCodes.Interrupted));
         using PosixSignalRegistration? terminate = handlesInterrupt ? null : PosixSignalRegistration.Create(PosixSignal.SIGTERM, ExitOn(ExitCodes.Terminated));
         try
