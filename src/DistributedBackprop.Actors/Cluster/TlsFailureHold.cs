@@ -38,7 +38,7 @@ public sealed class TlsFailureHold : IExtension
     private const string HandshakeFailureReason = "Akka.Remote.Transport.DotNetty.TlsHandshakeFailureReason";
 
     private readonly TaskCompletionSource<Done> _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private int _held;
+    private volatile bool _held;
 
     private TlsFailureHold(ExtendedActorSystem system)
     {
@@ -49,7 +49,7 @@ public sealed class TlsFailureHold : IExtension
             {
                 return Task.FromResult(Done.Instance);
             }
-            Interlocked.Exchange(ref _held, 1);
+            _held = true;
             system.Log.Warning("kept this node running after a failed outbound TLS handshake (Akka asked it to shut down; the connection is retried)");
             return _release.Task;
         });
@@ -58,7 +58,7 @@ public sealed class TlsFailureHold : IExtension
     }
 
     /// <summary>Whether a failed outbound handshake has asked this node to shut down (it kept running).</summary>
-    public bool Held => Volatile.Read(ref _held) == 1;
+    public bool Held => _held;
 
     /// <summary>Installs the hold on a cluster node's ActorSystem (once; later calls return it).</summary>
     public static TlsFailureHold Install(ActorSystem system) => system.WithExtension<TlsFailureHold, Provider>();
