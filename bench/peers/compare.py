@@ -88,15 +88,32 @@ def training(args):
         print(f"| {threads} | {batch} | {med(0):,.0f} | {med(1):,.0f} ({runs[0][4]}) | {med(2):,.0f} ({runs[0][5]}) | {ratio:.2f} (min {min(x[0] / x[3] for x in runs):.2f}, n={len(runs)}) |")
 
 
+def core_to_core_ns():
+    """A cache line's one-way trip between cores 0 and 1 now (bench/core-to-core.sh); NaN where it cannot run (one core, no gcc).
+    On this project's 2-vCPU VMs it moves between ~50 and ~250 ns as the hypervisor places the vCPUs, and with it how
+    long every line the other core wrote last takes to read: the local-mode update's lanes took 43–50 µs in a round at
+    the short distance and 102–128 µs in rounds at the long one (README, "Where two cores lose")."""
+    try:
+        out = subprocess.run(["bash", os.path.join(REPO, "bench", "core-to-core.sh")], check=True, capture_output=True, text=True).stdout
+        return float(re.search(r"([0-9.]+) ns one way", out).group(1))
+    except (subprocess.CalledProcessError, AttributeError, FileNotFoundError):
+        return float("nan")
+
+
 def actors(args):
     """Local mode (issue: actors): batch 256 on Fashion-MNIST rows; plain trainer, 1 and 2 worker actors,
-    PyTorch 2 threads (batch 256) and PyTorch DDP (2 gloo processes, 128 each)."""
+    PyTorch 2 threads (batch 256) and PyTorch DDP (2 gloo processes, 128 each). Each round also times a cache line
+    between the two cores just before and just after the 2-worker run: the round's scaling depends on it."""
     data = os.path.join(os.path.dirname(REPO), "shared", "datasets", "fashion-mnist")
     runs = []
     for r in range(args.rounds):
         row = {}
         for name, threads, extra in [("plain_1t", 1, []), ("workers_1", 1, ["--workers", "1"]), ("workers_2", 1, ["--workers", "2"]), ("plain_2t", 2, [])]:
+            if name == "workers_2":
+                row["core_to_core_ns_before"] = core_to_core_ns()
             res = ours(256, threads, ["--data", data, *extra])
+            if name == "workers_2":
+                row["core_to_core_ns_after"] = core_to_core_ns()
             row[name] = res["samples_per_second"]
             if name == "workers_2":
                 row["server_fraction"] = res.get("server_time_fraction", float("nan"))
@@ -122,6 +139,8 @@ def actors(args):
     print(f"- 2 workers / plain trainer with 2 threads: {ratio('workers_2', 'plain_2t'):.2f} (rounds {rounds('workers_2', 'plain_2t')})")
     print(f"- 2 workers / PyTorch 2 threads: {ratio('workers_2', 'torch_2t'):.2f}; 2 workers / PyTorch DDP: {ratio('workers_2', 'ddp_2'):.2f}")
     print(f"- parameter server share of the step with 2 workers: {med('server_fraction'):.1%}; waiting for the slower worker: {med('wait_fraction'):.1%}")
+    print(f"- a cache line between the two cores, before / after each round's 2-worker run (ns one way): "
+          + ", ".join(f"{x['core_to_core_ns_before']:.0f}/{x['core_to_core_ns_after']:.0f}" for x in runs))
     print(f"- rounds: {len(runs)}")
 
 
