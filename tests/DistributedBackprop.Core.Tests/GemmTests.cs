@@ -97,9 +97,16 @@ public class GemmTests
     /// </summary>
     public static IEnumerable<object[]> KeptAShapes() => [[20, 40, 8000], [26, 70, 6000]];
 
+    /// <summary>
+    /// A block's last 1 or 2 rows against pairs of full B slivers (AVX-512's 2×64 edge leaves), beside slivers left over
+    /// (n not a multiple of 64, a ragged last sliver): the output layer's weight gradient (10 × 128) and its neighbours.
+    /// </summary>
+    public static IEnumerable<object[]> EdgeRowShapes() => [[10, 128, 128], [9, 100, 37], [18, 65, 16], [2, 64, 5], [1, 97, 33], [17, 160, 3]];
+
     [Theory]
     [MemberData(nameof(Shapes))]
     [MemberData(nameof(KeptAShapes))]
+    [MemberData(nameof(EdgeRowShapes))]
     public void ChunkTreeProduct_EqualsNaiveTreeOfChunkProducts(int m, int n, int k)
     {
         foreach (SimdTier tier in Enum.GetValues<SimdTier>())

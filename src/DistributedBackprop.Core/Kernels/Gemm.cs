@@ -296,10 +296,21 @@ public static unsafe class Gemm
                         {
                             PackA(pa, a.RowStride, a.ColStride, ic, mc, 0, k, mr, aBlock);
                         }
+                        // AVX-512: a block's last 1–2 rows against pairs of full B slivers in 2×64 leaves (MicroKernels.RunEdgeLeaves),
+                        // instead of 8-row tiles that are 75–87.5 % padding (the output layer's weight gradient has 10 rows).
+                        int edgeRows = tier == SimdTier.Vector512 && mc % mr is 1 or 2 ? mc % mr : 0;
+                        int pairedCols = edgeRows > 0 ? nc / (2 * nr) * (2 * nr) : 0;
+                        for (int jr = 0; jr < pairedCols; jr += 2 * nr)
+                        {
+                            float* aSliver = aBlock + (long)(mc - edgeRows) * k;
+                            float* cTile = pc + (long)(ic + mc - edgeRows) * ldc + jc + jr;
+                            MicroKernels.RunEdgeLeaves(chunks, starts, leafSlot, firstAddend, aSliver, panel + (long)jr * k, panel + (long)(jr + nr) * k,
+                                stack, addends, cTile, ldc, edgeRows);
+                        }
                         for (int jr = 0; jr < nc; jr += nr)
                         {
                             int cols = Math.Min(nr, nc - jr);
-                            for (int ir = 0; ir < mc; ir += mr)
+                            for (int ir = 0; ir < (jr < pairedCols ? mc - edgeRows : mc); ir += mr)
                             {
                                 int rows = Math.Min(mr, mc - ir);
                                 float* aSliver = aBlock + (long)ir * k;

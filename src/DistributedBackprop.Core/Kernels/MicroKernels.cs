@@ -54,6 +54,59 @@ internal static unsafe class MicroKernels
     }
 
     /// <summary>
+    /// AVX-512: the chunk tree's leaves for the last <paramref name="rows"/> (1–2) rows of a block, whose packed A sliver
+    /// is padded to 8 rows, against two full B slivers side by side (64 columns): 2 rows × 4 vectors = 8 independent FMA
+    /// chains, enough for two FMA pipes of 4-cycle latency, where an 8×32 tile would spend 6 or 7 of its 8 rows on
+    /// padding. The same walk as <see cref="RunLeaves"/> (slots of the same stack, here 2 rows of 64 floats each), each
+    /// element the same chain and the same additions: the same bits. The root goes to <paramref name="root"/> (row stride
+    /// <paramref name="ldc"/>), its second row only if <paramref name="rows"/> is 2.
+    /// </summary>
+    public static void RunEdgeLeaves(int chunks, int* starts, int* leafSlot, int* firstAddend, float* aSliver, float* bSliver0, float* bSliver1,
+        float* stack, float** addends, float* root, nint ldc, int rows)
+    {
+        const int mr = 8, nr = 32, tileSize = mr * nr;
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
+            int first = firstAddend[chunk], count = firstAddend[chunk + 1] - first;
+            bool toRoot = chunk == chunks - 1;
+            Edge2x64(kc, aSliver + (long)k0 * mr, bSliver0 + (long)k0 * nr, bSliver1 + (long)k0 * nr,
+                toRoot ? root : stack + leafSlot[chunk] * tileSize, toRoot ? ldc : 2 * nr, toRoot ? rows : 2, addends + first, count);
+        }
+    }
+
+    /// <summary>AVX2's edge kernel <see cref="Kernel2x32"/> at twice the width, as a leaf: from +0, then its addends, then stored.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Edge2x64(int kc, float* a, float* b0, float* b1, float* c, nint ldc, int rows, float** addends, int addendCount)
+    {
+        Vector512<float> c00 = Vector512<float>.Zero, c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+        for (int p = 0; p < kc; p++)
+        {
+            Vector512<float> v0 = Vector512.Load(b0), v1 = Vector512.Load(b0 + 16), v2 = Vector512.Load(b1), v3 = Vector512.Load(b1 + 16);
+            Vector512<float> av = Vector512.Create(a[0]);
+            c00 = Vector512.FusedMultiplyAdd(av, v0, c00); c01 = Vector512.FusedMultiplyAdd(av, v1, c01);
+            c02 = Vector512.FusedMultiplyAdd(av, v2, c02); c03 = Vector512.FusedMultiplyAdd(av, v3, c03);
+            av = Vector512.Create(a[1]);
+            c10 = Vector512.FusedMultiplyAdd(av, v0, c10); c11 = Vector512.FusedMultiplyAdd(av, v1, c11);
+            c12 = Vector512.FusedMultiplyAdd(av, v2, c12); c13 = Vector512.FusedMultiplyAdd(av, v3, c13);
+            a += 8;
+            b0 += 32;
+            b1 += 32;
+        }
+        for (int t = 0; t < addendCount; t++)
+        {
+            float* s = addends[t];
+            c00 += Vector512.Load(s); c01 += Vector512.Load(s + 16); c02 += Vector512.Load(s + 32); c03 += Vector512.Load(s + 48);
+            c10 += Vector512.Load(s + 64); c11 += Vector512.Load(s + 80); c12 += Vector512.Load(s + 96); c13 += Vector512.Load(s + 112);
+        }
+        c00.Store(c); c01.Store(c + 16); c02.Store(c + 32); c03.Store(c + 48);
+        if (rows == 2)
+        {
+            c10.Store(c + ldc); c11.Store(c + ldc + 16); c12.Store(c + ldc + 32); c13.Store(c + ldc + 48);
+        }
+    }
+
+    /// <summary>
     /// The leaf loop, compiled once per tier. On AVX2 the kernel is inlined into it: a chunk of a batch of 128 in 8 is
     /// 16 rows deep, and a call per leaf is a cost the leaf's 16 rows of FMAs do not hide (each leaf's zeroing, adds
     /// and tile store stay). With the walk planned once, 1.04–1.05× on the weight gradients at batch 128, Zen 3
