@@ -585,29 +585,23 @@ public static unsafe class Gemm
     /// </summary>
     private static void PackRowMajorB(float* b, int rs, int kc, int nc, int nr, float* dst)
     {
+        // Every tier's NR is whole cache lines (32 on AVX-512, 16 elsewhere), so a piece is copied a line at a time,
+        // inline: a Memmove call per 128-byte piece of AVX-512 was 2.5 % of a plain training step at batch 128
+        // (bench/profile.sh; README, "B's rows packed in inline line copies"). CacheLine's 16-byte moves: one 64-byte
+        // or two 32-byte moves measured slower (B's rows need not start on a line, and a wide move then spans two).
+        Debug.Assert(nr % CacheLine.Floats == 0, "a sliver's width must be whole cache lines");
         int fullCols = nc / nr * nr;
         for (int p = 0; p < kc; p++)
         {
             float* s = b + (long)p * rs;
             float* d = dst + (long)p * nr;
             int jr = 0;
-            // Whole lines inline (AVX-512's 32-float pieces are two): with a Memmove call per 128-byte piece the packing
-            // took 3.3 % of a plain training step at batch 128, inline 2.4 % (bench/profile.sh); the output layer's weight
-            // gradient 1.22–1.27 ×, layer 1's 1.02–1.06 × (bench/gemm-ab.sh, same bits). CacheLine's 16-byte moves: one
-            // 64-byte or two 32-byte moves measured slower (B's rows start 16-byte aligned, a wide move then spans lines).
-            if (nr % CacheLine.Floats == 0)
-            {
-                for (; jr < fullCols; jr += nr)
-                {
-                    for (int line = 0; line < nr; line += CacheLine.Floats)
-                    {
-                        CacheLine.Copy(s + jr + line, d + (long)jr * kc + line);
-                    }
-                }
-            }
             for (; jr < fullCols; jr += nr)
             {
-                new ReadOnlySpan<float>(s + jr, nr).CopyTo(new Span<float>(d + (long)jr * kc, nr));
+                for (int line = 0; line < nr; line += CacheLine.Floats)
+                {
+                    CacheLine.Copy(s + jr + line, d + (long)jr * kc + line);
+                }
             }
             if (jr < nc)
             {
