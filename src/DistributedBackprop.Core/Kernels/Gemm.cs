@@ -588,7 +588,8 @@ public static unsafe class Gemm
         // Every tier's NR is whole cache lines (32 on AVX-512, 16 elsewhere), so a piece is copied a line at a time,
         // inline: a Memmove call per 128-byte piece of AVX-512 was 2.5 % of a plain training step at batch 128
         // (bench/profile.sh; README, "B's rows packed in inline line copies"). CacheLine's 16-byte moves: one 64-byte
-        // or two 32-byte moves measured slower (B's rows need not start on a line, and a wide move then spans two).
+        // or two 32-byte moves measured slower (probably because B's rows need not start on a line, so a wide move can
+        // span two; not measured apart).
         Debug.Assert(nr % CacheLine.Floats == 0, "a sliver's width must be whole cache lines");
         int fullCols = nc / nr * nr;
         for (int p = 0; p < kc; p++)
