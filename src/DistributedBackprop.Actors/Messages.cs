@@ -147,7 +147,7 @@ public sealed record WorkerStepCounts(IReadOnlyDictionary<string, long> Steps) :
 
 /// <summary>
 /// Local, server node: the cluster member at <see cref="Node"/> is leaving on purpose (a graceful stop), so
-/// its worker's end is a leave, not a death. Never serialized: it cannot come from the network.
+/// its workers go at once, as a leave, not a death. Never serialized: it cannot come from the network.
 /// </summary>
 public sealed record NodeLeaving(Akka.Actor.Address Node) : Akka.Actor.INoSerializationVerificationNeeded;
 

@@ -165,14 +165,28 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
                 }
                 return;
             }
-            WorkerDied(t.ActorRef);
+            WorkerGone(t.ActorRef, nodeLeft: false);
         });
         Receive<NodeLeaving>(m =>
         {
-            // Only from this process (the message type is never serialized); remembered until its worker goes.
-            if (Sender.Path.Address.HasLocalScope)
+            // Only from this process (the message type is never serialized).
+            if (!Sender.Path.Address.HasLocalScope)
+            {
+                return;
+            }
+            // The node's workers go now, not when DeathWatch reports them: DeathWatch waits for the node's removal
+            // from the cluster, several rounds of gossip that can outlast the run (seen in CI: 3 s on a busy box),
+            // while a leaving node computes nothing more. Their chunks go to the others at once; a gradient the
+            // node still sends is an unregistered sender's, and its Terminated, later, finds nobody.
+            // A node with no worker known here is remembered, so that a worker of it that goes later left too.
+            List<IActorRef> departing = _scheduler.Workers.Where(w => w.Ref.Path.Address.Equals(m.Node)).Select(w => w.Ref).ToList();
+            if (departing.Count == 0)
             {
                 _leaving.Add(m.Node);
+            }
+            foreach (IActorRef worker in departing)
+            {
+                WorkerGone(worker, nodeLeft: true);
             }
         });
         Receive<CheckDeadline>(_ => CheckStepDeadline());
@@ -677,7 +691,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _returnParameters ? (float[])_session.Parameters.Clone() : []));
     }
 
-    private void WorkerDied(IActorRef reference)
+    /// <summary>A worker is gone: DeathWatch said so (<paramref name="nodeLeft"/> false), or its node is leaving the cluster.</summary>
+    private void WorkerGone(IActorRef reference, bool nodeLeft)
     {
         WorkerSlot? worker = FindWorker(reference);
         if (worker is null)
@@ -687,7 +702,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         Departure departure = _scheduler.Remove(worker, inStep: _step is not null, _assignments);
         _workerPeers = null;
         int left = _scheduler.Workers.Count;
-        bool graceful = _leaving.Remove(reference.Path.Address);
+        bool graceful = nodeLeft || _leaving.Remove(reference.Path.Address);
         if (_session.IsFinished) _log.Info("worker {0} left after training ({1} left)", worker.Name, left);
         else if (graceful) _log.Info("worker {0} left the cluster (a graceful stop; {1} left)", worker.Name, left);
         else _log.Warning("worker {0} died ({1} left)", worker.Name, left);

@@ -302,8 +302,11 @@ public static class ClusterWorker
             {
                 // SIGTERM (docker stop, systemd) or Ctrl-C: leave gracefully, so the server logs a leave and deals
                 // this node's chunks to the others at once, instead of waiting to down an unreachable node.
-                await ClusterServer.Leave(system).ConfigureAwait(false);
+                // The exit is settled first: as the leaving node's cluster stops, the agent sees the server
+                // "removed", which is not a lost server here.
                 result = new WorkerExit(0, "stopped by a signal; left the cluster");
+                exit.TrySetResult(result);
+                await ClusterServer.Leave(system).ConfigureAwait(false);
                 return result;
             }
             if (!result.ServerLost)

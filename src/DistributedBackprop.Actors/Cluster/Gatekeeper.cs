@@ -57,7 +57,7 @@ public sealed class Gatekeeper : ReceiveActor, IWithTimers
         Receive<ResendFinish>(_ => TellFinished());
         Receive<DeliveryFailed>(f => _log.Error("cannot reach node {0} over its bulk channel: {1}", f.Recipient.Path.Address, f.Reason));
         // A node that leaves on purpose (its worker stopped by SIGTERM or Ctrl-C) is announced to the parameter
-        // server before DeathWatch reports its worker gone, so the server logs a leave, not a death.
+        // server, which lets its worker go at once as a leave, not later (DeathWatch waits for the removal) as a death.
         Receive<Akka.Cluster.ClusterEvent.MemberLeft>(m =>
             Context.System.ActorSelection(ClusterNaming.ParameterServerPath).Tell(new NodeLeaving(m.Member.Address), Self));
         Receive<Terminated>(t =>
