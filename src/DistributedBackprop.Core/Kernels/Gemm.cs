@@ -252,6 +252,8 @@ public static unsafe class Gemm
         // Several blocks would each pack all of B again: pack it whole once if it fits (panel jc then starts at jc·k).
         bool packOnce = order.Length > 1 && (long)RoundUp(n, nr) * k <= PackOnceFloats;
         float* packB = (t_packB ??= new()).Ensure(packOnce ? RoundUp(n, nr) * k : RoundUp(Math.Min(ncBlock, n), nr) * k);
+        // Shallow chunks: sibling leaves two at a time, the left one never stored and read back (MicroKernels.PairedLeaves8x32).
+        bool pairLeaves = tier == SimdTier.Vector512 && k <= PairedLeafDepth * chunks;
         int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
         // The tree walk is the same for every tile, so it is planned once: each chunk's leaf slot and the slots it
@@ -326,7 +328,7 @@ public static unsafe class Gemm
                                     PrefetchTile(pc + (long)ic * ldc + jc + jr + nr, ldc, Math.Min(mr, mc), Math.Min(nr, nc - jr - nr));
                                 }
                                 MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends,
-                                    fullTile ? cTile : null, ldc);
+                                    fullTile ? cTile : null, ldc, pairLeaves);
                                 if (!fullTile)
                                 {
                                     CopyTile(stack, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);
@@ -357,6 +359,14 @@ public static unsafe class Gemm
             seen[block] = true;
         }
     }
+
+    /// <summary>
+    /// The deepest chunks (on average) whose sibling leaves run in pairs on AVX-512. Against single leaves, one process
+    /// (`GEMMAB_ROWS=60000 bash bench/gemm-ab.sh 1b13d9a 60 B`, Zen 5): layers 0 and 1's weight gradients 1.01 / 1.14 × at
+    /// depth 4 (batch 32 in 8 chunks), 1.02 / 1.04 × at 16, 1.06 / 1.03 × at 32, but 0.99 / 0.98 × at 64, where
+    /// reading two B slivers per step costs more than the stores the pairs save.
+    /// </summary>
+    internal const int PairedLeafDepth = 32;
 
     /// <summary>The most floats B may take packed whole for a blocked chunk-tree product (16 MiB); beyond, each block packs it again.</summary>
     public const int PackOnceFloats = 4 << 20;

@@ -41,11 +41,14 @@ internal static unsafe class MicroKernels
     /// of <paramref name="stack"/> (tiles MR×NR, row stride NR); the last chunk's result, the root, goes to
     /// <paramref name="root"/> (row stride ldc) if it is given.
     /// </summary>
+    /// <param name="pairLeaves">AVX-512 only: run sibling leaves two at a time (<see cref="PairedLeaves8x32"/>), for chunks so
+    /// shallow that storing and reloading each left leaf costs more than its FMAs.</param>
     public static void RunLeaves(SimdTier tier, int chunks, int* starts, int* leafSlot, int* firstAddend,
-        float* aSliver, float* bSliver, float* stack, float** addends, float* root, nint ldc)
+        float* aSliver, float* bSliver, float* stack, float** addends, float* root, nint ldc, bool pairLeaves = false)
     {
         switch (tier)
         {
+            case SimdTier.Vector512 when pairLeaves: PairedLeaves8x32(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
             case SimdTier.Vector512: Leaves<Tile8x32>(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
             case SimdTier.Vector256: Leaves<Tile6x16>(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
             case SimdTier.Vector128: Leaves<Tile6x16Neon>(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
@@ -126,6 +129,107 @@ internal static unsafe class MicroKernels
             TKernel.Run(kc, aSliver + (long)k0 * mr, bSliver + (long)k0 * nr, toRoot ? root : stack + leafSlot[chunk] * tileSize, toRoot ? ldc : nr,
                 TileMode.Overwrite, addends + first, count);
         }
+    }
+
+    /// <summary>
+    /// AVX-512's leaf loop for shallow chunks (a batch of 32 in 8 chunks is 4 rows deep): a left leaf whose right sibling
+    /// is the next chunk runs together with it, each 4-row half of the 8×32 tile as two interleaved 4×32 chains (16
+    /// accumulators), their sum (right + left, the node's one rounding) taken in registers before the right leaf's other
+    /// addends. The left leaf's tile is then never stored to its slot and read back, which at 4 FMA steps a leaf cost
+    /// about as much as the FMAs. Every other leaf runs <see cref="Kernel8x32"/> as in <see cref="Leaves{TKernel}"/>.
+    /// The same chains and the same additions in the same order: the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PairedLeaves8x32(int chunks, int* starts, int* leafSlot, int* firstAddend,
+        float* aSliver, float* bSliver, float* stack, float** addends, float* root, nint ldc)
+    {
+        const int mr = 8, nr = 32, tileSize = mr * nr;
+        for (int chunk = 0; chunk < chunks; chunk++)
+        {
+            int k0 = starts[chunk], kc = starts[chunk + 1] - k0;
+            int first = firstAddend[chunk], count = firstAddend[chunk + 1] - first;
+            float* slot = stack + leafSlot[chunk] * tileSize;
+            // A left leaf (nothing to add) whose right sibling, the next chunk, adds its slot first.
+            bool paired = count == 0 && chunk + 1 < chunks && firstAddend[chunk + 2] > firstAddend[chunk + 1] && addends[firstAddend[chunk + 1]] == slot;
+            if (paired)
+            {
+                int right = chunk + 1, k1 = starts[right], kcRight = starts[right + 1] - k1;
+                int rightFirst = firstAddend[right] + 1, rightCount = firstAddend[right + 1] - rightFirst;
+                bool toRoot = right == chunks - 1 && root != null;
+                float* c = toRoot ? root : stack + leafSlot[right] * tileSize;
+                nint ldcRight = toRoot ? ldc : nr;
+                for (int half = 0; half < mr; half += 4)
+                {
+                    Pair4x32(kc, aSliver + (long)k0 * mr + half, bSliver + (long)k0 * nr, kcRight, aSliver + (long)k1 * mr + half, bSliver + (long)k1 * nr,
+                        c + half * ldcRight, ldcRight, addends + rightFirst, rightCount, half * nr);
+                }
+                chunk = right;
+            }
+            else
+            {
+                bool toRoot = chunk == chunks - 1 && root != null;
+                Kernel8x32(kc, aSliver + (long)k0 * mr, bSliver + (long)k0 * nr, toRoot ? root : slot, toRoot ? ldc : nr, TileMode.Overwrite, addends + first, count);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Rows r..r+4 of two sibling leaves' 8×32 tiles (A's slivers keep their 8 values per p): each leaf's chain from +0 over
+    /// its own rows of the slivers, then right + left, then each addend (tiles of row stride 32, read at
+    /// <paramref name="addendOffset"/>), stored to C. 16 independent accumulators, as the 8×32 kernel has.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Pair4x32(int kcLeft, float* aLeft, float* bLeft, int kcRight, float* aRight, float* bRight,
+        float* c, nint ldc, float** addends, int addendCount, int addendOffset)
+    {
+        Vector512<float> l00 = Vector512<float>.Zero, l01 = l00, l10 = l00, l11 = l00, l20 = l00, l21 = l00, l30 = l00, l31 = l00;
+        Vector512<float> r00 = l00, r01 = l00, r10 = l00, r11 = l00, r20 = l00, r21 = l00, r30 = l00, r31 = l00;
+        int both = Math.Min(kcLeft, kcRight), p = 0;
+        for (; p < both; p++)
+        {
+            // The two leaves' steps interleaved: 16 independent chains in flight.
+            Fma4x32(aLeft, bLeft, ref l00, ref l01, ref l10, ref l11, ref l20, ref l21, ref l30, ref l31);
+            Fma4x32(aRight, bRight, ref r00, ref r01, ref r10, ref r11, ref r20, ref r21, ref r30, ref r31);
+            aLeft += 8; aRight += 8; bLeft += 32; bRight += 32;
+        }
+        // Chunks of unequal depth (a batch not a multiple of the chunk count): the deeper one's last steps alone.
+        for (int q = p; q < kcLeft; q++, aLeft += 8, bLeft += 32)
+        {
+            Fma4x32(aLeft, bLeft, ref l00, ref l01, ref l10, ref l11, ref l20, ref l21, ref l30, ref l31);
+        }
+        for (int q = p; q < kcRight; q++, aRight += 8, bRight += 32)
+        {
+            Fma4x32(aRight, bRight, ref r00, ref r01, ref r10, ref r11, ref r20, ref r21, ref r30, ref r31);
+        }
+        r00 += l00; r01 += l01; r10 += l10; r11 += l11; r20 += l20; r21 += l21; r30 += l30; r31 += l31;
+        for (int t = 0; t < addendCount; t++)
+        {
+            float* s = addends[t] + addendOffset;
+            r00 += Vector512.Load(s + 0 * 32); r01 += Vector512.Load(s + 0 * 32 + 16);
+            r10 += Vector512.Load(s + 1 * 32); r11 += Vector512.Load(s + 1 * 32 + 16);
+            r20 += Vector512.Load(s + 2 * 32); r21 += Vector512.Load(s + 2 * 32 + 16);
+            r30 += Vector512.Load(s + 3 * 32); r31 += Vector512.Load(s + 3 * 32 + 16);
+        }
+        r00.Store(c + 0 * ldc); r01.Store(c + 0 * ldc + 16);
+        r10.Store(c + 1 * ldc); r11.Store(c + 1 * ldc + 16);
+        r20.Store(c + 2 * ldc); r21.Store(c + 2 * ldc + 16);
+        r30.Store(c + 3 * ldc); r31.Store(c + 3 * ldc + 16);
+    }
+
+    /// <summary>One p of a 4×32 tile: row i's two accumulators += a[i] · b[0..32] (A's sliver keeps its 8 values per p).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Fma4x32(float* a, float* b, ref Vector512<float> c00, ref Vector512<float> c01, ref Vector512<float> c10, ref Vector512<float> c11,
+        ref Vector512<float> c20, ref Vector512<float> c21, ref Vector512<float> c30, ref Vector512<float> c31)
+    {
+        Vector512<float> b0 = Vector512.Load(b), b1 = Vector512.Load(b + 16);
+        Vector512<float> av = Vector512.Create(a[0]);
+        c00 = Vector512.FusedMultiplyAdd(av, b0, c00); c01 = Vector512.FusedMultiplyAdd(av, b1, c01);
+        av = Vector512.Create(a[1]);
+        c10 = Vector512.FusedMultiplyAdd(av, b0, c10); c11 = Vector512.FusedMultiplyAdd(av, b1, c11);
+        av = Vector512.Create(a[2]);
+        c20 = Vector512.FusedMultiplyAdd(av, b0, c20); c21 = Vector512.FusedMultiplyAdd(av, b1, c21);
+        av = Vector512.Create(a[3]);
+        c30 = Vector512.FusedMultiplyAdd(av, b0, c30); c31 = Vector512.FusedMultiplyAdd(av, b1, c31);
     }
 
     /// <summary>A tier's kernel as a type, so <see cref="Leaves{TKernel}"/> is compiled for each (and may inline it).</summary>
