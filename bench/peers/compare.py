@@ -152,6 +152,18 @@ print(json.dumps({s: statistics.median(bench(*map(int, s.split("x")))) for s in 
 """
 
 
+LIBBLAS = "/usr/lib/x86_64-linux-gnu/libblas.so.3"
+
+
+def require_openblas():
+    """numpy and PyTorch call their matrix products through the BLAS that Debian's libblas.so.3 alternative names.
+    Without libopenblas0-pthread that is the reference BLAS (3-6 GFLOP/s here; numpy's threadpoolctl still lists
+    OpenBLAS when only its LAPACK is installed), and every ratio against it would read 10-20x: refuse instead."""
+    if os.path.exists(LIBBLAS) and "openblas" not in os.path.realpath(LIBBLAS):
+        sys.exit(f"compare.py: {LIBBLAS} is {os.path.realpath(LIBBLAS)}, not OpenBLAS, so numpy and PyTorch would run the "
+                 "reference BLAS; apt-get install libopenblas0-pthread (or update-alternatives --auto libblas.so.3-x86_64-linux-gnu)")
+
+
 def numpy_gemm_shapes(coretype, shapes):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     env.pop("OPENBLAS_CORETYPE", None)
@@ -208,6 +220,7 @@ def main():
         sys.exit(f"build first: dotnet build -c Release src/DistributedBackprop.Cli  ({DBP} is missing)")
     if not os.path.isdir(PEERS):
         sys.exit(f"the peer scripts are expected in {PEERS}")
+    require_openblas()
     {"training": training, "gemm": gemm, "actors": actors}[args.what](args)
 
 
