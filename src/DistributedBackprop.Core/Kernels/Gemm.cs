@@ -383,7 +383,7 @@ public static unsafe class Gemm
     /// each subtree still open) and stored in slot leafSlot[c] (the last chunk's result is the root). Each addition
     /// is one node of the tree, left + right; the kernel computes right + left, the same bits.
     /// </summary>
-    private static void PlanTreeWalk(int chunks, int maxDepth, Span<int> leafSlot, Span<int> firstAddend, Span<int> addendSlot)
+    internal static void PlanTreeWalk(int chunks, int maxDepth, Span<int> leafSlot, Span<int> firstAddend, Span<int> addendSlot)
     {
         Span<int> heights = stackalloc int[maxDepth];
         var walk = new TreeWalk(heights);
