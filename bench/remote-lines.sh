@@ -12,6 +12,10 @@
 #   write behind  the loop with one PREFETCHW every few steps (.NET has no intrinsic for it), then the write
 #   write behind (load+store)   the loop with each line read and stored back unchanged (what .NET can express)
 #   write behind (store zeros)  the loop with a store of zeros to each line: for a buffer whose old values are dead
+#   write serial, B's copy stale  as write serial, but B streamed 64 MB of its own after reading (its copies pushed out
+#                                  of its caches, as a buffer reused only after many steps would find them)
+#   write serial, non-temporal    the buffer written in one pass with non-temporal stores (MOVNTPS: no ownership
+#                                  asked for, B's copies invalidated on the way to memory), then the loop
 # Needs gcc (Debian: build-essential) and an x86-64 CPU with AVX-512F.
 #   bash bench/remote-lines.sh [A] [B] [LINES] [STEPS]     (defaults: 0 1 7350 40000)
 set -euo pipefail
@@ -35,10 +39,11 @@ cat > "$dir/remote.c" <<'C'
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-enum { Trials = 200, Kinds = 6, PanelFloats = 64 * 1024 };
-enum { ReadSerial, ReadBehind, WriteSerial, WriteBehind, WriteBehindLoadStore, WriteBehindStore };
+enum { Trials = 200, Kinds = 8, PanelFloats = 64 * 1024 };
+static const long JunkFloats = 64L << 20 >> 2;
+enum { ReadSerial, ReadBehind, WriteSerial, WriteBehind, WriteBehindLoadStore, WriteBehindStore, WriteStale, WriteNonTemporal };
 static long lines, steps;
-static float *shared, *panel;
+static float *shared, *panel, *junk;
 static _Atomic long phase;
 static int cores[2];
 static void pin(int core) { cpu_set_t s; CPU_ZERO(&s); CPU_SET(core, &s); if (pthread_setaffinity_np(pthread_self(), sizeof s, &s)) { fprintf(stderr, "bench/remote-lines.sh: cannot pin to core %d\n", core); exit(2); } }
@@ -73,12 +78,15 @@ static __attribute__((noinline)) float compute(int touch) {
 }
 static float read_all(void) { __m512 s = _mm512_setzero_ps(); for (long i = 0; i < lines; i++) s = _mm512_add_ps(s, _mm512_load_ps(shared + i * 16)); return _mm512_reduce_add_ps(s); }
 static void write_all(float v) { __m512 x = _mm512_set1_ps(v); for (long i = 0; i < lines; i++) _mm512_store_ps(shared + i * 16, x); }
+static void write_nt(float v) { __m512 x = _mm512_set1_ps(v); for (long i = 0; i < lines; i++) _mm512_stream_ps(shared + i * 16, x); _mm_sfence(); }
+static void stream_junk(float v) { __m512 x = _mm512_set1_ps(v); for (long i = 0; i < JunkFloats; i += 16) _mm512_store_ps(junk + i, x); }
 static void *peer(void *unused) {
     (void)unused; pin(cores[1]); volatile float sink = 0;
     for (long t = 0;; t++) {
         wait_for(2 * t + 1);
         if (t >= (long)Kinds * Trials) return NULL;
         if (writes(t % Kinds)) sink += read_all(); else write_all((float)t);
+        if (t % Kinds == WriteStale) stream_junk((float)t);
         go(2 * t + 2);
     }
 }
@@ -86,9 +94,9 @@ static int by_value(const void *x, const void *y) { double a = *(const double *)
 static double median(double *v) { qsort(v, Trials, sizeof *v, by_value); return v[Trials / 2]; }
 int main(int argc, char **argv) {
     (void)argc; cores[0] = atoi(argv[1]); cores[1] = atoi(argv[2]); lines = atol(argv[3]); steps = atol(argv[4]);
-    shared = aligned_alloc(64, lines * 64); panel = aligned_alloc(64, PanelFloats * 4);
-    if (!shared || !panel) { fprintf(stderr, "bench/remote-lines.sh: out of memory\n"); return 2; }
-    memset(shared, 0, lines * 64); for (int i = 0; i < PanelFloats; i++) panel[i] = 1e-3f * (i % 7);
+    shared = aligned_alloc(64, lines * 64); panel = aligned_alloc(64, PanelFloats * 4); junk = aligned_alloc(64, JunkFloats * 4);
+    if (!shared || !panel || !junk) { fprintf(stderr, "bench/remote-lines.sh: out of memory\n"); return 2; }
+    memset(shared, 0, lines * 64); memset(junk, 0, JunkFloats * 4); for (int i = 0; i < PanelFloats; i++) panel[i] = 1e-3f * (i % 7);
     pthread_t other; pthread_create(&other, NULL, peer, NULL); pin(cores[0]);
     static double loop[Kinds][Trials], trip[Kinds][Trials]; volatile float sink = 0;
     /* The kinds interleaved trial by trial, so a vCPU moved mid-run spoils all of them alike. */
@@ -99,7 +107,8 @@ int main(int argc, char **argv) {
         double t0 = now(), t1, t2;
         switch (kind) {
         case ReadSerial:  sink += read_all(); t1 = now(); sink += compute(0); t2 = now(); trip[kind][i] = t1 - t0; loop[kind][i] = t2 - t1; break;
-        case WriteSerial: write_all(2.0f);   t1 = now(); sink += compute(0); t2 = now(); trip[kind][i] = t1 - t0; loop[kind][i] = t2 - t1; break;
+        case WriteSerial: case WriteStale: write_all(2.0f); t1 = now(); sink += compute(0); t2 = now(); trip[kind][i] = t1 - t0; loop[kind][i] = t2 - t1; break;
+        case WriteNonTemporal: write_nt(2.0f); t1 = now(); sink += compute(0); t2 = now(); trip[kind][i] = t1 - t0; loop[kind][i] = t2 - t1; break;
         default:
             sink += compute(kind == ReadBehind ? 1 : kind == WriteBehind ? 2 : kind == WriteBehindLoadStore ? 3 : 4); t1 = now();
             if (kind == ReadBehind) sink += read_all(); else write_all(2.0f);
@@ -107,12 +116,13 @@ int main(int argc, char **argv) {
         }
     }
     go(2L * Kinds * Trials + 1); pthread_join(other, NULL);
-    static const char *names[Kinds] = { "read  serial", "read  behind (PREFETCHT0)", "write serial", "write behind (PREFETCHW)", "write behind (load+store)", "write behind (store zeros)" };
+    static const char *names[Kinds] = { "read  serial", "read  behind (PREFETCHT0)", "write serial", "write behind (PREFETCHW)", "write behind (load+store)", "write behind (store zeros)",
+        "write serial, B's copy stale", "write serial, non-temporal" };
     printf("%ld lines last touched by core %d, read or written by core %d; loop %ld steps; medians of %d trials, µs\n", lines, cores[1], cores[0], steps, Trials);
-    printf("%-27s %9s %9s %9s %13s\n", "", "lines", "loop", "total", "ns per line");
+    printf("%-29s %9s %9s %9s %13s\n", "", "lines", "loop", "total", "ns per line");
     for (int k = 0; k < Kinds; k++) {
         double l = median(loop[k]), x = median(trip[k]);
-        printf("%-27s %9.1f %9.1f %9.1f %13.2f\n", names[k], x, l, l + x, x * 1000 / lines);
+        printf("%-29s %9.1f %9.1f %9.1f %13.2f\n", names[k], x, l, l + x, x * 1000 / lines);
     }
     return sink == 12345.f;
 }

@@ -100,9 +100,30 @@ def core_to_core_ns():
         return float("nan")
 
 
+def two_halves_at_once(data):
+    """Samples/s of two plain single-thread trainers run at the same moment, pinned to cores 0 and 1, each on half of
+    the 2-worker step (batch 128 in 4 chunks, as each worker computes with --workers 2 at batch 256), summed: two
+    cores' worth of the same work with no exchange at all, each process updating its own model. What any local-mode
+    design could reach on the round's placement; NaN where there are not two cores."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return float("nan")
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    cmd = [DBP, "bench", "--batch-size", "128", "--chunks", "4", "--threads", "1", "--no-gemm", "--json", "--data", data]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda c=c: os.sched_setaffinity(0, {c})) for c in cores]
+    total = 0.0
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+        total += json.loads(out)["samples_per_second"]
+    return total
+
+
 def actors(args):
     """Local mode (issue: actors): batch 256 on Fashion-MNIST rows; plain trainer, 1 and 2 worker actors,
-    PyTorch 2 threads (batch 256) and PyTorch DDP (2 gloo processes, 128 each). Each round also times a cache line
+    PyTorch 2 threads (batch 256) and PyTorch DDP (2 gloo processes, 128 each), and two plain single-thread trainers at
+    once on half the step each (two_halves_at_once: the ceiling with no exchange). Each round also times a cache line
     between the two cores just before and just after the 2-worker run: the round's scaling depends on it."""
     data = os.path.join(os.path.dirname(REPO), "shared", "datasets", "fashion-mnist")
     runs = []
@@ -118,6 +139,7 @@ def actors(args):
             if name == "workers_2":
                 row["server_fraction"] = res.get("server_time_fraction", float("nan"))
                 row["wait_fraction"] = res.get("wait_for_slowest_fraction", float("nan"))
+        row["halves_2"] = two_halves_at_once(data)
         row["torch_2t"] = max(torch(256, 2, None)[0], torch(256, 2, args.coretype)[0])
         d = ddp(args.coretype)
         row["ddp_2"] = d.get("ddp2", float("nan"))
@@ -130,11 +152,14 @@ def actors(args):
     print("|---|---|")
     for k, label in [("plain_1t", "plain trainer, 1 thread"), ("plain_2t", "plain trainer, 2 threads"), ("workers_1", "local mode, 1 worker actor"),
                      ("workers_2", "local mode, 2 worker actors"), ("torch_2t", "PyTorch, 2 threads (best OpenBLAS kernel)"),
-                     ("ddp_2", "PyTorch DDP, 2 gloo processes × 128"), ("ddp_base", "PyTorch 1 process, no DDP, batch 128")]:
+                     ("halves_2", "two plain 1-thread trainers at once, batch 128 each, summed (no exchange)"), ("ddp_2", "PyTorch DDP, 2 gloo processes × 128"), ("ddp_base", "PyTorch 1 process, no DDP, batch 128")]:
         print(f"| {label} | {med(k):,.0f} |")
     print()
     rounds = lambda a, b: ", ".join(f"{x[a] / x[b]:.2f}" for x in runs)
     print(f"- scaling, 2 workers / 1 worker: {ratio('workers_2', 'workers_1'):.2f} (rounds {rounds('workers_2', 'workers_1')})")
+    print(f"- no exchange at all, two single-thread trainers at once on half the step each (batch 128, 4 chunks, cores pinned) / 1 worker: "
+          f"{ratio('halves_2', 'workers_1'):.2f} (rounds {rounds('halves_2', 'workers_1')}); 2 workers / those two: {ratio('workers_2', 'halves_2'):.2f} "
+          f"(rounds {rounds('workers_2', 'halves_2')})")
     print(f"- actor overhead, 1 worker / plain trainer: {ratio('workers_1', 'plain_1t'):.2f} (rounds {rounds('workers_1', 'plain_1t')})")
     print(f"- 2 workers / plain trainer with 2 threads: {ratio('workers_2', 'plain_2t'):.2f} (rounds {rounds('workers_2', 'plain_2t')})")
     print(f"- 2 workers / PyTorch 2 threads: {ratio('workers_2', 'torch_2t'):.2f}; 2 workers / PyTorch DDP: {ratio('workers_2', 'ddp_2'):.2f}")
