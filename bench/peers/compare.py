@@ -26,9 +26,12 @@ def default_coretype():
     return "SkylakeX" if "avx512f" in flags else "Haswell"
 
 
+def ours_command(batch, threads, extra=()):
+    return [DBP, "bench", "--batch-size", str(batch), "--threads", str(threads), "--no-gemm", "--json", *extra]
+
+
 def ours(batch, threads, extra=()):
-    out = subprocess.run([DBP, "bench", "--batch-size", str(batch), "--threads", str(threads), "--no-gemm", "--json", *extra],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(ours_command(batch, threads, extra), check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
 
@@ -105,10 +108,10 @@ def two_halves_at_once(data):
     the 2-worker step (batch 128 in 4 chunks, as each worker computes with --workers 2 at batch 256), summed: two
     cores' worth of the same work with no exchange at all, each process updating its own model. What any local-mode
     design could reach on the round's placement; NaN where there are not two cores."""
-    if len(os.sched_getaffinity(0)) < 2:
-        return float("nan")
     cores = sorted(os.sched_getaffinity(0))[:2]
-    cmd = [DBP, "bench", "--batch-size", "128", "--chunks", "4", "--threads", "1", "--no-gemm", "--json", "--data", data]
+    if len(cores) < 2:
+        return float("nan")
+    cmd = ours_command(128, 1, ["--chunks", "4", "--data", data])
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               preexec_fn=lambda c=c: os.sched_setaffinity(0, {c})) for c in cores]
     total = 0.0
