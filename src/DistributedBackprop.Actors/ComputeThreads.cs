@@ -18,7 +18,8 @@ namespace DistributedBackprop.Actors;
 /// 0.8–1.3 ms of a 5–6.5 ms step (docs/architecture.md). Here a thread that ran out of work spins for <see cref="SpinTime"/> before it parks
 /// (only if every thread can have a core of its own; more threads than cores park at once), the server's
 /// messages from the worker it shares a thread with are handled right after that worker's, on the core
-/// that holds its gradient, and the update's lanes are taken by whichever threads are idle, the caller first.
+/// that holds its gradient, and the update's lanes are taken by whichever threads are idle, the caller first
+/// (or, for an update with one copy of θ per thread, each lane by its own thread: <see cref="ForEachLane"/>).
 /// </summary>
 public sealed class ComputeThreads : IDisposable
 {
@@ -32,6 +33,10 @@ public sealed class ComputeThreads : IDisposable
     private readonly Dictionary<string, int> _placed = [];
     private int _disposed;
 
+    /// <summary>The compute thread running this code, if it is one (of any group).</summary>
+    [ThreadStatic]
+    private static ComputeThread? t_current;
+
     public ComputeThreads(int count, string name)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
@@ -40,7 +45,7 @@ public sealed class ComputeThreads : IDisposable
         _threads = new ComputeThread[count];
         for (int i = 0; i < count; i++)
         {
-            _threads[i] = new ComputeThread(this, $"{name}-{i + 1}");
+            _threads[i] = new ComputeThread(this, i, $"{name}-{i + 1}");
         }
     }
 
@@ -58,24 +63,42 @@ public sealed class ComputeThreads : IDisposable
     public int PlaceWorker(string worker)
     {
         Span<int> live = stackalloc int[_threads.Length];
-        foreach (int thread in _placed.Values)
+        lock (_placed)
         {
-            live[thread]++;
-        }
-        int best = 0;
-        for (int i = 1; i < live.Length; i++)
-        {
-            if (live[i] < live[best])
+            foreach (int thread in _placed.Values)
             {
-                best = i;
+                live[thread]++;
             }
+            int best = 0;
+            for (int i = 1; i < live.Length; i++)
+            {
+                if (live[i] < live[best])
+                {
+                    best = i;
+                }
+            }
+            _placed[worker] = best;
+            return best;
         }
-        _placed[worker] = best;
-        return best;
     }
 
     /// <summary>The worker named <paramref name="worker"/> has stopped (a name never placed is ignored).</summary>
-    public void WorkerLeft(string worker) => _placed.Remove(worker);
+    public void WorkerLeft(string worker)
+    {
+        lock (_placed)
+        {
+            _placed.Remove(worker);
+        }
+    }
+
+    /// <summary>The thread a live worker was placed on (<see cref="PlaceWorker"/>), or −1 for a name not placed. Any thread may ask.</summary>
+    public int ThreadOf(string worker)
+    {
+        lock (_placed)
+        {
+            return _placed.TryGetValue(worker, out int thread) ? thread : -1;
+        }
+    }
 
     /// <summary>Registers one dispatcher per thread with <paramref name="system"/>.</summary>
     public void Install(ActorSystem system)
@@ -98,26 +121,43 @@ public sealed class ComputeThreads : IDisposable
     /// done. Lanes are taken one at a time by the calling thread and by any of these threads that is idle (up to
     /// <paramref name="lanes"/> − 1 parked ones are woken); the caller takes whatever is left, so a busy thread never
     /// holds the update up. One caller at a time (the parameter server).
+    /// <paramref name="onOwnThreads"/>: lane i is run by thread i (the caller runs its own, and any lane whose thread
+    /// is busy with other work or that has no thread), for work whose lane i writes what thread i reads next: one
+    /// copy of θ per thread. Which thread runs a lane changes only where its writes land, never what they are.
     /// </summary>
-    public void ForEachLane(int lanes, Action<int> work)
+    public void ForEachLane(int lanes, Action<int> work, bool onOwnThreads = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(lanes, 1);
-        if (lanes == 1)
+        if (lanes == 1 && !onOwnThreads)
         {
             work(0);
             return;
         }
-        _board.Post(work, lanes);
-        int woken = 0;
-        for (int i = 0; i < _threads.Length && woken < lanes - 1; i++)
+        _board.Post(work, lanes, onOwnThreads ? this : null);
+        if (onOwnThreads)
         {
-            if (_threads[i].WakeIfParked())
+            // Each lane's own thread, whoever calls: a parked one left asleep would leave its lane to nobody.
+            for (int i = 0; i < Math.Min(lanes, _threads.Length); i++)
             {
-                woken++;
+                _threads[i].WakeIfParked();
             }
         }
-        _board.WaitAndClear();
+        else
+        {
+            int woken = 0;
+            for (int i = 0; i < _threads.Length && woken < lanes - 1; i++)
+            {
+                if (_threads[i].WakeIfParked())
+                {
+                    woken++;
+                }
+            }
+        }
+        _board.WaitAndClear(t_current is { } caller && caller.Group == this ? caller.Index : -1);
     }
+
+    /// <summary>Whether thread <paramref name="thread"/> cannot take its own lane now: running something else, stopping, or not one of these.</summary>
+    private bool Unavailable(int thread) => thread >= _threads.Length || _threads[thread].Busy;
 
     /// <summary>Stops the threads; after the actor system that runs on them has terminated, from another thread.</summary>
     public void Dispose()
@@ -140,30 +180,32 @@ public sealed class ComputeThreads : IDisposable
     {
         private Posting? _current;
 
-        public bool Open => Volatile.Read(ref _current) is { } posting && Volatile.Read(ref posting.Next) < posting.Lanes;
+        /// <summary>Whether thread <paramref name="thread"/> has a lane to take.</summary>
+        public bool HasLaneFor(int thread) => Volatile.Read(ref _current) is { } posting && posting.HasLaneFor(thread);
 
-        public void Post(Action<int> work, int lanes)
+        public void Post(Action<int> work, int lanes, ComputeThreads? pinnedTo)
         {
             // A full fence: the posting must be visible before the caller reads which threads are parked (a thread
             // about to park re-checks the board after saying so), or a thread could miss both.
-            Interlocked.Exchange(ref _current, new Posting(work, lanes));
+            Interlocked.Exchange(ref _current, new Posting(work, lanes, pinnedTo));
         }
 
-        public void Help()
+        public void Help(int thread)
         {
             if (Volatile.Read(ref _current) is { } posting)
             {
-                posting.Help();
+                posting.Help(thread);
             }
         }
 
-        public void WaitAndClear()
+        public void WaitAndClear(int callerThread)
         {
             Posting posting = _current!;
-            posting.Help();
+            posting.Help(callerThread);
             var spinner = new SpinWait();
             while (Volatile.Read(ref posting.Unfinished) > 0)
             {
+                posting.TakeUnavailableLanes();
                 spinner.SpinOnce(sleep1Threshold: -1);
             }
             Volatile.Write(ref _current, null);
@@ -174,47 +216,99 @@ public sealed class ComputeThreads : IDisposable
         }
     }
 
-    private sealed class Posting(Action<int> work, int lanes)
+    /// <summary>
+    /// One call's lanes. Not pinned: each helper takes the next lane until none is left. Pinned: each lane is taken
+    /// once (<see cref="_taken"/>), by its own thread, or by the caller when that thread is unavailable.
+    /// </summary>
+    private sealed class Posting(Action<int> work, int lanes, ComputeThreads? pinnedTo)
     {
         public readonly int Lanes = lanes;
         public int Next;
         public int Unfinished = lanes;
         public Exception? Error;
+        private readonly int[]? _taken = pinnedTo is null ? null : new int[lanes];
 
-        public void Help()
+        public bool HasLaneFor(int thread) => _taken is null
+            ? Volatile.Read(ref Next) < Lanes
+            : (uint)thread < (uint)Lanes && Volatile.Read(ref _taken[thread]) == 0;
+
+        /// <summary>Thread <paramref name="thread"/> (−1: not a compute thread) takes what it may.</summary>
+        public void Help(int thread)
         {
+            if (_taken is not null)
+            {
+                if ((uint)thread < (uint)Lanes)
+                {
+                    TryRun(thread);
+                }
+                return;
+            }
             int lane;
             while ((lane = Interlocked.Increment(ref Next) - 1) < Lanes)
             {
-                try
-                {
-                    work(lane);
-                }
-                catch (Exception e)
-                {
-                    Interlocked.CompareExchange(ref Error, e, null);
-                }
-                Interlocked.Decrement(ref Unfinished);
+                Run(lane);
             }
+        }
+
+        /// <summary>Pinned: the caller takes the lanes whose threads cannot (busy with other work, or none).</summary>
+        public void TakeUnavailableLanes()
+        {
+            for (int lane = 0; _taken is not null && lane < Lanes; lane++)
+            {
+                if (Volatile.Read(ref _taken[lane]) == 0 && pinnedTo!.Unavailable(lane))
+                {
+                    TryRun(lane);
+                }
+            }
+        }
+
+        private void TryRun(int lane)
+        {
+            if (Interlocked.CompareExchange(ref _taken![lane], 1, 0) == 0)
+            {
+                Run(lane);
+            }
+        }
+
+        private void Run(int lane)
+        {
+            try
+            {
+                work(lane);
+            }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref Error, e, null);
+            }
+            Interlocked.Decrement(ref Unfinished);
         }
     }
 
     /// <summary>One dedicated thread: runs what its dispatcher gives it, helps with posted lanes, spins, then parks.</summary>
     private sealed class ComputeThread
     {
-        private readonly ComputeThreads _group;
         private readonly ConcurrentQueue<IRunnable> _queue = new();
         private readonly ManualResetEventSlim _wake = new(false, spinCount: 1);
         private readonly Thread _thread;
         private int _parked;
         private volatile bool _stopping;
+        /// <summary>Running an item of its dispatcher (a worker computing, the server's handler).</summary>
+        private volatile bool _running;
 
-        public ComputeThread(ComputeThreads group, string name)
+        public ComputeThread(ComputeThreads group, int index, string name)
         {
-            _group = group;
+            Group = group;
+            Index = index;
             _thread = new Thread(Loop) { IsBackground = true, Name = name };
             _thread.Start();
         }
+
+        public ComputeThreads Group { get; }
+
+        public int Index { get; }
+
+        /// <summary>Cannot take a lane posted for it now: running another item, or stopping.</summary>
+        public bool Busy => _running || _stopping;
 
         public void Execute(IRunnable run)
         {
@@ -254,16 +348,19 @@ public sealed class ComputeThreads : IDisposable
 
         private void Loop()
         {
+            t_current = this;
             while (!_stopping)
             {
                 if (_queue.TryDequeue(out IRunnable? run))
                 {
+                    _running = true;
                     run.Run();
+                    _running = false;
                     continue;
                 }
-                if (_group._board.Open)
+                if (Group._board.HasLaneFor(Index))
                 {
-                    _group._board.Help();
+                    Group._board.Help(Index);
                     continue;
                 }
                 if (SpinForWork())
@@ -272,7 +369,7 @@ public sealed class ComputeThreads : IDisposable
                 }
                 _wake.Reset();
                 Interlocked.Exchange(ref _parked, 1);
-                if (_queue.IsEmpty && !_group._board.Open && !_stopping)
+                if (_queue.IsEmpty && !Group._board.HasLaneFor(Index) && !_stopping)
                 {
                     _wake.Wait();
                 }
@@ -283,13 +380,13 @@ public sealed class ComputeThreads : IDisposable
         /// <summary>Spins until work or lanes come (true) or the spin time is up (false).</summary>
         private bool SpinForWork()
         {
-            long until = Stopwatch.GetTimestamp() + _group._spinTicks;
+            long until = Stopwatch.GetTimestamp() + Group._spinTicks;
             // SpinWait yields the core now and then, so the coordinator or the GC, which share these cores, are not
             // held up behind a thread that only waits.
             var spinner = new SpinWait();
             while (Stopwatch.GetTimestamp() < until)
             {
-                if (!_queue.IsEmpty || _group._board.Open || _stopping)
+                if (!_queue.IsEmpty || Group._board.HasLaneFor(Index) || _stopping)
                 {
                     return true;
                 }

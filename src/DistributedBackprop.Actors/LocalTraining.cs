@@ -18,8 +18,7 @@ public sealed class LocalTraining : IAsyncDisposable
     private LocalTraining(TrainingSession session, int workers, ITrainingObserver observer, CheckpointPolicy? checkpoints, Config? overrides, int serverShards)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(workers, 1);
-        Config config = overrides is null ? LoadConfig() : overrides.WithFallback(LoadConfig());
-        System = ActorSystem.Create("dbp", config);
+        System = ActorSystem.Create("dbp", ResolveConfig(overrides));
         _threads = new ComputeThreads(workers, "dbp-compute");
         _threads.Install(System);
         Coordinator = System.ActorOf(TrainingCoordinator.Props(session, workers, observer, checkpoints, _completion, serverShards: serverShards, threads: _threads), "coordinator");
@@ -41,6 +40,26 @@ public sealed class LocalTraining : IAsyncDisposable
     {
         await using LocalTraining run = Start(session, workers, observer, checkpoints);
         return await run.Completion.WaitAsync(cancellation).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// What a run is configured with: <paramref name="overrides"/>, then DBP_LOCAL_UPDATE, then the embedded
+    /// local.hocon; a bad value of dbp.local-update is an <see cref="ArgumentException"/> naming where it came from.
+    /// Commands call this before they print anything, so a bad setting ends the run at once.
+    /// </summary>
+    public static Config ResolveConfig(Config? overrides = null)
+    {
+        Config config = LoadConfig();
+        if (Environment.GetEnvironmentVariable("DBP_LOCAL_UPDATE") is { Length: > 0 } update)
+        {
+            config = ConfigurationFactory.ParseString($"dbp.local-update = \"{ParameterServer.CheckLocalUpdate(update, "DBP_LOCAL_UPDATE")}\"").WithFallback(config);
+        }
+        if (overrides is not null)
+        {
+            config = overrides.WithFallback(config);
+        }
+        ParameterServer.CheckLocalUpdate(config.GetString("dbp.local-update", "auto"), "dbp.local-update");
+        return config;
     }
 
     /// <summary>The embedded cluster-config/local.hocon.</summary>

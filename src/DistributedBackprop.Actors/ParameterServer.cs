@@ -57,6 +57,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     /// <summary>With shards: <see cref="WorkerPeers"/>, forgotten whenever a worker registers or goes.</summary>
     private PeerActor[]? _workerPeers;
     private readonly Action<Action<int>> _forEachUpdateLane;
+    /// <summary>Local mode's threads (null in a cluster): which one each worker runs on says which copy of θ it reads.</summary>
+    private readonly ComputeThreads? _threads;
     /// <summary>Local mode: the update runs in this actor's handler, its lanes on the workers' threads; else in a task, its lanes on the thread pool.</summary>
     private readonly bool _updateInHandler;
     /// <summary>Where and how often to checkpoint inside an epoch (the coordinator asks for the epoch-end ones).</summary>
@@ -107,12 +109,16 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
         int laneThreads = threads?.Count ?? Environment.ProcessorCount;
-        _update = _shards is null ? new GuardedUpdate(session, _reducer, Math.Max(1, Math.Min(laneThreads, session.Parameters.Length / 65536))) : null;
+        bool replicated = _shards is null && ReplicatesTheta(threads, session, Context.System.Settings.Config.GetString("dbp.local-update", "auto"));
+        _update = _shards is null
+            ? new GuardedUpdate(session, _reducer, replicated ? laneThreads : Math.Max(1, Math.Min(laneThreads, session.Parameters.Length / 65536)), replicated)
+            : null;
         _roundBases = session.CreateRoundBases();
         _changes = UpdateParts.CreateChanges(session.Config, session.Parameters.Length);
         int lanes = _update?.Lanes ?? 1;
         _updateInHandler = threads is not null;
-        _forEachUpdateLane = threads is null ? work => Parallel.For(0, lanes, work) : work => threads.ForEachLane(lanes, work);
+        _threads = threads;
+        _forEachUpdateLane = threads is null ? work => Parallel.For(0, lanes, work) : work => threads.ForEachLane(lanes, work, onOwnThreads: replicated);
 
         Receive<RegisterWorker>(Register);
         Receive<TrainEpoch>(m => { if (FromCoordinator(m)) Train(m); });
@@ -221,6 +227,33 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     protected override void PreStart() =>
         Timers.StartPeriodicTimer("deadline", CheckDeadline.Instance, TimeSpan.FromMilliseconds(Math.Clamp(_deadline.Floor.TotalMilliseconds / 4, 20, 250)));
 
+    /// <summary>
+    /// Whether local mode keeps one copy of θ and of the optimizer state per compute thread, each updated whole by its
+    /// thread, each worker computing on its thread's copy (<see cref="GuardedUpdate"/>, replicated), instead of one θ
+    /// updated in slices. Split, every step each core writes half of θ over lines the other core read, then reads the
+    /// other half back: the writes wait on the other core's copies (9.2 ns a line against 3.1 once they are gone,
+    /// `bash bench/remote-lines.sh`). Replicated, each core reads the other's whole gradient instead and writes only
+    /// its own lines, at the cost of the whole update's arithmetic on each core and one more copy of the state. With
+    /// N threads each copy reads N − 1 gradients, so <c>auto</c> (dbp.local-update) replicates with 2 threads only,
+    /// the case measured (README, "One copy of θ per worker"); <c>replicated</c> and <c>split</c> force either.
+    /// </summary>
+    private static bool ReplicatesTheta(ComputeThreads? threads, TrainingSession session, string mode)
+    {
+        bool wanted = CheckLocalUpdate(mode, "dbp.local-update") switch
+        {
+            "auto" => threads?.Count == 2,
+            "replicated" => true,
+            _ => false,
+        };
+        // Local steps read θ before and after each outer step and deal rounds from kept bases: one θ.
+        return wanted && threads is { Count: > 1 } && session.Config.LocalSteps is null;
+    }
+
+    /// <summary>A value of dbp.local-update (<paramref name="source"/> names where it came from), or a one-line error.</summary>
+    public static string CheckLocalUpdate(string mode, string source) => mode is "auto" or "replicated" or "split"
+        ? mode
+        : throw new ArgumentException($"{source}: '{mode}' is none of auto, replicated, split");
+
     /// <summary>Only the coordinator runs epochs and names checkpoint files; from anyone else such a message is refused.</summary>
     private bool FromCoordinator(object message)
     {
@@ -319,6 +352,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _epochInProgress = message.Epoch;
         _returnParameters = message.ReturnParameters;
         _epoch.Reset();
+        // The copies of θ start each epoch from the session's (two array copies an epoch): whatever wrote the
+        // session's between epochs, the workers compute on it.
+        _update?.SyncCopies();
         foreach (WorkerSlot worker in _scheduler.Workers)
         {
             worker.StepsThisEpoch = 0;
@@ -437,7 +473,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
             // With shards θ comes from them: the work names the step only.
             StepTimeline.Mark("dealt", step.Step, worker.Name);
-            _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, _shards is null ? step.Parameters : []), Self);
+            float[] parameters = _shards is not null ? [] : _update!.Replicated ? _update.CopyOf(Math.Max(0, _threads!.ThreadOf(worker.Name))) : step.Parameters;
+            _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, parameters), Self);
         }
         _assignments.Clear();
     }

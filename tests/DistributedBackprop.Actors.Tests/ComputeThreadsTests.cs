@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Akka.Actor;
+using Akka.Configuration;
 using Akka.TestKit.Xunit2;
 using DistributedBackprop.Engine;
 
@@ -57,6 +58,47 @@ public sealed class ComputeThreadsTests : TestKit
     }
 
     [Fact]
+    public async Task OnOwnThreads_EachIdleOrParkedThreadRunsItsOwnLane_AndTheCallerTheLanesWithNoThread()
+    {
+        using var threads = new ComputeThreads(2, "test-own");
+        for (int call = 0; call < 100; call++)
+        {
+            var ranOn = new string?[3];
+            // Lane 2 has no thread: the caller (this test's thread, not one of them) runs it.
+            threads.ForEachLane(3, lane => ranOn[lane] = Thread.CurrentThread.Name, onOwnThreads: true);
+            Assert.Equal(new[] { "test-own-1", "test-own-2", Thread.CurrentThread.Name }, ranOn);
+        }
+        // Long past the spin time both threads have parked: each must be woken for its lane (the caller is neither).
+        Thread.Sleep(ComputeThreads.SpinTime * 50);
+        var afterParking = new string?[2];
+        // On a pool thread, so a lane left to a parked thread nobody woke fails the test instead of hanging it.
+        await Task.Run(() => threads.ForEachLane(2, lane => afterParking[lane] = Thread.CurrentThread.Name, onOwnThreads: true)).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(new[] { "test-own-1", "test-own-2" }, afterParking);
+    }
+
+    [Fact]
+    public void OnOwnThreads_TheCallerTakesTheLaneOfAThreadBusyWithAnActorsMessage()
+    {
+        using var threads = new ComputeThreads(2, "test-busy");
+        threads.Install(Sys);
+        IActorRef blocker = Sys.ActorOf(Props.Create(() => new Blocker()).WithDispatcher(ComputeThreads.DispatcherId(1)));
+        using var release = new ManualResetEventSlim();
+        blocker.Tell(release);
+        // The blocker says it has started only from inside the message that holds thread 2.
+        Assert.Equal("holding", ExpectMsg<string>());
+        var ranOn = new string?[2];
+        threads.ForEachLane(2, lane => ranOn[lane] = Thread.CurrentThread.Name, onOwnThreads: true);
+        release.Set();
+        Assert.Equal("test-busy-1", ranOn[0]);
+        Assert.Equal(Thread.CurrentThread.Name, ranOn[1]);
+        // Released, thread 2 takes its own lane again.
+        Assert.Equal("released", ExpectMsg<string>());
+        threads.ForEachLane(2, lane => ranOn[lane] = Thread.CurrentThread.Name, onOwnThreads: true);
+        Assert.Equal(new string?[] { "test-busy-1", "test-busy-2" }, ranOn);
+        Shutdown(Sys, verifySystemShutdown: true);
+    }
+
+    [Fact]
     public void Placement_GivesEachThreadAWorkerFirst_AndReusesAFreedPlace()
     {
         using var threads = new ComputeThreads(2, "test-place");
@@ -66,6 +108,8 @@ public sealed class ComputeThreadsTests : TestKit
         Assert.Equal(1, threads.PlaceWorker("w4")); // the freed place: threads 0 and 1 carry 2 and 1
         Assert.Equal(1, threads.PlaceWorker("w5")); // the fewest
         Assert.Equal(0, threads.PlaceWorker("w6")); // a tie (2 and 2) goes to the first
+        Assert.Equal(1, threads.ThreadOf("w4"));
+        Assert.Equal(-1, threads.ThreadOf("w2"));
     }
 
     [Fact]
@@ -87,10 +131,16 @@ public sealed class ComputeThreadsTests : TestKit
         Shutdown(Sys, verifySystemShutdown: true);
     }
 
+    /// <summary>
+    /// Split: one θ, a slice per lane. Replicated (auto's choice at 2 workers): a copy of θ and of the optimizer state
+    /// per thread, each updated whole, each worker computing on its thread's copy.
+    /// </summary>
     [Theory]
-    [InlineData(2)]
-    [InlineData(5)]
-    public async Task LocalTraining_WithAnUpdateInSeveralLanes_GivesThePlainTrainersBits(int workers)
+    [InlineData(2, "auto")]
+    [InlineData(2, "split")]
+    [InlineData(5, "auto")]
+    [InlineData(3, "replicated")]
+    public async Task LocalTraining_WithAnUpdateInSeveralLanes_GivesThePlainTrainersBits(int workers, string update)
     {
         // 12·512 + 512·256 + 256·4 weights and their biases: enough for the update to be cut into two lanes or
         // more (one per 65,536 parameters, at most one per thread). Five workers on this machine's two cores are
@@ -99,9 +149,24 @@ public sealed class ComputeThreadsTests : TestKit
         float[] oracle = Fixtures.PlainTrainer(config);
         TrainingSession session = Fixtures.Session(config);
         Assert.True(session.Parameters.Length >= 2 * 65536);
-        await LocalTraining.RunAsync(session, workers, NullObserver.Instance).WaitAsync(TimeSpan.FromMinutes(2));
+        Config overrides = ConfigurationFactory.ParseString($"dbp.local-update = {update}");
+        await using (LocalTraining run = LocalTraining.Start(session, workers, NullObserver.Instance, overrides: overrides))
+        {
+            await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
+        }
         Assert.Equal(session.TotalSteps, session.GlobalStep);
-        Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, {session.Parameters.Length} parameters");
+        Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, {session.Parameters.Length} parameters, update {update}");
+    }
+
+    /// <summary>Holds its thread with the event it is sent until that is set, saying when it starts and ends.</summary>
+    private sealed class Blocker : ReceiveActor
+    {
+        public Blocker() => Receive<ManualResetEventSlim>(release =>
+        {
+            Sender.Tell("holding");
+            release.Wait(TimeSpan.FromMinutes(1));
+            Sender.Tell("released");
+        });
     }
 
     private sealed class ThreadName : ReceiveActor

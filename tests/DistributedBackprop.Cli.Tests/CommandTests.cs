@@ -214,6 +214,16 @@ public sealed partial class CommandTests : IDisposable
     }
 
     [Fact]
+    public void ABadLocalUpdateInTheEnvironment_IsOneLineNamingIt_AndWritesNoModel()
+    {
+        string model = Path.Combine(_dir, "never.safetensors");
+        DbpResult result = DbpProcess.Run(_dir, new Dictionary<string, string> { ["DBP_LOCAL_UPDATE"] = "shared" },
+            "train", "--workers", "2", "--epochs", "1", "--out", model);
+        DbpProcess.AssertUsageError(result, "DBP_LOCAL_UPDATE: 'shared' is none of auto, replicated, split");
+        Assert.False(File.Exists(model));
+    }
+
+    [Fact]
     public void ABadLinkRateInAClusterConfig_IsOneLineNamingTheFileAndTheSetting()
     {
         string config = Path.Combine(_dir, "pace.conf");

@@ -109,6 +109,83 @@ public class GuardedUpdateTests
     }
 
     /// <summary>
+    /// Replicated (local mode's two workers, each on its own copy of θ): every copy ends with the bits of the unguarded
+    /// update, whether the sum is taken in one pass by every lane at once (one or two nodes: only the root's addition,
+    /// into each lane's scratch) or reduced in slices first (four nodes: the other additions write the nodes' buffers),
+    /// bounded or not, for several steps (the copies' optimizer state must follow too).
+    /// </summary>
+    [Theory]
+    [InlineData(OptimizerKind.Sgd, 2, 1, true)]
+    [InlineData(OptimizerKind.Adam, 2, 2, true)]
+    [InlineData(OptimizerKind.Momentum, 2, 2, false)]
+    [InlineData(OptimizerKind.Adam, 2, 4, true)]
+    [InlineData(OptimizerKind.Momentum, 3, 4, false)]
+    [InlineData(OptimizerKind.Sgd, 3, 2, true)]
+    public void Replicated_GivesEveryCopyTheBitsOfTheUnguardedUpdate(OptimizerKind kind, int lanes, int nodes, bool bounded)
+    {
+        TrainingSession replicated = Session(kind, 0.1f, 2000), plain = Session(kind, 0.1f, 2000);
+        int n = replicated.Parameters.Length;
+        var reducer = new TreeReducer(Chunks, n);
+        var update = new GuardedUpdate(replicated, reducer, lanes, replicated: true);
+        Assert.True(update.Replicated);
+        for (int step = 0; step < 3; step++)
+        {
+            reducer.Reset();
+            float[] reference = new float[n];
+            var parts = new List<float[]>();
+            int size = Chunks / nodes;
+            for (int node = 0; node < nodes; node++)
+            {
+                float[] gradient = Enumerable.Range(0, n).Select(i => MathF.Sin(step * 7 + node * 31 + i) * 0.1f).ToArray();
+                parts.Add((float[])gradient.Clone());
+                float bound = bounded ? FiniteValues.Bound(gradient) : float.PositiveInfinity;
+                Assert.True(reducer.TryAdd(new TreeNode(node * size, size), gradient, new BatchResult(1, 0, 1), default, bound));
+            }
+            var (sum, _) = reducer.Plan();
+            Assert.Equal(nodes <= 2, reducer.SumRangeOnlyReads);
+            Assert.Equal(UpdateOutcome.Applied, update.Apply(sum, work => Parallel.For(0, lanes, work), out _));
+            replicated.EndStep();
+            // The canonical tree over the nodes: ((0 + 1) + (2 + 3)) for four, (0 + 1) for two.
+            float[] expected = nodes switch
+            {
+                1 => parts[0],
+                2 => Add(parts[0], parts[1]),
+                _ => Add(Add(parts[0], parts[1]), Add(parts[2], parts[3])),
+            };
+            plain.ApplyStep(expected);
+            for (int copy = 0; copy < lanes; copy++)
+            {
+                Assert.Equal(plain.Parameters.Select(BitConverter.SingleToInt32Bits), update.CopyOf(copy).Select(BitConverter.SingleToInt32Bits));
+            }
+        }
+        Assert.Same(replicated.Parameters, update.CopyOf(0));
+        AssertBitsEqual(State(plain), State(replicated));
+    }
+
+    /// <summary>
+    /// The copies follow the session's θ and optimizer state when told to (<see cref="GuardedUpdate.SyncCopies"/>), and
+    /// their updates then continue with the session's bits.
+    /// </summary>
+    [Fact]
+    public void SyncCopies_MakesEveryCopyTheSessionsState()
+    {
+        TrainingSession session = Session(OptimizerKind.Adam, 0.1f, 2000);
+        var reducer = new TreeReducer(Chunks, session.Parameters.Length);
+        var update = new GuardedUpdate(session, reducer, 2, replicated: true);
+        session.Parameters.AsSpan().Fill(0.25f);
+        session.Optimizer.FirstMoment!.AsSpan().Fill(0.5f);
+        session.Optimizer.Steps = 9;
+        update.SyncCopies();
+        float[] gradient = Enumerable.Range(0, session.Parameters.Length).Select(i => MathF.Cos(i) * 0.2f).ToArray();
+        Assert.True(reducer.TryAdd(ChunkTree.Root(Chunks), gradient, new BatchResult(1, 0, 1), default, FiniteValues.Bound(gradient)));
+        Assert.Equal(UpdateOutcome.Applied, update.Apply(reducer.Plan().Gradient, work => Sequential(work, 2), out _));
+        Assert.Equal(session.Parameters.Select(BitConverter.SingleToInt32Bits), update.CopyOf(1).Select(BitConverter.SingleToInt32Bits));
+        Assert.NotEqual(0.25f, update.CopyOf(1)[0]);
+    }
+
+    private static float[] Add(float[] left, float[] right) => left.Zip(right, (l, r) => l + r).ToArray();
+
+    /// <summary>
     /// One node (the plain trainer's one lane, local mode's one worker): nothing to add, the root's own values are applied
     /// with no copy through the lane's scratch, and are left as they were.
     /// </summary>

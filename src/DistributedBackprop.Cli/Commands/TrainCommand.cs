@@ -64,9 +64,13 @@ internal static class TrainCommand
             CheckWritable(plotPath, "--plot");
             CheckWritable(checkpointPath, "--checkpoint", CheckpointBytes(session));
 
+            int workerCount = parse.GetValue(workers);
+            if (workerCount > 0)
+            {
+                LocalTraining.ResolveConfig();
+            }
             using var display = new TrainingDisplay(parse.GetValue(progress), metricsPath is null ? null : new MetricsWriter(metricsPath, session.GlobalStep / session.StepsPerEpoch));
             CheckpointPolicy? checkpoints = checkpointPath is null ? null : new CheckpointPolicy(checkpointPath, parse.GetValue(checkpointEvery));
-            int workerCount = parse.GetValue(workers);
             string mode = workerCount == 0 ? $"{parse.GetValue(threads)} thread(s), no actors" : $"{workerCount} worker actor(s), local mode";
             string title = $"training {session.Architecture.Describe()} on {session.Train.Source}: {session.Train.Rows} training rows, "
                 + (session.Validation is { } validation ? $"{validation.Rows} validation rows, " : "") + $"{session.Test?.Rows ?? 0} test rows, {config.Epochs} epochs of {session.StepsPerEpoch} steps (batch {config.BatchSize}{LocalStepsNote(config)}), {mode}";

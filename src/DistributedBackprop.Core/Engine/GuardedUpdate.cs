@@ -1,4 +1,5 @@
 using DistributedBackprop.Kernels;
+using DistributedBackprop.Optimizers;
 
 namespace DistributedBackprop.Engine;
 
@@ -43,10 +44,25 @@ public sealed class GuardedUpdate
     private float _learningRate;
     /// <summary>With local steps: θ before the outer step, to report the step's norm.</summary>
     private readonly float[]? _before;
+    /// <summary>
+    /// Replicated: lane r ≥ 1 applies the whole update to copy r of θ and of the optimizer state, lane 0 to the
+    /// session's own (element 0 unused); else null, and lane r applies its slice of the session's.
+    /// </summary>
+    private readonly (float[] Parameters, Optimizer Optimizer)[]? _copies;
 
-    public GuardedUpdate(TrainingSession session, TreeReducer reducer, int lanes)
+    /// <param name="replicated">
+    /// one copy of θ and of the optimizer state per lane, each updated whole by its lane (<see cref="CopyOf"/>): for
+    /// callers whose lane r runs on the thread that then computes on copy r, so no thread writes lines another one
+    /// reads. The reduce pass, when there is one, is still split in slices. The same arithmetic on each copy: the same
+    /// bits in all of them.
+    /// </param>
+    public GuardedUpdate(TrainingSession session, TreeReducer reducer, int lanes, bool replicated = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(lanes, 1);
+        if (replicated && session.Config.LocalSteps is not null)
+        {
+            throw new ArgumentException("a replicated update does not go with local steps (their outer step reads θ before and after)");
+        }
         _session = session;
         _reducer = reducer;
         _lanes = lanes;
@@ -56,6 +72,38 @@ public sealed class GuardedUpdate
         _applyLane = ApplyLane;
         _addAndApplyLane = AddAndApplyLane;
         _before = session.Config.LocalSteps is null ? null : new float[session.Parameters.Length];
+        if (replicated)
+        {
+            _copies = new (float[], Optimizer)[lanes];
+            for (int copy = 1; copy < lanes; copy++)
+            {
+                _copies[copy] = (new float[session.Parameters.Length], new Optimizer(session.Architecture, session.Optimizer.Settings));
+            }
+            SyncCopies();
+        }
+    }
+
+    /// <summary>Whether each lane updates a whole copy of θ (see the constructor).</summary>
+    public bool Replicated => _copies is not null;
+
+    /// <summary>Copy <paramref name="copy"/> of θ (replicated; copy 0 is the session's <see cref="TrainingSession.Parameters"/>).</summary>
+    public float[] CopyOf(int copy) => _copies is null || copy == 0 ? _session.Parameters : _copies[copy].Parameters;
+
+    /// <summary>
+    /// Replicated: sets every copy to the session's θ and optimizer state. Each update keeps them equal; call this
+    /// after anything else writes the session's (a resume, a restore), before the copies are read.
+    /// </summary>
+    public void SyncCopies()
+    {
+        if (_copies is null)
+        {
+            return;
+        }
+        for (int copy = 1; copy < _copies.Length; copy++)
+        {
+            _session.Parameters.CopyTo(_copies[copy].Parameters, 0);
+            _session.Optimizer.CopyStateTo(_copies[copy].Optimizer);
+        }
     }
 
     /// <summary>
@@ -82,7 +130,9 @@ public sealed class GuardedUpdate
         // Bounded: the sum cannot hold a NaN or an infinity, so it is added block by block just before each block is
         // applied, with no pass to check it first (and no trip of the whole sum through memory between the two).
         bool bounded = _reducer.SumIsFinite;
-        if (!bounded)
+        // Copies sum the same blocks at once: only a sum that writes no node's buffer may be taken twice.
+        bool onePass = bounded && (_copies is null || _reducer.SumRangeOnlyReads);
+        if (!onePass)
         {
             forEachLane(_reduceLane);
             if (!AllLanesFinite())
@@ -92,13 +142,17 @@ public sealed class GuardedUpdate
             }
         }
         _learningRate = _session.BeginStep();
+        for (int copy = 1; copy < (_copies?.Length ?? 0); copy++)
+        {
+            _copies![copy].Optimizer.BeginStep();
+        }
         // Reported: the step's γ; with local steps the inner schedule's at the round's first step (the outer γ is constant).
         learningRate = _session.Config.LocalSteps is null ? _learningRate : _session.Config.Optimizer.LearningRateAt(_session.GlobalStep, _session.Epoch, _session.TotalSteps);
         if (_before is not null)
         {
             _session.Parameters.CopyTo(_before, 0);
         }
-        forEachLane(bounded ? _addAndApplyLane : _applyLane);
+        forEachLane(onePass ? _addAndApplyLane : _applyLane);
         if (_before is not null)
         {
             LastStepNorm = Distance(_before, _session.Parameters);
@@ -126,6 +180,14 @@ public sealed class GuardedUpdate
     }
 
     private bool AllLanesFinite() => Array.TrueForAll(_laneFinite, finite => finite);
+
+    /// <summary>What lane <paramref name="lane"/> applies: its slice of the session's θ, or replicated all of its copy.</summary>
+    private (int Start, int Count, float[] Parameters, Optimizer Optimizer) Target(int lane) => (_copies, lane) switch
+    {
+        (null, _) => (Slice(lane).Start, Slice(lane).Count, _session.Parameters, _session.Optimizer),
+        (_, 0) => (0, _session.Parameters.Length, _session.Parameters, _session.Optimizer),
+        _ => (0, _session.Parameters.Length, _copies[lane].Parameters, _copies[lane].Optimizer),
+    };
 
     private (int Start, int Count) Slice(int lane)
     {
@@ -158,23 +220,22 @@ public sealed class GuardedUpdate
     /// </summary>
     private void AddAndApplyLane(int lane)
     {
-        var (start, count) = Slice(lane);
-        Span<float> parameters = _session.Parameters;
+        var (start, count, target, optimizer) = Target(lane);
+        Span<float> parameters = target;
         Span<float> scratch = _laneSums[lane] ??= new float[Block];
         bool finite = true;
         for (int from = start, end = start + count; from < end; from += Block)
         {
             int length = Math.Min(Block, end - from);
             ReadOnlySpan<float> sum = _reducer.SumRange(from, length, scratch);
-            finite &= _session.Optimizer.ApplySlice(parameters.Slice(from, length), sum, _learningRate, from);
+            finite &= optimizer.ApplySlice(parameters.Slice(from, length), sum, _learningRate, from);
         }
         _laneFinite[lane] = finite;
     }
 
     private void ApplyLane(int lane)
     {
-        var (start, count) = Slice(lane);
-        float[] parameters = _session.Parameters;
+        var (start, count, parameters, optimizer) = Target(lane);
         bool finite = true;
         // Backwards, block by block: the last blocks the reduce pass touched may still be in L2 when the same thread
         // takes this lane (the plain trainer's lanes keep their threads; 512 KB of L2 on Zen 3 against a lane's 0.47 MB
@@ -184,7 +245,7 @@ public sealed class GuardedUpdate
         {
             int length = Math.Min(Block, start + count - from);
             // Checked as written: the new parameters and Adam's v (Optimizer.ApplySection says why those).
-            finite &= _session.Optimizer.ApplyRange(parameters, _gradient, _learningRate, from, length);
+            finite &= optimizer.ApplyRange(parameters, _gradient, _learningRate, from, length);
         }
         _laneFinite[lane] = finite;
     }

@@ -172,6 +172,7 @@ public sealed class TreeReducer
     /// </summary>
     public ReadOnlySpan<float> SumRange(int start, int count, Span<float> scratch)
     {
+        // Every addition but the root's is done in place: see SumRangeOnlyReads.
         if (_additionCount == 0)
         {
             return _root.AsSpan(start, count);
@@ -182,6 +183,12 @@ public sealed class TreeReducer
         TensorPrimitives.Add(rootLeft.AsSpan(start, count), rootRight.AsSpan(start, count), sum);
         return sum;
     }
+
+    /// <summary>
+    /// Whether <see cref="SumRange"/> after the last <see cref="Plan"/> only reads the nodes' buffers (at most one
+    /// addition: the root's, into the scratch), so that several threads may take the same range at once.
+    /// </summary>
+    public bool SumRangeOnlyReads => _additionCount <= 1;
 
     private bool Received(TreeNode node, out (float[] Gradient, BatchResult Result) value)
     {

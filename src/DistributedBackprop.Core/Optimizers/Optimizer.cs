@@ -91,6 +91,21 @@ public sealed class Optimizer
         Steps = 0;
     }
 
+    /// <summary>Makes <paramref name="target"/> (an optimizer of the same model and settings) hold this one's state: t and every state tensor, bit for bit.</summary>
+    public void CopyStateTo(Optimizer target)
+    {
+        if (target._arch.ParameterCount != _arch.ParameterCount || target.Settings != Settings)
+        {
+            throw new ArgumentException("the optimizer to copy into is for another model or other settings");
+        }
+        Velocity?.CopyTo(target.Velocity!, 0);
+        FirstMoment?.CopyTo(target.FirstMoment!, 0);
+        SecondMoment?.CopyTo(target.SecondMoment!, 0);
+        target._steps = _steps;
+        target._beta1Power = _beta1Power;
+        target._beta2Power = _beta2Power;
+    }
+
     /// <summary>Starts an update (advances t); follow with <see cref="ApplyRange"/> over every parameter once.</summary>
     public void BeginStep()
     {
