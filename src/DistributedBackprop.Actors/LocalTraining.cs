@@ -43,22 +43,22 @@ public sealed class LocalTraining : IAsyncDisposable
     }
 
     /// <summary>
-    /// What a run is configured with: <paramref name="overrides"/>, then DBP_LOCAL_UPDATE, then the embedded
-    /// local.hocon; a bad value of dbp.local-update is an <see cref="ArgumentException"/> naming where it came from.
+    /// What a run is configured with: <paramref name="overrides"/>, then DBP_UPDATE_LAYOUT, then the embedded
+    /// local.hocon; a bad value of dbp.update-layout is an <see cref="ArgumentException"/> naming where it came from.
     /// Commands call this before they print anything, so a bad setting ends the run at once.
     /// </summary>
     public static Config ResolveConfig(Config? overrides = null)
     {
         Config config = LoadConfig();
-        if (Environment.GetEnvironmentVariable("DBP_LOCAL_UPDATE") is { Length: > 0 } update)
+        if (UpdateLayout.FromEnvironment() is { } layout)
         {
-            config = ConfigurationFactory.ParseString($"dbp.local-update = \"{ParameterServer.CheckLocalUpdate(update, "DBP_LOCAL_UPDATE")}\"").WithFallback(config);
+            config = ConfigurationFactory.ParseString($"dbp.update-layout = {layout}").WithFallback(config);
         }
         if (overrides is not null)
         {
             config = overrides.WithFallback(config);
         }
-        ParameterServer.CheckLocalUpdate(config.GetString("dbp.local-update", "auto"), "dbp.local-update");
+        UpdateLayout.Check(config.GetString("dbp.update-layout", UpdateLayout.Auto), "dbp.update-layout");
         return config;
     }
 

@@ -109,7 +109,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
         int laneThreads = threads?.Count ?? Environment.ProcessorCount;
-        bool replicated = _shards is null && ReplicatesTheta(threads, session, Context.System.Settings.Config.GetString("dbp.local-update", "auto"));
+        // Local mode only: lane i on thread i, whose worker computes on copy i (UpdateLayout says when it pays).
+        bool replicated = _shards is null && threads is not null
+            && UpdateLayout.Replicates(Context.System.Settings.Config.GetString("dbp.update-layout", UpdateLayout.Auto), threads.Count, session.Config);
         _update = _shards is null
             ? new GuardedUpdate(session, _reducer, replicated ? laneThreads : Math.Max(1, Math.Min(laneThreads, session.Parameters.Length / 65536)), replicated)
             : null;
@@ -226,33 +228,6 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
 
     protected override void PreStart() =>
         Timers.StartPeriodicTimer("deadline", CheckDeadline.Instance, TimeSpan.FromMilliseconds(Math.Clamp(_deadline.Floor.TotalMilliseconds / 4, 20, 250)));
-
-    /// <summary>
-    /// Whether local mode keeps one copy of θ and of the optimizer state per compute thread, each updated whole by its
-    /// thread, each worker computing on its thread's copy (<see cref="GuardedUpdate"/>, replicated), instead of one θ
-    /// updated in slices. Split, every step each core writes half of θ over lines the other core read, then reads the
-    /// other half back: the writes wait on the other core's copies (9.2 ns a line against 3.1 once they are gone,
-    /// `bash bench/remote-lines.sh`). Replicated, each core reads the other's whole gradient instead and writes only
-    /// its own lines, at the cost of the whole update's arithmetic on each core and one more copy of the state. With
-    /// N threads each copy reads N − 1 gradients, so <c>auto</c> (dbp.local-update) replicates with 2 threads only,
-    /// the case measured (README, "One copy of θ per worker"); <c>replicated</c> and <c>split</c> force either.
-    /// </summary>
-    private static bool ReplicatesTheta(ComputeThreads? threads, TrainingSession session, string mode)
-    {
-        bool wanted = CheckLocalUpdate(mode, "dbp.local-update") switch
-        {
-            "auto" => threads?.Count == 2,
-            "replicated" => true,
-            _ => false,
-        };
-        // Local steps read θ before and after each outer step and deal rounds from kept bases: one θ.
-        return wanted && threads is { Count: > 1 } && session.Config.LocalSteps is null;
-    }
-
-    /// <summary>A value of dbp.local-update (<paramref name="source"/> names where it came from), or a one-line error.</summary>
-    public static string CheckLocalUpdate(string mode, string source) => mode is "auto" or "replicated" or "split"
-        ? mode
-        : throw new ArgumentException($"{source}: '{mode}' is none of auto, replicated, split");
 
     /// <summary>Only the coordinator runs epochs and names checkpoint files; from anyone else such a message is refused.</summary>
     private bool FromCoordinator(object message)

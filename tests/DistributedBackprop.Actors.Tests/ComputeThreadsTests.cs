@@ -149,7 +149,7 @@ public sealed class ComputeThreadsTests : TestKit
         float[] oracle = Fixtures.PlainTrainer(config);
         TrainingSession session = Fixtures.Session(config);
         Assert.True(session.Parameters.Length >= 2 * 65536);
-        Config overrides = ConfigurationFactory.ParseString($"dbp.local-update = {update}");
+        Config overrides = ConfigurationFactory.ParseString($"dbp.update-layout = {update}");
         await using (LocalTraining run = LocalTraining.Start(session, workers, NullObserver.Instance, overrides: overrides))
         {
             await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));

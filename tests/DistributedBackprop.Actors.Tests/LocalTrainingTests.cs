@@ -204,7 +204,7 @@ public sealed class LocalTrainingTests
         float[] oracle = Fixtures.PlainTrainer(config);
         var recorder = new RecordingObserver();
         string added = $"worker-{workers + 1}";
-        TrainingSession session = await TrainWithActors(workers, config: config, overrides: ConfigurationFactory.ParseString($"dbp.local-update = {update}"),
+        TrainingSession session = await TrainWithActors(workers, config: config, overrides: ConfigurationFactory.ParseString($"dbp.update-layout = {update}"),
             observerFactory: run => new ChaosObserver(run, recorder, killAtStep: 10, addAtStep: 15));
         Fixtures.AssertSameBits(oracle, session.Parameters, $"worker-2 killed at step 10, {added} added at step 15");
         Assert.Contains("worker-2", recorder.Epochs[0].WorkerStepsPerSecond!.Keys);

@@ -217,9 +217,9 @@ public sealed partial class CommandTests : IDisposable
     public void ABadLocalUpdateInTheEnvironment_IsOneLineNamingIt_AndWritesNoModel()
     {
         string model = Path.Combine(_dir, "never.safetensors");
-        DbpResult result = DbpProcess.Run(_dir, new Dictionary<string, string> { ["DBP_LOCAL_UPDATE"] = "shared" },
+        DbpResult result = DbpProcess.Run(_dir, new Dictionary<string, string> { ["DBP_UPDATE_LAYOUT"] = "shared" },
             "train", "--workers", "2", "--epochs", "1", "--out", model);
-        DbpProcess.AssertUsageError(result, "DBP_LOCAL_UPDATE: 'shared' is none of auto, replicated, split");
+        DbpProcess.AssertUsageError(result, "DBP_UPDATE_LAYOUT: 'shared' is none of auto, replicated, split");
         Assert.False(File.Exists(model));
     }
 

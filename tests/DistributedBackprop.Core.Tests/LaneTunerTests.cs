@@ -66,10 +66,10 @@ public class LaneTunerTests
     {
         var config = new TrainingConfig { HiddenLayers = [16], Epochs = 4, BatchSize = 8, Chunks = 4, Seed = 9, Optimizer = new OptimizerSettings { Kind = OptimizerKind.Adam, LearningRate = 0.01f } };
         Dataset data = TestNetworks.RandomDataset(200, 6, 3, 4);
-        float[] Train(int threads, out int lanesInUse)
+        float[] Train(int threads, out int lanesInUse, string layout = UpdateLayout.Auto)
         {
             TrainingSession session = TrainingSession.Prepare(config, data, null, 0);
-            using var trainer = new Trainer(session, threads);
+            using var trainer = new Trainer(session, threads, layout);
             trainer.Run(NullObserver.Instance);
             lanesInUse = trainer.LanesInUse;
             return session.Parameters;
@@ -78,5 +78,9 @@ public class LaneTunerTests
         float[] tuned = Train(3, out int lanes);
         Assert.Contains(lanes, new[] { 1, 3 });
         GemmTests.AssertBitwise(single, tuned, "3 threads, tuned");
+        // Two lanes with a copy of θ each, one lane with the session's alone: every switch to two lanes brings the
+        // copies up to date (GuardedUpdate.SyncCopies), or the second lane would compute on a stale θ.
+        GemmTests.AssertBitwise(single, Train(2, out _, UpdateLayout.Replicated), "2 threads, tuned, a copy of θ per lane");
+        GemmTests.AssertBitwise(single, Train(3, out _, UpdateLayout.Replicated), "3 threads, tuned, a copy of θ per lane");
     }
 }

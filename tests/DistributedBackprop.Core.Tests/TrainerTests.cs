@@ -17,10 +17,10 @@ public class TrainerTests
         Optimizer = new OptimizerSettings { Kind = OptimizerKind.Adam, LearningRate = 0.01f, WeightDecay = 0.01f },
     };
 
-    private static float[] Train(TrainingConfig config, Dataset data, int threads)
+    private static float[] Train(TrainingConfig config, Dataset data, int threads, string layout = UpdateLayout.Auto)
     {
         TrainingSession session = TrainingSession.Prepare(config, data, null, 0.25);
-        using var trainer = new Trainer(session, threads);
+        using var trainer = new Trainer(session, threads, layout);
         trainer.Run(NullObserver.Instance);
         return session.Parameters;
     }
@@ -70,6 +70,9 @@ public class TrainerTests
         foreach (int threads in new[] { 1, 2, 3, 5, 6, 9 })
         {
             GemmTests.AssertBitwise(reference, Train(SmallConfig, data, threads), $"{threads} threads");
+            // auto replicates θ with two lanes only: each other layout at each count too.
+            GemmTests.AssertBitwise(reference, Train(SmallConfig, data, threads, UpdateLayout.Replicated), $"{threads} threads, a copy of θ per lane");
+            GemmTests.AssertBitwise(reference, Train(SmallConfig, data, threads, UpdateLayout.Split), $"{threads} threads, one θ in slices");
         }
         float[] otherSeed = Train(SmallConfig with { Seed = 5 }, data, threads: 1);
         Assert.NotEqual(reference, otherSeed);

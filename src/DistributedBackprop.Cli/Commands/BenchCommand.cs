@@ -99,12 +99,14 @@ internal static class BenchCommand
             ThroughputResult result;
             ActorThroughput? actors = null;
             int threadCount = 0, lanesUsed = 0;
+            bool copiesOfTheta = false;
             if (workerCount == 0)
             {
-                using var trainer = new Trainer(session, parse.GetValue(threads));
+                using var trainer = new Trainer(session, parse.GetValue(threads), UpdateLayout.FromEnvironment() ?? UpdateLayout.Auto);
                 threadCount = trainer.Threads;
                 result = Benchmarks.MeasureSteps(() => trainer.Step(out _).Rows, warm, parse.GetValue(windows), window);
                 lanesUsed = trainer.LanesInUse;
+                copiesOfTheta = trainer.CopiesOfThetaInUse;
             }
             else
             {
@@ -118,7 +120,7 @@ internal static class BenchCommand
             }
             // Measured only with GEMMs to compare it with (a quarter of a second).
             double peak = gemms.Count > 0 ? Benchmarks.MeasurePeakGigaflops(TimeSpan.FromSeconds(0.05)) : 0;
-            Report(parse.GetValue(json), session, threadCount, lanesUsed, workerCount, dataPath, result, actors, gemms, peak);
+            Report(parse.GetValue(json), session, threadCount, lanesUsed, copiesOfTheta, workerCount, dataPath, result, actors, gemms, peak);
             return ExitCodes.Success;
         }));
         return command;
@@ -181,13 +183,13 @@ internal static class BenchCommand
         return shapes.Count > 0 ? shapes : null;
     }
 
-    private static void Report(bool asJson, TrainingSession session, int threads, int lanesUsed, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms, double peakGigaflops)
+    private static void Report(bool asJson, TrainingSession session, int threads, int lanesUsed, bool copiesOfTheta, int workers, string? dataPath, ThroughputResult result, ActorThroughput? actors, List<GemmMeasurement> gemms, double peakGigaflops)
     {
         TrainingConfig config = session.Config;
         if (!asJson)
         {
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s), {lanesUsed} used (timed)")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best} ({PortableMath.LaneWidth} element-wise lanes, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}), data {dataPath ?? "synthetic"}"));
+                $"{session.Architecture.Describe()}, batch {config.BatchSize}, {config.Chunks} chunks, {(workers > 0 ? $"{workers} worker actor(s)" : $"{threads} thread(s), {lanesUsed} used (timed){(copiesOfTheta ? ", a copy of θ each" : "")}")}, {OptimizerSettings.Name(config.Optimizer.Kind)}, SIMD {SimdTiers.Best} ({PortableMath.LaneWidth} element-wise lanes, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}), data {dataPath ?? "synthetic"}"));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"samples/s: median {result.MedianSamplesPerSecond:N0} (min {result.MinSamplesPerSecond:N0}, max {result.MaxSamplesPerSecond:N0}) over {result.Windows.Count} windows, {result.Steps} steps; allocated {result.AllocatedBytesPerStep:N1} bytes/step"));
             if (actors is not null)
@@ -233,6 +235,7 @@ internal static class BenchCommand
             json.WriteNumber("local_steps", config.LocalSteps?.Steps ?? 1);
             json.WriteNumber("threads", threads);
             json.WriteNumber("lanes_used", lanesUsed);
+            json.WriteBoolean("theta_copies", copiesOfTheta);
             json.WriteNumber("workers", workers);
             json.WriteString("data", dataPath ?? "synthetic");
             json.WriteString("optimizer", OptimizerSettings.Name(config.Optimizer.Kind));

@@ -65,6 +65,8 @@ internal static class TrainCommand
             CheckWritable(checkpointPath, "--checkpoint", CheckpointBytes(session));
 
             int workerCount = parse.GetValue(workers);
+            // A bad DBP_UPDATE_LAYOUT ends the run before anything is printed.
+            string layout = UpdateLayout.FromEnvironment() ?? UpdateLayout.Auto;
             if (workerCount > 0)
             {
                 LocalTraining.ResolveConfig();
@@ -78,7 +80,7 @@ internal static class TrainCommand
             {
                 if (workerCount == 0)
                 {
-                    using var trainer = new Trainer(session, parse.GetValue(threads));
+                    using var trainer = new Trainer(session, parse.GetValue(threads), layout);
                     display.Run(title, session.TotalSteps, session.GlobalStep, () => trainer.Run(display, checkpoints));
                 }
                 else

@@ -39,7 +39,7 @@ public sealed class GuardedUpdate
     private readonly bool[] _laneFinite;
     /// <summary>Each lane's block of the sum when it is added and applied in one pass (made on the lane's thread at first use).</summary>
     private readonly float[]?[] _laneSums;
-    private readonly Action<int> _reduceLane, _applyLane, _addAndApplyLane;
+    private readonly Action<int> _reduceLane, _applyLane, _addAndApplyLane, _syncLane;
     private float[] _gradient = [];
     private float _learningRate;
     /// <summary>With local steps: θ before the outer step, to report the step's norm.</summary>
@@ -71,6 +71,7 @@ public sealed class GuardedUpdate
         _reduceLane = ReduceLane;
         _applyLane = ApplyLane;
         _addAndApplyLane = AddAndApplyLane;
+        _syncLane = SyncLane;
         _before = session.Config.LocalSteps is null ? null : new float[session.Parameters.Length];
         if (replicated)
         {
@@ -91,17 +92,24 @@ public sealed class GuardedUpdate
 
     /// <summary>
     /// Replicated: sets every copy to the session's θ and optimizer state. Each update keeps them equal; call this
-    /// after anything else writes the session's (a resume, a restore), before the copies are read.
+    /// after anything else writes the session's (a resume, a restore, another lane set's update), before the copies
+    /// are read. With <paramref name="forEachLane"/> (the update's), copy i is written by lane i's thread, so its
+    /// lines start in the cache of the thread that reads them.
     /// </summary>
-    public void SyncCopies()
+    public void SyncCopies(Action<Action<int>>? forEachLane = null)
     {
         if (_copies is null)
         {
             return;
         }
-        for (int copy = 1; copy < _copies.Length; copy++)
+        (forEachLane ?? (work => { for (int lane = 0; lane < _lanes; lane++) work(lane); }))(_syncLane);
+    }
+
+    private void SyncLane(int copy)
+    {
+        if (copy > 0)
         {
-            _session.Parameters.CopyTo(_copies[copy].Parameters, 0);
+            _session.Parameters.CopyTo(_copies![copy].Parameters, 0);
             _session.Optimizer.CopyStateTo(_copies[copy].Optimizer);
         }
     }

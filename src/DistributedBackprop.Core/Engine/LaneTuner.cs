@@ -4,7 +4,9 @@ namespace DistributedBackprop.Engine;
 /// Picks how many lanes (threads) a step of this run's shape should use, by timing it. More lanes are not
 /// always faster: each lane writes a whole gradient for its share of the chunks and the reduce reads them
 /// all, so at small batches (784-256-128-10 at batch 32 on this project's 2-core machines: 2 lanes ran at
-/// 0.8× one) the extra memory traffic and hand-offs outweigh the halved arithmetic.
+/// 0.8× one) the extra memory traffic and hand-offs outweigh the halved arithmetic. Nor is one layout of θ across
+/// the lanes (<see cref="UpdateLayout"/>): the trainer's candidates are configurations, two lanes with a copy of θ
+/// each, two with one θ in slices, one lane.
 /// A round of tuning alternates the candidates step by step: warm-up steps untimed until both
 /// <see cref="WarmupRounds"/> rounds and <see cref="WarmupSeconds"/> have passed (the JIT promotes hot
 /// methods to optimised code only after their first calls), then <c>trials</c> timed steps each. A
@@ -28,13 +30,13 @@ public sealed class LaneTuner
     private double _warmupElapsed;
     private bool _warm;
 
-    /// <param name="candidates">lane counts to try; the first is preferred unless another is clearly faster.</param>
+    /// <param name="candidates">the configurations to try, by number (lane counts, or the trainer's lane sets); the first is preferred unless another is clearly faster.</param>
     /// <param name="trials">timed steps per candidate and round.</param>
     public LaneTuner(IReadOnlyList<int> candidates, int trials = 16)
     {
-        if (candidates.Count == 0 || candidates.Any(c => c < 1) || candidates.Distinct().Count() != candidates.Count)
+        if (candidates.Count == 0 || candidates.Any(c => c < 0) || candidates.Distinct().Count() != candidates.Count)
         {
-            throw new ArgumentException("lane candidates must be distinct and at least 1", nameof(candidates));
+            throw new ArgumentException("lane candidates must be distinct and not negative", nameof(candidates));
         }
         ArgumentOutOfRangeException.ThrowIfLessThan(trials, 1);
         _candidates = candidates.ToArray();

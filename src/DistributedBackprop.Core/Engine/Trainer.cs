@@ -29,7 +29,7 @@ public sealed class Trainer : IDisposable
     private readonly LaneRunner _runner;
     private readonly Evaluator _evaluator;
     private readonly Action<int> _computeLane;
-    /// <summary>One configuration per lane count the tuner may pick: its lanes' chunk shares, update slicing, and how to run them.</summary>
+    /// <summary>The configurations the tuner may pick, by candidate: lane count, chunk shares, update layout, and how to run them.</summary>
     private readonly Dictionary<int, LaneSet> _sets = [];
     private readonly LaneTuner _tuner;
     private LaneSet _current;
@@ -38,8 +38,11 @@ public sealed class Trainer : IDisposable
     private readonly OverlappedRoundBases? _roundBases;
     private float[] _base;
     private RoundStart _roundStart;
+    /// <summary>Whether the current lane set's copies of θ (if it has any) were kept up to date by every update since they were synced.</summary>
+    private bool _copiesFresh;
 
-    public Trainer(TrainingSession session, int threads = 1)
+    /// <param name="layout">how the update lays θ out across lanes (<see cref="UpdateLayout"/>).</param>
+    public Trainer(TrainingSession session, int threads = 1, string layout = UpdateLayout.Auto)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
         _session = session;
@@ -49,11 +52,19 @@ public sealed class Trainer : IDisposable
         _reducer = new TreeReducer(parts, session.Architecture.ParameterCount);
         _runner = new LaneRunner(lanes, "dbp-lane");
         _computeLane = ComputeLane;
-        int[] candidates = lanes == 1 ? [1] : [lanes, 1];
+        // The lane sets the tuner times, the first preferred unless another is 5 % faster: T lanes (with auto's copies
+        // of θ first, then one θ in slices: the copies win where the cores are far apart, the slices where they share
+        // a cache, README "One copy of θ per worker"), then one lane.
+        bool replicate = UpdateLayout.Replicates(layout, lanes, session.Config);
+        (int Lanes, bool Replicated)[] configurations = lanes == 1 ? [(1, false)]
+            : replicate && layout == UpdateLayout.Auto ? [(lanes, true), (lanes, false), (1, false)]
+            : [(lanes, replicate), (1, false)];
+        int[] candidates = Enumerable.Range(0, configurations.Length).ToArray();
         // One store of the replicas' values for every lane set: the tuner may compute a replica on another lane next round.
         ReplicaChanges? changes = UpdateParts.CreateChanges(session.Config, session.Architecture.ParameterCount);
-        foreach (int count in candidates)
+        foreach (int candidate in candidates)
         {
+            var (count, replicated) = configurations[candidate];
             var set = new Lane[count];
             for (int i = 0; i < count; i++)
             {
@@ -62,7 +73,8 @@ public sealed class Trainer : IDisposable
             }
             // One lane runs on the caller's thread alone: the runner's other threads stay parked.
             Action<Action<int>> forEach = count == lanes ? _runner.Run : static work => work(0);
-            _sets[count] = new LaneSet(set, new GuardedUpdate(session, _reducer, count), forEach);
+            // Lane i keeps its thread (LaneRunner), so with copies of θ lane i updates copy i and computes on it next.
+            _sets[candidate] = new LaneSet(set, new GuardedUpdate(session, _reducer, count, replicated), forEach);
         }
         _tuner = new LaneTuner(candidates);
         _current = _sets[candidates[0]];
@@ -75,10 +87,10 @@ public sealed class Trainer : IDisposable
     public int Threads => _runner.Lanes;
 
     /// <summary>The lanes steps use now (<see cref="Threads"/> while a tuning round measures).</summary>
-    public int LanesInUse => _tuner.Chosen ?? Threads;
+    public int LanesInUse => _tuner.Chosen is int chosen ? _sets[chosen].Lanes.Length : Threads;
 
-    /// <summary>The tuner's median step seconds per lane count, once it has chosen.</summary>
-    public IReadOnlyDictionary<int, double>? LaneTimings => _tuner.Medians;
+    /// <summary>Whether the steps now keep a copy of θ per lane (<see cref="UpdateLayout"/>; while a tuning round measures, the first candidate's).</summary>
+    public bool CopiesOfThetaInUse => _sets[_tuner.Chosen ?? 0].Update.Replicated;
 
     /// <summary>Runs every remaining step of the session; reports each step and epoch.</summary>
     public void Run(ITrainingObserver observer, CheckpointPolicy? checkpoints = null, CancellationToken cancellation = default)
@@ -158,8 +170,16 @@ public sealed class Trainer : IDisposable
         {
             _plan = EpochPlan.Create(_session.Train.Rows, _session.Config.BatchSize, _session.Config.Seed, _session.Epoch, recycle: _plan);
         }
+        LaneSet next = _sets[_tuner.Next()];
+        // The copies of θ follow the session's whenever another lane set (one lane: the session's θ alone) or
+        // anything between epochs may have written it; two array copies, outside the step the tuner times.
+        if (next.Update.Replicated && (next != _current || _session.StepInEpoch == 0 || !_copiesFresh))
+        {
+            next.Update.SyncCopies(next.ForEach);
+        }
+        _copiesFresh = true;
         long started = Stopwatch.GetTimestamp();
-        _current = _sets[_tuner.Next()];
+        _current = next;
         if (_roundBases is not null)
         {
             _base = _roundBases.Begin(_session.UpdateInEpoch, _session.Parameters, _session.UpdateFollowsInEpoch);
@@ -201,7 +221,7 @@ public sealed class Trainer : IDisposable
         Lane lane = _current.Lanes[index];
         for (int i = 0; i < lane.Nodes.Count; i++)
         {
-            lane.Results[i] = lane.Computer.Compute(_base, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i], lane.PartResults[i], _roundStart);
+            lane.Results[i] = lane.Computer.Compute(_current.Update.Replicated ? _current.Update.CopyOf(index) : _base, _plan!, _session.StepInEpoch, lane.Nodes[i], lane.Gradients[i], lane.PartResults[i], _roundStart);
             lane.Bounds[i] = FiniteValues.Bound(lane.Gradients[i]);
         }
     }
