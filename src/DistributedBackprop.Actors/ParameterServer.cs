@@ -265,7 +265,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             _courier.Send(Sender, new WorkerRefused(message.WorkerName, reason), Self);
             return;
         }
-        var slot = new WorkerSlot(Sender, message.WorkerName);
+        // Placed by the coordinator before it started the worker, and for its life: looked up once, not per step.
+        var slot = new WorkerSlot(Sender, message.WorkerName) { Thread = Math.Max(0, _threads?.ThreadOf(message.WorkerName) ?? 0) };
         _scheduler.Add(slot);
         _workerPeers = null;
         Context.Watch(Sender);
@@ -328,8 +329,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _returnParameters = message.ReturnParameters;
         _epoch.Reset();
         // The copies of θ start each epoch from the session's (two array copies an epoch): whatever wrote the
-        // session's between epochs, the workers compute on it.
-        _update?.SyncCopies();
+        // session's between epochs, the workers compute on it. Each by its own thread, which reads it next.
+        _update?.SyncCopies(_forEachUpdateLane);
         foreach (WorkerSlot worker in _scheduler.Workers)
         {
             worker.StepsThisEpoch = 0;
@@ -448,7 +449,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
             // With shards θ comes from them: the work names the step only.
             StepTimeline.Mark("dealt", step.Step, worker.Name);
-            float[] parameters = _shards is not null ? [] : _update!.Replicated ? _update.CopyOf(Math.Max(0, _threads!.ThreadOf(worker.Name))) : step.Parameters;
+            float[] parameters = _shards is not null ? [] : _update!.Replicated ? _update.CopyOf(worker.Thread) : step.Parameters;
             _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, parameters), Self);
         }
         _assignments.Clear();
@@ -1217,6 +1218,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private sealed class WorkerSlot(IActorRef reference, string name) : ScheduledWorker(name)
     {
         public IActorRef Ref { get; } = reference;
+
+        /// <summary>Local mode: the compute thread it runs on, whose copy of θ it is dealt (0 elsewhere).</summary>
+        public int Thread { get; init; }
 
         /// <summary>Its actor as shards are told of it (with parameter shards).</summary>
         public PeerActor? Peer { get; set; }

@@ -38,8 +38,6 @@ public sealed class Trainer : IDisposable
     private readonly OverlappedRoundBases? _roundBases;
     private float[] _base;
     private RoundStart _roundStart;
-    /// <summary>Whether the current lane set's copies of θ (if it has any) were kept up to date by every update since they were synced.</summary>
-    private bool _copiesFresh;
 
     /// <param name="layout">how the update lays θ out across lanes (<see cref="UpdateLayout"/>).</param>
     public Trainer(TrainingSession session, int threads = 1, string layout = UpdateLayout.Auto)
@@ -172,12 +170,12 @@ public sealed class Trainer : IDisposable
         }
         LaneSet next = _sets[_tuner.Next()];
         // The copies of θ follow the session's whenever another lane set (one lane: the session's θ alone) or
-        // anything between epochs may have written it; two array copies, outside the step the tuner times.
-        if (next.Update.Replicated && (next != _current || _session.StepInEpoch == 0 || !_copiesFresh))
+        // anything between epochs may have written it (GuardedUpdate's constructor set them at the start); two array
+        // copies, outside the step the tuner times.
+        if (next.Update.Replicated && (next != _current || _session.StepInEpoch == 0))
         {
             next.Update.SyncCopies(next.ForEach);
         }
-        _copiesFresh = true;
         long started = Stopwatch.GetTimestamp();
         _current = next;
         if (_roundBases is not null)
