@@ -4,7 +4,8 @@ using DistributedBackprop.Engine;
 namespace DistributedBackprop.Actors;
 
 /// <summary>Throughput of the actor path plus where a step's time goes.</summary>
-public sealed record ActorThroughput(ThroughputResult Throughput, double ServerTimeFraction, double WaitForSlowestFraction, IReadOnlyDictionary<string, double> WorkerStepsPerSecond, IReadOnlyDictionary<string, double> WorkerBusyFraction);
+/// <param name="ThetaCopiesFraction">the timed epochs' steps whose update kept a copy of θ per worker (<see cref="UpdateLayout"/>; auto times both layouts).</param>
+public sealed record ActorThroughput(ThroughputResult Throughput, double ServerTimeFraction, double WaitForSlowestFraction, IReadOnlyDictionary<string, double> WorkerStepsPerSecond, IReadOnlyDictionary<string, double> WorkerBusyFraction, double ThetaCopiesFraction);
 
 /// <summary>
 /// Measures local-mode training (coordinator, parameter server, N workers) the way
@@ -42,8 +43,8 @@ public static class ActorBenchmark
             }
             double[] sorted = rates.Order().ToArray();
             double median = sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-            var (server, wait, perWorker, busy) = counter.Breakdown();
-            return new ActorThroughput(new ThroughputResult(median, sorted[0], sorted[^1], rates, steps, steps == 0 ? 0 : (double)allocated / steps), server, wait, perWorker, busy);
+            var (server, wait, perWorker, busy, copies) = counter.Breakdown();
+            return new ActorThroughput(new ThroughputResult(median, sorted[0], sorted[^1], rates, steps, steps == 0 ? 0 : (double)allocated / steps), server, wait, perWorker, busy, copies);
         }
         finally
         {
@@ -70,8 +71,8 @@ public static class ActorBenchmark
     private sealed class CountingObserver : ITrainingObserver
     {
         private readonly object _gate = new();
-        private readonly List<EpochReport> _timed = [];
-        private long _steps, _rows;
+        private readonly List<(EpochReport Report, long Steps)> _timed = [];
+        private long _steps, _rows, _stepsBeforeEpoch;
         private volatile bool _timing;
 
         /// <summary>Updates applied (with local steps, one per round).</summary>
@@ -90,28 +91,31 @@ public static class ActorBenchmark
 
         public void EpochCompleted(EpochReport report)
         {
-            if (_timing)
+            lock (_gate)
             {
-                lock (_gate)
+                if (_timing)
                 {
-                    _timed.Add(report);
+                    _timed.Add((report, report.Step - _stepsBeforeEpoch));
                 }
+                _stepsBeforeEpoch = report.Step;
             }
         }
 
-        public (double Server, double Wait, IReadOnlyDictionary<string, double> PerWorker, IReadOnlyDictionary<string, double> Busy) Breakdown()
+        public (double Server, double Wait, IReadOnlyDictionary<string, double> PerWorker, IReadOnlyDictionary<string, double> Busy, double ThetaCopies) Breakdown()
         {
             lock (_gate)
             {
-                double total = _timed.Sum(r => r.EpochTime.TotalSeconds);
+                double total = _timed.Sum(r => r.Report.EpochTime.TotalSeconds);
                 if (total == 0)
                 {
-                    return (0, 0, new Dictionary<string, double>(), new Dictionary<string, double>());
+                    return (0, 0, new Dictionary<string, double>(), new Dictionary<string, double>(), 0);
                 }
                 static Dictionary<string, double> Mean(IEnumerable<IReadOnlyDictionary<string, double>?> maps) =>
                     maps.SelectMany(m => m ?? new Dictionary<string, double>()).GroupBy(kv => kv.Key).ToDictionary(g => g.Key, g => g.Average(kv => kv.Value));
-                return (_timed.Sum(r => r.ServerTime?.TotalSeconds ?? 0) / total, _timed.Sum(r => r.WaitingForSlowest?.TotalSeconds ?? 0) / total,
-                    Mean(_timed.Select(r => r.WorkerStepsPerSecond)), Mean(_timed.Select(r => r.WorkerBusyFraction)));
+                long steps = _timed.Sum(r => r.Steps);
+                return (_timed.Sum(r => r.Report.ServerTime?.TotalSeconds ?? 0) / total, _timed.Sum(r => r.Report.WaitingForSlowest?.TotalSeconds ?? 0) / total,
+                    Mean(_timed.Select(r => r.Report.WorkerStepsPerSecond)), Mean(_timed.Select(r => r.Report.WorkerBusyFraction)),
+                    steps == 0 ? 0 : (double)_timed.Sum(r => r.Report.StepsWithThetaCopies ?? 0) / steps);
             }
         }
     }

@@ -106,6 +106,7 @@ public sealed record EpochTrained(
     double ServerSeconds,
     long DroppedGradients,
     int Workers,
+    long StepsWithThetaCopies,
     IReadOnlyDictionary<string, double> WorkerStepsPerSecond,
     IReadOnlyDictionary<string, double> WorkerBusyFraction,
     IReadOnlyDictionary<string, double> WorkerStepSecondsMedian,

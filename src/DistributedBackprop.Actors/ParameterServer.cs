@@ -51,12 +51,17 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly StepScheduler<WorkerSlot> _scheduler;
     private readonly List<ChunkAssignment<WorkerSlot>> _assignments = [];
     private readonly int _chunks;
-    /// <summary>Without parameter shards: the server's own update of the whole θ; with them, null.</summary>
-    private readonly GuardedUpdate? _update;
+    /// <summary>Without parameter shards: the layouts of the server's own update of the whole θ the tuner may pick (one, unless local mode's auto); with them, empty.</summary>
+    private readonly UpdateSet[] _updateSets;
+    /// <summary>Local mode with auto's two workers: times a copy of θ per worker against one θ in slices, step by step (<see cref="LaneTuner"/>); else null.</summary>
+    private readonly LaneTuner? _layoutTuner;
+    /// <summary>The layout this step's update uses (null with shards); chosen before it is dealt, as the workers read its θ.</summary>
+    private UpdateSet? _current;
+    /// <summary>When the step now running was dealt, after any copies were set (what the layout tuner times).</summary>
+    private long _stepTimedFrom;
     private readonly ShardedState? _shards;
     /// <summary>With shards: <see cref="WorkerPeers"/>, forgotten whenever a worker registers or goes.</summary>
     private PeerActor[]? _workerPeers;
-    private readonly Action<Action<int>> _forEachUpdateLane;
     /// <summary>Local mode's threads (null in a cluster): which one each worker runs on says which copy of θ it reads.</summary>
     private readonly ComputeThreads? _threads;
     /// <summary>Local mode: the update runs in this actor's handler, its lanes on the workers' threads; else in a task, its lanes on the thread pool.</summary>
@@ -109,18 +114,25 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // The update is element-wise, so it is split into slices run in parallel (same bits as one pass);
         // during the update every worker is idle, waiting for the next step.
         int laneThreads = threads?.Count ?? Environment.ProcessorCount;
-        // Local mode only: lane i on thread i, whose worker computes on copy i (UpdateLayout says when it pays).
-        bool replicated = _shards is null && threads is not null
-            && UpdateLayout.Replicates(Context.System.Settings.Config.GetString("dbp.update-layout", UpdateLayout.Auto), threads.Count, session.Config);
-        _update = _shards is null
-            ? new GuardedUpdate(session, _reducer, replicated ? laneThreads : Math.Max(1, Math.Min(laneThreads, session.Parameters.Length / 65536)), replicated)
-            : null;
+        // Local mode only: lane i on thread i, whose worker computes on copy i (UpdateLayout says when it pays). With
+        // auto the server times that against one θ in slices as it goes, as the plain trainer's lanes do: the copies
+        // win where the two cores are far apart, the slices where they are close (README, "One copy of θ per worker"),
+        // and the host moves the vCPUs. Same bits either way.
+        string layout = Context.System.Settings.Config.GetString("dbp.update-layout", UpdateLayout.Auto);
+        bool replicated = _shards is null && threads is not null && UpdateLayout.Replicates(layout, threads.Count, session.Config);
+        bool[] layouts = _shards is not null ? [] : replicated && layout == UpdateLayout.Auto ? [true, false] : [replicated];
+        _updateSets = layouts.Select(copies =>
+        {
+            int lanes = copies ? laneThreads : Math.Max(1, Math.Min(laneThreads, session.Parameters.Length / 65536));
+            Action<Action<int>> forEach = threads is null ? work => Parallel.For(0, lanes, work) : work => threads.ForEachLane(lanes, work, onOwnThreads: copies);
+            return new UpdateSet(new GuardedUpdate(session, _reducer, lanes, copies), forEach);
+        }).ToArray();
+        _current = _updateSets.FirstOrDefault();
+        _layoutTuner = _updateSets.Length > 1 ? new LaneTuner(Enumerable.Range(0, _updateSets.Length).ToArray(), stepsPerTurn: LaneTuner.StepsPerTurn) : null;
         _roundBases = session.CreateRoundBases();
         _changes = UpdateParts.CreateChanges(session.Config, session.Parameters.Length);
-        int lanes = _update?.Lanes ?? 1;
         _updateInHandler = threads is not null;
         _threads = threads;
-        _forEachUpdateLane = threads is null ? work => Parallel.For(0, lanes, work) : work => threads.ForEachLane(lanes, work, onOwnThreads: replicated);
 
         Receive<RegisterWorker>(Register);
         Receive<TrainEpoch>(m => { if (FromCoordinator(m)) Train(m); });
@@ -330,7 +342,10 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _epoch.Reset();
         // The copies of θ start each epoch from the session's (two array copies an epoch): whatever wrote the
         // session's between epochs, the workers compute on it. Each by its own thread, which reads it next.
-        _update?.SyncCopies(_forEachUpdateLane);
+        if (_current is { Update.Replicated: true })
+        {
+            _current.Update.SyncCopies(_current.ForEach);
+        }
         foreach (WorkerSlot worker in _scheduler.Workers)
         {
             worker.StepsThisEpoch = 0;
@@ -361,6 +376,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // worker that died has stopped reading before its Terminated arrives). Across processes they are
         // serialized anyway.
         _reducer.Reset();
+        ChooseUpdateLayout();
         // With overlap a round is dealt with θ one outer step old, kept aside (θ itself is written while it runs).
         float[] parameters = _roundBases?.Begin(_session.UpdateInEpoch, _session.Parameters, _session.UpdateFollowsInEpoch) ?? _session.Parameters;
         _step = new StepInProgress(_session.GlobalStep, _session.Epoch, _session.StepInEpoch, parameters);
@@ -436,6 +452,25 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
     }
 
+    /// <summary>
+    /// Local mode with auto's two workers: the update layout the tuner asks for this step, before anything is dealt
+    /// (the workers compute on the layout's θ). A switch to the copies sets them from the session's θ first, each by the
+    /// thread that reads it next, before the time the tuner takes starts.
+    /// </summary>
+    private void ChooseUpdateLayout()
+    {
+        if (_layoutTuner is not null)
+        {
+            UpdateSet next = _updateSets[_layoutTuner.Next()];
+            if (next != _current && next.Update.Replicated)
+            {
+                next.Update.SyncCopies(next.ForEach);
+            }
+            _current = next;
+        }
+        _stepTimedFrom = Stopwatch.GetTimestamp();
+    }
+
     /// <summary>Sends the scheduler's decisions: each run to its worker, with the step's parameters.</summary>
     private void SendAssignments()
     {
@@ -449,7 +484,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
             // With shards θ comes from them: the work names the step only.
             StepTimeline.Mark("dealt", step.Step, worker.Name);
-            float[] parameters = _shards is not null ? [] : _update!.Replicated ? _update.CopyOf(worker.Thread) : step.Parameters;
+            float[] parameters = _shards is not null ? [] : _current!.Update.Replicated ? _current.Update.CopyOf(worker.Thread) : step.Parameters;
             _courier.Send(worker.Ref, new ComputeGradients(step.Step, step.Epoch, step.StepInEpoch, lo, hi, parameters), Self);
         }
         _assignments.Clear();
@@ -602,8 +637,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _deadline.StepTook(Stopwatch.GetElapsedTime(step.DealtAt, start));
         var (gradient, result) = _reducer.Plan();
         _updating = true;
-        GuardedUpdate update = _update!;
-        Action<Action<int>> forEachLane = _forEachUpdateLane;
+        GuardedUpdate update = _current!.Update;
+        Action<Action<int>> forEachLane = _current.ForEach;
         if (_updateInHandler)
         {
             UpdateApplied applied;
@@ -643,6 +678,11 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         }
         // With shards: the server has told them to apply (they do so after; their own events say when).
         StepTimeline.Mark("applied", applied.Step, "server");
+        _layoutTuner?.Record(Stopwatch.GetElapsedTime(_stepTimedFrom).TotalSeconds);
+        if (_current is { Update.Replicated: true })
+        {
+            _epoch.StepsWithThetaCopies++;
+        }
         _session.EndStep();
         _epoch.Add(applied.Result, applied.LearningRate);
         _step = null;
@@ -658,7 +698,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             }
         }
         _scheduler.EndStep();
-        RoundReport? round = _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _update!.LastStepNorm);
+        RoundReport? round = _session.Config.LocalSteps is null ? null : RoundReport.From(_reducer.PartResults, _current!.Update.LastStepNorm);
         _coordinator.Tell(new StepApplied(_session.GlobalStep, step.Epoch, step.StepInEpoch, applied.Result, workers) { Round = round });
         bool epochDone = _session.StepInEpoch == 0 || _session.IsFinished;
         // A checkpoint due inside the epoch is taken here, between this update and the next step's dealing, so it
@@ -696,7 +736,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         double seconds = _epoch.Clock.Elapsed.TotalSeconds;
         _coordinator.Tell(new EpochTrained(
             epoch, _session.GlobalStep, _epoch.LossSum, _epoch.Correct, _epoch.Rows, _epoch.LearningRate, seconds,
-            _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _scheduler.Workers.Count,
+            _epoch.WaitingForSlowest, _epoch.ServerSeconds, _epoch.Dropped, _scheduler.Workers.Count, _epoch.StepsWithThetaCopies,
             _scheduler.Workers.ToDictionary(w => w.Name, w => w.StepsThisEpoch / seconds),
             _scheduler.Workers.ToDictionary(w => w.Name, w => w.ComputeSeconds / seconds),
             _scheduler.Workers.ToDictionary(w => w.Name, w => Quantile(w.StepSeconds, 0.5)),
@@ -1233,6 +1273,9 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public List<double> StepSeconds { get; } = [];
     }
 
+    /// <summary>One layout of the update (<see cref="UpdateLayout"/>) and how its lanes run: with copies, lane i on worker thread i.</summary>
+    private sealed record UpdateSet(GuardedUpdate Update, Action<Action<int>> ForEach);
+
     private sealed class StepInProgress(long step, int epoch, int stepInEpoch, float[] parameters)
     {
         public long Step { get; } = step;
@@ -1263,12 +1306,14 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         public double WaitingForSlowest { get; set; }
         public double ServerSeconds { get; set; }
         public long Dropped { get; set; }
+        /// <summary>Steps whose update kept a copy of θ per worker (<see cref="UpdateLayout"/>).</summary>
+        public long StepsWithThetaCopies { get; set; }
 
         public void Reset()
         {
             Clock.Restart();
             LossSum = 0;
-            Correct = Rows = Dropped = 0;
+            Correct = Rows = Dropped = StepsWithThetaCopies = 0;
             WaitingForSlowest = ServerSeconds = 0;
         }
 

@@ -231,6 +231,7 @@ public sealed class TrainingCoordinator : ReceiveActor
             Workers = e.Workers,
             WaitingForSlowest = TimeSpan.FromSeconds(e.WaitingForSlowestSeconds),
             ServerTime = TimeSpan.FromSeconds(e.ServerSeconds),
+            StepsWithThetaCopies = e.StepsWithThetaCopies,
             DroppedGradients = e.DroppedGradients,
             WorkerStepsPerSecond = e.WorkerStepsPerSecond,
             WorkerBusyFraction = e.WorkerBusyFraction,

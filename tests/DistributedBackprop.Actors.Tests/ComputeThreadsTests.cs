@@ -132,15 +132,17 @@ public sealed class ComputeThreadsTests : TestKit
     }
 
     /// <summary>
-    /// Split: one θ, a slice per lane. Replicated (auto's choice at 2 workers): a copy of θ and of the optimizer state
-    /// per thread, each updated whole, each worker computing on its thread's copy.
+    /// Split: one θ, a slice per lane. Replicated: a copy of θ and of the optimizer state per thread, each updated
+    /// whole, each worker computing on its thread's copy. Auto at 2 workers times both, step by step while its tuner
+    /// warms up (at least its first half second, longer than this run), so the run switches layout every step;
+    /// the epoch reports say how many steps kept the copies.
     /// </summary>
     [Theory]
-    [InlineData(2, "auto")]
-    [InlineData(2, "split")]
-    [InlineData(5, "auto")]
-    [InlineData(3, "replicated")]
-    public async Task LocalTraining_WithAnUpdateInSeveralLanes_GivesThePlainTrainersBits(int workers, string update)
+    [InlineData(2, "auto", "some")]
+    [InlineData(2, "split", "none")]
+    [InlineData(5, "auto", "none")]
+    [InlineData(3, "replicated", "all")]
+    public async Task LocalTraining_WithAnUpdateInSeveralLanes_GivesThePlainTrainersBits(int workers, string update, string stepsWithCopies)
     {
         // 12·512 + 512·256 + 256·4 weights and their biases: enough for the update to be cut into two lanes or
         // more (one per 65,536 parameters, at most one per thread). Five workers on this machine's two cores are
@@ -150,12 +152,28 @@ public sealed class ComputeThreadsTests : TestKit
         TrainingSession session = Fixtures.Session(config);
         Assert.True(session.Parameters.Length >= 2 * 65536);
         Config overrides = ConfigurationFactory.ParseString($"dbp.update-layout = {update}");
-        await using (LocalTraining run = LocalTraining.Start(session, workers, NullObserver.Instance, overrides: overrides))
+        var epochs = new EpochRecorder();
+        await using (LocalTraining run = LocalTraining.Start(session, workers, epochs, overrides: overrides))
         {
             await run.Completion.WaitAsync(TimeSpan.FromMinutes(2));
         }
         Assert.Equal(session.TotalSteps, session.GlobalStep);
         Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, {session.Parameters.Length} parameters, update {update}");
+        long copies = epochs.Reports.Sum(e => e.StepsWithThetaCopies!.Value);
+        Assert.True(session.TotalSteps >= 4, "too few steps to see the layouts alternate");
+        switch (stepsWithCopies)
+        {
+            case "none": Assert.Equal(0, copies); break;
+            case "all": Assert.Equal(session.TotalSteps, copies); break;
+            default: Assert.InRange(copies, 1, session.TotalSteps - 1); break;
+        }
+    }
+
+    private sealed class EpochRecorder : ITrainingObserver
+    {
+        public List<EpochReport> Reports { get; } = [];
+        public void StepCompleted(StepReport report) { }
+        public void EpochCompleted(EpochReport report) => Reports.Add(report);
     }
 
     /// <summary>Holds its thread with the event it is sent until that is set, saying when it starts and ends.</summary>

@@ -34,7 +34,7 @@ public sealed class SerializerTests(ITestOutputHelper output) : TestKit(LocalTra
         new TrainEpoch(4, false),
         new StepApplied(10, 1, 2, new BatchResult(-2, 0, 1), 3),
         new StepApplied(40, 1, 2, new BatchResult(-2, 0, 1), 3) { Round = new RoundReport([0.25, double.NaN], 1.5) },
-        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, new Dictionary<string, double> { ["worker-1"] = 0.002 }, new Dictionary<string, double> { ["worker-1"] = 0.004, ["worker-2"] = 0.5 }, [1, 2, 3]),
+        new EpochTrained(1, 20, 3.5, 18, 40, 0.01f, 1.5, 0.2, 0.05, 2, 3, 17, new Dictionary<string, double> { ["worker-1"] = 12.5, ["worker-2"] = 11 }, new Dictionary<string, double> { ["worker-1"] = 0.75 }, new Dictionary<string, double> { ["worker-1"] = 0.002 }, new Dictionary<string, double> { ["worker-1"] = 0.004, ["worker-2"] = 0.5 }, [1, 2, 3]),
         new TrainingFailed("worker-1 sent a gradient of 5 values"),
         new TrainingFailed("parameter shard 2 is gone", Restartable: true),
         new HostShard(2, 5, 700, 699, [1f, -2f, float.NaN], [[3f, 4f, 5f], [6f, 7f, float.PositiveInfinity]]),

@@ -517,6 +517,11 @@ public sealed partial class CommandTests : IDisposable
         using var json = JsonDocument.Parse(File.ReadAllLines(metrics)[^1]);
         Assert.Equal(2, json.RootElement.GetProperty("workers").GetInt32());
         Assert.True(json.RootElement.TryGetProperty("wait_for_slowest_seconds", out _));
+        // Auto's layout tuner starts with the copies of θ: the first epoch's first steps keep them.
+        using (var first = JsonDocument.Parse(File.ReadAllLines(metrics)[0]))
+        {
+            Assert.InRange(first.RootElement.GetProperty("steps_with_theta_copies").GetInt64(), 1, first.RootElement.GetProperty("step").GetInt64());
+        }
         Assert.Equal(2, json.RootElement.GetProperty("worker_steps_per_second").EnumerateObject().Count());
         foreach (string quantile in new[] { "worker_step_seconds_median", "worker_step_seconds_p90" })
         {

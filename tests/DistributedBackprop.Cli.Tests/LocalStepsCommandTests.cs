@@ -21,7 +21,7 @@ public sealed class LocalStepsCommandTests : IDisposable
     {
         using JsonDocument document = JsonDocument.Parse(line);
         var kept = document.RootElement.EnumerateObject()
-            .Where(p => p.Name is not ("samples_per_second" or "epoch_seconds" or "elapsed_seconds" or "workers" or "wait_for_slowest_seconds" or "server_seconds" or "dropped_gradients")
+            .Where(p => p.Name is not ("samples_per_second" or "epoch_seconds" or "elapsed_seconds" or "workers" or "wait_for_slowest_seconds" or "server_seconds" or "dropped_gradients" or "steps_with_theta_copies")
                 && !p.Name.StartsWith("worker_", StringComparison.Ordinal))
             .Select(p => $"{p.Name}={p.Value.GetRawText()}");
         return string.Join(' ', kept);

@@ -36,6 +36,22 @@ public class LaneTunerTests
     }
 
     [Fact]
+    public void In_turns_of_several_steps_the_first_step_of_each_turn_is_not_timed()
+    {
+        var tuner = new LaneTuner([0, 1], trials: 4, stepsPerTurn: 2);
+        // Candidate 0's first step after candidate 1's turn pays for it (1 s), its next costs 0.08; candidate 1 costs
+        // 0.1 throughout. Timed with its first steps, candidate 0's median would be 0.54 and candidate 1 would win.
+        List<int> asked = Drive(tuner, (candidate, step) => candidate == 1 ? 0.1 : step % 4 == 0 ? 1.0 : 0.08, 100);
+        // Warm-up: 3 cycles of two turns of two steps (12 steps, over 0.5 s), then 4 timed steps each: 8 turns more.
+        int tuning = 12 + 4 * 2 * 2;
+        Assert.Equal(Enumerable.Range(0, tuning).Select(i => i / 2 % 2), asked.Take(tuning));
+        Assert.Equal(0, tuner.Chosen);
+        Assert.Equal(0.08, tuner.Medians![0]);
+        Assert.Equal(0.1, tuner.Medians![1]);
+        Assert.All(asked.Skip(tuning), candidate => Assert.Equal(0, candidate));
+    }
+
+    [Fact]
     public void Warmup_steps_are_not_counted_and_a_candidate_within_the_margin_keeps_the_most_lanes()
     {
         var tuner = new LaneTuner([4, 1], trials: 3);

@@ -89,7 +89,7 @@ public static class WireFormat
                 break;
             case EpochTrained m:
                 w.Int(m.Epoch); w.Long(m.GlobalStep); w.Double(m.LossSum); w.Long(m.Correct); w.Long(m.Rows); w.Float(m.LearningRate);
-                w.Double(m.Seconds); w.Double(m.WaitingForSlowestSeconds); w.Double(m.ServerSeconds); w.Long(m.DroppedGradients); w.Int(m.Workers);
+                w.Double(m.Seconds); w.Double(m.WaitingForSlowestSeconds); w.Double(m.ServerSeconds); w.Long(m.DroppedGradients); w.Int(m.Workers); w.Long(m.StepsWithThetaCopies);
                 w.Map(m.WorkerStepsPerSecond); w.Map(m.WorkerBusyFraction); w.Map(m.WorkerStepSecondsMedian); w.Map(m.WorkerStepSecondsP90); w.Floats(m.Parameters);
                 break;
             case TrainingFailed m: w.String(m.Reason); w.Bool(m.Restartable); break;
@@ -203,8 +203,9 @@ public static class WireFormat
         double seconds = r.Double(), waiting = r.Double(), server = r.Double();
         long dropped = r.Long();
         int workers = r.Int();
+        long stepsWithCopies = r.Long();
         Dictionary<string, double> rates = r.Map(), busy = r.Map(), median = r.Map(), p90 = r.Map();
-        return new EpochTrained(epoch, step, loss, correct, rows, lr, seconds, waiting, server, dropped, workers, rates, busy, median, p90, r.Floats());
+        return new EpochTrained(epoch, step, loss, correct, rows, lr, seconds, waiting, server, dropped, workers, stepsWithCopies, rates, busy, median, p90, r.Floats());
     }
 
     private sealed class Writer(Stream stream)

@@ -203,6 +203,7 @@ internal sealed class MetricsWriter : IDisposable
             if (r.WaitingForSlowest is TimeSpan wait) json.WriteNumber("wait_for_slowest_seconds", Math.Round(wait.TotalSeconds, 4));
             if (r.ServerTime is TimeSpan server) json.WriteNumber("server_seconds", Math.Round(server.TotalSeconds, 4));
             if (r.DroppedGradients is long dropped) json.WriteNumber("dropped_gradients", dropped);
+            if (r.StepsWithThetaCopies is long copies) json.WriteNumber("steps_with_theta_copies", copies);
             if (r.WorkerStepsPerSecond is { } rates)
             {
                 json.WriteStartObject("worker_steps_per_second");

@@ -7,9 +7,11 @@ namespace DistributedBackprop.Engine;
 /// 0.8× one) the extra memory traffic and hand-offs outweigh the halved arithmetic. Nor is one layout of θ across
 /// the lanes (<see cref="UpdateLayout"/>): the trainer's candidates are configurations, two lanes with a copy of θ
 /// each, two with one θ in slices, one lane.
-/// A round of tuning alternates the candidates step by step: warm-up steps untimed until both
-/// <see cref="WarmupRounds"/> rounds and <see cref="WarmupSeconds"/> have passed (the JIT promotes hot
-/// methods to optimised code only after their first calls), then <c>trials</c> timed steps each. A
+/// A round of tuning alternates the candidates in turns of <c>stepsPerTurn</c> steps: warm-up steps untimed until
+/// both <see cref="WarmupRounds"/> rounds and <see cref="WarmupSeconds"/> have passed (the JIT promotes hot
+/// methods to optimised code only after their first calls), then <c>trials</c> timed steps each. With turns longer
+/// than one step the first step of each turn is not timed either: it pays for the candidate before it (the copies
+/// of θ one core wrote under another layout are read by the other core's first computation). A
 /// candidate other than the first (the most lanes) wins only with a median at least <see cref="Margin"/>
 /// lower, so noise does not trade real parallelism for a coin flip. The choice is tuned again every
 /// <see cref="RetuneEvery"/> steps (without the warm-up), so one unlucky round, or a machine whose load
@@ -22,9 +24,19 @@ public sealed class LaneTuner
     public const double WarmupSeconds = 0.5;
     public const double Margin = 0.05;
     public const long RetuneEvery = 4096;
+    /// <summary>
+    /// Steps in a row the trainer's and local mode's candidates run, the first untimed: each lays θ out across the cores
+    /// in its own way (<see cref="UpdateLayout"/>; one lane writes all of it from one core), and a candidate's first
+    /// computation reads θ as the one before left it. Step by step, local mode's tuner read the copies of θ at
+    /// 1,064–1,585 µs a step against the slices' 1,072–1,278 and kept the slices in two of three far-placement runs;
+    /// in turns of 4 it read 1,023–1,118 against 1,056–1,141 and kept the copies in three of three, which ran 1.02–1.07 ×
+    /// the slices in the same rounds (README, "Local mode picks its update layout by timing it").
+    /// </summary>
+    public const int StepsPerTurn = 4;
     private readonly int[] _candidates;
     private readonly List<double>[] _times;
     private readonly int _trials;
+    private readonly int _stepsPerTurn;
     private long _step;            // steps of the current tuning round
     private long _sinceChosen;
     private double _warmupElapsed;
@@ -32,8 +44,11 @@ public sealed class LaneTuner
 
     /// <param name="candidates">the configurations to try, by number (lane counts, or the trainer's lane sets); the first is preferred unless another is clearly faster.</param>
     /// <param name="trials">timed steps per candidate and round.</param>
-    public LaneTuner(IReadOnlyList<int> candidates, int trials = 16)
+    /// <param name="stepsPerTurn">consecutive steps each candidate runs before the next one's turn (the first untimed when more than one).</param>
+    public LaneTuner(IReadOnlyList<int> candidates, int trials = 16, int stepsPerTurn = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(stepsPerTurn, 1);
+        _stepsPerTurn = stepsPerTurn;
         if (candidates.Count == 0 || candidates.Any(c => c < 0) || candidates.Distinct().Count() != candidates.Count)
         {
             throw new ArgumentException("lane candidates must be distinct and not negative", nameof(candidates));
@@ -52,7 +67,10 @@ public sealed class LaneTuner
     public int Rounds { get; private set; }
 
     /// <summary>The lane count for the next step.</summary>
-    public int Next() => Chosen ?? _candidates[(int)(_step % _candidates.Length)];
+    public int Next() => Chosen ?? _candidates[Turn(_step)];
+
+    /// <summary>The candidate (by index) whose turn step <paramref name="step"/> of a round is.</summary>
+    private int Turn(long step) => (int)(step / _stepsPerTurn % _candidates.Length);
 
     /// <summary>Records how long the step just run with <see cref="Next"/>'s lane count took.</summary>
     public void Record(double seconds)
@@ -70,12 +88,22 @@ public sealed class LaneTuner
             }
             return;
         }
-        int index = (int)(_step % _candidates.Length);
+        int index = Turn(_step);
+        bool settling = _stepsPerTurn > 1 && _step % _stepsPerTurn == 0;
         _step++;
         if (!_warm)
         {
             _warmupElapsed += seconds;
-            _warm = _step >= (long)WarmupRounds * _candidates.Length && _warmupElapsed >= WarmupSeconds && index == _candidates.Length - 1;
+            // Warm once a whole cycle of turns ends after enough of them; the round's timing starts with the first candidate.
+            _warm = _step >= (long)WarmupRounds * _candidates.Length * _stepsPerTurn && _warmupElapsed >= WarmupSeconds && _step % (_candidates.Length * _stepsPerTurn) == 0;
+            if (_warm)
+            {
+                _step = 0;
+            }
+            return;
+        }
+        if (settling)
+        {
             return;
         }
         _times[index].Add(seconds);

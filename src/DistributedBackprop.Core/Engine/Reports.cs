@@ -53,6 +53,8 @@ public sealed record EpochReport
     public TimeSpan? WaitingForSlowest { get; init; }
     /// <summary>Time in reduce + optimizer update + broadcast, summed over the epoch.</summary>
     public TimeSpan? ServerTime { get; init; }
+    /// <summary>Steps of the epoch whose update kept a copy of θ per worker (actor modes; <see cref="UpdateLayout"/>).</summary>
+    public long? StepsWithThetaCopies { get; init; }
     /// <summary>Gradients dropped as stale or duplicate during the epoch.</summary>
     public long? DroppedGradients { get; init; }
     /// <summary>Per-worker steps/s (worker name → rate), when workers are actors.</summary>

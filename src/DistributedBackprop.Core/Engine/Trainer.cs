@@ -74,7 +74,7 @@ public sealed class Trainer : IDisposable
             // Lane i keeps its thread (LaneRunner), so with copies of θ lane i updates copy i and computes on it next.
             _sets[candidate] = new LaneSet(set, new GuardedUpdate(session, _reducer, count, replicated), forEach);
         }
-        _tuner = new LaneTuner(candidates);
+        _tuner = new LaneTuner(candidates, stepsPerTurn: LaneTuner.StepsPerTurn);
         _current = _sets[candidates[0]];
         _evaluator = new Evaluator(session.Architecture);
         _roundBases = session.CreateRoundBases();
