@@ -9,7 +9,7 @@ The clock is the host's monotonic clock: processes on different machines cannot 
   python3 bench/step-timeline.py DIR [--from STEP]
 Events: server dealt / arrived (a worker's gradient in) / covered (every chunk in: the sum and update start) / applied
 (with shards: told them to apply); worker received
-(its work) / started (θ whole) / computed; with --server-shards: shard slice-summing, server slice-summed, shard
+(its work) / started (θ whole) / computed / bounded (its largest magnitude taken, the gradient sent next); with --server-shards: shard slice-summing, server slice-summed, shard
 slice-applying / slice-applied."""
 import argparse, collections, glob, os, statistics, sys
 

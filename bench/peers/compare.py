@@ -142,6 +142,8 @@ def actors(args):
             if name == "workers_2":
                 row["server_fraction"] = res.get("server_time_fraction", float("nan"))
                 row["wait_fraction"] = res.get("wait_for_slowest_fraction", float("nan"))
+                copies = res.get("theta_copies_fraction")  # null when no epoch ended while timed
+                row["theta_copies_fraction"] = float("nan") if copies is None else copies
         row["halves_2"] = two_halves_at_once(data)
         row["torch_2t"] = max(torch(256, 2, None)[0], torch(256, 2, args.coretype)[0])
         d = ddp(args.coretype)
@@ -167,6 +169,8 @@ def actors(args):
     print(f"- 2 workers / plain trainer with 2 threads: {ratio('workers_2', 'plain_2t'):.2f} (rounds {rounds('workers_2', 'plain_2t')})")
     print(f"- 2 workers / PyTorch 2 threads: {ratio('workers_2', 'torch_2t'):.2f}; 2 workers / PyTorch DDP: {ratio('workers_2', 'ddp_2'):.2f}")
     print(f"- parameter server share of the step with 2 workers: {med('server_fraction'):.1%}; waiting for the slower worker: {med('wait_fraction'):.1%}")
+    copies = ", ".join(f"{r.get('theta_copies_fraction', float('nan')):.0%}" for r in runs)
+    print(f"- steps whose update kept a copy of θ per worker (auto's layout tuner), per round: {copies}")
     print(f"- a cache line between the two cores, before / after each round's 2-worker run (ns one way): "
           + ", ".join(f"{x['core_to_core_ns_before']:.0f}/{x['core_to_core_ns_after']:.0f}" for x in runs))
     print(f"- rounds: {len(runs)}")

@@ -4,7 +4,7 @@ using DistributedBackprop.Engine;
 namespace DistributedBackprop.Actors;
 
 /// <summary>Throughput of the actor path plus where a step's time goes.</summary>
-/// <param name="ThetaCopiesFraction">the timed epochs' steps whose update kept a copy of θ per worker (<see cref="UpdateLayout"/>; auto times both layouts).</param>
+/// <param name="ThetaCopiesFraction">the timed epochs' steps whose update kept a copy of θ per worker (<see cref="UpdateLayout"/>; auto times both layouts); NaN when no epoch ended while timed.</param>
 public sealed record ActorThroughput(ThroughputResult Throughput, double ServerTimeFraction, double WaitForSlowestFraction, IReadOnlyDictionary<string, double> WorkerStepsPerSecond, IReadOnlyDictionary<string, double> WorkerBusyFraction, double ThetaCopiesFraction);
 
 /// <summary>
@@ -108,14 +108,14 @@ public static class ActorBenchmark
                 double total = _timed.Sum(r => r.Report.EpochTime.TotalSeconds);
                 if (total == 0)
                 {
-                    return (0, 0, new Dictionary<string, double>(), new Dictionary<string, double>(), 0);
+                    return (0, 0, new Dictionary<string, double>(), new Dictionary<string, double>(), double.NaN);
                 }
                 static Dictionary<string, double> Mean(IEnumerable<IReadOnlyDictionary<string, double>?> maps) =>
                     maps.SelectMany(m => m ?? new Dictionary<string, double>()).GroupBy(kv => kv.Key).ToDictionary(g => g.Key, g => g.Average(kv => kv.Value));
                 long steps = _timed.Sum(r => r.Steps);
                 return (_timed.Sum(r => r.Report.ServerTime?.TotalSeconds ?? 0) / total, _timed.Sum(r => r.Report.WaitingForSlowest?.TotalSeconds ?? 0) / total,
                     Mean(_timed.Select(r => r.Report.WorkerStepsPerSecond)), Mean(_timed.Select(r => r.Report.WorkerBusyFraction)),
-                    steps == 0 ? 0 : (double)_timed.Sum(r => r.Report.StepsWithThetaCopies ?? 0) / steps);
+                    steps == 0 ? double.NaN : (double)_timed.Sum(r => r.Report.StepsWithThetaCopies ?? 0) / steps);
             }
         }
     }

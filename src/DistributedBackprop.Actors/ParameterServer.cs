@@ -53,7 +53,7 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     private readonly int _chunks;
     /// <summary>Without parameter shards: the layouts of the server's own update of the whole θ the tuner may pick (one, unless local mode's auto); with them, empty.</summary>
     private readonly UpdateSet[] _updateSets;
-    /// <summary>Local mode with auto's two workers: times a copy of θ per worker against one θ in slices, step by step (<see cref="LaneTuner"/>); else null.</summary>
+    /// <summary>Local mode with auto's two workers: times a copy of θ per worker against one θ in slices, in turns of <see cref="LaneTuner.StepsPerTurn"/> steps (<see cref="LaneTuner"/>); else null.</summary>
     private readonly LaneTuner? _layoutTuner;
     /// <summary>The layout this step's update uses (null with shards); chosen before it is dealt, as the workers read its θ.</summary>
     private UpdateSet? _current;
@@ -116,8 +116,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         int laneThreads = threads?.Count ?? Environment.ProcessorCount;
         // Local mode only: lane i on thread i, whose worker computes on copy i (UpdateLayout says when it pays). With
         // auto the server times that against one θ in slices as it goes, as the plain trainer's lanes do: the copies
-        // win where the two cores are far apart, the slices where they are close (README, "One copy of θ per worker"),
-        // and the host moves the vCPUs. Same bits either way.
+        // win where the two cores are far apart; the slices were measured faster once with them close, in unclean
+        // pairs (README, "One copy of θ per worker"), and the host moves the vCPUs. Same bits either way.
         string layout = Context.System.Settings.Config.GetString("dbp.update-layout", UpdateLayout.Auto);
         bool replicated = _shards is null && threads is not null && UpdateLayout.Replicates(layout, threads.Count, session.Config);
         bool[] layouts = _shards is not null ? [] : replicated && layout == UpdateLayout.Auto ? [true, false] : [replicated];
@@ -340,12 +340,6 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         _epochInProgress = message.Epoch;
         _returnParameters = message.ReturnParameters;
         _epoch.Reset();
-        // The copies of θ start each epoch from the session's (two array copies an epoch): whatever wrote the
-        // session's between epochs, the workers compute on it. Each by its own thread, which reads it next.
-        if (_current is { Update.Replicated: true })
-        {
-            _current.Update.SyncCopies(_current.ForEach);
-        }
         foreach (WorkerSlot worker in _scheduler.Workers)
         {
             worker.StepsThisEpoch = 0;
@@ -453,21 +447,19 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
     }
 
     /// <summary>
-    /// Local mode with auto's two workers: the update layout the tuner asks for this step, before anything is dealt
-    /// (the workers compute on the layout's θ). A switch to the copies sets them from the session's θ first, each by the
-    /// thread that reads it next, before the time the tuner takes starts.
+    /// The update layout of this step, before anything is dealt (the workers compute on the layout's θ): local mode's
+    /// auto with two workers asks the tuner. The copies of θ are set from the session's when the step switches to them
+    /// and at each epoch's start (two array copies an epoch: whatever wrote the session's θ between epochs, the workers
+    /// compute on it), each by the thread that reads it next, before the time the tuner takes starts.
     /// </summary>
     private void ChooseUpdateLayout()
     {
-        if (_layoutTuner is not null)
+        UpdateSet? next = _layoutTuner is null ? _current : _updateSets[_layoutTuner.Next()];
+        if (next is { Update.Replicated: true } && (next != _current || _session.StepInEpoch == 0))
         {
-            UpdateSet next = _updateSets[_layoutTuner.Next()];
-            if (next != _current && next.Update.Replicated)
-            {
-                next.Update.SyncCopies(next.ForEach);
-            }
-            _current = next;
+            next.Update.SyncCopies(next.ForEach);
         }
+        _current = next;
         _stepTimedFrom = Stopwatch.GetTimestamp();
     }
 

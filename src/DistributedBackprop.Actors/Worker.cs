@@ -367,6 +367,7 @@ public sealed class Worker : ReceiveActor, IWithTimers
             {
                 // Bounded here, on the core that just wrote the gradient, the update need not check the sum before applying it.
                 float bound = _setup.BoundsGradients ? FiniteValues.Bound(gradient) : float.PositiveInfinity;
+                StepTimeline.Mark("bounded", message.Step, _name);
                 _courier.Send(_server, new GradientsComputed(message.Step, node, result, gradient, Stopwatch.GetElapsedTime(start).TotalSeconds) { PartResults = parts, Bound = bound }, Self);
                 continue;
             }

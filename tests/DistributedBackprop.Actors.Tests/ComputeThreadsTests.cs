@@ -133,8 +133,8 @@ public sealed class ComputeThreadsTests : TestKit
 
     /// <summary>
     /// Split: one θ, a slice per lane. Replicated: a copy of θ and of the optimizer state per thread, each updated
-    /// whole, each worker computing on its thread's copy. Auto at 2 workers times both, step by step while its tuner
-    /// warms up (at least its first half second, longer than this run), so the run switches layout every step;
+    /// whole, each worker computing on its thread's copy. Auto at 2 workers times both in turns of 4 steps while its
+    /// tuner warms up (at least its first half second, longer than this run), so the run switches layout every turn;
     /// the epoch reports say how many steps kept the copies.
     /// </summary>
     [Theory]
@@ -160,7 +160,7 @@ public sealed class ComputeThreadsTests : TestKit
         Assert.Equal(session.TotalSteps, session.GlobalStep);
         Fixtures.AssertSameBits(oracle, session.Parameters, $"{workers} workers, {session.Parameters.Length} parameters, update {update}");
         long copies = epochs.Reports.Sum(e => e.StepsWithThetaCopies!.Value);
-        Assert.True(session.TotalSteps >= 4, "too few steps to see the layouts alternate");
+        Assert.True(session.TotalSteps > LaneTuner.StepsPerTurn, "too few steps to see the layouts alternate");
         switch (stepsWithCopies)
         {
             case "none": Assert.Equal(0, copies); break;

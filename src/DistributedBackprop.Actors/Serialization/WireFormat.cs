@@ -22,7 +22,7 @@ namespace DistributedBackprop.Actors.Serialization;
 public static class WireFormat
 {
     /// <summary>Bumped whenever the format or the protocol changes; nodes of different versions refuse each other.</summary>
-    public const int ProtocolVersion = 9;
+    public const int ProtocolVersion = 10;
 
     private static readonly Dictionary<Type, string> Manifests = new()
     {

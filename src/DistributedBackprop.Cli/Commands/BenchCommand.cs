@@ -195,7 +195,7 @@ internal static class BenchCommand
             if (actors is not null)
             {
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"parameter server: {actors.ServerTimeFraction:P1} of the time (reduce + update + broadcast); a copy of θ per worker in {actors.ThetaCopiesFraction:P0} of the steps; waiting for the slowest worker: {actors.WaitForSlowestFraction:P1}; per worker: {string.Join(", ", actors.WorkerStepsPerSecond.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value:F1} steps/s, busy {actors.WorkerBusyFraction.GetValueOrDefault(k.Key):P0}"))}"));
+                    $"parameter server: {actors.ServerTimeFraction:P1} of the time (reduce + update + broadcast); a copy of θ per worker in {(double.IsNaN(actors.ThetaCopiesFraction) ? "n/a (no epoch ended while timed)" : actors.ThetaCopiesFraction.ToString("P0", CultureInfo.InvariantCulture))} of the steps; waiting for the slowest worker: {actors.WaitForSlowestFraction:P1}; per worker: {string.Join(", ", actors.WorkerStepsPerSecond.OrderBy(k => k.Key).Select(k => $"{k.Key} {k.Value:F1} steps/s, busy {actors.WorkerBusyFraction.GetValueOrDefault(k.Key):P0}"))}"));
             }
             if (gemms.Count > 0)
             {
@@ -249,7 +249,14 @@ internal static class BenchCommand
             {
                 json.WriteNumber("server_time_fraction", Math.Round(actors.ServerTimeFraction, 4));
                 json.WriteNumber("wait_for_slowest_fraction", Math.Round(actors.WaitForSlowestFraction, 4));
-                json.WriteNumber("theta_copies_fraction", Math.Round(actors.ThetaCopiesFraction, 4));
+                if (double.IsNaN(actors.ThetaCopiesFraction))
+                {
+                    json.WriteNull("theta_copies_fraction");
+                }
+                else
+                {
+                    json.WriteNumber("theta_copies_fraction", Math.Round(actors.ThetaCopiesFraction, 4));
+                }
                 json.WriteStartObject("worker_busy_fraction");
                 foreach (var (name, fraction) in actors.WorkerBusyFraction.OrderBy(k => k.Key, StringComparer.Ordinal))
                 {

@@ -9,7 +9,7 @@ namespace DistributedBackprop.Engine;
 /// each, two with one θ in slices, one lane.
 /// A round of tuning alternates the candidates in turns of <c>stepsPerTurn</c> steps: warm-up steps untimed until
 /// both <see cref="WarmupRounds"/> rounds and <see cref="WarmupSeconds"/> have passed (the JIT promotes hot
-/// methods to optimised code only after their first calls), then <c>trials</c> timed steps each. With turns longer
+/// methods to optimised code only after their first calls), then at least <c>trials</c> timed steps each. With turns longer
 /// than one step the first step of each turn is not timed either: it pays for the candidate before it (the copies
 /// of θ one core wrote under another layout are read by the other core's first computation). A
 /// candidate other than the first (the most lanes) wins only with a median at least <see cref="Margin"/>
@@ -27,10 +27,11 @@ public sealed class LaneTuner
     /// <summary>
     /// Steps in a row the trainer's and local mode's candidates run, the first untimed: each lays θ out across the cores
     /// in its own way (<see cref="UpdateLayout"/>; one lane writes all of it from one core), and a candidate's first
-    /// computation reads θ as the one before left it. Step by step, local mode's tuner read the copies of θ at
-    /// 1,064–1,585 µs a step against the slices' 1,072–1,278 and kept the slices in two of three far-placement runs;
-    /// in turns of 4 it read 1,023–1,118 against 1,056–1,141 and kept the copies in three of three, which ran 1.02–1.07 ×
-    /// the slices in the same rounds (README, "Local mode picks its update layout by timing it").
+    /// computation reads θ as the one before left it. Step by step, local mode's tuner read the copies of θ slower
+    /// than the slices in 5 of 6 rounds (by 20–307 µs a step), the reverse of how the two run when each runs alone,
+    /// and kept the slices in two of three far-placement runs; in turns of 4 it read the copies faster in 5 of 5 rounds
+    /// (by 12–209 µs), and kept them in each of the eight far-placement runs after (README, "Local mode picks its update
+    /// layout by timing it").
     /// </summary>
     public const int StepsPerTurn = 4;
     private readonly int[] _candidates;
