@@ -173,89 +173,113 @@ public sealed class ComputeThreads : IDisposable
     }
 
     /// <summary>
-    /// Lanes offered to whoever is idle. Each call posts a new <see cref="Posting"/> (a few dozen bytes a step): a
-    /// thread that read the last one just before it closed can only find its lane counter past the end.
+    /// Lanes offered to whoever is idle, one call's at a time, in one object reused by every call (nothing allocated a
+    /// step). Not pinned: each helper takes the next lane (<see cref="_next"/>) until none is left. Pinned: each lane is
+    /// taken once (<see cref="_taken"/>), by its own thread, or by the caller when that thread is unavailable.
+    /// A thread may read the board just before a call closes and act on it after the next one opened, so between calls
+    /// nothing can be taken (<see cref="_next"/> far past any lane count, every lane marked taken), and a call opens by
+    /// writing its work and counts first and making its lanes takeable last: a late helper either finds nothing, or
+    /// takes a lane of the open call with that call's work, which is what any helper may do.
     /// </summary>
     private sealed class LaneBoard
     {
-        private Posting? _current;
+        /// <summary>What <see cref="_next"/> holds while no unpinned call is open: no increment brings it near a lane.</summary>
+        private const int Closed = int.MaxValue / 2;
+        private Action<int> _work = static _ => { };
+        private int _lanes;
+        private bool _pinned;
+        private ComputeThreads? _group;
+        private int _next = Closed;
+        private int _unfinished;
+        private Exception? _error;
+        /// <summary>Pinned: 0 while lane i may be taken, 1 once taken (and between calls); grown, never shrunk.</summary>
+        private int[] _taken = [];
 
         /// <summary>Whether thread <paramref name="thread"/> has a lane to take.</summary>
-        public bool HasLaneFor(int thread) => Volatile.Read(ref _current) is { } posting && posting.HasLaneFor(thread);
+        public bool HasLaneFor(int thread)
+        {
+            int[] taken = Volatile.Read(ref _taken);
+            return Volatile.Read(ref _next) < Volatile.Read(ref _lanes)
+                || ((uint)thread < (uint)taken.Length && Volatile.Read(ref taken[thread]) == 0);
+        }
 
         public void Post(Action<int> work, int lanes, ComputeThreads? pinnedTo)
         {
-            // A full fence: the posting must be visible before the caller reads which threads are parked (a thread
+            // The last call is closed: _next is Closed (or past it) and every lane is marked taken.
+            if (pinnedTo is not null && _taken.Length < lanes)
+            {
+                int[] grown = new int[lanes];
+                Array.Fill(grown, 1);
+                Volatile.Write(ref _taken, grown); // once per larger lane count, not per step
+            }
+            _work = work;
+            _pinned = pinnedTo is not null;
+            _group = pinnedTo;
+            _error = null;
+            _unfinished = lanes;
+            Volatile.Write(ref _lanes, lanes);
+            // Open last, with release semantics: whoever takes a lane after this sees the writes above.
+            if (pinnedTo is not null)
+            {
+                for (int lane = 0; lane < lanes; lane++)
+                {
+                    Volatile.Write(ref _taken[lane], 0);
+                }
+            }
+            else
+            {
+                Volatile.Write(ref _next, 0);
+            }
+            // A full fence: the opening must be visible before the caller reads which threads are parked (a thread
             // about to park re-checks the board after saying so), or a thread could miss both.
-            Interlocked.Exchange(ref _current, new Posting(work, lanes, pinnedTo));
+            Interlocked.MemoryBarrier();
         }
-
-        public void Help(int thread)
-        {
-            if (Volatile.Read(ref _current) is { } posting)
-            {
-                posting.Help(thread);
-            }
-        }
-
-        public void WaitAndClear(int callerThread)
-        {
-            Posting posting = _current!;
-            posting.Help(callerThread);
-            var spinner = new SpinWait();
-            while (Volatile.Read(ref posting.Unfinished) > 0)
-            {
-                posting.TakeUnavailableLanes();
-                spinner.SpinOnce(sleep1Threshold: -1);
-            }
-            Volatile.Write(ref _current, null);
-            if (posting.Error is { } error)
-            {
-                throw new AggregateException(error);
-            }
-        }
-    }
-
-    /// <summary>
-    /// One call's lanes. Not pinned: each helper takes the next lane until none is left. Pinned: each lane is taken
-    /// once (<see cref="_taken"/>), by its own thread, or by the caller when that thread is unavailable.
-    /// </summary>
-    private sealed class Posting(Action<int> work, int lanes, ComputeThreads? pinnedTo)
-    {
-        public readonly int Lanes = lanes;
-        public int Next;
-        public int Unfinished = lanes;
-        public Exception? Error;
-        private readonly int[]? _taken = pinnedTo is null ? null : new int[lanes];
-
-        public bool HasLaneFor(int thread) => _taken is null
-            ? Volatile.Read(ref Next) < Lanes
-            : (uint)thread < (uint)Lanes && Volatile.Read(ref _taken[thread]) == 0;
 
         /// <summary>Thread <paramref name="thread"/> (−1: not a compute thread) takes what it may.</summary>
         public void Help(int thread)
         {
-            if (_taken is not null)
+            if (Volatile.Read(ref _pinned))
             {
-                if ((uint)thread < (uint)Lanes)
+                if ((uint)thread < (uint)Volatile.Read(ref _lanes))
                 {
                     TryRun(thread);
                 }
                 return;
             }
             int lane;
-            while ((lane = Interlocked.Increment(ref Next) - 1) < Lanes)
+            while ((lane = Interlocked.Increment(ref _next) - 1) < Volatile.Read(ref _lanes))
             {
                 Run(lane);
             }
         }
 
-        /// <summary>Pinned: the caller takes the lanes whose threads cannot (busy with other work, or none).</summary>
-        public void TakeUnavailableLanes()
+        public void WaitAndClear(int callerThread)
         {
-            for (int lane = 0; _taken is not null && lane < Lanes; lane++)
+            Help(callerThread);
+            var spinner = new SpinWait();
+            while (Volatile.Read(ref _unfinished) > 0)
             {
-                if (Volatile.Read(ref _taken[lane]) == 0 && pinnedTo!.Unavailable(lane))
+                TakeUnavailableLanes();
+                spinner.SpinOnce(sleep1Threshold: -1);
+            }
+            // Every lane was taken (pinned) or handed out (_next ≥ _lanes); closed for the unpinned path too.
+            Volatile.Write(ref _next, Closed);
+            if (_error is { } error)
+            {
+                throw new AggregateException(error);
+            }
+        }
+
+        /// <summary>Pinned: the caller takes the lanes whose threads cannot (busy with other work, or none).</summary>
+        private void TakeUnavailableLanes()
+        {
+            if (!_pinned)
+            {
+                return;
+            }
+            for (int lane = 0; lane < _lanes; lane++)
+            {
+                if (Volatile.Read(ref _taken[lane]) == 0 && _group!.Unavailable(lane))
                 {
                     TryRun(lane);
                 }
@@ -264,7 +288,8 @@ public sealed class ComputeThreads : IDisposable
 
         private void TryRun(int lane)
         {
-            if (Interlocked.CompareExchange(ref _taken![lane], 1, 0) == 0)
+            int[] taken = Volatile.Read(ref _taken);
+            if ((uint)lane < (uint)taken.Length && Interlocked.CompareExchange(ref taken[lane], 1, 0) == 0)
             {
                 Run(lane);
             }
@@ -274,13 +299,13 @@ public sealed class ComputeThreads : IDisposable
         {
             try
             {
-                work(lane);
+                _work(lane);
             }
             catch (Exception e)
             {
-                Interlocked.CompareExchange(ref Error, e, null);
+                Interlocked.CompareExchange(ref _error, e, null);
             }
-            Interlocked.Decrement(ref Unfinished);
+            Interlocked.Decrement(ref _unfinished);
         }
     }
 

@@ -21,6 +21,56 @@ public sealed class ComputeThreadsTests : TestKit
         }
     }
 
+    /// <summary>
+    /// One board serves every call: calls of either kind and any lane count in turn, helpers still spinning on the last
+    /// one, must each run every lane once (a helper acting on a closed call, or on a half-opened one, would run a
+    /// lane twice, or never, or with the other call's work).
+    /// </summary>
+    [Fact]
+    public void CallsOfBothKinds_InTurn_RunEveryLaneOnce_WithTheirOwnWork()
+    {
+        using var threads = new ComputeThreads(2, "test-turns");
+        for (int call = 0; call < 3000; call++)
+        {
+            bool pinned = call % 3 != 0;
+            int lanes = pinned ? 2 + call % 2 : 1 + call % 7;
+            var runs = new int[lanes];
+            int expectedCall = call;
+            int wrongWork = 0;
+            threads.ForEachLane(lanes, lane =>
+            {
+                Interlocked.Increment(ref runs[lane]);
+                if (expectedCall != call)
+                {
+                    Interlocked.Increment(ref wrongWork);
+                }
+            }, onOwnThreads: pinned);
+            Assert.All(runs, count => Assert.Equal(1, count));
+            Assert.Equal(0, wrongWork);
+        }
+    }
+
+    /// <summary>A call allocates nothing on the calling thread (the board is reused; issue 10: no per-step allocation beyond messages).</summary>
+    [Fact]
+    public void ACall_AllocatesNothing()
+    {
+        using var threads = new ComputeThreads(2, "test-alloc");
+        var sink = new int[4];
+        Action<int> work = lane => Interlocked.Increment(ref sink[lane]);
+        for (int warm = 0; warm < 200; warm++)
+        {
+            threads.ForEachLane(2, work, onOwnThreads: warm % 2 == 0);
+            threads.ForEachLane(4, work);
+        }
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int call = 0; call < 1000; call++)
+        {
+            threads.ForEachLane(2, work, onOwnThreads: call % 2 == 0);
+            threads.ForEachLane(4, work);
+        }
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
     [Fact]
     public void AnIdleThread_TakesALane_WhileTheCallerRunsAnother()
     {
