@@ -174,22 +174,24 @@ public sealed class ComputeThreads : IDisposable
 
     /// <summary>
     /// Lanes offered to whoever is idle, one call's at a time, in one object reused by every call (nothing allocated a
-    /// step). Not pinned: each helper takes the next lane (<see cref="_next"/>) until none is left. Pinned: each lane is
+    /// step). Not pinned: each helper takes a lane by counting <see cref="_left"/> down until none is left. Pinned: each lane is
     /// taken once (<see cref="_taken"/>), by its own thread, or by the caller when that thread is unavailable.
     /// A thread may read the board just before a call closes and act on it after the next one opened, so between calls
-    /// nothing can be taken (<see cref="_next"/> far past any lane count, every lane marked taken), and a call opens by
+    /// nothing can be taken (<see cref="_left"/> at or below zero, every lane marked taken), and a call opens by
     /// writing its work and counts first and making its lanes takeable last: a late helper either finds nothing, or
-    /// takes a lane of the open call with that call's work, which is what any helper may do.
+    /// takes a lane of the open call with that call's work, which is what any helper may do. Whether a lane is the
+    /// helper's is decided by its one atomic operation alone (a decrement, a compare-and-swap), never checked against
+    /// a count read after it: a helper that took "lane 2" of a closed 2-lane call and read the next call's count of 4
+    /// would run lane 2 of that call a second time (found in review).
     /// </summary>
     private sealed class LaneBoard
     {
-        /// <summary>What <see cref="_next"/> holds while no unpinned call is open: no increment brings it near a lane.</summary>
-        private const int Closed = int.MaxValue / 2;
         private Action<int> _work = static _ => { };
         private int _lanes;
         private bool _pinned;
         private ComputeThreads? _group;
-        private int _next = Closed;
+        /// <summary>Unpinned: lanes not yet taken (a decrement to k ≥ 0 takes lane k); at or below zero between calls.</summary>
+        private int _left;
         private int _unfinished;
         private Exception? _error;
         /// <summary>Pinned: 0 while lane i may be taken, 1 once taken (and between calls); grown, never shrunk.</summary>
@@ -199,13 +201,13 @@ public sealed class ComputeThreads : IDisposable
         public bool HasLaneFor(int thread)
         {
             int[] taken = Volatile.Read(ref _taken);
-            return Volatile.Read(ref _next) < Volatile.Read(ref _lanes)
+            return Volatile.Read(ref _left) > 0
                 || ((uint)thread < (uint)taken.Length && Volatile.Read(ref taken[thread]) == 0);
         }
 
         public void Post(Action<int> work, int lanes, ComputeThreads? pinnedTo)
         {
-            // The last call is closed: _next is Closed (or past it) and every lane is marked taken.
+            // The last call is closed: _left is at most zero and every lane is marked taken.
             if (pinnedTo is not null && _taken.Length < lanes)
             {
                 int[] grown = new int[lanes];
@@ -228,7 +230,7 @@ public sealed class ComputeThreads : IDisposable
             }
             else
             {
-                Volatile.Write(ref _next, 0);
+                Volatile.Write(ref _left, lanes);
             }
             // A full fence: the opening must be visible before the caller reads which threads are parked (a thread
             // about to park re-checks the board after saying so), or a thread could miss both.
@@ -247,7 +249,7 @@ public sealed class ComputeThreads : IDisposable
                 return;
             }
             int lane;
-            while ((lane = Interlocked.Increment(ref _next) - 1) < Volatile.Read(ref _lanes))
+            while ((lane = Interlocked.Decrement(ref _left)) >= 0)
             {
                 Run(lane);
             }
@@ -262,8 +264,7 @@ public sealed class ComputeThreads : IDisposable
                 TakeUnavailableLanes();
                 spinner.SpinOnce(sleep1Threshold: -1);
             }
-            // Every lane was taken (pinned) or handed out (_next ≥ _lanes); closed for the unpinned path too.
-            Volatile.Write(ref _next, Closed);
+            // Every lane was taken (pinned) or handed out (_left ≤ 0): nothing can be taken until the next Post.
             if (_error is { } error)
             {
                 throw new AggregateException(error);
