@@ -50,6 +50,24 @@ public sealed class ComputeThreadsTests : TestKit
         }
     }
 
+    /// <summary>
+    /// More threads than cores, so helpers are preempted mid-take, and calls whose lane count grows: a helper that took
+    /// a lane number of a closed call must not run it in the next, larger one. A stress test, not a proof: against the
+    /// board's first version (an increment checked against a lane count read after it) it failed in 1 of 7 runs here.
+    /// </summary>
+    [Fact]
+    public void PreemptedHelpers_NeverRunALaneOfTheNextLargerCallTwice()
+    {
+        using var threads = new ComputeThreads(3 * Environment.ProcessorCount, "test-preempt");
+        for (int call = 0; call < 60000; call++)
+        {
+            int lanes = call % 2 == 0 ? 2 : 7;
+            var runs = new int[lanes];
+            threads.ForEachLane(lanes, lane => Interlocked.Increment(ref runs[lane]));
+            Assert.All(runs, count => Assert.Equal(1, count));
+        }
+    }
+
     /// <summary>A call allocates nothing on the calling thread (the board is reused; issue 10: no per-step allocation beyond messages).</summary>
     [Fact]
     public void ACall_AllocatesNothing()
