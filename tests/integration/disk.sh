@@ -38,16 +38,20 @@ one_line_error "$work/small.err" || { cat "$work/small.err"; fail "--out too sma
 grep -q -- "--out: $work/small has .* MB free; model.safetensors needs about" "$work/small.err" || { cat "$work/small.err"; fail "--out too small: unclear line"; }
 say "--out too small: $(cat "$work/small.err")"
 
-# A disk that fills during training: checkpoints every 20 steps on a 2 MiB tmpfs; once the first is written,
-# a file takes all the room left.
-args=(--epochs 60 --layers 64 --seed 5)
+# A disk that fills during training: checkpoints every 20 steps on a 2 MiB tmpfs; once the first is written, the
+# run is stopped (SIGSTOP), a file takes all the room left, and the run goes on (SIGCONT). Without the stop this was
+# a race the run could win: at 60 epochs it trained for ~0.15 s in all, and once finished between the first
+# checkpoint and the filling in CI. 600 epochs (~0.7 s of training) leave the polling below ample time to stop it.
+args=(--epochs 600 --layers 64 --seed 5)
 "$dbp" train "${args[@]}" --out "$work/uninterrupted.safetensors" --progress none
 set +e
 "$dbp" train "${args[@]}" --checkpoint "$work/fills/run.ckpt" --checkpoint-every 20 --out "$work/fills/model.safetensors" --progress none 2>"$work/fills.err" &
 run=$!
-for _ in $(seq 1 200); do [ -f "$work/fills/run.ckpt" ] && break; sleep 0.02; done
+for _ in $(seq 1 1000); do [ -f "$work/fills/run.ckpt" ] && break; sleep 0.005; done
 [ -f "$work/fills/run.ckpt" ] || fail "no checkpoint was written"
+kill -STOP "$run" || fail "the run ended before the disk could be filled"
 dd if=/dev/zero of="$work/fills/ballast" bs=64k 2>/dev/null
+kill -CONT "$run"
 wait "$run"; code=$?
 set -e
 [ "$code" = 1 ] || { cat "$work/fills.err"; fail "full disk: exit $code, not 1"; }
