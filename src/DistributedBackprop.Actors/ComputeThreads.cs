@@ -188,7 +188,7 @@ public sealed class ComputeThreads : IDisposable
     {
         private Action<int> _work = static _ => { };
         private int _lanes;
-        private bool _pinned;
+        /// <summary>Pinned calls only: the threads whose lanes they are (null for an unpinned call).</summary>
         private ComputeThreads? _group;
         /// <summary>Unpinned: lanes not yet taken (a decrement to k ≥ 0 takes lane k); at or below zero between calls.</summary>
         private int _left;
@@ -215,7 +215,6 @@ public sealed class ComputeThreads : IDisposable
                 Volatile.Write(ref _taken, grown); // once per larger lane count, not per step
             }
             _work = work;
-            _pinned = pinnedTo is not null;
             _group = pinnedTo;
             _error = null;
             _unfinished = lanes;
@@ -240,7 +239,7 @@ public sealed class ComputeThreads : IDisposable
         /// <summary>Thread <paramref name="thread"/> (−1: not a compute thread) takes what it may.</summary>
         public void Help(int thread)
         {
-            if (Volatile.Read(ref _pinned))
+            if (Volatile.Read(ref _group) is not null)
             {
                 if ((uint)thread < (uint)Volatile.Read(ref _lanes))
                 {
@@ -274,13 +273,13 @@ public sealed class ComputeThreads : IDisposable
         /// <summary>Pinned: the caller takes the lanes whose threads cannot (busy with other work, or none).</summary>
         private void TakeUnavailableLanes()
         {
-            if (!_pinned)
+            if (_group is null)
             {
                 return;
             }
             for (int lane = 0; lane < _lanes; lane++)
             {
-                if (Volatile.Read(ref _taken[lane]) == 0 && _group!.Unavailable(lane))
+                if (Volatile.Read(ref _taken[lane]) == 0 && _group.Unavailable(lane))
                 {
                     TryRun(lane);
                 }
