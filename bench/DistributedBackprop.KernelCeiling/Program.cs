@@ -2,7 +2,7 @@
 // nothing but the kernel is timed. The engine's own kernels, called as the chunk-tree product calls them: the 8×32
 // tile (MicroKernels.Kernel8x32: two B vectors per p, each A value broadcast once for two FMAs) and a pair of sibling
 // leaves of that tile, both as the bare loop over its two 4×32 halves (MicroKernels.Pair4x32, 16 chains in flight) and
-// through the chunk tree's walk (MicroKernels.RunLeaves with pairs, which at 4 rows deep runs PairDepth4). Against them, written out here because the engine has no such kernel: the same work in
+// through the engine's leaf loop (MicroKernels.RunLeaves with pairs, which for 8 chunks all equally deep keeps the tree in registers: EightLeavesInRegisters8x32). Against them, written out here because the engine has no such kernel: the same work in
 // 16×16 tiles and, for the pair, 8×16 half-tiles, in which each A value feeds one FMA, so the JIT folds the broadcast into it (vfmadd231ps zmm, zmm,
 // [mem]{1to16}: 18 instead of 26 instructions per 16 FMAs, but 17 loads instead of 10). GFLOP/s per leaf depth kc
 // (4: a batch of 32 in 8 chunks; 16: 128; 128: a plain product's slab), three rounds each.
@@ -54,7 +54,7 @@ unsafe
             double walk = Time(() => MicroKernels.RunLeaves(SimdTier.Vector512, chunks, starts, leafSlot, firstAddend, a, b, stack, addends, c, nr, pairLeaves: true), kc);
             Console.WriteLine($"kc={kc}: 8 leaves as tiles 8x32 {flops / tiles:F1}, 16x16 broadcast-in-FMA {flops / tilesBroadcast:F1}; "
                 + $"as 4 pairs of 4x32 halves {flops / pairs:F1}, of 8x16 halves broadcast-in-FMA {flops / pairsBroadcast:F1}; "
-                + $"through the chunk tree's walk {flops / walk:F1} GFLOP/s");
+                + $"through the engine's leaf loop {flops / walk:F1} GFLOP/s");
         }
     }
     return 0;

@@ -103,10 +103,18 @@ public class GemmTests
     /// </summary>
     public static IEnumerable<object[]> EdgeRowShapes() => [[10, 128, 128], [9, 100, 37], [18, 65, 16], [2, 64, 5], [1, 97, 33], [17, 160, 3]];
 
+    /// <summary>
+    /// Eight chunks all equally deep (k a multiple of 8, at most 8 × Gemm.PairedLeafDepth): AVX-512 keeps the tile's whole
+    /// tree in registers (MicroKernels.EightLeavesInRegisters8x32), its root straight into C for full tiles and through
+    /// the stack for ragged ones; depth 4 is a batch of 32, 1 and 31 the ends of the range.
+    /// </summary>
+    public static IEnumerable<object[]> EqualDepthShapes() => [[16, 96, 32], [13, 40, 32], [8, 64, 8], [24, 33, 248]];
+
     [Theory]
     [MemberData(nameof(Shapes))]
     [MemberData(nameof(KeptAShapes))]
     [MemberData(nameof(EdgeRowShapes))]
+    [MemberData(nameof(EqualDepthShapes))]
     public void ChunkTreeProduct_EqualsNaiveTreeOfChunkProducts(int m, int n, int k)
     {
         foreach (SimdTier tier in Enum.GetValues<SimdTier>())
