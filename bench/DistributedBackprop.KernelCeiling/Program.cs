@@ -2,7 +2,7 @@
 // nothing but the kernel is timed. The engine's own kernels, called as the chunk-tree product calls them: the 8×32
 // tile (MicroKernels.Kernel8x32: two B vectors per p, each A value broadcast once for two FMAs) and a pair of sibling
 // leaves of that tile, both as the bare loop over its two 4×32 halves (MicroKernels.Pair4x32, 16 chains in flight) and
-// through the engine's leaf loop (MicroKernels.RunLeaves with pairs, which for 8 chunks all equally deep keeps the tree in registers: EightLeavesInRegisters8x32). Against them, written out here because the engine has no such kernel: the same work in
+// through the engine's leaf loop (MicroKernels.RunLeaves with pairs, which for 4 or 8 chunks all equally deep keeps the tree in registers: LeavesInRegisters8x32). Against them, written out here because the engine has no such kernel: the same work in
 // 16×16 tiles and, for the pair, 8×16 half-tiles, in which each A value feeds one FMA, so the JIT folds the broadcast into it (vfmadd231ps zmm, zmm,
 // [mem]{1to16}: 18 instead of 26 instructions per 16 FMAs, but 17 loads instead of 10). GFLOP/s per leaf depth kc
 // (4: a batch of 32 in 8 chunks; 16: 128; 128: a plain product's slab), three rounds each.

@@ -104,11 +104,11 @@ public class GemmTests
     public static IEnumerable<object[]> EdgeRowShapes() => [[10, 128, 128], [9, 100, 37], [18, 65, 16], [2, 64, 5], [1, 97, 33], [17, 160, 3]];
 
     /// <summary>
-    /// Eight chunks all equally deep (k a multiple of 8, at most 8 × Gemm.PairedLeafDepth): AVX-512 keeps the tile's whole
-    /// tree in registers (MicroKernels.EightLeavesInRegisters8x32), its root straight into C for full tiles and through
+    /// Four or eight chunks all equally deep (k a multiple of 8, at most 4 or 8 × Gemm.PairedLeafDepth): AVX-512 keeps the tile's whole
+    /// tree in registers (MicroKernels.LeavesInRegisters8x32), its root straight into C for full tiles and through
     /// the stack for ragged ones; depth 4 is a batch of 32, 1 and 31 the ends of the range.
     /// </summary>
-    public static IEnumerable<object[]> EqualDepthShapes() => [[16, 96, 32], [13, 40, 32], [8, 64, 8], [24, 33, 248]];
+    public static IEnumerable<object[]> EqualDepthShapes() => [[16, 96, 32], [13, 40, 32], [8, 64, 8], [24, 33, 248], [16, 64, 16], [9, 70, 128]];
 
     [Theory]
     [MemberData(nameof(Shapes))]
@@ -119,7 +119,7 @@ public class GemmTests
     {
         foreach (SimdTier tier in Enum.GetValues<SimdTier>())
         {
-            foreach (int chunks in new[] { 1, 2, 3, 5, 7, 8 })
+            foreach (int chunks in new[] { 1, 2, 3, 4, 5, 7, 8 })
             {
                 float[] a = Random(m * k, m + 7 * k), b = Random(k * n, n + 11 * k);
                 // As in ∂J/∂W = δᵀ·a: A is stored transposed.

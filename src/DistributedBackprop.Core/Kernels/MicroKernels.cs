@@ -48,9 +48,9 @@ internal static unsafe class MicroKernels
     {
         switch (tier)
         {
-            // The root in slot 0 when no root is given (as the walk leaves it); node(0, 4) spilled to slot 1.
-            case SimdTier.Vector512 when pairLeaves && chunks == EightChunks && EqualDepths(starts, chunks):
-                EightLeavesInRegisters8x32(starts[1], aSliver, bSliver, stack + 8 * 32, root != null ? root : stack, root != null ? ldc : 32); break;
+            // The root in slot 0 when no root is given (as the walk leaves it); node(0, 4) of 8 chunks spilled to slot 1.
+            case SimdTier.Vector512 when pairLeaves && chunks is 4 or 8 && EqualDepths(starts, chunks):
+                LeavesInRegisters8x32(chunks, starts[1], aSliver, bSliver, stack + 8 * 32, root != null ? root : stack, root != null ? ldc : 32); break;
             case SimdTier.Vector512 when pairLeaves: PairedLeaves8x32(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
             case SimdTier.Vector512: Leaves<Tile8x32>(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
             case SimdTier.Vector256: Leaves<Tile6x16>(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
@@ -184,43 +184,55 @@ internal static unsafe class MicroKernels
         }
     }
 
-    /// <summary>The chunk count of <see cref="EightLeavesInRegisters8x32"/>: the default (<c>TrainingConfig.Chunks</c>).</summary>
-    internal const int EightChunks = 8;
-
     /// <summary>Whether every chunk is as deep as the first (a batch that is a multiple of the chunk count).</summary>
     private static bool EqualDepths(int* starts, int chunks) => starts[chunks] == chunks * starts[1];
 
     /// <summary>
-    /// AVX-512: a whole tile's tree of 8 chunks all <paramref name="kc"/> rows deep, node(0, 8) = ((c0 + c1) + (c2 + c3))
-    /// + ((c4 + c5) + (c6 + c7)), each 4-row half of the 8×32 tile in turn, every node but one kept in registers: a pair
-    /// of sibling leaves takes 16 accumulators and its sum 8, so the pair (c0, c1) waits in registers while (c2, c3)
-    /// runs, and (c4, c5) while (c6, c7) runs; only node(0, 4) is stored (to <paramref name="spill"/>, 4×32 floats) and
-    /// read back once, for the root, which goes to <paramref name="root"/> (row stride <paramref name="ldc"/>). The
-    /// planned walk (<see cref="PairedLeaves8x32"/>) stores and reloads three nodes a half and reads each addend through
-    /// a table. The same chains and the same additions: the same bits.
+    /// AVX-512: a whole tile's tree of 4 or 8 chunks all <paramref name="kc"/> rows deep, node(0, 4) = (c0 + c1) + (c2 + c3)
+    /// and node(0, 8) = node(0, 4) + node(4, 4), each 4-row half of the 8×32 tile in turn, every node but one kept in
+    /// registers: a pair of sibling leaves takes 16 accumulators and its sum 8, so the pair (c0, c1) waits in registers
+    /// while (c2, c3) runs, and (c4, c5) while (c6, c7) runs; only node(0, 4) of 8 chunks is stored (to
+    /// <paramref name="spill"/>, 4×32 floats) and read back once, for the root, which goes to <paramref name="root"/> (row
+    /// stride <paramref name="ldc"/>). The planned walk (<see cref="PairedLeaves8x32"/>) stores and reloads three nodes a
+    /// half and finds each addend through a table. 8 chunks are the default; 4 are what each of 2 workers computes of them.
+    /// The same chains and the same additions: the same bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void EightLeavesInRegisters8x32(int kc, float* aSliver, float* bSliver, float* spill, float* root, nint ldc)
+    private static void LeavesInRegisters8x32(int chunks, int kc, float* aSliver, float* bSliver, float* spill, float* root, nint ldc)
     {
+        long aChunk = (long)kc * 8, bChunk = (long)kc * 32;
         for (int half = 0; half < 8; half += 4)
         {
             float* a = aSliver + half, c = root + half * ldc;
-            long aChunk = (long)kc * 8, bChunk = (long)kc * 32;
             EqualPairSum4x32(kc, a, bSliver, a + aChunk, bSliver + bChunk, out var q0, out var q1, out var q2, out var q3, out var q4, out var q5, out var q6, out var q7);
             EqualPairSum4x32(kc, a + 2 * aChunk, bSliver + 2 * bChunk, a + 3 * aChunk, bSliver + 3 * bChunk,
                 out var p0, out var p1, out var p2, out var p3, out var p4, out var p5, out var p6, out var p7);
+            q0 += p0; q1 += p1; q2 += p2; q3 += p3; q4 += p4; q5 += p5; q6 += p6; q7 += p7;
+            if (chunks == 4)
+            {
+                Store4x32(c, ldc, q0, q1, q2, q3, q4, q5, q6, q7);
+                continue;
+            }
             // node(0, 4), the one node stored: the two pairs of node(4, 4) need its 8 registers.
-            (q0 + p0).Store(spill); (q1 + p1).Store(spill + 16); (q2 + p2).Store(spill + 32); (q3 + p3).Store(spill + 48);
-            (q4 + p4).Store(spill + 64); (q5 + p5).Store(spill + 80); (q6 + p6).Store(spill + 96); (q7 + p7).Store(spill + 112);
+            Store4x32(spill, 32, q0, q1, q2, q3, q4, q5, q6, q7);
             EqualPairSum4x32(kc, a + 4 * aChunk, bSliver + 4 * bChunk, a + 5 * aChunk, bSliver + 5 * bChunk, out q0, out q1, out q2, out q3, out q4, out q5, out q6, out q7);
             EqualPairSum4x32(kc, a + 6 * aChunk, bSliver + 6 * bChunk, a + 7 * aChunk, bSliver + 7 * bChunk, out p0, out p1, out p2, out p3, out p4, out p5, out p6, out p7);
             q0 += p0; q1 += p1; q2 += p2; q3 += p3; q4 += p4; q5 += p5; q6 += p6; q7 += p7;
             // The root: node(0, 4) + node(4, 4).
-            (Vector512.Load(spill) + q0).Store(c); (Vector512.Load(spill + 16) + q1).Store(c + 16);
-            (Vector512.Load(spill + 32) + q2).Store(c + ldc); (Vector512.Load(spill + 48) + q3).Store(c + ldc + 16);
-            (Vector512.Load(spill + 64) + q4).Store(c + 2 * ldc); (Vector512.Load(spill + 80) + q5).Store(c + 2 * ldc + 16);
-            (Vector512.Load(spill + 96) + q6).Store(c + 3 * ldc); (Vector512.Load(spill + 112) + q7).Store(c + 3 * ldc + 16);
+            Store4x32(c, ldc, Vector512.Load(spill) + q0, Vector512.Load(spill + 16) + q1, Vector512.Load(spill + 32) + q2, Vector512.Load(spill + 48) + q3,
+                Vector512.Load(spill + 64) + q4, Vector512.Load(spill + 80) + q5, Vector512.Load(spill + 96) + q6, Vector512.Load(spill + 112) + q7);
         }
+    }
+
+    /// <summary>A 4×32 node to rows of stride <paramref name="ldc"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store4x32(float* c, nint ldc, Vector512<float> r00, Vector512<float> r01, Vector512<float> r10, Vector512<float> r11,
+        Vector512<float> r20, Vector512<float> r21, Vector512<float> r30, Vector512<float> r31)
+    {
+        r00.Store(c); r01.Store(c + 16);
+        r10.Store(c + ldc); r11.Store(c + ldc + 16);
+        r20.Store(c + 2 * ldc); r21.Store(c + 2 * ldc + 16);
+        r30.Store(c + 3 * ldc); r31.Store(c + 3 * ldc + 16);
     }
 
     /// <summary>Rows r..r+4 of two sibling leaves <paramref name="kc"/> rows deep each (as <see cref="Pair4x32"/>), right + left returned in registers.</summary>
@@ -318,10 +330,7 @@ internal static unsafe class MicroKernels
             r20 += Vector512.Load(s + 2 * 32); r21 += Vector512.Load(s + 2 * 32 + 16);
             r30 += Vector512.Load(s + 3 * 32); r31 += Vector512.Load(s + 3 * 32 + 16);
         }
-        r00.Store(c + 0 * ldc); r01.Store(c + 0 * ldc + 16);
-        r10.Store(c + 1 * ldc); r11.Store(c + 1 * ldc + 16);
-        r20.Store(c + 2 * ldc); r21.Store(c + 2 * ldc + 16);
-        r30.Store(c + 3 * ldc); r31.Store(c + 3 * ldc + 16);
+        Store4x32(c, ldc, r00, r01, r10, r11, r20, r21, r30, r31);
     }
 
     /// <summary>One p of a 4×32 tile: row i's two accumulators += a[i] · b[0..32] (A's sliver keeps its 8 values per p).</summary>
