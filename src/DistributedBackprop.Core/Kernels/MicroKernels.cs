@@ -140,7 +140,8 @@ internal static unsafe class MicroKernels
     /// accumulators), their sum (right + left, the node's one rounding) taken in registers before the right leaf's other
     /// addends. The left leaf's tile is then never stored to its slot and read back, which at 4 FMA steps a leaf cost
     /// about as much as the FMAs. Every other leaf runs <see cref="Kernel8x32"/> as in <see cref="Leaves{TKernel}"/>.
-    /// The same chains and the same additions in the same order: the same bits.
+    /// The same chains and the same additions in the same order: the same bits. 4 or 8 chunks all equally deep skip
+    /// this walk (<see cref="LeavesInRegisters8x32"/>); it serves every other chunk count and chunks of unequal depth.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PairedLeaves8x32(int chunks, int* starts, int* leafSlot, int* firstAddend,
@@ -285,7 +286,8 @@ internal static unsafe class MicroKernels
     }
 
     /// <summary>
-    /// <see cref="Pair4x32"/> for both halves of the tile when both leaves are 4 rows deep (a batch of 32 in 8 chunks), in
+    /// <see cref="Pair4x32"/> for both halves of the tile when both leaves are 4 rows deep (a batch of 32 in 8 chunks, which
+    /// now takes <see cref="LeavesInRegisters8x32"/>; still a batch of 32 in 2 chunks, 4 workers' share, or of 64 in 16), in
     /// straight lines: every address a constant offset, no loop. At that depth a leaf's 64 FMAs were outnumbered by the
     /// loop's and the walk's other instructions (`bash bench/profile.sh 12 3000 -- --batch-size 32 --seconds 8 --windows 1
     /// --warmup 0.5 --no-gemm`: the FMA loop 18 % of the step, the rest of the leaves 16 %). Layer 1's weight gradient
