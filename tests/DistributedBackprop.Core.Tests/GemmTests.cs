@@ -247,6 +247,31 @@ public class GemmTests
         Assert.Equal(262, GemmBlocking.Vector256.SlabDepth(784));
     }
 
+    /// <summary>
+    /// Chunks of unequal depth whose rows still add up to the chunk count times the first chunk's (4, 3, 5, 4): not a tree
+    /// the registers' path may take for one of equal depth (MicroKernels.LeavesInRegisters8x32).
+    /// </summary>
+    [Theory]
+    [InlineData(16, 64, new[] { 0, 4, 7, 12, 16 })]
+    [InlineData(13, 40, new[] { 0, 4, 7, 12, 16 })]
+    [InlineData(16, 64, new[] { 0, 4, 7, 12, 16, 20, 23, 28, 32 })]
+    [InlineData(13, 40, new[] { 0, 4, 7, 12, 16, 20, 23, 28, 32 })]
+    public void ChunkTreeProduct_WithUnequalChunksOfEqualMeanDepth_EqualsNaive(int m, int n, int[] starts)
+    {
+        int k = starts[^1];
+        foreach (SimdTier tier in Enum.GetValues<SimdTier>())
+        {
+            float[] a = Random(m * k, 21), b = Random(k * n, 22);
+            var am = StridedMatrix<float>.RowMajor(a, k, m).Transposed();
+            var bm = StridedMatrix<float>.RowMajor(b, k, n);
+            float[] expected = GuardedOutput(m, n, seed: 9);
+            float[] actual = (float[])expected.Clone();
+            NaiveGemm.ChunkTreeProduct(am, bm, starts, expected.AsSpan(8), n);
+            Gemm.ChunkTreeProduct(am, bm, starts, actual.AsSpan(8), n, tier);
+            AssertBitwise(expected, actual, $"{tier} m={m} n={n} starts={string.Join(',', starts)}");
+        }
+    }
+
     [Fact]
     public void ChunkTreeProduct_WithOneChunk_IsThePlainProduct()
     {

@@ -185,8 +185,23 @@ internal static unsafe class MicroKernels
         }
     }
 
-    /// <summary>Whether every chunk is as deep as the first (a batch that is a multiple of the chunk count).</summary>
-    private static bool EqualDepths(int* starts, int chunks) => starts[chunks] == chunks * starts[1];
+    /// <summary>
+    /// Whether every chunk is as deep as the first (a batch that is a multiple of the chunk count). Each depth is compared:
+    /// chunks cut by <c>ChunkTree.ChunkStart</c> differ by at most a row, but the product takes any starts (4, 3, 5, 4 add up
+    /// to four times the first as well).
+    /// </summary>
+    private static bool EqualDepths(int* starts, int chunks)
+    {
+        int depth = starts[1] - starts[0];
+        for (int chunk = 1; chunk < chunks; chunk++)
+        {
+            if (starts[chunk + 1] - starts[chunk] != depth)
+            {
+                return false;
+            }
+        }
+        return true;
+    }
 
     /// <summary>
     /// AVX-512: a whole tile's tree of 4 or 8 chunks all <paramref name="kc"/> rows deep, node(0, 4) = (c0 + c1) + (c2 + c3)
