@@ -106,7 +106,7 @@ public class GemmTests
     /// <summary>
     /// Four or eight chunks all equally deep (k a multiple of 8, at most 4 or 8 × Gemm.PairedLeafDepth): AVX-512 keeps the tile's whole
     /// tree in registers (MicroKernels.LeavesInRegisters8x32), its root straight into C for full tiles and through
-    /// the stack for ragged ones; depth 4 is a batch of 32, 1 and 31 the ends of the range.
+    /// the stack for ragged ones; depth 4 is a batch of 32, 1 and 32 (4 chunks of k = 128) the ends of the range.
     /// </summary>
     public static IEnumerable<object[]> EqualDepthShapes() => [[16, 96, 32], [13, 40, 32], [8, 64, 8], [24, 33, 248], [16, 64, 16], [9, 70, 128]];
 

@@ -252,7 +252,8 @@ public static unsafe class Gemm
         // Several blocks would each pack all of B again: pack it whole once if it fits (panel jc then starts at jc·k).
         bool packOnce = order.Length > 1 && (long)RoundUp(n, nr) * k <= PackOnceFloats;
         float* packB = (t_packB ??= new()).Ensure(packOnce ? RoundUp(n, nr) * k : RoundUp(Math.Min(ncBlock, n), nr) * k);
-        // Shallow chunks: sibling leaves two at a time, the left one never stored and read back (MicroKernels.PairedLeaves8x32).
+        // Shallow chunks: sibling leaves two at a time, the left one never stored and read back (MicroKernels.PairedLeaves8x32;
+        // with 4 or 8 chunks all equally deep, MicroKernels.LeavesInRegisters8x32, which stores no leaf at all).
         bool pairLeaves = tier == SimdTier.Vector512 && k <= PairedLeafDepth * chunks;
         int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);

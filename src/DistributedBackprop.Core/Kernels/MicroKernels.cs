@@ -39,10 +39,12 @@ internal static unsafe class MicroKernels
     /// firstAddend[c+1]) in that order (slots of <paramref name="stack"/>, their addresses worked out once per product:
     /// 1.03–1.05 × on the weight gradients at batch 32, 1.00–1.02 × at 128, `bash bench/gemm-ab.sh 64e5092 100 B`), stored in slot leafSlot[c]
     /// of <paramref name="stack"/> (tiles MR×NR, row stride NR); the last chunk's result, the root, goes to
-    /// <paramref name="root"/> (row stride ldc) if it is given.
+    /// <paramref name="root"/> (row stride ldc) if it is given, else to slot 0. With pairs and 4 or 8 chunks all equally
+    /// deep the walk is not used at all (<see cref="LeavesInRegisters8x32"/>): only the root is stored, and slot 1 holds
+    /// one spilled node.
     /// </summary>
-    /// <param name="pairLeaves">AVX-512 only: run sibling leaves two at a time (<see cref="PairedLeaves8x32"/>), for chunks so
-    /// shallow that storing and reloading each left leaf costs more than its FMAs.</param>
+    /// <param name="pairLeaves">AVX-512 only: run sibling leaves two at a time (<see cref="LeavesInRegisters8x32"/> or
+    /// <see cref="PairedLeaves8x32"/>), for chunks so shallow that storing and reloading each left leaf costs more than its FMAs.</param>
     public static void RunLeaves(SimdTier tier, int chunks, int* starts, int* leafSlot, int* firstAddend,
         float* aSliver, float* bSliver, float* stack, float** addends, float* root, nint ldc, bool pairLeaves = false)
     {
@@ -302,7 +304,8 @@ internal static unsafe class MicroKernels
 
     /// <summary>
     /// <see cref="Pair4x32"/> for both halves of the tile when both leaves are 4 rows deep (a batch of 32 in 8 chunks, which
-    /// now takes <see cref="LeavesInRegisters8x32"/>; still a batch of 32 in 2 chunks, 4 workers' share, or of 64 in 16), in
+    /// now takes <see cref="LeavesInRegisters8x32"/>; still each of 4 workers' 2 chunks of such a batch, or a batch of 64 in
+    /// 16 chunks), in
     /// straight lines: every address a constant offset, no loop. At that depth a leaf's 64 FMAs were outnumbered by the
     /// loop's and the walk's other instructions (`bash bench/profile.sh 12 3000 -- --batch-size 32 --seconds 8 --windows 1
     /// --warmup 0.5 --no-gemm`: the FMA loop 18 % of the step, the rest of the leaves 16 %). Layer 1's weight gradient
