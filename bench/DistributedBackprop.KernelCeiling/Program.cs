@@ -51,7 +51,7 @@ unsafe
             double tilesBroadcast = Time(() => Leaves(kc, a, b, c, &Broadcast.Tile16x16), kc);
             double pairs = Time(() => Pairs(kc, a, b, c, &PairLoop), kc);
             double pairsBroadcast = Time(() => Pairs(kc, a, b, c, &Broadcast.Pair8x32), kc);
-            double walk = Time(() => MicroKernels.RunLeaves(SimdTier.Vector512, chunks, starts, leafSlot, firstAddend, a, b, stack, addends, c, nr, pairLeaves: true), kc);
+            double walk = Time(() => MicroKernels.RunLeaves(SimdTier.Vector512, chunks, starts, leafSlot, firstAddend, a, b, stack, addends, c, nr, pairLeaves: true, equalDepths: true), kc);
             Console.WriteLine($"kc={kc}: 8 leaves as tiles 8x32 {flops / tiles:F1}, 16x16 broadcast-in-FMA {flops / tilesBroadcast:F1}; "
                 + $"as 4 pairs of 4x32 halves {flops / pairs:F1}, of 8x16 halves broadcast-in-FMA {flops / pairsBroadcast:F1}; "
                 + $"through the engine's leaf loop {flops / walk:F1} GFLOP/s");

@@ -255,6 +255,7 @@ public static unsafe class Gemm
         // Shallow chunks: sibling leaves two at a time, the left one never stored and read back (MicroKernels.PairedLeaves8x32;
         // with 4 or 8 chunks all equally deep, MicroKernels.LeavesInRegisters8x32, which stores no leaf at all).
         bool pairLeaves = tier == SimdTier.Vector512 && k <= PairedLeafDepth * chunks;
+        bool equalDepths = MicroKernels.EqualDepths(chunkStarts);
         int maxDepth = ChunkTree.MaxStackDepth(chunks);
         float* stack = (t_tiles ??= new()).Ensure(tileSize * maxDepth);
         // The tree walk is the same for every tile, so it is planned once: each chunk's leaf slot and the slots it
@@ -329,7 +330,7 @@ public static unsafe class Gemm
                                     PrefetchTile(pc + (long)ic * ldc + jc + jr + nr, ldc, Math.Min(mr, mc), Math.Min(nr, nc - jr - nr));
                                 }
                                 MicroKernels.RunLeaves(tier, chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends,
-                                    fullTile ? cTile : null, ldc, pairLeaves);
+                                    fullTile ? cTile : null, ldc, pairLeaves, equalDepths);
                                 if (!fullTile)
                                 {
                                     CopyTile(stack, nr, cTile, ldc, rows, cols, zeroPad: false, mr, nr);

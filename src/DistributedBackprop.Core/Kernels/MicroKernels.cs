@@ -45,13 +45,14 @@ internal static unsafe class MicroKernels
     /// </summary>
     /// <param name="pairLeaves">AVX-512 only: run sibling leaves two at a time (<see cref="LeavesInRegisters8x32"/> or
     /// <see cref="PairedLeaves8x32"/>), for chunks so shallow that storing and reloading each left leaf costs more than its FMAs.</param>
+    /// <param name="equalDepths">every chunk as deep as the first (<see cref="EqualDepths"/>, found once per product).</param>
     public static void RunLeaves(SimdTier tier, int chunks, int* starts, int* leafSlot, int* firstAddend,
-        float* aSliver, float* bSliver, float* stack, float** addends, float* root, nint ldc, bool pairLeaves = false)
+        float* aSliver, float* bSliver, float* stack, float** addends, float* root, nint ldc, bool pairLeaves = false, bool equalDepths = false)
     {
         switch (tier)
         {
             // The root in slot 0 when no root is given (as the walk leaves it); node(0, 4) of 8 chunks spilled to slot 1.
-            case SimdTier.Vector512 when pairLeaves && chunks is 4 or 8 && EqualDepths(starts, chunks):
+            case SimdTier.Vector512 when pairLeaves && equalDepths && chunks is 4 or 8:
                 LeavesInRegisters8x32(chunks, starts[1], aSliver, bSliver, stack + 8 * 32, root != null ? root : stack, root != null ? ldc : 32); break;
             case SimdTier.Vector512 when pairLeaves: PairedLeaves8x32(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
             case SimdTier.Vector512: Leaves<Tile8x32>(chunks, starts, leafSlot, firstAddend, aSliver, bSliver, stack, addends, root, ldc); break;
@@ -192,10 +193,10 @@ internal static unsafe class MicroKernels
     /// chunks cut by <c>ChunkTree.ChunkStart</c> differ by at most a row, but the product takes any starts (4, 3, 5, 4 add up
     /// to four times the first as well).
     /// </summary>
-    private static bool EqualDepths(int* starts, int chunks)
+    internal static bool EqualDepths(ReadOnlySpan<int> starts)
     {
         int depth = starts[1] - starts[0];
-        for (int chunk = 1; chunk < chunks; chunk++)
+        for (int chunk = 1; chunk + 1 < starts.Length; chunk++)
         {
             if (starts[chunk + 1] - starts[chunk] != depth)
             {
