@@ -96,8 +96,19 @@ foreach (Product product in products)
         Console.Error.WriteLine($"GEMMAB_THREADS: expected a whole number of threads from 1 to {Chunks}, got '{askedThreads}'");
         return 2;
     }
-    TrainingSession session = TrainingSession.Prepare(config, SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
-    B.Engine.TrainingSession baselineSession = B.Engine.TrainingSession.Prepare(baselineConfig, B.Data.SyntheticData.Create(rows, 784, 10, seed: 1), test: null, testFraction: 0);
+    // GEMMAB_IMAGES=1: the synthetic values rounded to 8-bit pixels (0..255) and marked as images, so both sessions
+    // scale them to [0, 1] as they do Fashion-MNIST's; otherwise a table of floats, standardised.
+    bool images = Environment.GetEnvironmentVariable("GEMMAB_IMAGES") == "1";
+    Dataset data = SyntheticData.Create(rows, 784, 10, seed: 1);
+    B.Data.Dataset baselineData = B.Data.SyntheticData.Create(rows, 784, 10, seed: 1);
+    if (images)
+    {
+        float[] pixels = [.. data.Values.Select(v => MathF.Round(Math.Clamp(v * 64f + 128f, 0f, 255f)))];
+        data = new Dataset(data.Source, data.Features, pixels, data.Labels, data.Classes, DataKind.Images);
+        baselineData = new B.Data.Dataset(baselineData.Source, baselineData.Features, (float[])pixels.Clone(), baselineData.Labels, baselineData.Classes, B.Data.DataKind.Images);
+    }
+    TrainingSession session = TrainingSession.Prepare(config, data, test: null, testFraction: 0);
+    B.Engine.TrainingSession baselineSession = B.Engine.TrainingSession.Prepare(baselineConfig, baselineData, test: null, testFraction: 0);
     using var trainer = new Trainer(session, threads);
     using var baselineTrainer = new B.Engine.Trainer(baselineSession, threads);
     int steps = Math.Max(1, 1280 / batch);

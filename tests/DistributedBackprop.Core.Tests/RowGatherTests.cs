@@ -61,4 +61,53 @@ public class RowGatherTests
         Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.Copy(table, 0, [0], destination));
         Assert.All(destination, value => Assert.Equal(0f, value));
     }
+
+    [Theory]
+    // Widths around the 16-code piece and the 64-code line (none, a tail only, pieces, lines and a tail) and
+    // Fashion-MNIST's 784; row counts around the group of rows converted together, rows repeated and out of order.
+    [InlineData(1, 0)]
+    [InlineData(1, 5)]
+    [InlineData(15, 3)]
+    [InlineData(16, 9)]
+    [InlineData(17, 4)]
+    [InlineData(63, 8)]
+    [InlineData(64, 7)]
+    [InlineData(65, 17)]
+    [InlineData(129, 9)]
+    [InlineData(784, 13)]
+    public void CopyScaled_IsEachCodeTimesTheScale(int width, int count)
+    {
+        const int tableRows = 40;
+        var random = new Random(width * 100 + count);
+        byte[] table = new byte[tableRows * width];
+        random.NextBytes(table);
+        int[] rows = new int[count];
+        for (int r = 0; r < count; r++) rows[r] = r % 5 == 4 ? rows[r - 1] : random.Next(tableRows);
+        // A scale whose products round (1/255), so a conversion that skipped the exact widening would show.
+        const float scale = 1f / 255f;
+
+        float[] gathered = new float[count * width + 1];
+        gathered[^1] = 42f;
+        RowGather.CopyScaled(table, width, scale, rows, gathered);
+
+        float[] expected = new float[count * width + 1];
+        expected[^1] = 42f;
+        for (int r = 0; r < count; r++)
+        {
+            for (int j = 0; j < width; j++) expected[r * width + j] = (float)table[rows[r] * width + j] * scale;
+        }
+        Assert.Equal(expected.Select(BitConverter.SingleToInt32Bits), gathered.Select(BitConverter.SingleToInt32Bits));
+    }
+
+    [Fact]
+    public void CopyScaled_RefusesRowsOutsideTheTable_OrTooSmallADestination_BeforeAnythingIsCopied()
+    {
+        byte[] table = [.. Enumerable.Range(1, 10 * 4).Select(i => (byte)i)];
+        float[] destination = new float[3 * 4];
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.CopyScaled(table, 4, 1f, [0, 1, 10], destination));
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.CopyScaled(table, 4, 1f, [2, -1], destination));
+        Assert.Throws<ArgumentException>(() => RowGather.CopyScaled(table, 4, 1f, [0, 1, 2, 3], destination));
+        Assert.Throws<ArgumentOutOfRangeException>(() => RowGather.CopyScaled(table, 0, 1f, [0], destination));
+        Assert.All(destination, value => Assert.Equal(0f, value));
+    }
 }

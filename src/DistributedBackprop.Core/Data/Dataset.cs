@@ -27,7 +27,10 @@ public sealed class Dataset
         Labels = labels;
         Classes = classes;
         Kind = kind;
+        _byteCoded = new Lazy<ByteCodedValues?>(() => ByteCodedValues.TryEncode(values, ByteCodedValues.ImageScale));
     }
+
+    private readonly Lazy<ByteCodedValues?> _byteCoded;
 
     /// <summary>False when the rows carry no labels (data for `predict`); every label is then −1.</summary>
     public bool IsLabelled => Labels.Length == 0 || Labels[0] >= 0;
@@ -42,6 +45,12 @@ public sealed class Dataset
     public DataKind Kind { get; }
 
     public ReadOnlySpan<float> Row(int row) => Values.AsSpan(row * Features, Features);
+
+    /// <summary>
+    /// <see cref="Values"/> as one byte each when every value is code × <see cref="ByteCodedValues.ImageScale"/>
+    /// (images scaled to [0, 1]), else null. Made on first use, once, by whichever reader asks first.
+    /// </summary>
+    public ByteCodedValues? ByteCoded => _byteCoded.Value;
 
     /// <summary>The rows at <paramref name="indices"/>, in that order.</summary>
     public Dataset Subset(ReadOnlySpan<int> indices, string? source = null)

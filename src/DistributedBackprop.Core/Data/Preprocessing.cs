@@ -26,7 +26,7 @@ public sealed class Preprocessing
     public static Preprocessing UnitRange(int features)
     {
         var scale = new float[features];
-        scale.AsSpan().Fill(1f / 255f);
+        scale.AsSpan().Fill(ByteCodedValues.ImageScale);
         return new Preprocessing(new float[features], scale);
     }
 

@@ -16,6 +16,7 @@ public sealed class NodeGradientComputer
 {
     private readonly Network<float> _network;
     private readonly Dataset _data;
+    private readonly ByteCodedValues? _byteCoded;
     private int[] _chunkStarts = [];
 
     public NodeGradientComputer(Architecture architecture, Dataset trainingData)
@@ -26,6 +27,7 @@ public sealed class NodeGradientComputer
         }
         _network = new Network<float>(architecture);
         _data = trainingData;
+        _byteCoded = trainingData.ByteCoded;
     }
 
     public Architecture Architecture => _network.Architecture;
@@ -70,7 +72,15 @@ public sealed class NodeGradientComputer
         _normaliser = batchRows.Length;
 
         ReadOnlySpan<int> nodeRows = batchRows.Slice(rowStart, rows);
-        RowGather.Copy(_data.Values, _data.Features, nodeRows, _network.Input(rows));
+        // The same floats either way; byte codes, where the data has them, are a quarter of the bytes to fetch.
+        if (_byteCoded is not null)
+        {
+            RowGather.CopyScaled(_byteCoded.Codes, _data.Features, _byteCoded.Scale, nodeRows, _network.Input(rows));
+        }
+        else
+        {
+            RowGather.Copy(_data.Values, _data.Features, nodeRows, _network.Input(rows));
+        }
         Span<int> labels = LabelBuffer(rows);
         for (int r = 0; r < rows; r++)
         {
