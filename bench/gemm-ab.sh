@@ -10,8 +10,8 @@
 #   bash bench/gemm-ab.sh BASE [ROUNDS] [BATCH]        e.g. bash bench/gemm-ab.sh 3f2490c 100 128
 # GEMMAB_ROWS=60000: the training step on a data set as large as Fashion-MNIST (rows gathered from memory, not
 # the cache); default max(16 × batch, 4096) rows, as `dbp bench`'s synthetic set.
-# GEMMAB_IMAGES=1: the data set's values rounded to 8-bit pixels and scaled to [0, 1] as images are (Fashion-MNIST's
-# kind), instead of a standardised table of floats.
+# GEMMAB_IMAGES=1: the data set's values made 8-bit pixels, then scaled by 1/255 as Fashion-MNIST's are (so the
+# step gathers them from byte codes), instead of uniform floats in [0, 1) scaled the same way.
 # GEMMAB_THREADS=T: the trainers' --threads (default 1). With 2 on a 2-vCPU VM the rounds spread too widely to
 # read (0.52–1.67 in one run): each trainer's lanes wait for the other's threads and for the host's other tenants.
 set -euo pipefail

@@ -96,14 +96,15 @@ foreach (Product product in products)
         Console.Error.WriteLine($"GEMMAB_THREADS: expected a whole number of threads from 1 to {Chunks}, got '{askedThreads}'");
         return 2;
     }
-    // GEMMAB_IMAGES=1: the synthetic values rounded to 8-bit pixels (0..255) and marked as images, so both sessions
-    // scale them to [0, 1] as they do Fashion-MNIST's; otherwise a table of floats, standardised.
+    // GEMMAB_IMAGES=1: the synthetic values (uniform in [0, 1)) made 8-bit pixels 0..255, which both sessions scale
+    // by 1/255 as they do Fashion-MNIST's; otherwise those floats themselves, scaled the same way (the synthetic set
+    // is of the images kind), which no byte code decodes to.
     bool images = Environment.GetEnvironmentVariable("GEMMAB_IMAGES") == "1";
     Dataset data = SyntheticData.Create(rows, 784, 10, seed: 1);
     B.Data.Dataset baselineData = B.Data.SyntheticData.Create(rows, 784, 10, seed: 1);
     if (images)
     {
-        float[] pixels = [.. data.Values.Select(v => MathF.Round(Math.Clamp(v * 64f + 128f, 0f, 255f)))];
+        float[] pixels = [.. data.Values.Select(v => MathF.Min(255f, MathF.Floor(v * 256f)))];
         data = new Dataset(data.Source, data.Features, pixels, data.Labels, data.Classes, DataKind.Images);
         baselineData = new B.Data.Dataset(baselineData.Source, baselineData.Features, (float[])pixels.Clone(), baselineData.Labels, baselineData.Classes, B.Data.DataKind.Images);
     }

@@ -82,8 +82,8 @@ public sealed class InstructionSetTests : IDisposable
             }
         }
         string data = Directory.CreateDirectory(Path.Combine(_dir, "images")).FullName;
-        WriteIdx(Path.Combine(data, "train-images-idx3-ubyte"), [images, side, side], pixels);
-        WriteIdx(Path.Combine(data, "train-labels-idx1-ubyte"), [images], labels);
+        DistributedBackprop.Tests.IdxFiles.WriteBytes(Path.Combine(data, "train-images-idx3-ubyte"), [images, side, side], pixels);
+        DistributedBackprop.Tests.IdxFiles.WriteBytes(Path.Combine(data, "train-labels-idx1-ubyte"), [images], labels);
         byte[]? first = null;
         foreach (var (name, environment) in InstructionSets)
         {
@@ -95,19 +95,5 @@ public sealed class InstructionSetTests : IDisposable
             first ??= bytes;
             Assert.True(first.AsSpan().SequenceEqual(bytes), $"images: the model trained with {name} differs from the default's");
         }
-    }
-
-    /// <summary>An IDX file of unsigned bytes: magic 0x0000 08 d, the d sizes big-endian, the data.</summary>
-    private static void WriteIdx(string path, int[] dimensions, byte[] data)
-    {
-        using var file = File.Create(path);
-        file.Write([0, 0, 0x08, (byte)dimensions.Length]);
-        Span<byte> size = stackalloc byte[4];
-        foreach (int d in dimensions)
-        {
-            System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(size, d);
-            file.Write(size);
-        }
-        file.Write(data);
     }
 }

@@ -64,8 +64,9 @@ public class ByteCodedValuesTests
     {
         float[] codes = [.. Enumerable.Range(0, 100).Select(i => (i % 256) * ByteCodedValues.ImageScale)];
         Assert.NotNull(ByteCodedValues.TryEncode(codes, ByteCodedValues.ImageScale));
-        // In the vector loop's first lane, in its middle, and in the scalar tail.
-        foreach (int at in new[] { 0, 37, 99 })
+        // At every place: the check before the allocation, each of the four vectors of every vector block, each
+        // lane, and the scalar tail.
+        for (int at = 0; at < codes.Length; at++)
         {
             float[] table = (float[])codes.Clone();
             table[at] = value;
@@ -109,5 +110,31 @@ public class ByteCodedValuesTests
         BatchResult floatResult = new NodeGradientComputer(arch, floats).Compute(theta, batch, 8, ChunkTree.Root(8), fromFloats);
         Assert.Equal(floatResult, codedResult);
         Assert.Equal(Bits(fromFloats), Bits(fromCodes));
+    }
+
+    [Fact]
+    public void AnIdxDataSetPreparedForTraining_IsCoded_AndTheEmbeddedDigitsAreNot()
+    {
+        // The path a run takes: IDX files read, the training rows split off and scaled by the images' preprocessing.
+        string dir = Directory.CreateTempSubdirectory("dbp-codes-").FullName;
+        try
+        {
+            const int images = 30, side = 5;
+            var random = new Random(2);
+            var pixels = new byte[images * side * side];
+            random.NextBytes(pixels);
+            IdxFiles.WriteBytes(Path.Combine(dir, "train-images-idx3-ubyte"), [images, side, side], pixels);
+            IdxFiles.WriteBytes(Path.Combine(dir, "train-labels-idx1-ubyte"), [images], [.. Enumerable.Range(0, images).Select(i => (byte)(i % 3))]);
+            Dataset loaded = DataSources.Load(dir, null).Train;
+            TrainingSession session = TrainingSession.Prepare(new TrainingConfig(), loaded, null, 0.2);
+            ByteCodedValues? coded = session.Train.ByteCoded;
+            Assert.NotNull(coded);
+            Assert.Equal(Bits(session.Train.Values), Bits([.. coded.Codes.Select(code => code * coded.Scale)]));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        Assert.Null(TrainingSession.Prepare(new TrainingConfig(), DataSources.EmbeddedDigits(), null, 0.2).Train.ByteCoded);
     }
 }

@@ -44,9 +44,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private Address? _server;
     private JoinAccepted? _accepted;
-    private float[]? _streamedValues;
-    private int[]? _streamedLabels;
-    private int _streamedRows;
+    private StreamedRows? _streamed;
     private WorkerSetup? _setup;
     private int _shardsHosted;
 
@@ -182,8 +180,10 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         TrainingConfig config = TrainingConfig.FromJson(accepted.ConfigJson);
         Dataset raw = DataSources.Load(path, accepted.LabelColumn, accepted.CsvHeader).Train;
         string hash = raw.ContentHash();
-        Dataset train = TrainingSession.SplitRows(config, raw, null, accepted.TestFraction).Train;
-        return new DataReady(new Preprocessing(accepted.PreprocessShift, accepted.PreprocessScale).Apply(train), hash, config);
+        Dataset train = new Preprocessing(accepted.PreprocessShift, accepted.PreprocessScale).Apply(TrainingSession.SplitRows(config, raw, null, accepted.TestFraction).Train);
+        // Images' byte codes made here, off the actor, as the server's session makes its own (TrainingSession.Prepare).
+        _ = train.ByteCoded;
+        return new DataReady(train, hash, config);
     }
 
     private void Chunk(TrainingDataChunk chunk)
@@ -192,28 +192,26 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         {
             return;
         }
-        // Sizes come from the server's (authenticated) chunks; still, check them before allocating or copying.
-        int features = _accepted.PreprocessShift.Length;
-        if (chunk.Features != features || chunk.TotalRows <= 0 || chunk.FirstRow < 0 || (long)chunk.TotalRows * features > Array.MaxLength
-            || chunk.Labels.Length == 0 || (long)chunk.FirstRow + chunk.Labels.Length > chunk.TotalRows || chunk.Values.Length != (long)chunk.Labels.Length * features
-            || (_streamedLabels is not null && _streamedLabels.Length != chunk.TotalRows))
+        // Sizes come from the server's (authenticated) chunks; still, they are checked before allocating or copying.
+        _streamed ??= new StreamedRows(_accepted.PreprocessShift.Length,
+            Enumerable.Range(0, Classes(_accepted)).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+        switch (_streamed.Add(chunk))
         {
-            Exit(1, $"the server streamed a malformed data chunk (rows {chunk.FirstRow}+{chunk.Labels.Length} of {chunk.TotalRows}, {chunk.Features} features)");
-            return;
-        }
-        _streamedValues ??= new float[(long)chunk.TotalRows * chunk.Features];
-        _streamedLabels ??= new int[chunk.TotalRows];
-        chunk.Values.CopyTo(_streamedValues, (long)chunk.FirstRow * chunk.Features);
-        chunk.Labels.CopyTo(_streamedLabels, chunk.FirstRow);
-        _streamedRows += chunk.Labels.Length;
-        if (_streamedRows == chunk.TotalRows)
-        {
-            TrainingConfig config = TrainingConfig.FromJson(_accepted.ConfigJson);
-            int classes = Classes(_accepted);
-            var rows = new Dataset("streamed from the server", chunk.Features, _streamedValues, _streamedLabels,
-                Enumerable.Range(0, classes).Select(c => c.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToArray(), DataKind.Table);
-            // The rows are the server's own, already preprocessed: they match its hash by construction.
-            Self.Tell(new DataReady(rows, _accepted.DataHash, config));
+            case StreamedRows.Outcome.Malformed:
+                Exit(1, $"the server streamed a malformed data chunk (rows {chunk.FirstRow}+{chunk.Labels.Length} of {chunk.TotalRows}, {chunk.Features} features)");
+                return;
+            case StreamedRows.Outcome.Completed:
+                // The rows are the server's own, already preprocessed: they match its hash by construction. Their
+                // byte codes, if they are images, are made off the actor.
+                Dataset rows = _streamed.Rows!;
+                string hash = _accepted.DataHash;
+                TrainingConfig config = TrainingConfig.FromJson(_accepted.ConfigJson);
+                Task.Run(() =>
+                {
+                    _ = rows.ByteCoded;
+                    return new DataReady(rows, hash, config);
+                }).PipeTo(Self);
+                return;
         }
     }
 

@@ -30,7 +30,8 @@ public sealed class ByteCodedValues
     /// <summary>
     /// The codes of <paramref name="values"/> if every value is bit for bit (float)code × <paramref name="scale"/>
     /// with a code 0..255 (so −0, NaN, values between codes and values past 255 codes refuse the whole table); null
-    /// otherwise. A refused table costs one pass up to its first value that is not a code.
+    /// otherwise. The first values are checked before the codes' array is allocated, so a table of other floats (a
+    /// standardised CSV) is refused at once; one with a late non-code costs a pass up to it.
     /// </summary>
     public static ByteCodedValues? TryEncode(ReadOnlySpan<float> values, float scale)
     {
@@ -38,8 +39,15 @@ public sealed class ByteCodedValues
         {
             throw new ArgumentOutOfRangeException(nameof(scale), $"a scale must be finite and positive, got {scale}");
         }
-        var codes = new byte[values.Length];
         float inverse = 1f / scale;
+        for (int first = 0; first < Math.Min(values.Length, 64); first++)
+        {
+            if (Encode(values[first], inverse, scale) is null)
+            {
+                return null;
+            }
+        }
+        var codes = new byte[values.Length];
         int i = 0;
         if (Vector.IsHardwareAccelerated)
         {
@@ -77,8 +85,9 @@ public sealed class ByteCodedValues
     private static Vector<uint> VectorCodes(ReadOnlySpan<float> values, Vector<float> toCode, Vector<float> factor, ref Vector<int> good)
     {
         var value = new Vector<float>(values);
-        // The nearest code, then the exact test: that code decodes to this value's bits (a NaN or a value past
-        // int's range converts to a code outside 0..255 and fails; −0 decodes to +0 and fails).
+        // The nearest code, then the exact test: that code decodes to this value's bits. A NaN converts to code 0
+        // and −0 rounds to it; both fail the bit compare, as +0 is not their bits. A value past int's range converts
+        // to a code outside 0..255 (saturated) and fails the range check.
         Vector<int> code = Vector.ConvertToInt32(Vector.Round(value * toCode));
         Vector<int> decoded = Vector.AsVectorInt32(Vector.ConvertToSingle(code) * factor);
         good &= Vector.Equals(decoded, Vector.AsVectorInt32(value))

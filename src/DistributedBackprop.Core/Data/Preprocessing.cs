@@ -22,7 +22,7 @@ public sealed class Preprocessing
     public float[] Scale { get; }
     public int Features => Shift.Length;
 
-    /// <summary>Images: x' = x / 255.</summary>
+    /// <summary>Images: x' = x · (1/255), (1/255) rounded to a float first (not x / 255 rounded once: 7 · (1/255) and 7 / 255 are neighbouring floats); <see cref="ByteCodedValues"/> relies on these bits.</summary>
     public static Preprocessing UnitRange(int features)
     {
         var scale = new float[features];

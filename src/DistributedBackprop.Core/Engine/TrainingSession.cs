@@ -80,7 +80,11 @@ public sealed class TrainingSession
         }
         config.CheckFits(train.Features, train.Classes.Count, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
         Preprocessing preprocessing = Preprocessing.Fit(train);
-        return new TrainingSession(config, preprocessing.Apply(train), validation is null ? null : preprocessing.Apply(validation),
+        Dataset preparedTrain = preprocessing.Apply(train);
+        // Images' byte codes (the step's gather reads them) are made here, with the data, and not by the first
+        // worker's constructor, which in local mode is an actor's.
+        _ = preparedTrain.ByteCoded;
+        return new TrainingSession(config, preparedTrain, validation is null ? null : preprocessing.Apply(validation),
             test is null ? null : preprocessing.Apply(test), preprocessing, data.ContentHash());
     }
 

@@ -18,6 +18,11 @@ public static unsafe class RowGather
     /// </summary>
     private const int GroupRows = 4;
 
+    /// <summary>
+    /// Byte rows (Fashion-MNIST: 784 bytes, ~12 lines) converted side by side: shorter rows, so more of them to keep
+    /// as many misses in flight. The step against the float gather (`GEMMAB_IMAGES=1 GEMMAB_ROWS=60000 bash
+    /// bench/gemm-ab.sh 311b541 60 128`, `ByteGroupRows` edited): 4 rows 1.032 ×, 8 rows 1.050 × (twice), 16 rows 1.038 ×.
+    /// </summary>
     private const int ByteGroupRows = 8;
 
     /// <summary>destination row r ← table row rows[r] (each <paramref name="width"/> floats, row-major, dense).</summary>
@@ -60,7 +65,7 @@ public static unsafe class RowGather
     public static void CopyScaled(ReadOnlySpan<byte> table, int width, float scale, ReadOnlySpan<int> rows, Span<float> destination)
     {
         CheckRows(table.Length, width, rows, destination.Length);
-        const int lineBytes = 64;
+        const int lineBytes = CacheLine.Floats * sizeof(float);
         int whole = width / lineBytes * lineBytes;
         fixed (byte* source = table)
         fixed (float* target = destination)
