@@ -12,47 +12,13 @@ namespace DistributedBackprop.Kernels;
 /// </summary>
 public static unsafe class RowGather
 {
-    /// <summary>
-    /// Rows copied side by side. The training step against row-by-row copies, Fashion-MNIST-sized data
-    /// (`GEMMAB_ROWS=60000 bash bench/gemm-ab.sh fc17d74 120 512`, `GroupRows` edited): 4 rows 1.031 ×, 8 rows 1.026 ×, 16 rows 0.988 ×.
-    /// </summary>
-    private const int GroupRows = 4;
-
-    /// <summary>
-    /// Byte rows (Fashion-MNIST: 784 bytes, ~12 lines) converted side by side: shorter rows, so more of them to keep
-    /// as many misses in flight. The step against the float gather (`GEMMAB_IMAGES=1 GEMMAB_ROWS=60000 bash
-    /// bench/gemm-ab.sh 311b541 60 128`, `ByteGroupRows` edited): 4 rows 1.032 ×, 8 rows 1.050 × (twice), 16 rows 1.038 ×.
-    /// </summary>
-    private const int ByteGroupRows = 8;
-
     /// <summary>destination row r ← table row rows[r] (each <paramref name="width"/> floats, row-major, dense).</summary>
     public static void Copy(ReadOnlySpan<float> table, int width, ReadOnlySpan<int> rows, Span<float> destination)
     {
         CheckRows(table.Length, width, rows, destination.Length);
-        int whole = width / CacheLine.Floats * CacheLine.Floats, tail = width - whole;
         fixed (float* source = table, target = destination)
         {
-            float** from = stackalloc float*[GroupRows];
-            for (int first = 0; first < rows.Length; first += GroupRows)
-            {
-                int group = Math.Min(GroupRows, rows.Length - first);
-                for (int g = 0; g < group; g++)
-                {
-                    from[g] = source + (long)rows[first + g] * width;
-                }
-                float* to = target + (long)first * width;
-                for (int p = 0; p < whole; p += CacheLine.Floats)
-                {
-                    for (int g = 0; g < group; g++)
-                    {
-                        CacheLine.Copy(from[g] + p, to + (long)g * width + p);
-                    }
-                }
-                for (int g = 0; tail > 0 && g < group; g++)
-                {
-                    new ReadOnlySpan<float>(from[g] + whole, tail).CopyTo(new Span<float>(to + (long)g * width + whole, tail));
-                }
-            }
+            Gather<FloatLines>((byte*)source, width, rows, target, scale: 1f);
         }
     }
 
@@ -60,38 +26,96 @@ public static unsafe class RowGather
     /// destination row r ← table row rows[r] × <paramref name="scale"/>, each code widened to a float first: the
     /// rows of a <see cref="Data.ByteCodedValues"/> table, where every value is exactly code × scale, so the floats
     /// written are the float table's own bits. A quarter of the bytes come from memory (Fashion-MNIST: 784 bytes a
-    /// row instead of 3,136). Rows go in groups, one 64-byte line of each in turn, as <see cref="Copy"/>'s do.
+    /// row instead of 3,136).
     /// </summary>
     public static void CopyScaled(ReadOnlySpan<byte> table, int width, float scale, ReadOnlySpan<int> rows, Span<float> destination)
     {
         CheckRows(table.Length, width, rows, destination.Length);
-        const int lineBytes = CacheLine.Floats * sizeof(float);
-        int whole = width / lineBytes * lineBytes;
         fixed (byte* source = table)
         fixed (float* target = destination)
         {
-            byte** from = stackalloc byte*[ByteGroupRows];
-            for (int first = 0; first < rows.Length; first += ByteGroupRows)
+            Gather<ByteCodeLines>(source, width, rows, target, scale);
+        }
+    }
+
+    /// <summary>How one kind of table's rows become floats, a 64-byte line of the table at a time.</summary>
+    private interface ILines
+    {
+        /// <summary>Rows whose lines are taken in turn (measured per kind: <see cref="FloatLines"/>, <see cref="ByteCodeLines"/>).</summary>
+        static abstract int GroupRows { get; }
+        static abstract int BytesPerValue { get; }
+        /// <summary>One whole line of the table (64 / <see cref="BytesPerValue"/> values) to floats.</summary>
+        static abstract void Line(byte* source, float* destination, float scale);
+        /// <summary>A row's last <paramref name="count"/> values, fewer than a line's.</summary>
+        static abstract void Tail(byte* source, float* destination, int count, float scale);
+    }
+
+    /// <summary>
+    /// The rows in groups, one 64-byte line of each row of a group in turn, so the group's misses are in flight
+    /// together; then each row's tail. Rows already checked (<see cref="CheckRows"/>).
+    /// </summary>
+    private static void Gather<TLines>(byte* source, int width, ReadOnlySpan<int> rows, float* target, float scale)
+        where TLines : ILines
+    {
+        const int lineBytes = CacheLine.Floats * sizeof(float);
+        int lineValues = lineBytes / TLines.BytesPerValue;
+        int whole = width / lineValues * lineValues;
+        long rowBytes = (long)width * TLines.BytesPerValue;
+        byte** from = stackalloc byte*[TLines.GroupRows];
+        for (int first = 0; first < rows.Length; first += TLines.GroupRows)
+        {
+            int group = Math.Min(TLines.GroupRows, rows.Length - first);
+            for (int g = 0; g < group; g++)
             {
-                int group = Math.Min(ByteGroupRows, rows.Length - first);
+                from[g] = source + rows[first + g] * rowBytes;
+            }
+            float* to = target + (long)first * width;
+            for (int p = 0; p < whole; p += lineValues)
+            {
                 for (int g = 0; g < group; g++)
                 {
-                    from[g] = source + (long)rows[first + g] * width;
-                }
-                float* to = target + (long)first * width;
-                for (int p = 0; p < whole; p += lineBytes)
-                {
-                    for (int g = 0; g < group; g++)
-                    {
-                        WidenAndScale64(from[g] + p, to + (long)g * width + p, scale);
-                    }
-                }
-                for (int g = 0; g < group; g++)
-                {
-                    WidenAndScale(from[g] + whole, to + (long)g * width + whole, width - whole, scale);
+                    TLines.Line(from[g] + (long)p * TLines.BytesPerValue, to + (long)g * width + p, scale);
                 }
             }
+            for (int g = 0; whole < width && g < group; g++)
+            {
+                TLines.Tail(from[g] + (long)whole * TLines.BytesPerValue, to + (long)g * width + whole, width - whole, scale);
+            }
         }
+    }
+
+    /// <summary>Float rows, copied.</summary>
+    private readonly struct FloatLines : ILines
+    {
+        /// <summary>
+        /// Rows copied side by side. The training step against row-by-row copies, Fashion-MNIST-sized data
+        /// (`GEMMAB_ROWS=60000 bash bench/gemm-ab.sh fc17d74 120 512`, the group edited): 4 rows 1.031 ×, 8 rows 1.026 ×, 16 rows 0.988 ×.
+        /// </summary>
+        public static int GroupRows => 4;
+        public static int BytesPerValue => sizeof(float);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Line(byte* source, float* destination, float scale) => CacheLine.Copy((float*)source, destination);
+
+        public static void Tail(byte* source, float* destination, int count, float scale) =>
+            new ReadOnlySpan<float>(source, count).CopyTo(new Span<float>(destination, count));
+    }
+
+    /// <summary>Byte codes, widened and scaled.</summary>
+    private readonly struct ByteCodeLines : ILines
+    {
+        /// <summary>
+        /// Byte rows (Fashion-MNIST: 784 bytes, ~12 lines) converted side by side: shorter rows, so more of them to keep
+        /// as many misses in flight. The step against the float gather (`GEMMAB_IMAGES=1 GEMMAB_ROWS=60000 bash
+        /// bench/gemm-ab.sh 311b541 60 128`, the group edited): 4 rows 1.032 ×, 8 rows 1.050 × (twice), 16 rows 1.038 ×.
+        /// </summary>
+        public static int GroupRows => 8;
+        public static int BytesPerValue => sizeof(byte);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Line(byte* source, float* destination, float scale) => WidenAndScale64(source, destination, scale);
+
+        public static void Tail(byte* source, float* destination, int count, float scale) => WidenAndScale(source, destination, count, scale);
     }
 
     /// <summary>64 codes → 64 floats, each (float)code × scale: exact widening, one correctly rounded product per value.</summary>
