@@ -127,6 +127,10 @@ public class ByteCodedValuesTests
             IdxFiles.WriteBytes(Path.Combine(dir, "train-labels-idx1-ubyte"), [images], [.. Enumerable.Range(0, images).Select(i => (byte)(i % 3))]);
             Dataset loaded = DataSources.Load(dir, null).Train;
             TrainingSession session = TrainingSession.Prepare(new TrainingConfig(), loaded, null, 0.2);
+            // Not made by the preparation itself: a cluster server prepares a session and never gathers a batch.
+            Assert.False(session.Train.ByteCodesMade);
+            session.PrepareLocalGradients();
+            Assert.True(session.Train.ByteCodesMade);
             ByteCodedValues? coded = session.Train.ByteCoded;
             Assert.NotNull(coded);
             Assert.Equal(Bits(session.Train.Values), Bits([.. coded.Codes.Select(code => code * coded.Scale)]));

@@ -181,7 +181,7 @@ public sealed class WorkerAgent : ReceiveActor, IWithTimers
         Dataset raw = DataSources.Load(path, accepted.LabelColumn, accepted.CsvHeader).Train;
         string hash = raw.ContentHash();
         Dataset train = new Preprocessing(accepted.PreprocessShift, accepted.PreprocessScale).Apply(TrainingSession.SplitRows(config, raw, null, accepted.TestFraction).Train);
-        // Images' byte codes made here, off the actor, as the server's session makes its own (TrainingSession.Prepare).
+        // Images' byte codes made here, off the actor, as `train` and `bench` make theirs (TrainingSession.PrepareLocalGradients).
         _ = train.ByteCoded;
         return new DataReady(train, hash, config);
     }

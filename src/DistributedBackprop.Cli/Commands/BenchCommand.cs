@@ -93,6 +93,7 @@ internal static class BenchCommand
                 ? SyntheticData.Create((int)Math.Max(16L * batchSize, 4096), parse.GetValue(inputs), parse.GetValue(outputs), seed: 1)
                 : DataSources.Load(dataPath, null).Train;
             TrainingSession session = TrainingSession.Prepare(config, rows, test: null, testFraction: 0);
+            session.PrepareLocalGradients();
             int workerCount = parse.GetValue(workers);
             var warm = TimeSpan.FromSeconds(parse.GetValue(warmup));
             var window = TimeSpan.FromSeconds(parse.GetValue(seconds));

@@ -47,6 +47,7 @@ internal static class TrainCommand
             KeptModel keep = training.KeptModel(parse, config);
             TrainingOptionSet.Warn("train", training.Ignored(parse).Concat(Ignored(parse, config, workers, serverShards, threads, checkpoint, checkpointEvery)));
             TrainingSession session = training.PrepareSession(parse, config);
+            session.PrepareLocalGradients();
             int shardCount = CheckServerShards(parse.GetValue(serverShards), session);
             string? resumeFrom = parse.GetValue(resume);
             if (resumeFrom is not null)

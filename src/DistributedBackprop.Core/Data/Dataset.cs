@@ -52,6 +52,9 @@ public sealed class Dataset
     /// </summary>
     public ByteCodedValues? ByteCoded => _byteCoded.Value;
 
+    /// <summary>Whether <see cref="ByteCoded"/> has been asked for (and so made, or found impossible), without asking.</summary>
+    public bool ByteCodesMade => _byteCoded.IsValueCreated;
+
     /// <summary>The rows at <paramref name="indices"/>, in that order.</summary>
     public Dataset Subset(ReadOnlySpan<int> indices, string? source = null)
     {
