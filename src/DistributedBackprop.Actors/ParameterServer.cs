@@ -116,8 +116,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         int laneThreads = threads?.Count ?? Environment.ProcessorCount;
         // Local mode only: lane i on thread i, whose worker computes on copy i (UpdateLayout says when it pays). With
         // auto the server times that against one θ in slices as it goes, as the plain trainer's lanes do: the copies
-        // win where the two cores are far apart; the slices were measured faster once with them close, in unclean
-        // pairs (README, "One copy of θ per worker"), and the host moves the vCPUs. Same bits either way.
+        // win where the two cores are far apart, the slices where they share a cache (README, "One copy of θ per
+        // worker" and "The faster layout, by any margin"), and the host moves the vCPUs. Same bits either way.
         string layout = Context.System.Settings.Config.GetString("dbp.update-layout", UpdateLayout.Auto);
         bool replicated = _shards is null && threads is not null && UpdateLayout.Replicates(layout, threads.Count, session.Config);
         bool[] layouts = _shards is not null ? [] : replicated && layout == UpdateLayout.Auto ? [true, false] : [replicated];
@@ -128,7 +128,12 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
             return new UpdateSet(new GuardedUpdate(session, _reducer, lanes, copies), forEach);
         }).ToArray();
         _current = _updateSets.FirstOrDefault();
-        _layoutTuner = _updateSets.Length > 1 ? new LaneTuner(Enumerable.Range(0, _updateSets.Length).ToArray(), stepsPerTurn: LaneTuner.StepsPerTurn) : null;
+        // Both layouts compute on every worker's core: the faster is kept, by any margin, and timed again often, as the
+        // host moves the vCPUs.
+        _layoutTuner = _updateSets.Length > 1
+            ? new LaneTuner(Enumerable.Range(0, _updateSets.Length).ToArray(), stepsPerTurn: LaneTuner.StepsPerTurn,
+                parallelism: _updateSets.Select(_ => laneThreads).ToArray(), retuneEvery: LaneTuner.RetuneLayoutEvery)
+            : null;
         _roundBases = session.CreateRoundBases();
         _changes = UpdateParts.CreateChanges(session.Config, session.Parameters.Length);
         _updateInHandler = threads is not null;

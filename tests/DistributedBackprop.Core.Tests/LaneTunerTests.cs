@@ -65,6 +65,39 @@ public class LaneTunerTests
     }
 
     [Fact]
+    public void A_layout_on_as_many_cores_wins_by_any_margin_one_on_fewer_needs_the_margin()
+    {
+        // Candidates 0 and 1: two layouts of θ on the same 2 cores; candidate 2: one core. Candidate 1 is 2 % faster
+        // than 0 and candidate 2 is 3 % faster than 1: 1 is kept (2 is within the margin against it).
+        var tuner = new LaneTuner([0, 1, 2], trials: 3, parallelism: [2, 2, 1]);
+        double[] seconds = [0.1, 0.098, 0.098 * 0.97];
+        Drive(tuner, (candidate, _) => seconds[candidate], 60);
+        Assert.Equal(1, tuner.Chosen);
+        // Without the cores given, every candidate needs the margin: the first stays.
+        var unaware = new LaneTuner([0, 1, 2], trials: 3);
+        Drive(unaware, (candidate, _) => seconds[candidate], 60);
+        Assert.Equal(0, unaware.Chosen);
+        // Equal medians: the first stays.
+        var tied = new LaneTuner([0, 1], trials: 3, parallelism: [2, 2]);
+        Drive(tied, (_, _) => 0.1, 60);
+        Assert.Equal(0, tied.Chosen);
+        Assert.Throws<ArgumentException>(() => new LaneTuner([0, 1], parallelism: [2]));
+    }
+
+    [Fact]
+    public void A_shorter_retune_interval_follows_a_change_sooner()
+    {
+        // Candidate 1 is faster until step 100, candidate 0 after: retuned every 64 steps, the tuner has gone back to
+        // 0 by step 300, where the default interval (4,096 steps) would not have let it look again.
+        var tuner = new LaneTuner([0, 1], trials: 3, parallelism: [2, 2], retuneEvery: 64);
+        List<int> asked = Drive(tuner, (candidate, step) => (step < 100) == (candidate == 1) ? 0.09 : 0.1, 300);
+        Assert.Equal(1, asked[99]);
+        Assert.Equal(0, tuner.Chosen);
+        Assert.True(tuner.Rounds >= 2);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new LaneTuner([0, 1], retuneEvery: 0));
+    }
+
+    [Fact]
     public void The_choice_is_tuned_again_so_a_change_of_conditions_is_followed()
     {
         var tuner = new LaneTuner([2, 1], trials: 4);

@@ -12,9 +12,10 @@ namespace DistributedBackprop.Engine;
 /// methods to optimised code only after their first calls), then at least <c>trials</c> timed steps each. With turns longer
 /// than one step the first step of each turn is not timed either: it pays for the candidate before it (the copies
 /// of θ one core wrote under another layout are read by the other core's first computation). A
-/// candidate other than the first (the most lanes) wins only with a median at least <see cref="Margin"/>
-/// lower, so noise does not trade real parallelism for a coin flip. The choice is tuned again every
-/// <see cref="RetuneEvery"/> steps (without the warm-up), so one unlucky round, or a machine whose load
+/// candidate other than the first (the most lanes) that computes on fewer cores wins only with a median at least
+/// <see cref="Margin"/> lower, so noise does not trade real parallelism for a coin flip; one that computes on as many
+/// (another layout of θ on the same cores) wins with any lower median, as there is no parallelism to protect. The choice is tuned again every
+/// <see cref="RetuneEvery"/> steps by default (without the warm-up), so one unlucky round, or a machine whose load
 /// changes, does not fix the run's speed for good. It changes only speed: a step's bits are defined by the
 /// chunk tree, not by who computes it.
 /// </summary>
@@ -24,6 +25,13 @@ public sealed class LaneTuner
     public const double WarmupSeconds = 0.5;
     public const double Margin = 0.05;
     public const long RetuneEvery = 4096;
+    /// <summary>
+    /// Local mode's layouts: the host moves the two vCPUs between sharing a cache and not within seconds (a cache line
+    /// timed before and after runs of 1.5–2 s differed in 7 of 28, 2026-12-04), and which layout wins moves with
+    /// them. 1,024 steps is ~1.5 s at batch 256 on two cores; a round of ~43 steps, half on the slower layout (0–3 %
+    /// slower where both were timed), costs ~0.1 %.
+    /// </summary>
+    public const long RetuneLayoutEvery = 1024;
     /// <summary>
     /// Steps in a row the trainer's and local mode's candidates run, the first untimed: each lays θ out across the cores
     /// in its own way (<see cref="UpdateLayout"/>; one lane writes all of it from one core), and a candidate's first
@@ -35,9 +43,12 @@ public sealed class LaneTuner
     /// </summary>
     public const int StepsPerTurn = 4;
     private readonly int[] _candidates;
+    /// <summary>Cores each candidate computes on (by index), or null: then every candidate but the first needs the margin.</summary>
+    private readonly int[]? _parallelism;
     private readonly List<double>[] _times;
     private readonly int _trials;
     private readonly int _stepsPerTurn;
+    private readonly long _retuneEvery;
     private long _step;            // steps of the current tuning round
     private long _sinceChosen;
     private double _warmupElapsed;
@@ -46,8 +57,17 @@ public sealed class LaneTuner
     /// <param name="candidates">the configurations to try, by number (lane counts, or the trainer's lane sets); the first is preferred unless another is clearly faster.</param>
     /// <param name="trials">timed steps per candidate and round.</param>
     /// <param name="stepsPerTurn">consecutive steps each candidate runs before the next one's turn (the first untimed when more than one).</param>
-    public LaneTuner(IReadOnlyList<int> candidates, int trials = 16, int stepsPerTurn = 1)
+    /// <param name="parallelism">the cores each candidate computes on, in the candidates' order; null: every candidate but the first needs the margin.</param>
+    /// <param name="retuneEvery">steps between the end of one round of tuning and the start of the next.</param>
+    public LaneTuner(IReadOnlyList<int> candidates, int trials = 16, int stepsPerTurn = 1, IReadOnlyList<int>? parallelism = null, long retuneEvery = RetuneEvery)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(retuneEvery, 1);
+        _retuneEvery = retuneEvery;
+        if (parallelism is not null && parallelism.Count != candidates.Count)
+        {
+            throw new ArgumentException("one parallelism per candidate", nameof(parallelism));
+        }
+        _parallelism = parallelism?.ToArray();
         ArgumentOutOfRangeException.ThrowIfLessThan(stepsPerTurn, 1);
         _stepsPerTurn = stepsPerTurn;
         if (candidates.Count == 0 || candidates.Any(c => c < 0) || candidates.Distinct().Count() != candidates.Count)
@@ -82,7 +102,7 @@ public sealed class LaneTuner
         }
         if (Chosen is not null)
         {
-            if (++_sinceChosen >= RetuneEvery)
+            if (++_sinceChosen >= _retuneEvery)
             {
                 Chosen = null; // measure again; the warm-up is long over
                 _step = 0;
@@ -114,7 +134,7 @@ public sealed class LaneTuner
             int best = 0;
             for (int i = 1; i < medians.Length; i++)
             {
-                if (medians[i] < medians[best] * (1 - Margin))
+                if (medians[i] < medians[best] * (1 - MarginAgainst(i, best)))
                 {
                     best = i;
                 }
@@ -129,6 +149,10 @@ public sealed class LaneTuner
             }
         }
     }
+
+    /// <summary>How much lower candidate <paramref name="challenger"/>'s median must be to replace <paramref name="best"/>'s.</summary>
+    private double MarginAgainst(int challenger, int best) =>
+        _parallelism is null || _parallelism[challenger] < _parallelism[best] ? Margin : 0;
 
     /// <summary>Median step seconds per candidate in the last finished round (for reports).</summary>
     public IReadOnlyDictionary<int, double>? Medians { get; private set; }

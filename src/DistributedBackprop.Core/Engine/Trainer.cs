@@ -50,9 +50,9 @@ public sealed class Trainer : IDisposable
         _reducer = new TreeReducer(parts, session.Architecture.ParameterCount);
         _runner = new LaneRunner(lanes, "dbp-lane");
         _computeLane = ComputeLane;
-        // The lane sets the tuner times, the first preferred unless another is 5 % faster: T lanes (with auto's copies
-        // of θ first, then one θ in slices: the copies win where the cores are far apart, the slices where they share
-        // a cache, README "One copy of θ per worker"), then one lane.
+        // The lane sets the tuner times: T lanes (with auto's copies of θ first, then one θ in slices: the copies win
+        // where the cores are far apart, the slices where they share a cache, README "One copy of θ per worker"), the
+        // faster of the two kept; then one lane, kept only if 5 % faster.
         bool replicate = UpdateLayout.Replicates(layout, lanes, session.Config);
         (int Lanes, bool Replicated)[] configurations = lanes == 1 ? [(1, false)]
             : replicate && layout == UpdateLayout.Auto ? [(lanes, true), (lanes, false), (1, false)]
@@ -74,7 +74,7 @@ public sealed class Trainer : IDisposable
             // Lane i keeps its thread (LaneRunner), so with copies of θ lane i updates copy i and computes on it next.
             _sets[candidate] = new LaneSet(set, new GuardedUpdate(session, _reducer, count, replicated), forEach);
         }
-        _tuner = new LaneTuner(candidates, stepsPerTurn: LaneTuner.StepsPerTurn);
+        _tuner = new LaneTuner(candidates, stepsPerTurn: LaneTuner.StepsPerTurn, parallelism: configurations.Select(c => c.Lanes).ToArray());
         _current = _sets[candidates[0]];
         _evaluator = new Evaluator(session.Architecture);
         _roundBases = session.CreateRoundBases();
