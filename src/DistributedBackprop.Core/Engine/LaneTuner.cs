@@ -14,9 +14,9 @@ namespace DistributedBackprop.Engine;
 /// of θ one core wrote under another layout are read by the other core's first computation). A
 /// candidate other than the first (the most lanes) that computes on fewer cores wins only with a median at least
 /// <see cref="Margin"/> lower, so noise does not trade real parallelism for a coin flip; one that computes on as many
-/// (another layout of θ on the same cores) wins with any lower median, as there is no parallelism to protect. The choice is tuned again every
-/// <see cref="RetuneEvery"/> steps by default (without the warm-up), so one unlucky round, or a machine whose load
-/// changes, does not fix the run's speed for good. It changes only speed: a step's bits are defined by the
+/// (another layout of θ on the same cores) wins with any lower median, as there is no parallelism to protect. The
+/// choice is tuned again every <see cref="RetuneEvery"/> steps by default (without the warm-up), so one unlucky round,
+/// or a machine whose load changes, does not fix the run's speed for good. It changes only speed: a step's bits are defined by the
 /// chunk tree, not by who computes it.
 /// </summary>
 public sealed class LaneTuner
