@@ -28,8 +28,8 @@ public sealed class LaneTuner
     /// <summary>
     /// Local mode's layouts: the host moves the two vCPUs between sharing a cache and not within seconds (a cache line
     /// timed before and after runs of 1.5–2 s differed in 7 of 28, 2026-12-04), and which layout wins moves with
-    /// them. 1,024 steps is ~1.5 s at batch 256 on two cores; a round of ~43 steps, half on the slower layout (0–3 %
-    /// slower where both were timed), costs ~0.1 %.
+    /// them. 1,024 steps is ~1.5 s at batch 256 on two cores; a round of ~48 steps (6 turns of 4 per layout), half on
+    /// the slower layout (0–3 % slower where both were timed), costs ~0.1 %.
     /// </summary>
     public const long RetuneLayoutEvery = 1024;
     /// <summary>
