@@ -117,7 +117,8 @@ public sealed class ParameterServer : ReceiveActor, IWithUnboundedStash, IWithTi
         // Local mode only: lane i on thread i, whose worker computes on copy i (UpdateLayout says when it pays). With
         // auto the server times that against one θ in slices as it goes, as the plain trainer's lanes do: the copies
         // win where the two cores are far apart, the slices where they share a cache (README, "One copy of θ per
-        // worker" and "The faster layout, by any margin"), and the host moves the vCPUs. Same bits either way.
+        // worker" and "The faster update layout, by any margin"), and the host moves the vCPUs. Same bits either
+        // way.
         string layout = Context.System.Settings.Config.GetString("dbp.update-layout", UpdateLayout.Auto);
         bool replicated = _shards is null && threads is not null && UpdateLayout.Replicates(layout, threads.Count, session.Config);
         bool[] layouts = _shards is not null ? [] : replicated && layout == UpdateLayout.Auto ? [true, false] : [replicated];
