@@ -16,8 +16,8 @@ namespace DistributedBackprop.Engine;
 /// <see cref="Margin"/> lower, so noise does not trade real parallelism for a coin flip; one that computes on as many
 /// (another layout of θ on the same cores) wins with any lower median, as there is no parallelism to protect. The
 /// choice is tuned again every <see cref="RetuneEvery"/> steps by default (without the warm-up), so one unlucky round,
-/// or a machine whose load changes, does not fix the run's speed for good. It changes only speed: a step's bits are defined by the
-/// chunk tree, not by who computes it.
+/// or a machine whose load changes, does not fix the run's speed for good. It changes only speed: a step's bits are
+/// defined by the chunk tree, not by who computes it.
 /// </summary>
 public sealed class LaneTuner
 {
@@ -54,7 +54,7 @@ public sealed class LaneTuner
     private double _warmupElapsed;
     private bool _warm;
 
-    /// <param name="candidates">the configurations to try, by number (lane counts, or the trainer's lane sets); the first is preferred unless another is clearly faster.</param>
+    /// <param name="candidates">the configurations to try, by number (lane counts, or the trainer's lane sets); the first is preferred unless another is faster (clearly faster, if it computes on fewer cores: <paramref name="parallelism"/>).</param>
     /// <param name="trials">timed steps per candidate and round.</param>
     /// <param name="stepsPerTurn">consecutive steps each candidate runs before the next one's turn (the first untimed when more than one).</param>
     /// <param name="parallelism">the cores each candidate computes on, in the candidates' order; null: every candidate but the first needs the margin.</param>
